@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Creates ./.venv (once) and installs bliss_jax with its test extras into it. Idempotent: a second call
+# only reinstalls when setup.cfg changed. Used by the two README commands and by .ci/run.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${BLISS_JAX_VENV:-$root/.venv}"
+py="${PYTHON:-python3}"
+if [ ! -x "$venv/bin/python" ]; then
+  "$py" -m venv "$venv"
+  "$venv/bin/pip" install -q --upgrade pip
+fi
+stamp="$venv/.bliss_jax_installed"
+want="$(sha256sum "$root/setup.cfg" | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "[setup_env] installing bliss_jax[test,plot] into $venv (first run: ~1-3 min)" >&2
+  "$venv/bin/pip" install -q -e "$root[test,plot]"
+  echo "$want" > "$stamp"
+fi
