@@ -1,0 +1,185 @@
+"""One decoder-only Transformer (Flax linen) for every shape in `config.PRESETS`.
+
+Inputs are SeqIO decoder features: `tokens` [B, T] (the shifted `decoder_input_tokens`), optional `segment_ids`
+and `positions` (packed sequences; 0 = padding) and optional `prefix_mask` (`decoder_causal_attention`: 1 on the
+prefix, which attends bidirectionally, as in a prefix LM). Parameters carry logical axis names ("vocab", "embed",
+"heads", "kv_heads", "kv", "mlp", "layers"); activations are constrained with ("batch", "length", ...). The mapping of
+logical names to mesh axes lives in `bliss_jax.partitioning`.
+"""
+import functools
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bliss_jax.models.config import ModelConfig
+
+_INIT_STD = 0.02
+
+
+def _init(names, std=_INIT_STD):
+  return nn.with_logical_partitioning(nn.initializers.normal(std), names)
+
+
+def _zeros(names):
+  return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+
+
+def _ones(names):
+  return nn.with_logical_partitioning(nn.initializers.ones_init(), names)
+
+
+def attention_mask(segment_ids: jax.Array, prefix_mask: Optional[jax.Array] = None) -> jax.Array:
+  """Boolean [B, 1, T, T] mask: query q may attend key k.
+
+  Causal (k <= q) within the same segment; with `prefix_mask`, also every k inside the prefix when q is in it
+  (prefix-LM, bidirectional over the inputs).
+  """
+  t = segment_ids.shape[-1]
+  causal = jnp.arange(t)[:, None] >= jnp.arange(t)[None, :]
+  allowed = jnp.broadcast_to(causal, segment_ids.shape[:1] + (t, t))
+  if prefix_mask is not None:
+    p = prefix_mask.astype(bool)
+    allowed = allowed | (p[:, :, None] & p[:, None, :])
+  same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]
+  return (allowed & same_segment)[:, None]
+
+
+def apply_rotary(x: jax.Array, positions: jax.Array, rotary_dim: int, theta: float) -> jax.Array:
+  """GPT-NeoX rotary embedding (rotate-half layout) on the first `rotary_dim` dims of each head of x [B,T,H,D]."""
+  if rotary_dim == 0:
+    return x
+  rot, rest = x[..., :rotary_dim], x[..., rotary_dim:]
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, rotary_dim, 2, dtype=jnp.float32) / rotary_dim))
+  angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, rotary_dim/2]
+  cos = jnp.cos(jnp.concatenate([angles, angles], -1))[:, :, None, :]
+  sin = jnp.sin(jnp.concatenate([angles, angles], -1))[:, :, None, :]
+  half = rotary_dim // 2
+  rotated = jnp.concatenate([-rot[..., half:], rot[..., :half]], -1)
+  out = rot.astype(jnp.float32) * cos + rotated.astype(jnp.float32) * sin
+  return jnp.concatenate([out.astype(x.dtype), rest], -1)
+
+
+class Norm(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.cfg
+    xf = x.astype(jnp.float32)
+    scale = self.param("scale", _ones(("embed",)), (cfg.d_model,), jnp.float32)
+    if cfg.norm == "rmsnorm":
+      y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, -1, keepdims=True) + cfg.norm_eps) * scale
+    else:
+      mean = jnp.mean(xf, -1, keepdims=True)
+      var = jnp.mean(jnp.square(xf - mean), -1, keepdims=True)
+      bias = self.param("bias", _zeros(("embed",)), (cfg.d_model,), jnp.float32)
+      y = (xf - mean) * jax.lax.rsqrt(var + cfg.norm_eps) * scale + bias
+    return y.astype(cfg.compute_dtype)
+
+
+class Attention(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, mask, positions):
+    cfg = self.cfg
+    h, kv, hd = cfg.num_heads, cfg.kv_heads, cfg.dim_per_head
+    dense = functools.partial(nn.DenseGeneral, dtype=cfg.compute_dtype, use_bias=cfg.use_bias or cfg.qkv_bias)
+    q = dense((h, hd), kernel_init=_init(("embed", "heads", "kv")), bias_init=_zeros(("heads", "kv")), name="query")(x)
+    k = dense((kv, hd), kernel_init=_init(("embed", "kv_heads", "kv")), bias_init=_zeros(("kv_heads", "kv")),
+              name="key")(x)
+    v = dense((kv, hd), kernel_init=_init(("embed", "kv_heads", "kv")), bias_init=_zeros(("kv_heads", "kv")),
+              name="value")(x)
+    q = apply_rotary(q, positions, cfg.rotary_dim, cfg.rope_theta)
+    k = apply_rotary(k, positions, cfg.rotary_dim, cfg.rope_theta)
+    q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
+    b, t = x.shape[:2]
+    q = q.reshape(b, t, kv, h // kv, hd)  # group the query heads that share a key/value head
+    logits = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32) / jnp.sqrt(hd)
+    logits = jnp.where(mask[:, :, None], logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(cfg.compute_dtype)
+    out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(b, t, h, hd)
+    out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
+    return nn.DenseGeneral(cfg.d_model, axis=(-2, -1), dtype=cfg.compute_dtype, use_bias=cfg.use_bias,
+                           kernel_init=_init(("heads", "kv", "embed"), _INIT_STD / jnp.sqrt(2 * cfg.num_layers)),
+                           bias_init=_zeros(("embed",)), name="out")(out)
+
+
+class Mlp(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.cfg
+    dense = functools.partial(nn.Dense, dtype=cfg.compute_dtype, use_bias=cfg.use_bias)
+    up = dense(cfg.d_ff, kernel_init=_init(("embed", "mlp")), bias_init=_zeros(("mlp",)), name="wi")(x)
+    if cfg.mlp == "gelu":
+      hidden = nn.gelu(up, approximate=False)
+    else:
+      gate = dense(cfg.d_ff, kernel_init=_init(("embed", "mlp")), bias_init=_zeros(("mlp",)), name="wi_gate")(x)
+      act = nn.silu if cfg.mlp == "swiglu" else functools.partial(nn.gelu, approximate=False)
+      hidden = act(gate) * up
+    hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
+    return dense(cfg.d_model, kernel_init=_init(("mlp", "embed"), _INIT_STD / jnp.sqrt(2 * cfg.num_layers)),
+                 bias_init=_zeros(("embed",)), name="wo")(hidden)
+
+
+class Block(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, mask, positions):
+    cfg = self.cfg
+    attn = Attention(cfg, name="attention")
+    mlp = Mlp(cfg, name="mlp")
+    if cfg.parallel_residual:
+      x = x + attn(Norm(cfg, name="attn_norm")(x), mask, positions) + mlp(Norm(cfg, name="mlp_norm")(x))
+    else:
+      x = x + attn(Norm(cfg, name="attn_norm")(x), mask, positions)
+      x = x + mlp(Norm(cfg, name="mlp_norm")(x))
+    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+class _ScanBlock(nn.Module):
+  """`Block` with the (carry, xs) -> (carry, ys) signature `nn.scan` wants."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, _, mask, positions):
+    return Block(self.cfg, name="block")(x, mask, positions), None
+
+
+class Transformer(nn.Module):
+  """Decoder-only LM. `__call__` returns logits [B, T, V] (float32), or (logits, final hidden states)."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens, segment_ids=None, positions=None, prefix_mask=None, return_hidden=False):
+    cfg = self.cfg
+    if segment_ids is None:
+      segment_ids = jnp.ones_like(tokens)
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(tokens.shape[-1]), tokens.shape)
+    mask = attention_mask(segment_ids, prefix_mask)
+    embed = nn.Embed(cfg.vocab_size, cfg.d_model, embedding_init=_init(("vocab", "embed")), dtype=cfg.compute_dtype,
+                     name="embed")
+    x = nn.with_logical_constraint(embed(tokens), ("batch", "length", "embed"))
+    if cfg.scan_layers:
+      block = nn.remat(_ScanBlock) if cfg.remat else _ScanBlock
+      x, _ = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=(0, nn.broadcast,
+                     nn.broadcast), length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})(
+                         cfg, name="layers")(x, None, mask, positions)
+    else:
+      block = nn.remat(Block) if cfg.remat else Block
+      for i in range(cfg.num_layers):
+        x = block(cfg, name=f"layer_{i}")(x, mask, positions)
+    hidden = Norm(cfg, name="final_norm")(x)
+    if cfg.tie_embeddings:
+      logits = embed.attend(hidden.astype(jnp.float32))
+    else:
+      logits = nn.Dense(cfg.vocab_size, use_bias=False, dtype=jnp.float32, kernel_init=_init(("embed", "vocab")),
+                        name="lm_head")(hidden)
+    logits = nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+    return (logits, hidden) if return_hidden else logits

@@ -1,0 +1,113 @@
+"""Device mesh, logical-axis rules, shardings for train state and batches, and multi-host start-up.
+
+Models name their axes logically ("batch", "embed", "mlp", ...); this module maps those names to the mesh axes
+("data", "model") with an ordered list of rules, as t5x does. A logical axis takes the first rule whose mesh axis is not
+already used by another dimension of the same array, so ("embed", "data") shards parameters FSDP-style while
+activations, whose "batch" already holds "data", keep "embed" unsharded.
+"""
+import logging
+import os
+from typing import Optional, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "model")
+
+# Data parallel over "data", tensor (Megatron) parallel over "model".
+STANDARD_RULES = (
+    ("batch", "data"),
+    ("vocab", "model"),
+    ("heads", "model"),
+    ("mlp", "model"),
+    ("kv_heads", None),
+    ("kv", None),
+    ("embed", None),
+    ("length", None),
+    ("layers", None),
+)
+# Also shard every parameter's "embed" dimension over "data" (ZeRO-3 / FSDP): parameters and optimizer state are
+# split across data-parallel replicas and all-gathered for use.
+FSDP_RULES = (("batch", "data"), ("embed", "data")) + STANDARD_RULES[1:]
+
+
+def logical_rules(fsdp: bool = False):
+  return FSDP_RULES if fsdp else STANDARD_RULES
+
+
+def make_mesh(data: int = -1, model: int = 1, devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+  """A ("data", "model") mesh over `devices` (default: all). `data=-1` takes every device left after `model`."""
+  devices = list(jax.devices() if devices is None else devices)
+  if data == -1:
+    if len(devices) % model:
+      raise ValueError(f"model parallelism {model} does not divide the {len(devices)} devices")
+    data = len(devices) // model
+  if data * model != len(devices):
+    raise ValueError(f"mesh data={data} x model={model} != {len(devices)} devices")
+  if len(devices) == len(jax.devices()):
+    # Topology-aware device order on TPU/GPU. Auto axes: XLA's sharding propagation fills in what the logical
+    # constraints leave open (JAX's default for make_mesh is Explicit sharding-in-types).
+    return jax.make_mesh((data, model), MESH_AXES, devices=devices, axis_types=(AxisType.Auto,) * 2)
+  return Mesh(np.asarray(devices).reshape(data, model), MESH_AXES)
+
+
+def _fit(spec: P, ndim: int) -> P:
+  """Replicate leaves whose spec does not fit their rank (e.g. Adafactor's factored second moments)."""
+  return spec if len(spec) == ndim else P()
+
+
+def shardings_for(abstract_boxed, abstract_unboxed, mesh: Mesh, rules) -> object:
+  """NamedShardings for a pytree from its logically-annotated abstract value.
+
+  `abstract_boxed` is the `jax.eval_shape` of the tree built from boxed (nn.LogicallyPartitioned) parameters;
+  `abstract_unboxed` the same tree as it is used (plain arrays), which fixes the structure and ranks.
+  """
+  specs = nn.logical_to_mesh(nn.get_partition_spec(abstract_boxed), rules)
+  return jax.tree.map(lambda s, x: NamedSharding(mesh, _fit(s, np.ndim(x))), specs, abstract_unboxed,
+                      is_leaf=lambda s: isinstance(s, P))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Examples split over "data" (and replicated over "model")."""
+  return NamedSharding(mesh, P("data"))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def global_batch_from_local(local_batch: dict, mesh: Mesh) -> dict:
+  """Assemble each process's slice of the batch (leading dim = global batch / process_count) into global arrays."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
+
+
+def initialize_distributed(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
+                           process_id: Optional[int] = None, cpu_collectives: str = "gloo") -> bool:
+  """Start multi-host JAX when asked to (flags, or BLISS_JAX_COORDINATOR / _NUM_PROCESSES / _PROCESS_ID env vars).
+
+  On TPU pods and SLURM/Kubernetes clusters, `jax.distributed.initialize()` with no arguments discovers the job; set
+  BLISS_JAX_DISTRIBUTED=auto for that. Returns whether distributed mode was started. On CPU the cross-process
+  collectives use gloo.
+  """
+  coordinator_address = coordinator_address or os.environ.get("BLISS_JAX_COORDINATOR")
+  if num_processes is None and "BLISS_JAX_NUM_PROCESSES" in os.environ:
+    num_processes = int(os.environ["BLISS_JAX_NUM_PROCESSES"])
+  if process_id is None and "BLISS_JAX_PROCESS_ID" in os.environ:
+    process_id = int(os.environ["BLISS_JAX_PROCESS_ID"])
+  auto = os.environ.get("BLISS_JAX_DISTRIBUTED") == "auto"
+  if not coordinator_address and not auto:
+    return False
+  if cpu_collectives:
+    jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
+  if auto:
+    jax.distributed.initialize()
+  else:
+    if num_processes is None or process_id is None:
+      raise ValueError("multi-host: a coordinator address was given without num_processes and process_id")
+    jax.distributed.initialize(coordinator_address, num_processes=num_processes, process_id=process_id)
+  logging.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+  return True

@@ -1,0 +1,58 @@
+"""Metrics to `MODEL_DIR/metrics.jsonl` (one JSON object per step and split) and to TensorBoard event files.
+
+TensorBoard writing and the writer interface are clu's; clu has no JSON-lines writer, so `JsonlWriter` adds one.
+Only process 0 writes.
+"""
+import json
+import os
+
+import jax
+from clu import metric_writers
+
+
+class JsonlWriter(metric_writers.MetricWriter):
+  """Appends `{"step": s, "split": ..., **scalars}` lines; flushed every write, so a killed run keeps its history."""
+
+  def __init__(self, path: str, split: str):
+    self._path, self._split = path, split
+
+  def write_scalars(self, step, scalars):
+    row = {"step": int(step), "split": self._split}
+    row.update({k: float(v) for k, v in scalars.items()})
+    with open(self._path, "a") as f:
+      f.write(json.dumps(row) + "\n")
+
+  def write_summaries(self, step, values, metadata=None):
+    pass
+
+  def write_images(self, step, images):
+    pass
+
+  def write_videos(self, step, videos):
+    pass
+
+  def write_audios(self, step, audios, *, sample_rate):
+    pass
+
+  def write_texts(self, step, texts):
+    pass
+
+  def write_histograms(self, step, arrays, num_buckets=None):
+    pass
+
+  def write_hparams(self, hparams):
+    pass
+
+  def flush(self):
+    pass
+
+  def close(self):
+    pass
+
+
+def make_writer(model_dir: str, split: str) -> metric_writers.MetricWriter:
+  """TensorBoard under MODEL_DIR/tensorboard/<split> plus MODEL_DIR/metrics.jsonl (no-op on processes > 0)."""
+  if jax.process_index() != 0:
+    return metric_writers.MultiWriter([])
+  tb = metric_writers.SummaryWriter(os.path.join(model_dir, "tensorboard", split))
+  return metric_writers.MultiWriter([tb, JsonlWriter(os.path.join(model_dir, "metrics.jsonl"), split)])

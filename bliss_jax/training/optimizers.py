@@ -1,0 +1,60 @@
+"""Optimizers and learning-rate schedules, built from optax pieces.
+
+Schedules (step -> learning rate):
+* warmup + cosine: linear 0 -> peak over `warmup_steps`, then cosine from peak to `final_fraction`·peak at `total_steps`;
+* warmup-stable-decay (WSD): linear warmup, constant peak, then a decay to `final_fraction`·peak over the last
+  `decay_fraction` of steps ("linear" or "1-sqrt" shape, as in MiniCPM / Hägele et al. 2024);
+* constant (with optional warmup).
+"""
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def make_schedule(name: str = "cosine", *, peak_lr: float, total_steps: int, warmup_steps: int = 0,
+                  final_fraction: float = 0.1, decay_fraction: float = 0.2, decay_shape: str = "linear") -> optax.Schedule:
+  if warmup_steps > total_steps:
+    raise ValueError(f"warmup_steps={warmup_steps} exceeds total_steps={total_steps}")
+  final_lr = peak_lr * final_fraction
+  if name == "cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, peak_lr, warmup_steps, max(total_steps, warmup_steps + 1), final_lr)
+  if name == "constant":
+    return optax.join_schedules([optax.linear_schedule(0.0, peak_lr, warmup_steps), optax.constant_schedule(peak_lr)],
+                                [warmup_steps])
+  if name == "wsd":
+    decay_steps = max(1, int(round(decay_fraction * total_steps)))
+    stable_end = total_steps - decay_steps
+    if stable_end < warmup_steps:
+      raise ValueError(f"wsd: decay of {decay_steps} steps overlaps the {warmup_steps} warmup steps")
+    if decay_shape == "linear":
+      decay = optax.linear_schedule(peak_lr, final_lr, decay_steps)
+    elif decay_shape == "1-sqrt":
+      decay = lambda s: final_lr + (peak_lr - final_lr) * (1.0 - jnp.sqrt(jnp.minimum(s, decay_steps) / decay_steps))
+    else:
+      raise ValueError(f"wsd decay_shape={decay_shape!r}: expected 'linear' or '1-sqrt'")
+    return optax.join_schedules([optax.linear_schedule(0.0, peak_lr, warmup_steps),
+                                 optax.constant_schedule(peak_lr), decay], [warmup_steps, stable_end])
+  raise ValueError(f"unknown schedule {name!r}: expected 'cosine', 'wsd' or 'constant'")
+
+
+def decay_mask(params):
+  """Weight decay on matrices only (not on norms' scales/biases or projection biases)."""
+  return jax.tree.map(lambda x: x.ndim >= 2, params)
+
+
+def make_optimizer(name: str = "adamw", *, schedule: optax.Schedule, weight_decay: float = 0.1, b1: float = 0.9,
+                   b2: float = 0.95, eps: float = 1e-8, clip_norm: Optional[float] = 1.0) -> optax.GradientTransformation:
+  """AdamW (decoupled decay, matrices only) or Adafactor (factored second moments, as t5x/SALT), with clipping.
+
+  Clipping by global norm comes first, so the clip sees the raw gradient (`clip_norm=None` disables it).
+  """
+  if name == "adamw":
+    opt = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=decay_mask)
+  elif name == "adafactor":
+    opt = optax.adafactor(schedule, weight_decay_rate=weight_decay or None, weight_decay_mask=decay_mask,
+                          multiply_by_parameter_scale=False)
+  else:
+    raise ValueError(f"unknown optimizer {name!r}: expected 'adamw' or 'adafactor'")
+  return optax.chain(optax.clip_by_global_norm(clip_norm), opt) if clip_norm else opt

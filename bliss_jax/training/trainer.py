@@ -1,0 +1,222 @@
+"""The training loop, top to bottom: mesh → model → sharded state → (resume) → steps → eval → checkpoints.
+
+`train()` is a plain function (gin binds its arguments from `scripts/train.py`). Every method plugs in through
+`loss_factory(model) -> loss_fn`; everything else (sharding, accumulation, checkpoints, NaN guard, metrics) is shared.
+"""
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Callable, Iterator, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from bliss_jax import partitioning
+from bliss_jax.losses.lm import make_lm_loss
+from bliss_jax.models.config import ModelConfig
+from bliss_jax.models.transformer import Transformer
+from bliss_jax.training import checkpoints, evaluation, metric_writers, optimizers
+from bliss_jax.training.train_state import create_train_state
+from bliss_jax.training.train_step import make_train_step
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training produced a NaN/Inf loss or gradient; the last good checkpoint is kept untouched."""
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  """Optimizer and schedule (see `optimizers.make_schedule` / `make_optimizer`)."""
+  name: str = "adamw"
+  peak_lr: float = 1e-3
+  schedule: str = "cosine"
+  warmup_steps: int = 100
+  final_fraction: float = 0.1
+  decay_fraction: float = 0.2
+  decay_shape: str = "linear"
+  weight_decay: float = 0.1
+  b1: float = 0.9
+  b2: float = 0.95
+  clip_norm: Optional[float] = 1.0
+
+
+@dataclasses.dataclass
+class TrainResult:
+  model_dir: str
+  final_step: int
+  last_train_metrics: dict
+  last_eval: Optional[dict]
+
+
+# A data source: (split, start_position, process_index, process_count, repeat) -> iterator with `.position` that yields
+# per-process numpy batches of the SeqIO decoder features. `bliss_jax.data.pipeline` provides the SeqIO one.
+BatchSource = Callable[..., Iterator[dict]]
+
+
+def round_up_vocab(n: int, multiple: int = 128) -> int:
+  return -(-n // multiple) * multiple
+
+
+def _truncate_jsonl(path: str, split: str, after_step: int) -> None:
+  """Drop `split` rows past `after_step` (written by a run that died before its next checkpoint)."""
+  if jax.process_index() != 0 or not os.path.exists(path):
+    return
+  with open(path) as f:
+    rows = [line for line in f if line.strip()]
+  keep = [r for r in rows if not (json.loads(r).get("split") == split and json.loads(r)["step"] > after_step)]
+  if len(keep) != len(rows):
+    with open(path, "w") as f:
+      f.writelines(keep)
+
+
+def _abstract_and_shardings(model, cfg, tx, mesh, rules, seq_len):
+  """Abstract TrainState and its NamedShardings, from the model's logical axis names (no allocation)."""
+  dummy = jnp.zeros((1, seq_len), jnp.int32)
+
+  def init_boxed(rng):
+    return create_train_state(model.init(rng, dummy)["params"], tx)
+
+  def init(rng):
+    return create_train_state(nn.unbox(model.init(rng, dummy)["params"]), tx)
+
+  rng = jax.random.PRNGKey(0)
+  boxed, abstract = jax.eval_shape(init_boxed, rng), jax.eval_shape(init, rng)
+  shardings = partitioning.shardings_for(boxed, abstract, mesh, rules)
+  return init, abstract, shardings
+
+
+def train(*, model_dir: str, model_config: ModelConfig, batch_source: BatchSource, vocab_size: Optional[int] = None,
+          num_steps: int = 1000, batch_size: int = 8, sequence_length: int = 128,
+          optimizer: OptimizerConfig = OptimizerConfig(), num_microbatches: int = 1, seed: int = 0,
+          loss_factory: Callable = make_lm_loss, eval_every: int = 200, eval_batches: int = 8,
+          checkpoint_every: int = 200, keep_checkpoints: Optional[int] = 3, log_every: int = 10,
+          mesh_data: int = -1, mesh_model: int = 1, fsdp: bool = False, devices=None,
+          progress_bar: bool = True) -> TrainResult:
+  """Train `model_config` on `batch_source` for `num_steps` optimizer steps, resuming from MODEL_DIR if possible.
+
+  Args:
+    model_dir: checkpoints (`checkpoints/`), `metrics.jsonl`, `tensorboard/` and `config.gin` go here.
+    model_config: the model's shape; `vocab_size=None` in it is resolved from `vocab_size` (the task's vocabulary,
+      padded up to a multiple of 128).
+    batch_source: see `BatchSource`. It is asked for split "train" (repeating) and "validation" (not repeating).
+    batch_size: the GLOBAL batch (split over processes, then over the "data" mesh axis).
+    num_microbatches: gradient accumulation: the batch is processed in this many slices per optimizer step.
+    seed: parameter initialisation and per-step RNG (`fold_in(seed, step)`).
+    loss_factory: `loss_factory(model) -> loss_fn(params, batch, rng) -> (loss, metrics)`.
+    eval_every / eval_batches: held-out loss, perplexity and next-token accuracy every N steps (and at the end) on
+      the first `eval_batches` batches of the validation split (0 disables).
+    checkpoint_every / keep_checkpoints: periodic and final orbax checkpoints, keeping the last N.
+    mesh_data / mesh_model / fsdp: the device mesh and whether parameters are also sharded over "data".
+  """
+  if vocab_size is not None and model_config.vocab_size is not None and model_config.vocab_size < vocab_size:
+    raise ValueError(f"model vocab_size={model_config.vocab_size} is smaller than the task vocabulary ({vocab_size} "
+                     "ids incl. extra ids); use the same tokenizer or a larger vocab_size")
+  if model_config.vocab_size is None:
+    if vocab_size is None:
+      raise ValueError("model_config.vocab_size is None and no task vocabulary size was given")
+    model_config = dataclasses.replace(model_config, vocab_size=round_up_vocab(vocab_size))
+  if batch_size % jax.process_count():
+    raise ValueError(f"global batch_size={batch_size} is not divisible by {jax.process_count()} processes")
+  model_dir = os.path.abspath(model_dir)
+  os.makedirs(model_dir, exist_ok=True)
+
+  mesh = partitioning.make_mesh(mesh_data, mesh_model, devices)
+  if batch_size % mesh.shape["data"]:
+    raise ValueError(f"global batch_size={batch_size} is not divisible by the data axis ({mesh.shape['data']})")
+  rules = partitioning.logical_rules(fsdp)
+  model = Transformer(model_config)
+  schedule = optimizers.make_schedule(
+      optimizer.schedule, peak_lr=optimizer.peak_lr, total_steps=num_steps, warmup_steps=optimizer.warmup_steps,
+      final_fraction=optimizer.final_fraction, decay_fraction=optimizer.decay_fraction,
+      decay_shape=optimizer.decay_shape)
+  tx = optimizers.make_optimizer(optimizer.name, schedule=schedule, weight_decay=optimizer.weight_decay,
+                                 b1=optimizer.b1, b2=optimizer.b2, clip_norm=optimizer.clip_norm)
+
+  with mesh, nn.logical_axis_rules(rules):
+    init_fn, abstract, state_sh = _abstract_and_shardings(model, model_config, tx, mesh, rules, sequence_length)
+    batch_sh, repl = partitioning.batch_sharding(mesh), partitioning.replicated(mesh)
+    step_fn = make_train_step(loss_factory(model), tx, schedule=schedule, num_microbatches=num_microbatches)
+    p_train_step = jax.jit(step_fn, in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl),
+                           donate_argnums=(0,))
+    p_eval_step = jax.jit(evaluation.make_eval_step(model), in_shardings=(state_sh.params, batch_sh),
+                          out_shardings=repl)
+
+    manager = checkpoints.make_manager(model_dir, max_to_keep=keep_checkpoints)
+    abstract_with_sh = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
+                                    state_sh)
+    restored = checkpoints.restore(manager, abstract_with_sh)
+    if restored is None:
+      state = jax.jit(init_fn, out_shardings=state_sh)(jax.random.PRNGKey(seed))
+      position = 0
+    else:
+      state, data = restored
+      position = int(data["position"])
+      logging.info("resumed from step %d (data position %d)", int(state.step), position)
+    start_step = int(state.step)
+    metrics_path = os.path.join(model_dir, "metrics.jsonl")
+    _truncate_jsonl(metrics_path, "train", start_step)
+    _truncate_jsonl(metrics_path, "validation", start_step)
+    train_writer = metric_writers.make_writer(model_dir, "train")
+    eval_writer = metric_writers.make_writer(model_dir, "validation")
+    if jax.process_index() == 0 and start_step == 0:
+      n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
+      train_writer.write_hparams({"num_params": n_params, "vocab_size": model_config.vocab_size,
+                                  "batch_size": batch_size, "sequence_length": sequence_length})
+
+    base_rng = jax.device_put(jax.random.PRNGKey(seed + 1), repl)
+    batches = batch_source("train", start_position=position, process_index=jax.process_index(),
+                           process_count=jax.process_count(), repeat=True)
+
+    def run_eval(step):
+      if not eval_every or not eval_batches:
+        return None
+      it = batch_source("validation", start_position=0, process_index=jax.process_index(),
+                        process_count=jax.process_count(), repeat=False)
+      gbatches = (partitioning.global_batch_from_local(b, mesh) for _, b in zip(range(eval_batches), it))
+      result = evaluation.evaluate(p_eval_step, state.params, gbatches)
+      eval_writer.write_scalars(step, result)
+      return result
+
+    last_metrics, last_eval = {}, None
+    bar = tqdm.tqdm(total=num_steps, initial=start_step, disable=not progress_bar or jax.process_index() != 0,
+                    desc="train", dynamic_ncols=True)
+    t_last, tokens_since = time.perf_counter(), 0.0
+    for step in range(start_step + 1, num_steps + 1):
+      local = next(batches)
+      state, metrics = p_train_step(state, partitioning.global_batch_from_local(local, mesh), base_rng)
+      metrics = jax.device_get(metrics)
+      loss = float(metrics["loss"])
+      if not (np.isfinite(loss) and np.isfinite(float(metrics["grad_norm"]))):
+        bar.close()
+        raise NonFiniteLossError(
+            f"non-finite loss {loss} / grad norm {float(metrics['grad_norm'])} at step {step}; stopped without saving. "
+            f"The last good checkpoint (step {manager.latest_step()}) under {model_dir}/checkpoints is kept. Lower "
+            "the learning rate or check the data, then rerun to resume from it.")
+      tokens_since += float(metrics.get("num_tokens", 0.0))
+      last_metrics = {k: float(v) for k, v in metrics.items()}
+      if step % log_every == 0 or step == num_steps:
+        now = time.perf_counter()
+        last_metrics["tokens_per_sec"] = tokens_since / max(now - t_last, 1e-9)
+        t_last, tokens_since = now, 0.0
+        train_writer.write_scalars(step, last_metrics)
+        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{last_metrics['tokens_per_sec']:.0f}")
+      bar.update(1)
+      if step % eval_every == 0 if eval_every else False:
+        last_eval = run_eval(step)
+      if step % checkpoint_every == 0 or step == num_steps:
+        checkpoints.save(manager, step, state, {"position": position + (step - start_step)}, force=True)
+    bar.close()
+    if num_steps % eval_every if eval_every else False:
+      last_eval = run_eval(num_steps)
+    if start_step >= num_steps and eval_every:
+      last_eval = run_eval(num_steps)
+    train_writer.flush()
+    eval_writer.flush()
+    manager.close()
+  del batches
+  return TrainResult(model_dir=model_dir, final_step=num_steps, last_train_metrics=last_metrics, last_eval=last_eval)
