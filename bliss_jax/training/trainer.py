@@ -74,9 +74,25 @@ def _truncate_jsonl(path: str, split: str, after_step: int) -> None:
       f.writelines(keep)
 
 
-def _abstract_and_shardings(model, cfg, tx, mesh, rules, seq_len):
-  """Abstract TrainState and its NamedShardings, from the model's logical axis names (no allocation)."""
-  dummy = jnp.zeros((1, seq_len), jnp.int32)
+@dataclasses.dataclass
+class StepFunctions:
+  """What a training run compiles: state init, the sharded train and eval steps, and the layouts they agree on."""
+  model: Transformer
+  init: Callable  # rng -> TrainState (jit with out_shardings=state_shardings)
+  abstract_state: object  # TrainState of ShapeDtypeStructs carrying their shardings
+  state_shardings: object
+  train_step: Callable  # (state, global batch, base_rng) -> (state, metrics)
+  eval_step: Callable  # (params, global batch) -> sums
+
+
+def build_step_functions(model_config: ModelConfig, tx, schedule, mesh, rules, *, sequence_length: int,
+                         loss_factory: Callable = make_lm_loss, num_microbatches: int = 1) -> StepFunctions:
+  """Abstract state and shardings from the model's logical axis names (no allocation), and the jitted steps.
+
+  Call inside `with mesh, nn.logical_axis_rules(rules)`.
+  """
+  model = Transformer(model_config)
+  dummy = jnp.zeros((1, sequence_length), jnp.int32)
 
   def init_boxed(rng):
     return create_train_state(model.init(rng, dummy)["params"], tx)
@@ -85,9 +101,26 @@ def _abstract_and_shardings(model, cfg, tx, mesh, rules, seq_len):
     return create_train_state(nn.unbox(model.init(rng, dummy)["params"]), tx)
 
   rng = jax.random.PRNGKey(0)
-  boxed, abstract = jax.eval_shape(init_boxed, rng), jax.eval_shape(init, rng)
-  shardings = partitioning.shardings_for(boxed, abstract, mesh, rules)
-  return init, abstract, shardings
+  abstract = jax.eval_shape(init, rng)
+  state_sh = partitioning.shardings_for(jax.eval_shape(init_boxed, rng), abstract, mesh, rules)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)
+  batch_sh, repl = partitioning.batch_sharding(mesh), partitioning.replicated(mesh)
+  step_fn = make_train_step(loss_factory(model), tx, schedule=schedule, num_microbatches=num_microbatches)
+  train_step = jax.jit(step_fn, in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl),
+                       donate_argnums=(0,))
+  eval_step = jax.jit(evaluation.make_eval_step(model), in_shardings=(state_sh.params, batch_sh), out_shardings=repl)
+  return StepFunctions(model, jax.jit(init, out_shardings=state_sh), abstract, state_sh, train_step, eval_step)
+
+
+def make_tx(optimizer: OptimizerConfig, num_steps: int):
+  """(optax transformation, schedule) for an `OptimizerConfig` over `num_steps`."""
+  schedule = optimizers.make_schedule(
+      optimizer.schedule, peak_lr=optimizer.peak_lr, total_steps=num_steps, warmup_steps=optimizer.warmup_steps,
+      final_fraction=optimizer.final_fraction, decay_fraction=optimizer.decay_fraction,
+      decay_shape=optimizer.decay_shape)
+  tx = optimizers.make_optimizer(optimizer.name, schedule=schedule, weight_decay=optimizer.weight_decay,
+                                 b1=optimizer.b1, b2=optimizer.b2, clip_norm=optimizer.clip_norm)
+  return tx, schedule
 
 
 def train(*, model_dir: str, model_config: ModelConfig, batch_source: BatchSource, vocab_size: Optional[int] = None,
@@ -96,7 +129,7 @@ def train(*, model_dir: str, model_config: ModelConfig, batch_source: BatchSourc
           loss_factory: Callable = make_lm_loss, eval_every: int = 200, eval_batches: int = 8,
           checkpoint_every: int = 200, keep_checkpoints: Optional[int] = 3, log_every: int = 10,
           mesh_data: int = -1, mesh_model: int = 1, fsdp: bool = False, devices=None,
-          progress_bar: bool = True) -> TrainResult:
+          progress_bar: bool = True, stop_at_step: Optional[int] = None) -> TrainResult:
   """Train `model_config` on `batch_source` for `num_steps` optimizer steps, resuming from MODEL_DIR if possible.
 
   Args:
@@ -112,6 +145,8 @@ def train(*, model_dir: str, model_config: ModelConfig, batch_source: BatchSourc
       the first `eval_batches` batches of the validation split (0 disables).
     checkpoint_every / keep_checkpoints: periodic and final orbax checkpoints, keeping the last N.
     mesh_data / mesh_model / fsdp: the device mesh and whether parameters are also sharded over "data".
+    stop_at_step: leave after this step (checkpointed) although the schedule runs to `num_steps`, as a pre-empted
+      job would; rerunning continues from there.
   """
   if vocab_size is not None and model_config.vocab_size is not None and model_config.vocab_size < vocab_size:
     raise ValueError(f"model vocab_size={model_config.vocab_size} is smaller than the task vocabulary ({vocab_size} "
@@ -129,29 +164,16 @@ def train(*, model_dir: str, model_config: ModelConfig, batch_source: BatchSourc
   if batch_size % mesh.shape["data"]:
     raise ValueError(f"global batch_size={batch_size} is not divisible by the data axis ({mesh.shape['data']})")
   rules = partitioning.logical_rules(fsdp)
-  model = Transformer(model_config)
-  schedule = optimizers.make_schedule(
-      optimizer.schedule, peak_lr=optimizer.peak_lr, total_steps=num_steps, warmup_steps=optimizer.warmup_steps,
-      final_fraction=optimizer.final_fraction, decay_fraction=optimizer.decay_fraction,
-      decay_shape=optimizer.decay_shape)
-  tx = optimizers.make_optimizer(optimizer.name, schedule=schedule, weight_decay=optimizer.weight_decay,
-                                 b1=optimizer.b1, b2=optimizer.b2, clip_norm=optimizer.clip_norm)
+  tx, schedule = make_tx(optimizer, num_steps)
 
   with mesh, nn.logical_axis_rules(rules):
-    init_fn, abstract, state_sh = _abstract_and_shardings(model, model_config, tx, mesh, rules, sequence_length)
-    batch_sh, repl = partitioning.batch_sharding(mesh), partitioning.replicated(mesh)
-    step_fn = make_train_step(loss_factory(model), tx, schedule=schedule, num_microbatches=num_microbatches)
-    p_train_step = jax.jit(step_fn, in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl),
-                           donate_argnums=(0,))
-    p_eval_step = jax.jit(evaluation.make_eval_step(model), in_shardings=(state_sh.params, batch_sh),
-                          out_shardings=repl)
-
+    fns = build_step_functions(model_config, tx, schedule, mesh, rules, sequence_length=sequence_length,
+                               loss_factory=loss_factory, num_microbatches=num_microbatches)
+    repl = partitioning.replicated(mesh)
     manager = checkpoints.make_manager(model_dir, max_to_keep=keep_checkpoints)
-    abstract_with_sh = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
-                                    state_sh)
-    restored = checkpoints.restore(manager, abstract_with_sh)
+    restored = checkpoints.restore(manager, fns.abstract_state)
     if restored is None:
-      state = jax.jit(init_fn, out_shardings=state_sh)(jax.random.PRNGKey(seed))
+      state = fns.init(jax.random.PRNGKey(seed))
       position = 0
     else:
       state, data = restored
@@ -164,7 +186,7 @@ def train(*, model_dir: str, model_config: ModelConfig, batch_source: BatchSourc
     train_writer = metric_writers.make_writer(model_dir, "train")
     eval_writer = metric_writers.make_writer(model_dir, "validation")
     if jax.process_index() == 0 and start_step == 0:
-      n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
+      n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(fns.abstract_state.params))
       train_writer.write_hparams({"num_params": n_params, "vocab_size": model_config.vocab_size,
                                   "batch_size": batch_size, "sequence_length": sequence_length})
 
@@ -178,7 +200,7 @@ def train(*, model_dir: str, model_config: ModelConfig, batch_source: BatchSourc
       it = batch_source("validation", start_position=0, process_index=jax.process_index(),
                         process_count=jax.process_count(), repeat=False)
       gbatches = (partitioning.global_batch_from_local(b, mesh) for _, b in zip(range(eval_batches), it))
-      result = evaluation.evaluate(p_eval_step, state.params, gbatches)
+      result = evaluation.evaluate(fns.eval_step, state.params, gbatches)
       eval_writer.write_scalars(step, result)
       return result
 
@@ -186,9 +208,10 @@ def train(*, model_dir: str, model_config: ModelConfig, batch_source: BatchSourc
     bar = tqdm.tqdm(total=num_steps, initial=start_step, disable=not progress_bar or jax.process_index() != 0,
                     desc="train", dynamic_ncols=True)
     t_last, tokens_since = time.perf_counter(), 0.0
-    for step in range(start_step + 1, num_steps + 1):
+    last_step = num_steps if stop_at_step is None else min(stop_at_step, num_steps)
+    for step in range(start_step + 1, last_step + 1):
       local = next(batches)
-      state, metrics = p_train_step(state, partitioning.global_batch_from_local(local, mesh), base_rng)
+      state, metrics = fns.train_step(state, partitioning.global_batch_from_local(local, mesh), base_rng)
       metrics = jax.device_get(metrics)
       loss = float(metrics["loss"])
       if not (np.isfinite(loss) and np.isfinite(float(metrics["grad_norm"]))):
@@ -206,17 +229,15 @@ def train(*, model_dir: str, model_config: ModelConfig, batch_source: BatchSourc
         train_writer.write_scalars(step, last_metrics)
         bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{last_metrics['tokens_per_sec']:.0f}")
       bar.update(1)
-      if step % eval_every == 0 if eval_every else False:
+      if eval_every and step % eval_every == 0:
         last_eval = run_eval(step)
-      if step % checkpoint_every == 0 or step == num_steps:
+      if step % checkpoint_every == 0 or step == last_step:
         checkpoints.save(manager, step, state, {"position": position + (step - start_step)}, force=True)
     bar.close()
-    if num_steps % eval_every if eval_every else False:
-      last_eval = run_eval(num_steps)
-    if start_step >= num_steps and eval_every:
+    if last_step == num_steps and eval_every and (num_steps % eval_every or start_step >= num_steps):
       last_eval = run_eval(num_steps)
     train_writer.flush()
     eval_writer.flush()
     manager.close()
   del batches
-  return TrainResult(model_dir=model_dir, final_step=num_steps, last_train_metrics=last_metrics, last_eval=last_eval)
+  return TrainResult(model_dir=model_dir, final_step=last_step, last_train_metrics=last_metrics, last_eval=last_eval)

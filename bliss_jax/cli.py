@@ -1,0 +1,137 @@
+"""t5x-style command-line handling shared by the scripts: gin files, search paths, `--gin.KEY=VALUE`, multi-host.
+
+Errors that users make (a missing gin file, an unknown configurable or parameter, an unparsable value) stop the run
+before anything is built, with a `CliError` whose message names the file or binding at fault.
+"""
+import argparse
+import dataclasses
+import importlib
+import logging
+import os
+from typing import List, Optional
+
+import gin
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_SEARCH_PATHS = (os.path.join(REPO_ROOT, "gin_configs"),)
+
+
+class CliError(SystemExit):
+  """A user error on the command line or in a gin file; exits with status 2 and the message."""
+
+  def __init__(self, message: str):
+    super().__init__(f"error: {message}")
+    self.message = message
+
+
+@dataclasses.dataclass
+class Args:
+  gin_files: List[str]
+  gin_bindings: List[str]
+  gin_search_paths: List[str]
+  tasks_modules: List[str]
+  coordinator_address: Optional[str] = None
+  num_processes: Optional[int] = None
+  process_id: Optional[int] = None
+
+
+def parse_args(argv: List[str]) -> Args:
+  """Splits `--gin.KEY=VALUE` out of argv (argparse cannot express it) and parses the rest."""
+  bindings, rest = [], []
+  for arg in argv:
+    if arg.startswith("--gin.") and "=" in arg:
+      bindings.append(arg[len("--gin."):])
+    elif arg.startswith("--gin."):
+      raise CliError(f"{arg!r}: a gin binding needs a value, as --gin.KEY=VALUE")
+    else:
+      rest.append(arg)
+  parser = argparse.ArgumentParser(allow_abbrev=False)
+  parser.add_argument("--gin_file", action="append", default=[])
+  parser.add_argument("--gin_bindings", action="append", default=[])
+  parser.add_argument("--gin_search_paths", default="")
+  parser.add_argument("--tasks_module", action="append", default=None)
+  parser.add_argument("--coordinator_address")
+  parser.add_argument("--num_processes", type=int)
+  parser.add_argument("--process_id", type=int)
+  ns, unknown = parser.parse_known_args(rest)
+  if unknown:
+    raise CliError(f"unknown argument(s) {unknown}; see the script's --help")
+  search = [p for p in ns.gin_search_paths.split(",") if p] + list(DEFAULT_SEARCH_PATHS)
+  return Args(gin_files=ns.gin_file, gin_bindings=ns.gin_bindings + bindings, gin_search_paths=search,
+              tasks_modules=ns.tasks_module if ns.tasks_module is not None else ["tasks"],
+              coordinator_address=ns.coordinator_address, num_processes=ns.num_processes, process_id=ns.process_id)
+
+
+def resolve_gin_file(path: str, search_paths: List[str]) -> str:
+  candidates = [path] + [os.path.join(d, path) for d in search_paths]
+  if path.startswith("gin_configs/"):
+    candidates.append(os.path.join(REPO_ROOT, path))
+  for c in candidates:
+    if os.path.isfile(c):
+      return c
+  raise CliError(f"gin file {path!r} not found (looked in: {', '.join(candidates)})")
+
+
+def parse_gin(args: Args) -> None:
+  """Parse gin files then bindings; unknown names and bad values become `CliError`s naming the culprit."""
+  for p in args.gin_search_paths:
+    gin.add_config_file_search_path(p)
+  files = [resolve_gin_file(f, args.gin_search_paths) for f in args.gin_files]
+  for f in files:
+    try:
+      gin.parse_config_file(f)
+    except (ValueError, SyntaxError, IOError) as e:
+      raise CliError(f"in gin file {f}: {e}") from None
+  for b in args.gin_bindings:
+    try:
+      gin.parse_config(b)
+    except (ValueError, SyntaxError) as e:
+      hint = ""
+      if "=" in b and not b.split("=", 1)[1].strip()[:1] in "'\"@%[({-0123456789TFN":
+        hint = " (gin values are Python literals: quote strings, e.g. --gin.MODEL_DIR=\"'/tmp/x'\")"
+      raise CliError(f"bad gin binding {b!r}: {e}{hint}") from None
+
+
+def setup(args: Args) -> None:
+  """Logging, multi-host start-up, task registration, configurables, gin parsing; in that order."""
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  from bliss_jax import partitioning  # pylint: disable=g-import-not-at-top
+  partitioning.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], "GPU")  # the input pipeline never takes accelerator memory
+  for module in args.tasks_modules:
+    try:
+      importlib.import_module(module)
+    except ImportError as e:
+      raise CliError(f"--tasks_module {module!r} could not be imported: {e}") from None
+  importlib.import_module("bliss_jax.configurables")
+  parse_gin(args)
+
+
+def run_gin_function(name: str, args: Args):
+  """Write the parsed config to MODEL_DIR/config.gin (when the macro is bound), then call configurable `name`."""
+  del args
+  try:
+    model_dir = gin.query_parameter("%MODEL_DIR")
+  except ValueError:
+    model_dir = None
+  if model_dir:
+    os.makedirs(model_dir, exist_ok=True)
+    with open(os.path.join(model_dir, "config.gin"), "w") as f:
+      f.write(gin.config_str())
+  return gin.get_configurable(name)()
+
+
+def print_summary(result) -> None:
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() != 0 or result is None:
+    return
+  d = result.model_dir
+  print(f"\nfinished step {result.final_step}")
+  if result.last_eval:
+    e = result.last_eval
+    print(f"held-out loss {e['loss']:.4f}  perplexity {e['perplexity']:.2f}  next-token accuracy {e['accuracy']:.4f}")
+  print(f"metrics:      {os.path.join(d, 'metrics.jsonl')}")
+  print(f"tensorboard:  tensorboard --logdir {os.path.join(d, 'tensorboard')}")
+  print(f"checkpoints:  {os.path.join(d, 'checkpoints')}")

@@ -1,0 +1,31 @@
+"""The gin edge: library functions registered as gin configurables, under short names the configs use.
+
+Library modules stay gin-free (plain Python functions and dataclasses); this module is imported by the scripts and is
+the one place that decides what a `.gin` file can bind.
+"""
+import dataclasses
+from typing import Optional
+
+import gin
+
+from bliss_jax.data.synthetic import synthetic_source
+from bliss_jax.losses.lm import make_lm_loss
+from bliss_jax.models import config as model_config_lib
+from bliss_jax.training import trainer
+
+
+def model_config(preset: str = "tiny", vocab_size="task", **overrides) -> model_config_lib.ModelConfig:
+  """A named preset with overrides; `vocab_size="task"` takes the task vocabulary's size (padded to 128)."""
+  cfg = model_config_lib.preset(preset, **overrides)
+  if vocab_size == "task":
+    return dataclasses.replace(cfg, vocab_size=None)
+  if vocab_size is not None:
+    return dataclasses.replace(cfg, vocab_size=int(vocab_size))
+  return cfg
+
+
+gin.external_configurable(model_config, "model_config")
+gin.external_configurable(trainer.train, "train")
+gin.external_configurable(trainer.OptimizerConfig, "OptimizerConfig")
+gin.external_configurable(make_lm_loss, "lm_loss")
+gin.external_configurable(synthetic_source, "synthetic_source")

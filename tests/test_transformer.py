@@ -1,0 +1,129 @@
+"""Behaviour of the decoder: masks, rotary, packing, prefix-LM, GQA/MQA, scan vs loop, bf16."""
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bliss_jax.models.config import preset
+from bliss_jax.models.transformer import Transformer, apply_rotary, attention_mask
+
+
+def test_attention_mask_hand_computed():
+  seg = jnp.array([[1, 1, 1, 2, 2, 0]])
+  prefix = jnp.array([[1, 1, 0, 1, 0, 0]])
+  m = np.asarray(attention_mask(seg, prefix))[0, 0].astype(int)
+  expected = np.array([
+      [1, 1, 0, 0, 0, 0],  # prefix token 0 sees prefix token 1 (bidirectional)
+      [1, 1, 0, 0, 0, 0],
+      [1, 1, 1, 0, 0, 0],  # target: causal
+      [0, 0, 0, 1, 0, 0],  # new segment: nothing from segment 1
+      [0, 0, 0, 1, 1, 0],
+      [0, 0, 0, 0, 0, 1],  # padding attends only to padding
+  ])
+  np.testing.assert_array_equal(m, expected)
+  causal = np.asarray(attention_mask(seg))[0, 0].astype(int)
+  assert causal[0, 1] == 0 and causal[1, 0] == 1
+
+
+def test_rotary_scores_depend_only_on_relative_position():
+  rng = np.random.default_rng(0)
+  q = jnp.asarray(rng.normal(size=(1, 1, 1, 16)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(1, 1, 1, 16)), jnp.float32)
+
+  def score(pq, pk):
+    rq = apply_rotary(q, jnp.array([[pq]]), 16, 10_000.0)
+    rk = apply_rotary(k, jnp.array([[pk]]), 16, 10_000.0)
+    return float(jnp.sum(rq * rk))
+
+  assert score(5, 2) == pytest.approx(score(13, 10), rel=1e-5)
+  assert score(5, 2) != pytest.approx(score(5, 3), rel=1e-3)
+  # norms preserved; partial rotary leaves the tail untouched
+  r = apply_rotary(q, jnp.array([[7]]), 4, 10_000.0)
+  np.testing.assert_allclose(r[..., 4:], q[..., 4:])
+  np.testing.assert_allclose(jnp.linalg.norm(r), jnp.linalg.norm(q), rtol=1e-6)
+
+
+@pytest.fixture(scope="module", params=["tiny", "tiny_neox", "tiny_mqa"])
+def model_and_params(request):
+  cfg = preset(request.param)
+  model = Transformer(cfg)
+  params = nn.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"])
+  return cfg, model, params
+
+
+def test_packed_sequences_equal_separate_ones(model_and_params):
+  _, model, params = model_and_params
+  a, b = jnp.array([[3, 7, 9, 11, 4]]), jnp.array([[5, 6, 8]])
+  packed = jnp.concatenate([a, b, jnp.zeros((1, 2), jnp.int32)], 1)
+  seg = jnp.array([[1] * 5 + [2] * 3 + [0] * 2])
+  pos = jnp.array([[0, 1, 2, 3, 4, 0, 1, 2, 0, 0]])
+  out = model.apply({"params": params}, packed, segment_ids=seg, positions=pos)
+  np.testing.assert_allclose(out[:, :5], model.apply({"params": params}, a), atol=2e-5)
+  np.testing.assert_allclose(out[:, 5:8], model.apply({"params": params}, b), atol=2e-5)
+
+
+def test_prefix_lm_sees_future_inside_prefix_only(model_and_params):
+  _, model, params = model_and_params
+  x = jnp.array([[3, 7, 9, 11, 4, 6]])
+  y = x.at[0, 2].set(12)  # change a prefix token
+  z = x.at[0, 4].set(12)  # change a target token
+  prefix = jnp.array([[1, 1, 1, 0, 0, 0]])
+  f = lambda t, p: model.apply({"params": params}, t, prefix_mask=p)
+  # causal: position 0 cannot see position 2
+  np.testing.assert_allclose(f(x, None)[:, 0], f(y, None)[:, 0], atol=1e-6)
+  # prefix-LM: position 0 sees position 2 (inside the prefix) ...
+  assert not np.allclose(f(x, prefix)[:, 0], f(y, prefix)[:, 0], atol=1e-4)
+  # ... but no prefix position sees a target position
+  np.testing.assert_allclose(f(x, prefix)[:, :4], f(z, prefix)[:, :4], atol=1e-6)
+
+
+def test_gqa_equals_mha_with_repeated_kv_heads():
+  cfg_gqa = preset("tiny", num_heads=4, num_kv_heads=2)
+  cfg_mha = preset("tiny", num_heads=4, num_kv_heads=4)
+  x = jnp.array([[3, 7, 9, 11, 4, 6]])
+  p_gqa = nn.unbox(Transformer(cfg_gqa).init(jax.random.PRNGKey(1), x)["params"])
+  p_mha = jax.tree.map(lambda a: a, p_gqa)
+  for i in range(cfg_gqa.num_layers):
+    att = dict(p_mha[f"layer_{i}"]["attention"])
+    for name in ("key", "value"):
+      att[name] = {"kernel": jnp.repeat(att[name]["kernel"], 2, axis=1)}  # kv head j serves query heads 2j, 2j+1
+    p_mha[f"layer_{i}"] = dict(p_mha[f"layer_{i}"], attention=att)
+  np.testing.assert_allclose(Transformer(cfg_gqa).apply({"params": p_gqa}, x),
+                             Transformer(cfg_mha).apply({"params": p_mha}, x), atol=2e-5)
+
+
+def test_scan_layers_equals_loop_with_stacked_params():
+  cfg = preset("tiny")
+  x = jnp.array([[3, 7, 9, 11, 4, 6]])
+  p = nn.unbox(Transformer(cfg).init(jax.random.PRNGKey(2), x)["params"])
+  stacked = jax.tree.map(lambda *a: jnp.stack(a), *[p[f"layer_{i}"] for i in range(cfg.num_layers)])
+  p_scan = {k: v for k, v in p.items() if not k.startswith("layer_")}
+  p_scan["layers"] = {"block": stacked}
+  scan_cfg = dataclasses.replace(cfg, scan_layers=True, remat=True)
+  shapes = jax.eval_shape(lambda: nn.unbox(Transformer(scan_cfg).init(jax.random.PRNGKey(2), x)["params"]))
+  assert jax.tree.structure(shapes) == jax.tree.structure(p_scan)
+  np.testing.assert_allclose(Transformer(scan_cfg).apply({"params": p_scan}, x),
+                             Transformer(cfg).apply({"params": p}, x), atol=2e-5)
+
+
+def test_bfloat16_compute_close_to_float32():
+  cfg = preset("tiny")
+  x = jnp.array([[3, 7, 9, 11, 4, 6]])
+  p = nn.unbox(Transformer(cfg).init(jax.random.PRNGKey(3), x)["params"])
+  out32 = Transformer(cfg).apply({"params": p}, x)
+  out16 = Transformer(dataclasses.replace(cfg, dtype="bfloat16")).apply({"params": p}, x)
+  assert out16.dtype == jnp.float32  # logits always come back in float32
+  np.testing.assert_allclose(out16, out32, atol=0.05)
+  assert not np.array_equal(out16, out32)
+
+
+def test_parameters_carry_logical_axis_names():
+  boxed = Transformer(preset("tiny")).init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))["params"]
+  specs = nn.get_partition_spec(boxed)
+  assert tuple(specs["embed"]["embedding"]) == ("vocab", "embed")
+  assert tuple(specs["layer_0"]["attention"]["query"]["kernel"]) == ("embed", "heads", "kv")
+  assert tuple(specs["layer_0"]["mlp"]["wi"]["kernel"]) == ("embed", "mlp")
+  assert tuple(specs["lm_head"]["kernel"]) == ("embed", "vocab")
