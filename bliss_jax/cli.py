@@ -95,6 +95,8 @@ def parse_gin(args: Args) -> None:
 def setup(args: Args) -> None:
   """Logging, multi-host start-up, task registration, configurables, gin parsing; in that order."""
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  for noisy in ("absl", "orbax", "jax"):  # orbax logs every save at INFO
+    logging.getLogger(noisy).setLevel(logging.WARNING)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   from bliss_jax import partitioning  # pylint: disable=g-import-not-at-top
   partitioning.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)

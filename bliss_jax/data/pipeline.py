@@ -1,0 +1,157 @@
+"""From a registered SeqIO task or mixture to per-process numpy batches for training and evaluation.
+
+Every batch is a dict of int32 arrays of shape ``[batch_size, sequence_length]``:
+
+  ``decoder_target_tokens, decoder_input_tokens, decoder_loss_weights, decoder_segment_ids, decoder_positions``
+
+plus ``decoder_causal_attention`` for ``feature_converter='prefix_lm'``. These are the keys of seqio's
+``DecoderFeatureConverter``; without packing seqio omits segment ids and positions, and ``get_dataset`` adds
+them (segment 1 on every non-padding token, positions 0, 1, ... there), so models see one format.
+"""
+from typing import Dict, Iterator, Mapping, Optional
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+FEATURE_CONVERTERS = ('decoder', 'prefix_lm')
+Batch = Dict[str, np.ndarray]
+
+
+def task_feature_lengths(sequence_length: int, feature_converter: str = 'decoder') -> Dict[str, int]:
+  """Task lengths whose converted model length is ``sequence_length``.
+
+  ``decoder``: ``{'targets': L}``. ``prefix_lm``: inputs and targets share the sequence,
+  ``{'inputs': L // 2, 'targets': L - L // 2}``.
+  """
+  if feature_converter not in FEATURE_CONVERTERS:
+    raise ValueError(f'feature_converter must be one of {FEATURE_CONVERTERS}, got {feature_converter!r}')
+  if feature_converter == 'decoder':
+    return {'targets': sequence_length}
+  return {'inputs': sequence_length // 2, 'targets': sequence_length - sequence_length // 2}
+
+
+def _add_unpacked_segments(features: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+  """Adds segment ids (1 on non-padding tokens) and positions (0, 1, ... there) to unpacked examples."""
+  features = dict(features)
+  segment_ids = tf.cast(tf.not_equal(features['decoder_target_tokens'], 0), tf.int32)
+  positions = tf.range(tf.shape(segment_ids)[-1], dtype=tf.int32)
+  features['decoder_segment_ids'] = segment_ids
+  features['decoder_positions'] = positions * segment_ids
+  return features
+
+
+def get_dataset(name: str,
+                split: str,
+                sequence_length: int,
+                batch_size: int,
+                *,
+                shuffle: bool,
+                seed: Optional[int],
+                pack: bool = True,
+                repeat: bool,
+                feature_converter: str = 'decoder',
+                process_index: int = 0,
+                process_count: int = 1) -> tf.data.Dataset:
+  """Returns batches of the task or mixture ``name`` for one process.
+
+  Args:
+    name: a registered SeqIO task or mixture.
+    split: e.g. ``'train'`` or ``'validation'``.
+    sequence_length: tokens per row of a batch.
+    batch_size: rows per batch on THIS process (the global batch is ``batch_size * process_count``); the
+      last, partial batch is dropped.
+    shuffle: shuffle documents (``shuffle_files``) and examples (the task's shuffle buffer).
+    seed: seeds all shuffling and random preprocessing; the same seed gives the same batches.
+    pack: pack several examples per row (seqio's packing); otherwise one example per row, padded.
+    repeat: repeat forever (reshuffled each epoch); otherwise one epoch.
+    feature_converter: ``'decoder'`` (targets-only LM) or ``'prefix_lm'`` (the task must have ``inputs``).
+    process_index: this process's index; it reads shard ``process_index`` of ``process_count`` disjoint
+      shards of the source.
+    process_count: the number of processes reading the data.
+
+  Returns:
+    A ``tf.data.Dataset`` of dicts of int32 ``[batch_size, sequence_length]`` tensors (see module docstring).
+  """
+  lengths = task_feature_lengths(sequence_length, feature_converter)
+  provider = seqio.get_mixture_or_task(name)
+  if 'inputs' in lengths and 'inputs' not in provider.output_features:
+    raise ValueError(f"feature_converter='prefix_lm' needs a task with 'inputs'; {name!r} has only "
+                     f'{sorted(provider.output_features)} (register it with objective="prefix_lm")')
+  converter = seqio.DecoderFeatureConverter(pack=pack)
+  ds = seqio.get_dataset(
+      name,
+      task_feature_lengths=lengths,
+      feature_converter=converter,
+      dataset_split=split,
+      shuffle=shuffle,
+      num_epochs=None if repeat else 1,
+      shard_info=seqio.ShardInfo(index=process_index, num_shards=process_count),
+      seed=seed,
+      verbose=False)
+  if not pack:
+    ds = ds.map(_add_unpacked_segments, num_parallel_calls=tf.data.AUTOTUNE)
+  return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+class BatchIterator:
+  """A numpy iterator over a batched dataset that knows how many batches it has yielded.
+
+  ``position`` is the number of batches yielded so far, counting from the start of the dataset; save it with
+  a checkpoint and pass it back as ``start_position`` to resume with exactly the next batch. Resuming skips
+  ``start_position`` batches through the whole input pipeline (``tf.data.Dataset.skip``), so it costs
+  O(start_position) batches of reading and preprocessing, and it is exact only when the dataset is
+  deterministic (``get_dataset`` with a fixed seed is).
+  """
+
+  def __init__(self, dataset: tf.data.Dataset, start_position: int = 0):
+    if start_position < 0:
+      raise ValueError(f'start_position must be >= 0, got {start_position}')
+    self.position = start_position
+    self._iterator = dataset.skip(start_position).as_numpy_iterator()
+
+  def __iter__(self) -> Iterator[Batch]:
+    return self
+
+  def __next__(self) -> Batch:
+    batch = next(self._iterator)
+    self.position += 1
+    return batch
+
+
+def token_counts(name: str,
+                 split: str,
+                 max_examples: Optional[int] = None,
+                 sequence_length: Optional[int] = None) -> np.ndarray:
+  """Counts each token id among the ``targets`` (EOS included) of the first ``max_examples`` examples.
+
+  Examples come unshuffled from the task or mixture, chunked at ``sequence_length`` (no chunking when None,
+  one example per document). Returns int64 counts indexed by token id, of length ``vocabulary.vocab_size``.
+  """
+  provider = seqio.get_mixture_or_task(name)
+  vocab_size = provider.output_features['targets'].vocabulary.vocab_size
+  lengths = None if sequence_length is None else {'targets': sequence_length}
+  ds = provider.get_dataset(lengths, split=split, shuffle=False, num_epochs=1)
+  if max_examples is not None:
+    ds = ds.take(max_examples)
+  counts = np.zeros(vocab_size, np.int64)
+  for example in ds.map(lambda x: x['targets']).as_numpy_iterator():
+    counts += np.bincount(example, minlength=vocab_size)[:vocab_size]
+  return counts
+
+
+def token_unigram_entropy(name: str,
+                          split: str,
+                          max_examples: Optional[int] = None,
+                          sequence_length: Optional[int] = None) -> float:
+  """Entropy, in nats per token, of the empirical unigram distribution of target tokens (EOS included).
+
+  ``H = -sum_v p_v log p_v`` with ``p_v = c_v / sum_u c_u`` over the counts of ``token_counts``: the loss of the
+  best context-free predictor of these tokens, a baseline that a language model's held-out loss must beat.
+  """
+  counts = token_counts(name, split, max_examples, sequence_length)
+  total = counts.sum()
+  if total == 0:
+    raise ValueError(f'no target tokens in {name}:{split}')
+  p = counts[counts > 0] / total
+  return float(-(p * np.log(p)).sum())

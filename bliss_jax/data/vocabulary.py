@@ -1,0 +1,165 @@
+"""SentencePiece vocabularies with T5 conventions: training, loading, and the embedded default.
+
+Every model trained here reserves ``pad_id=0``, ``eos_id=1``, ``unk_id=2`` and has no BOS (``bos_id=-1``), as
+seqio and t5x expect. ``load_vocabulary`` appends ``extra_ids`` sentinel pieces (``<extra_id_0>`` has the
+highest id) for span-corruption objectives.
+
+Training is deterministic: one thread, the sentences in the order given, no sampling (every sentence is used),
+and a fixed random seed, so the same texts and settings give a byte-identical model file.
+"""
+import hashlib
+import io
+import json
+import os
+import tempfile
+import time
+from typing import Any, Dict, Iterable, Iterator, Optional
+
+from absl import logging
+import seqio
+import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2
+
+from bliss_jax.data import embedded
+
+PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
+DEFAULT_EXTRA_IDS = 100
+# The embedded corpus (~1.7 MB of English prose about Python) supports a small vocabulary well: 2048 pieces
+# cover its frequent words and subwords, train in a few seconds, and keep the embedding table (and, for the
+# tiny CPU models this corpus is meant for, the softmax) a small share of the parameters.
+DEFAULT_VOCAB_SIZE = 2048
+DEFAULT_CACHE_DIR = os.path.join('~', '.cache', 'bliss_jax')
+CACHE_ENV_VAR = 'BLISS_JAX_CACHE'
+
+
+def _sentences(texts: Iterable[str], max_sentence_bytes: int) -> Iterator[str]:
+  """Yields the non-blank lines of ``texts`` in order, each cut to at most ``max_sentence_bytes`` bytes."""
+  for text in texts:
+    for line in text.splitlines():
+      if line.strip():
+        data = line.encode('utf-8')
+        if len(data) > max_sentence_bytes:
+          line = data[:max_sentence_bytes].decode('utf-8', errors='ignore')
+        yield line
+
+
+def _write_atomically(data: bytes, path: str) -> None:
+  """Writes ``data`` to a temporary file beside ``path`` and renames it into place."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + '.', suffix='.tmp')
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      f.write(data)
+    os.replace(tmp_path, path)
+  except BaseException:
+    if os.path.exists(tmp_path):
+      os.remove(tmp_path)
+    raise
+
+
+def train_sentencepiece(texts: Iterable[str],
+                        model_path: str,
+                        vocab_size: int,
+                        model_type: str = 'unigram',
+                        character_coverage: float = 1.0,
+                        seed: int = 0,
+                        *,
+                        byte_fallback: bool = False,
+                        max_sentence_bytes: int = 4192,
+                        **trainer_kwargs: Any) -> str:
+  """Trains a SentencePiece model with T5 conventions on ``texts`` and writes it atomically to ``model_path``.
+
+  Each non-blank line of each text is one training sentence (lines longer than ``max_sentence_bytes`` are
+  cut, since SentencePiece silently drops longer sentences). The normaliser is T5's ``nmt_nfkc``, which maps
+  newlines and tabs to spaces and collapses runs of whitespace.
+
+  Args:
+    texts: documents, consumed once, in order.
+    model_path: where the ``.model`` file goes (its directory is created); replaced atomically, so concurrent
+      readers see the old file or the new one, never a partial one.
+    vocab_size: number of pieces, including pad, eos and unk (but not the ``extra_ids`` added at load time).
+    model_type: ``'unigram'`` (T5's choice), ``'bpe'``, ``'char'`` or ``'word'``.
+    character_coverage: fraction of characters the model must cover; rarer characters map to unk.
+    seed: SentencePiece's random-generator seed.
+    byte_fallback: decompose unknown characters into ``<0xXX>`` byte pieces instead of unk (costs 256 pieces).
+    max_sentence_bytes: the longest sentence, in UTF-8 bytes, passed to the trainer.
+    **trainer_kwargs: further ``spm.SentencePieceTrainer.train`` options.
+
+  Returns:
+    ``model_path``.
+  """
+  spm.set_random_generator_seed(seed)
+  options = dict(
+      model_type=model_type,
+      vocab_size=vocab_size,
+      character_coverage=character_coverage,
+      pad_id=PAD_ID,
+      eos_id=EOS_ID,
+      unk_id=UNK_ID,
+      bos_id=-1,
+      byte_fallback=byte_fallback,
+      num_threads=1,
+      input_sentence_size=0,
+      shuffle_input_sentence=False,
+      max_sentence_length=max_sentence_bytes,
+      minloglevel=2,
+  )
+  options.update(trainer_kwargs)
+  model = io.BytesIO()
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=_sentences(texts, max_sentence_bytes), model_writer=model, **options)
+  _write_atomically(model.getvalue(), model_path)
+  return model_path
+
+
+def load_vocabulary(model_path: str, extra_ids: int = DEFAULT_EXTRA_IDS) -> seqio.SentencePieceVocabulary:
+  """Returns the seqio vocabulary of a T5-convention SentencePiece model with ``extra_ids`` sentinels.
+
+  Raises:
+    FileNotFoundError: ``model_path`` does not exist.
+    ValueError: the model does not reserve pad=0, eos=1, unk=2.
+  """
+  if not os.path.isfile(model_path):
+    raise FileNotFoundError(f'SentencePiece model not found: {model_path}')
+  with open(model_path, 'rb') as f:
+    spec = sentencepiece_model_pb2.ModelProto.FromString(f.read()).trainer_spec
+  if (spec.pad_id, spec.eos_id, spec.unk_id) != (PAD_ID, EOS_ID, UNK_ID):
+    raise ValueError(f'{model_path}: expected pad_id=0, eos_id=1, unk_id=2 (T5 conventions), got '
+                     f'pad_id={spec.pad_id}, eos_id={spec.eos_id}, unk_id={spec.unk_id}')
+  return seqio.SentencePieceVocabulary(model_path, extra_ids=extra_ids)
+
+
+def cache_dir() -> str:
+  """Returns ``$BLISS_JAX_CACHE``, by default ``~/.cache/bliss_jax``."""
+  return os.path.expanduser(os.environ.get(CACHE_ENV_VAR) or DEFAULT_CACHE_DIR)
+
+
+def _default_settings() -> Dict[str, Any]:
+  return dict(vocab_size=DEFAULT_VOCAB_SIZE, model_type='unigram', character_coverage=1.0, seed=0,
+              sentencepiece=spm.__version__)
+
+
+def default_vocabulary_path() -> str:
+  """Returns the embedded-corpus model's path, training and caching the model there on first use.
+
+  The file name holds a hash of the corpus (which changes with the Python version) and the training settings,
+  so a changed corpus never reuses a stale model. Several processes may train at once: each writes its own
+  temporary file and renames it into place, and all produce the same bytes.
+  """
+  documents = embedded.embedded_documents()
+  settings = _default_settings()
+  key = hashlib.sha256(
+      (embedded.corpus_fingerprint(documents) + json.dumps(settings, sort_keys=True)).encode()).hexdigest()
+  path = os.path.join(cache_dir(), f'embedded_spm{DEFAULT_VOCAB_SIZE}_{key[:16]}.model')
+  if not os.path.isfile(path):
+    start = time.perf_counter()
+    settings.pop('sentencepiece')
+    train_sentencepiece((text for _, text in documents), path, **settings)
+    logging.info('Trained the default vocabulary in %.1f s: %s', time.perf_counter() - start, path)
+  return path
+
+
+def default_vocabulary(extra_ids: int = DEFAULT_EXTRA_IDS) -> seqio.SentencePieceVocabulary:
+  """Returns the SentencePiece vocabulary of the embedded corpus (see ``default_vocabulary_path``)."""
+  return load_vocabulary(default_vocabulary_path(), extra_ids=extra_ids)

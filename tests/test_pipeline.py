@@ -1,0 +1,152 @@
+"""Tests for bliss_jax.data.pipeline."""
+import collections
+import itertools
+
+import numpy as np
+import pytest
+import seqio
+from pydoc_data import topics
+
+from bliss_jax.data import pipeline
+from bliss_jax.data import seqio_tasks
+from bliss_jax.data import vocabulary
+
+KEYS = ['decoder_input_tokens', 'decoder_loss_weights', 'decoder_positions', 'decoder_segment_ids',
+        'decoder_target_tokens']
+
+
+@pytest.fixture(scope='module')
+def vocab(tmp_path_factory):
+  texts = [text for _, text in sorted(topics.topics.items())][:20]
+  path = vocabulary.train_sentencepiece(texts, str(tmp_path_factory.mktemp('spm') / 'small.model'), 300)
+  return vocabulary.load_vocabulary(path)
+
+
+@pytest.fixture(scope='module')
+def docs():
+  """120 distinct documents of 1 to ~50 words (so ~1 to ~80 tokens)."""
+  words = 'the statement of a value is assigned to each name in the list when the loop ends'.split()
+  return [(f'doc:{i}', f'item {i} ' + ' '.join(words[(i * 3 + j) % len(words)] for j in range((5 * i) % 50)))
+          for i in range(120)]
+
+
+@pytest.fixture(scope='module')
+def task(vocab, docs):
+  seqio_tasks.register_document_task('pipe_lm', lambda: docs, vocab, validation_fraction=0.1)
+  seqio_tasks.register_document_task('pipe_prefix', lambda: docs, vocab, objective='prefix_lm')
+  return 'pipe_lm'
+
+
+def _batches(name='pipe_lm', n=None, split='train', length=32, batch_size=4, **kwargs):
+  kwargs = {'shuffle': True, 'seed': 0, 'repeat': True, **kwargs}
+  ds = pipeline.get_dataset(name, split, length, batch_size, **kwargs)
+  return list(itertools.islice(ds.as_numpy_iterator(), n))
+
+
+def _segments(batch):
+  """Splits packed rows into the target sequences of their segments."""
+  out = []
+  for tokens, segment_ids in zip(batch['decoder_target_tokens'], batch['decoder_segment_ids']):
+    for s in range(1, segment_ids.max() + 1):
+      out.append(tuple(tokens[segment_ids == s]))
+  return out
+
+
+def test_packed_batches_are_consistent(task):
+  batches = _batches(n=6)
+  for batch in batches:
+    assert sorted(batch) == KEYS
+    for value in batch.values():
+      assert value.shape == (4, 32) and value.dtype == np.int32
+    for row in range(4):
+      seg = batch['decoder_segment_ids'][row]
+      pos = batch['decoder_positions'][row]
+      tgt = batch['decoder_target_tokens'][row]
+      inp = batch['decoder_input_tokens'][row]
+      used = seg > 0
+      n = int(used.sum())
+      assert used[:n].all() and seg[0] == 1  # Padding only at the end.
+      assert set(np.diff(seg[:n]).tolist()) <= {0, 1}  # Segments 1, 2, ... in order.
+      np.testing.assert_array_equal(used, tgt != 0)
+      np.testing.assert_array_equal(batch['decoder_loss_weights'][row], used.astype(np.int32))
+      for s in range(1, seg.max() + 1):
+        idx = np.flatnonzero(seg == s)
+        np.testing.assert_array_equal(pos[idx], np.arange(len(idx)))  # Restart at 0, count up.
+        np.testing.assert_array_equal(inp[idx], np.concatenate([[0], tgt[idx][:-1]]))  # Shifted right.
+        assert tgt[idx][-1] == 1  # Every segment is one chunk, ending with EOS.
+  assert any(b['decoder_segment_ids'].max() > 1 for b in batches)  # Something was packed.
+
+
+def test_packing_keeps_every_chunk_exactly_once(task):
+  """One unshuffled epoch, packed: its segments are exactly the task's examples."""
+  packed = _batches(shuffle=False, repeat=False, batch_size=1, seed=None)
+  examples = seqio.get_mixture_or_task(task).get_dataset({'targets': 32}, split='train', shuffle=False)
+  expected = [tuple(x['targets']) for x in examples.as_numpy_iterator()]
+  assert [s for b in packed for s in _segments(b)] == expected
+
+
+def test_unpacked_and_prefix_lm(task, vocab):
+  (batch,) = _batches(n=1, pack=False)
+  assert sorted(batch) == KEYS
+  for row in range(4):
+    n = np.count_nonzero(batch['decoder_target_tokens'][row])
+    np.testing.assert_array_equal(batch['decoder_segment_ids'][row], np.arange(32) < n)
+    np.testing.assert_array_equal(batch['decoder_positions'][row], np.where(np.arange(32) < n, np.arange(32), 0))
+  (batch,) = _batches('pipe_prefix', n=1, feature_converter='prefix_lm')
+  assert sorted(batch) == sorted(KEYS + ['decoder_causal_attention'])
+  assert all(v.shape == (4, 32) for v in batch.values())
+  causal = batch['decoder_causal_attention'] == 1
+  assert np.all(batch['decoder_loss_weights'][causal[:, 1:] & causal[:, :-1]] == 0)  # No loss on the prefix.
+  with pytest.raises(ValueError, match='prefix_lm'):
+    pipeline.get_dataset('pipe_lm', 'train', 32, 4, shuffle=False, seed=0, repeat=False,
+                         feature_converter='prefix_lm')
+
+
+def test_same_seed_same_batches(task):
+  a, b, c = (_batches(n=5, seed=s) for s in (1, 1, 2))
+  for x, y in zip(a, b):
+    for key in KEYS:
+      np.testing.assert_array_equal(x[key], y[key])
+  assert any(not np.array_equal(x['decoder_target_tokens'], z['decoder_target_tokens']) for x, z in zip(a, c))
+
+
+def test_processes_read_disjoint_shards(task):
+  rows = []
+  for index in range(2):
+    batches = _batches(repeat=False, pack=False, batch_size=1, process_index=index, process_count=2)
+    rows.append(collections.Counter(tuple(b['decoder_target_tokens'][0]) for b in batches))
+  everything = collections.Counter(
+      tuple(b['decoder_target_tokens'][0]) for b in _batches(repeat=False, pack=False, batch_size=1))
+  assert not set(rows[0]) & set(rows[1])
+  assert rows[0] + rows[1] == everything and len(rows[0]) > 0 and len(rows[1]) > 0
+
+
+def test_batch_iterator_resumes_exactly(task):
+  make = lambda: pipeline.get_dataset('pipe_lm', 'train', 32, 4, shuffle=True, seed=5, repeat=True)
+  straight = list(itertools.islice(make().as_numpy_iterator(), 8))
+  iterator = pipeline.BatchIterator(make())
+  first = [next(iterator) for _ in range(5)]
+  assert iterator.position == 5
+  resumed = pipeline.BatchIterator(make(), start_position=iterator.position)
+  rest = [next(resumed) for _ in range(3)]
+  assert resumed.position == 8
+  for x, y in zip(first + rest, straight):
+    for key in KEYS:
+      np.testing.assert_array_equal(x[key], y[key])
+
+
+def test_token_unigram_entropy_matches_hand_count(task, vocab, docs):
+  validation = [text for doc_id, text in docs if seqio_tasks.split_of(doc_id, 0.1) == 'validation']
+  tokens = [t for text in validation for t in vocab.encode(text) + [1]]  # One chunk (one EOS) per document.
+  counts = np.bincount(tokens, minlength=vocab.vocab_size)
+  np.testing.assert_array_equal(pipeline.token_counts(task, 'validation'), counts)
+  p = counts[counts > 0] / len(tokens)
+  expected = -np.sum(p * np.log(p))
+  assert pipeline.token_unigram_entropy(task, 'validation') == pytest.approx(expected, rel=1e-12)
+  first_two = [t for text in validation[:2] for t in vocab.encode(text) + [1]]
+  p2 = np.bincount(first_two)[np.bincount(first_two) > 0] / len(first_two)
+  assert pipeline.token_unigram_entropy(task, 'validation', max_examples=2) == pytest.approx(
+      -np.sum(p2 * np.log(p2)), rel=1e-12)
+  # At sequence_length 8, long documents are cut into chunks: more EOS, the same other tokens.
+  chunked = pipeline.token_counts(task, 'validation', sequence_length=8)
+  assert chunked[1] > counts[1] and np.array_equal(np.delete(chunked, 1), np.delete(counts, 1))

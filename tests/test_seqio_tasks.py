@@ -1,0 +1,184 @@
+"""Tests for bliss_jax.data.seqio_tasks, tasks/ and tasks/local_files.py."""
+import collections
+
+import gin
+import pytest
+import seqio
+import tensorflow as tf
+from pydoc_data import topics
+
+from bliss_jax.data import seqio_tasks
+from bliss_jax.data import vocabulary
+
+
+@pytest.fixture(scope='session')
+def small_vocab(tmp_path_factory):
+  texts = [text for _, text in sorted(topics.topics.items())][:20]
+  path = vocabulary.train_sentencepiece(texts, str(tmp_path_factory.mktemp('spm') / 'small.model'), 300)
+  return vocabulary.load_vocabulary(path)
+
+
+def _documents(n=40):
+  """n documents with distinct ids, of 1 to ~60 words."""
+  words = 'the statement of a value is assigned to each name in the list when the loop ends'.split()
+  return [(f'toy:{i}', ' '.join(words[(i + j) % len(words)] for j in range(1 + (7 * i) % 60)))
+          for i in range(n)]
+
+
+def test_split_of_is_a_deterministic_hash_split():
+  ids = [f'doc:{i}' for i in range(20_000)]
+  splits = [seqio_tasks.split_of(i, 0.05) for i in ids]
+  assert splits == [seqio_tasks.split_of(i, 0.05) for i in ids]
+  assert 0.045 < splits.count('validation') / len(ids) < 0.055
+  assert {seqio_tasks.split_of(i, 0.0) for i in ids[:100]} == {'train'}
+  assert {seqio_tasks.split_of(i, 1.0) for i in ids[:100]} == {'validation'}
+  # A larger fraction only moves documents from train to validation.
+  assert all(seqio_tasks.split_of(i, 0.2) == 'validation' for i, s in zip(ids, splits) if s == 'validation')
+
+
+def _source_docs(source, split, **kwargs):
+  ds = source.get_dataset(split=split, **kwargs)
+  return [(x['doc_id'].decode(), x['text'].decode()) for x in ds.as_numpy_iterator()]
+
+
+def test_document_source_splits_are_disjoint_and_complete():
+  docs = _documents(200)
+  source = seqio_tasks.document_source(lambda: docs, validation_fraction=0.2)
+  assert tuple(source.splits) == ('train', 'validation')
+  train = _source_docs(source, 'train', shuffle=False)
+  validation = _source_docs(source, 'validation', shuffle=False)
+  assert not {i for i, _ in train} & {i for i, _ in validation}
+  assert sorted(train + validation) == sorted(docs)
+  assert train == [d for d in docs if d in train]  # Original order kept.
+  assert 20 < len(validation) < 60
+  shuffled = _source_docs(source, 'train', shuffle=True, seed=3)
+  assert shuffled == _source_docs(source, 'train', shuffle=True, seed=3)
+  assert shuffled != train and sorted(shuffled) == sorted(train)
+
+
+def _ragged_dataset(token_lists, doc_ids):
+  return tf.data.Dataset.from_tensor_slices({
+      'targets': tf.ragged.constant(token_lists, dtype=tf.int32), 'doc_id': doc_ids}).map(dict)
+
+
+def test_split_tokens_reconstructs_documents_exactly():
+  token_lists = [list(range(3, 13)), [7], [], list(range(20, 27))]
+  ds = seqio_tasks.split_tokens(_ragged_dataset(token_lists, ['a', 'b', 'c', 'd']), {'targets': 4})
+  assert ds.element_spec['targets'] == tf.TensorSpec([None], tf.int32)
+  examples = list(ds.as_numpy_iterator())
+  assert [(x['doc_id'], int(x['chunk_index']), x['targets'].tolist()) for x in examples] == [
+      (b'a', 0, [3, 4, 5]), (b'a', 1, [6, 7, 8]), (b'a', 2, [9, 10, 11]), (b'a', 3, [12]),
+      (b'b', 0, [7]),
+      (b'd', 0, [20, 21, 22]), (b'd', 1, [23, 24, 25]), (b'd', 2, [26])]
+  whole = seqio_tasks.split_tokens(_ragged_dataset(token_lists, ['a', 'b', 'c', 'd']), None)
+  assert [x['targets'].tolist() for x in whole.as_numpy_iterator()] == [t for t in token_lists if t]
+
+
+def test_split_prefix_cuts_within_bounds():
+  tokens = [list(range(3, 3 + n)) for n in (1, 2, 5, 11, 15)]
+  ds = _ragged_dataset(tokens, [str(n) for n in range(5)])
+  with seqio.utils.map_seed_manager(7):
+    out = list(seqio_tasks.split_prefix(ds, sequence_length={'inputs': 8, 'targets': 8}).as_numpy_iterator())
+  for original, x in zip(tokens, out):
+    inputs, targets = x['inputs'].tolist(), x['targets'].tolist()
+    assert inputs + targets == original
+    assert len(inputs) <= 8 and len(targets) <= 7 and len(targets) >= 1
+    assert len(inputs) >= 1 or len(original) == 1
+  assert [len(x['inputs']) for x in out][-1] == 8  # 15 tokens: the only fitting cut is 8 + 7.
+
+
+def _examples(task_name, split, length, objective='lm'):
+  lengths = {'targets': length} if objective == 'lm' else {'inputs': length, 'targets': length}
+  ds = seqio.get_mixture_or_task(task_name).get_dataset(lengths, split=split, shuffle=False)
+  return list(ds.as_numpy_iterator())
+
+
+def test_document_task_chunks_and_eos(small_vocab):
+  docs = _documents()
+  seqio_tasks.register_document_task('toy_lm', lambda: docs, small_vocab, validation_fraction=0.25)
+  length = 16
+  chunks = collections.defaultdict(list)
+  for split in ('train', 'validation'):
+    for x in _examples('toy_lm', split, length):
+      assert x['targets'][-1] == 1 and 2 <= len(x['targets']) <= length and 1 not in x['targets'][:-1]
+      chunks[x['doc_id'].decode()].append((int(x['chunk_index']), x['targets'][:-1].tolist()))
+  assert sorted(chunks) == sorted(i for i, _ in docs)
+  for doc_id, text in docs:
+    parts = [tokens for _, tokens in sorted(chunks[doc_id])]
+    assert [i for i, _ in sorted(chunks[doc_id])] == list(range(len(parts)))
+    assert sum(parts, []) == small_vocab.encode(text)
+    assert all(len(p) == length - 1 for p in parts[:-1])
+
+
+def test_prefix_lm_task(small_vocab):
+  docs = _documents()
+  seqio_tasks.register_document_task('toy_prefix', lambda: docs, small_vocab, objective='prefix_lm')
+  texts = dict(docs)
+  by_doc = collections.defaultdict(list)
+  for x in _examples('toy_prefix', 'train', 8, objective='prefix_lm'):
+    assert len(x['inputs']) <= 8 and len(x['targets']) <= 8 and x['targets'][-1] == 1
+    by_doc[x['doc_id'].decode()].append((int(x['chunk_index']), x['inputs'].tolist() + x['targets'][:-1].tolist()))
+  for doc_id, parts in by_doc.items():
+    assert sum([p for _, p in sorted(parts)], []) == small_vocab.encode(texts[doc_id])
+
+
+def test_registration_is_idempotent(small_vocab):
+  docs = _documents(10)
+  first = seqio_tasks.register_document_task('toy_again', lambda: docs, small_vocab)
+  second = seqio_tasks.register_document_task('toy_again', lambda: docs[:3], small_vocab)
+  assert seqio.get_mixture_or_task('toy_again') is second is not first
+  assert {x['doc_id'] for x in _examples('toy_again', 'train', 64)} <= {b'toy:0', b'toy:1', b'toy:2'}
+  mixture = seqio_tasks.register_mixture('toy_mix', [('toy_again', 1.0), ('toy_lm', 2.0)])
+  assert seqio_tasks.register_mixture('toy_mix', [('toy_again', 1.0), ('toy_lm', 2.0)]) is not mixture
+
+
+def test_c4_task_registers_without_reading_data(small_vocab):
+  task = seqio_tasks.register_tfds_c4_task('c4_test', vocabulary=small_vocab, tfds_data_dir='/nonexistent')
+  assert isinstance(task.source, seqio.TfdsDataSource)
+  assert task.source.tfds_dataset.name == 'c4/en:3.1.0'
+  assert sorted(task.source.splits) == ['train', 'validation']
+  assert list(task.output_features) == ['targets']
+  seqio_tasks.register_tfds_c4_task('c4_test', vocabulary=small_vocab)  # Idempotent too.
+
+
+def test_tasks_package_registers_default_tasks(tmp_path_factory, monkeypatch):
+  cache = tmp_path_factory.getbasetemp() / 'bliss_jax_cache'  # Shared with test_vocabulary.
+  monkeypatch.setenv(vocabulary.CACHE_ENV_VAR, str(cache))
+  import tasks  # pylint: disable=g-import-not-at-top
+  for name in (tasks.EMBEDDED_DEFAULT, tasks.EMBEDDED_DEFAULT_PREFIX_LM, tasks.C4_EN):
+    assert name in seqio.TaskRegistry.names()
+  task = seqio.get_mixture_or_task(tasks.EMBEDDED_DEFAULT)
+  assert task.output_features['targets'].vocabulary.vocab_size == 2048 + 100
+  first = next(iter(task.get_dataset({'targets': 64}, split='validation', shuffle=False)))
+  assert first['doc_id'].numpy().decode().startswith('pydoc:')
+  assert 2 <= len(first['targets']) <= 64 and first['targets'][-1] == 1
+  assert isinstance(seqio.get_mixture_or_task(tasks.C4_EN).source, seqio.TfdsDataSource)
+
+
+def test_local_files_task_from_gin(tmp_path, small_vocab):
+  from tasks import local_files  # pylint: disable=g-import-not-at-top
+  (tmp_path / 'a.txt').write_text('first line document\nsecond line document\n')
+  (tmp_path / 'b.jsonl').write_text('{"q": "two plus two", "a": "is four"}\n')
+  gin.clear_config()
+  gin.parse_config([
+      "register_local_files_task.name = 'toy_local'",
+      f"register_local_files_task.paths = ['{tmp_path / 'b.jsonl'}']",
+      "register_local_files_task.format = 'jsonl'",
+      "register_local_files_task.text_fields = ('q', 'a')",
+      f"register_local_files_task.vocabulary_path = '{small_vocab.sentencepiece_model_file}'",
+      'register_local_files_task.validation_fraction = 0.0',
+  ])
+  try:
+    assert local_files.register_local_files_task() == 'toy_local'
+  finally:
+    gin.clear_config()
+  (example,) = _examples('toy_local', 'train', 64)
+  assert example['doc_id'] == b'b:0'
+  assert small_vocab.decode(example['targets'][:-1].tolist()) == 'two plus two is four'
+  local_files.register_local_files_task(
+      'toy_local_text', [str(tmp_path / 'a.txt')], vocabulary_path=small_vocab.sentencepiece_model_file,
+      validation_fraction=0.0)
+  assert [x['doc_id'] for x in _examples('toy_local_text', 'train', 64)] == [b'a:0', b'a:1']
+  with pytest.raises(FileNotFoundError, match='missing.txt'):
+    local_files.register_local_files_task('toy_missing', [str(tmp_path / 'missing.txt')])
+  assert 'toy_missing' not in seqio.TaskRegistry.names()
