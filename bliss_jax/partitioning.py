@@ -5,8 +5,10 @@ Models name their axes logically ("batch", "embed", "mlp", ...); this module map
 already used by another dimension of the same array, so ("embed", "data") shards parameters FSDP-style while
 activations, whose "batch" already holds "data", keep "embed" unsharded.
 """
+import contextlib
 import logging
 import os
+import warnings
 from typing import Optional, Sequence
 
 import flax.linen as nn
@@ -111,3 +113,16 @@ def initialize_distributed(coordinator_address: Optional[str] = None, num_proces
   logging.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
   return True
+
+
+@contextlib.contextmanager
+def mesh_context(mesh: Mesh, rules):
+  """Activate `mesh` and the logical-axis `rules` for tracing (flax's logical constraints look both up).
+
+  Uses the `with mesh:` context, which flax 0.12's `with_logical_constraint` relies on; `jax.set_mesh` trips flax's
+  DenseGeneral kernel constraints on this JAX version, so the deprecation warning is silenced here, in one place.
+  """
+  with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=".*with mesh.*deprecated", category=DeprecationWarning)
+    with mesh, nn.logical_axis_rules(rules):
+      yield

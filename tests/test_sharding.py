@@ -25,7 +25,7 @@ def problem():
   batch = next(SyntheticBatches(vocab_size=128, batch_size=8, sequence_length=16, seed=3))
   grad_fn = jax.value_and_grad(lambda p, b: make_lm_loss(model)(p, b, None)[0])
   params = nn.unbox(boxed)
-  with partitioning.make_mesh(1, 1, jax.devices()[:1]):
+  with partitioning.mesh_context(partitioning.make_mesh(1, 1, jax.devices()[:1]), partitioning.logical_rules()):
     reference = jax.jit(grad_fn)(params, batch)
   return boxed, params, batch, grad_fn, reference
 
@@ -35,7 +35,7 @@ def test_sharded_loss_and_grads_equal_single_device(problem, data, model, fsdp):
   boxed, params, batch, grad_fn, (ref_loss, ref_grads) = problem
   mesh = partitioning.make_mesh(data, model)
   rules = partitioning.logical_rules(fsdp)
-  with mesh, nn.logical_axis_rules(rules):
+  with partitioning.mesh_context(mesh, rules):
     p_sh = partitioning.shardings_for(boxed, params, mesh, rules)
     sharded_params = jax.device_put(params, p_sh)
     gbatch = partitioning.global_batch_from_local(batch, mesh)

@@ -89,7 +89,7 @@ def build_step_functions(model_config: ModelConfig, tx, schedule, mesh, rules, *
                          loss_factory: Callable = make_lm_loss, num_microbatches: int = 1) -> StepFunctions:
   """Abstract state and shardings from the model's logical axis names (no allocation), and the jitted steps.
 
-  Call inside `with mesh, nn.logical_axis_rules(rules)`.
+  Call inside `partitioning.mesh_context(mesh, rules)`.
   """
   model = Transformer(model_config)
   dummy = jnp.zeros((1, sequence_length), jnp.int32)
@@ -166,7 +166,7 @@ def train(*, model_dir: str, model_config: ModelConfig, batch_source: BatchSourc
   rules = partitioning.logical_rules(fsdp)
   tx, schedule = make_tx(optimizer, num_steps)
 
-  with mesh, nn.logical_axis_rules(rules):
+  with partitioning.mesh_context(mesh, rules):
     fns = build_step_functions(model_config, tx, schedule, mesh, rules, sequence_length=sequence_length,
                                loss_factory=loss_factory, num_microbatches=num_microbatches)
     repl = partitioning.replicated(mesh)
