@@ -103,3 +103,15 @@ def test_unknown_preset_fails_before_training(clean_gin, tmp_path):
   with pytest.raises(ValueError, match="unknown model preset 'pythia_99m'"):
     cli.run_gin_function("train", args)
   assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
+
+
+def test_load_params_reads_only_parameters_equal_to_the_full_restore(straight_and_resumed):
+  from bliss_jax.training import checkpoints
+  straight, _, _ = straight_and_resumed
+  cfg = checkpoints.read_model_config(straight)
+  assert cfg.vocab_size == 512 and cfg.num_layers == 2
+  step, params = checkpoints.load_params(straight)
+  full, _ = _params(straight, 8)
+  assert step == 8
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(full)):
+    np.testing.assert_array_equal(a, b)

@@ -171,6 +171,8 @@ def train(*, model_dir: str, model_config: ModelConfig, batch_source: BatchSourc
                                loss_factory=loss_factory, num_microbatches=num_microbatches)
     repl = partitioning.replicated(mesh)
     manager = checkpoints.make_manager(model_dir, max_to_keep=keep_checkpoints)
+    if jax.process_index() == 0:
+      checkpoints.write_model_config(model_dir, model_config)
     restored = checkpoints.restore(manager, fns.abstract_state)
     if restored is None:
       state = fns.init(jax.random.PRNGKey(seed))
