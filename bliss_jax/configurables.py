@@ -8,6 +8,7 @@ from typing import Optional
 
 import gin
 
+from bliss_jax.data import pipeline
 from bliss_jax.data.synthetic import synthetic_source
 from bliss_jax.losses.lm import make_lm_loss
 from bliss_jax.models import config as model_config_lib
@@ -29,3 +30,5 @@ gin.external_configurable(trainer.train, "train")
 gin.external_configurable(trainer.OptimizerConfig, "OptimizerConfig")
 gin.external_configurable(make_lm_loss, "lm_loss")
 gin.external_configurable(synthetic_source, "synthetic_source")
+gin.external_configurable(pipeline.seqio_batch_source, "seqio_batch_source")
+gin.external_configurable(pipeline.vocabulary_size, "vocabulary_size")

@@ -11,7 +11,8 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 stamp="$venv/.bliss_jax_installed"
 want="$(sha256sum "$root/setup.cfg" | cut -d' ' -f1)"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || \
+   ! (cd / && "$venv/bin/python" -c "import bliss_jax.models, tasks" 2>/dev/null); then
   echo "[setup_env] installing bliss_jax[test,plot] into $venv (first run: ~1-3 min)" >&2
   "$venv/bin/pip" install -q -e "$root[test,plot]"
   echo "$want" > "$stamp"

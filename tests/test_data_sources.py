@@ -1,7 +1,6 @@
 """Tests for bliss_jax.data.sources and bliss_jax.data.embedded."""
 import gzip
 import json
-import os
 
 import pytest
 

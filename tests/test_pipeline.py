@@ -24,9 +24,9 @@ def vocab(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def docs():
-  """120 distinct documents of 1 to ~50 words (so ~1 to ~80 tokens)."""
+  """120 documents of 2 to ~60 words; the document number recurs, so no two chunks are equal."""
   words = 'the statement of a value is assigned to each name in the list when the loop ends'.split()
-  return [(f'doc:{i}', f'item {i} ' + ' '.join(words[(i * 3 + j) % len(words)] for j in range((5 * i) % 50)))
+  return [(f'doc:{i}', f'item {i} ' + ' '.join(f'{words[(i * 3 + j) % len(words)]} {i}' for j in range(7 * i % 30)))
           for i in range(120)]
 
 
@@ -53,11 +53,11 @@ def _segments(batch):
 
 
 def test_packed_batches_are_consistent(task):
-  batches = _batches(n=6)
+  batches = _batches(n=6, length=64)
   for batch in batches:
     assert sorted(batch) == KEYS
     for value in batch.values():
-      assert value.shape == (4, 32) and value.dtype == np.int32
+      assert value.shape == (4, 64) and value.dtype == np.int32
     for row in range(4):
       seg = batch['decoder_segment_ids'][row]
       pos = batch['decoder_positions'][row]
@@ -95,8 +95,13 @@ def test_unpacked_and_prefix_lm(task, vocab):
   (batch,) = _batches('pipe_prefix', n=1, feature_converter='prefix_lm')
   assert sorted(batch) == sorted(KEYS + ['decoder_causal_attention'])
   assert all(v.shape == (4, 32) for v in batch.values())
-  causal = batch['decoder_causal_attention'] == 1
-  assert np.all(batch['decoder_loss_weights'][causal[:, 1:] & causal[:, :-1]] == 0)  # No loss on the prefix.
+  for row in range(4):
+    seg, weights = batch['decoder_segment_ids'][row], batch['decoder_loss_weights'][row]
+    for s in range(1, seg.max() + 1):
+      idx = np.flatnonzero(seg == s)
+      num_inputs = batch['decoder_causal_attention'][row][idx].sum() - 1  # Causal reaches one past the prefix.
+      assert 0 <= num_inputs <= 16 and len(idx) - num_inputs <= 16
+      np.testing.assert_array_equal(weights[idx], np.arange(len(idx)) >= num_inputs)  # Loss on targets only.
   with pytest.raises(ValueError, match='prefix_lm'):
     pipeline.get_dataset('pipe_lm', 'train', 32, 4, shuffle=False, seed=0, repeat=False,
                          feature_converter='prefix_lm')
@@ -117,8 +122,14 @@ def test_processes_read_disjoint_shards(task):
     rows.append(collections.Counter(tuple(b['decoder_target_tokens'][0]) for b in batches))
   everything = collections.Counter(
       tuple(b['decoder_target_tokens'][0]) for b in _batches(repeat=False, pack=False, batch_size=1))
-  assert not set(rows[0]) & set(rows[1])
+  # Every chunk of the epoch is read exactly once, by one process (a chunk read twice would count twice).
   assert rows[0] + rows[1] == everything and len(rows[0]) > 0 and len(rows[1]) > 0
+  doc_ids = [
+      {x['doc_id'] for x in seqio.get_mixture_or_task(task).get_dataset(
+          {'targets': 32}, split='train', shuffle=True, seed=0,
+          shard_info=seqio.ShardInfo(index, 2)).as_numpy_iterator()}
+      for index in range(2)]
+  assert not doc_ids[0] & doc_ids[1] and abs(len(doc_ids[0]) - len(doc_ids[1])) <= 1
 
 
 def test_batch_iterator_resumes_exactly(task):
@@ -150,3 +161,17 @@ def test_token_unigram_entropy_matches_hand_count(task, vocab, docs):
   # At sequence_length 8, long documents are cut into chunks: more EOS, the same other tokens.
   chunked = pipeline.token_counts(task, 'validation', sequence_length=8)
   assert chunked[1] > counts[1] and np.array_equal(np.delete(chunked, 1), np.delete(counts, 1))
+
+
+def test_seqio_batch_source_for_the_trainer(task, vocab):
+  source = pipeline.seqio_batch_source(task, batch_size=4, sequence_length=32, seed=5)
+  assert pipeline.vocabulary_size(task) == vocab.vocab_size == 400
+  straight = list(itertools.islice(pipeline.get_dataset(
+      task, 'train', 32, 4, shuffle=True, seed=5, repeat=True).as_numpy_iterator(), 3))
+  resumed = source('train', start_position=1)
+  assert resumed.position == 1
+  np.testing.assert_array_equal(next(resumed)['decoder_target_tokens'], straight[1]['decoder_target_tokens'])
+  halves = [next(source('validation', process_index=i, process_count=2, repeat=False)) for i in range(2)]
+  assert all(h['decoder_target_tokens'].shape == (2, 32) for h in halves)  # Global batch 4 over 2 processes.
+  with pytest.raises(ValueError, match='divisible'):
+    source('train', process_count=3)

@@ -85,6 +85,10 @@ def test_split_prefix_cuts_within_bounds():
     assert len(inputs) <= 8 and len(targets) <= 7 and len(targets) >= 1
     assert len(inputs) >= 1 or len(original) == 1
   assert [len(x['inputs']) for x in out][-1] == 8  # 15 tokens: the only fitting cut is 8 + 7.
+  with seqio.utils.map_seed_manager(7):
+    unbounded = list(seqio_tasks.split_prefix(ds).as_numpy_iterator())
+  assert all(x['inputs'].tolist() + x['targets'].tolist() == t for t, x in zip(tokens, unbounded))
+  assert all(len(x['targets']) >= 1 and (len(x['inputs']) >= 1 or len(t) == 1) for t, x in zip(tokens, unbounded))
 
 
 def _examples(task_name, split, length, objective='lm'):
@@ -147,6 +151,7 @@ def test_tasks_package_registers_default_tasks(tmp_path_factory, monkeypatch):
   import tasks  # pylint: disable=g-import-not-at-top
   for name in (tasks.EMBEDDED_DEFAULT, tasks.EMBEDDED_DEFAULT_PREFIX_LM, tasks.C4_EN):
     assert name in seqio.TaskRegistry.names()
+  assert gin.get_configurable('register_local_files_task')
   task = seqio.get_mixture_or_task(tasks.EMBEDDED_DEFAULT)
   assert task.output_features['targets'].vocabulary.vocab_size == 2048 + 100
   first = next(iter(task.get_dataset({'targets': 64}, split='validation', shuffle=False)))

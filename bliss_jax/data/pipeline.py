@@ -7,8 +7,11 @@ Every batch is a dict of int32 arrays of shape ``[batch_size, sequence_length]``
 plus ``decoder_causal_attention`` for ``feature_converter='prefix_lm'``. These are the keys of seqio's
 ``DecoderFeatureConverter``; without packing seqio omits segment ids and positions, and ``get_dataset`` adds
 them (segment 1 on every non-padding token, positions 0, 1, ... there), so models see one format.
+
+``seqio_batch_source`` adapts all this to the trainer's ``BatchSource`` contract (global batch size, resumable
+``BatchIterator`` with a ``position``).
 """
-from typing import Dict, Iterator, Mapping, Optional
+from typing import Callable, Dict, Iterator, Mapping, Optional
 
 import numpy as np
 import seqio
@@ -119,18 +122,54 @@ class BatchIterator:
     return batch
 
 
+def vocabulary_size(name: str) -> int:
+  """Ids in the ``targets`` vocabulary of a task or mixture, extra ids included (the model's minimum)."""
+  return seqio.get_mixture_or_task(name).output_features['targets'].vocabulary.vocab_size
+
+
+def seqio_batch_source(mixture_or_task_name: str,
+                       *,
+                       batch_size: int,
+                       sequence_length: int,
+                       seed: int = 0,
+                       pack: bool = True,
+                       feature_converter: str = 'decoder') -> Callable[..., BatchIterator]:
+  """Returns a ``trainer.BatchSource`` over a task or mixture: a function of ``(split, *, start_position=0,
+  process_index=0, process_count=1, repeat=True)`` returning a ``BatchIterator`` of that process's batches.
+
+  Unlike ``get_dataset``, ``batch_size`` here is GLOBAL: each of the ``process_count`` processes gets
+  ``batch_size // process_count`` rows (it must divide). The train split is shuffled with ``seed``; other
+  splits are read in order.
+  """
+
+  def source(split: str, *, start_position: int = 0, process_index: int = 0, process_count: int = 1,
+             repeat: bool = True) -> BatchIterator:
+    if batch_size % process_count:
+      raise ValueError(f'batch_size={batch_size} is not divisible by process_count={process_count}')
+    dataset = get_dataset(
+        mixture_or_task_name, split, sequence_length, batch_size // process_count, shuffle=split == 'train',
+        seed=seed, pack=pack, repeat=repeat, feature_converter=feature_converter, process_index=process_index,
+        process_count=process_count)
+    return BatchIterator(dataset, start_position=start_position)
+
+  return source
+
+
 def token_counts(name: str,
                  split: str,
                  max_examples: Optional[int] = None,
                  sequence_length: Optional[int] = None) -> np.ndarray:
   """Counts each token id among the ``targets`` (EOS included) of the first ``max_examples`` examples.
 
-  Examples come unshuffled from the task or mixture, chunked at ``sequence_length`` (no chunking when None,
-  one example per document). Returns int64 counts indexed by token id, of length ``vocabulary.vocab_size``.
+  Examples come unshuffled from the task or mixture, chunked as ``get_dataset`` chunks them for
+  ``sequence_length`` (no chunking when None: one example per document). For prefix-LM tasks only the targets
+  (which carry the loss) are counted. Returns int64 counts indexed by token id, of length
+  ``vocabulary.vocab_size``.
   """
   provider = seqio.get_mixture_or_task(name)
   vocab_size = provider.output_features['targets'].vocabulary.vocab_size
-  lengths = None if sequence_length is None else {'targets': sequence_length}
+  converter = 'prefix_lm' if 'inputs' in provider.output_features else 'decoder'
+  lengths = None if sequence_length is None else task_feature_lengths(sequence_length, converter)
   ds = provider.get_dataset(lengths, split=split, shuffle=False, num_epochs=1)
   if max_examples is not None:
     ds = ds.take(max_examples)

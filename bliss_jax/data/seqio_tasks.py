@@ -7,7 +7,8 @@ A document task turns ``(doc_id, text)`` pairs into examples
 where ``L = sequence_length['targets']``: the text is tokenized, cut into consecutive chunks of at most ``L - 1``
 tokens (so that EOS fits; nothing is truncated away), and each chunk gets EOS. With ``objective='prefix_lm'``
 each chunk (of at most ``I + T - 1`` tokens, ``I, T = sequence_length['inputs'], sequence_length['targets']``)
-is further cut at a random point into ``inputs`` (no EOS) and ``targets`` (+ EOS), T5's prefix-LM objective.
+is further cut into ``inputs`` (no EOS) and ``targets`` (+ EOS) at a random point where both fit (see
+``split_prefix``).
 
 ``(doc_id, chunk_index)`` names every example, so per-example scores map back to documents.
 """
@@ -23,7 +24,9 @@ DocumentsFn = Callable[[], Iterable[Document]]
 SPLITS = ('train', 'validation')
 OBJECTIVES = ('lm', 'prefix_lm')
 DEFAULT_VALIDATION_FRACTION = 0.05
-DEFAULT_SHUFFLE_BUFFER_SIZE = 10_000
+# The source already shuffles whole documents every epoch; the example buffer only has to separate the chunks
+# of one document. seqio's default (1,000) does that, and a bigger buffer only delays the first batch.
+DEFAULT_SHUFFLE_BUFFER_SIZE = seqio.SHUFFLE_BUFFER_SIZE
 
 
 def split_of(doc_id: str, validation_fraction: float = DEFAULT_VALIDATION_FRACTION) -> str:
@@ -54,7 +57,8 @@ def document_source(documents_fn: DocumentsFn,
                     validation_fraction: float = DEFAULT_VALIDATION_FRACTION) -> seqio.FunctionDataSource:
   """Returns a ``seqio.FunctionDataSource`` of ``{'text', 'doc_id'}`` string features, split by id hash.
 
-  ``documents_fn()`` is called (and its documents held in memory) each time a dataset is built. With
+  ``documents_fn()`` is called, and its documents held in memory, each time a dataset is built: meant for
+  corpora of up to a few GB; larger ones belong in a TFDS or file-based source. With
   ``shuffle_files`` the documents come in a seeded random order, reshuffled on every epoch (a full shuffle,
   unlike a bounded shuffle buffer). Multi-process sharding happens on these documents, so processes read
   disjoint documents.
@@ -79,6 +83,8 @@ def chunk_length(sequence_length: Optional[Mapping[str, int]], include_inputs: b
     return None
   length = sequence_length['targets'] - 1
   if include_inputs:
+    if sequence_length.get('inputs') is None:
+      raise ValueError(f"a prefix-LM task needs sequence_length['inputs'], got {dict(sequence_length)}")
     length += sequence_length['inputs']
   if length < 1:
     raise ValueError(f'sequence_length {dict(sequence_length)} leaves no room for tokens besides EOS')
@@ -117,18 +123,23 @@ def split_tokens(dataset: tf.data.Dataset,
 
 @seqio.map_over_dataset(num_seeds=1)
 def split_prefix(features: Mapping[str, tf.Tensor],
-                 sequence_length: Optional[Mapping[str, int]],
-                 seed: tf.Tensor) -> Mapping[str, tf.Tensor]:
+                 seed: tf.Tensor,
+                 sequence_length: Optional[Mapping[str, int]] = None) -> Mapping[str, tf.Tensor]:
   """Cuts ``targets`` (n tokens) at a uniform random point s into ``inputs = t[:s]``, ``targets = t[s:]``.
 
   ``s`` is drawn from ``[max(1, n - T + 1), min(I, n - 1)]`` so that inputs fit in ``I`` tokens and targets,
-  with EOS, in ``T``, and both are non-empty when ``n >= 2`` (``s = 0`` for ``n = 1``). Without
-  ``sequence_length``, from ``[1, n - 1]``.
+  with EOS, in ``T``, and both are non-empty when ``n >= 2`` (``s = 0`` for ``n = 1``); a missing length
+  drops its bound. After ``split_tokens`` a full chunk (``n = I + T - 1``) has a single such point, ``s = I``:
+  only the last chunk of a document is cut at a random point.
   """
+  sequence_length = sequence_length or {}
   tokens = features['targets']
   n = tf.size(tokens, out_type=tf.int32)
-  lo = tf.maximum(1, n - sequence_length['targets'] + 1) if sequence_length else tf.constant(1)
-  hi = tf.minimum(sequence_length['inputs'], n - 1) if sequence_length else n - 1
+  lo, hi = tf.constant(1), n - 1
+  if sequence_length.get('targets') is not None:
+    lo = tf.maximum(lo, n - sequence_length['targets'] + 1)
+  if sequence_length.get('inputs') is not None:
+    hi = tf.minimum(hi, sequence_length['inputs'])
   hi = tf.maximum(hi, lo)
   s = tf.random.stateless_uniform([], seed=seed, minval=lo, maxval=hi + 1, dtype=tf.int32)
   s = tf.clip_by_value(s, 0, tf.maximum(n - 1, 0))
@@ -200,18 +211,21 @@ def register_tfds_c4_task(name: str = 'c4_en',
                           vocabulary: Optional[seqio.Vocabulary] = None,
                           *,
                           tfds_data_dir: Optional[str] = None,
+                          read_only: bool = False,
                           objective: str = 'lm',
                           shuffle_buffer_size: int = DEFAULT_SHUFFLE_BUFFER_SIZE) -> seqio.Task:
   """Registers C4 from TFDS (``text`` -> chunked ``targets``, ``url`` -> ``doc_id``), splits train/validation.
 
-  Registration reads nothing: TFDS opens ``tfds_data_dir`` (which must hold the prepared dataset; nothing is
-  downloaded here) only when a dataset is built. The vocabulary defaults to ``default_vocabulary()``.
+  Registration reads nothing and touches no network. Building a dataset opens the prepared dataset in
+  ``tfds_data_dir`` (TFDS's default data dir when None); if it is not there, TFDS's own ``tfds.load`` fetches
+  it (``try_gcs``, else download and prepare) unless ``read_only``, which makes a missing dataset an error.
+  The vocabulary defaults to ``default_vocabulary()``.
   """
   if vocabulary is None:
     from bliss_jax.data import vocabulary as vocabulary_lib  # pylint: disable=g-import-not-at-top
     vocabulary = vocabulary_lib.default_vocabulary()
   source = seqio.TfdsDataSource(
-      tfds_name=tfds_name, tfds_data_dir=tfds_data_dir,
+      tfds_name=tfds_name, tfds_data_dir=tfds_data_dir, read_only=read_only,
       splits={'train': 'train', 'validation': 'validation'})
   preprocessors = document_preprocessors(objective)
   preprocessors[0] = functools.partial(seqio.preprocessors.rekey, key_map={'targets': 'text', 'doc_id': 'url'})

@@ -13,7 +13,7 @@ import json
 import os
 import tempfile
 import time
-from typing import Any, Dict, Iterable, Iterator, Optional
+from typing import Any, Dict, Iterable, Iterator
 
 from absl import logging
 import seqio

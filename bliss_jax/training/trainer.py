@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 import time
 from typing import Callable, Iterator, Optional
 
@@ -208,7 +209,7 @@ def train(*, model_dir: str, model_config: ModelConfig, batch_source: BatchSourc
 
     last_metrics, last_eval = {}, None
     bar = tqdm.tqdm(total=num_steps, initial=start_step, disable=not progress_bar or jax.process_index() != 0,
-                    desc="train", dynamic_ncols=True)
+                    desc="train", dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
     t_last, tokens_since = time.perf_counter(), 0.0
     last_step = num_steps if stop_at_step is None else min(stop_at_step, num_steps)
     for step in range(start_step + 1, last_step + 1):

@@ -1,0 +1,39 @@
+#!/usr/bin/env python
+r"""Unigram entropy of a task's tokens (the loss of the best context-free predictor), next to a run's held-out loss.
+
+  python scripts/unigram_entropy.py --task embedded_default --split validation --sequence_length 128 \
+      --model_dir runs/quickstart
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--task", default="embedded_default")
+  p.add_argument("--split", default="validation")
+  p.add_argument("--sequence_length", type=int, default=None)
+  p.add_argument("--model_dir", default=None, help="print this run's last held-out loss next to the entropy")
+  a = p.parse_args()
+  import tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  from bliss_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  h = pipeline.token_unigram_entropy(a.task, a.split, sequence_length=a.sequence_length)
+  print(f"unigram entropy of {a.task}:{a.split} under its tokenizer: {h:.4f} nats/token")
+  if a.model_dir:
+    path = os.path.join(a.model_dir, "metrics.jsonl")
+    rows = [json.loads(l) for l in open(path) if '"validation"' in l]
+    if not rows:
+      raise SystemExit(f"error: no validation rows in {path}")
+    last = rows[-1]
+    print(f"held-out loss of {a.model_dir} at step {last['step']}: {last['loss']:.4f} nats/token "
+          f"({h - last['loss']:.4f} below the unigram entropy; perplexity {last['perplexity']:.1f} vs "
+          f"{__import__('math').exp(h):.1f})")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,26 @@
+"""SeqIO tasks of bliss_jax, registered on import (as t5x users import their task modules).
+
+* ``embedded_default``: the embedded default corpus (pydoc topics and stdlib docstrings, see
+  ``bliss_jax.data.embedded``), ``default_vocabulary()``, targets-only LM, 5% of documents held out as
+  ``validation``. ``embedded_default_prefix_lm`` is the same corpus with random inputs/targets cuts.
+* ``c4_en``: C4 (``c4/en:3.1.0``) from TFDS with the same vocabulary; registering it reads nothing, building
+  its dataset needs the prepared TFDS data (no download is attempted here).
+
+Importing parses the embedded corpus (about 1.5 s) to find the default vocabulary, and trains that vocabulary
+once per machine (a few seconds; cached under ``$BLISS_JAX_CACHE``). ``tasks.local_files`` (imported here, so
+gin files can bind it) adds the user's own files.
+"""
+from bliss_jax.data import embedded
+from bliss_jax.data import seqio_tasks
+from bliss_jax.data import vocabulary
+from tasks import local_files  # pylint: disable=unused-import  (makes `register_local_files_task` gin-bindable)
+
+EMBEDDED_DEFAULT = 'embedded_default'
+EMBEDDED_DEFAULT_PREFIX_LM = 'embedded_default_prefix_lm'
+C4_EN = 'c4_en'
+
+_vocabulary = vocabulary.default_vocabulary()
+seqio_tasks.register_document_task(EMBEDDED_DEFAULT, embedded.embedded_documents, _vocabulary)
+seqio_tasks.register_document_task(
+    EMBEDDED_DEFAULT_PREFIX_LM, embedded.embedded_documents, _vocabulary, objective='prefix_lm')
+seqio_tasks.register_tfds_c4_task(C4_EN, tfds_name='c4/en:3.1.0', vocabulary=_vocabulary)
