@@ -40,3 +40,26 @@ def test_vocab_mismatch_is_refused(tmp_path):
   with pytest.raises(ValueError, match="smaller than the task vocabulary"):
     trainer.train(model_dir=str(tmp_path), model_config=preset("tiny", vocab_size=100), vocab_size=300,
                   batch_source=None, progress_bar=False)
+
+
+def test_adafactor_on_a_4x2_mesh_matches_one_device(tmp_path):
+  """Adafactor's factored moments have other ranks than their parameters; they are replicated, and training
+  on a 4 x 2 mesh follows the 1-device run."""
+  import jax
+  from bliss_jax.training import checkpoints
+
+  def run(name, **mesh):
+    src = synthetic_source(vocab_size=128, batch_size=8, sequence_length=16)
+    return trainer.train(model_dir=str(tmp_path / name), model_config=preset("tiny", vocab_size=128),
+                         batch_source=src, num_steps=3, batch_size=8, sequence_length=16,
+                         optimizer=trainer.OptimizerConfig(name="adafactor", warmup_steps=1), eval_every=0,
+                         checkpoint_every=3, progress_bar=False, **mesh)
+
+  one = run("one", mesh_data=1, devices=jax.devices()[:1])
+  sharded = run("sharded", mesh_data=4, mesh_model=2)
+  assert np.isfinite(one.last_train_metrics["loss"])
+  assert sharded.last_train_metrics["loss"] == pytest.approx(one.last_train_metrics["loss"], rel=1e-5)
+  _, p1 = checkpoints.load_params(str(tmp_path / "one"))
+  _, p8 = checkpoints.load_params(str(tmp_path / "sharded"))
+  for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
