@@ -1,0 +1,48 @@
+"""Selection rules on hand-made score vectors."""
+import numpy as np
+import pytest
+
+from bliss_jax.selection import rules
+
+
+def test_top_k_order_and_ties():
+  s = [0.5, 2.0, 2.0, -1.0, 0.5, 3.0]
+  np.testing.assert_array_equal(rules.top_k(s, 4), [5, 1, 2, 0])  # tie 1/2 and 0/4: lower index first
+  np.testing.assert_array_equal(rules.top_k(s, 3, largest=False), [3, 0, 4])
+  assert rules.top_k(s, 0).size == 0
+
+
+def test_top_fraction_counts():
+  s = np.arange(10.0)
+  np.testing.assert_array_equal(rules.top_fraction(s, 0.2), [9, 8])
+  assert rules.fraction_to_count(10, 0.25) == 2 and rules.fraction_to_count(8, 0.25) == 2
+  assert rules.fraction_to_count(3, 1.0) == 3
+
+
+def test_nan_and_bad_k_are_named():
+  with pytest.raises(ValueError, match="non-finite score.*index 1"):
+    rules.top_k([0.0, np.nan], 1)
+  with pytest.raises(ValueError, match="k=3 outside"):
+    rules.top_k([0.0, 1.0], 3)
+
+
+def test_gumbel_top_k_deterministic_and_distributed_as_softmax():
+  s = np.log(np.array([0.6, 0.3, 0.1]))
+  np.testing.assert_array_equal(rules.gumbel_top_k(s, 2, seed=7), rules.gumbel_top_k(s, 2, seed=7))
+  firsts = np.array([rules.gumbel_top_k(s, 1, seed=i)[0] for i in range(4000)])
+  freq = np.bincount(firsts, minlength=3) / firsts.size
+  # binomial standard error at n=4000 is <= 0.008: 4 sigma
+  np.testing.assert_allclose(freq, [0.6, 0.3, 0.1], atol=0.032)
+  # temperature -> 0 is top-k
+  np.testing.assert_array_equal(rules.gumbel_top_k(s, 2, temperature=1e-6, seed=3), [0, 1])
+
+
+def test_sample_proportional():
+  w = [0.0, 1.0, 3.0]
+  draws = rules.sample_proportional(w, 4000, seed=1, replace=True)
+  np.testing.assert_allclose(np.bincount(draws, minlength=3) / 4000, [0, 0.25, 0.75], atol=0.03)
+  assert sorted(rules.sample_proportional(w, 2, seed=0)) == [1, 2]
+  with pytest.raises(ValueError, match="non-negative"):
+    rules.sample_proportional([-1.0, 1.0], 1)
+  with pytest.raises(ValueError, match="cannot draw 3 distinct"):
+    rules.sample_proportional(w, 3)
