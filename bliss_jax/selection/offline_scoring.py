@@ -1,0 +1,110 @@
+"""Offline scoring of a SeqIO split with frozen models: batched, jit-compiled, sharded, streamed to a score store.
+
+`score_split` reads the split unpacked and in order (`bliss_jax.data.keyed`), runs `score_fn` on each global batch
+(split over the mesh's "data" axis; each process feeds its own shard of the split), and writes this process's rows
+every `batches_per_shard` batches as one shard of the store. Rerunning after an interruption skips the finished shards
+(their batches are read past, not scored) and continues; a finished store is not touched again.
+"""
+import os
+import time
+from typing import Callable, Optional
+
+import jax
+import numpy as np
+import tqdm
+
+from bliss_jax import partitioning
+from bliss_jax.data.keyed import keyed_batches
+from bliss_jax.selection import score_store
+
+MODEL_FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights", "decoder_segment_ids",
+                  "decoder_positions", "decoder_causal_attention")
+
+
+def score_split(score_fn: Callable, params, *, task: str, split: str, store_dir: str, sequence_length: int,
+                batch_size: int, mesh=None, batches_per_shard: int = 16, max_examples: Optional[int] = None,
+                feature_converter: str = "decoder", meta: Optional[dict] = None, progress: bool = True,
+                stop_after_shards: Optional[int] = None) -> score_store.ScoreTable:
+  """Score `task:split` into `store_dir` and return the whole table (read back from the store).
+
+  Args:
+    score_fn: `(params, batch) -> {name: [B], "tok_"+name: [B, T]}` (see `scorers`); jitted here.
+    params: anything `score_fn` takes (e.g. a tuple of two models' parameters), already placed on devices.
+    batch_size: the GLOBAL batch; each of the processes reads `batch_size / process_count` rows per batch.
+    mesh: rows are split over its "data" axis (default: all devices on "data").
+    stop_after_shards: leave after writing this many new shards (to test resumption; None = run to the end).
+  """
+  os.makedirs(store_dir, exist_ok=True)
+  if score_store.is_complete(store_dir):
+    return score_store.read_scores(store_dir)
+  mesh = mesh or partitioning.make_mesh()
+  pc, pi = jax.process_count(), jax.process_index()
+  if batch_size % pc or batch_size % mesh.shape["data"]:
+    raise ValueError(f"batch_size={batch_size} must divide over {pc} processes and the data axis "
+                     f"({mesh.shape['data']})")
+  local = batch_size // pc
+  done = score_store.completed_shards(store_dir, pi)
+  fn = jax.jit(score_fn, out_shardings=partitioning.replicated(mesh))
+  if pi == 0:
+    score_store.write_manifest(store_dir, complete=False, task=task, split=split, sequence_length=sequence_length,
+                               meta=meta or {})
+  batches = keyed_batches(task, split, sequence_length, local, feature_converter=feature_converter, process_index=pi,
+                          process_count=pc, start_batch=len(done) * batches_per_shard, max_examples=max_examples)
+  bar = tqdm.tqdm(desc=f"score {task}:{split}", unit="ex", disable=not progress or pi != 0, mininterval=2.0)
+  pending, shard_index, new_shards, tokens, t0 = [], len(done), 0, 0, time.perf_counter()
+  last = None
+
+  def flush():
+    nonlocal pending, shard_index, new_shards
+    if pending:
+      score_store.write_shard(store_dir, pi, shard_index, score_store.ScoreTable.concatenate(pending))
+      pending, shard_index, new_shards = [], shard_index + 1, new_shards + 1
+
+  empty = None
+  while True:
+    batch = next(batches, None)
+    if pc > 1:  # every process runs the same number of global batches: exhausted ones feed invalid rows
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      if not multihost_utils.process_allgather(np.array(batch is not None)).any():
+        break
+      if batch is None:
+        empty = empty or _empty_like(last)
+        batch = empty
+    elif batch is None:
+      break
+    last = batch
+    model_batch = {k: batch[k] for k in MODEL_FEATURES if k in batch}
+    out = jax.device_get(fn(params, partitioning.global_batch_from_local(model_batch, mesh)))
+    rows = slice(pi * local, (pi + 1) * local)  # this process's rows of the global batch
+    valid = batch["valid"]
+    num_tokens = batch["decoder_loss_weights"].sum(-1).astype(np.int32)
+    table = score_store.ScoreTable(
+        doc_id=batch["doc_id"].astype(str), chunk_index=batch["chunk_index"],
+        columns={k: np.asarray(v)[rows] for k, v in out.items() if not k.startswith("tok_")},
+        num_tokens=num_tokens, token_columns={k[4:]: np.asarray(v)[rows] for k, v in out.items()
+                                              if k.startswith("tok_")})
+    if valid.any():
+      pending.append(table.take(np.flatnonzero(valid)))
+    tokens += int(num_tokens.sum())
+    bar.update(int(valid.sum()))
+    bar.set_postfix(tok_s=f"{tokens / max(time.perf_counter() - t0, 1e-9):.0f}")
+    if len(pending) == batches_per_shard:
+      flush()
+      if stop_after_shards is not None and new_shards >= stop_after_shards:
+        bar.close()
+        return None
+  flush()
+  bar.close()
+  if pc > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(f"score_split:{store_dir}")
+  table = score_store.read_scores(store_dir, require_complete=False)
+  if pi == 0:
+    score_store.write_manifest(store_dir, complete=True, task=task, split=split, sequence_length=sequence_length,
+                               num_examples=len(table), columns=sorted(table.columns),
+                               token_columns=sorted(table.token_columns), meta=meta or {})
+  return table
+
+
+def _empty_like(batch: dict) -> dict:
+  return {k: np.zeros_like(v) for k, v in batch.items()}

@@ -1,0 +1,34 @@
+"""Per-token and per-sequence scores of frozen language models (pure functions of params and a batch).
+
+A scorer is `score_fn(params, batch) -> {name: [B] per-example values, "tok_"+name: [B, T] per-token values}`; the
+offline runner (`offline_scoring.score_split`) stores the [B] entries as columns and the "tok_" ones as token columns.
+"""
+import jax
+import jax.numpy as jnp
+
+from bliss_jax.losses.lm import model_logits, token_cross_entropy
+
+
+def token_log_probs(model, params, batch) -> jax.Array:
+  """log p(x_t | x_<t) of every target token [B, T], float32; 0 where `decoder_loss_weights` is 0."""
+  logits = model_logits(model, params, batch)
+  w = batch["decoder_loss_weights"].astype(jnp.float32)
+  return -token_cross_entropy(logits, batch["decoder_target_tokens"]) * w
+
+
+def sequence_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
+  """(1/|x|) Σ_t v_t over the loss-carrying positions of each row; 0 for rows with none."""
+  w = weights.astype(jnp.float32)
+  return jnp.sum(values * w, -1) / jnp.maximum(jnp.sum(w, -1), 1.0)
+
+
+def make_lm_scorer(model, with_token_losses: bool = False):
+  """Scores under one model: `mean_logp`, `sum_logp` and `num_tokens` per example (+ `tok_loss`, the CE per token)."""
+  def score_fn(params, batch):
+    lp = token_log_probs(model, params, batch)
+    w = batch["decoder_loss_weights"]
+    out = {"mean_logp": sequence_mean(lp, w), "sum_logp": jnp.sum(lp, -1)}
+    if with_token_losses:
+      out["tok_loss"] = -lp
+    return out
+  return score_fn
