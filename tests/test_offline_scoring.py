@@ -93,3 +93,20 @@ def test_scores_round_trip_resume_and_equal_plain_forward(task, model_and_params
   by_score = score_store.select_keys(straight, idx, "score")
   assert by_score[0] == straight.keys()[int(np.argmax(straight.columns["mean_logp"]))]
   assert score_store.select_keys(straight, idx, "original") == [straight.keys()[i] for i in sorted(idx)]
+
+
+def test_selected_task_serves_exactly_the_selection_in_order(task):
+  from bliss_jax.selection.selected_task import register_selected_task
+  import seqio
+  name, _ = task
+  ds = seqio.get_mixture_or_task(name).get_dataset({"targets": LENGTH}, split="train", shuffle=False, num_epochs=1)
+  all_examples = {f"{e['doc_id'].decode()}#{e['chunk_index']}": e["targets"] for e in ds.as_numpy_iterator()}
+  keys = sorted(all_examples)[::7][::-1]  # any subset, in a chosen order
+  register_selected_task("score_lm_selected", name, keys, sequence_length=LENGTH, epochs=2)
+  got = list(seqio.get_mixture_or_task("score_lm_selected").get_dataset(
+      {"targets": LENGTH}, split="train", shuffle=False, num_epochs=1).as_numpy_iterator())
+  assert [f"{e['doc_id'].decode()}#{e['chunk_index']}" for e in got] == keys * 2
+  for e in got[:len(keys)]:
+    np.testing.assert_array_equal(e["targets"], all_examples[f"{e['doc_id'].decode()}#{e['chunk_index']}"])
+  with pytest.raises(ValueError, match="not in score_lm:train"):
+    register_selected_task("bad", name, ["d:999#0"], sequence_length=LENGTH)

@@ -1,0 +1,1 @@
+"""Zero-shot evaluation in lm-evaluation-harness conventions: readers, batched log-likelihood, metrics, harness."""

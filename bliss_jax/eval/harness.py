@@ -137,6 +137,10 @@ def run_eval(score_fn: ScoreFn, tasks: Sequence[str], data_dir: str, limit: Opti
   return out
 
 
+def _version(v) -> str:
+  return f"{v:g}" if isinstance(v, float) else str(v)
+
+
 def to_markdown(results: dict) -> str:
   """The harness's results table (`make_table`): one row per metric, value and stderr to 4 decimals."""
   header = ["Tasks", "Version", "Filter", "n-shot", "Metric", "", "Value", "", "Stderr"]
@@ -150,7 +154,7 @@ def to_markdown(results: dict) -> str:
       metric, filt = key.split(",", 1)
       stderr = values.get(f"{metric}_stderr,{filt}", "N/A")
       arrow = {True: "↑", False: "↓"}.get(hib.get(metric), " ")
-      rows.append([name if first else "", str(results.get("versions", {}).get(name, "")) if first else "", filt,
+      rows.append([name if first else "", _version(results.get("versions", {}).get(name, "")) if first else "", filt,
                    str(results.get("n-shot", {}).get(name, 0)), metric, arrow, f"{value:.4f}", "±",
                    stderr if isinstance(stderr, str) else f"{stderr:.4f}"])
       first = False

@@ -1,0 +1,72 @@
+"""A selection read back as a SeqIO task: the chosen examples of a base task, in score or original order.
+
+The selected examples (already tokenized and chunked as the base task does for `sequence_length`, EOS included) are
+materialised once in memory and served by a `seqio.FunctionDataSource`; `train` holds the selection (repeated
+`epochs` times in order when not shuffled, for the data-limited multi-epoch setting), `validation` is the base task's
+own validation split. Meant for selections up to a few million tokens held in host memory; larger selections belong
+in a file-backed source.
+"""
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from bliss_jax.data.pipeline import task_feature_lengths
+
+
+def _split_key(key: str):
+  doc_id, _, chunk = key.rpartition("#")
+  return doc_id, int(chunk)
+
+
+def selected_examples(base_task: str, split: str, keys: Sequence[str], sequence_length: int) -> List[Dict]:
+  """The base task's examples whose "doc_id#chunk_index" is in `keys`, in the order of `keys`."""
+  wanted = {_split_key(k): i for i, k in enumerate(keys)}
+  if len(wanted) != len(keys):
+    raise ValueError("duplicate keys in the selection")
+  provider = seqio.get_mixture_or_task(base_task)
+  ds = provider.get_dataset(task_feature_lengths(sequence_length), split=split, shuffle=False, num_epochs=1,
+                            use_cached=False)
+  found: List[Optional[Dict]] = [None] * len(keys)
+  for ex in ds.as_numpy_iterator():
+    k = (ex["doc_id"].decode(), int(ex.get("chunk_index", 0)))
+    if k in wanted:
+      found[wanted[k]] = {"targets": ex["targets"], "doc_id": k[0], "chunk_index": k[1]}
+  missing = [keys[i] for i, f in enumerate(found) if f is None]
+  if missing:
+    raise ValueError(f"{len(missing)} selected key(s) are not in {base_task}:{split} at sequence_length="
+                     f"{sequence_length}, e.g. {missing[:3]}")
+  return found
+
+
+def register_selected_task(name: str, base_task: str, keys: Sequence[str], *, sequence_length: int,
+                           split: str = "train", epochs: int = 1) -> seqio.Task:
+  """Register `name`: split `train` = the selected examples of `base_task:split` (× `epochs`), in `keys` order."""
+  source_split = split
+  examples = selected_examples(base_task, source_split, keys, sequence_length) * epochs
+  base = seqio.get_mixture_or_task(base_task)
+  targets = [np.asarray(e["targets"], np.int32) for e in examples]
+  doc_ids = np.array([e["doc_id"] for e in examples], dtype=object)
+  chunks = np.array([e["chunk_index"] for e in examples], np.int32)
+
+  def dataset_fn(split, shuffle_files, seed=None):
+    if split == "validation":
+      return base.get_dataset(task_feature_lengths(sequence_length), split="validation", shuffle=False,
+                              num_epochs=1, use_cached=False).map(
+                                  lambda x: {"targets": x["targets"], "doc_id": x["doc_id"],
+                                             "chunk_index": tf.cast(x.get("chunk_index", 0), tf.int32)})
+    ds = tf.data.Dataset.from_tensor_slices({
+        "targets": tf.ragged.constant(targets, dtype=tf.int32, ragged_rank=1) if targets else
+                   tf.ragged.constant([], dtype=tf.int32, ragged_rank=1),
+        "doc_id": tf.constant(doc_ids.astype(str) if len(doc_ids) else np.zeros([0], str), tf.string),
+        "chunk_index": tf.constant(chunks, tf.int32)}).map(dict)
+    if shuffle_files and targets:
+      ds = ds.shuffle(len(targets), seed=seed, reshuffle_each_iteration=True)
+    return ds
+
+  if name in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.remove(name)
+  return seqio.TaskRegistry.add(
+      name, source=seqio.FunctionDataSource(dataset_fn, splits=("train", "validation"), caching_permitted=False),
+      preprocessors=[], output_features={"targets": base.output_features["targets"]})

@@ -1,0 +1,178 @@
+#!/usr/bin/env python
+r"""Zero-shot evaluation of a trained MODEL_DIR, lm-evaluation-harness style.
+
+  python scripts/evaluate.py --model_dir=/tmp/run --vocabulary=default \
+      --tasks=hellaswag,arc_easy,lambada_openai --limit=200 --output_dir=/tmp/run/eval
+
+Loads MODEL_DIR/model_config.json and the latest checkpoint's parameters (or --step), scores every task's requests
+with the batched jitted scorer (`bliss_jax.eval.loglikelihood`), writes OUTPUT_DIR/results.json (the harness's
+layout) and OUTPUT_DIR/results.md, and prints the table.
+
+Flags:
+  --model_dir DIR            a training run's directory (model_config.json, checkpoints/).
+  --vocabulary PATH|default  the SentencePiece model the run was trained with (`default`: the embedded one).
+  --tasks A,B,...            task names (default: the nine whose files are in ../shared/data/eval); see --list_tasks.
+  --limit N                  first N items per task (a number < 1: that fraction), as the harness's --limit.
+  --output_dir DIR           where results.json and results.md go.
+  --data_dir DIR             benchmark files (default: <repo>/../shared/data/eval).
+  --task_file TASK=PATH      (repeatable) a task's file elsewhere, e.g. sciq=/data/sciq/test.json.
+  --batch_size B --max_length L   rows per forward pass and the longest row (contexts are left-truncated).
+  --step S                   evaluate checkpoint S instead of the latest.
+  --data_parallel N          shard batches over N devices (-1: all; 1: one device). Default: all when there are several.
+  --heldout TASK:SPLIT       (repeatable) also held-out loss / perplexity / next-token accuracy on a SeqIO split
+                             (tasks registered by --tasks_module, default `tasks`); --heldout_max_batches caps it.
+"""
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+
+DEFAULT_DATA_DIR = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data", "eval")
+DEFAULT_TASKS = "hellaswag,arc_easy,arc_challenge,piqa,winogrande,boolq,openbookqa,logiqa,lambada_openai"
+
+
+def parse_args(argv):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+  p.add_argument("--model_dir")
+  p.add_argument("--vocabulary", default="default")
+  p.add_argument("--tasks", default=DEFAULT_TASKS)
+  p.add_argument("--limit", type=float, default=None)
+  p.add_argument("--output_dir")
+  p.add_argument("--data_dir", default=DEFAULT_DATA_DIR)
+  p.add_argument("--task_file", action="append", default=[])
+  p.add_argument("--batch_size", type=int, default=32)
+  p.add_argument("--max_length", type=int, default=2048)
+  p.add_argument("--step", type=int, default=None)
+  p.add_argument("--data_parallel", type=int, default=None)
+  p.add_argument("--heldout", action="append", default=[])
+  p.add_argument("--heldout_max_batches", type=int, default=None)
+  p.add_argument("--tasks_module", action="append", default=None)
+  p.add_argument("--no_progress", action="store_true")
+  p.add_argument("--list_tasks", action="store_true")
+  args = p.parse_args(argv)
+  if not args.list_tasks:
+    missing = [f"--{k}" for k in ("model_dir", "output_dir") if not getattr(args, k)]
+    if missing:
+      p.error(f"the following arguments are required: {', '.join(missing)}")
+  if args.limit is not None and args.limit >= 1:
+    args.limit = int(args.limit)
+  return args
+
+
+def _files(pairs):
+  files = {}
+  for pair in pairs:
+    if "=" not in pair:
+      raise SystemExit(f"error: --task_file {pair!r}: expected TASK=PATH")
+    name, path = pair.split("=", 1)
+    files.setdefault(name, []).append(path)
+  return files
+
+
+def _vocabulary(spec):
+  from bliss_jax.data import vocabulary  # pylint: disable=g-import-not-at-top
+  return vocabulary.default_vocabulary() if spec == "default" else vocabulary.load_vocabulary(spec)
+
+
+def _mesh(data_parallel):
+  import jax  # pylint: disable=g-import-not-at-top
+  from bliss_jax import partitioning  # pylint: disable=g-import-not-at-top
+  n = jax.device_count() if data_parallel in (None, -1) else data_parallel
+  if n <= 1:
+    return None
+  return partitioning.make_mesh(data=n, model=1, devices=jax.devices()[:n])
+
+
+def heldout_metrics(model, params, names, *, sequence_length, batch_size, max_batches, tasks_modules):
+  """{"TASK:SPLIT": {"loss", "perplexity", "accuracy", "num_tokens"}} with `training.evaluation.evaluate`."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  import itertools  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from bliss_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from bliss_jax.training import evaluation  # pylint: disable=g-import-not-at-top
+  for module in tasks_modules:
+    importlib.import_module(module)
+  eval_step = jax.jit(evaluation.make_eval_step(model))
+  out = {}
+  for name in names:
+    task, _, split = name.partition(":")
+    ds = pipeline.get_dataset(task, split or "validation", sequence_length, batch_size, shuffle=False, seed=0,
+                              repeat=False)
+    batches = itertools.islice(ds.as_numpy_iterator(), max_batches)
+    out[name] = evaluation.evaluate(eval_step, params, batches)
+  return out
+
+
+def heldout_markdown(heldout):
+  lines = ["|Split|Loss|Perplexity|Accuracy|Tokens|", "|-----|---:|---:|---:|---:|"]
+  lines += [f"|{k}|{v['loss']:.4f}|{v['perplexity']:.3f}|{v['accuracy']:.4f}|{int(v['num_tokens'])}|"
+            for k, v in heldout.items()]
+  return "\n".join(lines) + "\n"
+
+
+def main(argv):
+  args = parse_args(argv)
+  from bliss_jax.eval import harness  # pylint: disable=g-import-not-at-top
+  if args.list_tasks:
+    for name, spec in harness.TASKS.items():
+      print(f"{name:15s} {', '.join(spec.files):45s} {', '.join(spec.metrics)}")
+    return None
+  tasks = [t for t in args.tasks.split(",") if t]
+  files = _files(args.task_file)
+  try:  # Fail on a missing benchmark file before loading anything.
+    missing = [p for t in tasks for p in harness.task_paths(t, args.data_dir, files) if not os.path.isfile(p)]
+  except ValueError as e:
+    raise SystemExit(f"error: {e}") from None
+  if missing:
+    raise SystemExit(f"error: benchmark file(s) not found: {', '.join(missing)} (--data_dir={args.data_dir}, "
+                     "or --task_file TASK=PATH)")
+
+  import jax  # pylint: disable=g-import-not-at-top
+  from bliss_jax import partitioning  # pylint: disable=g-import-not-at-top
+  from bliss_jax.eval import loglikelihood  # pylint: disable=g-import-not-at-top
+  from bliss_jax.models.transformer import Transformer  # pylint: disable=g-import-not-at-top
+  from bliss_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
+
+  partitioning.initialize_distributed()
+  cfg = checkpoints.read_model_config(args.model_dir)
+  step, params = checkpoints.load_params(args.model_dir, step=args.step)
+  vocab = _vocabulary(args.vocabulary)
+  if vocab.vocab_size > cfg.vocab_size:
+    raise SystemExit(f"error: vocabulary {args.vocabulary} has {vocab.vocab_size} ids but the model only "
+                     f"{cfg.vocab_size}: is it the vocabulary {args.model_dir} was trained with?")
+  model = Transformer(cfg)
+  score_fn = loglikelihood.make_score_fn(model, params, vocab, batch_size=args.batch_size, max_length=args.max_length,
+                                         mesh=_mesh(args.data_parallel), progress=not args.no_progress)
+  start = time.time()
+  results = harness.run_eval(
+      score_fn, tasks, args.data_dir, args.limit, files=files, log=print,
+      config={"model": "bliss_jax", "model_dir": os.path.abspath(args.model_dir), "step": int(step),
+              "vocabulary": args.vocabulary, "batch_size": args.batch_size, "max_length": args.max_length,
+              "model_config": dataclasses.asdict(cfg), "num_devices": jax.device_count()})
+  results["config"]["eval_seconds"] = round(time.time() - start, 1)
+  markdown = harness.to_markdown(results)
+  if args.heldout:
+    results["heldout"] = heldout_metrics(
+        model, params, args.heldout, sequence_length=args.max_length, batch_size=args.batch_size,
+        max_batches=args.heldout_max_batches, tasks_modules=args.tasks_module or ["tasks"])
+    markdown += "\n" + heldout_markdown(results["heldout"])
+  header = (f"bliss_jax ({args.model_dir}, step {step}), limit: {args.limit}, num_fewshot: 0, "
+            f"batch_size: {args.batch_size}")
+  if jax.process_index() == 0:
+    os.makedirs(args.output_dir, exist_ok=True)
+    with open(os.path.join(args.output_dir, "results.json"), "w") as f:
+      json.dump(results, f, indent=2)
+    with open(os.path.join(args.output_dir, "results.md"), "w") as f:
+      f.write(header + "\n\n" + markdown)
+    print(header)
+    print(markdown)
+  return results
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

@@ -1,0 +1,307 @@
+"""Tests for bliss_jax.eval: the batched jitted scorer against plain forward passes, metrics, harness and script."""
+import json
+import math
+import os
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from pydoc_data import topics
+
+from bliss_jax import partitioning
+from bliss_jax.data import vocabulary as vocab_lib
+from bliss_jax.eval import harness, loglikelihood, metrics, readers
+from bliss_jax.models.config import preset
+from bliss_jax.models.transformer import Transformer
+from bliss_jax.training import checkpoints
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+import evaluate as evaluate_script  # noqa: E402  pylint: disable=g-import-not-at-top
+
+SHARED_TASKS = ["hellaswag", "arc_easy", "arc_challenge", "piqa", "winogrande", "boolq", "openbookqa", "logiqa"]
+BATCH, MAX_LEN, BUCKETS = 4, 32, (16, 32)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  """A random 2-layer `tiny` Transformer (vocab 512), and one jitted scoring step that records the shapes it traces."""
+  cfg = preset("tiny")
+  model = Transformer(cfg)
+  params = jax.jit(lambda key: nn.unbox(model.init(key, jnp.zeros((1, 1), jnp.int32))["params"]))(
+      jax.random.PRNGKey(0))
+  inner = loglikelihood.make_loglikelihood_step(model)
+  traced = []
+
+  def step(p, batch):
+    traced.append(batch["inputs"].shape)
+    return inner(p, batch)
+
+  return model, params, jax.jit(step), traced
+
+
+def _scorer(tiny, **kwargs):
+  model, params, step_fn, _ = tiny
+  kwargs = {"batch_size": BATCH, "max_length": MAX_LEN, "length_buckets": BUCKETS, "progress": False,
+            "step_fn": step_fn, **kwargs}
+  return loglikelihood.make_token_scorer(model, params, **kwargs)
+
+
+_APPLY = {}
+
+
+def _apply(model):
+  """A jitted plain `model.apply` (no padding, no segment ids), one per model."""
+  return _APPLY.setdefault(id(model), jax.jit(model.apply))
+
+
+def _reference(model, params, context, continuation, max_length):
+  """Σ log p(continuation) and greedy flag from ONE unbatched, unpadded forward pass of the (truncated) sequence."""
+  seq = (list(context) + list(continuation))[-(max_length + 1):]
+  logits = _apply(model)({"params": params}, jnp.asarray([seq[:-1]], jnp.int32))[0]
+  logp = np.asarray(jax.nn.log_softmax(logits.astype(jnp.float32)), np.float64)
+  positions = range(len(seq) - 1 - len(continuation), len(seq) - 1)
+  total = sum(logp[t, seq[t + 1]] for t in positions)
+  return total, all(int(np.argmax(logp[t])) == seq[t + 1] for t in positions)
+
+
+def _pairs(seed, shapes):
+  rng = np.random.default_rng(seed)
+  return [(rng.integers(3, 512, c).tolist(), rng.integers(3, 512, n).tolist()) for c, n in shapes]
+
+
+def test_batched_scorer_equals_single_forward(tiny):
+  model, params, _, _ = tiny
+  # 6 pairs = one full batch and one padded with 2 empty rows; two are left-truncated (41 + 10 and 30 + 5 > 33),
+  # one fills a row exactly (1 + 31 = 33 tokens -> 32 positions), the short ones go to the 16-token bucket.
+  pairs = _pairs(0, [(5, 3), (40, 10), (1, 31), (30, 5), (2, 2), (20, 1)])
+  results = _scorer(tiny)(pairs)
+  assert [r.num_tokens for r in results] == [len(c) for _, c in pairs]
+  for (context, continuation), result in zip(pairs, results):
+    logprob, greedy = _reference(model, params, context, continuation, MAX_LEN)
+    assert result.logprob == pytest.approx(logprob, abs=1e-5, rel=1e-6)
+    assert result.is_greedy == greedy
+  # The same pairs in another batch composition (one at a time, all padding around them) score the same.
+  for pair, result in zip(pairs[:2], results[:2]):
+    assert _scorer(tiny)([pair])[0].logprob == pytest.approx(result.logprob, abs=1e-5)
+
+
+def test_fixed_shapes_compile_once_per_bucket(tiny):
+  _, _, _, traced = tiny
+  score = _scorer(tiny)
+  score(_pairs(1, [(3, 2), (4, 4), (9, 1)]))  # 16-token bucket
+  score(_pairs(2, [(25, 4)] * 5))  # 32-token bucket, 2 batches
+  score(_pairs(3, [(2, 1)] * 9))  # 16-token bucket, 3 batches
+  assert set(traced) <= {(BATCH, 16), (BATCH, 32)}
+  assert len(traced) == len(set(traced))  # every shape traced (compiled) once across all scorers sharing the step
+
+
+def test_pack_rows_layout_and_errors():
+  batch = loglikelihood.pack_rows([([5, 6, 7], [8, 9]), ([10, 11, 12, 13, 14], [15, 16])], 3, 4)
+  np.testing.assert_array_equal(batch["inputs"], [[5, 6, 7, 8], [12, 13, 14, 15], [0, 0, 0, 0]])
+  np.testing.assert_array_equal(batch["targets"], [[6, 7, 8, 9], [13, 14, 15, 16], [0, 0, 0, 0]])
+  np.testing.assert_array_equal(batch["weights"], [[0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 0, 0]])
+  np.testing.assert_array_equal(batch["segment_ids"], [[1, 1, 1, 1], [1, 1, 1, 1], [0, 0, 0, 0]])
+  with pytest.raises(ValueError, match="empty continuation"):
+    loglikelihood.pack_rows([([1], [])], 1, 4)
+  with pytest.raises(ValueError, match="does not fit"):
+    loglikelihood.pack_rows([([1], [2, 3, 4, 5, 6])], 1, 4)
+
+
+class BigramLM:
+  """A hand-made model: logits at position t are `table[tokens[t]]`, so p(next | prev) = softmax(table[prev])."""
+
+  def apply(self, variables, tokens, segment_ids=None):
+    del segment_ids
+    return variables["params"]["table"][tokens]
+
+
+def test_greedy_flag_and_logprob_on_hand_made_bigram_model():
+  probs = np.full((6, 6), 0.1, np.float32)
+  probs[1] = [.05, .05, .6, .1, .1, .1]  # after 1, 2 is the argmax
+  probs[2] = [.05, .05, .1, .5, .2, .1]  # after 2, 3
+  probs[3] = [.1, .1, .1, .1, .4, .2]  # after 3, 4
+  params = {"table": jnp.log(jnp.asarray(probs / probs.sum(1, keepdims=True)))}
+  score = loglikelihood.make_token_scorer(BigramLM(), params, batch_size=2, max_length=8, progress=False)
+  pairs = [([1], [2, 3]), ([1], [2, 4]), ([5, 1, 2], [3, 4]), ([2], [4])]
+  results = score(pairs)
+  expected = [math.log(.6) + math.log(.5), math.log(.6) + math.log(.2), math.log(.5) + math.log(.4), math.log(.2)]
+  np.testing.assert_allclose([r.logprob for r in results], expected, rtol=1e-6)
+  assert [r.is_greedy for r in results] == [True, False, True, False]
+  assert [r.num_tokens for r in results] == [2, 2, 2, 1]
+  lambada = metrics.lambada_scores([r.logprob for r in results], [r.is_greedy for r in results])
+  assert lambada["acc"] == 0.5
+  assert lambada["perplexity"] == pytest.approx(math.exp(-np.mean(expected)))  # per item (word), not per token
+
+
+# --- Tokenisation ---------------------------------------------------------------------------------------------------
+
+
+class CharVocab:
+  eos_id = 1
+
+  def encode(self, s):
+    return [ord(c) for c in s]
+
+
+def test_encode_pair_moves_trailing_space_and_handles_empty_context():
+  v = CharVocab()
+  assert loglikelihood.encode_pair(v, "Answer: ", "yes") == (v.encode("Answer:"), v.encode(" yes"))
+  assert loglikelihood.encode_pair(v, "Answer:", " yes") == (v.encode("Answer:"), v.encode(" yes"))
+  assert loglikelihood.encode_pair(v, "", " yes") == ([1], v.encode(" yes"))
+
+
+@pytest.fixture(scope="module")
+def spm_path(tmp_path_factory):
+  texts = [text for _, text in sorted(topics.topics.items())][:20]
+  return vocab_lib.train_sentencepiece(texts, str(tmp_path_factory.mktemp("spm") / "eval.model"), 300)
+
+
+@pytest.fixture(scope="module")
+def spm_vocab(spm_path):
+  return vocab_lib.load_vocabulary(spm_path)  # 300 pieces + 100 sentinels, fits the tiny model's 512
+
+
+def test_sentencepiece_pairs_split_at_the_delimiter(spm_vocab):
+  for item in [readers.MultipleChoice("x", "Question: What is a list?\nAnswer:", ("a sequence", "it's"), 0),
+               readers.MultipleChoice("y", "", ("The cat sat", "The dog sat"), 1, continuation="on the mat.")]:
+    for context, continuation in item.requests():
+      ctx, cont = loglikelihood.encode_pair(spm_vocab, context, continuation)
+      assert ctx == spm_vocab.encode(context) and cont == spm_vocab.encode(continuation)
+      assert ctx + cont == spm_vocab.encode(context + continuation)
+
+
+# --- Metrics ------------------------------------------------------------------------------------------------------
+
+
+def test_acc_vs_acc_norm_by_hand():
+  # Choice 1 is long, with the lower total but the higher per-character log-likelihood:
+  # totals [-3.0, -4.0]: acc picks 0; per character [-3/3, -4/8] = [-1.0, -0.5]: acc_norm picks 1.
+  scores = metrics.multiple_choice_scores([[-3.0, -4.0]] * 2, [("abc", "abcdefgh")] * 2, [0, 1])
+  np.testing.assert_array_equal(scores["acc"], [1.0, 0.0])
+  np.testing.assert_array_equal(scores["acc_norm"], [0.0, 1.0])
+  # Length is in characters (code points), as the harness's len(str), not UTF-8 bytes: "éé" is 2, not 4.
+  assert metrics.multiple_choice_scores([[-2.0, -3.0]], [("éé", "abc")], [1])["acc_norm"][0] == 0.0
+  # Ties: argmax takes the first maximal index.
+  np.testing.assert_array_equal(metrics.multiple_choice_scores([[-1.0, -1.0]], [("a", "b")], [0])["acc"], [1.0])
+
+
+def test_mean_stderr_formula():
+  x = [1.0, 0.0, 1.0, 1.0]
+  assert metrics.mean_stderr(x) == pytest.approx(math.sqrt(sum((v - 0.75) ** 2 for v in x) / 3) / 2)
+  assert math.isnan(metrics.mean_stderr([1.0]))
+
+
+def _real_items(shared_data):
+  return {t: harness.load_task(t, str(shared_data / "eval")) for t in SHARED_TASKS + ["lambada_openai"]}
+
+
+def test_oracle_and_constant_scorers_on_the_real_benchmarks(shared_data):
+  items = _real_items(shared_data)
+  gold = {r for t in SHARED_TASKS for it in items[t] for i, r in enumerate(it.requests()) if i == it.gold}
+  gold |= {r for it in items["lambada_openai"] for r in it.requests()}  # every LAMBADA word is its own gold
+  oracle = harness.run_eval(lambda reqs: [(0.0 if r in gold else -1.0, 1, True) for r in reqs],
+                            SHARED_TASKS + ["lambada_openai"], str(shared_data / "eval"))
+  for task in SHARED_TASKS:
+    for metric in harness.TASKS[task].metrics:
+      assert oracle["results"][task][f"{metric},none"] == 1.0, (task, metric)
+  assert oracle["results"]["lambada_openai"]["acc,none"] == 1.0
+  assert oracle["results"]["lambada_openai"]["perplexity,none"] == 1.0  # Σ log p = 0 for every word
+
+  const = harness.run_eval(lambda reqs: [(-1.0, 1, False)] * len(reqs), SHARED_TASKS + ["lambada_openai"],
+                           str(shared_data / "eval"))
+  for task in SHARED_TASKS:
+    golds = np.array([it.gold for it in items[task]])
+    longest = np.array([int(np.argmax([len(c) for c in it.choices])) for it in items[task]])
+    res = const["results"][task]
+    # All log-likelihoods tie: argmax = index 0, so acc = P(gold = 0); -1/len is largest for the longest choice.
+    assert res["acc,none"] == pytest.approx(np.mean(golds == 0), abs=1e-12)
+    assert res["acc_stderr,none"] == pytest.approx(np.std(golds == 0, ddof=1) / math.sqrt(len(golds)), abs=1e-12)
+    if "acc_norm" in harness.TASKS[task].metrics:
+      assert res["acc_norm,none"] == pytest.approx(np.mean(golds == longest), abs=1e-12)
+  assert const["results"]["boolq"]["acc,none"] == pytest.approx(1237 / 3270)  # "no" is gold on 1,237 of 3,270
+  assert const["results"]["lambada_openai"]["acc,none"] == 0.0
+  assert const["results"]["lambada_openai"]["perplexity,none"] == pytest.approx(math.e)
+
+
+def test_run_eval_layout_limit_and_markdown(shared_data):
+  out = harness.run_eval(lambda reqs: [(-float(len(c)), 1, False) for _, c in reqs], ["arc_easy", "lambada_openai"],
+                         str(shared_data / "eval"), limit=10, config={"model": "fake"})
+  assert set(out) >= {"results", "configs", "versions", "n-shot", "higher_is_better", "n-samples", "config"}
+  assert out["n-samples"]["arc_easy"] == {"original": 2376, "effective": 10}
+  assert set(out["results"]["arc_easy"]) == {"alias", "acc,none", "acc_stderr,none", "acc_norm,none",
+                                             "acc_norm_stderr,none"}
+  assert out["config"]["model"] == "fake" and out["config"]["limit"] == 10
+  assert harness.effective_limit(2376, 0.01) == 24 and harness.effective_limit(5, 10) == 5
+  table = harness.to_markdown(out)
+  lines = table.splitlines()
+  assert lines[0].replace(" ", "") == "|Tasks|Version|Filter|n-shot|Metric||Value||Stderr|"
+  assert lines[2].replace(" ", "").startswith("|arc_easy|1|none|0|acc|↑|")
+  assert lines[3].replace(" ", "").startswith("|||none|0|acc_norm|↑|")  # later metrics leave task/version blank
+  assert lines[4].replace(" ", "").startswith("|lambada_openai|1|none|0|perplexity|↓|")
+  json.dumps(out)  # serializable
+  with pytest.raises(FileNotFoundError, match="nowhere.jsonl"):
+    harness.run_eval(lambda reqs: [], ["arc_easy"], str(shared_data / "eval"), files={"arc_easy": "/x/nowhere.jsonl"})
+  with pytest.raises(ValueError, match="unknown task"):
+    harness.task_paths("mmlu", ".")
+
+
+# --- End to end: sharded scorer, script ---------------------------------------------------------------------------
+
+
+def test_sharded_scorer_matches_single_device(tiny):
+  mesh = partitioning.make_mesh(data=8)
+  pairs = _pairs(4, [(7, 3), (45, 6), (12, 12), (3, 1), (20, 2)])
+  single = _scorer(tiny)(pairs)
+  sharded = _scorer(tiny, batch_size=8, step_fn=None, mesh=mesh, length_buckets=(MAX_LEN,))(pairs)
+  np.testing.assert_allclose([r.logprob for r in sharded], [r.logprob for r in single], atol=1e-5)
+  assert [r.is_greedy for r in sharded] == [r.is_greedy for r in single]
+  with pytest.raises(ValueError, match="multiple of the mesh"):
+    _scorer(tiny, batch_size=4, mesh=mesh)
+
+
+def _fixture_files(tmp_path):
+  """Small SciQ (JSON list) and StoryCloze (csv) files in their public formats."""
+  sciq = [{"question": f"Which gas do plants take in, case {i}?", "distractor1": "oxygen", "distractor2": "helium",
+           "distractor3": "neon", "correct_answer": "carbon dioxide", "support": "Plants use carbon dioxide."}
+          for i in range(6)]
+  (tmp_path / "sciq.json").write_text(json.dumps(sciq))
+  (tmp_path / "story.csv").write_text(
+      "InputStoryid,InputSentence1,InputSentence2,InputSentence3,InputSentence4,RandomFifthSentenceQuiz1,"
+      "RandomFifthSentenceQuiz2,AnswerRightEnding\n"
+      "s1,Tom had a list.,He sorted it.,It was long.,He printed it.,Tom was pleased.,Tom ate the list.,1\n"
+      "s2,Ann wrote code.,It had a bug.,She found it.,She fixed it.,The code broke the moon.,The tests passed.,2\n")
+  return {"sciq": str(tmp_path / "sciq.json"), "storycloze": str(tmp_path / "story.csv")}
+
+
+def test_evaluate_script_end_to_end(tiny, spm_path, spm_vocab, tmp_path, capsys):
+  model, params, step_fn, _ = tiny
+  model_dir = tmp_path / "run"
+  model_dir.mkdir()
+  checkpoints.write_model_config(str(model_dir), model.cfg)
+  checkpoints.save(checkpoints.make_manager(str(model_dir)), 7, {"params": params}, {})
+  files = _fixture_files(tmp_path)
+  out_dir = tmp_path / "eval"
+  evaluate_script.main([
+      f"--model_dir={model_dir}", f"--vocabulary={spm_path}", "--tasks=sciq,storycloze", f"--output_dir={out_dir}",
+      f"--task_file=sciq={files['sciq']}", f"--task_file=storycloze={files['storycloze']}", "--batch_size=8",
+      "--max_length=32", "--no_progress"])
+  saved = json.loads((out_dir / "results.json").read_text())
+  assert saved["config"]["step"] == 7 and saved["n-samples"]["sciq"] == {"original": 6, "effective": 6}
+  assert (out_dir / "results.md").read_text().endswith(harness.to_markdown(saved))
+  assert "|sciq" in capsys.readouterr().out
+  # The script (sharded over the 8 test devices, default length buckets) agrees with an unsharded scorer.
+  score_fn = loglikelihood.make_score_fn(model, params, spm_vocab, batch_size=BATCH, max_length=MAX_LEN,
+                                         length_buckets=BUCKETS, progress=False, step_fn=step_fn)
+  direct = harness.run_eval(score_fn, ["sciq", "storycloze"], str(tmp_path), files=files)
+  for task in ("sciq", "storycloze"):
+    for key, value in direct["results"][task].items():
+      assert saved["results"][task][key] == (value if isinstance(value, str) else pytest.approx(value, abs=1e-9))
+
+
+def test_evaluate_script_missing_file_is_named(tmp_path):
+  with pytest.raises(SystemExit, match="nowhere/hellaswag_val_full.txt.bz2"):
+    evaluate_script.main([f"--model_dir={tmp_path}", f"--output_dir={tmp_path}", "--tasks=hellaswag",
+                          f"--data_dir={tmp_path}/nowhere"])
