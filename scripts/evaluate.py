@@ -51,6 +51,8 @@ def parse_args(argv):
   p.add_argument("--data_parallel", type=int, default=None)
   p.add_argument("--heldout", action="append", default=[])
   p.add_argument("--heldout_max_batches", type=int, default=None)
+  p.add_argument("--heldout_sequence_length", type=int, default=512,
+                 help="packed rows of this length for --heldout (the last batch is padded, not dropped)")
   p.add_argument("--tasks_module", action="append", default=None)
   p.add_argument("--no_progress", action="store_true")
   p.add_argument("--list_tasks", action="store_true")
@@ -102,7 +104,7 @@ def heldout_metrics(model, params, names, *, sequence_length, batch_size, max_ba
   for name in names:
     task, _, split = name.partition(":")
     ds = pipeline.get_dataset(task, split or "validation", sequence_length, batch_size, shuffle=False, seed=0,
-                              repeat=False)
+                              repeat=False, drop_remainder=False)
     batches = itertools.islice(ds.as_numpy_iterator(), max_batches)
     out[name] = evaluation.evaluate(eval_step, params, batches)
   return out
@@ -158,7 +160,7 @@ def main(argv):
   markdown = harness.to_markdown(results)
   if args.heldout:
     results["heldout"] = heldout_metrics(
-        model, params, args.heldout, sequence_length=args.max_length, batch_size=args.batch_size,
+        model, params, args.heldout, sequence_length=args.heldout_sequence_length, batch_size=args.batch_size,
         max_batches=args.heldout_max_batches, tasks_modules=args.tasks_module or ["tasks"])
     markdown += "\n" + heldout_markdown(results["heldout"])
   header = (f"bliss_jax ({args.model_dir}, step {step}), limit: {args.limit}, num_fewshot: 0, "

@@ -175,3 +175,19 @@ def test_seqio_batch_source_for_the_trainer(task, vocab):
   assert all(h['decoder_target_tokens'].shape == (2, 32) for h in halves)  # Global batch 4 over 2 processes.
   with pytest.raises(ValueError, match='divisible'):
     source('train', process_count=3)
+
+
+def test_single_pass_pads_last_batch_instead_of_dropping(task):
+  """Evaluation sees every token: the last partial batch is padded with zero-weight rows."""
+  rows = _batches(split='validation', length=32, batch_size=1, shuffle=False, repeat=False)
+  batch_size = len(rows) // 2 + 1  # one full batch and a partial one
+  def batches(drop):
+    ds = pipeline.get_dataset('pipe_lm', 'validation', 32, batch_size, shuffle=False, seed=0, repeat=False,
+                              drop_remainder=drop)
+    return list(ds.as_numpy_iterator())
+  padded, dropped = batches(False), batches(True)
+  assert len(padded) == 2 and len(dropped) == 1
+  assert all(b['decoder_target_tokens'].shape == (batch_size, 32) for b in padded)
+  weight = lambda bs: sum(int(b['decoder_loss_weights'].sum()) for b in bs)
+  assert weight(padded) == weight(rows) > weight(dropped)
+  assert (padded[-1]['decoder_loss_weights'].sum(-1) == 0).any()

@@ -55,7 +55,8 @@ def get_dataset(name: str,
                 repeat: bool,
                 feature_converter: str = 'decoder',
                 process_index: int = 0,
-                process_count: int = 1) -> tf.data.Dataset:
+                process_count: int = 1,
+                drop_remainder: bool = True) -> tf.data.Dataset:
   """Returns batches of the task or mixture ``name`` for one process.
 
   Args:
@@ -72,6 +73,8 @@ def get_dataset(name: str,
     process_index: this process's index; it reads shard ``process_index`` of ``process_count`` disjoint
       shards of the source.
     process_count: the number of processes reading the data.
+    drop_remainder: drop the last, partial batch (training); otherwise pad it to ``batch_size`` with all-zero
+      rows, whose loss weights are 0, so evaluation sees every token with one batch shape.
 
   Returns:
     A ``tf.data.Dataset`` of dicts of int32 ``[batch_size, sequence_length]`` tensors (see module docstring).
@@ -94,7 +97,18 @@ def get_dataset(name: str,
       verbose=False)
   if not pack:
     ds = ds.map(_add_unpacked_segments, num_parallel_calls=tf.data.AUTOTUNE)
-  return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+  if not drop_remainder:
+    ds = ds.map(lambda b: _pad_rows(b, batch_size))
+  return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _pad_rows(batch: Mapping[str, tf.Tensor], batch_size: int) -> Dict[str, tf.Tensor]:
+  """Pads a partial batch with all-zero rows up to ``batch_size``."""
+  def pad(x):
+    padding = [[0, batch_size - tf.shape(x)[0]]] + [[0, 0]] * (len(x.shape) - 1)
+    return tf.ensure_shape(tf.pad(x, padding), [batch_size] + x.shape[1:].as_list())
+  return {k: pad(v) for k, v in batch.items()}
 
 
 class BatchIterator:
@@ -139,7 +153,8 @@ def seqio_batch_source(mixture_or_task_name: str,
 
   Unlike ``get_dataset``, ``batch_size`` here is GLOBAL: each of the ``process_count`` processes gets
   ``batch_size // process_count`` rows (it must divide). The train split is shuffled with ``seed``; other
-  splits are read in order.
+  splits are read in order. A repeating stream drops nothing (it never ends); a single pass (``repeat=False``,
+  evaluation) pads its last batch with zero-weight rows instead of dropping it, so every token is evaluated.
   """
 
   def source(split: str, *, start_position: int = 0, process_index: int = 0, process_count: int = 1,
@@ -149,7 +164,7 @@ def seqio_batch_source(mixture_or_task_name: str,
     dataset = get_dataset(
         mixture_or_task_name, split, sequence_length, batch_size // process_count, shuffle=split == 'train',
         seed=seed, pack=pack, repeat=repeat, feature_converter=feature_converter, process_index=process_index,
-        process_count=process_count)
+        process_count=process_count, drop_remainder=repeat)
     return BatchIterator(dataset, start_position=start_position)
 
   return source
