@@ -1,7 +1,10 @@
 """The language-modelling loss every method starts from, and the model call on SeqIO decoder features.
 
-A loss function has the signature `loss_fn(params, batch, rng) -> (loss, metrics)`; `metrics["num_tokens"]` is the
-loss's denominator (so gradient accumulation can weight micro-batches exactly) and every other entry is a scalar to log.
+A loss function has the signature `loss_fn(params, batch, rng, frozen) -> (loss, metrics)`, where `frozen` holds the
+parameters of any frozen models the loss consults (teacher, reference model; None for plain LM training);
+`metrics["num_tokens"]` is the loss's denominator (so gradient accumulation can weight micro-batches exactly) and
+every other entry is a scalar to log. A loss factory is `factory(model, frozen_models) -> loss_fn`, with
+`frozen_models` the dict of frozen Flax modules (by name) matching `frozen`.
 """
 from typing import Callable
 
@@ -33,11 +36,12 @@ def next_token_metrics(logits: jax.Array, batch: dict) -> dict:
   return {"ce_sum": jnp.sum(ce * weights), "correct_sum": jnp.sum(correct * weights), "num_tokens": jnp.sum(weights)}
 
 
-def make_lm_loss(model: nn.Module) -> LossFn:
+def make_lm_loss(model: nn.Module, frozen_models=None) -> LossFn:
   """Plain next-token CE, token-mean over `decoder_loss_weights` (which packing sets to 0 on padding)."""
+  del frozen_models
 
-  def loss_fn(params, batch, rng):
-    del rng
+  def loss_fn(params, batch, rng, frozen=None):
+    del rng, frozen
     logits = model_logits(model, params, batch)
     sums = next_token_metrics(logits, batch)
     denom = jnp.maximum(sums["num_tokens"], 1.0)

@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 import time
-from typing import Callable, Iterator, Optional
+from typing import Callable, Dict, Iterator, Optional
 
 import flax.linen as nn
 import jax
@@ -86,9 +86,36 @@ class StepFunctions:
   eval_step: Callable  # (params, global batch) -> sums
 
 
+def abstract_params(model_config: ModelConfig, mesh, rules, sequence_length: int = 8):
+  """ShapeDtypeStructs (with their NamedShardings on `mesh`) of `Transformer(model_config)`'s parameters."""
+  model = Transformer(model_config)
+  dummy = jnp.zeros((1, sequence_length), jnp.int32)
+  rng = jax.random.PRNGKey(0)
+  boxed = jax.eval_shape(lambda r: model.init(r, dummy)["params"], rng)
+  plain = jax.eval_shape(lambda r: nn.unbox(model.init(r, dummy)["params"]), rng)
+  shardings = partitioning.shardings_for(boxed, plain, mesh, rules)
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), plain, shardings)
+
+
+def load_frozen_models(frozen_model_dirs: Dict[str, str], mesh, rules):
+  """{name: Transformer} and {name: params} of frozen models (teachers, reference LMs) from their MODEL_DIRs, each laid
+  out on `mesh` by its own logical axis names."""
+  modules, params = {}, {}
+  for name, model_dir in sorted(frozen_model_dirs.items()):
+    cfg = checkpoints.read_model_config(model_dir)
+    step, params[name] = checkpoints.load_params(model_dir, abstract_params(cfg, mesh, rules))
+    modules[name] = Transformer(cfg)
+    logging.info("frozen model %r: %s at step %d", name, model_dir, step)
+  return modules, params
+
+
 def build_step_functions(model_config: ModelConfig, tx, schedule, mesh, rules, *, sequence_length: int,
-                         loss_factory: Callable = make_lm_loss, num_microbatches: int = 1) -> StepFunctions:
+                         loss_factory: Callable = make_lm_loss, num_microbatches: int = 1,
+                         frozen_models: Optional[dict] = None, frozen_shardings=None) -> StepFunctions:
   """Abstract state and shardings from the model's logical axis names (no allocation), and the jitted steps.
+
+  `frozen_models` ({name: module}) and `frozen_shardings` (matching the frozen parameters) make the train step take
+  the frozen parameters as its fourth argument.
 
   Call inside `partitioning.mesh_context(mesh, rules)`.
   """
@@ -106,9 +133,10 @@ def build_step_functions(model_config: ModelConfig, tx, schedule, mesh, rules, *
   state_sh = partitioning.shardings_for(jax.eval_shape(init_boxed, rng), abstract, mesh, rules)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)
   batch_sh, repl = partitioning.batch_sharding(mesh), partitioning.replicated(mesh)
-  step_fn = make_train_step(loss_factory(model), tx, schedule=schedule, num_microbatches=num_microbatches)
-  train_step = jax.jit(step_fn, in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl),
-                       donate_argnums=(0,))
+  step_fn = make_train_step(loss_factory(model, frozen_models or {}), tx, schedule=schedule,
+                            num_microbatches=num_microbatches)
+  train_step = jax.jit(step_fn, in_shardings=(state_sh, batch_sh, repl, frozen_shardings),
+                       out_shardings=(state_sh, repl), donate_argnums=(0,))
   eval_step = jax.jit(evaluation.make_eval_step(model), in_shardings=(state_sh.params, batch_sh), out_shardings=repl)
   return StepFunctions(model, jax.jit(init, out_shardings=state_sh), abstract, state_sh, train_step, eval_step)
 
@@ -130,7 +158,8 @@ def train(*, model_dir: str, model_config: ModelConfig, batch_source: BatchSourc
           loss_factory: Callable = make_lm_loss, eval_every: int = 200, eval_batches: int = 8,
           checkpoint_every: int = 200, keep_checkpoints: Optional[int] = 3, log_every: int = 10,
           mesh_data: int = -1, mesh_model: int = 1, fsdp: bool = False, devices=None,
-          progress_bar: bool = True, stop_at_step: Optional[int] = None) -> TrainResult:
+          progress_bar: bool = True, stop_at_step: Optional[int] = None,
+          frozen_model_dirs: Optional[Dict[str, str]] = None) -> TrainResult:
   """Train `model_config` on `batch_source` for `num_steps` optimizer steps, resuming from MODEL_DIR if possible.
 
   Args:
@@ -141,7 +170,9 @@ def train(*, model_dir: str, model_config: ModelConfig, batch_source: BatchSourc
     batch_size: the GLOBAL batch (split over processes, then over the "data" mesh axis).
     num_microbatches: gradient accumulation: the batch is processed in this many slices per optimizer step.
     seed: parameter initialisation and per-step RNG (`fold_in(seed, step)`).
-    loss_factory: `loss_factory(model) -> loss_fn(params, batch, rng) -> (loss, metrics)`.
+    loss_factory: `loss_factory(model, frozen_models) -> loss_fn(params, batch, rng, frozen) -> (loss, metrics)`.
+    frozen_model_dirs: {name: MODEL_DIR} of frozen models the loss consults (a KD teacher, a RHO-1 reference model);
+      their latest checkpoints are loaded, sharded on the same mesh, and passed to every step.
     eval_every / eval_batches: held-out loss, perplexity and next-token accuracy every N steps (and at the end) on
       the first `eval_batches` batches of the validation split (0 disables).
     checkpoint_every / keep_checkpoints: periodic and final orbax checkpoints, keeping the last N.
@@ -168,8 +199,12 @@ def train(*, model_dir: str, model_config: ModelConfig, batch_source: BatchSourc
   tx, schedule = make_tx(optimizer, num_steps)
 
   with partitioning.mesh_context(mesh, rules):
+    frozen_modules, frozen = load_frozen_models(frozen_model_dirs or {}, mesh, rules)
+    frozen_sh = jax.tree.map(lambda x: x.sharding, frozen) if frozen else None
     fns = build_step_functions(model_config, tx, schedule, mesh, rules, sequence_length=sequence_length,
-                               loss_factory=loss_factory, num_microbatches=num_microbatches)
+                               loss_factory=loss_factory, num_microbatches=num_microbatches,
+                               frozen_models=frozen_modules, frozen_shardings=frozen_sh)
+    frozen = frozen or None
     repl = partitioning.replicated(mesh)
     manager = checkpoints.make_manager(model_dir, max_to_keep=keep_checkpoints)
     if jax.process_index() == 0:
@@ -214,7 +249,7 @@ def train(*, model_dir: str, model_config: ModelConfig, batch_source: BatchSourc
     last_step = num_steps if stop_at_step is None else min(stop_at_step, num_steps)
     for step in range(start_step + 1, last_step + 1):
       local = next(batches)
-      state, metrics = fns.train_step(state, partitioning.global_batch_from_local(local, mesh), base_rng)
+      state, metrics = fns.train_step(state, partitioning.global_batch_from_local(local, mesh), base_rng, frozen)
       metrics = jax.device_get(metrics)
       loss = float(metrics["loss"])
       if not (np.isfinite(loss) and np.isfinite(float(metrics["grad_norm"]))):
