@@ -80,11 +80,11 @@ def main():
     rng = jax.device_put(jax.random.PRNGKey(1), partitioning.replicated(mesh))
     data = [partitioning.global_batch_from_local(next(batches), mesh) for _ in range(a.steps + a.warmup_steps)]
     for b in data[:a.warmup_steps]:
-      state, m = fns.train_step(state, b, rng)
+      state, m = fns.train_step(state, b, rng, None)
     jax.block_until_ready(m)
     t = time.perf_counter()
     for b in data[a.warmup_steps:]:
-      state, m = fns.train_step(state, b, rng)
+      state, m = fns.train_step(state, b, rng, None)
     jax.block_until_ready(m)
     dt = (time.perf_counter() - t) / a.steps
   tokens = a.batch_size * a.sequence_length
