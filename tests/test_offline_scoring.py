@@ -110,3 +110,33 @@ def test_selected_task_serves_exactly_the_selection_in_order(task):
     np.testing.assert_array_equal(e["targets"], all_examples[f"{e['doc_id'].decode()}#{e['chunk_index']}"])
   with pytest.raises(ValueError, match="not in score_lm:train"):
     register_selected_task("bad", name, ["d:999#0"], sequence_length=LENGTH)
+
+
+def test_difference_score_hand_computed():
+  lp_t = jnp.array([[-1.0, -2.0, -0.5, 0.0], [-3.0, -1.0, 0.0, 0.0]])
+  lp_r = jnp.array([[-2.0, -2.5, -0.5, 0.0], [-1.0, -1.0, 0.0, 0.0]])
+  w = jnp.array([[1, 1, 1, 0], [1, 1, 0, 0]])
+  # row 0: (1 + 0.5 + 0) = 1.5 over 3 tokens; row 1: (-2 + 0) = -2 over 2 tokens
+  np.testing.assert_allclose(scorers.difference_score(lp_t, lp_r, w, "sum"), [1.5, -2.0])
+  np.testing.assert_allclose(scorers.difference_score(lp_t, lp_r, w, "mean"), [0.5, -1.0])
+
+
+def test_difference_scorer_equals_two_plain_forwards(task, model_and_params):
+  name, _ = task
+  model, params = model_and_params
+  cfg2 = preset("tiny", vocab_size=512, num_layers=1)
+  ref = Transformer(cfg2)
+  ref_params = nn.unbox(ref.init(jax.random.PRNGKey(5), jnp.zeros((1, LENGTH), jnp.int32))["params"])
+  b = next(keyed_batches(name, "train", LENGTH, 4))
+  x = {k: jnp.asarray(b[k]) for k in offline_scoring.MODEL_FEATURES if k in b}
+  out = jax.jit(scorers.make_difference_scorer(model, ref))((params, ref_params), x)
+  w = np.asarray(x["decoder_loss_weights"], bool)
+  for row in range(4):
+    ce_t = np.asarray(token_cross_entropy(model.apply({"params": params}, x["decoder_input_tokens"][row:row + 1]),
+                                          x["decoder_target_tokens"][row:row + 1]))[0][w[row]]
+    ce_r = np.asarray(token_cross_entropy(ref.apply({"params": ref_params}, x["decoder_input_tokens"][row:row + 1]),
+                                          x["decoder_target_tokens"][row:row + 1]))[0][w[row]]
+    # score = loss_ref − loss_teacher (per-token mean)
+    np.testing.assert_allclose(out["difference"][row], ce_r.mean() - ce_t.mean(), rtol=1e-5, atol=1e-6)
+  sel = rules.top_fraction(np.asarray(out["difference"]), 0.5)
+  np.testing.assert_array_equal(sel, np.argsort(-np.asarray(out["difference"]), kind="stable")[:2])

@@ -32,3 +32,31 @@ def make_lm_scorer(model, with_token_losses: bool = False):
       out["tok_loss"] = -lp
     return out
   return score_fn
+
+
+def difference_score(logp_teacher: jax.Array, logp_reference: jax.Array, weights: jax.Array,
+                     reduce: str = "mean") -> jax.Array:
+  """MiniPLM Difference Sampling score (MiniPLM eq. 4): log p(x) − log p_ref(x) per example.
+
+  `reduce="sum"` is the sequence log-likelihood ratio of eq. 4 itself; `"mean"` divides by |x| (the per-token form the
+  paper uses, = loss_ref − loss_teacher; the same ranking when every instance has the same length).
+  """
+  diff = (logp_teacher - logp_reference) * weights.astype(jnp.float32)
+  if reduce == "sum":
+    return jnp.sum(diff, -1)
+  if reduce == "mean":
+    return sequence_mean(logp_teacher - logp_reference, weights)
+  raise ValueError(f"reduce={reduce!r}: expected 'mean' or 'sum'")
+
+
+def make_difference_scorer(teacher_model, reference_model):
+  """`score_fn((teacher_params, reference_params), batch)` -> MiniPLM scores and both models' mean log-probs."""
+  def score_fn(params, batch):
+    teacher_params, reference_params = params
+    lp_t = token_log_probs(teacher_model, teacher_params, batch)
+    lp_r = token_log_probs(reference_model, reference_params, batch)
+    w = batch["decoder_loss_weights"]
+    return {"difference": difference_score(lp_t, lp_r, w, "mean"),
+            "difference_sum": difference_score(lp_t, lp_r, w, "sum"),
+            "teacher_mean_logp": sequence_mean(lp_t, w), "reference_mean_logp": sequence_mean(lp_r, w)}
+  return score_fn
