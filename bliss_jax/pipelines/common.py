@@ -1,0 +1,99 @@
+"""Pieces every method pipeline shares: train a model for a stage, evaluate it on a fixed held-out split, count FLOPs.
+
+`TrainSpec` is what a pipeline needs to know to train one model (shape, steps, batch, optimizer); the data, loss and
+frozen models are given per stage. All training goes through `trainer.train`, so every stage resumes from its
+checkpoints when a pipeline is rerun.
+"""
+import dataclasses
+import itertools
+import os
+from typing import Callable, Dict, Optional
+
+import jax
+
+from bliss_jax import partitioning
+from bliss_jax.data import pipeline as data_pipeline
+from bliss_jax.losses.lm import make_lm_loss
+from bliss_jax.models.config import ModelConfig
+from bliss_jax.models.flops import forward_flops_per_token, train_flops_per_token
+from bliss_jax.models.transformer import Transformer
+from bliss_jax.training import checkpoints, evaluation, trainer
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+  """One model's training recipe inside a pipeline."""
+  model_config: ModelConfig
+  num_steps: int
+  batch_size: int = 16
+  sequence_length: int = 128
+  optimizer: trainer.OptimizerConfig = trainer.OptimizerConfig()
+  eval_every: int = 0
+  checkpoint_every: int = 100
+  log_every: int = 10
+  seed: int = 0
+
+  def replace(self, **kw) -> "TrainSpec":
+    return dataclasses.replace(self, **kw)
+
+
+def train_on_task(model_dir: str, spec: TrainSpec, task: str, *, loss_factory: Callable = make_lm_loss,
+                  frozen_model_dirs: Optional[Dict[str, str]] = None, progress_bar: bool = True,
+                  stop_at_step: Optional[int] = None) -> dict:
+  """Train `spec` on SeqIO `task` (train split, packed) into `model_dir`; returns the model dir and its cost."""
+  source = data_pipeline.seqio_batch_source(task, batch_size=spec.batch_size, sequence_length=spec.sequence_length,
+                                            seed=spec.seed)
+  result = trainer.train(
+      model_dir=model_dir, model_config=spec.model_config, batch_source=source,
+      vocab_size=data_pipeline.vocabulary_size(task), num_steps=spec.num_steps, batch_size=spec.batch_size,
+      sequence_length=spec.sequence_length, optimizer=spec.optimizer, seed=spec.seed, loss_factory=loss_factory,
+      eval_every=spec.eval_every, checkpoint_every=spec.checkpoint_every, log_every=spec.log_every,
+      progress_bar=progress_bar, frozen_model_dirs=frozen_model_dirs, stop_at_step=stop_at_step)
+  cfg = checkpoints.read_model_config(model_dir)
+  tokens = spec.num_steps * spec.batch_size * spec.sequence_length
+  return {"model_dir": model_dir, "steps": result.final_step, "tokens": tokens,
+          "train_flops": train_flops_per_token(cfg, spec.sequence_length) * tokens,
+          "num_params": _num_params(cfg)}
+
+
+def _num_params(cfg: ModelConfig) -> int:
+  from bliss_jax.models.config import count_params  # pylint: disable=g-import-not-at-top
+  return count_params(cfg)
+
+
+def forward_flops(model_dir: str, sequence_length: int, tokens: int) -> float:
+  """FLOPs of running the model in `model_dir` forward over `tokens` tokens (scoring, teacher forwards)."""
+  return forward_flops_per_token(checkpoints.read_model_config(model_dir), sequence_length) * tokens
+
+
+def heldout_eval(model_dir: str, task: str, split: str = "validation", *, sequence_length: int = 128,
+                 batch_size: int = 16, max_batches: Optional[int] = None) -> dict:
+  """Loss, perplexity and next-token accuracy of a MODEL_DIR's latest checkpoint on every token of `task:split`."""
+  cfg = checkpoints.read_model_config(model_dir)
+  model = Transformer(cfg)
+  step, params = checkpoints.load_params(model_dir)
+  ds = data_pipeline.get_dataset(task, split, sequence_length, batch_size, shuffle=False, seed=0, repeat=False,
+                                 drop_remainder=False)
+  out = evaluation.evaluate(jax.jit(evaluation.make_eval_step(model)), params,
+                            itertools.islice(ds.as_numpy_iterator(), max_batches))
+  return dict(out, step=step)
+
+
+def load_frozen(model_dir: str, mesh=None):
+  """(module, params) of a frozen model, parameters laid out on `mesh` (default: all devices on "data")."""
+  mesh = mesh or partitioning.make_mesh()
+  rules = partitioning.logical_rules()
+  modules, params = trainer.load_frozen_models({"m": model_dir}, mesh, rules)
+  return modules["m"], params["m"]
+
+
+def write_json(path: str, obj) -> str:
+  import json  # pylint: disable=g-import-not-at-top
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1, sort_keys=True)
+  os.replace(tmp, path)
+  return path
+
+

@@ -1,0 +1,151 @@
+"""MiniPLM (Gu et al.): offline Difference Sampling with a large teacher and a small reference LM, and its baselines.
+
+Stages (each resumable, under `root/`):
+  pool_keys       every example key of the candidate pool (`pool_task:pool_split`, chunked at the sequence length)
+  split_reference D_ref = a uniform `reference_fraction` of the pool, removed from it (seeded)
+  teacher         the teacher LM (given as a MODEL_DIR, or trained here on the pool task's train split)
+  reference       the reference LM, trained from scratch on D_ref with plain CE
+  score           teacher and reference log-probs of every remaining pool example -> score store
+  select          top α by the difference score (MiniPLM eq. 4, per-token mean): K = α·|D − D_ref| (deterministic)
+  student_<name>  students at equal training compute: `miniplm` (CE on the selection, repeated to the step budget),
+                  `plain` (CE on the whole remaining pool), `vanilla_kd` (forward KL to the teacher on the pool, with
+                  the step count cut to match FLOPs: steps·3N_s / (3N_s + N_t))
+  eval            held-out loss / accuracy of every student on the same split
+"""
+import dataclasses
+import json
+import os
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+
+from bliss_jax.data.keyed import keyed_batches
+from bliss_jax.data.pipeline import vocabulary_size
+from bliss_jax.losses.kd import make_kd_loss
+from bliss_jax.models.config import count_params
+from bliss_jax.pipelines import common
+from bliss_jax.pipelines.stages import run_stage
+from bliss_jax.selection import offline_scoring, rules, score_store, scorers
+from bliss_jax.selection.selected_task import register_selected_task
+from bliss_jax.training.trainer import round_up_vocab
+
+
+def split_reference(keys: Sequence[str], fraction: float, seed: int):
+  """(D_ref, D − D_ref): a uniform sample of floor(fraction·|D|) keys without replacement, and the rest (in order)."""
+  rng = np.random.default_rng(seed)
+  n_ref = rules.fraction_to_count(len(keys), fraction)
+  ref_idx = np.sort(rng.choice(len(keys), size=n_ref, replace=False))
+  in_ref = np.zeros(len(keys), bool)
+  in_ref[ref_idx] = True
+  return [k for k, r in zip(keys, in_ref) if r], [k for k, r in zip(keys, in_ref) if not r]
+
+
+def vanilla_kd_steps(steps: int, student_params: int, teacher_params: int) -> int:
+  """FLOP-matched Vanilla KD steps (MiniPLM §3.1): T · 3N_s / (3N_s + N_t) (a teacher forward is 2N_t per token)."""
+  return int(steps * 3 * student_params / (3 * student_params + teacher_params))
+
+
+def _pool_keys(task, split, sequence_length):
+  keys = []
+  for b in keyed_batches(task, split, sequence_length, 64):
+    keys += [f"{d.decode()}#{c}" for d, c, v in zip(b["doc_id"], b["chunk_index"], b["valid"]) if v]
+  return keys
+
+
+def run(*, root: str, pool_task: str, student: common.TrainSpec, reference: common.TrainSpec,
+        teacher: Optional[common.TrainSpec] = None, teacher_dir: Optional[str] = None, pool_split: str = "pool",
+        teacher_task: Optional[str] = None, eval_task: Optional[str] = None, eval_split: str = "validation",
+        reference_fraction: float = 0.1, alpha: float = 0.5, seed: int = 0, score_batch_size: int = 32,
+        students: Sequence[str] = ("miniplm", "plain", "vanilla_kd"), kd_omega: float = 1.0, kd_rho: float = 1.0,
+        progress_bar: bool = True) -> dict:
+  """Run (or resume) the MiniPLM pipeline; returns the per-student results written to `root/report.json`."""
+  L = student.sequence_length
+  eval_task = eval_task or pool_task
+  keys = run_stage(root, "pool_keys", lambda d: common.write_json(os.path.join(d, "keys.json"),
+                                                                  _pool_keys(pool_task, pool_split, L)),
+                   {"task": pool_task, "split": pool_split, "L": L})
+  keys = json.load(open(keys))
+
+  def do_split(d):
+    ref, rest = split_reference(keys, reference_fraction, seed)
+    return {"reference": common.write_json(os.path.join(d, "reference_keys.json"), ref),
+            "candidates": common.write_json(os.path.join(d, "candidate_keys.json"), rest),
+            "n_reference": len(ref), "n_candidates": len(rest)}
+  split = run_stage(root, "split_reference", do_split, {"fraction": reference_fraction, "seed": seed})
+  ref_keys, cand_keys = json.load(open(split["reference"])), json.load(open(split["candidates"]))
+
+  if teacher_dir is None:
+    if teacher is None:
+      raise ValueError("MiniPLM needs a teacher: give teacher_dir (a trained MODEL_DIR) or a teacher TrainSpec")
+    t_task = teacher_task or pool_task
+    teacher_res = run_stage(root, "teacher", lambda d: common.train_on_task(d, teacher, t_task,
+                                                                            progress_bar=progress_bar),
+                            {"spec": dataclasses.asdict(teacher), "task": t_task})
+    teacher_dir = teacher_res["model_dir"]
+  else:
+    teacher_res = {"model_dir": teacher_dir, "train_flops": 0.0}
+
+  ref_task = f"{os.path.basename(root.rstrip('/'))}_miniplm_dref"
+  register_selected_task(ref_task, pool_task, ref_keys, sequence_length=L, split=pool_split)
+  reference_res = run_stage(root, "reference", lambda d: common.train_on_task(d, reference, ref_task,
+                                                                              progress_bar=progress_bar),
+                            {"spec": dataclasses.asdict(reference), "n_reference": len(ref_keys)})
+
+  def do_score(d):
+    t_model, t_params = common.load_frozen(teacher_dir)
+    r_model, r_params = common.load_frozen(reference_res["model_dir"])
+    table = offline_scoring.score_split(scorers.make_difference_scorer(t_model, r_model), (t_params, r_params),
+                                        task=pool_task, split=pool_split, store_dir=os.path.join(d, "store"),
+                                        sequence_length=L, batch_size=score_batch_size, progress=progress_bar)
+    tokens = int(table.num_tokens.sum())
+    return {"store": os.path.join(d, "store"), "scored_tokens": tokens,
+            "flops": common.forward_flops(teacher_dir, L, tokens) +
+                     common.forward_flops(reference_res["model_dir"], L, tokens)}
+  scored = run_stage(root, "score", do_score, {"teacher": teacher_dir, "reference": reference_res["model_dir"]})
+
+  def do_select(d):
+    table = score_store.read_scores(scored["store"])
+    keys_all = table.keys()
+    cand = set(cand_keys)
+    idx = np.array([i for i, k in enumerate(keys_all) if k in cand])  # D − D_ref only
+    chosen = idx[rules.top_fraction(table.columns["difference"][idx], alpha)]
+    selected = score_store.select_keys(table, chosen, "original")
+    s = table.columns["difference"]
+    return {"selected": common.write_json(os.path.join(d, "selected_keys.json"), selected),
+            "n_selected": len(selected), "n_candidates": int(idx.size),
+            "score_mean_selected": float(s[chosen].mean()), "score_mean_candidates": float(s[idx].mean())}
+  selection = run_stage(root, "select", do_select, {"alpha": alpha})
+  selected = json.load(open(selection["selected"]))
+
+  prefix = os.path.basename(root.rstrip("/"))
+  register_selected_task(f"{prefix}_miniplm_selected", pool_task, selected, sequence_length=L, split=pool_split)
+  register_selected_task(f"{prefix}_miniplm_pool", pool_task, cand_keys, sequence_length=L, split=pool_split)
+  results: Dict[str, dict] = {}
+  student_cfg = student.model_config
+  if student_cfg.vocab_size is None:
+    student_cfg = dataclasses.replace(student_cfg, vocab_size=round_up_vocab(vocabulary_size(pool_task)))
+  for name in students:
+    if name == "miniplm":
+      fn = lambda d: common.train_on_task(d, student, f"{prefix}_miniplm_selected", progress_bar=progress_bar)
+    elif name == "plain":
+      fn = lambda d: common.train_on_task(d, student, f"{prefix}_miniplm_pool", progress_bar=progress_bar)
+    elif name == "vanilla_kd":
+      def fn(d):
+        from bliss_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
+        n_t = count_params(checkpoints.read_model_config(teacher_dir))
+        n_s = count_params(student_cfg)
+        spec = student.replace(num_steps=vanilla_kd_steps(student.num_steps, n_s, n_t))
+        res = common.train_on_task(
+            d, spec, f"{prefix}_miniplm_pool", progress_bar=progress_bar, frozen_model_dirs={"teacher": teacher_dir},
+            loss_factory=lambda m, fm: make_kd_loss(m, fm, omega=kd_omega, rho=kd_rho))
+        res["teacher_forward_flops"] = common.forward_flops(teacher_dir, L, res["tokens"])
+        return res
+    else:
+      raise ValueError(f"unknown MiniPLM student {name!r}: expected miniplm, plain or vanilla_kd")
+    results[name] = run_stage(root, f"student_{name}", fn, {"spec": dataclasses.asdict(student), "name": name})
+    results[name]["heldout"] = common.heldout_eval(results[name]["model_dir"], eval_task, eval_split,
+                                                   sequence_length=L, batch_size=student.batch_size)
+  report = {"students": results, "selection": selection, "scoring": scored, "teacher": teacher_res,
+            "reference": reference_res, "split": split}
+  common.write_json(os.path.join(root, "report.json"), report)
+  return report
