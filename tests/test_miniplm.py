@@ -1,0 +1,78 @@
+"""MiniPLM: reference split, FLOP-matched KD steps, and a tiny end-to-end pipeline (D_ref never selected, top-α)."""
+import json
+
+import numpy as np
+import pytest
+from pydoc_data import topics
+
+from bliss_jax.data import seqio_tasks, vocabulary
+from bliss_jax.models.config import preset
+from bliss_jax.pipelines import common, miniplm
+from bliss_jax.selection import score_store
+from bliss_jax.training.trainer import OptimizerConfig
+
+
+def test_split_reference_uniform_disjoint_deterministic():
+  keys = [f"d:{i}#0" for i in range(100)]
+  ref, rest = miniplm.split_reference(keys, 0.1, seed=3)
+  assert len(ref) == 10 and len(rest) == 90 and not set(ref) & set(rest) and set(ref) | set(rest) == set(keys)
+  assert miniplm.split_reference(keys, 0.1, seed=3) == (ref, rest)
+  assert miniplm.split_reference(keys, 0.1, seed=4)[0] != ref
+  assert rest == [k for k in keys if k not in set(ref)]  # original order kept
+
+
+def test_vanilla_kd_steps_match_the_paper():
+  # MiniPLM §3.1: 25K / 45K / 65K of 100K steps for 200M / 500M / 1.2B students with a 1.8B teacher
+  assert miniplm.vanilla_kd_steps(100_000, 200, 1800) == 25_000
+  assert miniplm.vanilla_kd_steps(100_000, 500, 1800) == 45_454
+  assert miniplm.vanilla_kd_steps(100_000, 1200, 1800) == 66_666
+
+
+@pytest.fixture(scope="module")
+def pipeline_report(tmp_path_factory):
+  texts = [text for _, text in sorted(topics.topics.items())][:20]
+  vocab = vocabulary.load_vocabulary(vocabulary.train_sentencepiece(
+      texts, str(tmp_path_factory.mktemp("spm") / "s.model"), 300))
+  docs = [(f"d:{i}", " ".join(["word", "list", "value", str(i)] * (1 + 3 * i % 11))) for i in range(48)]
+  seqio_tasks.register_document_task("mpl_fixture", lambda: docs, vocab, validation_fraction=0.2)
+  spec = common.TrainSpec(model_config=preset("tiny", vocab_size=None), num_steps=4, batch_size=8,
+                          sequence_length=32, optimizer=OptimizerConfig(warmup_steps=1), checkpoint_every=4)
+  root = str(tmp_path_factory.mktemp("mpl"))
+  report = miniplm.run(root=root, pool_task="mpl_fixture", pool_split="train", student=spec, reference=spec,
+                       teacher=spec.replace(num_steps=6), reference_fraction=0.25, alpha=0.5, score_batch_size=8,
+                       progress_bar=False)
+  return root, report
+
+
+def test_pipeline_selects_top_alpha_of_the_candidates_only(pipeline_report):
+  root, report = pipeline_report
+  ref = set(json.load(open(report["split"]["reference"])))
+  selected = json.load(open(report["selection"]["selected"]))
+  table = score_store.read_scores(report["scoring"]["store"])
+  candidates = [i for i, k in enumerate(table.keys()) if k not in ref]
+  assert not ref & set(selected)
+  assert len(selected) == int(np.floor(0.5 * len(candidates)))
+  scores = table.columns["difference"]
+  threshold = min(scores[table.keys().index(k)] for k in selected)
+  assert all(scores[i] <= threshold for i in candidates if table.keys()[i] not in set(selected))
+  assert set(report["students"]) == {"miniplm", "plain", "vanilla_kd"}
+  assert report["students"]["vanilla_kd"]["steps"] < report["students"]["plain"]["steps"]
+  for r in report["students"].values():
+    assert np.isfinite(r["heldout"]["loss"])
+
+
+def test_rerun_reuses_every_stage(pipeline_report):
+  import glob
+  import os
+  root, report = pipeline_report
+  marks = {p: os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(root, "*", "stage.json"))}
+  assert len(marks) == 9  # pool_keys, split_reference, teacher, reference, score, select, 3 students
+  spec = common.TrainSpec(model_config=preset("tiny", vocab_size=None), num_steps=4, batch_size=8,
+                          sequence_length=32, optimizer=OptimizerConfig(warmup_steps=1), checkpoint_every=4)
+  again = miniplm.run(root=root, pool_task="mpl_fixture", pool_split="train", student=spec, reference=spec,
+                      teacher=spec.replace(num_steps=6), reference_fraction=0.25, alpha=0.5, score_batch_size=8,
+                      progress_bar=False)
+  assert {p: os.stat(p).st_mtime_ns for p in marks} == marks
+  assert again["selection"] == report["selection"]
+  assert {k: v["heldout"]["loss"] for k, v in again["students"].items()} == \
+      {k: v["heldout"]["loss"] for k, v in report["students"].items()}
