@@ -32,3 +32,17 @@ gin.external_configurable(make_lm_loss, "lm_loss")
 gin.external_configurable(synthetic_source, "synthetic_source")
 gin.external_configurable(pipeline.seqio_batch_source, "seqio_batch_source")
 gin.external_configurable(pipeline.vocabulary_size, "vocabulary_size")
+
+# RHO-1 (selective language modeling). pylint: disable=g-import-not-at-top,wrong-import-position
+from bliss_jax.losses.selective import make_selective_loss  # noqa: E402
+from bliss_jax.selection.reference_losses import reference_loss_source  # noqa: E402
+
+gin.external_configurable(make_selective_loss, "selective_loss")
+gin.external_configurable(reference_loss_source, "reference_loss_source")
+
+# Method pipelines (scripts/run_pipeline.py --pipeline=NAME calls the configurable NAME).
+from bliss_jax.pipelines import common as _pipeline_common  # noqa: E402
+from bliss_jax.pipelines import miniplm as _miniplm  # noqa: E402
+
+gin.external_configurable(_pipeline_common.TrainSpec, "TrainSpec")
+gin.external_configurable(_miniplm.run, "miniplm")

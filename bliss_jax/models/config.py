@@ -149,6 +149,8 @@ PRESETS = {
     "qwen_200m": (_qwen(12, 768, 12, 2112, tie=True), 200e6, None),
     "qwen_500m": (_qwen(24, 1024, 16, 2816, tie=True), 500e6, None),
     "qwen_1p2b": (_qwen(24, 1536, 16, 4224, tie=False), 1.2e9, None),
+    # Qwen-1.5-1.8B, MiniPLM's teacher; exact count of the released model.
+    "qwen_1p8b": (_qwen(24, 2048, 16, 5504, tie=False), 1.8e9, 1_836_828_672),
     # SALT (App. E / App. K).
     "salt_1p5b": (_salt(44, 1024, 4, 8192), 1.5e9, None),
     "salt_2p8b": (_salt(92, 1024, 4, 8192), 2.8e9, None),

@@ -141,6 +141,32 @@ def build_step_functions(model_config: ModelConfig, tx, schedule, mesh, rules, *
   return StepFunctions(model, jax.jit(init, out_shardings=state_sh), abstract, state_sh, train_step, eval_step)
 
 
+def abstract_train_step(model_config: ModelConfig, *, batch_size: int, sequence_length: int, num_steps: int = 1000,
+                        optimizer: OptimizerConfig = OptimizerConfig(), loss_factory: Callable = make_lm_loss,
+                        frozen_configs: Optional[Dict[str, ModelConfig]] = None, mesh=None, fsdp: bool = True,
+                        prefix_lm: bool = False):
+  """Trace one sharded train step of a (possibly paper-sized) configuration with `jax.eval_shape`: no parameter is
+  allocated and nothing runs, but every shape, sharding rule and the loss's use of frozen models is checked.
+
+  Returns (abstract new state, abstract metrics).
+  """
+  mesh = mesh or partitioning.make_mesh()
+  rules = partitioning.logical_rules(fsdp)
+  tx, schedule = make_tx(optimizer, num_steps)
+  with partitioning.mesh_context(mesh, rules):
+    frozen_modules = {k: Transformer(c) for k, c in (frozen_configs or {}).items()}
+    frozen = {k: abstract_params(c, mesh, rules, sequence_length) for k, c in (frozen_configs or {}).items()} or None
+    frozen_sh = jax.tree.map(lambda x: x.sharding, frozen) if frozen else None
+    fns = build_step_functions(model_config, tx, schedule, mesh, rules, sequence_length=sequence_length,
+                               loss_factory=loss_factory, frozen_models=frozen_modules, frozen_shardings=frozen_sh)
+    keys = ["decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights", "decoder_segment_ids",
+            "decoder_positions"] + (["decoder_causal_attention"] if prefix_lm else [])
+    batch = {k: jax.ShapeDtypeStruct((batch_size, sequence_length), jnp.int32,
+                                     sharding=partitioning.batch_sharding(mesh)) for k in keys}
+    rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=partitioning.replicated(mesh))
+    return jax.eval_shape(fns.train_step, fns.abstract_state, batch, rng, frozen)
+
+
 def make_tx(optimizer: OptimizerConfig, num_steps: int):
   """(optax transformation, schedule) for an `OptimizerConfig` over `num_steps`."""
   schedule = optimizers.make_schedule(
