@@ -5,6 +5,11 @@
   ``validation``. ``embedded_default_prefix_lm`` is the same corpus with random inputs/targets cuts.
 * ``c4_en``: C4 (``c4/en:3.1.0``) from TFDS with the same vocabulary; registering it reads nothing, building
   its dataset needs the prepared TFDS data (no download is attempted here).
+* ``embedded_default_ul2`` (``tasks.ul2``): SALT's UL2 denoisers (causal LM, prefix LM, span corruption, extreme
+  span corruption at 6:2:1:1) over ``embedded_default``; train with the ``prefix_lm`` feature converter.
+* ``benchmark`` and ``benchmark_ul2`` (``tasks.benchmark``): the labelled benchmark mixture over ``../shared/data``
+  and UL2 over it, registered only when that directory exists (``$BLISS_JAX_DATA_DIR`` overrides it); reading
+  the data waits for the first dataset.
 
 Importing parses the embedded corpus (about 1.5 s) to find the default vocabulary, and trains that vocabulary
 once per machine (a few seconds; cached under ``$BLISS_JAX_CACHE``). ``tasks.local_files`` (imported here, so
@@ -24,3 +29,7 @@ seqio_tasks.register_document_task(EMBEDDED_DEFAULT, embedded.embedded_documents
 seqio_tasks.register_document_task(
     EMBEDDED_DEFAULT_PREFIX_LM, embedded.embedded_documents, _vocabulary, objective='prefix_lm')
 seqio_tasks.register_tfds_c4_task(C4_EN, tfds_name='c4/en:3.1.0', vocabulary=_vocabulary)
+
+# After the tasks they build on. pylint: disable=g-import-not-at-top,wrong-import-position
+from tasks import ul2  # noqa: E402,F401
+from tasks import benchmark  # noqa: E402,F401

@@ -94,15 +94,20 @@ def chunk_length(sequence_length: Optional[Mapping[str, int]], include_inputs: b
 def split_tokens(dataset: tf.data.Dataset,
                  sequence_length: Optional[Mapping[str, int]] = None,
                  feature_key: str = 'targets',
-                 include_inputs: bool = False) -> tf.data.Dataset:
+                 include_inputs: bool = False,
+                 max_length: Optional[int] = None) -> tf.data.Dataset:
   """Splits ``feature_key`` into consecutive chunks of ``chunk_length(sequence_length, include_inputs)`` tokens.
 
   Each chunk becomes an example with the document's other (scalar) features and an int32 ``chunk_index``
   (0, 1, ...); concatenating a document's chunks in ``chunk_index`` order gives back its token sequence
   exactly. A document with no tokens yields no examples; with ``sequence_length=None`` every non-empty
-  document is one chunk.
+  document is one chunk. ``max_length``, when given, is the chunk length instead (``sequence_length`` and
+  ``include_inputs`` are then ignored); the UL2 denoisers use it for their own length budgets.
   """
-  max_length = chunk_length(sequence_length, include_inputs)
+  if max_length is None:
+    max_length = chunk_length(sequence_length, include_inputs)
+  elif max_length < 1:
+    raise ValueError(f'max_length must be >= 1, got {max_length}')
 
   def to_chunks(features):
     tokens = features[feature_key]
@@ -149,13 +154,18 @@ def split_prefix(features: Mapping[str, tf.Tensor],
   return out
 
 
-def document_preprocessors(objective: str = 'lm') -> list:
-  """The preprocessors of a document task: text -> targets, tokenize, chunk, [prefix split], append EOS."""
+def document_preprocessors(objective: str = 'lm', extra_keys: Sequence[str] = ()) -> list:
+  """The preprocessors of a document task: text -> targets, tokenize, chunk, [prefix split], append EOS.
+
+  ``extra_keys`` are further (scalar) source features kept in every example, e.g. ``('domain', 'quality')``:
+  metadata for reports, which the feature converters drop.
+  """
   if objective not in OBJECTIVES:
     raise ValueError(f'objective must be one of {OBJECTIVES}, got {objective!r}')
   prefix_lm = objective == 'prefix_lm'
+  key_map = {'targets': 'text', 'doc_id': 'doc_id', **{key: key for key in extra_keys}}
   return [
-      functools.partial(seqio.preprocessors.rekey, key_map={'targets': 'text', 'doc_id': 'doc_id'}),
+      functools.partial(seqio.preprocessors.rekey, key_map=key_map),
       functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
       functools.partial(split_tokens, include_inputs=prefix_lm),
       *([split_prefix] if prefix_lm else []),
