@@ -313,3 +313,11 @@ def test_train_cli_on_the_benchmark_mixture(shared_data, tmp_path):
   result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'finished step 4' in result.stdout
+
+
+def test_selection_report_accepts_chunk_keys():
+  catalog = [{'doc_id': 'a:1', 'split': 'pool', 'domain': 'books', 'quality': 'clean', 'n_chars': 10, 'target': True},
+             {'doc_id': 'b:2', 'split': 'pool', 'domain': 'web', 'quality': 'raw', 'n_chars': 30, 'target': False}]
+  report = bm.selection_report(['a:1#0', 'a:1#3'], catalog)
+  assert report['n_selected'] == 1 and report['n_unknown'] == 0
+  assert report['target'] == {'selected': 1.0, 'base': 0.25, 'lift': 4.0}

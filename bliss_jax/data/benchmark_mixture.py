@@ -561,7 +561,8 @@ def selection_report(selected_ids: Iterable[str],
   """Composition of a selected subset of documents next to the base rates of the pool it was chosen from.
 
   Args:
-    selected_ids: document ids (duplicates, e.g. one per selected chunk, count once).
+    selected_ids: document ids, or chunk keys ``doc_id#chunk_index`` (duplicates, e.g. one per selected chunk,
+      count once).
     catalog: ``build_catalog`` entries (or ``read_catalog``).
     base_split: the split whose composition is the base rate (``'pool'``); None for the whole catalog.
 
@@ -573,7 +574,8 @@ def selection_report(selected_ids: Iterable[str],
     the selected over the base char fraction (None where the base has none).
   """
   by_id = {e['doc_id']: e for e in catalog}
-  selected_ids = list(selected_ids)
+  # Selections of chunks are keyed "doc_id#chunk_index": a document counts once, however many chunks were chosen.
+  selected_ids = [i if i in by_id or not re.fullmatch(r'.+#\d+', i) else i.rpartition('#')[0] for i in selected_ids]
   unique = list(dict.fromkeys(selected_ids))
   unknown = [i for i in unique if i not in by_id]
   selected = [by_id[i] for i in unique if i in by_id]
