@@ -57,7 +57,7 @@ def run(*, root: str, pool_task: str, student: common.TrainSpec, reference: comm
         teacher_task: Optional[str] = None, eval_task: Optional[str] = None, eval_split: str = "validation",
         reference_fraction: float = 0.1, alpha: float = 0.5, seed: int = 0, score_batch_size: int = 32,
         students: Sequence[str] = ("miniplm", "plain", "vanilla_kd"), kd_omega: float = 1.0, kd_rho: float = 1.0,
-        progress_bar: bool = True) -> dict:
+        eval_max_batches: Optional[int] = None, progress_bar: bool = True) -> dict:
   """Run (or resume) the MiniPLM pipeline; returns the per-student results written to `root/report.json`."""
   L = student.sequence_length
   eval_task = eval_task or pool_task
@@ -144,7 +144,8 @@ def run(*, root: str, pool_task: str, student: common.TrainSpec, reference: comm
       raise ValueError(f"unknown MiniPLM student {name!r}: expected miniplm, plain or vanilla_kd")
     results[name] = run_stage(root, f"student_{name}", fn, {"spec": dataclasses.asdict(student), "name": name})
     results[name]["heldout"] = common.heldout_eval(results[name]["model_dir"], eval_task, eval_split,
-                                                   sequence_length=L, batch_size=student.batch_size)
+                                                   sequence_length=L, batch_size=student.batch_size,
+                                                   max_batches=eval_max_batches)
   report = {"students": results, "selection": selection, "scoring": scored, "teacher": teacher_res,
             "reference": reference_res, "split": split}
   common.write_json(os.path.join(root, "report.json"), report)
