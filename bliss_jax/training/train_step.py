@@ -4,6 +4,8 @@ The loss function decides the objective (CE, KD, selective CE, bilevel lower lev
 differentiates it, accumulates and applies the update. Randomness is a pure function of (seed, step):
 `rng = fold_in(base_rng, step)`, so a resumed run draws the same numbers.
 """
+import inspect
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -23,6 +25,7 @@ def split_microbatches(batch: dict, num_microbatches: int) -> dict:
 def make_train_step(loss_fn, tx: optax.GradientTransformation, *, schedule=None, num_microbatches: int = 1):
   """Returns `train_step(state, batch, base_rng, frozen=None) -> (state, metrics)`, ready for `jax.jit`.
 
+  A loss with a `step` keyword gets the 1-based number of the optimizer step being taken (a traced int32).
   `frozen` (e.g. a teacher's or reference model's parameters) is passed through to `loss_fn(params, batch, rng,
   frozen)` as a jit argument, so frozen models are sharded like the trained one and never baked into the program.
 
@@ -30,16 +33,20 @@ def make_train_step(loss_fn, tx: optax.GradientTransformation, *, schedule=None,
   `num_tokens`-weighted average of the slices' gradients: for a token-mean loss this equals the full-batch gradient
   exactly (up to float summation order). Metrics are weighted the same way.
   """
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)  # differentiates params only
+  if "step" in inspect.signature(loss_fn).parameters:  # losses that change with the step (e.g. SALT's ω(step))
+    step_loss = loss_fn
+  else:
+    step_loss = lambda params, batch, rng, frozen, step: loss_fn(params, batch, rng, frozen)
+  grad_fn = jax.value_and_grad(step_loss, has_aux=True)  # differentiates params only
 
   def train_step(state: TrainState, batch: dict, base_rng: jax.Array, frozen=None):
     rng = jax.random.fold_in(base_rng, state.step)
     if num_microbatches == 1:
-      (_, metrics), grads = grad_fn(state.params, batch, rng, frozen)
+      (_, metrics), grads = grad_fn(state.params, batch, rng, frozen, state.step + 1)
     else:
       def body(carry, mb_and_index):
         mb, i = mb_and_index
-        (_, m), g = grad_fn(state.params, mb, jax.random.fold_in(rng, i), frozen)
+        (_, m), g = grad_fn(state.params, mb, jax.random.fold_in(rng, i), frozen, state.step + 1)
         w = m.get("num_tokens", jnp.float32(1.0))
         grads, msum, wsum = carry
         grads = jax.tree.map(lambda a, b: a + w * b, grads, g)
@@ -48,7 +55,7 @@ def make_train_step(loss_fn, tx: optax.GradientTransformation, *, schedule=None,
 
       mbs = split_microbatches(batch, num_microbatches)
       zeros_g = jax.tree.map(jnp.zeros_like, state.params)
-      m_shape = jax.eval_shape(lambda: grad_fn(state.params, jax.tree.map(lambda x: x[0], mbs), rng, frozen)[0][1])
+      m_shape = jax.eval_shape(lambda: grad_fn(state.params, jax.tree.map(lambda x: x[0], mbs), rng, frozen, state.step + 1)[0][1])
       zeros_m = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape)
       (gsum, msum, wsum), _ = jax.lax.scan(body, (zeros_g, zeros_m, jnp.float32(0.0)),
                                            (mbs, jnp.arange(num_microbatches)))

@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 import time
-from typing import Callable, Dict, Iterator, Optional
+from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -82,8 +82,9 @@ class StepFunctions:
   init: Callable  # rng -> TrainState (jit with out_shardings=state_shardings)
   abstract_state: object  # TrainState of ShapeDtypeStructs carrying their shardings
   state_shardings: object
-  train_step: Callable  # (state, global batch, base_rng) -> (state, metrics)
+  train_step: Callable  # (state, global batch, base_rng, frozen) -> (state, metrics)
   eval_step: Callable  # (params, global batch) -> sums
+  make_train_step: Callable = None  # loss_factory -> another jitted train step with the same layouts
 
 
 def abstract_params(model_config: ModelConfig, mesh, rules, sequence_length: int = 8):
@@ -133,12 +134,17 @@ def build_step_functions(model_config: ModelConfig, tx, schedule, mesh, rules, *
   state_sh = partitioning.shardings_for(jax.eval_shape(init_boxed, rng), abstract, mesh, rules)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)
   batch_sh, repl = partitioning.batch_sharding(mesh), partitioning.replicated(mesh)
-  step_fn = make_train_step(loss_factory(model, frozen_models or {}), tx, schedule=schedule,
-                            num_microbatches=num_microbatches)
-  train_step = jax.jit(step_fn, in_shardings=(state_sh, batch_sh, repl, frozen_shardings),
-                       out_shardings=(state_sh, repl), donate_argnums=(0,))
+
+  def jit_train_step(factory):
+    step_fn = make_train_step(factory(model, frozen_models or {}), tx, schedule=schedule,
+                              num_microbatches=num_microbatches)
+    return jax.jit(step_fn, in_shardings=(state_sh, batch_sh, repl, frozen_shardings),
+                   out_shardings=(state_sh, repl), donate_argnums=(0,))
+
+  train_step = jit_train_step(loss_factory)
   eval_step = jax.jit(evaluation.make_eval_step(model), in_shardings=(state_sh.params, batch_sh), out_shardings=repl)
-  return StepFunctions(model, jax.jit(init, out_shardings=state_sh), abstract, state_sh, train_step, eval_step)
+  return StepFunctions(model, jax.jit(init, out_shardings=state_sh), abstract, state_sh, train_step, eval_step,
+                       jit_train_step)
 
 
 def abstract_train_step(model_config: ModelConfig, *, batch_size: int, sequence_length: int, num_steps: int = 1000,
@@ -185,7 +191,8 @@ def train(*, model_dir: str, model_config: ModelConfig, batch_source: BatchSourc
           checkpoint_every: int = 200, keep_checkpoints: Optional[int] = 3, log_every: int = 10,
           mesh_data: int = -1, mesh_model: int = 1, fsdp: bool = False, devices=None,
           progress_bar: bool = True, stop_at_step: Optional[int] = None,
-          frozen_model_dirs: Optional[Dict[str, str]] = None) -> TrainResult:
+          frozen_model_dirs: Optional[Dict[str, str]] = None,
+          loss_phases: Optional[Sequence[Tuple[int, Callable]]] = None) -> TrainResult:
   """Train `model_config` on `batch_source` for `num_steps` optimizer steps, resuming from MODEL_DIR if possible.
 
   Args:
@@ -199,6 +206,10 @@ def train(*, model_dir: str, model_config: ModelConfig, batch_source: BatchSourc
     loss_factory: `loss_factory(model, frozen_models) -> loss_fn(params, batch, rng, frozen) -> (loss, metrics)`.
     frozen_model_dirs: {name: MODEL_DIR} of frozen models the loss consults (a KD teacher, a RHO-1 reference model);
       their latest checkpoints are loaded, sharded on the same mesh, and passed to every step.
+    loss_phases: [(last_step, loss_factory), ...] in increasing order: steps up to each `last_step` use that phase's
+      loss, each compiled as its own step (so a phase whose loss ignores the frozen models never runs them — SALT's
+      plain stage after KD); steps after the last phase use `loss_factory`. One optimizer state and schedule run
+      across the switch, and resuming on either side picks the phase from the step.
     eval_every / eval_batches: held-out loss, perplexity and next-token accuracy every N steps (and at the end) on
       the first `eval_batches` batches of the validation split (0 disables).
     checkpoint_every / keep_checkpoints: periodic and final orbax checkpoints, keeping the last N.
@@ -272,10 +283,18 @@ def train(*, model_dir: str, model_config: ModelConfig, batch_source: BatchSourc
     bar = tqdm.tqdm(total=num_steps, initial=start_step, disable=not progress_bar or jax.process_index() != 0,
                     desc="train", dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
     t_last, tokens_since = time.perf_counter(), 0.0
+    phases = [(last, fns.make_train_step(factory)) for last, factory in (loss_phases or ())]
+    if [p[0] for p in phases] != sorted(p[0] for p in phases):
+      raise ValueError(f"loss_phases must be in increasing step order, got {[p[0] for p in phases]}")
+
+    def phase_step(step):  # the step function for (1-based) optimizer step `step`
+      return next((fn for last, fn in phases if step <= last), fns.train_step)
+
     last_step = num_steps if stop_at_step is None else min(stop_at_step, num_steps)
     for step in range(start_step + 1, last_step + 1):
       local = next(batches)
-      state, metrics = fns.train_step(state, partitioning.global_batch_from_local(local, mesh), base_rng, frozen)
+      step_fn = phase_step(step)
+      state, metrics = step_fn(state, partitioning.global_batch_from_local(local, mesh), base_rng, frozen)
       metrics = jax.device_get(metrics)
       loss = float(metrics["loss"])
       if not (np.isfinite(loss) and np.isfinite(float(metrics["grad_norm"]))):
