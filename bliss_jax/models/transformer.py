@@ -152,7 +152,8 @@ class _ScanBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-  """Decoder-only LM. `__call__` returns logits [B, T, V] (float32), or (logits, final hidden states)."""
+  """Decoder-only LM. `__call__` returns logits [B, T, V] (float32); with `return_hidden=True` also the final normed
+  hidden states [B, T, d]; with `return_hidden="only"` just those (the output head is neither run nor created)."""
   cfg: ModelConfig
 
   @nn.compact
@@ -176,6 +177,8 @@ class Transformer(nn.Module):
       for i in range(cfg.num_layers):
         x = block(cfg, name=f"layer_{i}")(x, mask, positions)
     hidden = Norm(cfg, name="final_norm")(x)
+    if return_hidden == "only":
+      return hidden
     if cfg.tie_embeddings:
       logits = embed.attend(hidden.astype(jnp.float32))
     else:

@@ -1,0 +1,33 @@
+"""Score model: mean pooling by hand, backbone = the LM's hidden states, LM params load into it."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bliss_jax.models.config import preset
+from bliss_jax.models.score_model import ScoreModel, from_lm_params, mean_pool
+from bliss_jax.models.transformer import Transformer
+
+
+def test_mean_pool_hand_computed():
+  h = jnp.arange(12.0).reshape(1, 3, 4)
+  np.testing.assert_allclose(mean_pool(h, jnp.array([[1, 0, 1]])), [[4.0, 5.0, 6.0, 7.0]])
+
+
+def test_score_is_linear_head_on_pooled_lm_hidden_states():
+  cfg = preset("tiny", vocab_size=64)
+  x = jnp.array([[3, 7, 9, 11, 4, 6]])
+  lm = Transformer(cfg)
+  lm_params = nn.unbox(lm.init(jax.random.PRNGKey(0), x)["params"])
+  head = {"kernel": jax.random.normal(jax.random.PRNGKey(1), (cfg.d_model, 1)), "bias": jnp.array([0.5])}
+  params = from_lm_params(lm_params, head)
+  weights = jnp.array([[0, 1, 1, 1, 1, 0]])
+  sm = ScoreModel(cfg)
+  shapes = jax.eval_shape(lambda: nn.unbox(sm.init(jax.random.PRNGKey(0), x)["params"]))
+  assert jax.tree.structure(shapes) == jax.tree.structure(params)
+  got = sm.apply({"params": params}, x, pool_mask=weights)
+  _, hidden = lm.apply({"params": lm_params}, x, return_hidden=True)
+  want = (hidden[0, 1:5].mean(0) @ head["kernel"])[0] + 0.5
+  np.testing.assert_allclose(got[0], want, rtol=1e-5)
+  np.testing.assert_allclose(ScoreModel(cfg, sigmoid=True).apply({"params": params}, x, pool_mask=weights),
+                             jax.nn.sigmoid(got), rtol=1e-6)
