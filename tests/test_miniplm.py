@@ -40,7 +40,8 @@ def pipeline_report(tmp_path_factory):
   root = str(tmp_path_factory.mktemp("mpl"))
   report = miniplm.run(root=root, pool_task="mpl_fixture", pool_split="train", student=spec, reference=spec,
                        teacher=spec.replace(num_steps=6), reference_fraction=0.25, alpha=0.5, score_batch_size=8,
-                       progress_bar=False)
+                       students=("miniplm", "plain", "vanilla_kd", "miniplm_prx"), prx_sample_fraction=0.5,
+                       prx_steps=30, progress_bar=False)
   return root, report
 
 
@@ -55,7 +56,10 @@ def test_pipeline_selects_top_alpha_of_the_candidates_only(pipeline_report):
   scores = table.columns["difference"]
   threshold = min(scores[table.keys().index(k)] for k in selected)
   assert all(scores[i] <= threshold for i in candidates if table.keys()[i] not in set(selected))
-  assert set(report["students"]) == {"miniplm", "plain", "vanilla_kd"}
+  assert set(report["students"]) == {"miniplm", "plain", "vanilla_kd", "miniplm_prx"}
+  prx = report["prx"]
+  assert prx["mse_last"] < prx["mse_first"]  # the regressor learns the exact scores of its sample
+  assert len(json.load(open(prx["selected"]))) == len(selected) and -1 <= prx["spearman_vs_exact"] <= 1
   assert report["students"]["vanilla_kd"]["steps"] < report["students"]["plain"]["steps"]
   for r in report["students"].values():
     assert np.isfinite(r["heldout"]["loss"])
@@ -66,12 +70,13 @@ def test_rerun_reuses_every_stage(pipeline_report):
   import os
   root, report = pipeline_report
   marks = {p: os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(root, "*", "stage.json"))}
-  assert len(marks) == 9  # pool_keys, split_reference, teacher, reference, score, select, 3 students
+  assert len(marks) == 12  # pool_keys, split_reference, teacher, reference, score, select, prx_fit, prx_select, 4 students
   spec = common.TrainSpec(model_config=preset("tiny", vocab_size=None), num_steps=4, batch_size=8,
                           sequence_length=32, optimizer=OptimizerConfig(warmup_steps=1), checkpoint_every=4)
   again = miniplm.run(root=root, pool_task="mpl_fixture", pool_split="train", student=spec, reference=spec,
                       teacher=spec.replace(num_steps=6), reference_fraction=0.25, alpha=0.5, score_batch_size=8,
-                      progress_bar=False)
+                      students=("miniplm", "plain", "vanilla_kd", "miniplm_prx"), prx_sample_fraction=0.5,
+                      prx_steps=30, progress_bar=False)
   assert {p: os.stat(p).st_mtime_ns for p in marks} == marks
   assert again["selection"] == report["selection"]
   assert {k: v["heldout"]["loss"] for k, v in again["students"].items()} == \

@@ -7,7 +7,10 @@ Stages (each resumable, under `root/`):
   reference       the reference LM, trained from scratch on D_ref with plain CE
   score           teacher and reference log-probs of every remaining pool example -> score store
   select          top α by the difference score (MiniPLM eq. 4, per-token mean): K = α·|D − D_ref| (deterministic)
+  prx_*           (only with student `miniplm_prx`) MiniPLM_prx: fit the reference LM + a linear head on mean-pooled
+                  states to the exact scores of a `prx_sample_fraction` sample (MSE), predict the pool, top α
   student_<name>  students at equal training compute: `miniplm` (CE on the selection, repeated to the step budget),
+                  `miniplm_prx` (CE on the proxy's selection),
                   `plain` (CE on the whole remaining pool), `vanilla_kd` (forward KL to the teacher on the pool, with
                   the step count cut to match FLOPs: steps·3N_s / (3N_s + N_t))
   eval            held-out loss / accuracy of every student on the same split
@@ -57,7 +60,8 @@ def run(*, root: str, pool_task: str, student: common.TrainSpec, reference: comm
         teacher_task: Optional[str] = None, eval_task: Optional[str] = None, eval_split: str = "validation",
         reference_fraction: float = 0.1, alpha: float = 0.5, seed: int = 0, score_batch_size: int = 32,
         students: Sequence[str] = ("miniplm", "plain", "vanilla_kd"), kd_omega: float = 1.0, kd_rho: float = 1.0,
-        eval_max_batches: Optional[int] = None, progress_bar: bool = True) -> dict:
+        eval_max_batches: Optional[int] = None, prx_sample_fraction: float = 0.1, prx_steps: int = 200,
+        prx_learning_rate: float = 1e-3, progress_bar: bool = True) -> dict:
   """Run (or resume) the MiniPLM pipeline; returns the per-student results written to `root/report.json`."""
   L = student.sequence_length
   eval_task = eval_task or pool_task
@@ -118,6 +122,13 @@ def run(*, root: str, pool_task: str, student: common.TrainSpec, reference: comm
   selected = json.load(open(selection["selected"]))
 
   prefix = os.path.basename(root.rstrip("/"))
+  if "miniplm_prx" in students:
+    prx = _run_prx(root, pool_task, pool_split, L, cand_keys, scored, reference_res["model_dir"], alpha, seed,
+                   prx_sample_fraction, prx_steps, prx_learning_rate, score_batch_size, progress_bar)
+    register_selected_task(f"{prefix}_miniplm_prx_selected", pool_task, json.load(open(prx["selected"])),
+                           sequence_length=L, split=pool_split)
+  else:
+    prx = None
   register_selected_task(f"{prefix}_miniplm_selected", pool_task, selected, sequence_length=L, split=pool_split)
   register_selected_task(f"{prefix}_miniplm_pool", pool_task, cand_keys, sequence_length=L, split=pool_split)
   results: Dict[str, dict] = {}
@@ -127,6 +138,8 @@ def run(*, root: str, pool_task: str, student: common.TrainSpec, reference: comm
   for name in students:
     if name == "miniplm":
       fn = lambda d: common.train_on_task(d, student, f"{prefix}_miniplm_selected", progress_bar=progress_bar)
+    elif name == "miniplm_prx":
+      fn = lambda d: common.train_on_task(d, student, f"{prefix}_miniplm_prx_selected", progress_bar=progress_bar)
     elif name == "plain":
       fn = lambda d: common.train_on_task(d, student, f"{prefix}_miniplm_pool", progress_bar=progress_bar)
     elif name == "vanilla_kd":
@@ -141,12 +154,62 @@ def run(*, root: str, pool_task: str, student: common.TrainSpec, reference: comm
         res["teacher_forward_flops"] = common.forward_flops(teacher_dir, L, res["tokens"])
         return res
     else:
-      raise ValueError(f"unknown MiniPLM student {name!r}: expected miniplm, plain or vanilla_kd")
+      raise ValueError(f"unknown MiniPLM student {name!r}: expected miniplm, miniplm_prx, plain or vanilla_kd")
     results[name] = run_stage(root, f"student_{name}", fn, {"spec": dataclasses.asdict(student), "name": name})
     results[name]["heldout"] = common.heldout_eval(results[name]["model_dir"], eval_task, eval_split,
                                                    sequence_length=L, batch_size=student.batch_size,
                                                    max_batches=eval_max_batches)
   report = {"students": results, "selection": selection, "scoring": scored, "teacher": teacher_res,
-            "reference": reference_res, "split": split}
+            "reference": reference_res, "split": split, "prx": prx}
   common.write_json(os.path.join(root, "report.json"), report)
   return report
+
+
+def _run_prx(root, pool_task, pool_split, L, cand_keys, scored, reference_dir, alpha, seed, sample_fraction, steps,
+             learning_rate, score_batch_size, progress_bar):
+  """MiniPLM_prx stages: fit the regressor on a sample's exact scores, predict the pool, select top α."""
+  import flax.serialization  # pylint: disable=g-import-not-at-top
+  from bliss_jax.models.score_model import ScoreModel  # pylint: disable=g-import-not-at-top
+  from bliss_jax.selection import proxy_regression  # pylint: disable=g-import-not-at-top
+  from bliss_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
+
+  model = ScoreModel(checkpoints.read_model_config(reference_dir))
+  params_path = os.path.join(root, "prx_fit", "params.msgpack")
+
+  def do_fit(d):
+    table = score_store.read_scores(scored["store"])
+    exact = dict(zip(table.keys(), table.columns["difference"].tolist()))
+    sample = proxy_regression.sample_keys(cand_keys, sample_fraction, seed)
+    rows = proxy_regression.collect_rows(pool_task, pool_split, L, {k: exact[k] for k in sample})
+    _, lm_params = checkpoints.load_params(reference_dir)
+    params, losses = proxy_regression.fit(model, lm_params, rows, steps=steps, batch_size=min(32, len(sample)),
+                                          learning_rate=learning_rate, seed=seed)
+    with open(params_path, "wb") as f:
+      f.write(flax.serialization.to_bytes(params))
+    return {"n_sample": len(sample), "mse_first": losses[0], "mse_last": losses[-1],
+            "target_variance": float(np.var(rows["target"]))}
+  fit = run_stage(root, "prx_fit", do_fit, {"fraction": sample_fraction, "steps": steps, "lr": learning_rate})
+
+  def do_predict(d):
+    _, lm_params = checkpoints.load_params(reference_dir)
+    template = {"backbone": {k: v for k, v in lm_params.items() if k != "lm_head"},
+                "head": {"kernel": np.zeros((model.cfg.d_model, 1), np.float32), "bias": np.zeros(1, np.float32)}}
+    with open(params_path, "rb") as f:
+      params = flax.serialization.from_bytes(template, f.read())
+    table = offline_scoring.score_split(proxy_regression.make_prediction_scorer(model), params, task=pool_task,
+                                        split=pool_split, store_dir=os.path.join(d, "store"), sequence_length=L,
+                                        batch_size=score_batch_size, progress=progress_bar)
+    exact = score_store.read_scores(scored["store"])
+    assert table.keys() == exact.keys()
+    cand = set(cand_keys)
+    idx = np.array([i for i, k in enumerate(table.keys()) if k in cand])
+    chosen = idx[rules.top_fraction(table.columns["predicted"][idx], alpha)]
+    exact_chosen = idx[rules.top_fraction(exact.columns["difference"][idx], alpha)]
+    pred, true = table.columns["predicted"][idx], exact.columns["difference"][idx]
+    rank = lambda v: np.argsort(np.argsort(v))
+    return {"selected": common.write_json(os.path.join(d, "selected_keys.json"),
+                                          score_store.select_keys(table, chosen, "original")),
+            "spearman_vs_exact": float(np.corrcoef(rank(pred), rank(true))[0, 1]),
+            "selection_overlap_with_exact": float(len(set(chosen) & set(exact_chosen)) / max(len(chosen), 1)),
+            "predicted_tokens": int(table.num_tokens.sum()), **fit}
+  return run_stage(root, "prx_select", do_predict, {"alpha": alpha, "fit": fit})
