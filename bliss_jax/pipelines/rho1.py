@@ -1,0 +1,67 @@
+"""RHO-1 (Lin et al.): Selective Language Modeling against a reference model, next to plain pretraining.
+
+Stages (each resumable, under `root/`):
+  reference      the reference model, trained with plain CE on the high-quality reference set (`reference_task`)
+  student_plain  plain CE on the training stream (`train_task`)
+  student_rho1   the same steps with the SLM loss: CE on the top `ratio` of tokens by excess loss over the frozen
+                 reference (computed online in the same jitted step)
+  eval           held-out loss/accuracy of both on the same split, plus the selection statistics RHO-1 logged
+                 (selected fraction, CE on selected vs. unselected tokens) from its metrics.jsonl
+Both students cost the same training FLOPs (RHO-1 forwards/backwards every token); the reference's training and its
+per-step forward are auxiliary cost, reported separately.
+"""
+import dataclasses
+import json
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+
+from bliss_jax.losses.selective import make_selective_loss
+from bliss_jax.pipelines import common
+from bliss_jax.pipelines.stages import run_stage
+
+
+def _selection_stats(model_dir: str) -> dict:
+  rows = [json.loads(l) for l in open(os.path.join(model_dir, "metrics.jsonl")) if '"train"' in l]
+  keys = ("selected_fraction", "ce_selected", "ce_unselected", "ce_all", "excess_loss", "reference_loss")
+  out = {}
+  for k in keys:
+    v = [r[k] for r in rows if k in r]
+    if v:
+      out[k + "_mean"] = float(np.mean(v))
+      out[k + "_last"] = float(v[-1])
+  return out
+
+
+def run(*, root: str, train_task: str, reference_task: str, student: common.TrainSpec,
+        reference: common.TrainSpec, eval_task: Optional[str] = None, eval_split: str = "validation",
+        ratio: float = 0.6, score: str = "excess", scope: str = "batch", eval_max_batches: Optional[int] = None,
+        students: Sequence[str] = ("plain", "rho1"), progress_bar: bool = True) -> dict:
+  """Run (or resume) the RHO-1 comparison; returns what it writes to `root/report.json`."""
+  L = student.sequence_length
+  ref = run_stage(root, "reference", lambda d: common.train_on_task(d, reference, reference_task,
+                                                                    progress_bar=progress_bar),
+                  {"spec": dataclasses.asdict(reference), "task": reference_task})
+  results = {}
+  for name in students:
+    if name == "plain":
+      fn = lambda d: common.train_on_task(d, student, train_task, progress_bar=progress_bar)
+    elif name == "rho1":
+      def fn(d):
+        res = common.train_on_task(
+            d, student, train_task, progress_bar=progress_bar, frozen_model_dirs={"reference": ref["model_dir"]},
+            loss_factory=lambda m, fm: make_selective_loss(m, fm, ratio=ratio, score=score, scope=scope))
+        res["reference_forward_flops"] = common.forward_flops(ref["model_dir"], L, res["tokens"])
+        res["selection"] = _selection_stats(d)
+        return res
+    else:
+      raise ValueError(f"unknown RHO-1 student {name!r}: expected plain or rho1")
+    results[name] = run_stage(root, f"student_{name}", fn, {"spec": dataclasses.asdict(student), "ratio": ratio,
+                                                              "score": score, "scope": scope, "task": train_task})
+    results[name]["heldout"] = common.heldout_eval(results[name]["model_dir"], eval_task or reference_task,
+                                                   eval_split, sequence_length=L, batch_size=student.batch_size,
+                                                   max_batches=eval_max_batches)
+  report = {"students": results, "reference": ref}
+  common.write_json(os.path.join(root, "report.json"), report)
+  return report
