@@ -47,6 +47,14 @@ from bliss_jax.pipelines import miniplm as _miniplm  # noqa: E402
 gin.external_configurable(_pipeline_common.TrainSpec, "TrainSpec")
 gin.external_configurable(_miniplm.run, "miniplm")
 
+# SALT (small-model-aided large-model training). pylint: disable=g-import-not-at-top,wrong-import-position
+from bliss_jax.losses import salt as _salt_losses  # noqa: E402
+from bliss_jax.pipelines import salt as _salt  # noqa: E402
+
+gin.external_configurable(_salt_losses.make_salt_kd_loss, "salt_kd_loss")
+gin.external_configurable(_salt_losses.omega_schedule, "salt_omega_schedule")
+gin.external_configurable(_salt.run, "salt")
+
 from bliss_jax.pipelines import rho1 as _rho1  # noqa: E402
 
 gin.external_configurable(_rho1.run, "rho1")

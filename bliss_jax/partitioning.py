@@ -55,9 +55,16 @@ def make_mesh(data: int = -1, model: int = 1, devices: Optional[Sequence[jax.Dev
   return Mesh(np.asarray(devices).reshape(data, model), MESH_AXES)
 
 
-def _fit(spec: P, ndim: int) -> P:
-  """Replicate leaves whose spec does not fit their rank (e.g. Adafactor's factored second moments)."""
-  return spec if len(spec) == ndim else P()
+def _fit(spec: P, shape, mesh: Mesh) -> P:
+  """Replicate leaves whose spec does not fit them: another rank, or a dimension its mesh axes do not divide (e.g.
+  Adafactor's factored moments and its (1,)-shaped placeholders for vectors)."""
+  if len(spec) != len(shape):
+    return P()
+  for dim, axes in zip(shape, spec):
+    names = () if axes is None else axes if isinstance(axes, tuple) else (axes,)
+    if dim % int(np.prod([mesh.shape[n] for n in names])):
+      return P()
+  return spec
 
 
 def shardings_for(abstract_boxed, abstract_unboxed, mesh: Mesh, rules) -> object:
@@ -67,7 +74,7 @@ def shardings_for(abstract_boxed, abstract_unboxed, mesh: Mesh, rules) -> object
   `abstract_unboxed` the same tree as it is used (plain arrays), which fixes the structure and ranks.
   """
   specs = nn.logical_to_mesh(nn.get_partition_spec(abstract_boxed), rules)
-  return jax.tree.map(lambda s, x: NamedSharding(mesh, _fit(s, np.ndim(x))), specs, abstract_unboxed,
+  return jax.tree.map(lambda s, x: NamedSharding(mesh, _fit(s, np.shape(x), mesh)), specs, abstract_unboxed,
                       is_leaf=lambda s: isinstance(s, P))
 
 

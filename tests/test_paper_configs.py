@@ -53,3 +53,14 @@ def test_miniplm_paper_vanilla_kd_and_reference_trace(parsed):
   trainer.abstract_train_step(ref.model_config, batch_size=ref.batch_size, sequence_length=ref.sequence_length,
                               optimizer=ref.optimizer, num_steps=ref.num_steps)
   assert jax.device_count() == 8  # traced over the 8-device (data) mesh with FSDP rules
+
+
+def test_adafactor_with_fsdp_traces_on_8_devices():
+  """Adafactor's (1,)-shaped placeholders and factored moments cannot take the parameters' FSDP sharding over 8
+  devices; they are replicated instead (partitioning._fit)."""
+  state, metrics = trainer.abstract_train_step(
+      preset("tiny", vocab_size=512), batch_size=8, sequence_length=16, fsdp=True, num_steps=10,
+      optimizer=trainer.OptimizerConfig(name="adafactor", warmup_steps=1))
+  assert metrics["loss"].shape == ()
+  kernel = state.params["layer_0"]["mlp"]["wi"]["kernel"]
+  assert kernel.sharding.spec[0] == "data"  # the parameters themselves stay FSDP-sharded

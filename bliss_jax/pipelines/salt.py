@@ -1,0 +1,349 @@
+"""SALT (small-model-aided large-model training): KD from a small LM for the first n_KD steps, then plain training;
+SALT_DS also trains the KD stage on sequences the small LM selects. Baselines: plain training and RKD (KD throughout).
+
+Stages (each resumable, under `root/`):
+  teacher          the small LM ζ, trained on `task`'s train split (or given as `teacher_dir`). Its training stops
+                   (checkpointed) at n0 = `scorer_step`, and that checkpoint is copied to its own MODEL_DIR
+                   `teacher/early_<n0>` (ζ_{n0}, SALT_DS's scorer), whatever `keep_checkpoints` later deletes
+  teacher_eval     held-out loss/accuracy of ζ (the "SLM" row of the paper's Table 1)
+  score            SALT eq. 11 (`selection.salt_ds`: top-k masked token CE, median; k = `top_k`) of every example of
+                   `pool_task:pool_split` (LM chunks of the student's length) under ζ_{n0}. The pool must be data ζ
+                   never trained on: the benchmark mixture's `pool` split is disjoint from its `train` split
+  select           the top m by score, m = n_KD × batch (or `num_selected`); with `selection_report`, the selection's
+                   composition next to the pool's (`benchmark_mixture.selection_report`)
+  student_<name>   `baseline` (plain LM loss), `rkd` (KD at every step), `salt` (KD for n_KD steps, then plain),
+                   `salt_ds` (as `salt`, the KD stage on the selection). Every student starts from the same
+                   initialisation and reads the same stream, with one optimizer state and LR schedule over all steps,
+                   and is evaluated (held-out loss, perplexity, next-token accuracy on `eval_task:eval_split`) at the
+                   switch point n_KD and at `eval_fractions` of its steps (70% and 100%).
+
+Training runs in segments (`train_segments`): `trainer.train` calls that stop, checkpointed, at n_KD and at each
+evaluation step, where the checkpoint is evaluated at once (`MODEL_DIR/heldout.json`). A segment of KD steps runs with
+the teacher loaded and `loss_phases=[(n_KD, KD loss)]`; a segment after n_KD runs without the teacher (neither loaded
+nor executed). Resuming is exact (the trainer restores the state and the data position). SALT_DS's switch of data is
+the same mechanism: the segments up to n_KD read the selection's stream, the later ones the normal stream from data
+position n_KD, i.e. they skip the first n_KD batches of the normal stream (the position counted batches of the other
+stream), so every student trains on the same batches after n_KD. Each segment starts its input pipeline afresh (on the
+benchmark UL2 mixture, about a minute on CPU before the first batch).
+
+Under UL2 (`feature_converter='prefix_lm'`), KD uses the identical formatted example and applies at exactly the
+loss-carrying (target) positions; the selection is scored as plain LM chunks and served back through the same UL2
+denoisers (`selection.selected_ul2`).
+"""
+import dataclasses
+import itertools
+import json
+import os
+import shutil
+from typing import Callable, Dict, Optional, Sequence
+
+import jax
+import numpy as np
+import seqio
+
+from bliss_jax import partitioning
+from bliss_jax.data import pipeline as data_pipeline
+from bliss_jax.losses.lm import make_lm_loss
+from bliss_jax.losses.salt import TRANSITIONS, salt_kd_loss_factory
+from bliss_jax.models.config import count_params
+from bliss_jax.models.flops import forward_flops_per_token, train_flops_per_token
+from bliss_jax.models.transformer import Transformer
+from bliss_jax.pipelines import common
+from bliss_jax.pipelines.stages import run_stage
+from bliss_jax.selection import offline_scoring, rules, score_store
+from bliss_jax.selection.salt_ds import make_salt_ds_scorer
+from bliss_jax.selection.selected_task import register_selected_task
+from bliss_jax.selection.selected_ul2 import register_selected_ul2_mixture
+from bliss_jax.training import checkpoints, evaluation, trainer
+
+STUDENTS = ("baseline", "rkd", "salt", "salt_ds")
+
+
+def kd_steps(student: str, num_steps: int, n_kd: int) -> int:
+  """Steps that run the teacher: 0 (baseline), all (RKD), n_KD (SALT, SALT_DS)."""
+  if student not in STUDENTS:
+    raise ValueError(f"unknown SALT student {student!r}: expected one of {STUDENTS}")
+  return {"baseline": 0, "rkd": num_steps}.get(student, min(n_kd, num_steps))
+
+
+def evaluation_steps(num_steps: int, n_kd: int, fractions: Sequence[float] = (0.7, 1.0)) -> Dict[str, int]:
+  """{label: step}: "switch" at n_KD (when 0 < n_KD < steps) and "70%", "100%", ... of `num_steps`."""
+  steps = {"switch": n_kd} if 0 < n_kd < num_steps else {}
+  for f in fractions:
+    if not 0.0 < f <= 1.0:
+      raise ValueError(f"evaluation fraction {f} outside (0, 1]")
+    steps[f"{100 * f:g}%"] = max(1, int(round(f * num_steps)))
+  return steps
+
+
+def latest_step(model_dir: str) -> int:
+  """The newest finished checkpoint's step under MODEL_DIR/checkpoints (0 if none)."""
+  ckpt = os.path.join(model_dir, "checkpoints")
+  steps = [int(d) for d in os.listdir(ckpt) if d.isdigit()] if os.path.isdir(ckpt) else []
+  return max(steps, default=0)
+
+
+def train_segments(model_dir: str, spec: common.TrainSpec, batch_source, *, vocab_size: int,
+                   stops: Sequence[int] = (), n_kd: int = 0, kd_factory=None, teacher_dir: Optional[str] = None,
+                   kd_batch_source=None, on_stop: Optional[Callable[[int], None]] = None,
+                   keep_checkpoints: Optional[int] = None, mesh_data: int = -1, mesh_model: int = 1,
+                   fsdp: bool = False, devices=None, progress_bar: bool = True) -> int:
+  """Train `spec` to `spec.num_steps`, stopping (checkpointed) at each of `stops` and at n_kd; returns the last step.
+
+  Steps 1..n_kd use `kd_factory` with the frozen teacher `teacher_dir` (and read `kd_batch_source`'s train split when
+  given); the steps after n_kd use the plain LM loss, in `train` calls that neither load nor run the teacher.
+  `on_stop(step)` runs after each segment, while its checkpoint is the latest. A rerun skips the segments already
+  checkpointed (calling `on_stop` again, which must be idempotent) and resumes inside the current one.
+  """
+  if n_kd > 0 and (kd_factory is None or teacher_dir is None):
+    raise ValueError("KD steps (n_kd > 0) need kd_factory and teacher_dir")
+  n = spec.num_steps
+  ends = sorted({s for s in stops if 0 < s < n} | ({n_kd} if 0 < n_kd < n else set()) | {n})
+  prev = 0
+  for end in ends:
+    if latest_step(model_dir) < end:
+      kd = prev < n_kd  # n_kd is a segment boundary: a segment is all KD steps or all plain steps
+      source = batch_source
+      if kd and kd_batch_source is not None:
+        source = lambda split, _kd=kd_batch_source, **kw: (_kd if split == "train" else batch_source)(split, **kw)
+      trainer.train(
+          model_dir=model_dir, model_config=spec.model_config, batch_source=source, vocab_size=vocab_size,
+          num_steps=n, batch_size=spec.batch_size, sequence_length=spec.sequence_length, optimizer=spec.optimizer,
+          seed=spec.seed, loss_factory=make_lm_loss, loss_phases=[(n_kd, kd_factory)] if kd else None,
+          frozen_model_dirs={"teacher": teacher_dir} if kd else None, eval_every=spec.eval_every,
+          checkpoint_every=spec.checkpoint_every, keep_checkpoints=keep_checkpoints, log_every=spec.log_every,
+          mesh_data=mesh_data, mesh_model=mesh_model, fsdp=fsdp, devices=devices, progress_bar=progress_bar,
+          stop_at_step=end)
+    if on_stop is not None:
+      on_stop(end)
+    prev = end
+  return ends[-1]
+
+
+def heldout_at_step(model_dir: str, step: int, task: str, split: str = "validation", *, sequence_length: int,
+                    batch_size: int, max_batches: Optional[int] = None) -> dict:
+  """Loss, perplexity, next-token accuracy and token count of MODEL_DIR's checkpoint at `step` on every loss-carrying
+  token of `task:split` (the first `max_batches` batches; prefix-LM features for tasks with inputs), plus `step`."""
+  model = Transformer(checkpoints.read_model_config(model_dir))
+  _, params = checkpoints.load_params(model_dir, step=step)
+  converter = "prefix_lm" if "inputs" in seqio.get_mixture_or_task(task).output_features else "decoder"
+  ds = data_pipeline.get_dataset(task, split, sequence_length, batch_size, shuffle=False, seed=0, repeat=False,
+                                 feature_converter=converter, drop_remainder=False)
+  batches = itertools.islice(ds.as_numpy_iterator(), max_batches)
+  return dict(evaluation.evaluate(jax.jit(evaluation.make_eval_step(model)), params, batches), step=step)
+
+
+def _evaluate_on_stop(model_dir: str, steps: Dict[str, int], **eval_kw) -> Callable[[int], None]:
+  """An `on_stop` that evaluates the checkpoints at `steps` ({label: step}) as they are reached, recording each in
+  MODEL_DIR/heldout.json (so a limited `keep_checkpoints` may delete them later)."""
+  path = os.path.join(model_dir, "heldout.json")
+
+  def on_stop(end):
+    done = json.load(open(path)) if os.path.exists(path) else {}
+    todo = {label: step for label, step in steps.items() if step == end and label not in done}
+    if todo:
+      for label, step in todo.items():
+        done[label] = heldout_at_step(model_dir, step, **eval_kw)
+      common.write_json(path, done)
+  return on_stop
+
+
+def _keep_early_checkpoint(model_dir: str, step: int, early_dir: str) -> Callable[[int], None]:
+  """An `on_stop` that copies MODEL_DIR's checkpoint at `step` into its own MODEL_DIR `early_dir` (atomically)."""
+  def on_stop(end):
+    if end != step or os.path.exists(early_dir):
+      return
+    tmp = early_dir + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(os.path.join(model_dir, "checkpoints", str(step)), os.path.join(tmp, "checkpoints", str(step)))
+    shutil.copy(os.path.join(model_dir, "model_config.json"), os.path.join(tmp, "model_config.json"))
+    os.replace(tmp, early_dir)
+  return on_stop
+
+
+def _load_params_on_mesh(model_dir: str, step: Optional[int], mesh):
+  cfg = checkpoints.read_model_config(model_dir)
+  abstract = trainer.abstract_params(cfg, mesh, partitioning.logical_rules())
+  return Transformer(cfg), checkpoints.load_params(model_dir, abstract, step=step)[1]
+
+
+def run(*, root: str, task: str, student: common.TrainSpec, n_kd: int, teacher: Optional[common.TrainSpec] = None,
+        teacher_dir: Optional[str] = None, feature_converter: str = "decoder", omega: float = 0.667,
+        rho: float = 0.25, transition: str = "step", n_kd_start: Optional[int] = None,
+        students: Sequence[str] = STUDENTS, pool_task: Optional[str] = None, pool_split: str = "pool",
+        pool_max_examples: Optional[int] = None, scorer_step: Optional[int] = None,
+        scorer_dir: Optional[str] = None, top_k: int = 10, num_selected: Optional[int] = None,
+        selection_seed: int = 0, score_batch_size: int = 32, selection_report: bool = False,
+        eval_task: Optional[str] = None,
+        eval_split: str = "validation", eval_fractions: Sequence[float] = (0.7, 1.0),
+        eval_max_batches: Optional[int] = None, keep_checkpoints: Optional[int] = None, mesh_data: int = -1,
+        mesh_model: int = 1, fsdp: bool = False, devices=None, progress_bar: bool = True) -> dict:
+  """Run (or resume) the SALT pipeline; returns the report written to `root/report.json` (`summary`: held-out
+  loss/accuracy of the small LM and of every student at each evaluation step).
+
+  Args:
+    task: the pretraining stream (train split) of the teacher and the students, e.g. the UL2 mixture
+      `benchmark_ul2` with `feature_converter='prefix_lm'`.
+    student / teacher: TrainSpecs; or `teacher_dir`, a trained small LM.
+    n_kd: the KD stage's last step (SALT's n_KD; n_KD,2 for the linear transitions, `n_kd_start` being n_KD,1).
+    omega, rho, transition: ω₀, the teacher temperature ρ and the transition strategy (`losses.salt`).
+    pool_task / pool_split: SALT_DS's candidates, scored as plain LM chunks at the student's sequence length
+      (`pool_max_examples`: only the first ones).
+    scorer_step: n0, the teacher's step that scores for SALT_DS (default: an eighth of the teacher's steps, as 26K of
+      208K in the paper's App. K [inferred]); with `teacher_dir` it must be one of its kept checkpoints, or give
+      `scorer_dir`, a MODEL_DIR whose latest checkpoint scores.
+    top_k: k of eq. 11. num_selected: m (default n_KD × student batch size; at most the pool); ties in the score are
+      broken at random with `selection_seed`. selection_report: the selection's composition by domain and quality
+      against the pool's, from the catalog of the default benchmark mixture (`benchmark_mixture.build_catalog()`).
+    eval_task / eval_split: the held-out set (default: `task`'s validation split); `eval_fractions` of the student's
+      steps are evaluated besides n_KD.
+    keep_checkpoints: periodic checkpoints kept per model (None: all). Evaluations and the scorer's checkpoint are
+      taken when their step is reached, so any value works.
+    mesh_data / mesh_model / fsdp / devices: the training mesh (`trainer.train`); scoring uses all `devices` on "data".
+  """
+  if transition not in TRANSITIONS:
+    raise ValueError(f"transition={transition!r}: expected one of {TRANSITIONS}")
+  unknown = sorted(set(students) - set(STUDENTS))
+  if unknown:
+    raise ValueError(f"unknown SALT students {unknown}: expected some of {STUDENTS}")
+  n = student.num_steps
+  if not 0 < n_kd <= n:
+    raise ValueError(f"n_kd={n_kd} must lie in [1, {n}] (the student's steps)")
+  L, B = student.sequence_length, student.batch_size
+  eval_task = eval_task or task
+  source = lambda spec: data_pipeline.seqio_batch_source(task, batch_size=spec.batch_size,
+                                                          sequence_length=spec.sequence_length, seed=spec.seed,
+                                                          feature_converter=feature_converter)
+  train_kw = dict(vocab_size=data_pipeline.vocabulary_size(task), keep_checkpoints=keep_checkpoints,
+                  mesh_data=mesh_data, mesh_model=mesh_model, fsdp=fsdp, devices=devices, progress_bar=progress_bar)
+  eval_kw = dict(task=eval_task, split=eval_split, sequence_length=L, batch_size=B, max_batches=eval_max_batches)
+
+  # --- the small LM ζ (the KD teacher) and its early checkpoint ζ_{n0} (SALT_DS's scorer) ---
+  if teacher_dir is None:
+    if teacher is None:
+      raise ValueError("SALT needs a small LM: give teacher_dir (a trained MODEL_DIR) or a teacher TrainSpec")
+    n0 = scorer_step if scorer_step is not None else max(1, teacher.num_steps // 8)
+    if not 0 < n0 <= teacher.num_steps:
+      raise ValueError(f"scorer_step={n0} outside [1, {teacher.num_steps}] (the teacher's steps)")
+
+    def do_teacher(d):
+      early = os.path.join(d, f"early_{n0}")
+      train_segments(d, teacher, source(teacher), stops=[n0], on_stop=_keep_early_checkpoint(d, n0, early),
+                     **train_kw)
+      cfg = checkpoints.read_model_config(d)
+      tokens = teacher.num_steps * teacher.batch_size * teacher.sequence_length
+      return {"model_dir": d, "scorer_dir": early, "scorer_step": n0, "steps": teacher.num_steps,
+              "num_params": count_params(cfg), "train_flops": train_flops_per_token(cfg, teacher.sequence_length) *
+              tokens, "scorer_train_flops": train_flops_per_token(cfg, teacher.sequence_length) * tokens * n0 /
+              teacher.num_steps}
+    teacher_res = run_stage(root, "teacher", do_teacher, {"spec": dataclasses.asdict(teacher), "task": task,
+                                                          "feature_converter": feature_converter, "scorer_step": n0})
+    teacher_dir, scorer_dir, n0 = teacher_res["model_dir"], teacher_res["scorer_dir"], None
+  else:
+    n0 = None if scorer_dir is not None else scorer_step
+    teacher_res = {"model_dir": teacher_dir, "scorer_dir": scorer_dir or teacher_dir, "scorer_step": scorer_step,
+                   "train_flops": 0.0, "num_params": count_params(checkpoints.read_model_config(teacher_dir))}
+    scorer_dir = scorer_dir or teacher_dir
+  teacher_cfg = checkpoints.read_model_config(teacher_dir)
+  slm_eval = run_stage(root, "teacher_eval", lambda d: heldout_at_step(teacher_dir, latest_step(teacher_dir),
+                                                                       **eval_kw),
+                       {"teacher": teacher_dir, "eval": f"{eval_task}:{eval_split}", "L": L})
+
+  # --- SALT_DS: score the pool with ζ_{n0} (eq. 11), select the top m ---
+  selection = scored = None
+  if "salt_ds" in students:
+    if pool_task is None:
+      raise ValueError("SALT_DS needs pool_task (candidates the small LM did not train on)")
+    if scorer_dir == teacher_dir and n0 is None:
+      raise ValueError("SALT_DS with a given teacher_dir needs scorer_step (one of its checkpoints) or scorer_dir")
+
+    def do_score(d):
+      mesh = partitioning.make_mesh(devices=devices)
+      model, params = _load_params_on_mesh(scorer_dir, n0, mesh)
+      store = os.path.join(d, "store")
+      table = offline_scoring.score_split(make_salt_ds_scorer(model, top_k), params, task=pool_task,
+                                          split=pool_split, store_dir=store, sequence_length=L,
+                                          batch_size=score_batch_size, mesh=mesh, max_examples=pool_max_examples,
+                                          meta={"scorer": scorer_dir, "scorer_step": n0, "k": top_k},
+                                          progress=progress_bar)
+      tokens = int(table.num_tokens.sum())
+      return {"store": store, "scored_examples": len(table), "scored_tokens": tokens,
+              "flops": forward_flops_per_token(teacher_cfg, L) * tokens}
+    scored = run_stage(root, "score", do_score, {"scorer": scorer_dir, "scorer_step": n0, "k": top_k,
+                                                 "pool": f"{pool_task}:{pool_split}", "L": L,
+                                                 "max_examples": pool_max_examples})
+    m = num_selected if num_selected is not None else n_kd * B
+
+    def do_select(d):
+      table = score_store.read_scores(scored["store"])
+      s, in_top = table.columns["salt_ds"], table.columns["frac_in_top_k"]
+      # Ties are broken uniformly at random (seeded), not by pool order: a weak scorer gives many rows the score 0
+      # (the median is 0 wherever fewer than half the tokens are in its top k).
+      order = np.random.default_rng(selection_seed).permutation(len(table))
+      chosen = order[rules.top_k(s[order], min(m, len(table)))]
+      keys = score_store.select_keys(table, chosen, "original")
+      result = {"selected": common.write_json(os.path.join(d, "selected_keys.json"), keys),
+                "n_requested": m, "n_selected": len(keys), "n_pool": len(table),
+                "score_mean_selected": float(s[chosen].mean()), "score_mean_pool": float(s.mean()),
+                "score_threshold": float(s[chosen].min()), "frac_zero_score_pool": float(np.mean(s == 0)),
+                "frac_in_top_k_selected": float(in_top[chosen].mean()), "frac_in_top_k_pool": float(in_top.mean())}
+      if selection_report:
+        from bliss_jax.data import benchmark_mixture  # pylint: disable=g-import-not-at-top
+        report = benchmark_mixture.selection_report(keys, benchmark_mixture.build_catalog(), base_split=pool_split)
+        result["report"] = common.write_json(os.path.join(d, "selection_report.json"), report)
+        with open(os.path.join(d, "selection_report.md"), "w") as f:
+          f.write(benchmark_mixture.format_selection_report(report) + "\n")
+        result["target_lift"] = report["target"]["lift"]
+      return result
+    selection = run_stage(root, "select", do_select, {"m": m, "store": scored["store"], "seed": selection_seed})
+
+  # --- students: same initialisation, stream and schedule; KD for kd_steps(name) steps ---
+  kd_factory = salt_kd_loss_factory(omega, rho, transition=transition, n_kd=n_kd, n_kd_start=n_kd_start)
+  rkd_factory = salt_kd_loss_factory(omega, rho, transition="step", n_kd=n)
+  steps_at = evaluation_steps(n, n_kd, eval_fractions)
+  prefix = os.path.basename(root.rstrip("/"))
+  results: Dict[str, dict] = {}
+  for name in students:
+    kd_n = kd_steps(name, n, n_kd)
+    inputs = {"spec": dataclasses.asdict(student), "task": task, "feature_converter": feature_converter,
+              "eval_steps": steps_at, "eval": f"{eval_task}:{eval_split}", "kd_steps": kd_n}
+    if kd_n:
+      inputs.update(teacher=teacher_dir, omega=omega, rho=rho)
+    if name in ("salt", "salt_ds"):
+      inputs.update(transition=transition, n_kd_start=n_kd_start)
+    if name == "salt_ds":
+      inputs.update(selection=selection["selected"], n_selected=selection["n_selected"])
+
+    def fn(d, name=name, kd_n=kd_n):
+      kd_source = None
+      if name == "salt_ds":
+        keys = json.load(open(selection["selected"]))
+        selected = f"{prefix}_salt_ds_selected"
+        if feature_converter == "prefix_lm":
+          register_selected_ul2_mixture(selected, pool_task, keys, sequence_length=L, split=pool_split)
+        else:
+          register_selected_task(selected, pool_task, keys, sequence_length=L, split=pool_split)
+        kd_source = data_pipeline.seqio_batch_source(selected, batch_size=B, sequence_length=L, seed=student.seed,
+                                                     feature_converter=feature_converter)
+      train_segments(d, student, source(student), stops=list(steps_at.values()), n_kd=kd_n,
+                     kd_factory=(rkd_factory if name == "rkd" else kd_factory) if kd_n else None,
+                     teacher_dir=teacher_dir if kd_n else None, kd_batch_source=kd_source,
+                     on_stop=_evaluate_on_stop(d, steps_at, **eval_kw), **train_kw)
+      cfg = checkpoints.read_model_config(d)
+      step_flops = train_flops_per_token(cfg, L) * B * L
+      teacher_flops = forward_flops_per_token(teacher_cfg, L) * B * L * kd_n
+      return {"model_dir": d, "steps": n, "kd_steps": kd_n, "num_params": count_params(cfg),
+              "train_flops": step_flops * n, "teacher_forward_flops": teacher_flops,
+              "step_equivalents": n + teacher_flops / step_flops,
+              "heldout": json.load(open(os.path.join(d, "heldout.json")))}
+    results[name] = run_stage(root, f"student_{name}", fn, inputs)
+
+  summary = {"slm": {"final": {k: slm_eval[k] for k in ("loss", "accuracy", "step")}}}
+  for name, r in results.items():
+    summary[name] = {label: {k: h[k] for k in ("loss", "accuracy", "step")} for label, h in r["heldout"].items()}
+  config = {"n_kd": n_kd, "omega": omega, "rho": rho, "transition": transition, "n_kd_start": n_kd_start,
+            "top_k": top_k, "task": task, "eval": f"{eval_task}:{eval_split}"}
+  report = {"summary": summary, "students": results, "teacher": dict(teacher_res, heldout=slm_eval),
+            "scoring": scored, "selection": selection, "config": config}
+  common.write_json(os.path.join(root, "report.json"), report)
+  return report
