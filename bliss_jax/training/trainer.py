@@ -303,7 +303,8 @@ def train(*, model_dir: str, model_config: ModelConfig, batch_source: BatchSourc
             f"non-finite loss {loss} / grad norm {float(metrics['grad_norm'])} at step {step}; stopped without saving. "
             f"The last good checkpoint (step {manager.latest_step()}) under {model_dir}/checkpoints is kept. Lower "
             "the learning rate or check the data, then rerun to resume from it.")
-      tokens_since += float(metrics.get("num_tokens", 0.0))
+      # throughput counts every loss-carrying token processed (RHO-1 reports its selected ones as num_tokens)
+      tokens_since += float(metrics.get("num_valid_tokens", metrics.get("num_tokens", 0.0)))
       last_metrics = {k: float(v) for k, v in metrics.items()}
       if step % log_every == 0 or step == num_steps:
         now = time.perf_counter()
