@@ -14,7 +14,7 @@ import jax
 from bliss_jax import partitioning
 from bliss_jax.data import pipeline as data_pipeline
 from bliss_jax.losses.lm import make_lm_loss
-from bliss_jax.models.config import ModelConfig
+from bliss_jax.models.config import ModelConfig, count_params
 from bliss_jax.models.flops import forward_flops_per_token, train_flops_per_token
 from bliss_jax.models.transformer import Transformer
 from bliss_jax.training import checkpoints, evaluation, trainer
@@ -53,12 +53,7 @@ def train_on_task(model_dir: str, spec: TrainSpec, task: str, *, loss_factory: C
   tokens = spec.num_steps * spec.batch_size * spec.sequence_length
   return {"model_dir": model_dir, "steps": result.final_step, "tokens": tokens,
           "train_flops": train_flops_per_token(cfg, spec.sequence_length) * tokens,
-          "num_params": _num_params(cfg)}
-
-
-def _num_params(cfg: ModelConfig) -> int:
-  from bliss_jax.models.config import count_params  # pylint: disable=g-import-not-at-top
-  return count_params(cfg)
+          "num_params": count_params(cfg)}
 
 
 def forward_flops(model_dir: str, sequence_length: int, tokens: int) -> float:
