@@ -1,0 +1,65 @@
+"""Solvers for A z = b with A = ∇²_{θp}G + λ_z I given only as a matrix-free `matvec` (pytrees in, pytrees out).
+
+All three run a fixed number of iterations inside jit (`iters`), take an optional warm start `x0`, and return z:
+  - `conjugate_gradient`: jax.scipy's CG (pytree-aware), for symmetric positive-definite A.
+  - `neumann`: z = α Σ_{k=0}^{K} (I − αA)^k b, which converges when ‖I − αA‖ < 1 (0 < α < 2/λ_max(A), A ≻ 0).
+  - `normalized_iteration`: the BLISS reference implementation's solver (spec §Hypergradient, [code]): gradient
+    descent on ½zᵀAz − bᵀz, g = Az − b, with g rescaled to unit global norm when its norm exceeds 1, z ← z − α·g;
+    started (without a warm start) from z₀ = 1/numel in every tensor. The reference code passes A = H + 1e-2·I,
+    i.e. `damping=1e-2` in `hvp.damped_hvp`.
+"""
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import optax.tree_utils as otu
+
+SOLVERS = ("cg", "neumann", "normalized")
+
+
+def conjugate_gradient(matvec: Callable, b, x0=None, *, iters: int = 10, tol: float = 0.0):
+  """CG for A z = b (A symmetric positive-definite), at most `iters` iterations (stops early at ‖r‖ ≤ tol·‖b‖)."""
+  return jax.scipy.sparse.linalg.cg(matvec, b, x0=x0, tol=tol, atol=0.0, maxiter=iters)[0]
+
+
+def neumann(matvec: Callable, b, x0=None, *, iters: int = 10, alpha: float = 1e-2):
+  """Truncated Neumann series α Σ_{k≤iters} (I − αA)^k b; with a warm start x0 it is Richardson's iteration
+  z ← z + α(b − Az) from x0 (the same fixed point)."""
+  if x0 is not None:
+    body = lambda _, z: otu.tree_add_scale(z, alpha, otu.tree_sub(b, matvec(z)))
+    return jax.lax.fori_loop(0, iters, body, x0)
+
+  def body(_, carry):
+    term, total = carry
+    term = otu.tree_sub(term, otu.tree_scale(alpha, matvec(term)))
+    return term, otu.tree_add(total, term)
+  _, total = jax.lax.fori_loop(0, iters, body, (b, b))
+  return otu.tree_scale(alpha, total)
+
+
+def uniform_start(b):
+  """The reference implementation's z₀: every element of each tensor 1/numel(tensor)."""
+  return jax.tree.map(lambda x: jnp.full_like(x, 1.0 / max(x.size, 1)), b)
+
+
+def normalized_iteration(matvec: Callable, b, x0=None, *, iters: int = 3, alpha: float = 1e-2):
+  """The reference solver: `iters` steps of z ← z − α·g/max(‖g‖, 1), g = Az − b (from `uniform_start` by default)."""
+  z = uniform_start(b) if x0 is None else x0
+
+  def body(_, z):
+    g = otu.tree_sub(matvec(z), b)
+    scale = 1.0 / jnp.maximum(otu.tree_norm(g), 1.0)
+    return otu.tree_add_scale(z, -alpha * scale, g)
+  return jax.lax.fori_loop(0, iters, body, z)
+
+
+def solve(name: str, matvec: Callable, b, x0=None, *, iters: int, alpha: Optional[float] = None):
+  """Dispatch by name ("cg", "neumann", "normalized"); `alpha` is the step of the latter two."""
+  if name == "cg":
+    return conjugate_gradient(matvec, b, x0, iters=iters)
+  kw = {} if alpha is None else {"alpha": alpha}
+  if name == "neumann":
+    return neumann(matvec, b, x0, iters=iters, **kw)
+  if name == "normalized":
+    return normalized_iteration(matvec, b, x0, iters=iters, **kw)
+  raise ValueError(f"unknown solver {name!r}: expected one of {SOLVERS}")
