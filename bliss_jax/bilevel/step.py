@@ -1,0 +1,212 @@
+"""One BLISS bilevel step (spec §One bilevel step), compiled with `jax.jit` over a device mesh.
+
+  1. K_in AdamW steps (global-norm clip) on the proxy θp with G (`losses.bilevel`, eq. G) on K_in candidate batches:
+     the score model's weights P (eq. P) are constants here, the target's logits too (for the KL).
+  2. ∇_{θp}F on a reference batch at the updated θp (eq. F).
+  3. On the last candidate batch: z solving (∇²G + λ_z I) z = ∇F (`hypergradient.solve_adjoint`, eq. H1), then
+     ∇Φ(θs) = −∇_{θs}Σ_i P_i a_i (eq. H3, `mixed="jvp"`: one jvp through the proxy, one vjp through the score model)
+     or the general vjp of θs ↦ ∇_{θp}G (eq. H2, `mixed="vjp"`, second order through the score model; for checks).
+  4. Per-tensor clip of ∇Φ, AdamW on θs. Both optimizers follow cosine schedules over the run's steps.
+
+`BilevelState` is one pytree (what checkpoints store): step, proxy and score parameters with their optimizer states,
+and z (kept for warm starts). `build_bilevel_functions` lays every leaf out on the mesh from the models' logical axis
+names, like `trainer.build_step_functions`; batches are split over "data" (the softmax over the batch stays global).
+"""
+import dataclasses
+from typing import Any, Callable, NamedTuple, Optional
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+import optax.tree_utils as otu
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from bliss_jax import partitioning
+from bliss_jax.bilevel import hypergradient, solvers
+from bliss_jax.losses import bilevel as objectives
+from bliss_jax.losses.lm import model_logits
+from bliss_jax.models.config import ModelConfig
+from bliss_jax.models.score_model import ScoreModel, score_batch
+from bliss_jax.models.transformer import Transformer
+from bliss_jax.training import optimizers
+
+
+@dataclasses.dataclass(frozen=True)
+class BilevelConfig:
+  """Hyperparameters of the bilevel step; defaults are the reference implementation's (spec §Hyperparameters)."""
+  gamma: float = 1e-2  # γ, weight of KL(target ‖ proxy) in G (0: no KL, the ablation)
+  l2: float = 1e-7  # λ, weight of ‖θp‖² in G
+  weighting: str = "softmax"  # P: "softmax" (eq. P) or "normalized" (s/Σs, the no-reparameterisation ablation)
+  kl_direction: str = "target_proxy"
+  sigmoid: bool = True  # sigmoid on the score model's output
+  inner_steps: int = 1  # K_in lower-level steps per bilevel step
+  solver: str = "normalized"  # "cg", "neumann" or "normalized" (the reference code's)
+  solver_iters: int = 3
+  solver_alpha: float = 1e-2  # step of "neumann" / "normalized"
+  damping: float = 1e-2  # λ_z
+  warm_start: bool = False  # start the solver from the previous step's z
+  mixed: str = "jvp"  # "jvp" (eq. H3) or "vjp" (eq. H2)
+  proxy_lr: float = 1e-5
+  score_lr: float = 1e-5
+  weight_decay: float = 0.1
+  b1: float = 0.9
+  b2: float = 0.95
+  proxy_clip: float = 1.0  # global norm
+  score_clip: float = 1.0  # per tensor
+  warmup_steps: int = 0
+  final_fraction: float = 0.1  # cosine decays to this fraction of each peak LR
+
+  def __post_init__(self):
+    if self.weighting not in objectives.WEIGHTINGS:
+      raise ValueError(f"weighting={self.weighting!r}: expected one of {objectives.WEIGHTINGS}")
+    if self.weighting == "normalized" and not self.sigmoid:
+      raise ValueError("weighting='normalized' (P = s/Σs) needs positive scores: set sigmoid=True")
+    if self.kl_direction not in objectives.KL_DIRECTIONS:
+      raise ValueError(f"kl_direction={self.kl_direction!r}: expected one of {objectives.KL_DIRECTIONS}")
+    if self.solver not in solvers.SOLVERS:
+      raise ValueError(f"solver={self.solver!r}: expected one of {solvers.SOLVERS}")
+    if self.mixed not in ("jvp", "vjp"):
+      raise ValueError(f"mixed={self.mixed!r}: expected 'jvp' or 'vjp'")
+    if self.inner_steps < 1:
+      raise ValueError(f"inner_steps={self.inner_steps} must be >= 1")
+
+
+@flax.struct.dataclass
+class BilevelState:
+  step: jax.Array
+  proxy: Any
+  proxy_opt: Any
+  score: Any
+  score_opt: Any
+  z: Any
+
+
+def clip_per_tensor(max_norm: float) -> optax.GradientTransformation:
+  """Rescale each tensor of the update to L2 norm ≤ max_norm (the reference code clips the hypergradient per tensor;
+  optax has global-norm and block-RMS clipping but not this)."""
+  def update(updates, state, params=None):
+    del params
+    clip = lambda g: g * jnp.minimum(1.0, max_norm / jnp.maximum(jnp.linalg.norm(g.reshape(-1)), 1e-12))
+    return jax.tree.map(clip, updates), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def make_optimizers(cfg: BilevelConfig, num_steps: int):
+  """(proxy tx, score tx, proxy schedule, score schedule): AdamW with cosine schedules over `num_steps`."""
+  sched = lambda lr: optimizers.make_schedule("cosine", peak_lr=lr, total_steps=max(num_steps, 1),
+                                              warmup_steps=cfg.warmup_steps, final_fraction=cfg.final_fraction)
+  p_sched, s_sched = sched(cfg.proxy_lr), sched(cfg.score_lr)
+  adamw = lambda s: optimizers.make_optimizer("adamw", schedule=s, weight_decay=cfg.weight_decay, b1=cfg.b1,
+                                              b2=cfg.b2, clip_norm=None)
+  proxy_tx = optax.chain(optax.clip_by_global_norm(cfg.proxy_clip), adamw(p_sched)) if cfg.proxy_clip else adamw(
+      p_sched)
+  score_tx = optax.chain(clip_per_tensor(cfg.score_clip), adamw(s_sched)) if cfg.score_clip else adamw(s_sched)
+  return proxy_tx, score_tx, p_sched, s_sched
+
+
+def make_bilevel_step(proxy: Transformer, score_model: ScoreModel, target: Optional[Transformer], cfg: BilevelConfig,
+                      proxy_tx, score_tx, proxy_schedule=None, score_schedule=None) -> Callable:
+  """`step(state, train_batches [K_in, B, T], val_batch [B, T], target_params) -> (state, metrics)`, unjitted."""
+  use_kl = bool(cfg.gamma)
+  if use_kl and target is None:
+    raise ValueError("gamma > 0 needs the target model (its logits enter the KL term)")
+
+  def target_logits(tp, batch):
+    return jax.lax.stop_gradient(model_logits(target, tp, batch)) if use_kl else None
+
+  def weights_of(s_params, batch):
+    return objectives.sample_weights(score_batch(score_model, s_params, batch), cfg.weighting)
+
+  def lower(p, weights, batch, t_logits):
+    return objectives.lower_objective(model_logits(proxy, p, batch), weights, batch, p, target_logits=t_logits,
+                                      gamma=cfg.gamma, l2=cfg.l2, kl_direction=cfg.kl_direction)
+
+  def step(state: BilevelState, train_batches: dict, val_batch: dict, target_params=None):
+    def lower_step(carry, batch):
+      p, opt = carry
+      w = jax.lax.stop_gradient(weights_of(state.score, batch))
+      (g_val, parts), grads = jax.value_and_grad(lower, has_aux=True)(p, w, batch, target_logits(target_params,
+                                                                                                batch))
+      updates, opt = proxy_tx.update(grads, opt, p)
+      return (optax.apply_updates(p, updates), opt), dict(parts, G=g_val, proxy_grad_norm=otu.tree_norm(grads))
+
+    (p, popt), lower_metrics = jax.lax.scan(lower_step, (state.proxy, state.proxy_opt), train_batches)
+    hb = jax.tree.map(lambda x: x[-1], train_batches)
+    t_logits = target_logits(target_params, hb)
+    scores = score_batch(score_model, state.score, hb)
+    weights = objectives.sample_weights(scores, cfg.weighting)
+    f_val, grad_f = jax.value_and_grad(lambda q: objectives.upper_objective(model_logits(proxy, q, val_batch),
+                                                                            val_batch))(p)
+    inner = lambda q, w: lower(q, w, hb, t_logits)[0]
+    z = hypergradient.solve_adjoint(inner, p, weights, grad_f, solver=cfg.solver, iters=cfg.solver_iters,
+                                    damping=cfg.damping, alpha=cfg.solver_alpha,
+                                    x0=state.z if cfg.warm_start else None)
+    if cfg.mixed == "jvp":
+      per_sample = lambda q: objectives.per_sample_ce(model_logits(proxy, q, hb), hb)
+      hyper, a = hypergradient.weighted_sum_hypergradient(per_sample, lambda s: weights_of(s, hb), p, state.score, z)
+    else:
+      hyper = otu.tree_scale(-1.0, hypergradient.mixed_term(lambda q, s: inner(q, weights_of(s, hb)), p,
+                                                            state.score, z))
+      a = jnp.zeros_like(scores)
+    updates, sopt = score_tx.update(hyper, state.score_opt, state.score)
+    new = BilevelState(step=state.step + 1, proxy=p, proxy_opt=popt, score=optax.apply_updates(state.score, updates),
+                       score_opt=sopt, z=z)
+    last = jax.tree.map(lambda x: x[-1], lower_metrics)
+    metrics = {"lower_" + k: v for k, v in last.items()}
+    metrics.update(upper_F=f_val, hypergrad_norm=otu.tree_norm(hyper), z_norm=otu.tree_norm(z),
+                   score_mean=jnp.mean(scores), score_std=jnp.std(scores), weight_max=jnp.max(weights),
+                   weight_entropy=-jnp.sum(weights * jnp.log(jnp.maximum(weights, 1e-30))),
+                   influence_mean=jnp.mean(a), influence_std=jnp.std(a))
+    if proxy_schedule is not None:
+      metrics.update(proxy_lr=proxy_schedule(state.step), score_lr=score_schedule(state.step))
+    return new, metrics
+
+  return step
+
+
+class BilevelFunctions(NamedTuple):
+  proxy: Transformer
+  score_model: ScoreModel
+  target: Optional[Transformer]
+  init: Callable  # (proxy params, score params) -> BilevelState, laid out on the mesh
+  step: Callable  # jitted (state, train_batches, val_batch, target_params) -> (state, metrics)
+  abstract_state: Any  # BilevelState of ShapeDtypeStructs with shardings
+  state_shardings: Any
+  train_batch_sharding: NamedSharding  # [K_in, B, T]: rows over "data"
+  val_batch_sharding: NamedSharding
+
+
+def build_bilevel_functions(proxy_cfg: ModelConfig, target_cfg: Optional[ModelConfig], cfg: BilevelConfig,
+                            num_steps: int, mesh, rules, *, target_shardings=None,
+                            sequence_length: int = 8) -> BilevelFunctions:
+  """Models, optimizers, shardings and the jitted step. Call inside `partitioning.mesh_context(mesh, rules)`.
+
+  `target_shardings`: the shardings of the target's parameters (e.g. from `trainer.abstract_params`).
+  """
+  if target_cfg is not None and target_cfg.vocab_size != proxy_cfg.vocab_size:
+    raise ValueError(f"the target's vocab_size ({target_cfg.vocab_size}) differs from the proxy's "
+                     f"({proxy_cfg.vocab_size}): the KL term needs the same tokenizer and padded vocabulary")
+  proxy, score_model = Transformer(proxy_cfg), ScoreModel(proxy_cfg, sigmoid=cfg.sigmoid)
+  target = Transformer(target_cfg) if target_cfg is not None and cfg.gamma else None
+  proxy_tx, score_tx, p_sched, s_sched = make_optimizers(cfg, num_steps)
+  dummy = jnp.zeros((1, sequence_length), jnp.int32)
+
+  def make_state(p, s):
+    return BilevelState(step=jnp.zeros((), jnp.int32), proxy=p, proxy_opt=proxy_tx.init(p), score=s,
+                        score_opt=score_tx.init(s), z=jax.tree.map(jnp.zeros_like, p))
+
+  def init_boxed(rng):
+    return make_state(proxy.init(rng, dummy)["params"], score_model.init(rng, dummy)["params"])
+
+  rng = jax.random.PRNGKey(0)
+  plain = jax.eval_shape(lambda r: jax.tree.map(lambda x: x, nn.unbox(init_boxed(r))), rng)
+  state_sh = partitioning.shardings_for(jax.eval_shape(init_boxed, rng), plain, mesh, rules)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), plain, state_sh)
+  init = jax.jit(make_state, out_shardings=state_sh)
+  train_sh, val_sh = NamedSharding(mesh, P(None, "data")), partitioning.batch_sharding(mesh)
+  step = make_bilevel_step(proxy, score_model, target, cfg, proxy_tx, score_tx, p_sched, s_sched)
+  jitted = jax.jit(step, in_shardings=(state_sh, train_sh, val_sh, target_shardings),
+                   out_shardings=(state_sh, partitioning.replicated(mesh)), donate_argnums=(0,))
+  return BilevelFunctions(proxy, score_model, target, init, jitted, abstract, state_sh, train_sh, val_sh)
