@@ -264,7 +264,7 @@ def test_pipeline_student_evaluations_and_cost(pipeline_report):
   assert res["step_equivalents"] == pytest.approx(5 + 2 * ratio) and res["kd_steps"] == 2
   # the early checkpoint (n0 = 2) scored; the teacher trained on to 3
   assert sorted(os.listdir(os.path.join(report["teacher"]["scorer_dir"], "checkpoints"))) == ["2"]
-  assert salt_pipeline.latest_step(report["teacher"]["model_dir"]) == 3
+  assert common.latest_step(report["teacher"]["model_dir"]) == 3
 
 
 def test_pipeline_selects_top_m_by_the_score(pipeline_report):

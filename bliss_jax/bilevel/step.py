@@ -28,6 +28,7 @@ from bliss_jax.bilevel import hypergradient, solvers
 from bliss_jax.losses import bilevel as objectives
 from bliss_jax.losses.lm import model_logits
 from bliss_jax.models.config import ModelConfig
+from bliss_jax.models.flops import forward_flops_per_token, train_flops_per_token
 from bliss_jax.models.score_model import ScoreModel, score_batch
 from bliss_jax.models.transformer import Transformer
 from bliss_jax.training import optimizers
@@ -210,3 +211,17 @@ def build_bilevel_functions(proxy_cfg: ModelConfig, target_cfg: Optional[ModelCo
   jitted = jax.jit(step, in_shardings=(state_sh, train_sh, val_sh, target_shardings),
                    out_shardings=(state_sh, partitioning.replicated(mesh)), donate_argnums=(0,))
   return BilevelFunctions(proxy, score_model, target, init, jitted, abstract, state_sh, train_sh, val_sh)
+
+
+def step_flops(proxy_cfg: ModelConfig, target_cfg: Optional[ModelConfig], cfg: BilevelConfig, batch_size: int,
+               sequence_length: int) -> float:
+  """Estimated FLOPs of one bilevel step on [B, T] batches, from the per-token forward F_m and train (≈ 3·F_m) costs:
+  K_in × (proxy train + score forward + target forward) for the lower level; a proxy train pass for ∇F; the
+  hypergradient's target and score forwards, `solver_iters` HVPs at ≈ 2 proxy train passes each (forward-over-reverse
+  runs the backward pass in both primal and tangent), a jvp of the per-sample losses (≈ 2 proxy forwards) and the
+  score model's train pass (its vjp). The score model's backbone is the proxy's (its head is negligible)."""
+  L = sequence_length
+  fp, tp = forward_flops_per_token(proxy_cfg, L), train_flops_per_token(proxy_cfg, L)
+  ft = forward_flops_per_token(target_cfg, L) if target_cfg is not None and cfg.gamma else 0.0
+  per_token = (cfg.inner_steps * (tp + fp + ft) + tp + (ft + fp) + cfg.solver_iters * 2 * tp + 2 * fp + tp)
+  return per_token * batch_size * L

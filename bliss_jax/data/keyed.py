@@ -5,7 +5,7 @@ converter's output (the model features) is zipped with the example keys read fro
 dataset, which the converter maps 1:1. Every batch has exactly `batch_size` rows (one compilation); the last one is
 padded with all-zero rows whose `valid` flag is False.
 """
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 import seqio
@@ -44,3 +44,11 @@ def keyed_batches(name: str, split: str, sequence_length: int, batch_size: int, 
     if n < batch_size:
       out = {k: np.concatenate([v, np.zeros((batch_size - n,) + v.shape[1:], v.dtype)]) for k, v in out.items()}
     yield out
+
+
+def example_keys(name: str, split: str, sequence_length: int) -> List[str]:
+  """Every example's key `doc_id#chunk_index` of `name:split`, in the split's order."""
+  keys = []
+  for b in keyed_batches(name, split, sequence_length, 64):
+    keys += [f"{d.decode()}#{c}" for d, c, v in zip(b["doc_id"], b["chunk_index"], b["valid"]) if v]
+  return keys

@@ -10,6 +10,7 @@ import os
 from typing import Callable, Dict, Optional
 
 import jax
+import seqio
 
 from bliss_jax import partitioning
 from bliss_jax.data import pipeline as data_pipeline
@@ -92,3 +93,21 @@ def write_json(path: str, obj) -> str:
   return path
 
 
+def latest_step(model_dir: str) -> int:
+  """The newest finished checkpoint's step under MODEL_DIR/checkpoints (0 if none)."""
+  ckpt = os.path.join(model_dir, "checkpoints")
+  steps = [int(d) for d in os.listdir(ckpt) if d.isdigit()] if os.path.isdir(ckpt) else []
+  return max(steps, default=0)
+
+
+def heldout_at_step(model_dir: str, step: int, task: str, split: str = "validation", *, sequence_length: int,
+                    batch_size: int, max_batches: Optional[int] = None) -> dict:
+  """Loss, perplexity, next-token accuracy and token count of MODEL_DIR's checkpoint at `step` on every loss-carrying
+  token of `task:split` (the first `max_batches` batches; prefix-LM features for tasks with inputs), plus `step`."""
+  model = Transformer(checkpoints.read_model_config(model_dir))
+  _, params = checkpoints.load_params(model_dir, step=step)
+  converter = "prefix_lm" if "inputs" in seqio.get_mixture_or_task(task).output_features else "decoder"
+  ds = data_pipeline.get_dataset(task, split, sequence_length, batch_size, shuffle=False, seed=0, repeat=False,
+                                 feature_converter=converter, drop_remainder=False)
+  batches = itertools.islice(ds.as_numpy_iterator(), max_batches)
+  return dict(evaluation.evaluate(jax.jit(evaluation.make_eval_step(model)), params, batches), step=step)

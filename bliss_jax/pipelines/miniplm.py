@@ -22,7 +22,7 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from bliss_jax.data.keyed import keyed_batches
+from bliss_jax.data.keyed import example_keys
 from bliss_jax.data.pipeline import vocabulary_size
 from bliss_jax.losses.kd import make_kd_loss
 from bliss_jax.models.config import count_params
@@ -48,13 +48,6 @@ def vanilla_kd_steps(steps: int, student_params: int, teacher_params: int) -> in
   return int(steps * 3 * student_params / (3 * student_params + teacher_params))
 
 
-def _pool_keys(task, split, sequence_length):
-  keys = []
-  for b in keyed_batches(task, split, sequence_length, 64):
-    keys += [f"{d.decode()}#{c}" for d, c, v in zip(b["doc_id"], b["chunk_index"], b["valid"]) if v]
-  return keys
-
-
 def run(*, root: str, pool_task: str, student: common.TrainSpec, reference: common.TrainSpec,
         teacher: Optional[common.TrainSpec] = None, teacher_dir: Optional[str] = None, pool_split: str = "pool",
         teacher_task: Optional[str] = None, eval_task: Optional[str] = None, eval_split: str = "validation",
@@ -66,7 +59,7 @@ def run(*, root: str, pool_task: str, student: common.TrainSpec, reference: comm
   L = student.sequence_length
   eval_task = eval_task or pool_task
   keys = run_stage(root, "pool_keys", lambda d: common.write_json(os.path.join(d, "keys.json"),
-                                                                  _pool_keys(pool_task, pool_split, L)),
+                                                                  example_keys(pool_task, pool_split, L)),
                    {"task": pool_task, "split": pool_split, "L": L})
   keys = json.load(open(keys))
 

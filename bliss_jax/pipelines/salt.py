@@ -31,15 +31,12 @@ loss-carrying (target) positions; the selection is scored as plain LM chunks and
 denoisers (`selection.selected_ul2`).
 """
 import dataclasses
-import itertools
 import json
 import os
 import shutil
 from typing import Callable, Dict, Optional, Sequence
 
-import jax
 import numpy as np
-import seqio
 
 from bliss_jax import partitioning
 from bliss_jax.data import pipeline as data_pipeline
@@ -54,7 +51,7 @@ from bliss_jax.selection import offline_scoring, rules, score_store
 from bliss_jax.selection.salt_ds import make_salt_ds_scorer
 from bliss_jax.selection.selected_task import register_selected_task
 from bliss_jax.selection.selected_ul2 import register_selected_ul2_mixture
-from bliss_jax.training import checkpoints, evaluation, trainer
+from bliss_jax.training import checkpoints, trainer
 
 STUDENTS = ("baseline", "rkd", "salt", "salt_ds")
 
@@ -76,13 +73,6 @@ def evaluation_steps(num_steps: int, n_kd: int, fractions: Sequence[float] = (0.
   return steps
 
 
-def latest_step(model_dir: str) -> int:
-  """The newest finished checkpoint's step under MODEL_DIR/checkpoints (0 if none)."""
-  ckpt = os.path.join(model_dir, "checkpoints")
-  steps = [int(d) for d in os.listdir(ckpt) if d.isdigit()] if os.path.isdir(ckpt) else []
-  return max(steps, default=0)
-
-
 def train_segments(model_dir: str, spec: common.TrainSpec, batch_source, *, vocab_size: int,
                    stops: Sequence[int] = (), n_kd: int = 0, kd_factory=None, teacher_dir: Optional[str] = None,
                    kd_batch_source=None, on_stop: Optional[Callable[[int], None]] = None,
@@ -101,7 +91,7 @@ def train_segments(model_dir: str, spec: common.TrainSpec, batch_source, *, voca
   ends = sorted({s for s in stops if 0 < s < n} | ({n_kd} if 0 < n_kd < n else set()) | {n})
   prev = 0
   for end in ends:
-    if latest_step(model_dir) < end:
+    if common.latest_step(model_dir) < end:
       kd = prev < n_kd  # n_kd is a segment boundary: a segment is all KD steps or all plain steps
       source = batch_source
       if kd and kd_batch_source is not None:
@@ -120,19 +110,6 @@ def train_segments(model_dir: str, spec: common.TrainSpec, batch_source, *, voca
   return ends[-1]
 
 
-def heldout_at_step(model_dir: str, step: int, task: str, split: str = "validation", *, sequence_length: int,
-                    batch_size: int, max_batches: Optional[int] = None) -> dict:
-  """Loss, perplexity, next-token accuracy and token count of MODEL_DIR's checkpoint at `step` on every loss-carrying
-  token of `task:split` (the first `max_batches` batches; prefix-LM features for tasks with inputs), plus `step`."""
-  model = Transformer(checkpoints.read_model_config(model_dir))
-  _, params = checkpoints.load_params(model_dir, step=step)
-  converter = "prefix_lm" if "inputs" in seqio.get_mixture_or_task(task).output_features else "decoder"
-  ds = data_pipeline.get_dataset(task, split, sequence_length, batch_size, shuffle=False, seed=0, repeat=False,
-                                 feature_converter=converter, drop_remainder=False)
-  batches = itertools.islice(ds.as_numpy_iterator(), max_batches)
-  return dict(evaluation.evaluate(jax.jit(evaluation.make_eval_step(model)), params, batches), step=step)
-
-
 def _evaluate_on_stop(model_dir: str, steps: Dict[str, int], **eval_kw) -> Callable[[int], None]:
   """An `on_stop` that evaluates the checkpoints at `steps` ({label: step}) as they are reached, recording each in
   MODEL_DIR/heldout.json (so a limited `keep_checkpoints` may delete them later)."""
@@ -143,7 +120,7 @@ def _evaluate_on_stop(model_dir: str, steps: Dict[str, int], **eval_kw) -> Calla
     todo = {label: step for label, step in steps.items() if step == end and label not in done}
     if todo:
       for label, step in todo.items():
-        done[label] = heldout_at_step(model_dir, step, **eval_kw)
+        done[label] = common.heldout_at_step(model_dir, step, **eval_kw)
       common.write_json(path, done)
   return on_stop
 
@@ -245,8 +222,8 @@ def run(*, root: str, task: str, student: common.TrainSpec, n_kd: int, teacher: 
                    "train_flops": 0.0, "num_params": count_params(checkpoints.read_model_config(teacher_dir))}
     scorer_dir = scorer_dir or teacher_dir
   teacher_cfg = checkpoints.read_model_config(teacher_dir)
-  slm_eval = run_stage(root, "teacher_eval", lambda d: heldout_at_step(teacher_dir, latest_step(teacher_dir),
-                                                                       **eval_kw),
+  slm_eval = run_stage(root, "teacher_eval",
+                       lambda d: common.heldout_at_step(teacher_dir, common.latest_step(teacher_dir), **eval_kw),
                        {"teacher": teacher_dir, "eval": f"{eval_task}:{eval_split}", "L": L})
 
   # --- SALT_DS: score the pool with ζ_{n0} (eq. 11), select the top m ---

@@ -56,3 +56,15 @@ def make_writer(model_dir: str, split: str) -> metric_writers.MetricWriter:
     return metric_writers.MultiWriter([])
   tb = metric_writers.SummaryWriter(os.path.join(model_dir, "tensorboard", split))
   return metric_writers.MultiWriter([tb, JsonlWriter(os.path.join(model_dir, "metrics.jsonl"), split)])
+
+
+def truncate_jsonl(path: str, split: str, after_step: int) -> None:
+  """Drop `split` rows past `after_step` (written by a run that died before its next checkpoint)."""
+  if jax.process_index() != 0 or not os.path.exists(path):
+    return
+  with open(path) as f:
+    rows = [line for line in f if line.strip()]
+  keep = [r for r in rows if not (json.loads(r).get("split") == split and json.loads(r)["step"] > after_step)]
+  if len(keep) != len(rows):
+    with open(path, "w") as f:
+      f.writelines(keep)

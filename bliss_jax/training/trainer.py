@@ -4,7 +4,6 @@
 `loss_factory(model) -> loss_fn`; everything else (sharding, accumulation, checkpoints, NaN guard, metrics) is shared.
 """
 import dataclasses
-import json
 import logging
 import os
 import sys
@@ -61,18 +60,6 @@ BatchSource = Callable[..., Iterator[dict]]
 
 def round_up_vocab(n: int, multiple: int = 128) -> int:
   return -(-n // multiple) * multiple
-
-
-def _truncate_jsonl(path: str, split: str, after_step: int) -> None:
-  """Drop `split` rows past `after_step` (written by a run that died before its next checkpoint)."""
-  if jax.process_index() != 0 or not os.path.exists(path):
-    return
-  with open(path) as f:
-    rows = [line for line in f if line.strip()]
-  keep = [r for r in rows if not (json.loads(r).get("split") == split and json.loads(r)["step"] > after_step)]
-  if len(keep) != len(rows):
-    with open(path, "w") as f:
-      f.writelines(keep)
 
 
 @dataclasses.dataclass
@@ -256,8 +243,8 @@ def train(*, model_dir: str, model_config: ModelConfig, batch_source: BatchSourc
       logging.info("resumed from step %d (data position %d)", int(state.step), position)
     start_step = int(state.step)
     metrics_path = os.path.join(model_dir, "metrics.jsonl")
-    _truncate_jsonl(metrics_path, "train", start_step)
-    _truncate_jsonl(metrics_path, "validation", start_step)
+    metric_writers.truncate_jsonl(metrics_path, "train", start_step)
+    metric_writers.truncate_jsonl(metrics_path, "validation", start_step)
     train_writer = metric_writers.make_writer(model_dir, "train")
     eval_writer = metric_writers.make_writer(model_dir, "validation")
     if jax.process_index() == 0 and start_step == 0:

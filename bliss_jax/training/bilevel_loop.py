@@ -1,0 +1,142 @@
+"""The BLISS bilevel loop: T jit-compiled bilevel steps (`bilevel.step`), resumable, with metrics and checkpoints.
+
+`run_bilevel` loads the warmed-up proxy (re-loaded every round, as the reference implementation does), the score
+model (from the proxy's backbone with a zero head in round 1, or a previous round's score model) and the current
+target checkpoint (constants of the KL term), lays them out on the mesh, and runs `num_steps` steps. Each step reads
+K_in unpacked candidate batches (one example per row: the weights P are per example) and one reference batch.
+Checkpoints hold the whole `BilevelState` and the two streams' positions, so a rerun continues exactly; the final
+score model is written to MODEL_DIR/score (orbax) with MODEL_DIR/model_config.json (the backbone's shape) and
+MODEL_DIR/score_model.json ({"sigmoid": ...}).
+"""
+import json
+import logging
+import os
+import sys
+from typing import Optional
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import tqdm
+
+from bliss_jax import partitioning
+from bliss_jax.bilevel.step import BilevelConfig, build_bilevel_functions
+from bliss_jax.models.score_model import ScoreModel, from_lm_params
+from bliss_jax.training import checkpoints, metric_writers
+from bliss_jax.training.trainer import NonFiniteLossError, abstract_params
+
+
+def _score_dir(model_dir):
+  return os.path.join(os.path.abspath(model_dir), "score")
+
+
+def save_score_model(model_dir: str, params, backbone_cfg, sigmoid: bool) -> None:
+  checkpoints.write_model_config(model_dir, backbone_cfg)
+  with open(os.path.join(model_dir, "score_model.json"), "w") as f:
+    json.dump({"sigmoid": sigmoid}, f)
+  if not os.path.exists(_score_dir(model_dir)):
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(_score_dir(model_dir), params)
+    ckptr.wait_until_finished()
+
+
+def load_score_model(model_dir: str, abstract=None):
+  """(ScoreModel, params) written by `run_bilevel`; `abstract` (ShapeDtypeStructs with shardings) lays them out."""
+  path = _score_dir(model_dir)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"no score model at {path}: has the bilevel stage in {model_dir} finished?")
+  cfg = checkpoints.read_model_config(model_dir)
+  with open(os.path.join(model_dir, "score_model.json")) as f:
+    sigmoid = json.load(f)["sigmoid"]
+  return ScoreModel(cfg, sigmoid=sigmoid), ocp.StandardCheckpointer().restore(path, abstract)
+
+
+def _stack_global(local_batches, sharding):
+  keys = local_batches[0].keys()
+  return {k: jax.make_array_from_process_local_data(sharding, np.stack([np.asarray(b[k]) for b in local_batches]))
+          for k in keys}
+
+
+def run_bilevel(*, model_dir: str, proxy_dir: str, target_dir: Optional[str], train_source, val_source,
+                cfg: BilevelConfig, num_steps: int, target_step: Optional[int] = None,
+                score_init_dir: Optional[str] = None, proxy_state_dir: Optional[str] = None, checkpoint_every: int = 100, log_every: int = 10,
+                keep_checkpoints: Optional[int] = 1, devices=None, progress_bar: bool = True,
+                stop_at_step: Optional[int] = None) -> dict:
+  """Run (or resume) `num_steps` bilevel steps into `model_dir`; returns the last step's metrics.
+
+  train_source / val_source: `trainer.BatchSource`s of unpacked candidate rows (split "train", repeating) and of
+    reference rows (split "train", repeating), each yielding this process's rows of the global batch.
+  target_dir / target_step: the current target checkpoint (needed when cfg.gamma > 0).
+  score_init_dir: a previous `run_bilevel` MODEL_DIR whose score model starts this one (default: the proxy's
+    backbone with a zero Linear(d, 1) head).
+  proxy_state_dir: a previous `run_bilevel` MODEL_DIR whose final proxy starts this one (default: `proxy_dir`'s
+    latest checkpoint, the reference implementation's reset); it must have the same BilevelConfig.
+  stop_at_step: leave after this step (checkpointed), as a pre-empted job would.
+  """
+  model_dir = os.path.abspath(model_dir)
+  os.makedirs(model_dir, exist_ok=True)
+  mesh = partitioning.make_mesh(devices=devices)
+  rules = partitioning.logical_rules()
+  proxy_cfg = checkpoints.read_model_config(proxy_dir)
+  target_cfg = checkpoints.read_model_config(target_dir) if cfg.gamma else None
+  with partitioning.mesh_context(mesh, rules):
+    target_abs = abstract_params(target_cfg, mesh, rules) if target_cfg is not None else None
+    fns = build_bilevel_functions(proxy_cfg, target_cfg, cfg, num_steps, mesh, rules,
+                                  target_shardings=jax.tree.map(lambda x: x.sharding, target_abs))
+    target_params = None
+    if target_cfg is not None:
+      t_step, target_params = checkpoints.load_params(target_dir, target_abs, step=target_step)
+      logging.info("bilevel: target %s at step %d", target_dir, t_step)
+    manager = checkpoints.make_manager(model_dir, max_to_keep=keep_checkpoints)
+    restored = checkpoints.restore(manager, fns.abstract_state)
+    if restored is None:
+      if proxy_state_dir is not None:
+        prev = checkpoints.restore(checkpoints.make_manager(proxy_state_dir, max_to_keep=None), fns.abstract_state)
+        if prev is None:
+          raise FileNotFoundError(f"no bilevel checkpoint under {proxy_state_dir} to continue the proxy from")
+        proxy_params = prev[0].proxy
+      else:
+        _, proxy_params = checkpoints.load_params(proxy_dir, fns.abstract_state.proxy)
+      if score_init_dir is not None:
+        _, score_params = load_score_model(score_init_dir, fns.abstract_state.score)
+      else:
+        head = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), fns.abstract_state.score["head"])
+        score_params = from_lm_params(proxy_params, head)
+      state, start = fns.init(proxy_params, score_params), 0
+    else:
+      state, data = restored
+      start = int(data["step"])
+      logging.info("bilevel: resumed from step %d", start)
+    k_in = cfg.inner_steps
+    pi, pc = jax.process_index(), jax.process_count()
+    train_it = train_source("train", start_position=start * k_in, process_index=pi, process_count=pc, repeat=True)
+    val_it = val_source("train", start_position=start, process_index=pi, process_count=pc, repeat=True)
+    metric_writers.truncate_jsonl(os.path.join(model_dir, "metrics.jsonl"), "bilevel", start)
+    writer = metric_writers.make_writer(model_dir, "bilevel")
+    last = min(num_steps, stop_at_step or num_steps)
+    bar = tqdm.tqdm(total=num_steps, initial=start, desc="bilevel", disable=not progress_bar or pi != 0,
+                    dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
+    metrics = {}
+    for step in range(start + 1, last + 1):
+      train = _stack_global([next(train_it) for _ in range(k_in)], fns.train_batch_sharding)
+      val = partitioning.global_batch_from_local(next(val_it), mesh)
+      state, m = fns.step(state, train, val, target_params)
+      metrics = {k: float(v) for k, v in jax.device_get(m).items()}
+      if not all(np.isfinite(metrics[k]) for k in ("upper_F", "lower_G", "hypergrad_norm")):
+        bar.close()
+        raise NonFiniteLossError(
+            f"bilevel step {step}: non-finite F={metrics['upper_F']} / G={metrics['lower_G']} / hypergradient norm "
+            f"{metrics['hypergrad_norm']}; stopped without saving. The last good checkpoint (step "
+            f"{manager.latest_step()}) under {model_dir}/checkpoints is kept: lower the learning rates or γ and rerun.")
+      if step % log_every == 0 or step == num_steps:
+        writer.write_scalars(step, metrics)
+        bar.set_postfix(F=f"{metrics['upper_F']:.3f}", G=f"{metrics['lower_G']:.3f}")
+      bar.update(1)
+      if step % checkpoint_every == 0 or step == last:
+        checkpoints.save(manager, step, state, {"step": step}, force=True)
+    bar.close()
+    writer.flush()
+    manager.close()
+    if last == num_steps:
+      save_score_model(model_dir, jax.device_get(state.score), proxy_cfg, cfg.sigmoid)
+  return metrics

@@ -1,0 +1,138 @@
+"""The BLISS rounds pipeline on a tiny two-style corpus: disjoint fresh pools, top-20% selections, target rounds from a
+shared round 0, FLOP accounting, stage reuse on rerun, exact resumption of the bilevel loop, and the score model
+learning to prefer candidates that look like the reference set."""
+import glob
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from pydoc_data import topics
+
+from bliss_jax.bilevel.step import BilevelConfig
+from bliss_jax.data import pipeline as data_pipeline
+from bliss_jax.data import seqio_tasks, vocabulary
+from bliss_jax.models.config import preset
+from bliss_jax.pipelines import bliss, common
+from bliss_jax.selection import score_store
+from bliss_jax.training import bilevel_loop, checkpoints
+from bliss_jax.training.trainer import OptimizerConfig
+
+L = 32
+WORDS = "the cat sat on a mat and the dog ran to the park while birds sang in trees".split()
+
+
+def _clean(i):
+  rng = np.random.default_rng(i)
+  return " ".join(" ".join(rng.permutation(WORDS[:8]).tolist()) + "." for _ in range(6))
+
+
+def _noise(i):
+  rng = np.random.default_rng(10_000 + i)
+  return " ".join("".join(rng.choice(list("qxzjkvw0123456789"), size=5)) for _ in range(40))
+
+
+@pytest.fixture(scope="module")
+def tasks(tmp_path_factory):
+  texts = [t for _, t in sorted(topics.topics.items())][:20] + [_clean(i) for i in range(5)] + [_noise(i)
+                                                                                               for i in range(5)]
+  vocab = vocabulary.load_vocabulary(vocabulary.train_sentencepiece(
+      texts, str(tmp_path_factory.mktemp("spm") / "s.model"), 300))
+  pool = [(f"clean:{i}", _clean(i)) for i in range(40)] + [(f"noise:{i}", _noise(i)) for i in range(40)]
+  seqio_tasks.register_document_task("bliss_fixture_pool", lambda: pool, vocab, validation_fraction=0.1)
+  ref = [(f"ref:{i}", _clean(1000 + i)) for i in range(30)]
+  seqio_tasks.register_document_task("bliss_fixture_ref", lambda: ref, vocab, validation_fraction=0.3)
+  return "bliss_fixture_pool", "bliss_fixture_ref"
+
+
+def _specs():
+  target = common.TrainSpec(model_config=preset("tiny", vocab_size=None), num_steps=12, batch_size=8,
+                            sequence_length=L, optimizer=OptimizerConfig(warmup_steps=1), eval_every=2)
+  proxy = common.TrainSpec(model_config=preset("tiny", vocab_size=None, num_layers=1, d_model=32, num_heads=2,
+                                               num_kv_heads=1, d_ff=64),
+                           num_steps=6, batch_size=8, sequence_length=L, optimizer=OptimizerConfig(warmup_steps=1))
+  cfg = BilevelConfig(gamma=0.1, solver="cg", solver_iters=3, proxy_lr=1e-3, score_lr=3e-2)
+  return target, proxy, cfg
+
+
+def _run(root, tasks):
+  pool, ref = tasks
+  target, proxy, cfg = _specs()
+  return bliss.run(root=root, pool_task=pool, pool_split="train", target=target, proxy=proxy, reference_task=ref,
+                   bilevel=cfg, bilevel_steps=6, bilevel_batch_size=8, eval_task=ref, rounds=2,
+                   methods=("random", "bliss"), score_batch_size=8, progress_bar=False)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, tasks):
+  root = str(tmp_path_factory.mktemp("bliss"))
+  return root, _run(root, tasks)
+
+
+def test_pools_are_disjoint_and_selections_are_the_top_fifth(pipeline):
+  root, report = pipeline
+  pools = [set(json.load(open(os.path.join(root, "pools", f"pool_{r}.json")))) for r in range(3)]
+  keys = json.load(open(os.path.join(root, "pool_keys", "keys.json")))
+  assert sum(map(len, pools)) == len(keys) and set.union(*pools) == set(keys)
+  assert [len(p) for p in pools] == report["pool_sizes"] and max(report["pool_sizes"]) - min(report["pool_sizes"]) <= 1
+  for r, rnd in enumerate(report["methods"]["bliss"]["rounds"], start=1):
+    selected = json.load(open(rnd["selection"]["selected"]))
+    assert len(selected) == int(np.floor(0.2 * len(pools[r]))) and set(selected) <= pools[r]
+    table = score_store.read_scores(rnd["scoring"]["store"])
+    assert set(table.keys()) == pools[r]  # the whole round pool was scored, nothing else
+    s = dict(zip(table.keys(), table.columns["bliss"]))
+    assert min(s[k] for k in selected) >= max(s[k] for k in pools[r] - set(selected))
+  for r, rnd in enumerate(report["methods"]["random"]["rounds"], start=1):
+    assert set(json.load(open(rnd["selection"]["selected"]))) <= pools[r] and rnd["bilevel"] is None
+
+
+def test_target_rounds_continue_one_run_from_a_shared_round_zero(pipeline):
+  root, report = pipeline
+  for m in ("random", "bliss"):
+    d = report["methods"][m]["model_dir"]
+    assert sorted(int(s) for s in os.listdir(os.path.join(d, "checkpoints"))) == [4, 8, 12]
+    assert [x["step"] for x in report["methods"][m]["rounds"]] == [8, 12]
+    # round 0 of every method is the shared run's: identical step-4 parameters
+    _, p0 = checkpoints.load_params(report["round0"]["model_dir"], step=4)
+    _, pm = checkpoints.load_params(d, step=4)
+    jax.tree.map(np.testing.assert_array_equal, p0, pm)
+    steps = [s for s, _ in report["methods"][m]["curve"]]
+    assert steps == [2, 4, 6, 8, 10, 12]
+  s = report["summary"]
+  assert s["bliss"]["flops"]["bilevel"] > 0 and s["bliss"]["flops"]["scoring"] > 0 and s["bliss"]["flops"]["warmup"] > 0
+  assert s["random"]["flops"]["bilevel"] == 0 and s["random"]["flops"]["target_training"] == \
+      s["bliss"]["flops"]["target_training"]
+  assert abs(sum(s["bliss"]["flop_shares"].values()) - 1) < 1e-9
+  assert s["random"]["steps_to_random_final"] <= 12
+
+
+def test_rerun_reuses_every_stage(pipeline, tasks):
+  root, report = pipeline
+  marks = {p: os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(root, "*", "stage.json"))}
+  # pool_keys, pools, warmup_select, target_r0, proxy_warmup; random: 2 x (select, target); bliss: 2 x 4
+  assert len(marks) == 5 + 4 + 8
+  again = _run(root, tasks)
+  assert {p: os.stat(p).st_mtime_ns for p in marks} == marks
+  assert again["summary"] == report["summary"]
+
+
+def test_bilevel_loop_resumes_exactly(pipeline, tasks, tmp_path):
+  """Stopped after 2 steps and rerun to 4 = 4 straight steps: bit-exact score model, identical metric rows."""
+  root, _ = pipeline
+  pool, ref = tasks
+  _, _, cfg = _specs()
+  kw = dict(proxy_dir=os.path.join(root, "proxy_warmup", "model"),
+            target_dir=os.path.join(root, "target_r0", "model"), target_step=4,
+            train_source=data_pipeline.seqio_batch_source(pool, batch_size=8, sequence_length=L, pack=False),
+            val_source=data_pipeline.seqio_batch_source(ref, batch_size=8, sequence_length=L, pack=False),
+            cfg=cfg, num_steps=4, log_every=1, progress_bar=False)
+  bilevel_loop.run_bilevel(model_dir=str(tmp_path / "straight"), **kw)
+  bilevel_loop.run_bilevel(model_dir=str(tmp_path / "resumed"), stop_at_step=2, **kw)
+  assert not os.path.exists(tmp_path / "resumed" / "score")
+  bilevel_loop.run_bilevel(model_dir=str(tmp_path / "resumed"), **kw)
+  _, a = bilevel_loop.load_score_model(str(tmp_path / "straight"))
+  _, b = bilevel_loop.load_score_model(str(tmp_path / "resumed"))
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  rows = lambda d: [l for l in open(tmp_path / d / "metrics.jsonl")]
+  assert rows("straight") == rows("resumed") and len(rows("straight")) == 4
