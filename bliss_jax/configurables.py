@@ -58,3 +58,10 @@ gin.external_configurable(_salt.run, "salt")
 from bliss_jax.pipelines import rho1 as _rho1  # noqa: E402
 
 gin.external_configurable(_rho1.run, "rho1")
+
+# BLISS (bilevel influence scoring). pylint: disable=g-import-not-at-top,wrong-import-position
+from bliss_jax.bilevel.step import BilevelConfig  # noqa: E402
+from bliss_jax.pipelines import bliss as _bliss  # noqa: E402
+
+gin.external_configurable(BilevelConfig, "BilevelConfig")
+gin.external_configurable(_bliss.run, "bliss")

@@ -10,20 +10,27 @@ so importing ``tasks`` stays fast, and without the data it registers nothing and
   ``pool``, ``validation`` (the reference set) and ``test``; features ``targets``, ``doc_id``, ``chunk_index``,
   ``domain``, ``quality``.
 * ``benchmark_ul2``: SALT's UL2 denoisers over the ``benchmark`` mixture (``tasks.ul2``).
+* ``lambada_reference``: LAMBADA (OpenAI) as a prefix-LM task, ``inputs`` = the passage, ``targets`` = " " + its
+  last word, 30% of items (by id hash) in ``validation``: BLISS's upper-level objective as in the paper (loss on
+  the continuation only; read it with ``feature_converter='prefix_lm'``).
 
 From gin, ``TASK = @benchmark_mixture()`` (``gin_configs/data/benchmark_mixture.gin``) registers the mixture with
 any rates, seed, splits, data directory or vocabulary, and fails with the missing path when the data is absent.
 """
+import os
 from typing import Mapping, Optional, Union
 
 import gin
 
 from bliss_jax.data import benchmark_mixture as benchmark_lib
+from bliss_jax.data import seqio_tasks
 from bliss_jax.data import ul2
+from bliss_jax.eval import readers
 from bliss_jax.data import vocabulary as vocabulary_lib
 
 BENCHMARK = 'benchmark'
 BENCHMARK_UL2 = 'benchmark_ul2'
+LAMBADA_REFERENCE = 'lambada_reference'
 
 
 @gin.configurable
@@ -67,3 +74,8 @@ if benchmark_lib.data_dir_available():
   benchmark_lib.register_benchmark_tasks(BENCHMARK, benchmark_lib.BenchmarkConfig(),
                                          vocabulary_lib.default_vocabulary())
   ul2.register_ul2_mixture(BENCHMARK_UL2, BENCHMARK)
+  _lambada = os.path.join(benchmark_lib.resolve_data_dir(), 'eval', 'lambada_openai.jsonl')
+  if os.path.exists(_lambada):
+    seqio_tasks.register_continuation_task(
+        LAMBADA_REFERENCE, lambda: [(x.id, x.context, ' ' + x.continuation) for x in readers.read_lambada(_lambada)],
+        vocabulary_lib.default_vocabulary(), validation_fraction=0.3)

@@ -64,3 +64,27 @@ def test_adafactor_with_fsdp_traces_on_8_devices():
   assert metrics["loss"].shape == ()
   kernel = state.params["layer_0"]["mlp"]["wi"]["kernel"]
   assert kernel.sharding.spec[0] == "data"  # the parameters themselves stay FSDP-sharded
+
+
+@pytest.mark.parametrize("target,proxy", [("pythia_410m", "pythia_31m"), ("pythia_1b", "pythia_31m"),
+                                          ("pythia_410m", "pythia_160m")])
+def test_bliss_paper_configs_trace(parsed, target, proxy):
+  """The target's train step and one bilevel step (proxy + score model + the target in the KL, LAMBADA-style
+  prefix-LM reference batch) at the paper's shapes, sharded FSDP over 8 devices."""
+  from bliss_jax.training.bilevel_loop import abstract_bilevel_step  # pylint: disable=g-import-not-at-top
+  parsed("paper/bliss_pythia.gin", bindings=[f"TARGET='{target}'", f"PROXY='{proxy}'"])
+  t, p = _spec("target"), _spec("proxy")
+  cfg = gin.get_configurable("BilevelConfig")()
+  assert (t.batch_size, t.sequence_length, t.num_steps) == (512, 1024, 50_000)
+  assert (cfg.gamma, cfg.l2, cfg.proxy_lr, cfg.score_lr, cfg.solver) == (1e-2, 1e-7, 1e-5, 1e-5, "normalized")
+  assert t.model_config == preset(target, vocab_size=50304, dtype="bfloat16")
+  assert p.model_config == preset(proxy, vocab_size=50304)
+  _, metrics = trainer.abstract_train_step(t.model_config, batch_size=t.batch_size,
+                                           sequence_length=t.sequence_length, optimizer=t.optimizer,
+                                           num_steps=t.num_steps)
+  assert metrics["loss"].shape == ()
+  state, m = abstract_bilevel_step(p.model_config, t.model_config, cfg, batch_size=32, sequence_length=1024,
+                                   num_steps=3000, prefix_lm_reference=True)
+  assert m["upper_F"].shape == () and m["hypergrad_norm"].shape == ()
+  assert state.score["head"]["kernel"].shape == (p.model_config.d_model, 1)
+  assert jax.tree.structure(state.z) == jax.tree.structure(state.proxy)

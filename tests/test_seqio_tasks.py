@@ -187,3 +187,22 @@ def test_local_files_task_from_gin(tmp_path, small_vocab):
   with pytest.raises(FileNotFoundError, match='missing.txt'):
     local_files.register_local_files_task('toy_missing', [str(tmp_path / 'missing.txt')])
   assert 'toy_missing' not in seqio.TaskRegistry.names()
+
+
+def test_continuation_task_puts_loss_on_the_continuation_and_keeps_the_context_end(small_vocab):
+  """LAMBADA-style items: with the prefix-LM converter only the continuation's tokens carry loss, and a context
+  longer than the inputs budget loses its START (the words next to the continuation stay)."""
+  from bliss_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  words = ' '.join(f'w{i}' for i in range(200))
+  items = [(f'c:{i}', f'{words} the answer is', ' module') for i in range(6)]
+  seqio_tasks.register_continuation_task('continuation_fixture', lambda: items, small_vocab, validation_fraction=0.0)
+  ds = pipeline.get_dataset('continuation_fixture', 'train', 64, 6, shuffle=False, seed=0, pack=False,
+                            repeat=False, feature_converter='prefix_lm')
+  b = next(ds.as_numpy_iterator())
+  for i in range(6):
+    w, t = b['decoder_loss_weights'][i], b['decoder_target_tokens'][i]
+    assert small_vocab.decode(t[w > 0].tolist()) == 'module'
+    assert w.sum() == len(small_vocab.encode(' module'))
+    context = small_vocab.decode(t[:w.argmax()].tolist())
+    assert context.endswith('the answer is') and not context.startswith('w0 ')
+    assert b['decoder_causal_attention'][i][:w.argmax()].all()  # the context is the bidirectional prefix

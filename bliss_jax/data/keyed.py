@@ -46,9 +46,9 @@ def keyed_batches(name: str, split: str, sequence_length: int, batch_size: int, 
     yield out
 
 
-def example_keys(name: str, split: str, sequence_length: int) -> List[str]:
-  """Every example's key `doc_id#chunk_index` of `name:split`, in the split's order."""
+def example_keys(name: str, split: str, sequence_length: int, max_examples: Optional[int] = None) -> List[str]:
+  """Every example's key `doc_id#chunk_index` of `name:split` (the first `max_examples`), in the split's order."""
   keys = []
-  for b in keyed_batches(name, split, sequence_length, 64):
+  for b in keyed_batches(name, split, sequence_length, 64, max_examples=max_examples):
     keys += [f"{d.decode()}#{c}" for d, c, v in zip(b["doc_id"], b["chunk_index"], b["valid"]) if v]
   return keys

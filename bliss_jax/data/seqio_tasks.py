@@ -252,3 +252,45 @@ def register_mixture(name: str, tasks: Sequence[Tuple[str, float]]) -> seqio.Mix
   if name in seqio.MixtureRegistry.names():
     seqio.MixtureRegistry.remove(name)
   return seqio.MixtureRegistry.add(name, list(tasks))
+
+
+ItemsFn = Callable[[], Sequence[Tuple[str, str, str]]]
+
+
+@seqio.map_over_dataset
+def keep_last_inputs(features: Mapping[str, tf.Tensor],
+                     sequence_length: Optional[Mapping[str, int]] = None) -> Mapping[str, tf.Tensor]:
+  """Keeps the LAST ``sequence_length['inputs']`` tokens of ``inputs`` (a context's end is what its continuation
+  depends on; seqio's own trimming would keep the start)."""
+  out = dict(features)
+  if sequence_length and sequence_length.get('inputs') is not None:
+    out['inputs'] = features['inputs'][-sequence_length['inputs']:]
+  return out
+
+
+def register_continuation_task(name: str,
+                               items_fn: ItemsFn,
+                               vocabulary: seqio.Vocabulary,
+                               validation_fraction: float = DEFAULT_VALIDATION_FRACTION) -> seqio.Task:
+  """Registers a prefix-LM task of ``(id, context, continuation)`` items: ``inputs`` = the context (its last tokens
+  when too long), ``targets`` = the continuation, no EOS, so with the ``prefix_lm`` feature converter only the
+  continuation's tokens carry loss (LAMBADA as an upper-level objective). Splits by id hash like documents."""
+  def dataset_fn(split: str, shuffle_files: bool, seed: Optional[int] = None) -> tf.data.Dataset:
+    if split not in SPLITS:
+      raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
+    items = [x for x in items_fn() if split_of(x[0], validation_fraction) == split]
+    ds = tf.data.Dataset.from_tensor_slices({
+        'doc_id': tf.constant([x[0] for x in items], tf.string, shape=[len(items)]),
+        'inputs': tf.constant([x[1] for x in items], tf.string, shape=[len(items)]),
+        'targets': tf.constant([x[2] for x in items], tf.string, shape=[len(items)]),
+    })
+    if shuffle_files and items:
+      ds = ds.shuffle(len(items), seed=seed, reshuffle_each_iteration=True)
+    return ds
+
+  return _add_task(
+      name,
+      source=seqio.FunctionDataSource(dataset_fn, splits=SPLITS, caching_permitted=False),
+      preprocessors=[functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False), keep_last_inputs],
+      output_features={'inputs': seqio.Feature(vocabulary, add_eos=False),
+                       'targets': seqio.Feature(vocabulary, add_eos=False)})

@@ -94,7 +94,8 @@ def _copy_model_dir(src: str, dst: str, step: int) -> None:
 
 def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.TrainSpec, reference_task: str,
         bilevel: BilevelConfig = BilevelConfig(), bilevel_steps: int = 100, bilevel_batch_size: int = 16,
-        reference_split: str = "train", eval_task: Optional[str] = None, eval_split: str = "validation",
+        reference_split: str = "train", reference_feature_converter: str = "decoder",
+        pool_max_examples: Optional[int] = None, eval_task: Optional[str] = None, eval_split: str = "validation",
         rounds: int = 2, select_fraction: float = 0.2, methods: Sequence[str] = ("random", "bliss"),
         variants: Optional[Dict[str, dict]] = None, pool_split: str = "pool", seed: int = 0,
         score_batch_size: int = 64, eval_batches: int = 8, eval_max_batches: Optional[int] = None,
@@ -105,7 +106,10 @@ def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.Tr
     target: the target LM; `num_steps` is the whole run ((rounds + 1) × S), `eval_every` the held-out curve's period.
     proxy: the proxy LM's shape and warm-up (its `num_steps`); the score model shares its backbone.
     bilevel / bilevel_steps / bilevel_batch_size: the bilevel step (`BilevelConfig`), T, and the candidate batch.
-    reference_task / reference_split: the upper level's data (F); `eval_task` / `eval_split`: the held-out set.
+    reference_task / reference_split: the upper level's data (F), read with `reference_feature_converter`
+      ("prefix_lm" for a context/continuation task such as `lambada_reference`: F on the continuation only).
+    pool_max_examples: only the first examples of the pool split are candidates (for corpora as large as C4).
+    eval_task / eval_split: the held-out set (default: the pool task's validation split).
     methods: "random", "bliss" and names of `variants` (BilevelConfig overrides, run like "bliss").
   """
   variants = dict(variants or {})
@@ -128,8 +132,9 @@ def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.Tr
   eval_kw = dict(task=eval_task, split=eval_split, sequence_length=L, batch_size=B, max_batches=eval_max_batches)
 
   keys_path = run_stage(root, "pool_keys", lambda d: common.write_json(os.path.join(d, "keys.json"),
-                                                                       example_keys(pool_task, pool_split, L)),
-                        {"task": pool_task, "split": pool_split, "L": L})
+                                                                       example_keys(pool_task, pool_split, L,
+                                                                                    pool_max_examples)),
+                        {"task": pool_task, "split": pool_split, "L": L, "max_examples": pool_max_examples})
 
   def do_pools(d):
     pools = split_pools(json.load(open(keys_path)), rounds + 1, seed)
@@ -185,7 +190,8 @@ def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.Tr
   proxy_cfg = checkpoints.read_model_config(proxy_dir)
   target_step_flops = train_flops_per_token(target_cfg, L) * B * L
   ref_source = data_pipeline.seqio_batch_source(reference_task, batch_size=bilevel_batch_size, sequence_length=L,
-                                                seed=seed, pack=False)
+                                                seed=seed, pack=False, feature_converter=reference_feature_converter)
+  ref_split_source = lambda split, **kw: ref_source(reference_split, **kw)  # run_bilevel reads "train"
 
   # --- rounds 1..R per method ---
   results: Dict[str, dict] = {}
@@ -206,13 +212,14 @@ def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.Tr
           last = bilevel_loop.run_bilevel(
               model_dir=os.path.join(d, "model"), proxy_dir=proxy_dir,
               proxy_state_dir=None if proxy_init == proxy_dir else proxy_init, target_dir=stage_target, target_step=r * S, train_source=cand,
-              val_source=ref_source, cfg=cfg, num_steps=bilevel_steps, score_init_dir=prev,
+              val_source=ref_split_source, cfg=cfg, num_steps=bilevel_steps, score_init_dir=prev,
               checkpoint_every=max(1, bilevel_steps // 4), progress_bar=progress_bar)
           flops = step_flops(proxy_cfg, target_cfg if cfg.gamma else None, cfg, bilevel_batch_size, L)
           return {"model_dir": os.path.join(d, "model"), "last_metrics": last, "flops": flops * bilevel_steps}
         bilevel_res = run_stage(root, f"{m}_r{r}_bilevel", do_bilevel,
                                 {"config": dataclasses.asdict(cfg), "steps": bilevel_steps, "pool": pool_paths[r],
-                                 "B": bilevel_batch_size, "reference": f"{reference_task}:{reference_split}",
+                                 "B": bilevel_batch_size,
+                                 "reference": f"{reference_task}:{reference_split}:{reference_feature_converter}",
                                  "score_init": prev_bilevel, "reset_proxy": reset_proxy})
         prev_bilevel = bilevel_res["model_dir"]
 

@@ -140,3 +140,23 @@ def run_bilevel(*, model_dir: str, proxy_dir: str, target_dir: Optional[str], tr
     if last == num_steps:
       save_score_model(model_dir, jax.device_get(state.score), proxy_cfg, cfg.sigmoid)
   return metrics
+
+
+def abstract_bilevel_step(proxy_cfg, target_cfg, cfg: BilevelConfig, *, batch_size: int, sequence_length: int,
+                          num_steps: int = 1000, mesh=None, fsdp: bool = True, prefix_lm_reference: bool = False):
+  """Trace one sharded bilevel step of (possibly paper-sized) models with `jax.eval_shape`: nothing is allocated or
+  run, but every shape, sharding rule and the target's use in the KL is checked. Returns (state, metrics)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  mesh = mesh or partitioning.make_mesh()
+  rules = partitioning.logical_rules(fsdp)
+  with partitioning.mesh_context(mesh, rules):
+    target_abs = abstract_params(target_cfg, mesh, rules) if target_cfg is not None and cfg.gamma else None
+    fns = build_bilevel_functions(proxy_cfg, target_cfg, cfg, num_steps, mesh, rules,
+                                  target_shardings=jax.tree.map(lambda x: x.sharding, target_abs))
+    keys = ["decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights", "decoder_segment_ids",
+            "decoder_positions"]
+    k, B, L = cfg.inner_steps, batch_size, sequence_length
+    train = {n: jax.ShapeDtypeStruct((k, B, L), jnp.int32, sharding=fns.train_batch_sharding) for n in keys}
+    val = {n: jax.ShapeDtypeStruct((B, L), jnp.int32, sharding=fns.val_batch_sharding)
+           for n in keys + (["decoder_causal_attention"] if prefix_lm_reference else [])}
+    return jax.eval_shape(fns.step, fns.abstract_state, train, val, target_abs)
