@@ -1,0 +1,146 @@
+#!/usr/bin/env python
+r"""BLISS's cost: one bilevel step, a Hessian-vector product and a gradient, against one proxy training step.
+
+  python scripts/bench_bilevel.py                                # the CPU config's proxy (2 x 128) and target (4 x 192)
+  python scripts/bench_bilevel.py --proxy pythia_31m --target pythia_410m --batch_size 32 --sequence_length 1024 \
+      --vocab_size 50304                                         # the paper's shapes (accelerator)
+
+Every function is compiled once and timed side by side in one run on the same batches: after warm-up, `--rounds`
+rounds each time `--steps` calls of each kind back to back; each printed ratio is the median over rounds of (time of
+the kind / time of the proxy train step within the round), so load changes between rounds cancel. Peak memory is
+XLA's compiled-memory analysis of each function (argument + output + temporary bytes, what the program needs
+resident), not a sampled RSS. Next to the times: the FLOP estimate of `bilevel.step.step_flops` over a proxy train
+step. Kinds:
+  proxy_step      AdamW step of the proxy on the LM loss (`trainer.build_step_functions`)
+  grad            ∇ of the proxy's LM loss only
+  hvp             one forward-over-reverse HVP of the lower objective G (`bilevel.hvp`)
+  bilevel         the whole bilevel step (`bilevel.step`: K_in lower steps, ∇F, solver, hypergradient, AdamW on θs)
+  bilevel_no_kl   the same with γ = 0 (no target forward)
+"""
+import argparse
+import dataclasses
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bliss_jax import partitioning  # noqa: E402
+from bliss_jax.bilevel import hvp as hvp_lib  # noqa: E402
+from bliss_jax.bilevel.step import BilevelConfig, build_bilevel_functions, step_flops  # noqa: E402
+from bliss_jax.data.synthetic import SyntheticBatches  # noqa: E402
+from bliss_jax.losses import bilevel as objectives  # noqa: E402
+from bliss_jax.losses.lm import make_lm_loss, model_logits  # noqa: E402
+from bliss_jax.models.config import count_params, preset  # noqa: E402
+from bliss_jax.models.flops import train_flops_per_token  # noqa: E402
+from bliss_jax.models.score_model import from_lm_params  # noqa: E402
+from bliss_jax.models.transformer import Transformer  # noqa: E402
+from bliss_jax.training import trainer  # noqa: E402
+
+
+def _memory(compiled):
+  m = compiled.memory_analysis()
+  if m is None:
+    return float("nan")
+  return (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes) / 2**20
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--proxy", default="cpu")
+  p.add_argument("--target", default="cpu")
+  p.add_argument("--vocab_size", type=int, default=2176)
+  p.add_argument("--batch_size", type=int, default=16)
+  p.add_argument("--sequence_length", type=int, default=128)
+  p.add_argument("--solver_iters", type=int, default=3)
+  p.add_argument("--inner_steps", type=int, default=1)
+  p.add_argument("--steps", type=int, default=5)
+  p.add_argument("--rounds", type=int, default=5)
+  a = p.parse_args()
+  V, B, L = a.vocab_size, a.batch_size, a.sequence_length
+  proxy_cfg = (preset("tiny", vocab_size=V, num_layers=2, d_model=128, num_heads=4, num_kv_heads=4, d_ff=512)
+               if a.proxy == "cpu" else preset(a.proxy, vocab_size=V))
+  target_cfg = (preset("tiny", vocab_size=V, num_layers=4, d_model=192, num_heads=4, num_kv_heads=4, d_ff=768)
+                if a.target == "cpu" else preset(a.target, vocab_size=V))
+  mesh = partitioning.make_mesh()
+  rules = partitioning.logical_rules()
+  batches = SyntheticBatches(vocab_size=V, batch_size=B, sequence_length=L, seed=0)
+  batch = {k: np.asarray(v) for k, v in next(batches).items()}
+  stacked = {k: np.stack([v] * a.inner_steps) for k, v in batch.items()}
+  cfg = BilevelConfig(solver_iters=a.solver_iters, inner_steps=a.inner_steps, proxy_lr=1e-4, score_lr=1e-3)
+  with partitioning.mesh_context(mesh, rules):
+    tx, sched = trainer.make_tx(trainer.OptimizerConfig(), 1000)
+    fns = trainer.build_step_functions(proxy_cfg, tx, sched, mesh, rules, sequence_length=L)
+    state = fns.init(jax.random.PRNGKey(0))
+    gbatch = partitioning.global_batch_from_local(batch, mesh)
+    rng = jax.device_put(jax.random.PRNGKey(1), partitioning.replicated(mesh))
+    proxy, target = Transformer(proxy_cfg), Transformer(target_cfg)
+    params = jax.device_get(state.params)
+    tparams = target.init(jax.random.PRNGKey(2), np.zeros((1, L), np.int32))["params"]
+    loss = make_lm_loss(proxy)
+    grad = jax.jit(jax.grad(lambda q, b: loss(q, b, None)[0]))
+    w = np.full((B,), 1.0 / B, np.float32)
+    g_obj = lambda q: objectives.lower_objective(model_logits(proxy, q, gbatch), w, gbatch, q)[0]
+    hvp = jax.jit(lambda q, v: hvp_lib.hvp(g_obj, q, v))
+    bl = {}
+    for name, c in (("bilevel", cfg), ("bilevel_no_kl", dataclasses.replace(cfg, gamma=0.0))):
+      f = build_bilevel_functions(proxy_cfg, target_cfg, c, 1000, mesh, rules,
+                                  target_shardings=jax.tree.map(lambda _: partitioning.replicated(mesh), tparams))
+      head = {"kernel": np.zeros((proxy_cfg.d_model, 1), np.float32), "bias": np.zeros((1,), np.float32)}
+      bl[name] = (f, f.init(params, from_lm_params(params, head)))
+    train = jax.device_put(stacked, bl["bilevel"][0].train_batch_sharding)
+
+    def run(kind, n):
+      nonlocal state
+      t = time.perf_counter()
+      for _ in range(n):
+        if kind == "proxy_step":
+          state, _ = fns.train_step(state, gbatch, rng, None)
+          out = state
+        elif kind == "grad":
+          out = grad(params, gbatch)
+        elif kind == "hvp":
+          out = hvp(params, params)
+        else:
+          f, s = bl[kind]
+          s, out = f.step(s, train, gbatch, tparams)
+          bl[kind] = (f, s)
+      jax.block_until_ready(out)
+      return (time.perf_counter() - t) / n
+
+    kinds = ["proxy_step", "grad", "hvp", "bilevel", "bilevel_no_kl"]
+    mem = {"proxy_step": _memory(fns.train_step.lower(state, gbatch, rng, None).compile()),
+           "grad": _memory(grad.lower(params, gbatch).compile()),
+           "hvp": _memory(hvp.lower(params, params).compile())}
+    for k in ("bilevel", "bilevel_no_kl"):
+      f, s = bl[k]
+      mem[k] = _memory(f.step.lower(s, train, gbatch, tparams).compile())
+    for k in kinds:
+      run(k, 2)  # compile + warm up
+    ratios = {k: [] for k in kinds}
+    times = {k: [] for k in kinds}
+    for r in range(a.rounds):
+      order = kinds if r % 2 == 0 else kinds[::-1]
+      t = {k: run(k, a.steps) for k in order}
+      for k in kinds:
+        ratios[k].append(t[k] / t["proxy_step"])
+        times[k].append(t[k])
+  train_step_flops = train_flops_per_token(proxy_cfg, L) * B * L
+  est = {"bilevel": step_flops(proxy_cfg, target_cfg, cfg, B, L) / train_step_flops,
+         "bilevel_no_kl": step_flops(proxy_cfg, None, dataclasses.replace(cfg, gamma=0.0), B, L) / train_step_flops,
+         "grad": 1.0, "hvp": 2.0, "proxy_step": 1.0}
+  print(f"proxy {count_params(proxy_cfg) / 1e6:.2f}M params, target {count_params(target_cfg) / 1e6:.2f}M, "
+        f"batch {B} x {L}, K_in={a.inner_steps}, solver iterations {a.solver_iters}, {jax.device_count()} "
+        f"{jax.devices()[0].platform} device(s)")
+  print(f"{'kind':<14} {'ms':>9} {'time / proxy step':>18} {'FLOP est.':>10} {'peak MiB':>9} {'mem / proxy step':>17}")
+  for k in kinds:
+    print(f"{k:<14} {1e3 * statistics.median(times[k]):9.1f} {statistics.median(ratios[k]):18.2f} {est[k]:10.2f} "
+          f"{mem[k]:9.1f} {mem[k] / mem['proxy_step']:17.2f}")
+
+
+if __name__ == "__main__":
+  main()
