@@ -321,3 +321,13 @@ def test_selection_report_accepts_chunk_keys():
   report = bm.selection_report(['a:1#0', 'a:1#3'], catalog)
   assert report['n_selected'] == 1 and report['n_unknown'] == 0
   assert report['target'] == {'selected': 1.0, 'base': 0.25, 'lift': 4.0}
+
+
+def test_chunk_composition_counts_examples_not_documents():
+  catalog = [{'doc_id': 'a:0', 'domain': 'books', 'quality': 'clean', 'target': True},
+             {'doc_id': 'b:0', 'domain': 'web', 'quality': 'raw', 'target': False}]
+  c = bm.chunk_composition(['a:0#0', 'a:0#1', 'a:0#2', 'b:0#0'], catalog)
+  assert c['n'] == 4 and c['target'] == 0.75
+  assert c['by_domain'] == {'books': 0.75, 'web': 0.25} and c['by_quality'] == {'clean': 0.75, 'raw': 0.25}
+  with pytest.raises(KeyError, match='c:9'):
+    bm.chunk_composition(['c:9#0'], catalog)

@@ -555,6 +555,24 @@ def _shares(entries: Sequence[Mapping[str, Any]], key: str) -> Dict[str, Dict[st
                   'chars': chars[label], 'char_fraction': chars[label] / n_chars} for label in docs}
 
 
+def chunk_composition(keys: Iterable[str], catalog: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+  """Composition of a set of example keys (``doc_id#chunk``) counted per EXAMPLE, not per document: the fraction of
+  examples from target-like clean English documents and per domain / quality. Selection by example weighs a long
+  document by how many of its chunks are kept, which ``selection_report``'s per-document character shares do not.
+  Keys of unknown documents raise."""
+  by_id = {e['doc_id']: e for e in catalog}
+  entries = []
+  for key in keys:
+    doc = key.rsplit('#', 1)[0]
+    if doc not in by_id:
+      raise KeyError(f'{doc!r} (from key {key!r}) is not in the catalog')
+    entries.append(by_id[doc])
+  n = len(entries)
+  count = lambda field: {k: v / n for k, v in sorted(collections.Counter(e[field] for e in entries).items())}
+  return {'n': n, 'target': sum(bool(e['target']) for e in entries) / n if n else None,
+          'by_domain': count('domain') if n else {}, 'by_quality': count('quality') if n else {}}
+
+
 def selection_report(selected_ids: Iterable[str],
                      catalog: Sequence[Mapping[str, Any]],
                      base_split: Optional[str] = 'pool') -> Dict[str, Any]:

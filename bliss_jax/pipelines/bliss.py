@@ -147,19 +147,22 @@ def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.Tr
     return name
 
   def composition(d, keys, r):
+    """The selection against round r's pool, per example (`chunk_composition`: target-like clean English share of
+    the kept chunks), and the per-document report (`selection_report.md`)."""
     if not selection_report:
       return {}
     from bliss_jax.data import benchmark_mixture  # pylint: disable=g-import-not-at-top
-    pool_keys = json.load(open(pool_paths[r]))
     catalog = benchmark_mixture.build_catalog()
+    sel = benchmark_mixture.chunk_composition(keys, catalog)
+    pool = benchmark_mixture.chunk_composition(json.load(open(pool_paths[r])), catalog)
     report = benchmark_mixture.selection_report(keys, catalog, base_split=pool_split)
-    base = benchmark_mixture.selection_report(pool_keys, catalog, base_split=pool_split)
     with open(os.path.join(d, "selection_report.md"), "w") as f:
       f.write(benchmark_mixture.format_selection_report(report) + "\n")
-    # lift against THIS round's pool (the report's own base is the whole pool split)
-    sel, pool = report["target"]["selected"], base["target"]["selected"]
+    common.write_json(os.path.join(d, "chunk_composition.json"), {"selected": sel, "pool": pool})
     return {"report": common.write_json(os.path.join(d, "selection_report.json"), report),
-            "target_fraction": sel, "pool_target_fraction": pool, "target_lift": sel / pool if pool else None}
+            "target_fraction": sel["target"], "pool_target_fraction": pool["target"],
+            "target_lift": sel["target"] / pool["target"] if pool["target"] else None,
+            "quality_fractions": sel["by_quality"], "pool_quality_fractions": pool["by_quality"]}
 
   # --- round 0: random warm-up selection; the target's first S steps; the proxy's warm-up ---
   def do_warmup_select(d):
