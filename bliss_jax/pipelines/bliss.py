@@ -270,18 +270,22 @@ def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.Tr
   # --- summary: per-round losses, steps to reach random's final loss, FLOP shares ---
   warm_flops = proxy_res["train_flops"]
   summary = {"round0": {"loss": r0["loss"], "accuracy": r0["accuracy"], "step": S}}
-  random_final = results["random"]["rounds"][-1]["loss"] if "random" in results else None
+  # steps-to-reach compares the trainer's periodic held-out curves only (one estimator: `eval_batches` batches)
+  random_curve = results["random"]["curve"] if "random" in results else []
+  random_final = random_curve[-1][1] if random_curve else None
   for m, res in results.items():
     f = dict(res["flops"], warmup=warm_flops if m != "random" else 0.0)
     total = sum(f.values())
     row = {"final_loss": res["rounds"][-1]["loss"], "final_accuracy": res["rounds"][-1]["accuracy"],
            "loss_per_round": [x["loss"] for x in res["rounds"]],
+           "target_fraction_per_round": [x["selection"].get("target_fraction") for x in res["rounds"]],
            "target_lift_per_round": [x["selection"].get("target_lift") for x in res["rounds"]],
            "flops": f, "flop_shares": {k: v / total for k, v in f.items()} if total else {}}
     if random_final is not None:
-      reach = steps_to_reach(res["curve"] + [(x["step"], x["loss"]) for x in res["rounds"]], random_final)
+      reach = steps_to_reach(res["curve"], random_final)
+      row["random_final_curve_loss"] = random_final
       row["steps_to_random_final"] = reach
-      row["speedup_vs_random"] = (target.num_steps / reach) if reach else None
+      row["speedup_vs_random"] = (random_curve[-1][0] / reach) if reach else None
     summary[m] = row
   report = {"summary": summary, "methods": results, "round0": r0, "proxy": dict(proxy_res, num_params=count_params(
       proxy_cfg)), "warmup_selection": warm_sel, "pool_sizes": pool_sizes, "steps_per_round": S,
