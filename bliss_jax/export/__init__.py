@@ -1,0 +1,1 @@
+"""Export of trained bliss_jax checkpoints to other frameworks' formats (`hf`: Hugging Face `transformers`)."""
