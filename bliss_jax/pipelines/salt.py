@@ -153,7 +153,7 @@ def run(*, root: str, task: str, student: common.TrainSpec, n_kd: int, teacher: 
         selection_seed: int = 0, score_batch_size: int = 32, selection_report: bool = False,
         eval_task: Optional[str] = None,
         eval_split: str = "validation", eval_fractions: Sequence[float] = (0.7, 1.0),
-        eval_max_batches: Optional[int] = None, keep_checkpoints: Optional[int] = None, mesh_data: int = -1,
+        eval_max_batches: Optional[int] = None, eval_sequence_length: Optional[int] = None, keep_checkpoints: Optional[int] = None, mesh_data: int = -1,
         mesh_model: int = 1, fsdp: bool = False, devices=None, progress_bar: bool = True) -> dict:
   """Run (or resume) the SALT pipeline; returns the report written to `root/report.json` (`summary`: held-out
   loss/accuracy of the small LM and of every student at each evaluation step).
@@ -173,7 +173,9 @@ def run(*, root: str, task: str, student: common.TrainSpec, n_kd: int, teacher: 
       broken at random with `selection_seed`. selection_report: the selection's composition by domain and quality
       against the pool's, from the catalog of the default benchmark mixture (`benchmark_mixture.build_catalog()`).
     eval_task / eval_split: the held-out set (default: `task`'s validation split); `eval_fractions` of the student's
-      steps are evaluated besides n_KD.
+      steps are evaluated besides n_KD. `eval_sequence_length`: the held-out rows' length (default: the students'
+      L). Under UL2 every example is at most `example_length` (default L/2) tokens, so models never see a position
+      beyond it: evaluate at that length, not at L, where rotary positions are extrapolated.
     keep_checkpoints: periodic checkpoints kept per model (None: all). Evaluations and the scorer's checkpoint are
       taken when their step is reached, so any value works.
     mesh_data / mesh_model / fsdp / devices: the training mesh (`trainer.train`); scoring uses all `devices` on "data".
@@ -193,7 +195,8 @@ def run(*, root: str, task: str, student: common.TrainSpec, n_kd: int, teacher: 
                                                           feature_converter=feature_converter)
   train_kw = dict(vocab_size=data_pipeline.vocabulary_size(task), keep_checkpoints=keep_checkpoints,
                   mesh_data=mesh_data, mesh_model=mesh_model, fsdp=fsdp, devices=devices, progress_bar=progress_bar)
-  eval_kw = dict(task=eval_task, split=eval_split, sequence_length=L, batch_size=B, max_batches=eval_max_batches)
+  eval_L = eval_sequence_length or L
+  eval_kw = dict(task=eval_task, split=eval_split, sequence_length=eval_L, batch_size=B, max_batches=eval_max_batches)
 
   # --- the small LM ζ (the KD teacher) and its early checkpoint ζ_{n0} (SALT_DS's scorer) ---
   if teacher_dir is None:
@@ -224,7 +227,7 @@ def run(*, root: str, task: str, student: common.TrainSpec, n_kd: int, teacher: 
   teacher_cfg = checkpoints.read_model_config(teacher_dir)
   slm_eval = run_stage(root, "teacher_eval",
                        lambda d: common.heldout_at_step(teacher_dir, common.latest_step(teacher_dir), **eval_kw),
-                       {"teacher": teacher_dir, "eval": f"{eval_task}:{eval_split}", "L": L})
+                       {"teacher": teacher_dir, "eval": f"{eval_task}:{eval_split}", "L": eval_L})
 
   # --- SALT_DS: score the pool with ζ_{n0} (eq. 11), select the top m ---
   selection = scored = None
@@ -284,6 +287,8 @@ def run(*, root: str, task: str, student: common.TrainSpec, n_kd: int, teacher: 
     kd_n = kd_steps(name, n, n_kd)
     inputs = {"spec": dataclasses.asdict(student), "task": task, "feature_converter": feature_converter,
               "eval_steps": steps_at, "eval": f"{eval_task}:{eval_split}", "kd_steps": kd_n}
+    if eval_L != L:
+      inputs["eval_L"] = eval_L
     if kd_n:
       inputs.update(teacher=teacher_dir, omega=omega, rho=rho)
     if name in ("salt", "salt_ds"):
