@@ -63,7 +63,8 @@ def _run(root, tasks):
   target, proxy, cfg = _specs()
   return bliss.run(root=root, pool_task=pool, pool_split="train", target=target, proxy=proxy, reference_task=ref,
                    bilevel=cfg, bilevel_steps=6, bilevel_batch_size=8, eval_task=ref, rounds=2,
-                   methods=("random", "bliss"), score_batch_size=8, progress_bar=False)
+                   methods=("random", "bliss", "bliss_no_kl"), variants={"bliss_no_kl": {"gamma": 0.0}},
+                   variant_rounds=1, variant_train_target=False, score_batch_size=8, progress_bar=False)
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +88,15 @@ def test_pools_are_disjoint_and_selections_are_the_top_fifth(pipeline):
     assert min(s[k] for k in selected) >= max(s[k] for k in pools[r] - set(selected))
   for r, rnd in enumerate(report["methods"]["random"]["rounds"], start=1):
     assert set(json.load(open(rnd["selection"]["selected"]))) <= pools[r] and rnd["bilevel"] is None
+
+
+def test_ablation_variant_runs_its_selection_rounds_only(pipeline):
+  root, report = pipeline
+  v = report["methods"]["bliss_no_kl"]
+  assert len(v["rounds"]) == 1 and v["rounds"][0]["loss"] is None and v["curve"] == []
+  assert v["flops"]["target_training"] == 0 and v["flops"]["bilevel"] > 0
+  assert not os.path.exists(os.path.join(root, "bliss_no_kl_target"))
+  assert report["config"]["bilevel"]["bliss_no_kl"]["gamma"] == 0.0
 
 
 def test_score_model_learns_to_select_reference_like_candidates(pipeline):
@@ -124,8 +134,9 @@ def test_target_rounds_continue_one_run_from_a_shared_round_zero(pipeline):
 def test_rerun_reuses_every_stage(pipeline, tasks):
   root, report = pipeline
   marks = {p: os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(root, "*", "stage.json"))}
-  # pool_keys, pools, warmup_select, target_r0, proxy_warmup; random: 2 x (select, target); bliss: 2 x 4
-  assert len(marks) == 5 + 4 + 8
+  # pool_keys, pools, warmup_select, target_r0, proxy_warmup; random: 2 x (select, target); bliss: 2 x 4;
+  # the ablation bliss_no_kl: round 1's bilevel, score, select only
+  assert len(marks) == 5 + 4 + 8 + 3
   again = _run(root, tasks)
   assert {p: os.stat(p).st_mtime_ns for p in marks} == marks
   assert again["summary"] == report["summary"]

@@ -99,7 +99,8 @@ def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.Tr
         rounds: int = 2, select_fraction: float = 0.2, methods: Sequence[str] = ("random", "bliss"),
         variants: Optional[Dict[str, dict]] = None, pool_split: str = "pool", seed: int = 0,
         score_batch_size: int = 64, eval_batches: int = 8, eval_max_batches: Optional[int] = None,
-        selection_report: bool = False, reset_proxy: bool = True, progress_bar: bool = True) -> dict:
+        selection_report: bool = False, reset_proxy: bool = True, variant_rounds: Optional[int] = None,
+        variant_train_target: bool = True, progress_bar: bool = True) -> dict:
   """Run (or resume) BLISS and random selection over `rounds` rounds; returns the report (also `root/report.json`).
 
   Args:
@@ -111,6 +112,9 @@ def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.Tr
     pool_max_examples: only the first examples of the pool split are candidates (for corpora as large as C4).
     eval_task / eval_split: the held-out set (default: the pool task's validation split).
     methods: "random", "bliss" and names of `variants` (BilevelConfig overrides, run like "bliss").
+    variant_rounds / variant_train_target: the variants (ablations) run only their first `variant_rounds` rounds
+      and, with `variant_train_target=False`, only bilevel → score → select in them (the selection's composition is
+      compared; no target steps). Round 1 of every method starts from the same round-0 target and warmed-up proxy.
   """
   variants = dict(variants or {})
   configs = {"bliss": bilevel, **{k: dataclasses.replace(bilevel, **v) for k, v in variants.items()}}
@@ -202,7 +206,9 @@ def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.Tr
     cfg = configs.get(m)
     target_dir = os.path.join(root, f"{m}_target")
     prev_bilevel, per_round = None, []
-    for r in range(1, rounds + 1):
+    is_variant = m not in ("random", "bliss")
+    train_target = variant_train_target or not is_variant
+    for r in range(1, (variant_rounds or rounds) + 1 if is_variant else rounds + 1):
       pool_keys = json.load(open(pool_paths[r]))
       pool_name = register(f"{prefix}_pool_{r}", pool_keys)
       stage_target = r0["model_dir"] if r == 1 else target_dir
@@ -252,6 +258,10 @@ def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.Tr
       selection = run_stage(root, f"{m}_r{r}_select", do_select,
                             {"fraction": select_fraction, "scores": scored and scored["store"],
                              "pool": pool_paths[r], "seed": seed})
+      if not train_target:
+        per_round.append({"round": r, "step": None, "loss": None, "accuracy": None, "selection": selection,
+                          "bilevel": bilevel_res, "scoring": scored})
+        continue
       sel_task = register(f"{prefix}_{m}_sel_{r}", json.load(open(selection["selected"])))
 
       def do_target(d, r=r, sel_task=sel_task):
@@ -260,10 +270,10 @@ def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.Tr
       heldout = run_stage(root, f"{m}_r{r}_target", do_target, dict(spec_inputs, selection=selection["selected"]))
       per_round.append({"round": r, "step": (r + 1) * S, "loss": heldout["loss"], "accuracy": heldout["accuracy"],
                         "selection": selection, "bilevel": bilevel_res, "scoring": scored})
-    curve = validation_curve(target_dir)
+    curve = validation_curve(target_dir) if train_target else []
     results[m] = {
         "rounds": per_round, "curve": curve, "model_dir": target_dir,
-        "flops": {"target_training": target_step_flops * target.num_steps,
+        "flops": {"target_training": target_step_flops * target.num_steps if train_target else 0.0,
                   "bilevel": sum((x["bilevel"] or {}).get("flops", 0.0) for x in per_round),
                   "scoring": sum((x["scoring"] or {}).get("flops", 0.0) for x in per_round)}}
 
