@@ -146,8 +146,14 @@ def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.Tr
   pool_paths = run_stage(root, "pools", do_pools, {"rounds": rounds, "seed": seed, "keys": keys_path})
   pool_sizes = [len(json.load(open(p))) for p in pool_paths]
 
-  def register(name, keys):
-    register_selected_task(name, pool_task, keys, sequence_length=L, split=pool_split)
+  registered = set()
+
+  def register(name, keys_path):
+    """Register the selected task `name` (the keys in `keys_path`) on first use only: building it reads the pool
+    split, so a rerun whose stages are done registers nothing."""
+    if name not in registered:
+      register_selected_task(name, pool_task, json.load(open(keys_path)), sequence_length=L, split=pool_split)
+      registered.add(name)
     return name
 
   def composition(d, keys, r):
@@ -174,7 +180,7 @@ def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.Tr
     return dict(selected=common.write_json(os.path.join(d, "selected_keys.json"), keys), n_selected=len(keys),
                 **composition(d, keys, 0))
   warm_sel = run_stage(root, "warmup_select", do_warmup_select, {"fraction": select_fraction, "seed": seed})
-  warm_task = register(f"{prefix}_bliss_sel_0", json.load(open(warm_sel["selected"])))
+  warm_task = lambda: register(f"{prefix}_bliss_sel_0", warm_sel["selected"])
 
   def train_target_round(model_dir, task, r):
     train_src = data_pipeline.seqio_batch_source(task, batch_size=B, sequence_length=L, seed=target.seed + r)
@@ -187,10 +193,10 @@ def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.Tr
     return dict(common.heldout_at_step(model_dir, (r + 1) * S, **eval_kw), model_dir=model_dir)
 
   spec_inputs = {"target": dataclasses.asdict(target), "rounds": rounds, "eval": f"{eval_task}:{eval_split}"}
-  r0 = run_stage(root, "target_r0", lambda d: train_target_round(os.path.join(d, "model"), warm_task, 0),
+  r0 = run_stage(root, "target_r0", lambda d: train_target_round(os.path.join(d, "model"), warm_task(), 0),
                  dict(spec_inputs, selection=warm_sel["selected"]))
   proxy_res = run_stage(root, "proxy_warmup", lambda d: common.train_on_task(os.path.join(d, "model"), proxy,
-                                                                             warm_task, progress_bar=progress_bar),
+                                                                             warm_task(), progress_bar=progress_bar),
                         {"proxy": dataclasses.asdict(proxy), "selection": warm_sel["selected"]})
   proxy_dir = proxy_res["model_dir"]
   target_cfg = checkpoints.read_model_config(r0["model_dir"])
@@ -210,17 +216,18 @@ def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.Tr
     train_target = variant_train_target or not is_variant
     for r in range(1, (variant_rounds or rounds) + 1 if is_variant else rounds + 1):
       pool_keys = json.load(open(pool_paths[r]))
-      pool_name = register(f"{prefix}_pool_{r}", pool_keys)
+      pool_name = lambda r=r: register(f"{prefix}_pool_{r}", pool_paths[r])
       stage_target = r0["model_dir"] if r == 1 else target_dir
       bilevel_res = scored = None
       if cfg is not None:
         def do_bilevel(d, cfg=cfg, r=r, prev=prev_bilevel, stage_target=stage_target, pool_name=pool_name):
-          cand = data_pipeline.seqio_batch_source(pool_name, batch_size=bilevel_batch_size, sequence_length=L,
+          cand = data_pipeline.seqio_batch_source(pool_name(), batch_size=bilevel_batch_size, sequence_length=L,
                                                   seed=seed + r, pack=False)
           proxy_init = proxy_dir if (reset_proxy or prev is None) else prev
           last = bilevel_loop.run_bilevel(
               model_dir=os.path.join(d, "model"), proxy_dir=proxy_dir,
-              proxy_state_dir=None if proxy_init == proxy_dir else proxy_init, target_dir=stage_target, target_step=r * S, train_source=cand,
+              proxy_state_dir=None if proxy_init == proxy_dir else proxy_init, target_dir=stage_target,
+              target_step=r * S, train_source=cand,
               val_source=ref_split_source, cfg=cfg, num_steps=bilevel_steps, score_init_dir=prev,
               checkpoint_every=max(1, bilevel_steps // 4), progress_bar=progress_bar)
           flops = step_flops(proxy_cfg, target_cfg if cfg.gamma else None, cfg, bilevel_batch_size, L)
@@ -235,7 +242,7 @@ def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.Tr
         def do_score(d, model_dir=bilevel_res["model_dir"], pool_name=pool_name):
           model, params = bilevel_loop.load_score_model(model_dir)
           table = offline_scoring.score_split(lambda p, b: {"bliss": score_batch(model, p, b)}, params,
-                                              task=pool_name, split="train", store_dir=os.path.join(d, "store"),
+                                              task=pool_name(), split="train", store_dir=os.path.join(d, "store"),
                                               sequence_length=L, batch_size=score_batch_size,
                                               progress=progress_bar)
           tokens = int(table.num_tokens.sum())
@@ -262,11 +269,9 @@ def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.Tr
         per_round.append({"round": r, "step": None, "loss": None, "accuracy": None, "selection": selection,
                           "bilevel": bilevel_res, "scoring": scored})
         continue
-      sel_task = register(f"{prefix}_{m}_sel_{r}", json.load(open(selection["selected"])))
-
-      def do_target(d, r=r, sel_task=sel_task):
+      def do_target(d, r=r, m=m, selected=selection["selected"]):
         _copy_model_dir(r0["model_dir"], target_dir, S)
-        return train_target_round(target_dir, sel_task, r)
+        return train_target_round(target_dir, register(f"{prefix}_{m}_sel_{r}", selected), r)
       heldout = run_stage(root, f"{m}_r{r}_target", do_target, dict(spec_inputs, selection=selection["selected"]))
       per_round.append({"round": r, "step": (r + 1) * S, "loss": heldout["loss"], "accuracy": heldout["accuracy"],
                         "selection": selection, "bilevel": bilevel_res, "scoring": scored})
