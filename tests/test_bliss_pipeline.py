@@ -161,3 +161,22 @@ def test_bilevel_loop_resumes_exactly(pipeline, tasks, tmp_path):
   jax.tree.map(np.testing.assert_array_equal, a, b)
   rows = lambda d: [l for l in open(tmp_path / d / "metrics.jsonl")]
   assert rows("straight") == rows("resumed") and len(rows("straight")) == 4
+
+
+def test_bilevel_can_continue_the_previous_rounds_proxy(pipeline, tasks, tmp_path):
+  """reset_proxy=False: the proxy starts from a previous bilevel run's final proxy (here with a zero proxy LR, so the
+  new run's final proxy must be exactly the previous one's)."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  root, report = pipeline
+  pool, ref = tasks
+  _, _, cfg = _specs()
+  prev = report["methods"]["bliss"]["rounds"][0]["bilevel"]["model_dir"]
+  out = str(tmp_path / "continued")
+  bilevel_loop.run_bilevel(
+      model_dir=out, proxy_dir=os.path.join(root, "proxy_warmup", "model"), proxy_state_dir=prev,
+      target_dir=os.path.join(root, "target_r0", "model"), target_step=4,
+      train_source=data_pipeline.seqio_batch_source(pool, batch_size=8, sequence_length=L, pack=False),
+      val_source=data_pipeline.seqio_batch_source(ref, batch_size=8, sequence_length=L, pack=False),
+      cfg=dataclasses.replace(cfg, proxy_lr=0.0), num_steps=1, progress_bar=False)
+  restore = lambda d: checkpoints.restore(checkpoints.make_manager(d, max_to_keep=None), None)[0]["proxy"]
+  jax.tree.map(np.testing.assert_array_equal, restore(prev), restore(out))
