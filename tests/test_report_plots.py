@@ -1,0 +1,38 @@
+"""Comparison figures: what is drawn is what was given, files are PNGs, bad input is refused."""
+import matplotlib.image
+import numpy as np
+import pytest
+
+from bliss_jax.report import plots
+
+
+def test_loss_vs_flops_draws_each_curve_sorted(tmp_path):
+  path = str(tmp_path / "loss.png")
+  fig = plots.loss_vs_flops({"random": [(2e12, 3.9), (1e12, 4.2)], "bliss": [(1e12, 4.2), (2e12, 3.7)]}, path,
+                            reference=("random final", 3.9))
+  ax = fig.axes[0]
+  lines = {l.get_label(): l.get_xydata() for l in ax.get_lines()}
+  np.testing.assert_array_equal(lines["random"], [[1e12, 4.2], [2e12, 3.9]])
+  np.testing.assert_array_equal(lines["bliss"], [[1e12, 4.2], [2e12, 3.7]])
+  assert lines["random final"][0][1] == 3.9
+  assert matplotlib.image.imread(path).ndim == 3
+  with pytest.raises(ValueError, match="non-empty"):
+    plots.loss_vs_flops({"a": []}, path)
+
+
+def test_composition_bars_stack_fractions(tmp_path):
+  path = str(tmp_path / "comp.png")
+  fig = plots.composition_bars({"random": {"clean": 0.6, "raw": 0.3, "junk": 0.1},
+                                "bliss": {"clean": 0.8, "raw": 0.2}}, path)
+  patches = fig.axes[0].patches
+  assert len(patches) == 6  # 3 labels x 2 methods (a missing label is a zero-height segment)
+  heights = sorted(round(p.get_height(), 6) for p in patches)
+  assert heights == [0.0, 0.1, 0.2, 0.3, 0.6, 0.8]
+  tops = {}
+  for p in patches:
+    x = round(p.get_x(), 6)
+    tops[x] = max(tops.get(x, 0.0), p.get_y() + p.get_height())
+  assert sorted(round(t, 6) for t in tops.values()) == [1.0, 1.0]
+  assert matplotlib.image.imread(path).shape[2] in (3, 4)
+  with pytest.raises(ValueError, match="sum to <= 1"):
+    plots.composition_bars({"x": {"a": 0.7, "b": 0.7}}, path)
