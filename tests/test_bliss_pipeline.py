@@ -129,6 +129,9 @@ def test_target_rounds_continue_one_run_from_a_shared_round_zero(pipeline):
       s["bliss"]["flops"]["target_training"]
   assert abs(sum(s["bliss"]["flop_shares"].values()) - 1) < 1e-9
   assert s["random"]["steps_to_random_final"] <= 12
+  md = open(os.path.join(root, "report.md")).read().splitlines()
+  assert md[2].startswith("| method | held-out loss") and len(md) == 4 + 3  # title, blank, header, rule, 3 methods
+  assert any(l.startswith(f"| bliss | {s['bliss']['final_loss']:.4f} |") for l in md)
 
 
 def test_rerun_reuses_every_stage(pipeline, tasks):

@@ -39,6 +39,8 @@ from bliss_jax.models.flops import forward_flops_per_token, train_flops_per_toke
 from bliss_jax.models.score_model import score_batch
 from bliss_jax.pipelines import common
 from bliss_jax.pipelines.stages import run_stage
+from bliss_jax.report import tables
+from bliss_jax.report.tables import steps_to_reach
 from bliss_jax.selection import offline_scoring, rules, score_store
 from bliss_jax.selection.selected_task import register_selected_task
 from bliss_jax.training import bilevel_loop, checkpoints, trainer
@@ -55,11 +57,6 @@ def random_selection(keys: Sequence[str], fraction: float, seed: int):
   n = rules.fraction_to_count(len(keys), fraction)
   idx = np.sort(np.random.default_rng(seed).choice(len(keys), size=n, replace=False))
   return [keys[i] for i in idx]
-
-
-def steps_to_reach(curve: Sequence[Sequence[float]], loss: float) -> Optional[int]:
-  """The first step of a [(step, loss), ...] curve at or below `loss` (None if never)."""
-  return next((int(s) for s, l in sorted(curve) if l <= loss), None)
 
 
 def validation_curve(model_dir: str):
@@ -308,4 +305,17 @@ def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.Tr
                        "bilevel": {k: dataclasses.asdict(v) for k, v in configs.items() if k in methods},
                        "reference": f"{reference_task}:{reference_split}", "eval": f"{eval_task}:{eval_split}"}}
   common.write_json(os.path.join(root, "report.json"), report)
+  rows = [dict(row, method=m, target_fraction=(row["target_fraction_per_round"] or [None])[-1],
+               aux_share=1.0 - row["flop_shares"].get("target_training", 1.0) if row["flop_shares"] else None)
+          for m, row in summary.items() if m != "round0"]
+  with open(os.path.join(root, "report.md"), "w") as f:
+    f.write(f"BLISS rounds vs random selection ({rounds} rounds of {S} target steps after a shared round 0; held-out "
+            f"{eval_task}:{eval_split})\n\n")
+    f.write(tables.markdown_table(rows, [
+        ("method", "method", str), ("final_loss", "held-out loss", tables.fmt(".4f")),
+        ("final_accuracy", "next-token acc", tables.fmt(".4f")),
+        ("target_fraction", "target-like share of the last selection", tables.fmt(".3f")),
+        ("steps_to_random_final", "steps to random's final loss", tables.fmt("g")),
+        ("speedup_vs_random", "speedup", tables.fmt(".2f")),
+        ("aux_share", "auxiliary share of FLOPs", tables.fmt(".3f"))]) + "\n")
   return report
