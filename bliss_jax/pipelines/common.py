@@ -65,14 +65,8 @@ def forward_flops(model_dir: str, sequence_length: int, tokens: int) -> float:
 def heldout_eval(model_dir: str, task: str, split: str = "validation", *, sequence_length: int = 128,
                  batch_size: int = 16, max_batches: Optional[int] = None) -> dict:
   """Loss, perplexity and next-token accuracy of a MODEL_DIR's latest checkpoint on every token of `task:split`."""
-  cfg = checkpoints.read_model_config(model_dir)
-  model = Transformer(cfg)
-  step, params = checkpoints.load_params(model_dir)
-  ds = data_pipeline.get_dataset(task, split, sequence_length, batch_size, shuffle=False, seed=0, repeat=False,
-                                 drop_remainder=False)
-  out = evaluation.evaluate(jax.jit(evaluation.make_eval_step(model)), params,
-                            itertools.islice(ds.as_numpy_iterator(), max_batches))
-  return dict(out, step=step)
+  return heldout_at_step(model_dir, None, task, split, sequence_length=sequence_length, batch_size=batch_size,
+                         max_batches=max_batches)
 
 
 def load_frozen(model_dir: str, mesh=None):
@@ -100,12 +94,13 @@ def latest_step(model_dir: str) -> int:
   return max(steps, default=0)
 
 
-def heldout_at_step(model_dir: str, step: int, task: str, split: str = "validation", *, sequence_length: int,
+def heldout_at_step(model_dir: str, step: Optional[int], task: str, split: str = "validation", *, sequence_length: int,
                     batch_size: int, max_batches: Optional[int] = None) -> dict:
   """Loss, perplexity, next-token accuracy and token count of MODEL_DIR's checkpoint at `step` on every loss-carrying
-  token of `task:split` (the first `max_batches` batches; prefix-LM features for tasks with inputs), plus `step`."""
+  token of `task:split` (the first `max_batches` batches; prefix-LM features for tasks with inputs), plus `step`
+  (None: the latest checkpoint)."""
   model = Transformer(checkpoints.read_model_config(model_dir))
-  _, params = checkpoints.load_params(model_dir, step=step)
+  step, params = checkpoints.load_params(model_dir, step=step)
   converter = "prefix_lm" if "inputs" in seqio.get_mixture_or_task(task).output_features else "decoder"
   ds = data_pipeline.get_dataset(task, split, sequence_length, batch_size, shuffle=False, seed=0, repeat=False,
                                  feature_converter=converter, drop_remainder=False)

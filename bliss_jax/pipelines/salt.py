@@ -153,8 +153,9 @@ def run(*, root: str, task: str, student: common.TrainSpec, n_kd: int, teacher: 
         selection_seed: int = 0, score_batch_size: int = 32, selection_report: bool = False,
         eval_task: Optional[str] = None,
         eval_split: str = "validation", eval_fractions: Sequence[float] = (0.7, 1.0),
-        eval_max_batches: Optional[int] = None, eval_sequence_length: Optional[int] = None, keep_checkpoints: Optional[int] = None, mesh_data: int = -1,
-        mesh_model: int = 1, fsdp: bool = False, devices=None, progress_bar: bool = True) -> dict:
+        eval_max_batches: Optional[int] = None, eval_sequence_length: Optional[int] = None,
+        keep_checkpoints: Optional[int] = None, mesh_data: int = -1, mesh_model: int = 1, fsdp: bool = False,
+        devices=None, progress_bar: bool = True) -> dict:
   """Run (or resume) the SALT pipeline; returns the report written to `root/report.json` (`summary`: held-out
   loss/accuracy of the small LM and of every student at each evaluation step).
 

@@ -59,7 +59,8 @@ def _stack_global(local_batches, sharding):
 
 def run_bilevel(*, model_dir: str, proxy_dir: str, target_dir: Optional[str], train_source, val_source,
                 cfg: BilevelConfig, num_steps: int, target_step: Optional[int] = None,
-                score_init_dir: Optional[str] = None, proxy_state_dir: Optional[str] = None, checkpoint_every: int = 100, log_every: int = 10,
+                score_init_dir: Optional[str] = None, proxy_state_dir: Optional[str] = None,
+                checkpoint_every: int = 100, log_every: int = 10,
                 keep_checkpoints: Optional[int] = 1, devices=None, progress_bar: bool = True,
                 stop_at_step: Optional[int] = None) -> dict:
   """Run (or resume) `num_steps` bilevel steps into `model_dir`; returns the last step's metrics.
