@@ -92,12 +92,30 @@ def parse_gin(args: Args) -> None:
       raise CliError(f"bad gin binding {b!r}: {e}{hint}") from None
 
 
+COMPILATION_CACHE_ENV_VAR = "BLISS_JAX_COMPILATION_CACHE"
+
+
+def enable_compilation_cache() -> Optional[str]:
+  """JAX's persistent compilation cache under `$BLISS_JAX_COMPILATION_CACHE` (default: `$BLISS_JAX_CACHE/jax`, i.e.
+  ~/.cache/bliss_jax/jax; "0" or "" turns it off). A pipeline compiles the same train step for many models of one
+  shape (every method's target), and a rerun compiles everything again: both load the executable instead."""
+  from bliss_jax.data import vocabulary  # pylint: disable=g-import-not-at-top
+  path = os.environ.get(COMPILATION_CACHE_ENV_VAR, os.path.join(vocabulary.cache_dir(), "jax"))
+  if path in ("", "0"):
+    return None
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  return path
+
+
 def setup(args: Args) -> None:
   """Logging, multi-host start-up, task registration, configurables, gin parsing; in that order."""
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   for noisy in ("absl", "orbax", "jax"):  # orbax logs every save at INFO
     logging.getLogger(noisy).setLevel(logging.WARNING)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  enable_compilation_cache()
   from bliss_jax import partitioning  # pylint: disable=g-import-not-at-top
   partitioning.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top

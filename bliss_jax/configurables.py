@@ -65,3 +65,8 @@ from bliss_jax.pipelines import bliss as _bliss  # noqa: E402
 
 gin.external_configurable(BilevelConfig, "BilevelConfig")
 gin.external_configurable(_bliss.run, "bliss")
+
+# The comparison of every method (scripts/compare.py). pylint: disable=g-import-not-at-top,wrong-import-position
+from bliss_jax.pipelines import compare as _compare  # noqa: E402
+
+gin.external_configurable(_compare.run, "compare")

@@ -88,3 +88,42 @@ def test_bliss_paper_configs_trace(parsed, target, proxy):
   assert m["upper_F"].shape == () and m["hypergrad_norm"].shape == ()
   assert state.score["head"]["kernel"].shape == (p.model_config.d_model, 1)
   assert jax.tree.structure(state.z) == jax.tree.structure(state.proxy)
+
+
+def test_compare_paper_config_traces_every_methods_step(parsed):
+  """compare/paper.gin: one Pythia-1B target for every method; its plain step, RHO-1's SLM step and SALT's KD step
+  with the 160M small model, Vanilla KD's step with the 2.8B teacher, and BLISS's bilevel step, all traced sharded
+  over 8 devices; every per-method argument is one its pipeline takes."""
+  import inspect  # pylint: disable=g-import-not-at-top
+  from bliss_jax.losses.salt import salt_kd_loss_factory  # pylint: disable=g-import-not-at-top
+  from bliss_jax.losses.selective import make_selective_loss  # pylint: disable=g-import-not-at-top
+  from bliss_jax.pipelines import bliss, miniplm, rho1, salt  # pylint: disable=g-import-not-at-top
+  from bliss_jax.training.bilevel_loop import abstract_bilevel_step  # pylint: disable=g-import-not-at-top
+  parsed("compare/paper.gin")
+  t, s, l = _spec("target"), _spec("small"), _spec("large")
+  assert (t.batch_size, t.sequence_length, t.num_steps) == (512, 1024, 50_000)
+  assert t.model_config == preset("pythia_1b", vocab_size=50304, dtype="bfloat16")
+  assert s.model_config == preset("pythia_160m", vocab_size=50304)
+  assert l.model_config == preset("salt_2p8b", vocab_size=50304, dtype="bfloat16")
+  for fn, name in ((rho1.run, "rho1_kwargs"), (salt.run, "salt_kwargs"), (miniplm.run, "miniplm_kwargs"),
+                   (bliss.run, "bliss_kwargs")):
+    inspect.signature(fn).bind_partial(**gin.query_parameter(f"compare.{name}"))
+  salt_kw = gin.query_parameter("compare.salt_kwargs")
+  assert salt_kw["n_kd"] == round(36 / 208 * t.num_steps)
+  common = dict(batch_size=t.batch_size, sequence_length=t.sequence_length, optimizer=t.optimizer,
+                num_steps=t.num_steps)
+  _, m = trainer.abstract_train_step(t.model_config, **common)
+  assert m["loss"].shape == ()
+  _, m = trainer.abstract_train_step(t.model_config, loss_factory=lambda mo, fm: make_selective_loss(mo, fm, ratio=0.6),
+                                     frozen_configs={"reference": s.model_config}, **common)
+  assert m["selected_fraction"].shape == ()
+  _, m = trainer.abstract_train_step(t.model_config, loss_factory=salt_kd_loss_factory(n_kd=salt_kw["n_kd"]),
+                                     frozen_configs={"teacher": s.model_config}, **common)
+  _, m = trainer.abstract_train_step(t.model_config, loss_factory=lambda mo, fm: make_kd_loss(mo, fm, omega=1.0,
+                                                                                                rho=1.0),
+                                     frozen_configs={"teacher": l.model_config}, **common)
+  assert "kl_teacher_student" in m
+  cfg = gin.get_configurable("BilevelConfig")()
+  state, m = abstract_bilevel_step(s.model_config, t.model_config, cfg, batch_size=32, sequence_length=1024,
+                                   num_steps=3000, prefix_lm_reference=True)
+  assert m["upper_F"].shape == ()

@@ -16,7 +16,8 @@ Stages (each resumable, under `root/`; R = `rounds`, S = target steps per round 
     m_r<r>_select   top `select_fraction` by score (deterministic; `random`: a seeded uniform sample instead), with
                     the selection report (domain / quality composition against pool r) when `selection_report`
     m_r<r>_target   the target continued for S steps on the selection (from round 0's checkpoint for r = 1),
-                    evaluated every `target.eval_every` steps and at the round's end on `eval_task:eval_split`
+                    evaluated every `target.eval_every` steps and at the round's end on `eval_task:eval_split`;
+                    checkpointed every gcd(S, `target.checkpoint_every`) steps, all kept
 Methods: "random", "bliss", and each name in `variants` ({name: BilevelConfig overrides}, e.g. the ablations
 {"bliss_no_kl": {"gamma": 0.0}, "bliss_no_softmax": {"weighting": "normalized"}, "bliss_no_sigmoid":
 {"sigmoid": False}}). `report.json` holds per method and round the held-out loss/accuracy, the selection's
@@ -25,6 +26,7 @@ rebuttal Table 1 (target training / warm-up / bilevel / scoring).
 """
 import dataclasses
 import json
+import math
 import os
 import shutil
 from typing import Dict, Optional, Sequence
@@ -185,7 +187,7 @@ def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.Tr
                   batch_source=_offset_source(train_src, eval_source, r * S), vocab_size=vocab,
                   num_steps=target.num_steps, batch_size=B, sequence_length=L, optimizer=target.optimizer,
                   seed=target.seed, eval_every=target.eval_every, eval_batches=eval_batches,
-                  checkpoint_every=S, keep_checkpoints=None, log_every=target.log_every, progress_bar=progress_bar,
+                  checkpoint_every=math.gcd(S, target.checkpoint_every), keep_checkpoints=None, log_every=target.log_every, progress_bar=progress_bar,
                   stop_at_step=(r + 1) * S)
     return dict(common.heldout_at_step(model_dir, (r + 1) * S, **eval_kw), model_dir=model_dir)
 

@@ -5,9 +5,10 @@ frozen models are given per stage. All training goes through `trainer.train`, so
 checkpoints when a pipeline is rerun.
 """
 import dataclasses
+import functools
 import itertools
 import os
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Iterable, Iterator, Optional
 
 import jax
 import seqio
@@ -40,8 +41,9 @@ class TrainSpec:
 
 def train_on_task(model_dir: str, spec: TrainSpec, task: str, *, loss_factory: Callable = make_lm_loss,
                   frozen_model_dirs: Optional[Dict[str, str]] = None, progress_bar: bool = True,
-                  stop_at_step: Optional[int] = None) -> dict:
-  """Train `spec` on SeqIO `task` (train split, packed) into `model_dir`; returns the model dir and its cost."""
+                  stop_at_step: Optional[int] = None, keep_checkpoints: Optional[int] = 3) -> dict:
+  """Train `spec` on SeqIO `task` (train split, packed) into `model_dir`; returns the model dir and its cost.
+  `keep_checkpoints`: periodic checkpoints kept (None: all, for evaluating the run's curve afterwards)."""
   source = data_pipeline.seqio_batch_source(task, batch_size=spec.batch_size, sequence_length=spec.sequence_length,
                                             seed=spec.seed)
   result = trainer.train(
@@ -49,7 +51,8 @@ def train_on_task(model_dir: str, spec: TrainSpec, task: str, *, loss_factory: C
       vocab_size=data_pipeline.vocabulary_size(task), num_steps=spec.num_steps, batch_size=spec.batch_size,
       sequence_length=spec.sequence_length, optimizer=spec.optimizer, seed=spec.seed, loss_factory=loss_factory,
       eval_every=spec.eval_every, checkpoint_every=spec.checkpoint_every, log_every=spec.log_every,
-      progress_bar=progress_bar, frozen_model_dirs=frozen_model_dirs, stop_at_step=stop_at_step)
+      progress_bar=progress_bar, frozen_model_dirs=frozen_model_dirs, stop_at_step=stop_at_step,
+      keep_checkpoints=keep_checkpoints)
   cfg = checkpoints.read_model_config(model_dir)
   tokens = spec.num_steps * spec.batch_size * spec.sequence_length
   return {"model_dir": model_dir, "steps": result.final_step, "tokens": tokens,
@@ -94,15 +97,32 @@ def latest_step(model_dir: str) -> int:
   return max(steps, default=0)
 
 
-def heldout_at_step(model_dir: str, step: Optional[int], task: str, split: str = "validation", *, sequence_length: int,
-                    batch_size: int, max_batches: Optional[int] = None) -> dict:
-  """Loss, perplexity, next-token accuracy and token count of MODEL_DIR's checkpoint at `step` on every loss-carrying
-  token of `task:split` (the first `max_batches` batches; prefix-LM features for tasks with inputs), plus `step`
-  (None: the latest checkpoint)."""
-  model = Transformer(checkpoints.read_model_config(model_dir))
-  step, params = checkpoints.load_params(model_dir, step=step)
+def heldout_batches(task: str, split: str = "validation", *, sequence_length: int, batch_size: int,
+                    max_batches: Optional[int] = None) -> Iterator[dict]:
+  """The held-out batches of `task:split` in order, unpacked and unshuffled (the first `max_batches`), as
+  `heldout_at_step` evaluates them (prefix-LM features for tasks with inputs)."""
   converter = "prefix_lm" if "inputs" in seqio.get_mixture_or_task(task).output_features else "decoder"
   ds = data_pipeline.get_dataset(task, split, sequence_length, batch_size, shuffle=False, seed=0, repeat=False,
                                  feature_converter=converter, drop_remainder=False)
-  batches = itertools.islice(ds.as_numpy_iterator(), max_batches)
-  return dict(evaluation.evaluate(jax.jit(evaluation.make_eval_step(model)), params, batches), step=step)
+  return itertools.islice(ds.as_numpy_iterator(), max_batches)
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_eval_step(cfg: ModelConfig):
+  """One compiled evaluation step per model shape, shared by every checkpoint of that shape evaluated here."""
+  return jax.jit(evaluation.make_eval_step(Transformer(cfg)))
+
+
+def heldout_at_step(model_dir: str, step: Optional[int], task: str, split: str = "validation", *, sequence_length: int,
+                    batch_size: int, max_batches: Optional[int] = None,
+                    batches: Optional[Iterable[dict]] = None) -> dict:
+  """Loss, perplexity, next-token accuracy and token count of MODEL_DIR's checkpoint at `step` on every loss-carrying
+  token of `task:split` (the first `max_batches` batches; prefix-LM features for tasks with inputs), plus `step`
+  (None: the latest checkpoint). `batches`: those batches, already read (`heldout_batches`), to evaluate many
+  checkpoints on one read of the split."""
+  cfg = checkpoints.read_model_config(model_dir)
+  step, params = checkpoints.load_params(model_dir, step=step)
+  if batches is None:
+    batches = heldout_batches(task, split, sequence_length=sequence_length, batch_size=batch_size,
+                              max_batches=max_batches)
+  return dict(evaluation.evaluate(_jitted_eval_step(cfg), params, batches), step=step)

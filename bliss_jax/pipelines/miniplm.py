@@ -54,13 +54,22 @@ def run(*, root: str, pool_task: str, student: common.TrainSpec, reference: comm
         reference_fraction: float = 0.1, alpha: float = 0.5, seed: int = 0, score_batch_size: int = 32,
         students: Sequence[str] = ("miniplm", "plain", "vanilla_kd"), kd_omega: float = 1.0, kd_rho: float = 1.0,
         eval_max_batches: Optional[int] = None, prx_sample_fraction: float = 0.1, prx_steps: int = 200,
-        prx_learning_rate: float = 1e-3, progress_bar: bool = True) -> dict:
-  """Run (or resume) the MiniPLM pipeline; returns the per-student results written to `root/report.json`."""
+        prx_learning_rate: float = 1e-3, vanilla_kd_match_flops: bool = True, keep_checkpoints: Optional[int] = 3,
+        pool_max_examples: Optional[int] = None, progress_bar: bool = True) -> dict:
+  """Run (or resume) the MiniPLM pipeline; returns the per-student results written to `root/report.json`.
+
+  `vanilla_kd_match_flops`: Vanilla KD runs fewer steps so that its FLOPs with the teacher's forwards equal the other
+  students' (MiniPLM §3.1); False: the same steps as the others, the teacher's forwards counted as auxiliary cost
+  (the comparison pipeline's equal target-training compute). `keep_checkpoints`: of each student (None: all).
+  `pool_max_examples`: only the first examples of the pool split are the pool (for corpora as large as C4).
+  """
   L = student.sequence_length
   eval_task = eval_task or pool_task
-  keys = run_stage(root, "pool_keys", lambda d: common.write_json(os.path.join(d, "keys.json"),
-                                                                  example_keys(pool_task, pool_split, L)),
-                   {"task": pool_task, "split": pool_split, "L": L})
+  keys_inputs = {"task": pool_task, "split": pool_split, "L": L}
+  if pool_max_examples is not None:
+    keys_inputs["max_examples"] = pool_max_examples
+  keys = run_stage(root, "pool_keys", lambda d: common.write_json(
+      os.path.join(d, "keys.json"), example_keys(pool_task, pool_split, L, pool_max_examples)), keys_inputs)
   keys = json.load(open(keys))
 
   def do_split(d):
@@ -93,7 +102,8 @@ def run(*, root: str, pool_task: str, student: common.TrainSpec, reference: comm
     r_model, r_params = common.load_frozen(reference_res["model_dir"])
     table = offline_scoring.score_split(scorers.make_difference_scorer(t_model, r_model), (t_params, r_params),
                                         task=pool_task, split=pool_split, store_dir=os.path.join(d, "store"),
-                                        sequence_length=L, batch_size=score_batch_size, progress=progress_bar)
+                                        sequence_length=L, batch_size=score_batch_size,
+                                        max_examples=pool_max_examples, progress=progress_bar)
     tokens = int(table.num_tokens.sum())
     return {"store": os.path.join(d, "store"), "scored_tokens": tokens,
             "flops": common.forward_flops(teacher_dir, L, tokens) +
@@ -128,27 +138,32 @@ def run(*, root: str, pool_task: str, student: common.TrainSpec, reference: comm
   student_cfg = student.model_config
   if student_cfg.vocab_size is None:
     student_cfg = dataclasses.replace(student_cfg, vocab_size=round_up_vocab(vocabulary_size(pool_task)))
+  train_kw = dict(progress_bar=progress_bar, keep_checkpoints=keep_checkpoints)
   for name in students:
+    inputs = {"spec": dataclasses.asdict(student), "name": name}
     if name == "miniplm":
-      fn = lambda d: common.train_on_task(d, student, f"{prefix}_miniplm_selected", progress_bar=progress_bar)
+      fn = lambda d: common.train_on_task(d, student, f"{prefix}_miniplm_selected", **train_kw)
     elif name == "miniplm_prx":
-      fn = lambda d: common.train_on_task(d, student, f"{prefix}_miniplm_prx_selected", progress_bar=progress_bar)
+      fn = lambda d: common.train_on_task(d, student, f"{prefix}_miniplm_prx_selected", **train_kw)
     elif name == "plain":
-      fn = lambda d: common.train_on_task(d, student, f"{prefix}_miniplm_pool", progress_bar=progress_bar)
+      fn = lambda d: common.train_on_task(d, student, f"{prefix}_miniplm_pool", **train_kw)
     elif name == "vanilla_kd":
+      if not vanilla_kd_match_flops:
+        inputs["match_flops"] = False
+
       def fn(d):
         from bliss_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
         n_t = count_params(checkpoints.read_model_config(teacher_dir))
         n_s = count_params(student_cfg)
-        spec = student.replace(num_steps=vanilla_kd_steps(student.num_steps, n_s, n_t))
+        steps = vanilla_kd_steps(student.num_steps, n_s, n_t) if vanilla_kd_match_flops else student.num_steps
         res = common.train_on_task(
-            d, spec, f"{prefix}_miniplm_pool", progress_bar=progress_bar, frozen_model_dirs={"teacher": teacher_dir},
-            loss_factory=lambda m, fm: make_kd_loss(m, fm, omega=kd_omega, rho=kd_rho))
+            d, student.replace(num_steps=steps), f"{prefix}_miniplm_pool", frozen_model_dirs={"teacher": teacher_dir},
+            loss_factory=lambda m, fm: make_kd_loss(m, fm, omega=kd_omega, rho=kd_rho), **train_kw)
         res["teacher_forward_flops"] = common.forward_flops(teacher_dir, L, res["tokens"])
         return res
     else:
       raise ValueError(f"unknown MiniPLM student {name!r}: expected miniplm, miniplm_prx, plain or vanilla_kd")
-    results[name] = run_stage(root, f"student_{name}", fn, {"spec": dataclasses.asdict(student), "name": name})
+    results[name] = run_stage(root, f"student_{name}", fn, inputs)
     results[name]["heldout"] = common.heldout_eval(results[name]["model_dir"], eval_task, eval_split,
                                                    sequence_length=L, batch_size=student.batch_size,
                                                    max_batches=eval_max_batches)

@@ -37,8 +37,10 @@ def _selection_stats(model_dir: str) -> dict:
 def run(*, root: str, train_task: str, reference_task: str, student: common.TrainSpec,
         reference: common.TrainSpec, eval_task: Optional[str] = None, eval_split: str = "validation",
         ratio: float = 0.6, score: str = "excess", scope: str = "batch", eval_max_batches: Optional[int] = None,
-        students: Sequence[str] = ("plain", "rho1"), progress_bar: bool = True) -> dict:
-  """Run (or resume) the RHO-1 comparison; returns what it writes to `root/report.json`."""
+        students: Sequence[str] = ("plain", "rho1"), keep_checkpoints: Optional[int] = 3,
+        progress_bar: bool = True) -> dict:
+  """Run (or resume) the RHO-1 comparison; returns what it writes to `root/report.json`. `keep_checkpoints`: of each
+  student (None: all)."""
   L = student.sequence_length
   ref = run_stage(root, "reference", lambda d: common.train_on_task(d, reference, reference_task,
                                                                     progress_bar=progress_bar),
@@ -46,12 +48,14 @@ def run(*, root: str, train_task: str, reference_task: str, student: common.Trai
   results = {}
   for name in students:
     if name == "plain":
-      fn = lambda d: common.train_on_task(d, student, train_task, progress_bar=progress_bar)
+      fn = lambda d: common.train_on_task(d, student, train_task, progress_bar=progress_bar,
+                                          keep_checkpoints=keep_checkpoints)
     elif name == "rho1":
       def fn(d):
         res = common.train_on_task(
             d, student, train_task, progress_bar=progress_bar, frozen_model_dirs={"reference": ref["model_dir"]},
-            loss_factory=lambda m, fm: make_selective_loss(m, fm, ratio=ratio, score=score, scope=scope))
+            loss_factory=lambda m, fm: make_selective_loss(m, fm, ratio=ratio, score=score, scope=scope),
+            keep_checkpoints=keep_checkpoints)
         res["reference_forward_flops"] = common.forward_flops(ref["model_dir"], L, res["tokens"])
         res["selection"] = _selection_stats(d)
         return res

@@ -1,0 +1,468 @@
+"""The comparison: every method on one corpus and one target shape, at equal target-training compute.
+
+Each method's own pipeline runs under `root/<pipeline>/` (its stages resumable as always), given the same target
+`TrainSpec` (shape, steps N, batch B, length L, optimizer, seed), so every target is trained for exactly N·B·L tokens
+at the same FLOPs per token. What the small (and large) models cost is auxiliary and reported apart.
+
+  method      pipeline  what trains the target                              auxiliary models and cost
+  plain       rho1      CE on `train_task`'s stream                         none
+  rho1        rho1      SLM: CE on the top tokens by excess loss            reference LM (`small`, on the reference
+                                                                            set) and its forward at every step
+  random      bliss     CE on a random 20% of each round's fresh pool       none
+  bliss       bliss     CE on the top 20% by the bilevel score model        proxy warm-up, bilevel steps, scoring
+  rkd         salt      KD from the small LM at every step                  small LM; its forward at every step
+  salt        salt      KD for n_KD steps, then CE                          small LM; its forward for n_KD steps
+  salt_ds     salt      as salt, the KD stage on SALT_DS's selection        small LM, scoring, forwards for n_KD steps
+  miniplm     miniplm   CE on the top α by difference sampling              large teacher, reference LM, scoring
+  vanilla_kd  miniplm   KD from the large teacher at every step (N steps)   large teacher; its forward every step
+
+Stages of the comparison itself (under `root/`, resumable like the others):
+  curve_<m>      held-out loss and next-token accuracy of m's target at every `target.checkpoint_every` steps on
+                 `eval_task:eval_split` (the first `eval_max_batches` batches): one estimator for every method
+  zero_shot_<m>  the zero-shot harness (`eval.harness`) on m's final target, when `zero_shot_tasks` are given
+Then, always rewritten from the stage results (so an interrupted and a clean run write the same report):
+  report.json    per method: the curve (with target and total FLOPs at each point), final loss/accuracy, FLOPs
+                 (target training, auxiliary by item), wall time of its stages, what it selected (composition by
+                 domain), zero-shot results, and steps / FLOPs to reach plain's final held-out loss (speedups)
+  report.md      the table, the zero-shot table, the figures
+  loss_vs_flops.png, loss_vs_total_flops.png, composition.png
+  tensorboard/<m>  the held-out curve of every method, so `tensorboard --logdir ROOT` overlays them next to every
+                 stage's own training logs (which live under ROOT too)
+
+FLOPs at a step t of a method's curve: t·(target step) + its per-step forwards up to t (teacher or reference) + the
+one-off auxiliary costs incurred before step t (the small models' training at the start; BLISS's bilevel and scoring of
+round r before round r's steps).
+"""
+import dataclasses
+import json
+import os
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from bliss_jax.models.config import count_params
+from bliss_jax.models.flops import train_flops_per_token
+from bliss_jax.pipelines import bliss as bliss_pipeline
+from bliss_jax.pipelines import common, miniplm as miniplm_pipeline, rho1 as rho1_pipeline, salt as salt_pipeline
+from bliss_jax.pipelines.stages import STAGE_FILE, run_stage
+from bliss_jax.report import tables
+from bliss_jax.training import checkpoints
+
+METHODS = ("plain", "random", "bliss", "salt", "salt_ds", "rkd", "vanilla_kd", "miniplm", "rho1")
+PIPELINE_OF = {"plain": "rho1", "rho1": "rho1", "random": "bliss", "bliss": "bliss", "rkd": "salt", "salt": "salt",
+               "salt_ds": "salt", "miniplm": "miniplm", "vanilla_kd": "miniplm"}
+# SALT's n_KD as a fraction of the student's steps (36K of 208K in the paper).
+SALT_KD_FRACTION = 36 / 208
+
+
+@dataclasses.dataclass(frozen=True)
+class AuxCost:
+  """A method's auxiliary FLOPs: one-off items incurred before a step ({label: (after_step, flops)}, after_step 0 =
+  before training) and a per-step forward (`per_step` FLOPs at each of the first `per_step_until` steps)."""
+  one_off: Mapping[str, Tuple[int, float]] = dataclasses.field(default_factory=dict)
+  per_step: float = 0.0
+  per_step_until: int = 0
+  per_step_label: str = ""
+
+  def at(self, step: int) -> float:
+    """Auxiliary FLOPs spent by the time the target finished `step` steps."""
+    once = sum(f for after, f in self.one_off.values() if after < step or after == 0)
+    return once + self.per_step * min(step, self.per_step_until)
+
+  def breakdown(self) -> Dict[str, float]:
+    out = {k: f for k, (_, f) in self.one_off.items()}
+    if self.per_step_until:
+      out[self.per_step_label] = self.per_step * self.per_step_until
+    return out
+
+
+def flops_curve(curve: Sequence[Mapping], target_step_flops: float, aux: AuxCost) -> List[Tuple[float, float]]:
+  """[(total FLOPs, loss)] of a curve of {"step", "loss"} points: target training plus auxiliary cost so far."""
+  return [(p["step"] * target_step_flops + aux.at(p["step"]), p["loss"]) for p in curve]
+
+
+def label_fractions(keys: Sequence[str], label_of: Callable[[str], str]) -> Dict[str, float]:
+  """Fraction of the example keys (`doc_id#chunk`) under each label; {} for no keys."""
+  counts: Dict[str, int] = {}
+  for k in keys:
+    lab = label_of(k.rsplit("#", 1)[0])
+    counts[lab] = counts.get(lab, 0) + 1
+  return {lab: c / len(keys) for lab, c in sorted(counts.items())} if keys else {}
+
+
+def _labeller(composition: Optional[str]):
+  """doc_id -> label, and the labels counted as target-like (or None), for `composition`."""
+  if composition is None:
+    return None, None
+  if composition == "doc_prefix":  # e.g. the embedded corpus: "pydoc:<topic>" / "stdlib:<path>:<name>"
+    return (lambda doc: doc.split(":", 1)[0]), None
+  if composition == "benchmark":
+    from bliss_jax.data import benchmark_mixture  # pylint: disable=g-import-not-at-top
+    by_id = {e["doc_id"]: e for e in benchmark_mixture.build_catalog()}
+
+    def label(doc):
+      if doc not in by_id:
+        raise KeyError(f"{doc!r} is not in the benchmark catalog: is composition='benchmark' the right corpus?")
+      return by_id[doc]["domain"]
+    targets = {doc for doc, e in by_id.items() if e["target"]}
+    return label, (lambda doc: doc in targets)
+  raise ValueError(f"composition={composition!r}: expected None, 'doc_prefix' or 'benchmark'")
+
+
+def _rel(path: str, root: str) -> str:
+  return os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+
+
+def _stage_seconds(stage_root: str, names: Sequence[str]) -> float:
+  total = 0.0
+  for n in names:
+    p = os.path.join(stage_root, n, STAGE_FILE)
+    if os.path.exists(p):
+      total += json.load(open(p)).get("seconds", 0.0)
+  return total
+
+
+def _read_keys(path: Optional[str]) -> List[str]:
+  return json.load(open(path)) if path else []
+
+
+def run(*, root: str, target: common.TrainSpec, small: common.TrainSpec, train_task: str,
+        large: Optional[common.TrainSpec] = None, pool_task: Optional[str] = None, pool_split: str = "pool",
+        pool_max_examples: Optional[int] = None,
+        reference_task: Optional[str] = None, eval_task: Optional[str] = None, eval_split: str = "validation",
+        eval_max_batches: Optional[int] = None, methods: Sequence[str] = METHODS, composition: Optional[str] = None,
+        zero_shot_tasks: Sequence[str] = (), zero_shot_limit: Optional[float] = None,
+        zero_shot_data_dir: Optional[str] = None, rho1_kwargs: Optional[dict] = None,
+        salt_kwargs: Optional[dict] = None, miniplm_kwargs: Optional[dict] = None,
+        bliss_kwargs: Optional[dict] = None, scale: str = "", progress_bar: bool = True) -> dict:
+  """Run (or resume) every method in `methods` and write the comparison (`root/report.json`, `report.md`, figures).
+
+  Args:
+    target: the target model's TrainSpec, shared by every method (`checkpoint_every` is the curve's period; every
+      checkpoint is kept). `num_steps` must split into BLISS's rounds + 1 when BLISS or random selection runs.
+    small: the small model: RHO-1's reference LM, SALT's teacher and SALT_DS's scorer, MiniPLM's reference LM and
+      BLISS's proxy (per-pipeline overrides in the *_kwargs, e.g. `salt_kwargs={"teacher": ...}`).
+    large: MiniPLM's (and Vanilla KD's) teacher, trained on `train_task`.
+    train_task: the pretraining stream (its train split): plain, RHO-1, SALT, RKD and the teachers.
+    pool_task / pool_split: the candidates of the selecting methods (random, BLISS, SALT_DS, MiniPLM; default:
+      `train_task`'s train split). pool_max_examples: only the split's first examples (for corpora as large as C4).
+    reference_task: the high-quality reference set (its train split): RHO-1's reference LM and BLISS's upper level
+      (default: `train_task`; `rho1_kwargs` / `bliss_kwargs` may name their own, e.g. BLISS's LAMBADA).
+    eval_task / eval_split / eval_max_batches: the held-out set every curve is measured on (default: `train_task`'s
+      validation split).
+    methods: some of `METHODS`.
+    composition: how selected examples are labelled for the composition report: "benchmark" (the benchmark
+      mixture's catalog: domain, and the target-like share), "doc_prefix" (the document id up to its first ":"),
+      or None.
+    zero_shot_tasks / zero_shot_limit / zero_shot_data_dir: harness tasks run on every final target (default data
+      dir: the shared data's `eval/`; skipped with a note where it is absent).
+    rho1_kwargs, salt_kwargs, miniplm_kwargs, bliss_kwargs: further arguments of each pipeline's `run` (ratio,
+      n_kd, alpha, rounds, bilevel, ...).
+    scale: a name for the report ("smoke", "small", ...).
+  """
+  unknown = sorted(set(methods) - set(METHODS))
+  if unknown:
+    raise ValueError(f"unknown methods {unknown}: expected some of {METHODS}")
+  methods = [m for m in METHODS if m in methods]
+  pool_task = pool_task or train_task
+  if pool_task == train_task and pool_split == "pool":
+    pool_split = "train"
+  reference_task = reference_task or train_task
+  eval_task = eval_task or train_task
+  N, B, L = target.num_steps, target.batch_size, target.sequence_length
+  if small.sequence_length != L:
+    raise ValueError(f"small.sequence_length={small.sequence_length} != target's {L}: they score the same chunks")
+  wanted = lambda *ms: [m for m in ms if m in methods]
+  keep = dict(keep_checkpoints=None)
+  reports: Dict[str, dict] = {}
+  model_dirs: Dict[str, List[Tuple[int, str]]] = {}  # method -> [(first step, MODEL_DIR)], checkpoints by step
+  aux: Dict[str, AuxCost] = {}
+  stages: Dict[str, List[str]] = {}  # method -> its pipeline's stage names (wall time)
+  selections: Dict[str, List[str]] = {}  # method -> selected keys files
+  subroot = lambda name: os.path.join(root, name)
+
+  # --- RHO-1 (and the plain baseline) ---
+  if wanted("plain", "rho1"):
+    kw = dict(dict(reference=small, reference_task=reference_task), **(rho1_kwargs or {}))
+    kw.update(root=subroot("rho1"), train_task=train_task, student=target, eval_task=eval_task, eval_split=eval_split,
+              eval_max_batches=eval_max_batches, students=tuple(wanted("plain", "rho1")), progress_bar=progress_bar,
+              **keep)
+    rep = reports["rho1"] = rho1_pipeline.run(**kw)
+    for m in wanted("plain", "rho1"):
+      model_dirs[m] = [(0, rep["students"][m]["model_dir"])]
+    if "plain" in methods:
+      aux["plain"], stages["plain"] = AuxCost(), ["student_plain"]
+    if "rho1" in methods:
+      s = rep["students"]["rho1"]
+      aux["rho1"] = AuxCost({"reference_training": (0, rep["reference"]["train_flops"])},
+                            s["reference_forward_flops"] / N, N, "reference_forwards")
+      stages["rho1"] = ["reference", "student_rho1"]
+
+  # --- SALT, SALT_DS, RKD ---
+  salt_methods = wanted("rkd", "salt", "salt_ds")
+  if salt_methods:
+    kw = dict(salt_kwargs or {})
+    kw.setdefault("teacher", small)
+    kw.setdefault("n_kd", max(1, round(SALT_KD_FRACTION * N)))
+    if "salt_ds" in salt_methods:
+      kw.setdefault("pool_task", pool_task)
+      kw.setdefault("pool_split", pool_split)
+      kw.setdefault("pool_max_examples", pool_max_examples)
+    kw.update(root=subroot("salt"), task=train_task, student=target, students=tuple(salt_methods),
+              eval_task=eval_task, eval_split=eval_split, eval_max_batches=eval_max_batches,
+              selection_report=composition == "benchmark", progress_bar=progress_bar, **keep)
+    rep = reports["salt"] = salt_pipeline.run(**kw)
+    teacher_flops = rep["teacher"]["train_flops"]
+    for m in salt_methods:
+      s = rep["students"][m]
+      model_dirs[m] = [(0, s["model_dir"])]
+      one_off = {"small_lm_training": (0, teacher_flops)}
+      if m == "salt_ds":
+        one_off["scoring"] = (0, rep["scoring"]["flops"])
+        selections[m] = [rep["selection"]["selected"]]
+      aux[m] = AuxCost(one_off, s["teacher_forward_flops"] / max(s["kd_steps"], 1), s["kd_steps"],
+                       "teacher_forwards")
+      stages[m] = ["teacher", f"student_{m}"] + (["score", "select"] if m == "salt_ds" else [])
+
+  # --- MiniPLM and Vanilla KD (the large teacher) ---
+  miniplm_methods = wanted("miniplm", "vanilla_kd")
+  if miniplm_methods:
+    kw = dict(miniplm_kwargs or {})
+    if large is None and "teacher_dir" not in kw:
+      raise ValueError(f"{miniplm_methods} need the large teacher: give compare's `large` TrainSpec")
+    kw.setdefault("teacher", large)
+    kw.setdefault("reference", small)
+    kw.update(root=subroot("miniplm"), pool_task=pool_task, pool_split=pool_split,
+              pool_max_examples=pool_max_examples, teacher_task=train_task,
+              student=target, students=tuple(miniplm_methods), eval_task=eval_task, eval_split=eval_split,
+              eval_max_batches=eval_max_batches, vanilla_kd_match_flops=False, progress_bar=progress_bar, **keep)
+    rep = reports["miniplm"] = miniplm_pipeline.run(**kw)
+    teacher_flops = rep["teacher"]["train_flops"]
+    if "miniplm" in methods:
+      model_dirs["miniplm"] = [(0, rep["students"]["miniplm"]["model_dir"])]
+      aux["miniplm"] = AuxCost({"teacher_training": (0, teacher_flops),
+                                "reference_training": (0, rep["reference"]["train_flops"]),
+                                "scoring": (0, rep["scoring"]["flops"])})
+      selections["miniplm"] = [rep["selection"]["selected"]]
+      stages["miniplm"] = ["pool_keys", "split_reference", "teacher", "reference", "score", "select",
+                           "student_miniplm"]
+    if "vanilla_kd" in methods:
+      s = rep["students"]["vanilla_kd"]
+      model_dirs["vanilla_kd"] = [(0, s["model_dir"])]
+      aux["vanilla_kd"] = AuxCost({"teacher_training": (0, teacher_flops)}, s["teacher_forward_flops"] / N, N,
+                                  "teacher_forwards")
+      stages["vanilla_kd"] = ["teacher", "student_vanilla_kd"]
+
+  # --- random selection and BLISS ---
+  bliss_methods = wanted("random", "bliss")
+  if bliss_methods:
+    kw = dict(dict(proxy=small, reference_task=reference_task, reference_split="train"), **(bliss_kwargs or {}))
+    kw.update(root=subroot("bliss"), pool_task=pool_task, pool_split=pool_split, pool_max_examples=pool_max_examples,
+              target=target,
+              eval_task=eval_task, eval_split=eval_split,
+              eval_max_batches=eval_max_batches, methods=tuple(bliss_methods),
+              selection_report=composition == "benchmark", progress_bar=progress_bar)
+    rep = reports["bliss"] = bliss_pipeline.run(**kw)
+    S = rep["steps_per_round"]
+    for m in bliss_methods:
+      res = rep["methods"][m]
+      model_dirs[m] = [(0, rep["round0"]["model_dir"]), (S + 1, res["model_dir"])]
+      selections[m] = [x["selection"]["selected"] for x in res["rounds"]]
+      one_off = {}
+      if m == "bliss":
+        one_off["proxy_warmup"] = (S, rep["proxy"]["train_flops"])
+        for x in res["rounds"]:
+          one_off[f"bilevel_r{x['round']}"] = (x["round"] * S, x["bilevel"]["flops"])
+          one_off[f"scoring_r{x['round']}"] = (x["round"] * S, x["scoring"]["flops"])
+      aux[m] = AuxCost(one_off)
+      R = len(res["rounds"])
+      stages[m] = (["pool_keys", "pools", "warmup_select", "target_r0"] + (["proxy_warmup"] if m == "bliss" else [])
+                   + [f"{m}_r{r}_{k}" for r in range(1, R + 1) for k in ("bilevel", "score", "select", "target")])
+
+  # --- the comparison's own stages: one held-out estimator for every curve; zero-shot ---
+  curve_steps = sorted(set(range(target.checkpoint_every, N + 1, target.checkpoint_every)) | {N})
+  eval_kw = dict(task=eval_task, split=eval_split, sequence_length=L, batch_size=B, max_batches=eval_max_batches)
+  heldout = []
+
+  def do_curve(d, m):
+    if not heldout:
+      heldout.extend(common.heldout_batches(**eval_kw))
+    points = []
+    for step in curve_steps:
+      model_dir = [md for first, md in model_dirs[m] if first <= step][-1]
+      r = common.heldout_at_step(model_dir, step, batches=heldout, **eval_kw)
+      points.append({k: r[k] for k in ("step", "loss", "accuracy", "num_tokens")})
+    return points
+  curves = {m: run_stage(root, f"curve_{m}", lambda d, m=m: do_curve(d, m),
+                         {"model_dirs": [(f, _rel(md, root)) for f, md in model_dirs[m]], "steps": curve_steps,
+                          "eval": f"{eval_task}:{eval_split}:{eval_max_batches}"})
+            for m in methods}
+
+  zero_shot, zero_shot_note = _zero_shot(root, methods, model_dirs, train_task, zero_shot_tasks, zero_shot_limit,
+                                         zero_shot_data_dir)
+
+  # --- the report ---
+  target_cfg = checkpoints.read_model_config(model_dirs[methods[0]][-1][1])
+  target_step_flops = train_flops_per_token(target_cfg, L) * B * L
+  label_of, is_target = _labeller(composition)
+  pool_keys_path = next((p for p in (os.path.join(root, "bliss", "pool_keys", "keys.json"),
+                                     os.path.join(root, "miniplm", "pool_keys", "keys.json")) if os.path.exists(p)),
+                        None)
+  plain_curve = [(p["step"], p["loss"]) for p in curves.get("plain", [])]
+  plain_flops_curve = [(s * target_step_flops, l) for s, l in plain_curve]
+  rows = {}
+  for m in methods:
+    c = curves[m]
+    fc = flops_curve(c, target_step_flops, aux[m])
+    aux_total = sum(aux[m].breakdown().values())
+    row = {"pipeline": PIPELINE_OF[m], "model_dir": _rel(model_dirs[m][-1][1], root),
+           "final": {k: c[-1][k] for k in ("step", "loss", "accuracy")},
+           "curve": [dict(p, target_flops=p["step"] * target_step_flops, total_flops=f)
+                     for p, (f, _) in zip(c, fc)],
+           "flops": {"target_training": N * target_step_flops, "auxiliary": aux[m].breakdown(),
+                     "auxiliary_total": aux_total, "total": N * target_step_flops + aux_total},
+           "wall_seconds": _stage_seconds(subroot(PIPELINE_OF[m]), stages[m]),
+           "zero_shot": zero_shot.get(m)}
+    if plain_curve:
+      plain_final = plain_curve[-1][1]
+      reach = tables.steps_to_reach([(p["step"], p["loss"]) for p in c], plain_final)
+      row.update(plain_final_loss=plain_final, steps_to_plain_final=reach,
+                 flops_to_plain_final=None if reach is None else reach * target_step_flops + aux[m].at(reach),
+                 speedup_steps=tables.speedup([(p["step"], p["loss"]) for p in c], plain_curve),
+                 speedup_flops=tables.speedup(fc, plain_flops_curve))
+    if label_of is not None and m in selections:
+      keys = [k for p in selections[m] for k in _read_keys(p)]
+      row["selection"] = {"n_selected": len(keys), "by_domain": label_fractions(keys, label_of)}
+      if is_target is not None:
+        row["selection"]["target_fraction"] = sum(is_target(k.rsplit("#", 1)[0]) for k in keys) / max(len(keys), 1)
+    rows[m] = row
+  pool = None
+  if label_of is not None and pool_keys_path:
+    keys = _read_keys(pool_keys_path)
+    pool = {"n": len(keys), "by_domain": label_fractions(keys, label_of)}
+    if is_target is not None:
+      pool["target_fraction"] = sum(is_target(k.rsplit("#", 1)[0]) for k in keys) / max(len(keys), 1)
+  report = {
+      "scale": scale, "methods": rows, "pool_composition": pool, "zero_shot_note": zero_shot_note,
+      "config": {"train_task": train_task, "pool": f"{pool_task}:{pool_split}", "reference_task": reference_task,
+                 "eval": f"{eval_task}:{eval_split}", "eval_max_batches": eval_max_batches,
+                 "eval_tokens": curves[methods[0]][-1]["num_tokens"], "target_steps": N, "batch_size": B,
+                 "sequence_length": L, "target_params": count_params(target_cfg),
+                 "target_step_flops": target_step_flops, "curve_steps": curve_steps}}
+  common.write_json(os.path.join(root, "report.json"), report)
+  figures = _figures(root, rows, pool)
+  _tensorboard(root, curves)
+  with open(os.path.join(root, "report.md"), "w") as f:
+    f.write(format_report(report, figures))
+  return report
+
+
+def _zero_shot(root, methods, model_dirs, train_task, tasks, limit, data_dir):
+  """{method: {task: {metric: value}}} of the harness on each final target, and a note when skipped."""
+  if not tasks:
+    return {}, None
+  from bliss_jax.data import benchmark_mixture  # pylint: disable=g-import-not-at-top
+  from bliss_jax.eval import harness  # pylint: disable=g-import-not-at-top
+  if data_dir is None:
+    data_dir = os.path.join(os.environ.get(benchmark_mixture.DATA_DIR_ENV_VAR) or benchmark_mixture.DEFAULT_DATA_DIR,
+                            "eval")
+  missing = [p for t in tasks for p in harness.task_paths(t, data_dir) if not os.path.isfile(p)]
+  if missing:
+    return {}, f"zero-shot skipped: benchmark file(s) not found: {', '.join(missing)}"
+
+  def do(d, m):
+    import seqio  # pylint: disable=g-import-not-at-top
+    from bliss_jax.eval import loglikelihood  # pylint: disable=g-import-not-at-top
+    from bliss_jax.models.transformer import Transformer  # pylint: disable=g-import-not-at-top
+    model_dir = model_dirs[m][-1][1]
+    step, params = checkpoints.load_params(model_dir)
+    vocab = seqio.get_mixture_or_task(train_task).output_features["targets"].vocabulary
+    score_fn = loglikelihood.make_score_fn(Transformer(checkpoints.read_model_config(model_dir)), params, vocab,
+                                           batch_size=32, max_length=256, progress=False)
+    out = harness.run_eval(score_fn, tasks, data_dir, limit)
+    common.write_json(os.path.join(d, "results.json"), out)
+    return {t: {k.split(",")[0]: v for k, v in r.items() if k != "alias"} for t, r in out["results"].items()}
+  results = {m: run_stage(root, f"zero_shot_{m}", lambda d, m=m: do(d, m),
+                          {"model_dir": _rel(model_dirs[m][-1][1], root), "tasks": list(tasks), "limit": limit})
+             for m in methods}
+  return results, None
+
+
+def _figures(root: str, rows: Mapping[str, dict], pool: Optional[dict]) -> Dict[str, str]:
+  from bliss_jax.report import plots  # pylint: disable=g-import-not-at-top
+  figures = {}
+  ref = ("plain's final loss", rows["plain"]["final"]["loss"]) if "plain" in rows else None
+  figures["loss_vs_flops"] = "loss_vs_flops.png"
+  plots.loss_vs_flops({m: [(p["target_flops"], p["loss"]) for p in r["curve"]] for m, r in rows.items()},
+                      os.path.join(root, figures["loss_vs_flops"]), reference=ref,
+                      title="held-out loss vs target-training FLOPs")
+  figures["loss_vs_total_flops"] = "loss_vs_total_flops.png"
+  plots.loss_vs_flops({m: [(p["total_flops"], p["loss"]) for p in r["curve"]] for m, r in rows.items()},
+                      os.path.join(root, figures["loss_vs_total_flops"]), reference=ref,
+                      title="held-out loss vs total FLOPs (with auxiliary models)")
+  comps = {m: r["selection"]["by_domain"] for m, r in rows.items() if r.get("selection")}
+  if comps:
+    if pool:
+      comps = {"pool": pool["by_domain"], **comps}
+    figures["composition"] = "composition.png"
+    plots.composition_bars(comps, os.path.join(root, figures["composition"]),
+                           title="selected examples by domain", ylabel="fraction of selected examples")
+  return figures
+
+
+def _tensorboard(root: str, curves: Mapping[str, Sequence[Mapping]]) -> None:
+  """Each method's held-out curve as scalars under ROOT/tensorboard/<method> (rewritten, so reruns do not append)."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  tb = os.path.join(root, "tensorboard")
+  shutil.rmtree(tb, ignore_errors=True)
+  for m, points in curves.items():
+    w = metric_writers.SummaryWriter(os.path.join(tb, m))
+    for p in points:
+      w.write_scalars(p["step"], {"heldout/loss": p["loss"], "heldout/accuracy": p["accuracy"]})
+    w.close()
+
+
+def _fmt_flops(x):
+  return "—" if x is None else f"{x:.3g}"
+
+
+def format_report(report: Mapping, figures: Mapping[str, str]) -> str:
+  """report.md: the table of every method, zero-shot results, the figures."""
+  cfg, rows = report["config"], report["methods"]
+  lines = [f"# Comparison{' (' + report['scale'] + ')' if report['scale'] else ''}", "",
+           f"Target: {cfg['target_params']:,} parameters, {cfg['target_steps']} steps of {cfg['batch_size']} × "
+           f"{cfg['sequence_length']} tokens for every method ({cfg['target_step_flops'] * cfg['target_steps']:.3g} "
+           f"target-training FLOPs each). Stream `{cfg['train_task']}`, candidates `{cfg['pool']}`, reference "
+           f"`{cfg['reference_task']}`; held-out `{cfg['eval']}` ({cfg['eval_tokens']:,.0f} tokens).", ""]
+  table = []
+  for m, r in rows.items():
+    sel = r.get("selection") or {}
+    table.append({"method": m, "loss": r["final"]["loss"], "acc": r["final"]["accuracy"],
+                  "delta": r["final"]["loss"] - rows["plain"]["final"]["loss"] if "plain" in rows else None,
+                  "reach": r.get("steps_to_plain_final"), "speedup": r.get("speedup_steps"),
+                  "speedup_flops": r.get("speedup_flops"), "aux": r["flops"]["auxiliary_total"],
+                  "aux_ratio": r["flops"]["auxiliary_total"] / r["flops"]["target_training"],
+                  "target_share": sel.get("target_fraction"), "minutes": r["wall_seconds"] / 60})
+  columns = [("method", "method", str), ("loss", "held-out loss", tables.fmt(".4f")),
+             ("acc", "next-token acc", tables.fmt(".4f")), ("delta", "vs plain", tables.fmt("+.4f")),
+             ("reach", "steps to plain's final loss", tables.fmt("g")),
+             ("speedup", "speedup (steps)", tables.fmt(".2f")),
+             ("speedup_flops", "speedup (FLOPs incl. aux)", tables.fmt(".2f")),
+             ("aux", "auxiliary FLOPs", _fmt_flops), ("aux_ratio", "aux / target", tables.fmt(".2f"))]
+  if any(t["target_share"] is not None for t in table):
+    columns.append(("target_share", "target-like share selected", tables.fmt(".3f")))
+  columns.append(("minutes", "wall min", tables.fmt(".1f")))
+  lines += [tables.markdown_table(table, columns), ""]
+  if report.get("pool_composition") and report["pool_composition"].get("target_fraction") is not None:
+    lines += [f"Target-like share of the candidate pool: {report['pool_composition']['target_fraction']:.3f}.", ""]
+  zs = {m: r["zero_shot"] for m, r in rows.items() if r.get("zero_shot")}
+  if zs:
+    tasks_metrics = [(t, k) for t, vals in next(iter(zs.values())).items() for k in vals
+                     if not k.endswith("_stderr")]
+    zrows = [dict({"method": m}, **{f"{t}/{k}": z[t][k] for t, k in tasks_metrics}) for m, z in zs.items()]
+    lines += ["Zero-shot (the harness):", "",
+              tables.markdown_table(zrows, [("method", "method", str)] +
+                                    [(f"{t}/{k}", f"{t} {k}", tables.fmt(".4f")) for t, k in tasks_metrics]), ""]
+  if report.get("zero_shot_note"):
+    lines += [report["zero_shot_note"], ""]
+  lines += [f"![{name}]({path})" for name, path in figures.items()]
+  return "\n".join(lines) + "\n"

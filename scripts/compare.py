@@ -1,0 +1,44 @@
+#!/usr/bin/env python
+r"""Compare every method at equal target-training compute, t5x style (see bliss_jax/pipelines/compare.py).
+
+  python scripts/compare.py --gin_file=compare/embedded.gin          # the README's main job, minutes on a CPU
+  python scripts/compare.py --gin_file=compare/small.gin             # the README's results (about an hour)
+  python scripts/compare.py --gin_file=compare/smoke.gin --gin.compare.methods="('plain', 'rho1')"
+
+The flags are scripts/train.py's. Every stage writes under ROOT (the gin macro / compare.root) and is skipped when
+rerun after it finished (training stages resume from their checkpoints), so a killed run continues where it stopped.
+Prints ROOT/report.md's table at the end.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bliss_jax import cli  # noqa: E402
+
+
+def main(argv):
+  args = cli.parse_args(argv)
+  cli.setup(args)
+  import gin  # pylint: disable=g-import-not-at-top
+  try:
+    root = gin.query_parameter("compare.root")
+    while not isinstance(root, str):  # a macro (compare.root = %ROOT): its value
+      root = gin.query_parameter(str(root))
+  except ValueError:
+    raise cli.CliError("compare.root is not bound: give a gin file from gin_configs/compare/ or --gin.compare.root")
+  os.makedirs(root, exist_ok=True)
+  with open(os.path.join(root, "config.gin"), "w") as f:
+    f.write(gin.config_str())
+  gin.get_configurable("compare")()
+  with open(os.path.join(root, "report.md")) as f:
+    print("\n" + f.read())
+  print(f"report:       {os.path.join(root, 'report.md')} (and report.json, *.png)")
+  print(f"tensorboard:  tensorboard --logdir {root}")
+
+
+if __name__ == "__main__":
+  try:
+    main(sys.argv[1:])
+  except cli.CliError as e:
+    raise SystemExit(f"error: {e}") from None
