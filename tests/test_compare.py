@@ -206,3 +206,21 @@ def test_notebook_runs_headless_and_shows_the_report(clean_run, cache, monkeypat
   images = [o for o in outputs if "image/png" in o.get("data", {})]
   assert len(images) == 3
   assert any("| plain |" in o.get("data", {}).get("text/markdown", "") for o in outputs)
+
+
+def test_format_report_lists_methods_in_order_with_speedups_by_hand():
+  def row(loss, reach, aux):
+    return {"final": {"loss": loss, "accuracy": 0.25}, "steps_to_plain_final": reach,
+            "speedup_steps": None if reach is None else 100 / reach, "speedup_flops": None,
+            "flops": {"target_training": 1e12, "auxiliary": {"teacher_training": aux} if aux else {},
+                      "auxiliary_total": aux}, "wall_seconds": 90.0}
+  report = {"scale": "hand", "zero_shot_note": None, "pool_composition": None,
+            "config": {"train_task": "t", "pool": "t:train", "reference_task": "t", "eval": "t:validation",
+                       "eval_tokens": 1000.0, "target_steps": 100, "batch_size": 2, "sequence_length": 8,
+                       "target_params": 1234, "target_step_flops": 1e10, "curve_steps": [50, 100]},
+            "methods": {"rho1": row(3.5, 50, 5e11), "plain": row(4.0, 100, 0.0)}}  # sorted, as read back
+  md = compare.format_report(report, {"loss_vs_flops": "loss_vs_flops.png"})
+  lines = [l for l in md.splitlines() if l.startswith("| plain") or l.startswith("| rho1")]
+  assert lines == ["| plain | 4.0000 | 0.2500 | +0.0000 | 100 | 1.00 | — | 0 | 0.00 | 1.5 |",
+                   "| rho1 | 3.5000 | 0.2500 | -0.5000 | 50 | 2.00 | — | 5e+11 | 0.50 | 1.5 |"]
+  assert "- rho1: teacher_training 5e+11" in md and "![loss_vs_flops](loss_vs_flops.png)" in md

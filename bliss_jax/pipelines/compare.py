@@ -427,7 +427,8 @@ def _fmt_flops(x):
 
 def format_report(report: Mapping, figures: Mapping[str, str]) -> str:
   """report.md: the table of every method, zero-shot results, the figures."""
-  cfg, rows = report["config"], report["methods"]
+  cfg = report["config"]
+  rows = {m: report["methods"][m] for m in METHODS if m in report["methods"]}  # report.json's keys are sorted
   lines = [f"# Comparison{' (' + report['scale'] + ')' if report['scale'] else ''}", "",
            f"Target: {cfg['target_params']:,} parameters, {cfg['target_steps']} steps of {cfg['batch_size']} × "
            f"{cfg['sequence_length']} tokens for every method ({cfg['target_step_flops'] * cfg['target_steps']:.3g} "
@@ -451,9 +452,29 @@ def format_report(report: Mapping, figures: Mapping[str, str]) -> str:
   if any(t["target_share"] is not None for t in table):
     columns.append(("target_share", "target-like share selected", tables.fmt(".3f")))
   columns.append(("minutes", "wall min", tables.fmt(".1f")))
-  lines += [tables.markdown_table(table, columns), ""]
+  lines += [tables.markdown_table(table, columns), "",
+            "Held-out loss and accuracy at the last step; \"vs plain\" in nats. Steps to plain's final loss: the first "
+            "curve point at or below it (curve every "
+            f"{cfg['curve_steps'][0]} steps); speedup (steps) = {cfg['target_steps']} / that step; speedup (FLOPs) = "
+            "plain's FLOPs / the method's FLOPs to that point, auxiliary models included. Auxiliary FLOPs: everything "
+            "but the target's own training (below). Wall minutes: the method's stages as last run (a resumed stage "
+            "counts its last attempt; shared stages, e.g. SALT's teacher, count for every method using them).", ""]
+  aux_lines = [f"- {m}: " + ", ".join(f"{k} {v:.3g}" for k, v in r["flops"]["auxiliary"].items())
+               for m, r in rows.items() if r["flops"]["auxiliary"]]
+  if aux_lines:
+    lines += ["Auxiliary FLOPs by item:", ""] + aux_lines + [""]
+  sel_lines = [f"- {m}: " + ", ".join(f"{k} {v:.3f}" for k, v in r["selection"]["by_domain"].items())
+               for m, r in rows.items() if r.get("selection")]
+  if sel_lines:
+    pool = report.get("pool_composition")
+    lines += ["What the selecting methods kept (fraction of selected examples by domain; random and BLISS: rounds 1 "
+              "onwards, round 0 is a shared random selection):", ""] + sel_lines
+    if pool:
+      lines.append("- candidate pool: " + ", ".join(f"{k} {v:.3f}" for k, v in pool["by_domain"].items()))
+    lines.append("")
   if report.get("pool_composition") and report["pool_composition"].get("target_fraction") is not None:
-    lines += [f"Target-like share of the candidate pool: {report['pool_composition']['target_fraction']:.3f}.", ""]
+    lines += [f"Target-like share of the candidate pool: {report['pool_composition']['target_fraction']:.3f} (of "
+              "examples; \"target-like share selected\" likewise).", ""]
   zs = {m: r["zero_shot"] for m, r in rows.items() if r.get("zero_shot")}
   if zs:
     tasks_metrics = [(t, k) for t, vals in next(iter(zs.values())).items() for k in vals
