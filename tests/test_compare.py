@@ -42,8 +42,11 @@ def test_label_fractions_count_examples_not_documents():
   keys = ["pydoc:a#0", "pydoc:a#1", "stdlib:x.py:f#0", "stdlib:y.py:<module>#3"]
   assert compare.label_fractions(keys, lambda d: d.split(":", 1)[0]) == {"pydoc": 0.5, "stdlib": 0.5}
   assert compare.label_fractions([], str) == {}
+  labellers = {"domain": lambda d: d.split(":", 1)[0], "target": lambda d: "yes" if d.startswith("pydoc") else "no"}
+  assert compare.composition_of(keys, labellers) == {"n": 4, "by_domain": {"pydoc": 0.5, "stdlib": 0.5},
+                                                     "target_fraction": 0.5}
   with pytest.raises(ValueError, match="composition='nope'"):
-    compare._labeller("nope")  # pylint: disable=protected-access
+    compare._labellers("nope")  # pylint: disable=protected-access
 
 
 def test_unknown_method_is_named():

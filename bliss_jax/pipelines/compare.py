@@ -88,23 +88,36 @@ def label_fractions(keys: Sequence[str], label_of: Callable[[str], str]) -> Dict
   return {lab: c / len(keys) for lab, c in sorted(counts.items())} if keys else {}
 
 
-def _labeller(composition: Optional[str]):
-  """doc_id -> label, and the labels counted as target-like (or None), for `composition`."""
+def _labellers(composition: Optional[str]) -> Dict[str, Callable[[str], str]]:
+  """{kind: doc_id -> label} for `composition`: "domain" always, "quality" and "target" ("yes"/"no": clean
+  target-like English) for the benchmark mixture."""
   if composition is None:
-    return None, None
+    return {}
   if composition == "doc_prefix":  # e.g. the embedded corpus: "pydoc:<topic>" / "stdlib:<path>:<name>"
-    return (lambda doc: doc.split(":", 1)[0]), None
+    return {"domain": lambda doc: doc.split(":", 1)[0]}
   if composition == "benchmark":
     from bliss_jax.data import benchmark_mixture  # pylint: disable=g-import-not-at-top
     by_id = {e["doc_id"]: e for e in benchmark_mixture.build_catalog()}
 
-    def label(doc):
+    def entry(doc):
       if doc not in by_id:
         raise KeyError(f"{doc!r} is not in the benchmark catalog: is composition='benchmark' the right corpus?")
-      return by_id[doc]["domain"]
-    targets = {doc for doc, e in by_id.items() if e["target"]}
-    return label, (lambda doc: doc in targets)
+      return by_id[doc]
+    return {"domain": lambda doc: entry(doc)["domain"], "quality": lambda doc: entry(doc)["quality"],
+            "target": lambda doc: "yes" if entry(doc)["target"] else "no"}
   raise ValueError(f"composition={composition!r}: expected None, 'doc_prefix' or 'benchmark'")
+
+
+def composition_of(keys: Sequence[str], labellers: Mapping[str, Callable[[str], str]]) -> dict:
+  """{"n", "by_domain", "by_quality", ..., "target_fraction"} of example keys under each labeller."""
+  out = {"n": len(keys)}
+  for kind, label_of in labellers.items():
+    fr = label_fractions(keys, label_of)
+    if kind == "target":
+      out["target_fraction"] = fr.get("yes", 0.0) if keys else None
+    else:
+      out[f"by_{kind}"] = fr
+  return out
 
 
 def _rel(path: str, root: str) -> str:
@@ -302,7 +315,7 @@ def run(*, root: str, target: common.TrainSpec, small: common.TrainSpec, train_t
   # --- the report ---
   target_cfg = checkpoints.read_model_config(model_dirs[methods[0]][-1][1])
   target_step_flops = train_flops_per_token(target_cfg, L) * B * L
-  label_of, is_target = _labeller(composition)
+  labellers = _labellers(composition)
   pool_keys_path = next((p for p in (os.path.join(root, "bliss", "pool_keys", "keys.json"),
                                      os.path.join(root, "miniplm", "pool_keys", "keys.json")) if os.path.exists(p)),
                         None)
@@ -328,18 +341,12 @@ def run(*, root: str, target: common.TrainSpec, small: common.TrainSpec, train_t
                  flops_to_plain_final=None if reach is None else reach * target_step_flops + aux[m].at(reach),
                  speedup_steps=tables.speedup([(p["step"], p["loss"]) for p in c], plain_curve),
                  speedup_flops=tables.speedup(fc, plain_flops_curve))
-    if label_of is not None and m in selections:
-      keys = [k for p in selections[m] for k in _read_keys(p)]
-      row["selection"] = {"n_selected": len(keys), "by_domain": label_fractions(keys, label_of)}
-      if is_target is not None:
-        row["selection"]["target_fraction"] = sum(is_target(k.rsplit("#", 1)[0]) for k in keys) / max(len(keys), 1)
+    if labellers and m in selections:
+      row["selection"] = composition_of([k for p in selections[m] for k in _read_keys(p)], labellers)
     rows[m] = row
   pool = None
-  if label_of is not None and pool_keys_path:
-    keys = _read_keys(pool_keys_path)
-    pool = {"n": len(keys), "by_domain": label_fractions(keys, label_of)}
-    if is_target is not None:
-      pool["target_fraction"] = sum(is_target(k.rsplit("#", 1)[0]) for k in keys) / max(len(keys), 1)
+  if labellers and pool_keys_path:
+    pool = composition_of(_read_keys(pool_keys_path), labellers)
   report = {
       "scale": scale, "methods": rows, "pool_composition": pool, "zero_shot_note": zero_shot_note,
       "config": {"train_task": train_task, "pool": f"{pool_task}:{pool_split}", "reference_task": reference_task,
@@ -463,15 +470,16 @@ def format_report(report: Mapping, figures: Mapping[str, str]) -> str:
                for m, r in rows.items() if r["flops"]["auxiliary"]]
   if aux_lines:
     lines += ["Auxiliary FLOPs by item:", ""] + aux_lines + [""]
-  sel_lines = [f"- {m}: " + ", ".join(f"{k} {v:.3f}" for k, v in r["selection"]["by_domain"].items())
-               for m, r in rows.items() if r.get("selection")]
-  if sel_lines:
-    pool = report.get("pool_composition")
-    lines += ["What the selecting methods kept (fraction of selected examples by domain; random and BLISS: rounds 1 "
-              "onwards, round 0 is a shared random selection):", ""] + sel_lines
-    if pool:
-      lines.append("- candidate pool: " + ", ".join(f"{k} {v:.3f}" for k, v in pool["by_domain"].items()))
-    lines.append("")
+  pool = report.get("pool_composition")
+  for kind in ("domain", "quality"):
+    sel_lines = [f"- {m}: " + ", ".join(f"{k} {v:.3f}" for k, v in r["selection"][f"by_{kind}"].items())
+                 for m, r in rows.items() if r.get("selection") and f"by_{kind}" in r["selection"]]
+    if sel_lines:
+      lines += [f"What the selecting methods kept, by {kind} (fraction of selected examples; random and BLISS: "
+                "rounds 1 onwards, round 0 being a shared random selection):", ""] + sel_lines
+      if pool and f"by_{kind}" in pool:
+        lines.append("- candidate pool: " + ", ".join(f"{k} {v:.3f}" for k, v in pool[f"by_{kind}"].items()))
+      lines.append("")
   if report.get("pool_composition") and report["pool_composition"].get("target_fraction") is not None:
     lines += [f"Target-like share of the candidate pool: {report['pool_composition']['target_fraction']:.3f} (of "
               "examples; \"target-like share selected\" likewise).", ""]
