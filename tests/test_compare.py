@@ -144,8 +144,17 @@ def test_report_files_figures_and_tensorboard(clean_run):
   sel = report["methods"]["bliss"]["selection"]
   assert set(sel["by_domain"]) <= {"pydoc", "stdlib"} and sum(sel["by_domain"].values()) == pytest.approx(1.0)
   assert report["pool_composition"]["n"] > 0
+  # TensorBoard: the comparison's curve of every method under ROOT/tensorboard/<m>, as the report has it, next to
+  # the training logs of every stage under the same ROOT
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=import-outside-toplevel
   for m in compare.METHODS:
-    assert list((root / "tensorboard" / m).glob("events.out.tfevents*")), m
+    acc = event_accumulator.EventAccumulator(str(root / "tensorboard" / m), size_guidance={"tensors": 0})
+    acc.Reload()
+    got = [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in acc.Tensors("heldout/loss")]
+    assert got == [(p["step"], pytest.approx(p["loss"], rel=1e-6)) for p in report["methods"][m]["curve"]], m
+  assert list(root.glob("salt/student_salt/tensorboard/train/events.out.tfevents*"))
+  assert list(root.glob("bliss/bliss_r1_bilevel/model/tensorboard/bilevel/events.out.tfevents*"))
   if report["zero_shot_note"] is None:
     z = report["methods"]["plain"]["zero_shot"]["arc_easy"]
     assert 0.0 <= z["acc"] <= 1.0 and "acc_norm" in z
