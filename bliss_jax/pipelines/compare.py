@@ -143,7 +143,8 @@ def run(*, root: str, target: common.TrainSpec, small: common.TrainSpec, train_t
         reference_task: Optional[str] = None, eval_task: Optional[str] = None, eval_split: str = "validation",
         eval_max_batches: Optional[int] = None, methods: Sequence[str] = METHODS, composition: Optional[str] = None,
         zero_shot_tasks: Sequence[str] = (), zero_shot_limit: Optional[float] = None,
-        zero_shot_data_dir: Optional[str] = None, rho1_kwargs: Optional[dict] = None,
+        zero_shot_data_dir: Optional[str] = None, zero_shot_max_length: int = 2048,
+        rho1_kwargs: Optional[dict] = None,
         salt_kwargs: Optional[dict] = None, miniplm_kwargs: Optional[dict] = None,
         bliss_kwargs: Optional[dict] = None, scale: str = "", progress_bar: bool = True) -> dict:
   """Run (or resume) every method in `methods` and write the comparison (`root/report.json`, `report.md`, figures).
@@ -166,7 +167,8 @@ def run(*, root: str, target: common.TrainSpec, small: common.TrainSpec, train_t
       mixture's catalog: domain, and the target-like share), "doc_prefix" (the document id up to its first ":"),
       or None.
     zero_shot_tasks / zero_shot_limit / zero_shot_data_dir: harness tasks run on every final target (default data
-      dir: the shared data's `eval/`; skipped with a note where it is absent).
+      dir: the shared data's `eval/`; skipped with a note where it is absent). zero_shot_max_length: the longest
+      scored row (contexts are left-truncated; as scripts/evaluate.py's --max_length).
     rho1_kwargs, salt_kwargs, miniplm_kwargs, bliss_kwargs: further arguments of each pipeline's `run` (ratio,
       n_kd, alpha, rounds, bilevel, ...).
     scale: a name for the report ("smoke", "small", ...).
@@ -310,7 +312,7 @@ def run(*, root: str, target: common.TrainSpec, small: common.TrainSpec, train_t
             for m in methods}
 
   zero_shot, zero_shot_note = _zero_shot(root, methods, model_dirs, train_task, zero_shot_tasks, zero_shot_limit,
-                                         zero_shot_data_dir)
+                                         zero_shot_data_dir, zero_shot_max_length)
 
   # --- the report ---
   target_cfg = checkpoints.read_model_config(model_dirs[methods[0]][-1][1])
@@ -362,7 +364,7 @@ def run(*, root: str, target: common.TrainSpec, small: common.TrainSpec, train_t
   return report
 
 
-def _zero_shot(root, methods, model_dirs, train_task, tasks, limit, data_dir):
+def _zero_shot(root, methods, model_dirs, train_task, tasks, limit, data_dir, max_length):
   """{method: {task: {metric: value}}} of the harness on each final target, and a note when skipped."""
   if not tasks:
     return {}, None
@@ -383,12 +385,13 @@ def _zero_shot(root, methods, model_dirs, train_task, tasks, limit, data_dir):
     step, params = checkpoints.load_params(model_dir)
     vocab = seqio.get_mixture_or_task(train_task).output_features["targets"].vocabulary
     score_fn = loglikelihood.make_score_fn(Transformer(checkpoints.read_model_config(model_dir)), params, vocab,
-                                           batch_size=32, max_length=256, progress=False)
+                                           batch_size=32, max_length=max_length, progress=False)
     out = harness.run_eval(score_fn, tasks, data_dir, limit)
     common.write_json(os.path.join(d, "results.json"), out)
     return {t: {k.split(",")[0]: v for k, v in r.items() if k != "alias"} for t, r in out["results"].items()}
   results = {m: run_stage(root, f"zero_shot_{m}", lambda d, m=m: do(d, m),
-                          {"model_dir": _rel(model_dirs[m][-1][1], root), "tasks": list(tasks), "limit": limit})
+                          {"model_dir": _rel(model_dirs[m][-1][1], root), "tasks": list(tasks), "limit": limit,
+                           "max_length": max_length})
              for m in methods}
   return results, None
 
