@@ -95,6 +95,7 @@ def test_every_method_trains_the_same_target_for_the_same_flops(clean_run):
   assert set(rows) == set(compare.METHODS)  # report.json is written with sorted keys
   cfg = report["config"]
   assert cfg["target_steps"] == 20 and cfg["batch_size"] == 4 and cfg["sequence_length"] == 32
+  assert cfg["pool"] == "embedded_default:train"  # no pool split given: the stream's own split
   target_flops = {r["flops"]["target_training"] for r in rows.values()}
   assert target_flops == {20 * cfg["target_step_flops"]}
   for m, r in rows.items():

@@ -138,7 +138,7 @@ def _read_keys(path: Optional[str]) -> List[str]:
 
 
 def run(*, root: str, target: common.TrainSpec, small: common.TrainSpec, train_task: str,
-        large: Optional[common.TrainSpec] = None, pool_task: Optional[str] = None, pool_split: str = "pool",
+        large: Optional[common.TrainSpec] = None, pool_task: Optional[str] = None, pool_split: str = "train",
         pool_max_examples: Optional[int] = None,
         reference_task: Optional[str] = None, eval_task: Optional[str] = None, eval_split: str = "validation",
         eval_max_batches: Optional[int] = None, methods: Sequence[str] = METHODS, composition: Optional[str] = None,
@@ -157,7 +157,7 @@ def run(*, root: str, target: common.TrainSpec, small: common.TrainSpec, train_t
     large: MiniPLM's (and Vanilla KD's) teacher, trained on `train_task`.
     train_task: the pretraining stream (its train split): plain, RHO-1, SALT, RKD and the teachers.
     pool_task / pool_split: the candidates of the selecting methods (random, BLISS, SALT_DS, MiniPLM; default:
-      `train_task`'s train split). pool_max_examples: only the split's first examples (for corpora as large as C4).
+      `train_task`'s train split, the stream itself; the benchmark mixture has a disjoint "pool" split). pool_max_examples: only the split's first examples (for corpora as large as C4).
     reference_task: the high-quality reference set (its train split): RHO-1's reference LM and BLISS's upper level
       (default: `train_task`; `rho1_kwargs` / `bliss_kwargs` may name their own, e.g. BLISS's LAMBADA).
     eval_task / eval_split / eval_max_batches: the held-out set every curve is measured on (default: `train_task`'s
@@ -178,8 +178,6 @@ def run(*, root: str, target: common.TrainSpec, small: common.TrainSpec, train_t
     raise ValueError(f"unknown methods {unknown}: expected some of {METHODS}")
   methods = [m for m in METHODS if m in methods]
   pool_task = pool_task or train_task
-  if pool_task == train_task and pool_split == "pool":
-    pool_split = "train"
   reference_task = reference_task or train_task
   eval_task = eval_task or train_task
   N, B, L = target.num_steps, target.batch_size, target.sequence_length
