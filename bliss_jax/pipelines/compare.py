@@ -429,10 +429,6 @@ def _tensorboard(root: str, curves: Mapping[str, Sequence[Mapping]]) -> None:
     w.close()
 
 
-def _fmt_flops(x):
-  return "—" if x is None else f"{x:.3g}"
-
-
 def format_report(report: Mapping, figures: Mapping[str, str]) -> str:
   """report.md: the table of every method, zero-shot results, the figures."""
   cfg = report["config"]
@@ -456,7 +452,7 @@ def format_report(report: Mapping, figures: Mapping[str, str]) -> str:
              ("reach", "steps to plain's final loss", tables.fmt("g")),
              ("speedup", "speedup (steps)", tables.fmt(".2f")),
              ("speedup_flops", "speedup (FLOPs incl. aux)", tables.fmt(".2f")),
-             ("aux", "auxiliary FLOPs", _fmt_flops), ("aux_ratio", "aux / target", tables.fmt(".2f"))]
+             ("aux", "auxiliary FLOPs", tables.fmt(".3g")), ("aux_ratio", "aux / target", tables.fmt(".2f"))]
   if any(t["target_share"] is not None for t in table):
     columns.append(("target_share", "target-like share selected", tables.fmt(".3f")))
   columns.append(("minutes", "wall min", tables.fmt(".1f")))
