@@ -13,11 +13,11 @@ import pytest
 from bliss_jax import partitioning
 from bliss_jax.bilevel import hvp as hvp_lib
 from bliss_jax.bilevel import hypergradient
-from bliss_jax.bilevel.step import BilevelConfig, build_bilevel_functions, clip_per_tensor
+from bliss_jax.bilevel.step import BilevelConfig, build_bilevel_functions, clip_per_tensor, make_optimizers
 from bliss_jax.losses import bilevel as objectives
 from bliss_jax.losses.lm import model_logits
 from bliss_jax.models.config import preset
-from bliss_jax.models.score_model import ScoreModel, from_lm_params, score_batch
+from bliss_jax.models.score_model import ScoreModel, from_lm_params, init_head, score_batch
 from bliss_jax.models.transformer import Transformer
 
 V, T, B = 32, 8, 8
@@ -215,3 +215,73 @@ def test_vjp_and_jvp_steps_agree(setup, bilevel_cfg):
   sv, mv = _run_step(setup, dataclasses.replace(bilevel_cfg, mixed="vjp"), jax.devices()[:1], steps=1)
   np.testing.assert_allclose(mj[0]["hypergrad_norm"], mv[0]["hypergrad_norm"], rtol=1e-4)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), sj.score, sv.score)
+
+
+def test_reference_objective_reads_prefix_lm_rows_causally():
+  """F on a prefix-LM reference batch (LAMBADA: context, then continuation) = the causal CE of the continuation
+  tokens of the same rows; the proxy never attends bidirectionally over the context (2 layers, so it would show)."""
+  cfg = dataclasses.replace(PROXY, num_layers=2)
+  model = Transformer(cfg)
+  params = _params(model, 3)
+  batch = _batch(7)
+  prefix = np.zeros((B, T), np.int32)
+  prefix[:, :6] = 1  # the context: inputs 0..5 (bidirectional under a prefix-LM mask)
+  loss_w = batch["decoder_loss_weights"] * (1 - prefix)  # loss on the continuation only
+  ref = dict(batch, decoder_causal_attention=prefix, decoder_loss_weights=loss_w)
+  causal_logits = np.asarray(model.apply({"params": params}, batch["decoder_input_tokens"],
+                                         segment_ids=batch["decoder_segment_ids"],
+                                         positions=batch["decoder_positions"]))
+  lp = causal_logits - np.log(np.exp(causal_logits).sum(-1, keepdims=True))
+  ce = -np.take_along_axis(lp, batch["decoder_target_tokens"][..., None], -1)[..., 0]
+  want = float((ce * loss_w).sum() / loss_w.sum())
+  got = float(objectives.reference_objective(model, params, ref))
+  np.testing.assert_allclose(got, want, rtol=2e-6)
+  bidirectional = float(objectives.upper_objective(model_logits(model, params, ref), ref))
+  assert abs(bidirectional - want) > 2e-5 * want  # what F was before: a different number
+
+
+def test_bilevel_step_uses_the_causal_reference_objective(setup):
+  """The step's upper_F on a prefix-LM reference batch is `reference_objective` at the updated proxy."""
+  proxy, _, p, _, s = setup
+  cfg = BilevelConfig(gamma=0.0, proxy_lr=1e-3, score_lr=1e-3, solver="cg", solver_iters=2)
+  mesh = partitioning.make_mesh(devices=jax.devices()[:1])
+  rules = partitioning.logical_rules()
+  prefix = np.zeros((B, T), np.int32)
+  prefix[:, :3] = 1
+  val = dict(_batch(11), decoder_causal_attention=prefix,
+             decoder_loss_weights=_batch(11)["decoder_loss_weights"] * (1 - prefix))
+  with partitioning.mesh_context(mesh, rules):
+    fns = build_bilevel_functions(PROXY, None, cfg, 4, mesh, rules, sequence_length=T)
+    state = fns.init(p, s)
+    train = jax.tree.map(lambda x: x[None], _batch(3))
+    new, m = fns.step(state, train, val, None)
+  np.testing.assert_allclose(m["upper_F"], objectives.reference_objective(proxy, new.proxy, val), rtol=1e-5)
+
+
+def test_score_head_init_is_torchs_linear_default():
+  h = init_head(256, "uniform", seed=3)
+  bound = 1 / 16
+  assert h["kernel"].shape == (256, 1) and h["bias"].shape == (1,)
+  assert np.abs(h["kernel"]).max() <= bound and np.abs(h["kernel"]).max() > 0.9 * bound
+  assert np.std(h["kernel"]) == pytest.approx(bound / np.sqrt(3), rel=0.15)  # U(−b, b) has std b/√3
+  np.testing.assert_array_equal(init_head(256, "uniform", seed=3)["kernel"], h["kernel"])
+  assert not np.any(init_head(8, "zeros")["kernel"])
+  assert BilevelConfig().score_head_init == "uniform"
+
+
+def test_bilevel_optimizers_follow_the_reference():
+  """Cosine to 0 (not 10%) and weight decay on every parameter (biases and norm scales too)."""
+  cfg = BilevelConfig(proxy_lr=1e-2, score_lr=1e-2, weight_decay=0.5, proxy_clip=None, score_clip=None)
+  ptx, _, psched, _ = make_optimizers(cfg, 10)
+  assert float(psched(10)) == 0.0 and float(psched(5)) == pytest.approx(0.5e-2)
+  params = {"bias": jnp.ones(3), "kernel": jnp.ones((2, 2))}
+  zero = jax.tree.map(jnp.zeros_like, params)
+  upd, _ = ptx.update(zero, ptx.init(params), params)
+  lr0 = float(psched(0))
+  np.testing.assert_allclose(upd["bias"], -lr0 * 0.5 * np.ones(3), rtol=1e-6)  # decay reaches the bias
+  old = BilevelConfig(proxy_lr=1e-2, score_lr=1e-2, weight_decay=0.5, proxy_clip=None, score_clip=None,
+                      decay_on="matrices", final_fraction=0.1)
+  ptx, _, psched, _ = make_optimizers(old, 10)
+  assert float(psched(10)) == pytest.approx(1e-3)
+  upd, _ = ptx.update(zero, ptx.init(params), params)
+  np.testing.assert_array_equal(upd["bias"], np.zeros(3))

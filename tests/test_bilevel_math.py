@@ -156,3 +156,44 @@ def test_unrolled_hypergradient_approaches_the_implicit_one():
 def test_unknown_solver_is_refused():
   with pytest.raises(ValueError, match="unknown solver"):
     solvers.solve("lbfgs", lambda v: v, jnp.ones(3), iters=1)
+
+
+def test_normalized_iteration_caps_each_tensor_as_the_reference_does():
+  """Three steps of z ← z − α·g_t/max(‖g_t‖, 1) per tensor on A = diag, b = (big, small), traced by hand.
+
+  Tensor "big" (2 entries, A = 1, b = (30, 40)): its residual norm stays > 1, so every step moves it by exactly α
+  along the residual's direction; tensor "small" (1 entry, A = 0.5, b = 0.2): norm < 1, plain gradient steps. The
+  global-norm variant would shrink the small tensor's step by the big tensor's norm (~50)."""
+  diag = {"big": jnp.array([1.0, 1.0]), "small": jnp.array([0.5])}
+  b = {"big": jnp.array([30.0, 40.0]), "small": jnp.array([0.2])}
+  matvec = lambda v: jax.tree.map(lambda d, x: d * x, diag, v)
+  alpha = 0.1
+  z = {"big": np.array([0.5, 0.5]), "small": np.array([1.0])}  # uniform_start: 1/numel per tensor
+  for _ in range(3):
+    g_big = diag["big"] * z["big"] - b["big"]
+    g_small = diag["small"] * z["small"] - b["small"]
+    z = {"big": z["big"] - alpha * g_big / max(np.linalg.norm(g_big), 1.0),
+         "small": z["small"] - alpha * g_small / max(np.linalg.norm(g_small), 1.0)}
+  # the small tensor by hand: g = 0.5z − 0.2: 1 → 1 − 0.1·0.3 = 0.97 → 0.97 − 0.1·0.285 = 0.9415
+  #   → 0.9415 − 0.1·0.27075 = 0.914425
+  np.testing.assert_allclose(z["small"], [0.914425], rtol=1e-12)
+  out = solvers.normalized_iteration(matvec, b, iters=3, alpha=alpha)
+  np.testing.assert_allclose(out["small"], z["small"], rtol=1e-6)
+  np.testing.assert_allclose(out["big"], z["big"], rtol=1e-6)
+  glob = solvers.normalized_iteration(matvec, b, iters=3, alpha=alpha, normalize="global")
+  assert abs(float(glob["small"][0]) - 1.0) < 0.005  # the small tensor barely moves under a global cap
+
+
+def test_matvec_count_is_what_the_solvers_compute():
+  """Products with A counted as they execute: CG forms b − A·x0 before its `iters` iterations."""
+  diag = jnp.arange(1.0, 7.0)
+  b = jnp.ones(6)
+  for name in solvers.SOLVERS:
+    calls = []
+
+    def matvec(v):
+      jax.debug.callback(lambda: calls.append(1))
+      return diag * v
+    jax.block_until_ready(solvers.solve(name, matvec, b, iters=3, alpha=0.1))
+    assert len(calls) == solvers.matvec_count(name, 3), name
+  assert solvers.matvec_count("cg", 3) == 4

@@ -134,6 +134,30 @@ def test_target_rounds_continue_one_run_from_a_shared_round_zero(pipeline):
   assert any(l.startswith(f"| bliss | {s['bliss']['final_loss']:.4f} |") for l in md)
 
 
+def test_reported_flops_equal_a_hand_count(pipeline):
+  """Every FLOP item of the tiny run, counted by hand from the shapes (PaLM's 2N + 4·L·H·Q·T per token forward).
+
+  proxy (1 layer, d 32, 2 heads of 16, 1 kv head, SwiGLU d_ff 64, RMSNorm, untied, vocab V): attention
+  32·16·(2 + 2) + 2·16·32 = 3,072, MLP 3·32·64 = 6,144, norms 2·32 + 32 → N without head 9,312, head 32·V;
+  target (2 layers, d 64, 4 heads of 16, 2 kv heads, d_ff 256): 2·(64·16·8 + 4·16·64 + 3·64·256 + 128) + 64 =
+  123,200 without head, head 64·V. T = 32, B = 8, 6 bilevel steps, 12 target steps."""
+  _, report = pipeline
+  V = checkpoints.read_model_config(report["proxy"]["model_dir"]).vocab_size
+  attn_p, attn_t = 4 * 1 * 2 * 16 * L, 4 * 2 * 4 * 16 * L
+  f_score = 2 * 9_312 + attn_p + 2 * 32 / L  # score model: backbone without head + Linear(32, 1) per sequence
+  f_proxy = 2 * (9_312 + 32 * V) + attn_p
+  f_target = 2 * (123_200 + 64 * V) + attn_t
+  # lower step (train proxy + score fwd + target fwd) + ∇F (train) + target & score fwds + 3 HVPs (2 train each)
+  # + jvp (2 fwds) + score train (3 fwds)
+  bilevel_token = (3 * f_proxy + f_score + f_target) + 3 * f_proxy + f_target + f_score + 3 * 6 * f_proxy \
+      + 2 * f_proxy + 3 * f_score
+  for x in report["methods"]["bliss"]["rounds"]:
+    assert x["bilevel"]["flops"] == pytest.approx(bilevel_token * 8 * L * 6, rel=1e-12)
+    assert x["scoring"]["flops"] == pytest.approx(f_score * x["scoring"]["scored_tokens"], rel=1e-12)
+  assert report["summary"]["bliss"]["flops"]["target_training"] == pytest.approx(3 * f_target * 12 * 8 * L)
+  assert report["summary"]["bliss"]["flops"]["warmup"] == pytest.approx(3 * f_proxy * 6 * 8 * L)
+
+
 def test_rerun_reuses_every_stage(pipeline, tasks):
   root, report = pipeline
   marks = {p: os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(root, "*", "stage.json"))}

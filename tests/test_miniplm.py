@@ -22,10 +22,11 @@ def test_split_reference_uniform_disjoint_deterministic():
 
 
 def test_vanilla_kd_steps_match_the_paper():
-  # MiniPLM §3.1: 25K / 45K / 65K of 100K steps for 200M / 500M / 1.2B students with a 1.8B teacher
-  assert miniplm.vanilla_kd_steps(100_000, 200, 1800) == 25_000
-  assert miniplm.vanilla_kd_steps(100_000, 500, 1800) == 45_454
-  assert miniplm.vanilla_kd_steps(100_000, 1200, 1800) == 66_666
+  # MiniPLM §3.1: 25K / 45K / 65K of 100K steps for 200M / 500M / 1.2B students with a 1.8B teacher (train 6N per
+  # token, teacher forward 2N)
+  assert miniplm.vanilla_kd_steps(100_000, 6 * 200, 2 * 1800) == 25_000
+  assert miniplm.vanilla_kd_steps(100_000, 6 * 500, 2 * 1800) == 45_454
+  assert miniplm.vanilla_kd_steps(100_000, 6 * 1200, 2 * 1800) == 66_666
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +82,22 @@ def test_rerun_reuses_every_stage(pipeline_report):
   assert again["selection"] == report["selection"]
   assert {k: v["heldout"]["loss"] for k, v in again["students"].items()} == \
       {k: v["heldout"]["loss"] for k, v in report["students"].items()}
+
+
+def test_reported_flops_equal_a_hand_count(pipeline_report):
+  """Every model here is the `tiny` preset (2 layers, d 64, 4 heads of 16, 2 kv heads, SwiGLU d_ff 256, RMSNorm,
+  untied, vocab V): per layer 64·16·8 + 4·16·64 + 3·64·256 + 2·64 = 61,568, so N without head 2·61,568 + 64 =
+  123,200 and the head 64·V; a forward is 2N + 4·2·4·16·32 per token at T = 32, a train step 3 forwards."""
+  from bliss_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
+  _, report = pipeline_report
+  V = checkpoints.read_model_config(report["teacher"]["model_dir"]).vocab_size
+  fwd = 2 * (123_200 + 64 * V) + 4 * 2 * 4 * 16 * 32
+  fwd_score = 2 * 123_200 + 4 * 2 * 4 * 16 * 32 + 2 * 64 / 32
+  assert report["scoring"]["flops"] == pytest.approx(2 * fwd * report["scoring"]["scored_tokens"], rel=1e-12)
+  kd = report["students"]["vanilla_kd"]
+  assert kd["steps"] == int(4 * 3 * fwd / (3 * fwd + fwd)) == 3  # same shape as the teacher: 3/4 of the steps
+  assert kd["teacher_forward_flops"] == pytest.approx(fwd * 3 * 8 * 32, rel=1e-12)
+  assert kd["train_flops"] == pytest.approx(3 * fwd * 3 * 8 * 32, rel=1e-12)
+  prx = report["prx"]
+  assert prx["fit_flops"] == pytest.approx(3 * fwd_score * 30 * min(32, prx["n_sample"]) * 32, rel=1e-12)
+  assert prx["predict_flops"] == pytest.approx(fwd_score * prx["predicted_tokens"], rel=1e-12)

@@ -31,3 +31,19 @@ def test_score_is_linear_head_on_pooled_lm_hidden_states():
   np.testing.assert_allclose(got[0], want, rtol=1e-5)
   np.testing.assert_allclose(ScoreModel(cfg, sigmoid=True).apply({"params": params}, x, pool_mask=weights),
                              jax.nn.sigmoid(got), rtol=1e-6)
+
+
+def test_pooling_all_averages_every_row_position():
+  """`pooling="all"` (the BLISS reference's average pool over the chunk) ignores the pool mask; "tokens" uses it."""
+  cfg = preset("tiny", vocab_size=64)
+  x = jnp.array([[3, 7, 9, 11, 0, 0]])
+  lm = Transformer(cfg)
+  lm_params = nn.unbox(lm.init(jax.random.PRNGKey(0), x)["params"])
+  head = {"kernel": jax.random.normal(jax.random.PRNGKey(1), (cfg.d_model, 1)), "bias": jnp.array([0.0])}
+  params = from_lm_params(lm_params, head)
+  mask = jnp.array([[1, 1, 1, 1, 0, 0]])
+  _, hidden = lm.apply({"params": lm_params}, x, return_hidden=True)
+  all_pos = ScoreModel(cfg, pooling="all").apply({"params": params}, x, pool_mask=mask)
+  tokens = ScoreModel(cfg, pooling="tokens").apply({"params": params}, x, pool_mask=mask)
+  np.testing.assert_allclose(all_pos[0], (hidden[0].mean(0) @ head["kernel"])[0], rtol=1e-5)
+  np.testing.assert_allclose(tokens[0], (hidden[0, :4].mean(0) @ head["kernel"])[0], rtol=1e-5)

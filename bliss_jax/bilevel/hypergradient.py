@@ -23,10 +23,10 @@ from bliss_jax.bilevel import solvers
 
 
 def solve_adjoint(inner_loss: Callable, theta_p, theta_s, outer_grad, *, solver: str = "cg", iters: int = 10,
-                  damping: float = 0.0, alpha: Optional[float] = None, x0=None):
+                  damping: float = 0.0, alpha: Optional[float] = None, x0=None, normalize: str = "tensor"):
   """z of (H1): (∇²_{θpθp} inner_loss(θp, θs) + damping·I) z = outer_grad, by `solvers.solve`."""
   matvec = hvp_lib.damped_hvp(lambda p: inner_loss(p, theta_s), theta_p, damping)
-  return solvers.solve(solver, matvec, outer_grad, x0, iters=iters, alpha=alpha)
+  return solvers.solve(solver, matvec, outer_grad, x0, iters=iters, alpha=alpha, normalize=normalize)
 
 
 def mixed_term(inner_loss: Callable, theta_p, theta_s, z):

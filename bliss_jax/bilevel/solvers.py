@@ -4,9 +4,11 @@ All three run a fixed number of iterations inside jit (`iters`), take an optiona
   - `conjugate_gradient`: jax.scipy's CG (pytree-aware), for symmetric positive-definite A.
   - `neumann`: z = α Σ_{k=0}^{K} (I − αA)^k b, which converges when ‖I − αA‖ < 1 (0 < α < 2/λ_max(A), A ≻ 0).
   - `normalized_iteration`: the BLISS reference implementation's solver (spec §Hypergradient, [code]): gradient
-    descent on ½zᵀAz − bᵀz, g = Az − b, with g rescaled to unit global norm when its norm exceeds 1, z ← z − α·g;
-    started (without a warm start) from z₀ = 1/numel in every tensor. The reference code passes A = H + 1e-2·I,
-    i.e. `damping=1e-2` in `hvp.damped_hvp`.
+    descent on ½zᵀAz − bᵀz, g = Az − b, each tensor g_t of g rescaled to unit norm when its norm exceeds 1
+    (`normalize="tensor"`, the reference's; `"global"` rescales the whole pytree by its global norm instead),
+    z ← z − α·g; started (without a warm start) from z₀ = 1/numel in every tensor. The reference code passes
+    A = H + 1e-2·I, i.e. `damping=1e-2` in `hvp.damped_hvp`.
+`matvec_count` is how many products with A a solve costs (the FLOP accounting's HVP count).
 """
 from typing import Callable, Optional
 
@@ -15,6 +17,7 @@ import jax.numpy as jnp
 import optax.tree_utils as otu
 
 SOLVERS = ("cg", "neumann", "normalized")
+NORMALIZATIONS = ("tensor", "global")
 
 
 def conjugate_gradient(matvec: Callable, b, x0=None, *, iters: int = 10, tol: float = 0.0):
@@ -42,24 +45,43 @@ def uniform_start(b):
   return jax.tree.map(lambda x: jnp.full_like(x, 1.0 / max(x.size, 1)), b)
 
 
-def normalized_iteration(matvec: Callable, b, x0=None, *, iters: int = 3, alpha: float = 1e-2):
-  """The reference solver: `iters` steps of z ← z − α·g/max(‖g‖, 1), g = Az − b (from `uniform_start` by default)."""
+def unit_norm_cap(g, normalize: str = "tensor"):
+  """g rescaled to norm ≤ 1: each tensor by max(‖g_t‖, 1) ("tensor", the reference's `if g.norm() > 1: g /= g.norm()`
+  per parameter), or the whole pytree by max(‖g‖, 1) ("global")."""
+  if normalize == "tensor":
+    return jax.tree.map(lambda x: x / jnp.maximum(jnp.linalg.norm(x.reshape(-1)), 1.0), g)
+  if normalize == "global":
+    return otu.tree_scale(1.0 / jnp.maximum(otu.tree_norm(g), 1.0), g)
+  raise ValueError(f"unknown normalize={normalize!r}: expected one of {NORMALIZATIONS}")
+
+
+def normalized_iteration(matvec: Callable, b, x0=None, *, iters: int = 3, alpha: float = 1e-2,
+                         normalize: str = "tensor"):
+  """The reference solver: `iters` steps of z ← z − α·cap(g), g = Az − b, `cap` = `unit_norm_cap` (from
+  `uniform_start` by default)."""
   z = uniform_start(b) if x0 is None else x0
 
   def body(_, z):
-    g = otu.tree_sub(matvec(z), b)
-    scale = 1.0 / jnp.maximum(otu.tree_norm(g), 1.0)
-    return otu.tree_add_scale(z, -alpha * scale, g)
+    return otu.tree_add_scale(z, -alpha, unit_norm_cap(otu.tree_sub(matvec(z), b), normalize))
   return jax.lax.fori_loop(0, iters, body, z)
 
 
-def solve(name: str, matvec: Callable, b, x0=None, *, iters: int, alpha: Optional[float] = None):
-  """Dispatch by name ("cg", "neumann", "normalized"); `alpha` is the step of the latter two."""
+def matvec_count(name: str, iters: int) -> int:
+  """Products with A that `solve(name, ..., iters=iters)` computes: CG also forms the initial residual b − A·x0."""
+  if name not in SOLVERS:
+    raise ValueError(f"unknown solver {name!r}: expected one of {SOLVERS}")
+  return iters + 1 if name == "cg" else iters
+
+
+def solve(name: str, matvec: Callable, b, x0=None, *, iters: int, alpha: Optional[float] = None,
+          normalize: str = "tensor"):
+  """Dispatch by name ("cg", "neumann", "normalized"); `alpha` is the step of the latter two, `normalize` the
+  normalised iteration's cap (`unit_norm_cap`)."""
   if name == "cg":
     return conjugate_gradient(matvec, b, x0, iters=iters)
   kw = {} if alpha is None else {"alpha": alpha}
   if name == "neumann":
     return neumann(matvec, b, x0, iters=iters, **kw)
   if name == "normalized":
-    return normalized_iteration(matvec, b, x0, iters=iters, **kw)
+    return normalized_iteration(matvec, b, x0, iters=iters, normalize=normalize, **kw)
   raise ValueError(f"unknown solver {name!r}: expected one of {SOLVERS}")

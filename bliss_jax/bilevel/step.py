@@ -28,8 +28,8 @@ from bliss_jax.bilevel import hypergradient, solvers
 from bliss_jax.losses import bilevel as objectives
 from bliss_jax.losses.lm import model_logits
 from bliss_jax.models.config import ModelConfig
-from bliss_jax.models.flops import forward_flops_per_token, train_flops_per_token
-from bliss_jax.models.score_model import ScoreModel, score_batch
+from bliss_jax.models import flops
+from bliss_jax.models.score_model import HEAD_INITS, POOLINGS, ScoreModel, score_batch
 from bliss_jax.models.transformer import Transformer
 from bliss_jax.training import optimizers
 
@@ -46,18 +46,23 @@ class BilevelConfig:
   solver: str = "normalized"  # "cg", "neumann" or "normalized" (the reference code's)
   solver_iters: int = 3
   solver_alpha: float = 1e-2  # step of "neumann" / "normalized"
+  solver_normalize: str = "tensor"  # "normalized": cap each tensor's step ("tensor", the reference's) or the pytree's
   damping: float = 1e-2  # λ_z
   warm_start: bool = False  # start the solver from the previous step's z
   mixed: str = "jvp"  # "jvp" (eq. H3) or "vjp" (eq. H2)
   proxy_lr: float = 1e-5
   score_lr: float = 1e-5
   weight_decay: float = 0.1
+  decay_on: str = "all"  # AdamW decay on every parameter ("all", the reference's torch AdamW) or "matrices"
   b1: float = 0.9
   b2: float = 0.95
   proxy_clip: float = 1.0  # global norm
   score_clip: float = 1.0  # per tensor
   warmup_steps: int = 0
-  final_fraction: float = 0.1  # cosine decays to this fraction of each peak LR
+  final_fraction: float = 0.0  # cosine decays to this fraction of each peak LR (the reference's: to 0)
+  score_head_init: str = "uniform"  # round 1's Linear(d, 1): "uniform" (torch's default, U(±1/√d)) or "zeros"
+  score_pooling: str = "all"  # the score model's mean pool: over all row positions (the reference's) or "tokens"
+  seed: int = 0  # the score head's initialisation
 
   def __post_init__(self):
     if self.weighting not in objectives.WEIGHTINGS:
@@ -70,6 +75,14 @@ class BilevelConfig:
       raise ValueError(f"solver={self.solver!r}: expected one of {solvers.SOLVERS}")
     if self.mixed not in ("jvp", "vjp"):
       raise ValueError(f"mixed={self.mixed!r}: expected 'jvp' or 'vjp'")
+    if self.solver_normalize not in solvers.NORMALIZATIONS:
+      raise ValueError(f"solver_normalize={self.solver_normalize!r}: expected one of {solvers.NORMALIZATIONS}")
+    if self.decay_on not in optimizers.DECAY_ON:
+      raise ValueError(f"decay_on={self.decay_on!r}: expected one of {optimizers.DECAY_ON}")
+    if self.score_head_init not in HEAD_INITS:
+      raise ValueError(f"score_head_init={self.score_head_init!r}: expected one of {HEAD_INITS}")
+    if self.score_pooling not in POOLINGS:
+      raise ValueError(f"score_pooling={self.score_pooling!r}: expected one of {POOLINGS}")
     if self.inner_steps < 1:
       raise ValueError(f"inner_steps={self.inner_steps} must be >= 1")
 
@@ -100,7 +113,7 @@ def make_optimizers(cfg: BilevelConfig, num_steps: int):
                                               warmup_steps=cfg.warmup_steps, final_fraction=cfg.final_fraction)
   p_sched, s_sched = sched(cfg.proxy_lr), sched(cfg.score_lr)
   adamw = lambda s: optimizers.make_optimizer("adamw", schedule=s, weight_decay=cfg.weight_decay, b1=cfg.b1,
-                                              b2=cfg.b2, clip_norm=None)
+                                              b2=cfg.b2, clip_norm=None, decay_on=cfg.decay_on)
   proxy_tx = optax.chain(optax.clip_by_global_norm(cfg.proxy_clip), adamw(p_sched)) if cfg.proxy_clip else adamw(
       p_sched)
   score_tx = optax.chain(clip_per_tensor(cfg.score_clip), adamw(s_sched)) if cfg.score_clip else adamw(s_sched)
@@ -138,12 +151,11 @@ def make_bilevel_step(proxy: Transformer, score_model: ScoreModel, target: Optio
     t_logits = target_logits(target_params, hb)
     scores = score_batch(score_model, state.score, hb)
     weights = objectives.sample_weights(scores, cfg.weighting)
-    f_val, grad_f = jax.value_and_grad(lambda q: objectives.upper_objective(model_logits(proxy, q, val_batch),
-                                                                            val_batch))(p)
+    f_val, grad_f = jax.value_and_grad(lambda q: objectives.reference_objective(proxy, q, val_batch))(p)
     inner = lambda q, w: lower(q, w, hb, t_logits)[0]
     z = hypergradient.solve_adjoint(inner, p, weights, grad_f, solver=cfg.solver, iters=cfg.solver_iters,
                                     damping=cfg.damping, alpha=cfg.solver_alpha,
-                                    x0=state.z if cfg.warm_start else None)
+                                    x0=state.z if cfg.warm_start else None, normalize=cfg.solver_normalize)
     if cfg.mixed == "jvp":
       per_sample = lambda q: objectives.per_sample_ce(model_logits(proxy, q, hb), hb)
       hyper, a = hypergradient.weighted_sum_hypergradient(per_sample, lambda s: weights_of(s, hb), p, state.score, z)
@@ -189,7 +201,8 @@ def build_bilevel_functions(proxy_cfg: ModelConfig, target_cfg: Optional[ModelCo
   if target_cfg is not None and target_cfg.vocab_size != proxy_cfg.vocab_size:
     raise ValueError(f"the target's vocab_size ({target_cfg.vocab_size}) differs from the proxy's "
                      f"({proxy_cfg.vocab_size}): the KL term needs the same tokenizer and padded vocabulary")
-  proxy, score_model = Transformer(proxy_cfg), ScoreModel(proxy_cfg, sigmoid=cfg.sigmoid)
+  proxy = Transformer(proxy_cfg)
+  score_model = ScoreModel(proxy_cfg, sigmoid=cfg.sigmoid, pooling=cfg.score_pooling)
   target = Transformer(target_cfg) if target_cfg is not None and cfg.gamma else None
   proxy_tx, score_tx, p_sched, s_sched = make_optimizers(cfg, num_steps)
   dummy = jnp.zeros((1, sequence_length), jnp.int32)
@@ -215,13 +228,18 @@ def build_bilevel_functions(proxy_cfg: ModelConfig, target_cfg: Optional[ModelCo
 
 def step_flops(proxy_cfg: ModelConfig, target_cfg: Optional[ModelConfig], cfg: BilevelConfig, batch_size: int,
                sequence_length: int) -> float:
-  """Estimated FLOPs of one bilevel step on [B, T] batches, from the per-token forward F_m and train (≈ 3·F_m) costs:
+  """FLOPs of one bilevel step on [B, T] candidate and reference batches, from `models.flops`' passes:
   K_in × (proxy train + score forward + target forward) for the lower level; a proxy train pass for ∇F; the
-  hypergradient's target and score forwards, `solver_iters` HVPs at ≈ 2 proxy train passes each (forward-over-reverse
-  runs the backward pass in both primal and tangent), a jvp of the per-sample losses (≈ 2 proxy forwards) and the
-  score model's train pass (its vjp). The score model's backbone is the proxy's (its head is negligible)."""
+  hypergradient batch's target and score forwards; `solvers.matvec_count` HVPs of the proxy; the jvp of the
+  per-sample losses along z (`mixed="vjp"`: a second-order pass through the proxy instead); and the score model's
+  train pass (its vjp). Score-model passes have no LM head."""
   L = sequence_length
-  fp, tp = forward_flops_per_token(proxy_cfg, L), train_flops_per_token(proxy_cfg, L)
-  ft = forward_flops_per_token(target_cfg, L) if target_cfg is not None and cfg.gamma else 0.0
-  per_token = (cfg.inner_steps * (tp + fp + ft) + tp + (ft + fp) + cfg.solver_iters * 2 * tp + 2 * fp + tp)
+  train_p = flops.train_flops_per_token(proxy_cfg, L)
+  score_f = flops.score_forward_flops_per_token(proxy_cfg, L)
+  fwd_t = flops.forward_flops_per_token(target_cfg, L) if target_cfg is not None and cfg.gamma else 0.0
+  hvps = solvers.matvec_count(cfg.solver, cfg.solver_iters)
+  mixed = flops.score_train_flops_per_token(proxy_cfg, L) + (
+      flops.jvp_flops_per_token(proxy_cfg, L) if cfg.mixed == "jvp" else flops.hvp_flops_per_token(proxy_cfg, L))
+  per_token = (cfg.inner_steps * (train_p + score_f + fwd_t) + train_p + fwd_t + score_f
+               + hvps * flops.hvp_flops_per_token(proxy_cfg, L) + mixed)
   return per_token * batch_size * L

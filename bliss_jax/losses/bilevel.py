@@ -3,7 +3,8 @@
   (G)  G(θp, θs) = Σ_i P_i·L_i(θp) + γ·KL + λ‖θp‖²     lower level: the proxy θp on a candidate batch
   (P)  P = softmax(s) over the GLOBAL batch, s_i = score_model(θs; ξ_i)
   (F)  F(θp) = token-mean CE on the reference batch     upper level (only loss-carrying tokens: a task with a context,
-                                                        as LAMBADA, puts loss weight on the continuation only)
+                                                        as LAMBADA, puts loss weight on the continuation only; the
+                                                        proxy reads every row causally, as it was trained)
 L_i is the per-sample mean token CE. KL and ‖θp‖² are not weighted by P; the target's logits are constants (the
 current target checkpoint). The KL is a token mean over the batch's loss-carrying tokens, in the direction
 `kl_direction`: "target_proxy" = Σ p_LLM(log p_LLM − log p_proxy) (the reference code's) or "proxy_target" (the
@@ -14,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax.tree_utils as otu
 
-from bliss_jax.losses.lm import token_cross_entropy
+from bliss_jax.losses.lm import model_logits, token_cross_entropy
 
 WEIGHTINGS = ("softmax", "normalized")
 KL_DIRECTIONS = ("target_proxy", "proxy_target")
@@ -73,3 +74,11 @@ def upper_objective(logits: jax.Array, batch: dict) -> jax.Array:
   """(F): token-mean CE over the reference batch's loss-carrying tokens."""
   w = batch["decoder_loss_weights"].astype(jnp.float32)
   return jnp.sum(token_cross_entropy(logits, batch["decoder_target_tokens"]) * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+def reference_objective(model, params, batch: dict) -> jax.Array:
+  """(F) of `model` on a reference batch: causal attention on every row, prefix-LM rows included (their
+  `decoder_causal_attention` is ignored; the context is excluded by the loss weights only, as the reference code
+  scores LAMBADA)."""
+  causal = {k: v for k, v in batch.items() if k != "decoder_causal_attention"}
+  return upper_objective(model_logits(model, params, causal), batch)

@@ -37,7 +37,7 @@ from bliss_jax.bilevel.step import BilevelConfig, step_flops
 from bliss_jax.data import pipeline as data_pipeline
 from bliss_jax.data.keyed import example_keys
 from bliss_jax.models.config import count_params
-from bliss_jax.models.flops import forward_flops_per_token, train_flops_per_token
+from bliss_jax.models.flops import score_forward_flops_per_token, train_flops_per_token
 from bliss_jax.models.score_model import score_batch
 from bliss_jax.pipelines import common
 from bliss_jax.pipelines.stages import run_stage
@@ -99,7 +99,7 @@ def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.Tr
         variants: Optional[Dict[str, dict]] = None, pool_split: str = "pool", seed: int = 0,
         score_batch_size: int = 64, eval_batches: int = 8, eval_max_batches: Optional[int] = None,
         selection_report: bool = False, reset_proxy: bool = True, variant_rounds: Optional[int] = None,
-        variant_train_target: bool = True, progress_bar: bool = True) -> dict:
+        variant_train_target: bool = True, target_lr_halving: bool = False, progress_bar: bool = True) -> dict:
   """Run (or resume) BLISS and random selection over `rounds` rounds; returns the report (also `root/report.json`).
 
   Args:
@@ -114,6 +114,7 @@ def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.Tr
     variant_rounds / variant_train_target: the variants (ablations) run only their first `variant_rounds` rounds
       and, with `variant_train_target=False`, only bilevel → score → select in them (the selection's composition is
       compared; no target steps). Round 1 of every method starts from the same round-0 target and warmed-up proxy.
+    target_lr_halving: the target's schedule times 0.5^r in round r (the paper's per-round halving), every method.
   """
   variants = dict(variants or {})
   configs = {"bliss": bilevel, **{k: dataclasses.replace(bilevel, **v) for k, v in variants.items()}}
@@ -126,6 +127,8 @@ def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.Tr
   if target.num_steps % (rounds + 1):
     raise ValueError(f"target.num_steps={target.num_steps} must divide into rounds + 1 = {rounds + 1} rounds")
   S, L, B = target.num_steps // (rounds + 1), target.sequence_length, target.batch_size
+  if target_lr_halving:
+    target = target.replace(optimizer=dataclasses.replace(target.optimizer, halve_every=S))
   if proxy.sequence_length != L:
     raise ValueError(f"proxy.sequence_length={proxy.sequence_length} != target's {L}: they score the same chunks")
   eval_task = eval_task or pool_task
@@ -246,7 +249,7 @@ def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.Tr
                                               progress=progress_bar)
           tokens = int(table.num_tokens.sum())
           return {"store": os.path.join(d, "store"), "scored_examples": len(table), "scored_tokens": tokens,
-                  "flops": forward_flops_per_token(proxy_cfg, L) * tokens}
+                  "flops": score_forward_flops_per_token(proxy_cfg, L) * tokens}
         scored = run_stage(root, f"{m}_r{r}_score", do_score, {"score_model": bilevel_res["model_dir"]})
 
       def do_select(d, r=r, pool_keys=pool_keys, scored=scored):

@@ -12,7 +12,7 @@ Stages (each resumable, under `root/`):
   student_<name>  students at equal training compute: `miniplm` (CE on the selection, repeated to the step budget),
                   `miniplm_prx` (CE on the proxy's selection),
                   `plain` (CE on the whole remaining pool), `vanilla_kd` (forward KL to the teacher on the pool, with
-                  the step count cut to match FLOPs: steps·3N_s / (3N_s + N_t))
+                  the step count cut to match FLOPs: steps·C_s / (C_s + C_t), `vanilla_kd_steps`)
   eval            held-out loss / accuracy of every student on the same split
 """
 import dataclasses
@@ -25,7 +25,7 @@ import numpy as np
 from bliss_jax.data.keyed import example_keys
 from bliss_jax.data.pipeline import vocabulary_size
 from bliss_jax.losses.kd import make_kd_loss
-from bliss_jax.models.config import count_params
+from bliss_jax.models import flops
 from bliss_jax.pipelines import common
 from bliss_jax.pipelines.stages import run_stage
 from bliss_jax.selection import offline_scoring, rules, score_store, scorers
@@ -43,9 +43,10 @@ def split_reference(keys: Sequence[str], fraction: float, seed: int):
   return [k for k, r in zip(keys, in_ref) if r], [k for k, r in zip(keys, in_ref) if not r]
 
 
-def vanilla_kd_steps(steps: int, student_params: int, teacher_params: int) -> int:
-  """FLOP-matched Vanilla KD steps (MiniPLM §3.1): T · 3N_s / (3N_s + N_t) (a teacher forward is 2N_t per token)."""
-  return int(steps * 3 * student_params / (3 * student_params + teacher_params))
+def vanilla_kd_steps(steps: int, student_train_flops: float, teacher_forward_flops: float) -> int:
+  """FLOP-matched Vanilla KD steps (MiniPLM §3.1): T · C_s / (C_s + C_t), C_s the student's train-step FLOPs and C_t
+  the teacher's forward FLOPs per token (`models.flops`; with C = 6N and 2N, the paper's T · 3N_s / (3N_s + N_t))."""
+  return int(steps * student_train_flops / (student_train_flops + teacher_forward_flops))
 
 
 def run(*, root: str, pool_task: str, student: common.TrainSpec, reference: common.TrainSpec,
@@ -153,9 +154,9 @@ def run(*, root: str, pool_task: str, student: common.TrainSpec, reference: comm
 
       def fn(d):
         from bliss_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
-        n_t = count_params(checkpoints.read_model_config(teacher_dir))
-        n_s = count_params(student_cfg)
-        steps = vanilla_kd_steps(student.num_steps, n_s, n_t) if vanilla_kd_match_flops else student.num_steps
+        c_s = flops.train_flops_per_token(student_cfg, L)
+        c_t = flops.forward_flops_per_token(checkpoints.read_model_config(teacher_dir), L)
+        steps = vanilla_kd_steps(student.num_steps, c_s, c_t) if vanilla_kd_match_flops else student.num_steps
         res = common.train_on_task(
             d, student.replace(num_steps=steps), f"{prefix}_miniplm_pool", frozen_model_dirs={"teacher": teacher_dir},
             loss_factory=lambda m, fm: make_kd_loss(m, fm, omega=kd_omega, rho=kd_rho), **train_kw)
@@ -190,12 +191,14 @@ def _run_prx(root, pool_task, pool_split, L, cand_keys, scored, reference_dir, a
     sample = proxy_regression.sample_keys(cand_keys, sample_fraction, seed)
     rows = proxy_regression.collect_rows(pool_task, pool_split, L, {k: exact[k] for k in sample})
     _, lm_params = checkpoints.load_params(reference_dir)
-    params, losses = proxy_regression.fit(model, lm_params, rows, steps=steps, batch_size=min(32, len(sample)),
+    fit_batch = min(32, len(sample))
+    params, losses = proxy_regression.fit(model, lm_params, rows, steps=steps, batch_size=fit_batch,
                                           learning_rate=learning_rate, seed=seed)
     with open(params_path, "wb") as f:
       f.write(flax.serialization.to_bytes(params))
     return {"n_sample": len(sample), "mse_first": losses[0], "mse_last": losses[-1],
-            "target_variance": float(np.var(rows["target"]))}
+            "target_variance": float(np.var(rows["target"])),
+            "fit_flops": flops.score_train_flops_per_token(model.cfg, L) * steps * fit_batch * L}
   fit = run_stage(root, "prx_fit", do_fit, {"fraction": sample_fraction, "steps": steps, "lr": learning_rate})
 
   def do_predict(d):
@@ -219,5 +222,6 @@ def _run_prx(root, pool_task, pool_split, L, cand_keys, scored, reference_dir, a
                                           score_store.select_keys(table, chosen, "original")),
             "spearman_vs_exact": float(np.corrcoef(rank(pred), rank(true))[0, 1]),
             "selection_overlap_with_exact": float(len(set(chosen) & set(exact_chosen)) / max(len(chosen), 1)),
-            "predicted_tokens": int(table.num_tokens.sum()), **fit}
+            "predicted_tokens": int(table.num_tokens.sum()),
+            "predict_flops": flops.score_forward_flops_per_token(model.cfg, L) * int(table.num_tokens.sum()), **fit}
   return run_stage(root, "prx_select", do_predict, {"alpha": alpha, "fit": fit})

@@ -1,12 +1,12 @@
 """The BLISS bilevel loop: T jit-compiled bilevel steps (`bilevel.step`), resumable, with metrics and checkpoints.
 
 `run_bilevel` loads the warmed-up proxy (re-loaded every round, as the reference implementation does), the score
-model (from the proxy's backbone with a zero head in round 1, or a previous round's score model) and the current
+model (from the proxy's backbone with a new Linear(d, 1) head in round 1, or a previous round's score model) and the current
 target checkpoint (constants of the KL term), lays them out on the mesh, and runs `num_steps` steps. Each step reads
 K_in unpacked candidate batches (one example per row: the weights P are per example) and one reference batch.
 Checkpoints hold the whole `BilevelState` and the two streams' positions, so a rerun continues exactly; the final
 score model is written to MODEL_DIR/score (orbax) with MODEL_DIR/model_config.json (the backbone's shape) and
-MODEL_DIR/score_model.json ({"sigmoid": ...}).
+MODEL_DIR/score_model.json ({"sigmoid": ..., "pooling": ...}).
 """
 import json
 import logging
@@ -21,7 +21,7 @@ import tqdm
 
 from bliss_jax import partitioning
 from bliss_jax.bilevel.step import BilevelConfig, build_bilevel_functions
-from bliss_jax.models.score_model import ScoreModel, from_lm_params
+from bliss_jax.models.score_model import ScoreModel, from_lm_params, init_head
 from bliss_jax.training import checkpoints, metric_writers
 from bliss_jax.training.trainer import NonFiniteLossError, abstract_params
 
@@ -30,10 +30,10 @@ def _score_dir(model_dir):
   return os.path.join(os.path.abspath(model_dir), "score")
 
 
-def save_score_model(model_dir: str, params, backbone_cfg, sigmoid: bool) -> None:
+def save_score_model(model_dir: str, params, backbone_cfg, sigmoid: bool, pooling: str) -> None:
   checkpoints.write_model_config(model_dir, backbone_cfg)
   with open(os.path.join(model_dir, "score_model.json"), "w") as f:
-    json.dump({"sigmoid": sigmoid}, f)
+    json.dump({"sigmoid": sigmoid, "pooling": pooling}, f)
   if not os.path.exists(_score_dir(model_dir)):
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(_score_dir(model_dir), params)
@@ -47,8 +47,9 @@ def load_score_model(model_dir: str, abstract=None):
     raise FileNotFoundError(f"no score model at {path}: has the bilevel stage in {model_dir} finished?")
   cfg = checkpoints.read_model_config(model_dir)
   with open(os.path.join(model_dir, "score_model.json")) as f:
-    sigmoid = json.load(f)["sigmoid"]
-  return ScoreModel(cfg, sigmoid=sigmoid), ocp.StandardCheckpointer().restore(path, abstract)
+    meta = json.load(f)
+  return (ScoreModel(cfg, sigmoid=meta["sigmoid"], pooling=meta.get("pooling", "tokens")),
+          ocp.StandardCheckpointer().restore(path, abstract))
 
 
 def _stack_global(local_batches, sharding):
@@ -69,7 +70,7 @@ def run_bilevel(*, model_dir: str, proxy_dir: str, target_dir: Optional[str], tr
     reference rows (split "train", repeating), each yielding this process's rows of the global batch.
   target_dir / target_step: the current target checkpoint (needed when cfg.gamma > 0).
   score_init_dir: a previous `run_bilevel` MODEL_DIR whose score model starts this one (default: the proxy's
-    backbone with a zero Linear(d, 1) head).
+    backbone with a Linear(d, 1) head initialised as `cfg.score_head_init` says, seeded by `cfg.seed`).
   proxy_state_dir: a previous `run_bilevel` MODEL_DIR whose final proxy starts this one (default: `proxy_dir`'s
     latest checkpoint, the reference implementation's reset); it must have the same BilevelConfig.
   stop_at_step: leave after this step (checkpointed), as a pre-empted job would.
@@ -101,8 +102,7 @@ def run_bilevel(*, model_dir: str, proxy_dir: str, target_dir: Optional[str], tr
       if score_init_dir is not None:
         _, score_params = load_score_model(score_init_dir, fns.abstract_state.score)
       else:
-        head = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), fns.abstract_state.score["head"])
-        score_params = from_lm_params(proxy_params, head)
+        score_params = from_lm_params(proxy_params, init_head(proxy_cfg.d_model, cfg.score_head_init, cfg.seed))
       state, start = fns.init(proxy_params, score_params), 0
     else:
       state, data = restored
@@ -139,7 +139,7 @@ def run_bilevel(*, model_dir: str, proxy_dir: str, target_dir: Optional[str], tr
     writer.flush()
     manager.close()
     if last == num_steps:
-      save_score_model(model_dir, jax.device_get(state.score), proxy_cfg, cfg.sigmoid)
+      save_score_model(model_dir, jax.device_get(state.score), proxy_cfg, cfg.sigmoid, cfg.score_pooling)
   return metrics
 
 

@@ -39,6 +39,7 @@ class OptimizerConfig:
   final_fraction: float = 0.1
   decay_fraction: float = 0.2
   decay_shape: str = "linear"
+  halve_every: int = 0  # > 0: the schedule times 0.5^⌊step / halve_every⌋
   weight_decay: float = 0.1
   b1: float = 0.9
   b2: float = 0.95
@@ -165,7 +166,7 @@ def make_tx(optimizer: OptimizerConfig, num_steps: int):
   schedule = optimizers.make_schedule(
       optimizer.schedule, peak_lr=optimizer.peak_lr, total_steps=num_steps, warmup_steps=optimizer.warmup_steps,
       final_fraction=optimizer.final_fraction, decay_fraction=optimizer.decay_fraction,
-      decay_shape=optimizer.decay_shape)
+      decay_shape=optimizer.decay_shape, halve_every=optimizer.halve_every)
   tx = optimizers.make_optimizer(optimizer.name, schedule=schedule, weight_decay=optimizer.weight_decay,
                                  b1=optimizer.b1, b2=optimizer.b2, clip_norm=optimizer.clip_norm)
   return tx, schedule
