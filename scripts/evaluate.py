@@ -5,8 +5,8 @@ r"""Zero-shot evaluation of a trained MODEL_DIR, lm-evaluation-harness style.
       --tasks=hellaswag,arc_easy,lambada_openai --limit=200 --output_dir=/tmp/run/eval
 
 Loads MODEL_DIR/model_config.json and the latest checkpoint's parameters (or --step), scores every task's requests
-with the batched jitted scorer (`bliss_jax.eval.loglikelihood`), writes OUTPUT_DIR/results.json (the harness's
-layout) and OUTPUT_DIR/results.md, and prints the table.
+with the batched jitted scorer (`bliss_jax.eval.loglikelihood`; every row starts with id 0, as training's do),
+writes OUTPUT_DIR/results.json (the harness's layout) and OUTPUT_DIR/results.md, and prints the table.
 
 Flags:
   --model_dir DIR            a training run's directory (model_config.json, checkpoints/).
@@ -154,7 +154,8 @@ def main(argv):
   results = harness.run_eval(
       score_fn, tasks, args.data_dir, args.limit, files=files, log=print,
       config={"model": "bliss_jax", "model_dir": os.path.abspath(args.model_dir), "step": int(step),
-              "vocabulary": args.vocabulary, "batch_size": args.batch_size, "max_length": args.max_length,
+              "vocabulary": args.vocabulary, "start_id": loglikelihood.START_ID, "batch_size": args.batch_size,
+              "max_length": args.max_length,
               "model_config": dataclasses.asdict(cfg), "num_devices": jax.device_count()})
   results["config"]["eval_seconds"] = round(time.time() - start, 1)
   markdown = harness.to_markdown(results)

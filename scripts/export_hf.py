@@ -2,12 +2,14 @@
 r"""Export a trained MODEL_DIR to a Hugging Face `transformers` model directory (for lm-evaluation-harness).
 
   python scripts/export_hf.py --model_dir=/tmp/run --out_dir=/tmp/run/hf [--step=N] [--vocabulary=PATH]
-  lm_eval --model hf --model_args pretrained=/tmp/run/hf,dtype=float32 --tasks hellaswag
+  lm_eval --model hf --model_args pretrained=/tmp/run/hf,dtype=float32,add_bos_token=True --tasks hellaswag
 
-Writes OUT_DIR/model.safetensors, config.json, generation_config.json, spiece.model, tokenizer_config.json and
-bliss_jax_export.json (see `bliss_jax.export.hf`). LayerNorm (Pythia-style) models become GPTNeoXForCausalLM,
-RMSNorm (Llama/Qwen/SALT-style) models LlamaForCausalLM; a shape neither can compute is refused with the field
-that prevents it. Needs `safetensors` (pip install -e '.[export]'); torch and transformers only to use the result.
+Writes OUT_DIR/model.safetensors, config.json, generation_config.json, tokenizer.model, tokenizer_config.json and
+bliss_jax_export.json (see `bliss_jax.export.hf`). The tokenizer prepends id 0 as its bos, the id every training
+example starts with, so lm-evaluation-harness scores the rows our own harness scores (by default from 0.4.9.2;
+`add_bos_token=True` makes 0.4.2-0.4.9.1 do it too). LayerNorm (Pythia-style) models become GPTNeoXForCausalLM,
+RMSNorm (Llama/Qwen/SALT-style) models LlamaForCausalLM; a shape neither can compute is refused with the field that
+prevents it. Needs `safetensors` (pip install -e '.[export]'); torch and transformers (5) only to use the result.
 
 Flags:
   --model_dir DIR            a training run's directory (model_config.json, checkpoints/).

@@ -12,8 +12,11 @@ import pytest
 from pydoc_data import topics
 
 from bliss_jax import partitioning
+from bliss_jax.data import pipeline
+from bliss_jax.data import seqio_tasks
 from bliss_jax.data import vocabulary as vocab_lib
 from bliss_jax.eval import harness, loglikelihood, metrics, readers
+from bliss_jax.losses.lm import model_logits, token_cross_entropy
 from bliss_jax.models.config import preset
 from bliss_jax.models.transformer import Transformer
 from bliss_jax.training import checkpoints
@@ -146,11 +149,15 @@ class CharVocab:
     return [ord(c) for c in s]
 
 
-def test_encode_pair_moves_trailing_space_and_handles_empty_context():
+def test_encode_pair_starts_the_context_and_moves_trailing_space():
   v = CharVocab()
-  assert loglikelihood.encode_pair(v, "Answer: ", "yes") == (v.encode("Answer:"), v.encode(" yes"))
-  assert loglikelihood.encode_pair(v, "Answer:", " yes") == (v.encode("Answer:"), v.encode(" yes"))
-  assert loglikelihood.encode_pair(v, "", " yes") == ([1], v.encode(" yes"))
+  assert loglikelihood.START_ID == 0
+  assert loglikelihood.encode_pair(v, "Answer: ", "yes") == ([0] + v.encode("Answer:"), v.encode(" yes"))
+  assert loglikelihood.encode_pair(v, "Answer:", " yes") == ([0] + v.encode("Answer:"), v.encode(" yes"))
+  assert loglikelihood.encode_pair(v, "", " yes") == ([0], v.encode(" yes"))
+  # Without a start id: nothing prepended, the end-of-sequence id before an empty context's continuation.
+  assert loglikelihood.encode_pair(v, "Answer:", " yes", None) == (v.encode("Answer:"), v.encode(" yes"))
+  assert loglikelihood.encode_pair(v, "", " yes", None) == ([1], v.encode(" yes"))
 
 
 @pytest.fixture(scope="module")
@@ -169,8 +176,66 @@ def test_sentencepiece_pairs_split_at_the_delimiter(spm_vocab):
                readers.MultipleChoice("y", "", ("The cat sat", "The dog sat"), 1, continuation="on the mat.")]:
     for context, continuation in item.requests():
       ctx, cont = loglikelihood.encode_pair(spm_vocab, context, continuation)
-      assert ctx == spm_vocab.encode(context) and cont == spm_vocab.encode(continuation)
-      assert ctx + cont == spm_vocab.encode(context + continuation)
+      assert ctx == [0] + spm_vocab.encode(context) and cont == spm_vocab.encode(continuation)
+      assert ctx + cont == [0] + spm_vocab.encode(context + continuation)
+
+
+# Harness requests whose context ends at a token boundary of the whole text (so both sides score the same tokens);
+# one with an empty context, one whose trailing space moves to the continuation.
+LAYOUT_ITEMS = [("Question: What is a list?\nAnswer:", " a sequence of values"),
+                ("The loop ends when", " the list is empty."),
+                ("", "The statement of a value is assigned to each name."),
+                ("Answer: ", "yes"),
+                ("Attribute references are", " primaries followed by a period and a name.")]
+
+
+@pytest.fixture(scope="module")
+def trained_like(tiny):
+  """The tiny model with O(1) random parameters: init's 0.02 scale makes every next-token distribution nearly
+  uniform, which would hide what the model conditions on."""
+  model, params, _, _ = tiny
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+  leaves = [x + 0.5 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
+  return model, jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_harness_rows_are_laid_out_as_training_sees_a_document(trained_like, spm_vocab, pack):
+  """The harness's log-likelihood of each continuation equals the sum of the per-token log-probs the model gives the
+  same text read as a document through the training path (SeqIO task, `DecoderFeatureConverter`, packed or not)."""
+  model, params = trained_like
+  docs = [(f"item:{i}", context + continuation) for i, (context, continuation) in enumerate(LAYOUT_ITEMS)]
+  seqio_tasks.register_document_task("eval_layout", lambda: docs, spm_vocab, validation_fraction=0.0)
+  ds = pipeline.get_dataset("eval_layout", "train", 48, 2, shuffle=False, seed=0, pack=pack, repeat=False,
+                            drop_remainder=False)
+  training = {}  # whole text's ids -> (per-token log p of its targets, decoder inputs), one per document
+  most_segments = 0
+  for batch in ds.as_numpy_iterator():
+    logp = -np.asarray(token_cross_entropy(model_logits(model, params, batch), batch["decoder_target_tokens"]))
+    for row in range(len(logp)):
+      segments = batch["decoder_segment_ids"][row]
+      most_segments = max(most_segments, segments.max())
+      for s in range(1, segments.max() + 1):
+        on = segments == s
+        targets = batch["decoder_target_tokens"][row][on].tolist()
+        assert targets[-1] == spm_vocab.eos_id
+        training[tuple(targets[:-1])] = (logp[row][on][:-1], batch["decoder_input_tokens"][row][on].tolist())
+  assert len(training) == len(LAYOUT_ITEMS) and (most_segments > 1) == pack
+
+  score_fn = loglikelihood.make_score_fn(model, params, spm_vocab, batch_size=BATCH, max_length=MAX_LEN,
+                                         length_buckets=BUCKETS, progress=False)
+  results = score_fn(LAYOUT_ITEMS)
+  for (context, continuation), result in zip(LAYOUT_ITEMS, results):
+    whole = spm_vocab.encode(context + continuation)
+    ctx, cont = loglikelihood.encode_pair(spm_vocab, context, continuation)
+    logp, inputs = training[tuple(whole)]
+    assert inputs == [0] + whole  # what training feeds: 0, then the document (whose EOS is the last target)
+    assert result.num_tokens == len(cont) and whole[len(whole) - len(cont):] == cont
+    want = float(np.sum(logp[-len(cont):]))
+    print(f"pack={pack} {context!r} + {continuation!r}: harness {result.logprob:.6f}, training path {want:.6f}")
+    assert result.logprob == pytest.approx(want, abs=2e-4, rel=1e-6), (context, continuation)
+    assert ctx + cont == inputs and len(inputs) <= MAX_LEN + 1  # the same row, not truncated
 
 
 # --- Metrics ------------------------------------------------------------------------------------------------------

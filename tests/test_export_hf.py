@@ -1,5 +1,6 @@
-"""Hugging Face export: the exported model's PyTorch logits match ours, the tokenizer reproduces seqio's ids, and
-unexportable shapes are refused with the field named.
+"""Hugging Face export: the exported model's PyTorch logits match ours, the tokenizer reproduces seqio's ids behind
+the bos 0, lm-evaluation-harness's continuation log-likelihoods on the export equal our harness's, and unexportable
+shapes are refused with the field named.
 
 The PyTorch side (model and tokenizer loading, logits) runs in one subprocess for all cases and needs torch and
 transformers (`pip install -e '.[export]'`); those tests skip without them. The export itself, the config,
@@ -15,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bliss_jax.eval import loglikelihood, readers
 from bliss_jax.export import hf
 from bliss_jax.models.config import PRESETS, preset
 from bliss_jax.models.transformer import Transformer
@@ -101,6 +103,40 @@ for name, case in job["cases"].items():
   result["cases"][name] = {"class": type(model).__name__,
                            "loading_info": {k: sorted(map(str, v)) for k, v in info.items()}}
 tok = transformers.AutoTokenizer.from_pretrained(job["tokenizer_dir"])
+
+
+# lm-evaluation-harness 0.4.9.2+ for a causal HF model: TemplateLM.loglikelihood, _encode_pair and HFLM.tok_encode
+# with its default add_bos_token=None (the tokenizer's own special tokens).
+def harness_encode(context, continuation):
+  if context == "":
+    cont = tok.encode(continuation, add_special_tokens=False)
+    prefix = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    return ([prefix], cont) if prefix != cont[0] else (cont[:1], cont[1:])
+  n_spaces = len(context) - len(context.rstrip())
+  if n_spaces:
+    context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+  whole, ctx = tok.encode(context + continuation), tok.encode(context)
+  return ctx, whole[len(ctx):]
+
+
+ll = job["loglikelihood"]
+result["loglikelihood"] = {}
+for name in ll["cases"]:
+  model = transformers.AutoModelForCausalLM.from_pretrained(job["cases"][name]["dir"], torch_dtype=torch.float32)
+  model.eval()
+  max_length = model.config.max_position_embeddings  # HFLM.max_length
+  rows = []
+  for context, continuation in ll["requests"]:
+    ctx, cont = harness_encode(context, continuation)
+    inp = (ctx + cont)[-(max_length + 1):][:-1]  # HFLM._loglikelihood_tokens
+    with torch.no_grad():
+      logits = torch.log_softmax(model(torch.tensor([inp])).logits[0].float(), -1)
+    logits = logits[len(inp) - len(cont):len(inp)]
+    target = torch.tensor(cont)
+    rows.append({"context_ids": ctx, "continuation_ids": cont,
+                 "logprob": float(logits.gather(1, target[:, None]).sum()),
+                 "is_greedy": bool((logits.argmax(-1) == target).all())})
+  result["loglikelihood"][name] = rows
 result["tokenizer"] = {
     "class": type(tok).__name__, "len": len(tok),
     "special": [tok.eos_token_id, tok.pad_token_id, tok.unk_token_id, tok.bos_token_id],
@@ -117,6 +153,19 @@ json.dump(result, open(job["result"], "w"))
 TOKENIZER_EDGE_CASES = ["", " ", "  two  spaces\n\ttab", "trailing ", "naïve café ½ ﬁ 日本語",
                         "a </s> b <unk> <pad> c", "x <extra_id_0> y<extra_id_1>", "1,234.56 -- (x)=>y",
                         "Attribute references\n********************\n\nAn attribute"]
+
+
+LOGLIKELIHOOD_CASES = ["llama_gqa_untied", "neox_pythia"]
+MAX_LENGTH = 64  # the exports' max_position_embeddings: lm-evaluation-harness's max_length for them
+
+
+def harness_requests(long_text):
+  """(context, continuation) requests as our readers make them (ARC-style multiple choice, LAMBADA), an empty
+  context, a context ending in a space, and a context longer than MAX_LENGTH tokens (left-truncated, bos and all)."""
+  arc = readers.MultipleChoice("arc", "Question: Which keyword defines a function?\nAnswer:", ("def", "lambda x"), 0)
+  lambada = readers.Lambada("lambada", "The loop runs until the list is", "empty")
+  return (arc.requests() + lambada.requests() + [("", "The statement assigns a value."), ("Answer: ", "yes"),
+                                                  (long_text[:600], " the end of it.")])
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +195,8 @@ def hf_results(exports, tmp_path_factory):
   vocab = vocabulary.default_vocabulary()
   decode_ids = list(vocab.encode(texts[0][:500]))
   job = {"cases": {}, "result": str(work / "result.json"), "tokenizer_dir": exports[sorted(CASES)[0]][2],
-         "texts": texts, "decode_ids": decode_ids, "extra_tokens": ["▁<extra_id_0>", "▁<extra_id_99>"]}
+         "texts": texts, "decode_ids": decode_ids, "extra_tokens": ["▁<extra_id_0>", "▁<extra_id_99>"],
+         "loglikelihood": {"cases": LOGLIKELIHOOD_CASES, "requests": harness_requests(texts[0])}}
   jax_logits = {}
   rng = np.random.default_rng(0)
   for name, (cfg, params, out_dir) in exports.items():
@@ -174,13 +224,14 @@ def hf_results(exports, tmp_path_factory):
 def test_export_writes_the_files_and_config(exports, name):
   cfg, _, out_dir = exports[name]
   assert sorted(os.listdir(out_dir)) == sorted([
-      "model.safetensors", "config.json", "generation_config.json", "spiece.model", "tokenizer_config.json",
+      "model.safetensors", "config.json", "generation_config.json", "tokenizer.model", "tokenizer_config.json",
       "bliss_jax_export.json"])
   with open(os.path.join(out_dir, "config.json")) as f:
     config = json.load(f)
   assert config["architectures"] == [hf.GPT_NEOX if name.startswith("neox") else hf.LLAMA]
   assert config["vocab_size"] == VOCAB and config["tie_word_embeddings"] == cfg.tie_embeddings
-  assert (config["eos_token_id"], config["pad_token_id"], config["bos_token_id"]) == (1, 0, None)
+  assert (config["eos_token_id"], config["pad_token_id"], config["bos_token_id"]) == (1, 0, 0)
+  assert hf.BOS_ID == loglikelihood.START_ID
   with open(os.path.join(out_dir, "bliss_jax_export.json")) as f:
     assert json.load(f)["step"] == STEP
 
@@ -205,13 +256,35 @@ def test_tokenizer_reproduces_seqio_ids(hf_results):
   tok, vocab = hf_results["tokenizer"], hf_results["vocabulary"]
   assert tok["class"] == hf.TOKENIZER_CLASS
   assert tok["len"] == vocab.vocab_size == 2148
-  assert tok["special"] == [1, 0, 2, None]  # eos, pad, unk, bos
+  assert tok["special"] == [1, 0, 2, 0]  # eos, pad, unk, bos
   assert tok["extra_ids"] == [vocab.vocab_size - 1, vocab.vocab_size - 100]  # <extra_id_0> has the highest id
   for text, ids, ids_no_special in zip(hf_results["texts"], tok["ids"], tok["ids_no_special"]):
     want = list(vocab.encode(text))
-    assert ids == want, text[:80]
+    assert ids == [0] + want, text[:80]  # the bos 0 every training example starts with, then seqio's ids
     assert ids_no_special == want, text[:80]
   assert tok["decoded"] == vocab.decode(hf_results["decode_ids"])
+
+
+@pytest.mark.parametrize("name", LOGLIKELIHOOD_CASES)
+def test_harness_loglikelihood_matches_transformers_on_the_export(exports, hf_results, name):
+  """Continuation log-likelihoods from transformers on the export, tokenized as lm-evaluation-harness tokenizes for
+  an HF model whose tokenizer adds a bos, equal our harness's on the same parameters: same ids, same numbers."""
+  cfg, params, _ = exports[name]
+  vocab = hf_results["vocabulary"]
+  requests = harness_requests(hf_results["texts"][0])
+  ours = loglikelihood.make_score_fn(Transformer(cfg), params, vocab, batch_size=4, max_length=MAX_LENGTH,
+                                     progress=False)(requests)
+  theirs = hf_results["loglikelihood"][name]
+  assert len(theirs) == len(requests)
+  for (context, continuation), mine, hf_row in zip(requests, ours, theirs):
+    ctx, cont = loglikelihood.encode_pair(vocab, context, continuation)
+    assert hf_row["context_ids"][0] == 0 and ctx[0] == 0, context[:40]
+    assert (hf_row["context_ids"], hf_row["continuation_ids"]) == (ctx, cont), context[:40]
+    print(f"{name}: {context[:30]!r} + {continuation[:20]!r}: ours {mine.logprob:.6f}, "
+          f"transformers {hf_row['logprob']:.6f}")
+    assert mine.logprob == pytest.approx(hf_row["logprob"], abs=1e-4, rel=1e-6), (context[:40], continuation)
+    assert mine.is_greedy == hf_row["is_greedy"]
+  assert len(ctx) + len(cont) > MAX_LENGTH + 1  # the last request was left-truncated (its bos with it)
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -287,7 +360,7 @@ def test_cli_exports_a_model_dir(exports, tmp_path):
   model_dir = os.path.join(os.path.dirname(out_dir), "model")
   cli_dir = export_hf.main([f"--model_dir={model_dir}", f"--out_dir={tmp_path / 'cli'}", f"--step={STEP}",
                             "--max_length=64"])
-  for name in ("config.json", "generation_config.json", "spiece.model", "tokenizer_config.json"):
+  for name in ("config.json", "generation_config.json", "tokenizer.model", "tokenizer_config.json"):
     with open(os.path.join(out_dir, name), "rb") as a, open(os.path.join(cli_dir, name), "rb") as b:
       assert a.read() == b.read(), name
   want = safetensors_numpy.load_file(os.path.join(out_dir, "model.safetensors"))

@@ -5,14 +5,17 @@ For a (context, continuation) pair of token lists, with the continuation c_1..c_
   logprob = Σ_{j=1..m} log p(c_j | x, c_<j),   num_tokens = m,   is_greedy = ∀j: c_j = argmax_v p(v | x, c_<j).
 
 Each pair is one row, as the harness packs it: the sequence x ++ c is cut to its last `max_length + 1` tokens (the
-context is left-truncated), the row's inputs are all but its last token and its targets all but its first, and the
-last m target positions carry the continuation. Rows are right-padded (segment id 0, which attends only to padding)
-to a length bucket and batches to `batch_size` rows, so a handful of shapes (one per bucket) are compiled once and
-reused for every task.
+context, its start id first, is left-truncated), the row's inputs are all but its last token and its targets all but
+its first, and the last m target positions carry the continuation. Rows are right-padded (segment id 0, which attends
+only to padding) to a length bucket and batches to `batch_size` rows, so a handful of shapes (one per bucket) are
+compiled once and reused for every task.
 
-Tokenisation (`encode_pair`) is the harness's `_encode_pair`: trailing whitespace of the context moves to the
-front of the continuation, then continuation = encode(context + continuation)[len(encode(context)):]. An empty
-context is replaced by the end-of-sequence token, as the harness does with its end-of-text token.
+Tokenisation (`encode_pair`) is the harness's `_encode_pair` for a tokenizer that prepends a BOS: trailing whitespace
+of the context moves to the front of the continuation, continuation = encode(context + continuation)[len(encode(
+context)):], and the context is `[START_ID] + encode(context)`, or `[START_ID]` alone when empty. `START_ID` = 0 is
+what every training example starts with: SeqIO's decoder inputs are the targets shifted right behind a 0 (the pad
+id). So a row is laid out as training lays out a document (0, then its tokens), and as lm-evaluation-harness lays it
+out for the Hugging Face export, whose tokenizer prepends 0 as its BOS (`bliss_jax.export.hf`).
 """
 from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -26,6 +29,7 @@ from bliss_jax import partitioning
 from bliss_jax.losses.lm import token_cross_entropy
 
 TokenPair = Tuple[Sequence[int], Sequence[int]]
+START_ID = 0  # SeqIO's shifted-right decoder inputs begin every example with the pad id 0.
 
 
 class LoglikelihoodResult(NamedTuple):
@@ -35,19 +39,23 @@ class LoglikelihoodResult(NamedTuple):
   is_greedy: bool
 
 
-def encode_pair(vocabulary, context: str, continuation: str) -> Tuple[List[int], List[int]]:
-  """Token ids of (context, continuation), harness style (see module docstring).
+def encode_pair(vocabulary, context: str, continuation: str,
+                start_id: Optional[int] = START_ID) -> Tuple[List[int], List[int]]:
+  """Token ids of (context, continuation), harness style (see module docstring): the context ids begin with
+  `start_id`, and an empty context is `[start_id]`.
 
-  `vocabulary` needs `encode(str) -> list[int]` and `eos_id` (any seqio vocabulary).
+  `vocabulary` needs `encode(str) -> list[int]` and `eos_id` (any seqio vocabulary). `start_id=None` prepends
+  nothing and puts `eos_id` before an empty continuation, the harness's layout for a tokenizer without a BOS.
   """
   n_spaces = len(context) - len(context.rstrip())
   if n_spaces:
     context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+  start = [] if start_id is None else [start_id]
   if not context:
-    return [vocabulary.eos_id], list(vocabulary.encode(continuation))
+    return start or [vocabulary.eos_id], list(vocabulary.encode(continuation))
   whole = list(vocabulary.encode(context + continuation))
   context_ids = list(vocabulary.encode(context))
-  return context_ids, whole[len(context_ids):]
+  return start + context_ids, whole[len(context_ids):]
 
 
 def row_length(pair: TokenPair, max_length: int) -> int:
@@ -66,7 +74,7 @@ def pack_rows(pairs: Sequence[TokenPair], batch_size: int, length: int) -> dict:
     if not continuation:
       raise ValueError(f"pair {i}: empty continuation (nothing to score)")
     if not context:
-      raise ValueError(f"pair {i}: empty context (use the end-of-sequence token, as encode_pair does)")
+      raise ValueError(f"pair {i}: empty context (it holds at least the start id, as encode_pair makes it)")
     if len(continuation) > length:
       raise ValueError(f"pair {i}: continuation of {len(continuation)} tokens does not fit in {length} positions")
     seq = (list(context) + list(continuation))[-(length + 1):]
@@ -125,6 +133,8 @@ def make_token_scorer(model, params, *, batch_size: int = 32, max_length: int = 
                       step_fn: Optional[Callable] = None) -> Callable[[Sequence[TokenPair]], List[LoglikelihoodResult]]:
   """`score(pairs) -> [LoglikelihoodResult]` for (context ids, continuation ids) pairs, in the order given.
 
+  The pairs are scored as given: context ids begin with the start id (`encode_pair` makes them so).
+
   Args:
     model, params: a `Transformer` and its (unboxed) parameters.
     batch_size: rows per forward pass; the last batch is padded to it. With `mesh`, a multiple of its "data" size.
@@ -175,13 +185,13 @@ def make_token_scorer(model, params, *, batch_size: int = 32, max_length: int = 
   return score
 
 
-def make_score_fn(model, params, vocabulary, **kwargs) -> Callable[[Sequence[Tuple[str, str]]],
-                                                                   List[LoglikelihoodResult]]:
-  """`score_fn(pairs of (context, continuation) strings) -> [LoglikelihoodResult]`: `encode_pair`, then
-  `make_token_scorer(model, params, **kwargs)`. This is the score function `harness.run_eval` takes."""
+def make_score_fn(model, params, vocabulary, *, start_id: Optional[int] = START_ID,
+                  **kwargs) -> Callable[[Sequence[Tuple[str, str]]], List[LoglikelihoodResult]]:
+  """`score_fn(pairs of (context, continuation) strings) -> [LoglikelihoodResult]`: `encode_pair(..., start_id)`,
+  then `make_token_scorer(model, params, **kwargs)`. This is the score function `harness.run_eval` takes."""
   token_scorer = make_token_scorer(model, params, **kwargs)
 
   def score_fn(pairs: Sequence[Tuple[str, str]]) -> List[LoglikelihoodResult]:
-    return token_scorer([encode_pair(vocabulary, c, x) for c, x in pairs])
+    return token_scorer([encode_pair(vocabulary, c, x, start_id) for c, x in pairs])
 
   return score_fn

@@ -5,8 +5,8 @@
 --model_args pretrained=OUT_DIR`):
 
 * `model.safetensors`: the parameters, float32, in the layout of the HF class below (`convert_params`).
-* `config.json`: the HF config (`hf_config`); `generation_config.json`: eos / pad ids.
-* `spiece.model` + `tokenizer_config.json`: the tokenizer (`tokenizer_files`).
+* `config.json`: the HF config (`hf_config`); `generation_config.json`: bos / eos / pad ids.
+* `tokenizer.model` + `tokenizer_config.json`: the tokenizer (`tokenizer_files`).
 * `bliss_jax_export.json`: provenance (source MODEL_DIR, step, `ModelConfig`, vocabulary path).
 
 Which HF class (`architecture`):
@@ -17,6 +17,13 @@ Which HF class (`architecture`):
 * `norm="rmsnorm"` (tiny, Qwen, TinyLlama, SALT presets) -> `LlamaForCausalLM`. Needs a gated MLP ("swiglu":
   `hidden_act="silu"`, "geglu": `hidden_act="gelu"`, exact in both), sequential residual and rotary on every
   head dim; any number of kv heads (MHA / GQA / MQA), any `head_dim`, tied or untied.
+
+Token ids: pad 0, eos 1, unk 2 (our vocabularies' T5 conventions), and bos 0. Every example a model here trained on
+began with id 0 (SeqIO's decoder inputs are the targets shifted right behind the pad id), so the export declares 0
+its BOS and its tokenizer prepends it: `AutoTokenizer(...)(text)["input_ids"]` is `[0] + ids`. lm-evaluation-harness
+(0.4.9.2+ by default; 0.4.2-0.4.9.1 only with `add_bos_token=True`, and those also prepend 0 to an empty
+context's continuation) then builds each row as `[0] + context ids + continuation ids` and uses `[0]` for an empty
+context, which is what `bliss_jax.eval.loglikelihood` does, so both measure the same numbers. No eos is appended.
 
 A shape the chosen class cannot compute raises `ValueError` naming the `ModelConfig` field. Where our model has
 fewer biases than the HF class (q/k/v-only biases, or none in GPT-NeoX whose MLP always has them), the missing
@@ -32,17 +39,20 @@ Why the two computations agree (checked against transformers 5.23; the test comp
 * Attention scale 1/sqrt(head_dim), no embedding scaling, norms with the same eps (LayerNorm with the biased
   variance, RMSNorm = x * rsqrt(mean(x^2) + eps) * scale), logits = final-normed hidden @ head (or embedding^T).
 
-The tokenizer is exported as `BertGenerationTokenizer` over seqio's SentencePiece model proto (see
+The tokenizer is exported as transformers' `SentencePieceBackend` over seqio's SentencePiece model proto (see
 `tokenizer_files`), so `AutoTokenizer` runs the SentencePiece library itself and reproduces
-`seqio.SentencePieceVocabulary.encode` ids exactly.
+`seqio.SentencePieceVocabulary.encode` ids exactly, behind the bos.
 
 Caveats: the weights are float32 whatever `ModelConfig.dtype` was; a model trained with bfloat16 activations
 evaluated in float32 by HF differs from our bfloat16 forward pass by bfloat16 rounding, not by the export.
 config.json's vocab_size is the padded embedding (e.g. 2176 rows for 2148 tokenizer ids); the padding rows were
 never targets, so they get negligible probability, but sampling could in principle emit an id the tokenizer
-cannot decode. Load the exported model in a process that has not imported TensorFlow first (seqio does):
-transformers' modeling code pulls in torch._dynamo, whose LLVM then aborts the process ("LLVM ERROR:
-inconsistency in registered CommandLine options"); lm-evaluation-harness runs in its own process, so is unaffected.
+cannot decode. The tokenizer needs transformers 5 (`SentencePieceBackend`; 4.x cannot load it), and its bos
+comes from `special_tokens_pattern`, which transformers' `save_pretrained` does not write back: re-saving the
+tokenizer drops the bos (re-export instead). Load the exported model in a process that has not imported
+TensorFlow first (seqio does): transformers' modeling code pulls in torch._dynamo, whose LLVM then aborts the
+process ("LLVM ERROR: inconsistency in registered CommandLine options"); lm-evaluation-harness runs in its own
+process, so is unaffected.
 
 This module needs numpy (and `safetensors` to write the weights); it never imports torch or transformers.
 """
@@ -58,13 +68,14 @@ from bliss_jax.models.config import ModelConfig
 
 LLAMA = "LlamaForCausalLM"
 GPT_NEOX = "GPTNeoXForCausalLM"
-TOKENIZER_CLASS = "BertGenerationTokenizer"
-SPM_FILE = "spiece.model"
+TOKENIZER_CLASS = "SentencePieceBackend"
+SPM_FILE = "tokenizer.model"  # the file name SentencePieceBackend loads
 WEIGHTS_FILE = "model.safetensors"
 PROVENANCE_FILE = "bliss_jax_export.json"
 DEFAULT_MAX_POSITION_EMBEDDINGS = 2048
 EXTRA_IDS = 100
 PAD_ID, EOS_ID = 0, 1
+BOS_ID = 0  # = bliss_jax.eval.loglikelihood.START_ID, the id every training example begins with
 
 # The ModelConfig fields this exporter understands. Any other field (one added to ModelConfig later) must keep its
 # default, or `hf_config` refuses, since it cannot know whether the HF class computes it.
@@ -148,8 +159,7 @@ def hf_config(cfg: ModelConfig, *, max_position_embeddings: int = DEFAULT_MAX_PO
   use_parallel_residual, rotary_fraction -> rotary_pct, use_bias or qkv_bias -> attention_bias. The rotary
   settings are also written as transformers 5's `rope_parameters`; the legacy keys keep 4.x readers working.
 
-  Token ids follow the T5 conventions of our vocabularies: pad 0, eos 1, no bos (so lm-evaluation-harness
-  conditions an empty context on eos, as `bliss_jax.eval.loglikelihood` does).
+  Token ids: pad 0, eos 1, bos 0 (the start id every training example begins with; see the module docstring).
 
   Args:
     cfg: the model's shape.
@@ -165,7 +175,7 @@ def hf_config(cfg: ModelConfig, *, max_position_embeddings: int = DEFAULT_MAX_PO
       intermediate_size=cfg.d_ff, num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
       tie_word_embeddings=cfg.tie_embeddings, attention_bias=cfg.use_bias or cfg.qkv_bias,
       max_position_embeddings=max_position_embeddings, attention_dropout=0.0, initializer_range=0.02,
-      use_cache=True, bos_token_id=None, eos_token_id=EOS_ID, pad_token_id=PAD_ID, dtype="float32",
+      use_cache=True, bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID, dtype="float32",
       torch_dtype="float32")
   theta = float(cfg.rope_theta)
   if architecture(cfg) == GPT_NEOX:
@@ -337,17 +347,18 @@ def tokenizer_files(vocabulary_path: Optional[str] = None, *, extra_ids: int = E
                     model_max_length: int = DEFAULT_MAX_POSITION_EMBEDDINGS) -> Tuple[Dict[str, bytes], int]:
   """The tokenizer's files {name: bytes} and its number of ids.
 
-  `spiece.model` is seqio's SentencePiece model proto (`SentencePieceVocabulary.sp_model`): the trained model
+  `tokenizer.model` is seqio's SentencePiece model proto (`SentencePieceVocabulary.sp_model`): the trained model
   with the `extra_ids` sentinels appended as user-defined pieces "▁<extra_id_N>" (N = extra_ids - 1 at the first
   appended id, N = 0 at the last), exactly as seqio encodes with it. `tokenizer_config.json` names
-  `BertGenerationTokenizer`, the transformers class (in 4.x and 5.x) that wraps a bare SentencePiece model with
-  the SentencePiece library itself and adds no special tokens, with bos / sep unset and eos `</s>` (1),
-  unk `<unk>` (2), pad `<pad>` (0). So `AutoTokenizer(...)(text)["input_ids"]` equals seqio's
-  `vocabulary.encode(text)`, with or without `add_special_tokens` (no eos is appended; T5Tokenizer would append
-  one, and its `tokenizers`-library Unigram breaks ties between equal-score segmentations differently from
-  SentencePiece, so its ids differ on some texts). `split_special_tokens` is on, so a literal "</s>" in text is
-  encoded as characters, as seqio does. Decoding differs from seqio only in how unknown pieces are shown
-  ("<unk>" instead of " ⁇ ").
+  `SentencePieceBackend`, transformers 5's class that wraps a bare SentencePiece model with the SentencePiece
+  library itself, with `special_tokens_pattern="bos"` (prepend the bos, append nothing), bos `<pad>` (0, see the
+  module docstring), eos `</s>` (1), unk `<unk>` (2), pad `<pad>` (0), sep unset; `add_bos_token: true` states the
+  same for readers that look for that key. So `AutoTokenizer(...)(text)["input_ids"]` is `[0] +
+  vocabulary.encode(text)`, and `vocabulary.encode(text)` with `add_special_tokens=False`. (T5Tokenizer would append
+  an eos, and its `tokenizers`-library Unigram breaks ties between equal-score segmentations differently from
+  SentencePiece, so its ids differ on some texts.) `split_special_tokens` is on, so a literal "</s>" or "<pad>" in
+  text is encoded as characters, as seqio does. Decoding differs from seqio only in how unknown pieces are shown
+  ("<unk>" instead of " ⁇ ") and in showing a bos as "<pad>" unless `skip_special_tokens`.
 
   Args:
     vocabulary_path: the SentencePiece model the run was trained with (default: the embedded corpus's,
@@ -358,7 +369,8 @@ def tokenizer_files(vocabulary_path: Optional[str] = None, *, extra_ids: int = E
   from bliss_jax.data import vocabulary  # pylint: disable=g-import-not-at-top  (seqio is slow to import)
   path = vocabulary_path or vocabulary.default_vocabulary_path()
   vocab = vocabulary.load_vocabulary(path, extra_ids=extra_ids)
-  config = dict(tokenizer_class=TOKENIZER_CLASS, bos_token=None, sep_token=None, eos_token="</s>", unk_token="<unk>",
+  config = dict(tokenizer_class=TOKENIZER_CLASS, special_tokens_pattern="bos", add_bos_token=True,
+                add_eos_token=False, bos_token="<pad>", sep_token=None, eos_token="</s>", unk_token="<unk>",
                 pad_token="<pad>", model_max_length=model_max_length, split_special_tokens=True,
                 clean_up_tokenization_spaces=False)
   files = {SPM_FILE: vocab.sp_model, "tokenizer_config.json": _json_bytes(config)}
@@ -427,7 +439,7 @@ def export(model_dir: str, out_dir: str, step: Optional[int] = None, vocabulary_
   save_safetensors(tensors, os.path.join(out_dir, WEIGHTS_FILE), {"bliss_jax_step": str(step)})
   _write(os.path.join(out_dir, "config.json"), _json_bytes(config))
   _write(os.path.join(out_dir, "generation_config.json"),
-         _json_bytes({"bos_token_id": None, "eos_token_id": EOS_ID, "pad_token_id": PAD_ID}))
+         _json_bytes({"bos_token_id": BOS_ID, "eos_token_id": EOS_ID, "pad_token_id": PAD_ID}))
   for name, data in tok_files.items():
     _write(os.path.join(out_dir, name), data)
   provenance = {"model_dir": os.path.abspath(model_dir), "step": int(step), "architecture": architecture(cfg),

@@ -368,6 +368,7 @@ def _zero_shot(root, methods, model_dirs, train_task, tasks, limit, data_dir, ma
     return {}, None
   from bliss_jax.data import benchmark_mixture  # pylint: disable=g-import-not-at-top
   from bliss_jax.eval import harness  # pylint: disable=g-import-not-at-top
+  from bliss_jax.eval import loglikelihood  # pylint: disable=g-import-not-at-top
   if data_dir is None:
     data_dir = os.path.join(os.environ.get(benchmark_mixture.DATA_DIR_ENV_VAR) or benchmark_mixture.DEFAULT_DATA_DIR,
                             "eval")
@@ -377,7 +378,6 @@ def _zero_shot(root, methods, model_dirs, train_task, tasks, limit, data_dir, ma
 
   def do(d, m):
     import seqio  # pylint: disable=g-import-not-at-top
-    from bliss_jax.eval import loglikelihood  # pylint: disable=g-import-not-at-top
     from bliss_jax.models.transformer import Transformer  # pylint: disable=g-import-not-at-top
     model_dir = model_dirs[m][-1][1]
     step, params = checkpoints.load_params(model_dir)
@@ -389,7 +389,7 @@ def _zero_shot(root, methods, model_dirs, train_task, tasks, limit, data_dir, ma
     return {t: {k.split(",")[0]: v for k, v in r.items() if k != "alias"} for t, r in out["results"].items()}
   results = {m: run_stage(root, f"zero_shot_{m}", lambda d, m=m: do(d, m),
                           {"model_dir": _rel(model_dirs[m][-1][1], root), "tasks": list(tasks), "limit": limit,
-                           "max_length": max_length})
+                           "max_length": max_length, "start_id": loglikelihood.START_ID})
              for m in methods}
   return results, None
 
