@@ -3,8 +3,9 @@
 * ``embedded_default_ul2``: the denoisers over the documents (and splits) of ``embedded_default``, no mode
   tokens; tasks ``embedded_default_ul2_{causal_lm,prefix_lm,span_corruption,extreme_span_corruption}``.
 
-Train on a UL2 mixture with ``seqio_batch_source.feature_converter = 'prefix_lm'`` (``gin_configs/data/ul2.gin``),
-which puts the inputs under the prefix mask and the loss on the targets only. ``ul2_mixture`` (gin) registers
+Train on a UL2 mixture with ``seqio_batch_source.feature_converter = 'prefix_lm_shared'``
+(``gin_configs/data/ul2.gin``), which puts the inputs under the prefix mask and the loss on the targets only, with
+inputs and targets sharing the row (examples up to the whole row). ``ul2_mixture`` (gin) registers
 the denoisers over any task or mixture, e.g. the benchmark mixture (``gin_configs/data/benchmark_ul2.gin``).
 """
 from typing import Optional, Sequence
@@ -34,7 +35,7 @@ def ul2_mixture(base: str = gin.REQUIRED,
     rates: causal LM : prefix LM : span corruption : extreme span corruption.
     mode_tokens: None, ``'extra_ids'`` or ``{'R': id, 'S': id, 'X': id}`` (``ul2.mode_token_ids``).
     t5_edges: span placement exactly as T5.
-    example_length: most tokens per example; None: half the packed row.
+    example_length: most tokens per example; None: the whole row (``ul2.default_example_length``).
     vocabulary_path: a T5-convention SentencePiece model; None: the base task's vocabulary.
     extra_ids: sentinels appended to ``vocabulary_path``'s model.
   """

@@ -1,4 +1,5 @@
-"""KD loss (SALT eq. 4) against hand-computed values on a 3-token, 4-word example."""
+"""KD loss (SALT eq. 4) against hand-computed values on a 3-token, 4-word example; its token and per-sequence batch
+means (Algorithm 1) on packed rows."""
 import types
 
 import jax.numpy as jnp
@@ -59,3 +60,57 @@ def test_kd_loss_fn_means_over_loss_positions_and_checks_vocab():
     kd.make_kd_loss(student, {"teacher": Fake(TEACHER, 8)})
   with pytest.raises(ValueError, match="frozen model named 'teacher'"):
     kd.make_kd_loss(student, {})
+
+
+class _Fixed:
+  """A model whose logits are fixed ([B, T, V]); `cfg.vocab_size` as KD checks it."""
+
+  def __init__(self, logits):
+    self.logits, self.cfg = jnp.asarray(logits, jnp.float32), types.SimpleNamespace(vocab_size=len(logits[0][0]))
+
+  def apply(self, variables, tokens, **kw):
+    return self.logits
+
+
+# Two packed rows of 5 positions. Row 0: segment 1 = positions 0-2 (3 loss tokens), segment 2 = positions 3-4 (one
+# loss token, position 4 has weight 0); row 1: one segment of 2 loss tokens, then padding. 3 sequences, 6 tokens.
+ROWS_STUDENT = [STUDENT + STUDENT[:2], STUDENT[::-1] + STUDENT[:2]]
+ROWS_TEACHER = [TEACHER + TEACHER[1:], TEACHER[1:] + TEACHER]
+ROWS_TARGETS = [TARGETS + [2, 0], [3, 0, 1, 0, 0]]
+ROWS_SEGMENTS = [[1, 1, 1, 2, 2], [1, 1, 0, 0, 0]]
+ROWS_WEIGHTS = [[1, 1, 1, 1, 0], [1, 1, 0, 0, 0]]
+
+
+@pytest.mark.parametrize("omega", [0.0, 0.667])
+def test_kd_loss_sequence_and_token_means_hand_computed(omega):
+  per = [_hand(ROWS_STUDENT[r], ROWS_TEACHER[r], ROWS_TARGETS[r], omega, 0.25) for r in range(2)]
+  by_sequence = (np.mean(per[0][0:3]) + per[0][3] + np.mean(per[1][0:2])) / 3  # mean of the 3 sequences' means
+  by_token = (per[0][0:4].sum() + per[1][0:2].sum()) / 6
+  assert abs(by_sequence - by_token) > 0.05  # the two averages differ on this batch
+  batch = {"decoder_input_tokens": jnp.zeros((2, 5), jnp.int32), "decoder_target_tokens": jnp.array(ROWS_TARGETS),
+           "decoder_loss_weights": jnp.array(ROWS_WEIGHTS), "decoder_segment_ids": jnp.array(ROWS_SEGMENTS)}
+  models = (_Fixed(ROWS_STUDENT), {"teacher": _Fixed(ROWS_TEACHER)})
+  for average, want in (("sequence", by_sequence), ("token", by_token)):
+    loss, m = kd.make_kd_loss(*models, omega=omega, rho=0.25, average=average)({}, batch, None, {"teacher": {}})
+    assert float(loss) == pytest.approx(want, rel=1e-6) and float(m["num_tokens"]) == 6
+  assert float(m["loss"]) == pytest.approx(by_token, rel=1e-6) and "denominator" not in m  # token: weight = tokens
+  _, m = kd.make_kd_loss(*models, omega=omega, rho=0.25, average="sequence")({}, batch, None, {"teacher": {}})
+  assert float(m["num_sequences"]) == float(m["denominator"]) == 3  # the weight of gradient accumulation
+  if omega == 0.0:  # ω = 0 is the LM loss, averaged the same way
+    from bliss_jax.losses.lm import make_lm_loss  # pylint: disable=g-import-not-at-top
+    loss, _ = make_lm_loss(models[0], average="sequence")({}, batch, None)
+    assert float(loss) == pytest.approx(by_sequence, rel=1e-6)
+
+
+def test_salt_kd_loss_averages_per_sequence_by_default():
+  from bliss_jax.losses.salt import make_salt_kd_loss, salt_kd_loss_factory  # pylint: disable=g-import-not-at-top
+  per = [_hand(ROWS_STUDENT[r], ROWS_TEACHER[r], ROWS_TARGETS[r], 0.667, 0.25) for r in range(2)]
+  by_sequence = (np.mean(per[0][0:3]) + per[0][3] + np.mean(per[1][0:2])) / 3
+  batch = {"decoder_input_tokens": jnp.zeros((2, 5), jnp.int32), "decoder_target_tokens": jnp.array(ROWS_TARGETS),
+           "decoder_loss_weights": jnp.array(ROWS_WEIGHTS), "decoder_segment_ids": jnp.array(ROWS_SEGMENTS)}
+  models = (_Fixed(ROWS_STUDENT), {"teacher": _Fixed(ROWS_TEACHER)})
+  for loss_fn in (make_salt_kd_loss(*models, 0.667, 0.25), salt_kd_loss_factory(0.667, 0.25, n_kd=5)(*models)):
+    loss, _ = loss_fn({}, batch, None, {"teacher": {}}, jnp.int32(1))
+    assert float(loss) == pytest.approx(by_sequence, rel=1e-6)
+  with pytest.raises(ValueError, match="average"):
+    make_salt_kd_loss(*models, 0.667, 0.25, average="row")

@@ -71,10 +71,16 @@ def tiny_setup():
   return model, params, jax.tree.map(jnp.asarray, batch)
 
 
-def test_gradient_accumulation_equals_full_batch(tiny_setup):
+@pytest.mark.parametrize("average", ["token", "sequence"])
+def test_gradient_accumulation_equals_full_batch(tiny_setup, average):
   model, params, batch = tiny_setup
+  # packed rows with 1-3 segments, so that micro-batches hold different numbers of sequences (8 + 1 + 2 = 11 in all)
+  segments = np.ones((8, 16), np.int32)
+  segments[1, 6:] = 2
+  segments[2, 4:8], segments[2, 8:] = 2, 3
+  batch = dict(batch, decoder_segment_ids=jnp.asarray(segments))
   tx = optax.sgd(1.0)  # update = -grad, so parameters compare gradients exactly
-  loss_fn = make_lm_loss(model)
+  loss_fn = make_lm_loss(model, average=average)
   full = jax.jit(make_train_step(loss_fn, tx))
   accum = jax.jit(make_train_step(loss_fn, tx, num_microbatches=4))
   s_full, m_full = full(create_train_state(params, tx), batch, jax.random.PRNGKey(0))
@@ -82,4 +88,7 @@ def test_gradient_accumulation_equals_full_batch(tiny_setup):
   for a, b in zip(jax.tree.leaves(s_full.params), jax.tree.leaves(s_acc.params)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(m_full["loss"], m_acc["loss"], rtol=1e-6)
+  np.testing.assert_allclose(m_full["accuracy"], m_acc["accuracy"], rtol=1e-6)
   assert float(m_acc["num_tokens"]) == float(m_full["num_tokens"]) == 8 * 16 - 11 - 14
+  if average == "sequence":
+    assert float(m_acc["num_sequences"]) == float(m_full["num_sequences"]) == 11

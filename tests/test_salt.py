@@ -1,6 +1,7 @@
 """SALT / SALT_DS: ω(step) per transition strategy, the KD loss at a step, the teacher's absence after n_KD (jaxpr),
 bit-exact resumption on either side of n_KD, the SALT_DS score (eq. 11) by hand, a tiny end-to-end pipeline, and the
 paper-shaped steps traced abstractly."""
+import itertools
 import json
 import os
 import types
@@ -14,6 +15,7 @@ import pytest
 import seqio
 
 from bliss_jax import cli, partitioning
+from bliss_jax.data import pipeline as data_pipeline
 from bliss_jax.data import seqio_tasks, ul2
 from bliss_jax.data.synthetic import synthetic_source
 from bliss_jax.losses import kd
@@ -115,18 +117,38 @@ ROW1 = [np.log(4.0),                    # 1.3863
         0.0,                            # 3 logits above target 3
         np.log(e**3 + e**2 + e + 1) - 2,  # one above: 1.4402
         np.log(e + 3) - 1]              # 0.7437; the 5th position is padding
-# Odd count: the middle value; even count: the mean of the two middle values; no position: 0.
+# "zero" (eq. 11 as typeset): the median of all loss-carrying positions, out-of-top-k ones as 0. Odd count: the middle
+# value; even count: the mean of the two middle values; no position: 0.
 HAND_SCORES = [np.log(2 + 2 * e**5) - 5, ((np.log(e + 3) - 1) + np.log(4.0)) / 2, 0.0]
+# "remove" (the paper's prose, the default): the median of the in-top-k positions only; none: −1 (below any CE).
+# Row 0 keeps 0.3408 0.6999 | 1.3863 2.2110, row 1 keeps 0.7437 1.3863 1.4402.
+HAND_SCORES_REMOVED = [(np.log(2 + 2 * e**5) - 5 + np.log(4.0)) / 2, np.log(4.0), -1.0]
 
 
 def test_salt_ds_score_hand_computed():
-  got = salt_ds_score(jnp.array(LOGITS), jnp.array(TARGETS), jnp.array(WEIGHTS), k=2)
-  np.testing.assert_allclose(got, HAND_SCORES, rtol=1e-5)
+  args = (jnp.array(LOGITS), jnp.array(TARGETS), jnp.array(WEIGHTS))
+  np.testing.assert_allclose(salt_ds_score(*args, k=2, out_of_top_k="zero"), HAND_SCORES, rtol=1e-5)
   assert sorted(ROW0)[2] == pytest.approx(HAND_SCORES[0]) and np.median(ROW1) == pytest.approx(HAND_SCORES[1])
   # k = V: every token is in the top k and the score is the plain median CE (row 1: 0.7437 1.3863 | 1.4402 3.4402)
   row1_all = [np.log(4.0), np.log(e**3 + e**2 + e + 1), np.log(e**3 + e**2 + e + 1) - 2, np.log(e + 3) - 1]
-  assert float(salt_ds_score(jnp.array(LOGITS), jnp.array(TARGETS), jnp.array(WEIGHTS), k=4)[1]) == pytest.approx(
-      (row1_all[0] + row1_all[2]) / 2, rel=1e-5)
+  for mode in ("zero", "remove"):
+    assert float(salt_ds_score(*args, k=4, out_of_top_k=mode)[1]) == pytest.approx(
+        (row1_all[0] + row1_all[2]) / 2, rel=1e-5)
+
+
+def test_salt_ds_score_removes_out_of_top_k_losses_by_default():
+  """The paper's prose: the out-of-top-k losses are removed before the median, not counted as 0."""
+  args = (jnp.array(LOGITS), jnp.array(TARGETS), jnp.array(WEIGHTS))
+  np.testing.assert_allclose(salt_ds_score(*args, k=2), HAND_SCORES_REMOVED, rtol=1e-5)
+  assert np.median([v for v in ROW0 if v > 0]) == pytest.approx(HAND_SCORES_REMOVED[0])
+  assert np.median([v for v in ROW1 if v > 0]) == pytest.approx(HAND_SCORES_REMOVED[1])
+  # Most positions outside the top k: zeroing ties the row at 0, removing ranks it by its in-top-k losses.
+  logits = jnp.array([[[3.0, 2, 1, 0]] * 4])
+  targets, weights = jnp.array([[0, 3, 3, 3]]), jnp.ones((1, 4), jnp.int32)
+  assert float(salt_ds_score(logits, targets, weights, k=1, out_of_top_k="zero")[0]) == 0.0
+  assert float(salt_ds_score(logits, targets, weights, k=1)[0]) == pytest.approx(np.log(1 + e**-1 + e**-2 + e**-3))
+  with pytest.raises(ValueError, match="out_of_top_k"):
+    salt_ds_score(*args, k=2, out_of_top_k="drop")
 
 
 def test_top_k_membership_and_median_edges():
@@ -146,7 +168,9 @@ def test_scorer_columns():
   batch = {"decoder_input_tokens": jnp.zeros((3, 5), jnp.int32), "decoder_target_tokens": jnp.array(TARGETS),
            "decoder_loss_weights": jnp.array(WEIGHTS)}
   out = make_salt_ds_scorer(FixedLogits(), k=2, with_token_scores=True)({"logits": jnp.array(LOGITS)}, batch)
-  np.testing.assert_allclose(out["salt_ds"], HAND_SCORES, rtol=1e-5)
+  np.testing.assert_allclose(out["salt_ds"], HAND_SCORES_REMOVED, rtol=1e-5)
+  zeroed = make_salt_ds_scorer(FixedLogits(), k=2, out_of_top_k="zero")({"logits": jnp.array(LOGITS)}, batch)
+  np.testing.assert_allclose(zeroed["salt_ds"], HAND_SCORES, rtol=1e-5)
   np.testing.assert_allclose(out["tok_salt_ds"][0], ROW0, rtol=1e-5)
   np.testing.assert_allclose(out["tok_salt_ds"][1], ROW1 + [0.0], rtol=1e-5)
   np.testing.assert_allclose(out["frac_in_top_k"], [4 / 5, 3 / 4, 0.0])
@@ -207,9 +231,17 @@ def _docs(prefix, n, seed):
           for i in range(n)]
 
 
+def _random_docs(prefix, n, seed):
+  """Documents of random letters: no two chunks of them are equal, so a chunk is known by its tokens."""
+  rng = np.random.default_rng(seed)
+  return [(f"{prefix}:{i}", "".join(rng.choice(list("abcdefghij klmnop"), size=int(rng.integers(20, 150)))))
+          for i in range(n)]
+
+
 @pytest.fixture(scope="module")
 def fixture_tasks():
-  seqio_tasks.register_document_task("salt_fixture", lambda: _docs("t", 60, 3), VOCAB, validation_fraction=0.2)
+  seqio_tasks.register_document_task("salt_fixture", lambda: _random_docs("t", 60, 3), VOCAB,
+                                     validation_fraction=0.2)
   ul2.register_ul2_mixture("salt_fixture_ul2", "salt_fixture")
   seqio_tasks.register_document_task("salt_fixture_pool", lambda: _docs("p", 40, 2), VOCAB, validation_fraction=0.0)
 
@@ -241,9 +273,10 @@ def pipeline_report(tmp_path_factory, fixture_tasks):
   teacher = student.replace(model_config=preset("tiny_mqa", vocab_size=None, num_layers=1), num_steps=3)
   # SALT_DS, the student with every stage (scoring, selection, KD on the selection, then plain on the stream); the
   # other students are the same `train_segments` with other n_KD and no selection (see the resumption test). The
-  # plain LM objective keeps this test short; the UL2 pieces are tested above and in the paper-shaped trace.
+  # plain LM objective keeps this test short; the UL2 pieces are tested above and in the paper-shaped trace. The
+  # candidates are the stream's own documents (the paper's "remainder" once ζ_{n0}'s data is left out).
   kw = dict(root=str(tmp_path_factory.mktemp("salt")), task="salt_fixture", student=student, teacher=teacher,
-            scorer_step=2, n_kd=2, students=("salt_ds",), pool_task="salt_fixture_pool", pool_split="train",
+            scorer_step=2, n_kd=2, students=("salt_ds",), pool_task="salt_fixture", pool_split="train",
             score_batch_size=8, eval_fractions=(1.0,), mesh_data=1, devices=jax.devices()[:1], progress_bar=False)
   return kw, salt_pipeline.run(**kw)
 
@@ -277,11 +310,41 @@ def test_pipeline_selects_top_m_by_the_score(pipeline_report):
   assert all(v <= threshold for k, v in s.items() if k not in set(selected))
 
 
+def test_pipeline_scores_only_what_the_early_checkpoint_did_not_train_on(pipeline_report):
+  """The paper's "remainder": every chunk of the stream's documents except those in the first n0 = 2 batches of the
+  teacher's stream (found here by their tokens in those batches, as the teacher read them)."""
+  kw, report = pipeline_report
+  teacher = kw["teacher"]
+  batches = data_pipeline.seqio_batch_source("salt_fixture", batch_size=teacher.batch_size,
+                                             sequence_length=teacher.sequence_length, seed=teacher.seed)("train")
+  seen = set()
+  for batch in itertools.islice(batches, 2):
+    for tokens, ids in zip(batch["decoder_target_tokens"], batch["decoder_segment_ids"]):
+      seen |= {tuple(tokens[ids == i]) for i in range(1, ids.max() + 1)}
+  provider = seqio.get_mixture_or_task("salt_fixture")
+  chunks = {f"{x['doc_id'].decode()}#{x['chunk_index']}": tuple(x["targets"]) for x in provider.get_dataset(
+      {"targets": 32}, split="train", shuffle=False, num_epochs=1).as_numpy_iterator()}
+  assert len(set(chunks.values())) == len(chunks) and seen <= set(chunks.values())
+  remainder = {k for k, tokens in chunks.items() if tokens not in seen}
+  assert 10 < len(seen) and len(remainder) > 2 * 8  # more candidates than m = n_KD × batch
+  assert set(score_store.read_scores(report["scoring"]["store"]).keys()) == remainder
+  assert set(json.load(open(report["selection"]["selected"]))) <= remainder
+
+
+def test_pipeline_reports_the_tie_fraction(pipeline_report):
+  _, report = pipeline_report
+  s = score_store.read_scores(report["scoring"]["store"]).columns["salt_ds"]
+  values, counts = np.unique(s, return_counts=True)
+  assert report["selection"]["tie_fraction_pool"] == pytest.approx(counts.max() / len(s))
+  assert report["selection"]["tie_score_pool"] == pytest.approx(values[counts.argmax()])
+  assert report["config"]["out_of_top_k"] == "remove" and report["config"]["average"] == "sequence"
+
+
 def test_pipeline_rerun_reuses_every_stage(pipeline_report):
   import glob  # pylint: disable=g-import-not-at-top
   kw, report = pipeline_report
   marks = {p: os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(kw["root"], "*", "stage.json"))}
-  assert len(marks) == 5  # teacher, teacher_eval, score, select, student_salt_ds
+  assert len(marks) == 6  # teacher, teacher_eval, scorer_data, score, select, student_salt_ds
   again = salt_pipeline.run(**kw)
   assert {p: os.stat(p).st_mtime_ns for p in marks} == marks and again["summary"] == report["summary"]
 
@@ -319,6 +382,30 @@ def test_resume_on_either_side_of_the_switch_is_bit_exact(tmp_path, pipeline_rep
   assert resumed.last_train_metrics["loss"] == straight.last_train_metrics["loss"]
   rows = [r for r in map(json.loads, open(tmp_path / "segments" / "metrics.jsonl")) if r["split"] == "train"]
   assert [r["step"] for r in rows if "omega" in r] == [1, 2, 3] and [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+
+
+# --- the SALT configs: the paper's settings -----------------------------------------------------------------------------
+@pytest.mark.parametrize("config", ["methods/salt_cpu.gin", "paper/salt_2p8b.gin"])
+def test_salt_configs_follow_the_paper(config):
+  """UL2 examples that fill the row, evaluated at the full length; per-sequence means (Algorithm 1); eq. 11 with the
+  out-of-top-k losses removed; SALT_DS's candidates the stream's split less what ζ_{n0} trained on."""
+  import inspect  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  try:
+    cli.setup(cli.parse_args([f"--gin_file={config}"]))
+
+    def value(name):
+      try:
+        return gin.query_parameter(f"salt.{name}")
+      except ValueError:
+        return inspect.signature(salt_pipeline.run).parameters[name].default
+
+    assert value("eval_sequence_length") in (None, gin.query_parameter("%L"))
+    assert value("feature_converter") == "prefix_lm_shared"
+    assert (value("average"), value("out_of_top_k"), value("pool_split"), value("exclude_scorer_data")) == (
+        "sequence", "remove", "train", True)
+  finally:
+    gin.clear_config()
 
 
 # --- the paper's configuration, traced abstractly ---------------------------------------------------------------------

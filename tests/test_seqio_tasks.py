@@ -70,6 +70,9 @@ def test_split_tokens_reconstructs_documents_exactly():
       (b'a', 0, [3, 4, 5]), (b'a', 1, [6, 7, 8]), (b'a', 2, [9, 10, 11]), (b'a', 3, [12]),
       (b'b', 0, [7]),
       (b'd', 0, [20, 21, 22]), (b'd', 1, [23, 24, 25]), (b'd', 2, [26])]
+  # Each chunk's token offsets in its document.
+  assert [(int(x['chunk_start']), int(x['chunk_end'])) for x in examples] == [
+      (0, 3), (3, 6), (6, 9), (9, 10), (0, 1), (0, 3), (3, 6), (6, 7)]
   whole = seqio_tasks.split_tokens(_ragged_dataset(token_lists, ['a', 'b', 'c', 'd']), None)
   assert [x['targets'].tolist() for x in whole.as_numpy_iterator()] == [t for t in token_lists if t]
 

@@ -305,21 +305,24 @@ def test_mixture_rates(mixture):
     assert abs(counts[denoiser.name] / n - p) <= Z * math.sqrt(p * (1 - p) / n), (denoiser.name, counts)
 
 
-def test_packed_prefix_lm_features_are_consistent(mixture):
-  del mixture
-  length = 48
-  ds = pipeline.get_dataset('test_ul2', 'train', length, 8, shuffle=True, seed=7, repeat=True,
-                            feature_converter='prefix_lm')
+def _packed_rows(length, feature_converter, batches=12, rows=8):
+  """Checks every packed segment of the test mixture's batches; returns ([(segment length, objective)],
+  non-padding fraction, largest position)."""
+  ds = pipeline.get_dataset('test_ul2', 'train', length, rows, shuffle=True, seed=7, repeat=True,
+                            feature_converter=feature_converter)
   corpus = b'\n'.join(VOCAB.decode(VOCAB.encode(t)).encode() for _, t in _text_docs())
-  segments, filled = 0, 0
-  for batch in itertools.islice(ds.as_numpy_iterator(), 12):
-    for row in range(8):
+  mode_ids = ul2.mode_token_ids(VOCAB, 'extra_ids')
+  span_modes = {mode_ids['R'], mode_ids['X']}
+  segments, filled, largest = [], 0, 0
+  for batch in itertools.islice(ds.as_numpy_iterator(), batches):
+    for row in range(rows):
       x = {k: v[row] for k, v in batch.items()}
       seg = x['decoder_segment_ids']
       ids = seg[seg > 0]
       assert np.all(np.diff(ids) >= 0) and ids[0] == 1 and set(ids) == set(range(1, ids.max() + 1))
       assert np.all(seg[len(ids):] == 0)  # Padding only at the end.
       filled += len(ids)
+      largest = max(largest, int(x['decoder_positions'].max()))
       for s in range(1, ids.max() + 1):
         where = np.flatnonzero(seg == s)
         tokens = x['decoder_target_tokens'][where]
@@ -330,13 +333,52 @@ def test_packed_prefix_lm_features_are_consistent(mixture):
         assert np.array_equal(loss, (np.arange(len(where)) >= width).astype(int))
         assert np.array_equal(causal, (np.arange(len(where)) <= width).astype(int))  # Inputs + 1 position.
         assert np.array_equal(x['decoder_input_tokens'][where], np.concatenate([[0], tokens[:-1]]))
-        assert tokens[-1] == VOCAB.eos_id and tokens[0] in ul2.mode_token_ids(VOCAB, 'extra_ids').values()
+        assert tokens[-1] == VOCAB.eos_id and tokens[0] in mode_ids.values()
         text = ul2.fill_in_sentinels(tokens[1:width], tokens[width:], V, EXTRA_IDS - 3)
         assert VOCAB.decode(text).encode() in corpus  # The cut between inputs and targets is the real one.
-        segments += 1
+        # [S] alone is a causal-LM example's inputs; [S] + a prefix a prefix-LM example's.
+        objective = 'span_corruption' if tokens[0] in span_modes else 'causal_lm' if width == 1 else 'prefix_lm'
+        segments.append((len(where), objective))
       assert np.all(x['decoder_loss_weights'][len(ids):] == 0)
-  assert segments > 150
-  assert filled / (12 * 8 * length) > 0.9  # Two examples fill a row (example_length = L / 2).
+  return segments, filled / (batches * rows * length), largest
+
+
+def test_packed_prefix_lm_features_are_consistent(mixture):
+  """seqio's split of the row (inputs <= L/2, targets <= L/2): examples of at most L/2 tokens, two to a row."""
+  del mixture
+  length = 48
+  segments, filled, largest = _packed_rows(length, 'prefix_lm')
+  assert len(segments) > 150
+  assert max(n for n, _ in segments) <= length // 2 and largest < length // 2
+  assert filled > 0.9  # Two examples fill a row (example_length = L / 2).
+
+
+def test_shared_row_examples_fill_the_row(mixture):
+  """The UL2 layout ('prefix_lm_shared'): a causal-LM chunk fills the whole row, prefix-LM and span-corruption
+  examples are longer than half the row (up to the row), and every position of the row is trained."""
+  del mixture
+  length = 48
+  segments, filled, largest = _packed_rows(length, 'prefix_lm_shared')
+  assert len(segments) > 60 and largest == length - 1
+  longest = {objective: max(n for n, o in segments if o == objective) for objective in ul2.OBJECTIVES}
+  assert longest['causal_lm'] == length  # [S] + 46 tokens + EOS.
+  assert all(longest[o] > length // 2 for o in ('prefix_lm', 'span_corruption'))
+  assert max(n for n, _ in segments) <= length
+  lengths = {'inputs': length, 'targets': length}
+  for denoiser in ul2.SALT_DENOISERS:  # The longest chunk's example fills the row up to a span's 2 sentinels.
+    n = ul2.chunk_length(denoiser, lengths, num_mode_tokens=1, max_sentinels=EXTRA_IDS - 3)
+    assert length - 2 <= ul2.example_total_length(denoiser, n, num_mode_tokens=1) <= length
+  print(f'shared row: {filled:.3f} of the tokens are not padding')
+
+
+def test_shared_row_converter_refuses_an_example_longer_than_the_row():
+  ds = tf.data.Dataset.from_tensors({'inputs': tf.constant([5, 6, 7]), 'targets': tf.constant([8, 9, 1])})
+  converter = pipeline.make_feature_converter('prefix_lm_shared')
+  (x,) = converter(ds, {'inputs': 6, 'targets': 6}).as_numpy_iterator()
+  assert x['decoder_target_tokens'].tolist() == [5, 6, 7, 8, 9, 1]
+  assert x['decoder_loss_weights'].tolist() == [0, 0, 0, 1, 1, 1]
+  with pytest.raises(tf.errors.InvalidArgumentError, match='longer than the shared row'):
+    list(converter(ds, {'inputs': 5, 'targets': 5}).as_numpy_iterator())
 
 
 def test_denoising_is_deterministic_per_seed():
@@ -370,4 +412,4 @@ def test_train_cli_with_ul2_gin(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'finished step 4' in result.stdout
   config = (tmp_path / 'config.gin').read_text()
-  assert "feature_converter = 'prefix_lm'" in config and "base = %UL2_BASE" in config
+  assert "feature_converter = 'prefix_lm_shared'" in config and "base = %UL2_BASE" in config

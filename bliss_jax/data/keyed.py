@@ -4,14 +4,21 @@ Scoring needs to map each score back to its document, which packing and seqio's 
 converter's output (the model features) is zipped with the example keys read from the same unshuffled, unpacked
 dataset, which the converter maps 1:1. Every batch has exactly `batch_size` rows (one compilation); the last one is
 padded with all-zero rows whose `valid` flag is False.
+
+`consumed_spans` replays a training stream and returns what its first batches trained on, as document token spans;
+`keyed_batches(..., exclude_spans=...)` leaves out every example that overlaps them (SALT_DS's "remainder").
 """
-from typing import Dict, Iterator, List, Optional
+import collections
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import seqio
 import tensorflow as tf
 
-from bliss_jax.data.pipeline import _add_unpacked_segments, task_feature_lengths
+from bliss_jax.data.pipeline import _add_unpacked_segments, get_dataset, make_feature_converter, task_feature_lengths
+
+Spans = Mapping[str, Sequence[Tuple[int, int]]]  # doc_id -> [(start, end)] token offsets in the document
+SPAN_FEATURES = ("doc_id", "chunk_start", "chunk_end")
 
 
 def _keys(features):
@@ -21,13 +28,35 @@ def _keys(features):
   return {"doc_id": features["doc_id"], "chunk_index": tf.cast(chunk, tf.int32)}
 
 
+def _overlaps_spans(spans: Spans):
+  """A `tf.data` predicate: does an example's `[chunk_start, chunk_end)` overlap a span of its document?"""
+  doc_ids = sorted(spans)
+  table = tf.lookup.StaticHashTable(
+      tf.lookup.KeyValueTensorInitializer(tf.constant(doc_ids, tf.string), tf.range(len(doc_ids), dtype=tf.int32)),
+      default_value=-1)
+  starts = tf.ragged.constant([[int(a) for a, _ in spans[d]] for d in doc_ids], dtype=tf.int32, ragged_rank=1)
+  ends = tf.ragged.constant([[int(b) for _, b in spans[d]] for d in doc_ids], dtype=tf.int32, ragged_rank=1)
+
+  def overlaps(features):
+    missing = [k for k in SPAN_FEATURES if k not in features]
+    if missing:
+      raise ValueError(f"examples lack {missing}: excluding spans needs chunks made by seqio_tasks.split_tokens")
+    i = table.lookup(features["doc_id"])
+    hit = lambda: tf.reduce_any((starts[i] < features["chunk_end"]) & (features["chunk_start"] < ends[i]))
+    return tf.cond(i >= 0, hit, lambda: tf.constant(False))
+
+  return overlaps
+
+
 def keyed_batches(name: str, split: str, sequence_length: int, batch_size: int, *, feature_converter: str = "decoder",
                   process_index: int = 0, process_count: int = 1, start_batch: int = 0,
-                  max_examples: Optional[int] = None) -> Iterator[Dict[str, np.ndarray]]:
+                  max_examples: Optional[int] = None,
+                  exclude_spans: Optional[Spans] = None) -> Iterator[Dict[str, np.ndarray]]:
   """Yields dicts with the decoder features plus `doc_id` (bytes), `chunk_index` and `valid` (bool), [batch_size].
 
   Reads the split once, in order, shard `process_index` of `process_count`; `start_batch` skips batches already
-  processed (resumption); `max_examples` caps the examples read (per process).
+  processed (resumption); `max_examples` caps the examples read (per process); `exclude_spans` leaves out every
+  example (of those) whose document tokens overlap one of the spans (`consumed_spans`).
   """
   provider = seqio.get_mixture_or_task(name)
   lengths = task_feature_lengths(sequence_length, feature_converter)
@@ -35,7 +64,10 @@ def keyed_batches(name: str, split: str, sequence_length: int, batch_size: int, 
                               shard_info=seqio.ShardInfo(index=process_index, num_shards=process_count))
   if max_examples is not None:
     base = base.take(max_examples)
-  features = seqio.DecoderFeatureConverter(pack=False)(base, lengths).map(_add_unpacked_segments)
+  if exclude_spans:
+    overlaps = _overlaps_spans(exclude_spans)
+    base = base.filter(lambda x: tf.logical_not(overlaps(x)))
+  features = make_feature_converter(feature_converter, pack=False)(base, lengths).map(_add_unpacked_segments)
   ds = tf.data.Dataset.zip((base.map(_keys), features)).batch(batch_size).skip(start_batch)
   for keys, batch in ds.prefetch(2).as_numpy_iterator():
     n = len(keys["doc_id"])
@@ -52,3 +84,50 @@ def example_keys(name: str, split: str, sequence_length: int, max_examples: Opti
   for b in keyed_batches(name, split, sequence_length, 64, max_examples=max_examples):
     keys += [f"{d.decode()}#{c}" for d, c, v in zip(b["doc_id"], b["chunk_index"], b["valid"]) if v]
   return keys
+
+
+def consumed_spans(name: str, split: str, sequence_length: int, batch_size: int, num_batches: int, *, seed: int,
+                   feature_converter: str = "decoder", pack: bool = True, process_count: int = 1) -> Dict[str, list]:
+  """What the first `num_batches` batches of a training stream hold, as `{doc_id: [(start, end), ...]}` token spans
+  of its documents (sorted, merged where they touch).
+
+  The stream is `pipeline.seqio_batch_source(name, batch_size=batch_size, sequence_length=sequence_length, seed=seed,
+  pack=pack, feature_converter=feature_converter)(split)` over `process_count` processes (each reads its shard). seqio
+  packs examples greedily in their order, so those batches hold exactly the first E examples of each shard's example
+  stream, E the number of packed segments (rows without packing); these are read again with their `doc_id` and
+  token offsets (`chunk_start`, `chunk_end`), and each one's tokens are checked against its packed segment.
+  """
+  lengths = task_feature_lengths(sequence_length, feature_converter)
+  provider = seqio.get_mixture_or_task(name)
+  extra = {} if isinstance(provider, seqio.Task) else {"passthrough_features": list(SPAN_FEATURES)}
+  spans = collections.defaultdict(list)
+  for p in range(process_count):
+    shard = seqio.ShardInfo(index=p, num_shards=process_count)
+    packed = get_dataset(name, split, sequence_length, batch_size // process_count, shuffle=split == "train",
+                         seed=seed, pack=pack, repeat=True, feature_converter=feature_converter, process_index=p,
+                         process_count=process_count)
+    segments = []
+    for batch in packed.take(num_batches).as_numpy_iterator():
+      for tokens, ids in zip(batch["decoder_target_tokens"], batch["decoder_segment_ids"]):
+        segments += [tokens[ids == s] for s in range(1, int(ids.max()) + 1)]
+    examples = provider.get_dataset(lengths, split=split, shuffle=split == "train", seed=seed, shard_info=shard,
+                                    num_epochs=None, use_cached=False, **extra)
+    for segment, x in zip(segments, examples.take(len(segments)).as_numpy_iterator()):
+      missing = [k for k in SPAN_FEATURES if k not in x]
+      if missing:
+        raise ValueError(f"{name}'s examples lack {missing}: they must be chunks made by seqio_tasks.split_tokens")
+      example = np.concatenate([x.get("inputs", np.zeros(0, np.int32)), x["targets"]])
+      if not np.array_equal(example, segment):
+        raise RuntimeError(f"replaying {name}:{split} did not give the examples of its packed batches")
+      spans[x["doc_id"].decode()].append((int(x["chunk_start"]), int(x["chunk_end"])))
+  return {doc: _merge(s) for doc, s in spans.items()}
+
+
+def _merge(spans: Sequence[Tuple[int, int]]) -> List[Tuple[int, int]]:
+  out = []
+  for a, b in sorted(spans):
+    if out and a <= out[-1][1]:
+      out[-1] = (out[-1][0], max(out[-1][1], b))
+    else:
+      out.append((a, b))
+  return out

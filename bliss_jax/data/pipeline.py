@@ -4,9 +4,20 @@ Every batch is a dict of int32 arrays of shape ``[batch_size, sequence_length]``
 
   ``decoder_target_tokens, decoder_input_tokens, decoder_loss_weights, decoder_segment_ids, decoder_positions``
 
-plus ``decoder_causal_attention`` for ``feature_converter='prefix_lm'``. These are the keys of seqio's
+plus ``decoder_causal_attention`` for the prefix-LM converters. These are the keys of seqio's
 ``DecoderFeatureConverter``; without packing seqio omits segment ids and positions, and ``get_dataset`` adds
 them (segment 1 on every non-padding token, positions 0, 1, ... there), so models see one format.
+
+Feature converters (``feature_converter``), for a row of ``L`` tokens:
+
+| name | task lengths | an example's inputs + targets |
+|---|---|---|
+| ``'decoder'`` | ``targets <= L`` | targets only |
+| ``'prefix_lm'`` | ``inputs <= L // 2``, ``targets <= L - L // 2`` | seqio's split of the row |
+| ``'prefix_lm_shared'`` | ``inputs <= L``, ``targets <= L`` | ``inputs + targets <= L`` (checked) |
+
+``'prefix_lm_shared'`` is for tasks that keep each example within the row themselves, as the UL2 denoisers
+(``data/ul2.py``) do: a causal-LM example can then fill the whole row.
 
 ``seqio_batch_source`` adapts all this to the trainer's ``BatchSource`` contract (global batch size, resumable
 ``BatchIterator`` with a ``position``).
@@ -17,21 +28,63 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-FEATURE_CONVERTERS = ('decoder', 'prefix_lm')
+FEATURE_CONVERTERS = ('decoder', 'prefix_lm', 'prefix_lm_shared')
+PREFIX_LM_CONVERTERS = ('prefix_lm', 'prefix_lm_shared')
 Batch = Dict[str, np.ndarray]
 
 
 def task_feature_lengths(sequence_length: int, feature_converter: str = 'decoder') -> Dict[str, int]:
   """Task lengths whose converted model length is ``sequence_length``.
 
-  ``decoder``: ``{'targets': L}``. ``prefix_lm``: inputs and targets share the sequence,
-  ``{'inputs': L // 2, 'targets': L - L // 2}``.
+  ``decoder``: ``{'targets': L}``. ``prefix_lm``: seqio's split of the row, ``{'inputs': L // 2, 'targets':
+  L - L // 2}``. ``prefix_lm_shared``: ``{'inputs': L, 'targets': L}``, the row shared by both.
   """
   if feature_converter not in FEATURE_CONVERTERS:
     raise ValueError(f'feature_converter must be one of {FEATURE_CONVERTERS}, got {feature_converter!r}')
   if feature_converter == 'decoder':
     return {'targets': sequence_length}
+  if feature_converter == 'prefix_lm_shared':
+    return {'inputs': sequence_length, 'targets': sequence_length}
   return {'inputs': sequence_length // 2, 'targets': sequence_length - sequence_length // 2}
+
+
+class SharedRowPrefixLMFeatureConverter(seqio.PrefixLMFeatureConverter):
+  """seqio's prefix-LM converter (inputs under the prefix mask, loss on the targets only) for task lengths
+  ``{'inputs': L, 'targets': L}`` and rows of ``L`` tokens: an example's inputs + targets may use the whole row
+  in any proportion. An example longer than the row raises an error instead of being cut."""
+
+  @staticmethod
+  def _row_length(task_feature_lengths: Mapping[str, int]) -> int:
+    if task_feature_lengths['inputs'] != task_feature_lengths['targets']:
+      raise ValueError(f'a shared row needs equal inputs and targets lengths, got {dict(task_feature_lengths)}')
+    return task_feature_lengths['targets']
+
+  def _concat_task_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
+    row = self._row_length(task_feature_lengths)
+    return {'targets': row, 'inputs_width': row, 'inputs_width_add_pos': row}
+
+  def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+    row = self._row_length(task_feature_lengths)
+
+    def check(features):
+      size = tf.size(features['inputs']) + tf.maximum(tf.size(features['targets']), 1)
+      with tf.control_dependencies([tf.debugging.assert_less_equal(
+          size, row, message=f'an example is longer than the shared row of {row} tokens')]):
+        return dict(features, inputs=tf.identity(features['inputs']))
+
+    return super()._convert_features(ds.map(check, num_parallel_calls=tf.data.AUTOTUNE), task_feature_lengths)
+
+  def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
+    return super().get_model_feature_lengths({'inputs': 0, 'targets': self._row_length(task_feature_lengths)})
+
+
+def make_feature_converter(feature_converter: str = 'decoder', pack: bool = True) -> seqio.FeatureConverter:
+  """The seqio converter for ``feature_converter`` (see the module docstring)."""
+  if feature_converter not in FEATURE_CONVERTERS:
+    raise ValueError(f'feature_converter must be one of {FEATURE_CONVERTERS}, got {feature_converter!r}')
+  if feature_converter == 'prefix_lm_shared':
+    return SharedRowPrefixLMFeatureConverter(loss_on_targets_only=True, pack=pack)
+  return seqio.DecoderFeatureConverter(pack=pack)
 
 
 def _add_unpacked_segments(features: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
@@ -69,7 +122,8 @@ def get_dataset(name: str,
     seed: seeds all shuffling and random preprocessing; the same seed gives the same batches.
     pack: pack several examples per row (seqio's packing); otherwise one example per row, padded.
     repeat: repeat forever (reshuffled each epoch); otherwise one epoch.
-    feature_converter: ``'decoder'`` (targets-only LM) or ``'prefix_lm'`` (the task must have ``inputs``).
+    feature_converter: ``'decoder'`` (targets-only LM), ``'prefix_lm'`` or ``'prefix_lm_shared'`` (the task
+      must have ``inputs``; see the module docstring).
     process_index: this process's index; it reads shard ``process_index`` of ``process_count`` disjoint
       shards of the source.
     process_count: the number of processes reading the data.
@@ -82,9 +136,9 @@ def get_dataset(name: str,
   lengths = task_feature_lengths(sequence_length, feature_converter)
   provider = seqio.get_mixture_or_task(name)
   if 'inputs' in lengths and 'inputs' not in provider.output_features:
-    raise ValueError(f"feature_converter='prefix_lm' needs a task with 'inputs'; {name!r} has only "
+    raise ValueError(f"feature_converter={feature_converter!r} needs a task with 'inputs'; {name!r} has only "
                      f'{sorted(provider.output_features)} (register it with objective="prefix_lm")')
-  converter = seqio.DecoderFeatureConverter(pack=pack)
+  converter = make_feature_converter(feature_converter, pack)
   ds = seqio.get_dataset(
       name,
       task_feature_lengths=lengths,

@@ -2,7 +2,8 @@
 
 A document task turns ``(doc_id, text)`` pairs into examples
 
-  ``{'targets': int32[<= L], 'doc_id': str, 'chunk_index': int32}``   (``objective='lm'``)
+  ``{'targets': int32[<= L], 'doc_id': str, 'chunk_index': int32, 'chunk_start': int32, 'chunk_end': int32}``
+  (``objective='lm'``)
 
 where ``L = sequence_length['targets']``: the text is tokenized, cut into consecutive chunks of at most ``L - 1``
 tokens (so that EOS fits; nothing is truncated away), and each chunk gets EOS. With ``objective='prefix_lm'``
@@ -10,7 +11,9 @@ each chunk (of at most ``I + T - 1`` tokens, ``I, T = sequence_length['inputs'],
 is further cut into ``inputs`` (no EOS) and ``targets`` (+ EOS) at a random point where both fit (see
 ``split_prefix``).
 
-``(doc_id, chunk_index)`` names every example, so per-example scores map back to documents.
+``(doc_id, chunk_index)`` names every example, so per-example scores map back to documents; ``[chunk_start,
+chunk_end)`` are the chunk's token offsets in its document, so chunks of one document cut at different lengths (the
+LM chunks of a task, the UL2 chunks over the same documents) can be matched by overlap.
 """
 import functools
 import hashlib
@@ -98,10 +101,10 @@ def split_tokens(dataset: tf.data.Dataset,
                  max_length: Optional[int] = None) -> tf.data.Dataset:
   """Splits ``feature_key`` into consecutive chunks of ``chunk_length(sequence_length, include_inputs)`` tokens.
 
-  Each chunk becomes an example with the document's other (scalar) features and an int32 ``chunk_index``
-  (0, 1, ...); concatenating a document's chunks in ``chunk_index`` order gives back its token sequence
-  exactly. A document with no tokens yields no examples; with ``sequence_length=None`` every non-empty
-  document is one chunk. ``max_length``, when given, is the chunk length instead (``sequence_length`` and
+  Each chunk becomes an example with the document's other (scalar) features, an int32 ``chunk_index``
+  (0, 1, ...) and its token offsets in the document, int32 ``chunk_start`` and ``chunk_end``; concatenating a
+  document's chunks in ``chunk_index`` order gives back its token sequence exactly. A document with no tokens
+  yields no examples; with ``sequence_length=None`` every non-empty document is one chunk. ``max_length``, when given, is the chunk length instead (``sequence_length`` and
   ``include_inputs`` are then ignored); the UL2 denoisers use it for their own length budgets.
   """
   if max_length is None:
@@ -119,6 +122,8 @@ def split_tokens(dataset: tf.data.Dataset,
     out = {k: tf.repeat(v[tf.newaxis], num_chunks, axis=0) for k, v in features.items() if k != feature_key}
     out[feature_key] = chunks
     out['chunk_index'] = tf.range(num_chunks, dtype=tf.int32)
+    out['chunk_start'] = tf.cast(starts, tf.int32)
+    out['chunk_end'] = tf.cast(starts + tf.cast(chunks.row_lengths(), starts.dtype), tf.int32)
     return out
 
   # `unbatch` leaves the chunks with a ragged_rank-0 RaggedTensorSpec (TF 2.21); the identity map turns that

@@ -1,10 +1,10 @@
 """UL2 denoisers for a decoder-only model, as SeqIO preprocessors, tasks and mixtures (SALT's pretraining mix).
 
 Every denoiser turns a chunk ``t`` of ``n`` document tokens into ``inputs`` (seen bidirectionally, no loss) and
-``targets`` (predicted causally, with the loss; EOS appended); ``PrefixLMFeatureConverter`` with
-``loss_on_targets_only=True`` (``pipeline.get_dataset(..., feature_converter='prefix_lm')``) concatenates them
-into one decoder sequence with ``decoder_causal_attention`` on the inputs (+1 position, seqio's convention) and
-loss weights on the targets only. An optional mode token ``m`` ([R]/[S]/[X], UL2 section 3.1.2) opens the inputs.
+``targets`` (predicted causally, with the loss; EOS appended); a prefix-LM feature converter
+(``pipeline.get_dataset(..., feature_converter='prefix_lm_shared')``) concatenates them into one decoder sequence
+with ``decoder_causal_attention`` on the inputs (+1 position, seqio's convention) and loss weights on the targets
+only. An optional mode token ``m`` ([R]/[S]/[X], UL2 section 3.1.2) opens the inputs.
 
 | denoiser | UL2 mode | inputs | targets |
 |---|---|---|---|
@@ -33,11 +33,14 @@ Lengths. Each denoiser cuts documents into chunks of the longest length ``n`` wh
 examples of at most ``example_length`` tokens (``chunk_length``). So seqio never trims anything away and every
 document token lands in exactly one example: filling the sentinels back in (``fill_in_sentinels``) and
 concatenating a document's chunks in ``chunk_index`` order gives back its tokens. An example's length is a
-deterministic function of ``n`` (``m + n + 1``, plus ``2 S`` sentinels for span corruption), and seqio packs
-greedily in order (a row is closed as soon as the next example does not fit), so ``example_length`` defaults to
-half the packed row, ``(I + T) // 2``: any two examples fill a row. (With the feature limits alone, ``I = T = L /
-2`` as ``pipeline`` sets them, span-corruption examples of 0.6 L-0.95 L leave most rows part-empty: 58-74% of
-the tokens were non-padding at L = 128, against 97% with the default.)
+deterministic function of ``n`` (``m + n + 1``, plus ``2 S`` sentinels for span corruption). ``example_length``
+defaults to ``min(I, T)`` (``default_example_length``), which is the whole row in the layout the UL2 mixtures are
+meant for, ``feature_converter='prefix_lm_shared'`` (``I = T = L``: inputs and targets share the row of ``L``
+tokens): a causal-LM chunk then fills a row (``m + n + 1 = L``), and prefix-LM and span-corruption examples
+(inputs with sentinels + targets with sentinels + EOS) are up to ``L`` tokens, so every position of the row is
+trained. Under seqio's split of the row (``feature_converter='prefix_lm'``, ``I = T = L / 2``) the same default is
+half the row, and ``example_length = L // 2`` with ``'prefix_lm_shared'`` gives those same examples: any two fill
+a row (97% of the tokens were non-padding at L = 128), but no position past ``L / 2`` is ever trained.
 """
 import dataclasses
 import functools
@@ -185,8 +188,9 @@ def output_lengths(denoiser: Denoiser, n: int, num_mode_tokens: int = 0, t5_edge
 
 
 def default_example_length(sequence_length: Mapping[str, int]) -> int:
-  """``(I + T) // 2``: two examples fill a packed decoder row of ``I + T`` tokens."""
-  return (sequence_length['inputs'] + sequence_length['targets']) // 2
+  """``min(I, T)``: the whole row of ``L`` tokens with ``feature_converter='prefix_lm_shared'`` (``I = T = L``),
+  half of it with ``'prefix_lm'`` (``I = T = L / 2``)."""
+  return min(sequence_length['inputs'], sequence_length['targets'])
 
 
 def example_total_length(denoiser: Denoiser, n: int, num_mode_tokens: int = 0, t5_edges: bool = False) -> int:
@@ -465,8 +469,8 @@ def register_ul2_mixture(name: str,
     denoisers: the tasks, SALT's four by default.
     mode_tokens: see ``mode_token_ids``; None (default) adds none.
     t5_edges: span placement exactly as T5 (see the module docstring).
-    example_length: the most tokens of one example (inputs + targets + EOS); None: half the packed row,
-      ``(I + T) // 2`` (see the module docstring).
+    example_length: the most tokens of one example (inputs + targets + EOS); None: ``min(I, T)``, the whole row
+      with ``feature_converter='prefix_lm_shared'`` (see the module docstring).
     validation_fraction: for a ``documents_fn`` only.
     metadata_keys: source features kept in the examples when present.
     shuffle_buffer_size: each task's example shuffle buffer.

@@ -4,14 +4,16 @@ Per loss-carrying position t, with teacher logits z_ζ and student distribution 
   P_{ζ,ρ} = softmax(ρ · z_ζ)                                               (SALT eq. 3; ρ multiplies the logits)
   ℓ^ω_t = (1 − ω) · CE(onehot(x_t), P_θ) + ω · CE(P_{ζ,ρ}, P_θ)              (SALT eq. 4)
         = CE((1 − ω)·onehot(x_t) + ω·P_{ζ,ρ}, P_θ)
-and the loss is the token mean of ℓ^ω_t over `decoder_loss_weights`, normalised exactly like the LM loss, so ω = 0
-is plain CE. No τ² factor; the student is not temperature-scaled. Vanilla KD (MiniPLM's baseline: token-level forward
+and the loss is the batch mean of ℓ^ω_t over `decoder_loss_weights`, normalised exactly like the LM loss, so ω = 0
+is plain CE: over all tokens (`average="token"`) or over sequences of each one's token mean (`"sequence"`: SALT's
+l^ω(x) = (1/T) Σ_t ℓ^ω_t per sequence, averaged over the batch as in its Algorithm 1; `lm.averaging_weights`).
+No τ² factor; the student is not temperature-scaled. Vanilla KD (MiniPLM's baseline: token-level forward
 KL(p_teacher ‖ q_student)) is ω = 1, ρ = 1: KL = CE(p, q) − H(p), and H(p) does not depend on the student.
 """
 import jax
 import jax.numpy as jnp
 
-from bliss_jax.losses.lm import model_logits, token_cross_entropy
+from bliss_jax.losses.lm import AVERAGES, averaging_weights, model_logits, token_cross_entropy
 
 
 def teacher_distribution(teacher_logits: jax.Array, rho: float) -> jax.Array:
@@ -31,12 +33,17 @@ def kd_token_loss(student_logits, teacher_logits, targets, *, omega, rho) -> jax
                                                                                                   student_logits)
 
 
-def make_kd_loss(model, frozen_models, *, omega: float = 0.667, rho: float = 0.25, teacher: str = "teacher"):
+def make_kd_loss(model, frozen_models, *, omega: float = 0.667, rho: float = 0.25, teacher: str = "teacher",
+                 average: str = "token"):
   """KD loss with the frozen model `frozen_models[teacher]` run on the identical batch inside the same step.
 
   The teacher may have another shape than the student but must share its vocabulary (checked at trace time).
-  Metrics: loss, CE against the data, KD term, forward KL(P_{ζ,ρ} ‖ P_θ), accuracy, num_tokens.
+  `average`: `"token"` or `"sequence"` (module docstring). Metrics: loss, CE against the data, KD term, forward
+  KL(P_{ζ,ρ} ‖ P_θ), accuracy (each averaged as the loss), num_tokens; with `"sequence"` also num_sequences and
+  denominator (= num_sequences, the weight of gradient accumulation).
   """
+  if average not in AVERAGES:
+    raise ValueError(f"average={average!r}: expected one of {AVERAGES}")
   if teacher not in frozen_models:
     raise ValueError(f"KD needs a frozen model named {teacher!r} (train.frozen_model_dirs); got "
                      f"{sorted(frozen_models)}")
@@ -49,8 +56,8 @@ def make_kd_loss(model, frozen_models, *, omega: float = 0.667, rho: float = 0.2
     del rng
     logits = model_logits(model, params, batch)
     t_logits = jax.lax.stop_gradient(model_logits(teacher_model, frozen[teacher], batch))
-    w = batch["decoder_loss_weights"].astype(jnp.float32)
-    n = jnp.maximum(jnp.sum(w), 1.0)
+    w, count = averaging_weights(batch, average)
+    n = jnp.maximum(count, 1.0)
     targets = batch["decoder_target_tokens"]
     ce = token_cross_entropy(logits, targets)
     p_t = teacher_distribution(t_logits, rho)
@@ -60,6 +67,8 @@ def make_kd_loss(model, frozen_models, *, omega: float = 0.667, rho: float = 0.2
     loss = jnp.sum(per_token * w) / n
     return loss, {"loss": loss, "ce": jnp.sum(ce * w) / n, "kd": jnp.sum(soft * w) / n,
                   "kl_teacher_student": jnp.sum((soft - entropy) * w) / n,
-                  "accuracy": jnp.sum((jnp.argmax(logits, -1) == targets) * w) / n, "num_tokens": jnp.sum(w)}
+                  "accuracy": jnp.sum((jnp.argmax(logits, -1) == targets) * w) / n,
+                  "num_tokens": jnp.sum(batch["decoder_loss_weights"].astype(jnp.float32)),
+                  **({"num_sequences": count, "denominator": count} if average == "sequence" else {})}
 
   return loss_fn

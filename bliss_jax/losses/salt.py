@@ -10,7 +10,9 @@ steps train on the plain LM loss and never run the teacher (the trainer's `loss_
                 ω(j) = r(j) / (1 + r(j))                                  (App. H, "linear ratio decay"; ω(r) inferred)
 
 so ω = ω₀ up to n_KD,1, decays over [n_KD,1, n_KD,2], and is 0 from n_KD,2 on. RKD is `step` with n_KD = the number of
-training steps. The paper's values: ω₀ = 0.667, ρ = 0.25, n_KD = 36K of 208K steps, n_KD,1 = 32K.
+training steps. The paper's values: ω₀ = 0.667, ρ = 0.25, n_KD = 36K of 208K steps, n_KD,1 = 32K. The batch loss is
+the mean over sequences of l^ω(x), each a mean over its tokens (Algorithm 1; `average="sequence"`, the default here),
+or the mean over the batch's tokens (`average="token"`).
 """
 import functools
 from typing import Callable, Optional, Union
@@ -70,26 +72,28 @@ def omega_schedule(transition: str = "step", *, omega: float = 0.667, n_kd: int,
 
 
 def make_salt_kd_loss(model, frozen_models, omega_schedule: Union[float, OmegaSchedule] = 0.667, rho: float = 0.25,
-                      teacher: str = "teacher"):
-  """SALT's KD-stage loss: `kd.make_kd_loss` with ω = omega_schedule(step) (a float is a constant ω).
+                      teacher: str = "teacher", average: str = "sequence"):
+  """SALT's KD-stage loss: `kd.make_kd_loss` with ω = omega_schedule(step) (a float is a constant ω), averaged per
+  sequence (`average="sequence"`, Algorithm 1) or per token (`"token"`).
 
   A loss with a `step` parameter: `make_train_step` passes the 1-based optimizer step. Metrics are those of
   `make_kd_loss` plus `omega`. The teacher/vocabulary checks of `make_kd_loss` run here, when the loss is built.
   """
-  make_kd_loss(model, frozen_models, omega=0.0, rho=rho, teacher=teacher)  # fails early on a missing/mismatched teacher
+  make_kd_loss(model, frozen_models, omega=0.0, rho=rho, teacher=teacher,
+               average=average)  # fails early on a missing/mismatched teacher or an unknown average
   schedule = omega_schedule if callable(omega_schedule) else (lambda step, w=float(omega_schedule): jnp.float32(w))
 
   def loss_fn(params, batch, rng, frozen, step):
     omega = schedule(step)
-    loss, metrics = make_kd_loss(model, frozen_models, omega=omega, rho=rho, teacher=teacher)(params, batch, rng,
-                                                                                             frozen)
+    loss, metrics = make_kd_loss(model, frozen_models, omega=omega, rho=rho, teacher=teacher,
+                                 average=average)(params, batch, rng, frozen)
     return loss, dict(metrics, omega=jnp.asarray(omega, jnp.float32))
 
   return loss_fn
 
 
 def salt_kd_loss_factory(omega: float = 0.667, rho: float = 0.25, *, transition: str = "step", n_kd: int,
-                         n_kd_start: Optional[int] = None, teacher: str = "teacher"):
+                         n_kd_start: Optional[int] = None, teacher: str = "teacher", average: str = "sequence"):
   """A loss factory `(model, frozen_models) -> loss_fn` for `trainer.train(loss_phases=[(n_kd, factory)])`."""
   schedule = omega_schedule(transition, omega=omega, n_kd=n_kd, n_kd_start=n_kd_start)
-  return lambda model, frozen_models: make_salt_kd_loss(model, frozen_models, schedule, rho, teacher)
+  return lambda model, frozen_models: make_salt_kd_loss(model, frozen_models, schedule, rho, teacher, average)

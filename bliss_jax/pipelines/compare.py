@@ -215,6 +215,7 @@ def run(*, root: str, target: common.TrainSpec, small: common.TrainSpec, train_t
     kw = dict(salt_kwargs or {})
     kw.setdefault("teacher", small)
     kw.setdefault("n_kd", max(1, round(SALT_KD_FRACTION * N)))
+    kw.setdefault("average", "token")  # every method here trains on the token mean of its loss
     if "salt_ds" in salt_methods:
       kw.setdefault("pool_task", pool_task)
       kw.setdefault("pool_split", pool_split)

@@ -6,11 +6,15 @@ Stages (each resumable, under `root/`):
                    (checkpointed) at n0 = `scorer_step`, and that checkpoint is copied to its own MODEL_DIR
                    `teacher/early_<n0>` (ζ_{n0}, SALT_DS's scorer), whatever `keep_checkpoints` later deletes
   teacher_eval     held-out loss/accuracy of ζ (the "SLM" row of the paper's Table 1)
-  score            SALT eq. 11 (`selection.salt_ds`: top-k masked token CE, median; k = `top_k`) of every example of
-                   `pool_task:pool_split` (LM chunks of the student's length) under ζ_{n0}. The pool must be data ζ
-                   never trained on: the benchmark mixture's `pool` split is disjoint from its `train` split
-  select           the top m by score, m = n_KD × batch (or `num_selected`); with `selection_report`, the selection's
-                   composition next to the pool's (`benchmark_mixture.selection_report`)
+  scorer_data      what ζ_{n0} trained on: the document token spans of the examples in the first n0 batches of its
+                   stream, replayed (`data.keyed.consumed_spans`); only when ζ is trained here
+  score            SALT eq. 11 (`selection.salt_ds`: the median of the token CE over the positions whose true token is
+                   in ζ_{n0}'s top k, k = `top_k`; `out_of_top_k`) of every example of `pool_task:pool_split` (LM
+                   chunks of the student's length) that overlaps nothing ζ_{n0} trained on: with the stream's own
+                   documents as the pool (`pool_split='train'`), the paper's "remainder of the training examples"
+  select           the top m by score, m = n_KD × batch (or `num_selected`), ties broken at random; reports the share
+                   of candidates tied at the most common score; with `selection_report`, the selection's composition
+                   next to the pool's (`benchmark_mixture.selection_report`)
   student_<name>   `baseline` (plain LM loss), `rkd` (KD at every step), `salt` (KD for n_KD steps, then plain),
                    `salt_ds` (as `salt`, the KD stage on the selection). Every student starts from the same
                    initialisation and reads the same stream, with one optimizer state and LR schedule over all steps,
@@ -26,21 +30,24 @@ position n_KD, i.e. they skip the first n_KD batches of the normal stream (the p
 stream), so every student trains on the same batches after n_KD. Each segment starts its input pipeline afresh (on the
 benchmark UL2 mixture, about a minute on CPU before the first batch).
 
-Under UL2 (`feature_converter='prefix_lm'`), KD uses the identical formatted example and applies at exactly the
-loss-carrying (target) positions; the selection is scored as plain LM chunks and served back through the same UL2
-denoisers (`selection.selected_ul2`).
+Under UL2 (`feature_converter='prefix_lm_shared'`: examples up to the whole row), KD uses the identical formatted
+example and applies at exactly the loss-carrying (target) positions; the selection is scored as plain LM chunks and
+served back through the same UL2 denoisers (`selection.selected_ul2`).
 """
 import dataclasses
+import functools
 import json
 import os
 import shutil
 from typing import Callable, Dict, Optional, Sequence
 
+import jax
 import numpy as np
 
 from bliss_jax import partitioning
+from bliss_jax.data import keyed
 from bliss_jax.data import pipeline as data_pipeline
-from bliss_jax.losses.lm import make_lm_loss
+from bliss_jax.losses.lm import AVERAGES, make_lm_loss
 from bliss_jax.losses.salt import TRANSITIONS, salt_kd_loss_factory
 from bliss_jax.models.config import count_params
 from bliss_jax.models.flops import forward_flops_per_token, train_flops_per_token
@@ -48,7 +55,7 @@ from bliss_jax.models.transformer import Transformer
 from bliss_jax.pipelines import common
 from bliss_jax.pipelines.stages import run_stage
 from bliss_jax.selection import offline_scoring, rules, score_store
-from bliss_jax.selection.salt_ds import make_salt_ds_scorer
+from bliss_jax.selection.salt_ds import NO_TOP_K_SCORE, OUT_OF_TOP_K, make_salt_ds_scorer
 from bliss_jax.selection.selected_task import register_selected_task
 from bliss_jax.selection.selected_ul2 import register_selected_ul2_mixture
 from bliss_jax.training import checkpoints, trainer
@@ -77,11 +84,12 @@ def train_segments(model_dir: str, spec: common.TrainSpec, batch_source, *, voca
                    stops: Sequence[int] = (), n_kd: int = 0, kd_factory=None, teacher_dir: Optional[str] = None,
                    kd_batch_source=None, on_stop: Optional[Callable[[int], None]] = None,
                    keep_checkpoints: Optional[int] = None, mesh_data: int = -1, mesh_model: int = 1,
-                   fsdp: bool = False, devices=None, progress_bar: bool = True) -> int:
+                   fsdp: bool = False, devices=None, progress_bar: bool = True, average: str = "token") -> int:
   """Train `spec` to `spec.num_steps`, stopping (checkpointed) at each of `stops` and at n_kd; returns the last step.
 
   Steps 1..n_kd use `kd_factory` with the frozen teacher `teacher_dir` (and read `kd_batch_source`'s train split when
-  given); the steps after n_kd use the plain LM loss, in `train` calls that neither load nor run the teacher.
+  given); the steps after n_kd use the plain LM loss (`make_lm_loss` with `average`), in `train` calls that neither
+  load nor run the teacher.
   `on_stop(step)` runs after each segment, while its checkpoint is the latest. A rerun skips the segments already
   checkpointed (calling `on_stop` again, which must be idempotent) and resumes inside the current one.
   """
@@ -99,7 +107,8 @@ def train_segments(model_dir: str, spec: common.TrainSpec, batch_source, *, voca
       trainer.train(
           model_dir=model_dir, model_config=spec.model_config, batch_source=source, vocab_size=vocab_size,
           num_steps=n, batch_size=spec.batch_size, sequence_length=spec.sequence_length, optimizer=spec.optimizer,
-          seed=spec.seed, loss_factory=make_lm_loss, loss_phases=[(n_kd, kd_factory)] if kd else None,
+          seed=spec.seed, loss_factory=functools.partial(make_lm_loss, average=average),
+          loss_phases=[(n_kd, kd_factory)] if kd else None,
           frozen_model_dirs={"teacher": teacher_dir} if kd else None, eval_every=spec.eval_every,
           checkpoint_every=spec.checkpoint_every, keep_checkpoints=keep_checkpoints, log_every=spec.log_every,
           mesh_data=mesh_data, mesh_model=mesh_model, fsdp=fsdp, devices=devices, progress_bar=progress_bar,
@@ -146,10 +155,11 @@ def _load_params_on_mesh(model_dir: str, step: Optional[int], mesh):
 
 def run(*, root: str, task: str, student: common.TrainSpec, n_kd: int, teacher: Optional[common.TrainSpec] = None,
         teacher_dir: Optional[str] = None, feature_converter: str = "decoder", omega: float = 0.667,
-        rho: float = 0.25, transition: str = "step", n_kd_start: Optional[int] = None,
-        students: Sequence[str] = STUDENTS, pool_task: Optional[str] = None, pool_split: str = "pool",
-        pool_max_examples: Optional[int] = None, scorer_step: Optional[int] = None,
-        scorer_dir: Optional[str] = None, top_k: int = 10, num_selected: Optional[int] = None,
+        rho: float = 0.25, transition: str = "step", n_kd_start: Optional[int] = None, average: str = "sequence",
+        students: Sequence[str] = STUDENTS, pool_task: Optional[str] = None, pool_split: str = "train",
+        pool_max_examples: Optional[int] = None, exclude_scorer_data: bool = True, scorer_step: Optional[int] = None,
+        scorer_dir: Optional[str] = None, top_k: int = 10, out_of_top_k: str = "remove",
+        num_selected: Optional[int] = None,
         selection_seed: int = 0, score_batch_size: int = 32, selection_report: bool = False,
         eval_task: Optional[str] = None,
         eval_split: str = "validation", eval_fractions: Sequence[float] = (0.7, 1.0),
@@ -161,28 +171,43 @@ def run(*, root: str, task: str, student: common.TrainSpec, n_kd: int, teacher: 
 
   Args:
     task: the pretraining stream (train split) of the teacher and the students, e.g. the UL2 mixture
-      `benchmark_ul2` with `feature_converter='prefix_lm'`.
+      `benchmark_ul2` with `feature_converter='prefix_lm_shared'`.
     student / teacher: TrainSpecs; or `teacher_dir`, a trained small LM.
     n_kd: the KD stage's last step (SALT's n_KD; n_KD,2 for the linear transitions, `n_kd_start` being n_KD,1).
     omega, rho, transition: ω₀, the teacher temperature ρ and the transition strategy (`losses.salt`).
+    average: how every loss here (the small LM's, the students' LM and KD losses) averages a batch: `"sequence"`,
+      the mean over sequences (packed segments) of each one's token mean (Algorithm 1), or `"token"`, the mean over
+      the batch's tokens (`losses.lm.averaging_weights`).
     pool_task / pool_split: SALT_DS's candidates, scored as plain LM chunks at the student's sequence length
-      (`pool_max_examples`: only the first ones).
+      (`pool_max_examples`: only the first ones). The paper's: the stream's own documents (e.g. `benchmark_all` for
+      `benchmark_ul2`, split `train`), less what ζ_{n0} trained on; a split the small LM never reads (the benchmark
+      mixture's `pool`) is the other choice.
+    exclude_scorer_data: leave out of the candidates every chunk that overlaps an example of the first n0 batches of
+      the teacher's stream (the data ζ_{n0} trained on; the stage `scorer_data`). Only for a teacher trained here:
+      with `teacher_dir` what its checkpoints read is unknown, and the pool must be data they never saw.
     scorer_step: n0, the teacher's step that scores for SALT_DS (default: an eighth of the teacher's steps, as 26K of
       208K in the paper's App. K [inferred]); with `teacher_dir` it must be one of its kept checkpoints, or give
       `scorer_dir`, a MODEL_DIR whose latest checkpoint scores.
-    top_k: k of eq. 11. num_selected: m (default n_KD × student batch size; at most the pool); ties in the score are
-      broken at random with `selection_seed`. selection_report: the selection's composition by domain and quality
+    top_k: k of eq. 11. out_of_top_k: `"remove"` (the out-of-top-k losses are left out of the median, the paper's
+      prose) or `"zero"` (counted as 0, eq. 11 as typeset); `selection.salt_ds`.
+    num_selected: m (default n_KD × student batch size; at most the pool); ties in the score are broken at random with
+      `selection_seed`. selection_report: the selection's composition by domain and quality
       against the pool's, from the catalog of the default benchmark mixture (`benchmark_mixture.build_catalog()`).
     eval_task / eval_split: the held-out set (default: `task`'s validation split); `eval_fractions` of the student's
       steps are evaluated besides n_KD. `eval_sequence_length`: the held-out rows' length (default: the students'
-      L). Under UL2 every example is at most `example_length` (default L/2) tokens, so models never see a position
-      beyond it: evaluate at that length, not at L, where rotary positions are extrapolated.
+      L). A model trained only on UL2 examples of at most `example_length` tokens (`data/ul2.py`) never sees a later
+      position: under `feature_converter='prefix_lm_shared'` examples fill the row and L is right; with a shorter
+      `example_length` evaluate at that length, not at L, where rotary positions are extrapolated.
     keep_checkpoints: periodic checkpoints kept per model (None: all). Evaluations and the scorer's checkpoint are
       taken when their step is reached, so any value works.
     mesh_data / mesh_model / fsdp / devices: the training mesh (`trainer.train`); scoring uses all `devices` on "data".
   """
   if transition not in TRANSITIONS:
     raise ValueError(f"transition={transition!r}: expected one of {TRANSITIONS}")
+  if average not in AVERAGES:
+    raise ValueError(f"average={average!r}: expected one of {AVERAGES}")
+  if out_of_top_k not in OUT_OF_TOP_K:
+    raise ValueError(f"out_of_top_k={out_of_top_k!r}: expected one of {OUT_OF_TOP_K}")
   unknown = sorted(set(students) - set(STUDENTS))
   if unknown:
     raise ValueError(f"unknown SALT students {unknown}: expected some of {STUDENTS}")
@@ -195,7 +220,9 @@ def run(*, root: str, task: str, student: common.TrainSpec, n_kd: int, teacher: 
                                                           sequence_length=spec.sequence_length, seed=spec.seed,
                                                           feature_converter=feature_converter)
   train_kw = dict(vocab_size=data_pipeline.vocabulary_size(task), keep_checkpoints=keep_checkpoints,
-                  mesh_data=mesh_data, mesh_model=mesh_model, fsdp=fsdp, devices=devices, progress_bar=progress_bar)
+                  mesh_data=mesh_data, mesh_model=mesh_model, fsdp=fsdp, devices=devices, progress_bar=progress_bar,
+                  average=average)
+  averaged = {} if average == "token" else {"average": average}  # stage inputs (token-mean runs keep theirs)
   eval_L = eval_sequence_length or L
   eval_kw = dict(task=eval_task, split=eval_split, sequence_length=eval_L, batch_size=B, max_batches=eval_max_batches)
 
@@ -218,9 +245,14 @@ def run(*, root: str, task: str, student: common.TrainSpec, n_kd: int, teacher: 
               tokens, "scorer_train_flops": train_flops_per_token(cfg, teacher.sequence_length) * tokens * n0 /
               teacher.num_steps}
     teacher_res = run_stage(root, "teacher", do_teacher, {"spec": dataclasses.asdict(teacher), "task": task,
-                                                          "feature_converter": feature_converter, "scorer_step": n0})
+                                                          "feature_converter": feature_converter, "scorer_step": n0,
+                                                          **averaged})
+    scorer_stream = dict(name=task, split="train", sequence_length=teacher.sequence_length,
+                         batch_size=teacher.batch_size, num_batches=n0, seed=teacher.seed,
+                         feature_converter=feature_converter)  # what ζ_{n0} read
     teacher_dir, scorer_dir, n0 = teacher_res["model_dir"], teacher_res["scorer_dir"], None
   else:
+    scorer_stream = None
     n0 = None if scorer_dir is not None else scorer_step
     teacher_res = {"model_dir": teacher_dir, "scorer_dir": scorer_dir or teacher_dir, "scorer_step": scorer_step,
                    "train_flops": 0.0, "num_params": count_params(checkpoints.read_model_config(teacher_dir))}
@@ -234,39 +266,60 @@ def run(*, root: str, task: str, student: common.TrainSpec, n_kd: int, teacher: 
   selection = scored = None
   if "salt_ds" in students:
     if pool_task is None:
-      raise ValueError("SALT_DS needs pool_task (candidates the small LM did not train on)")
+      raise ValueError("SALT_DS needs pool_task (its candidates: the stream's documents as LM chunks, e.g. "
+                       "'benchmark_all' for 'benchmark_ul2')")
     if scorer_dir == teacher_dir and n0 is None:
       raise ValueError("SALT_DS with a given teacher_dir needs scorer_step (one of its checkpoints) or scorer_dir")
+    seen = None
+    if exclude_scorer_data and scorer_stream is not None:
+
+      def do_scorer_data(d):
+        spans = keyed.consumed_spans(**scorer_stream, process_count=jax.process_count())
+        return {"spans": common.write_json(os.path.join(d, "spans.json"), spans), "documents": len(spans),
+                "tokens": sum(b - a for doc in spans.values() for a, b in doc)}
+      seen = run_stage(root, "scorer_data", do_scorer_data, scorer_stream)
 
     def do_score(d):
       mesh = partitioning.make_mesh(devices=devices)
       model, params = _load_params_on_mesh(scorer_dir, n0, mesh)
       store = os.path.join(d, "store")
-      table = offline_scoring.score_split(make_salt_ds_scorer(model, top_k), params, task=pool_task,
-                                          split=pool_split, store_dir=store, sequence_length=L,
+      exclude = {k: [tuple(x) for x in v] for k, v in json.load(open(seen["spans"])).items()} if seen else None
+      table = offline_scoring.score_split(make_salt_ds_scorer(model, top_k, out_of_top_k=out_of_top_k), params,
+                                          task=pool_task, split=pool_split, store_dir=store, sequence_length=L,
                                           batch_size=score_batch_size, mesh=mesh, max_examples=pool_max_examples,
-                                          meta={"scorer": scorer_dir, "scorer_step": n0, "k": top_k},
-                                          progress=progress_bar)
+                                          meta={"scorer": scorer_dir, "scorer_step": n0, "k": top_k,
+                                                "out_of_top_k": out_of_top_k}, progress=progress_bar,
+                                          exclude_spans=exclude)
       tokens = int(table.num_tokens.sum())
       return {"store": store, "scored_examples": len(table), "scored_tokens": tokens,
               "flops": forward_flops_per_token(teacher_cfg, L) * tokens}
-    scored = run_stage(root, "score", do_score, {"scorer": scorer_dir, "scorer_step": n0, "k": top_k,
-                                                 "pool": f"{pool_task}:{pool_split}", "L": L,
-                                                 "max_examples": pool_max_examples})
+    score_inputs = {"scorer": scorer_dir, "scorer_step": n0, "k": top_k, "pool": f"{pool_task}:{pool_split}", "L": L,
+                    "max_examples": pool_max_examples}
+    if out_of_top_k != "zero":
+      score_inputs["out_of_top_k"] = out_of_top_k
+    if seen:
+      score_inputs["exclude"] = seen["spans"]
+    scored = run_stage(root, "score", do_score, score_inputs)
     m = num_selected if num_selected is not None else n_kd * B
 
     def do_select(d):
       table = score_store.read_scores(scored["store"])
       s, in_top = table.columns["salt_ds"], table.columns["frac_in_top_k"]
-      # Ties are broken uniformly at random (seeded), not by pool order: a weak scorer gives many rows the score 0
-      # (the median is 0 wherever fewer than half the tokens are in its top k).
+      # Ties are broken uniformly at random (seeded), not by pool order: a weak scorer gives many rows one score (with
+      # "zero", 0 wherever more than half the tokens are outside its top k; with "remove", NO_TOP_K_SCORE where none
+      # is inside).
       order = np.random.default_rng(selection_seed).permutation(len(table))
       chosen = order[rules.top_k(s[order], min(m, len(table)))]
       keys = score_store.select_keys(table, chosen, "original")
+      values, counts = np.unique(s, return_counts=True)
+      scored_rows = s != NO_TOP_K_SCORE if out_of_top_k == "remove" else np.ones(len(s), bool)
+      mean = lambda rows: float(s[rows].mean()) if rows.any() else None  # over rows with an in-top-k position
       result = {"selected": common.write_json(os.path.join(d, "selected_keys.json"), keys),
                 "n_requested": m, "n_selected": len(keys), "n_pool": len(table),
-                "score_mean_selected": float(s[chosen].mean()), "score_mean_pool": float(s.mean()),
-                "score_threshold": float(s[chosen].min()), "frac_zero_score_pool": float(np.mean(s == 0)),
+                "score_mean_selected": mean(np.isin(np.arange(len(s)), chosen) & scored_rows),
+                "score_mean_pool": mean(scored_rows), "score_threshold": float(s[chosen].min()),
+                "tie_score_pool": float(values[counts.argmax()]), "tie_fraction_pool": float(counts.max() / len(s)),
+                "frac_zero_score_pool": float(np.mean(s == 0)), "frac_no_top_k_pool": float(np.mean(in_top == 0)),
                 "frac_in_top_k_selected": float(in_top[chosen].mean()), "frac_in_top_k_pool": float(in_top.mean())}
       if selection_report:
         from bliss_jax.data import benchmark_mixture  # pylint: disable=g-import-not-at-top
@@ -279,15 +332,16 @@ def run(*, root: str, task: str, student: common.TrainSpec, n_kd: int, teacher: 
     selection = run_stage(root, "select", do_select, {"m": m, "store": scored["store"], "seed": selection_seed})
 
   # --- students: same initialisation, stream and schedule; KD for kd_steps(name) steps ---
-  kd_factory = salt_kd_loss_factory(omega, rho, transition=transition, n_kd=n_kd, n_kd_start=n_kd_start)
-  rkd_factory = salt_kd_loss_factory(omega, rho, transition="step", n_kd=n)
+  kd_factory = salt_kd_loss_factory(omega, rho, transition=transition, n_kd=n_kd, n_kd_start=n_kd_start,
+                                    average=average)
+  rkd_factory = salt_kd_loss_factory(omega, rho, transition="step", n_kd=n, average=average)
   steps_at = evaluation_steps(n, n_kd, eval_fractions)
   prefix = os.path.basename(root.rstrip("/"))
   results: Dict[str, dict] = {}
   for name in students:
     kd_n = kd_steps(name, n, n_kd)
     inputs = {"spec": dataclasses.asdict(student), "task": task, "feature_converter": feature_converter,
-              "eval_steps": steps_at, "eval": f"{eval_task}:{eval_split}", "kd_steps": kd_n}
+              "eval_steps": steps_at, "eval": f"{eval_task}:{eval_split}", "kd_steps": kd_n, **averaged}
     if eval_L != L:
       inputs["eval_L"] = eval_L
     if kd_n:
@@ -302,7 +356,7 @@ def run(*, root: str, task: str, student: common.TrainSpec, n_kd: int, teacher: 
       if name == "salt_ds":
         keys = json.load(open(selection["selected"]))
         selected = f"{prefix}_salt_ds_selected"
-        if feature_converter == "prefix_lm":
+        if feature_converter in data_pipeline.PREFIX_LM_CONVERTERS:
           register_selected_ul2_mixture(selected, pool_task, keys, sequence_length=L, split=pool_split)
         else:
           register_selected_task(selected, pool_task, keys, sequence_length=L, split=pool_split)
@@ -325,6 +379,7 @@ def run(*, root: str, task: str, student: common.TrainSpec, n_kd: int, teacher: 
   for name, r in results.items():
     summary[name] = {label: {k: h[k] for k in ("loss", "accuracy", "step")} for label, h in r["heldout"].items()}
   config = {"n_kd": n_kd, "omega": omega, "rho": rho, "transition": transition, "n_kd_start": n_kd_start,
+            "average": average, "out_of_top_k": out_of_top_k,
             "top_k": top_k, "task": task, "eval": f"{eval_task}:{eval_split}"}
   report = {"summary": summary, "students": results, "teacher": dict(teacher_res, heldout=slm_eval),
             "scoring": scored, "selection": selection, "config": config}

@@ -24,7 +24,7 @@ MODEL_FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss
 def score_split(score_fn: Callable, params, *, task: str, split: str, store_dir: str, sequence_length: int,
                 batch_size: int, mesh=None, batches_per_shard: int = 16, max_examples: Optional[int] = None,
                 feature_converter: str = "decoder", meta: Optional[dict] = None, progress: bool = True,
-                stop_after_shards: Optional[int] = None) -> score_store.ScoreTable:
+                stop_after_shards: Optional[int] = None, exclude_spans=None) -> score_store.ScoreTable:
   """Score `task:split` into `store_dir` and return the whole table (read back from the store).
 
   Args:
@@ -33,6 +33,8 @@ def score_split(score_fn: Callable, params, *, task: str, split: str, store_dir:
     batch_size: the GLOBAL batch; each of the processes reads `batch_size / process_count` rows per batch.
     mesh: rows are split over its "data" axis (default: all devices on "data").
     stop_after_shards: leave after writing this many new shards (to test resumption; None = run to the end).
+    exclude_spans: `{doc_id: [(start, end)]}` document token spans; examples overlapping them are not scored
+      (`keyed.keyed_batches`).
   """
   os.makedirs(store_dir, exist_ok=True)
   if score_store.is_complete(store_dir):
@@ -49,7 +51,8 @@ def score_split(score_fn: Callable, params, *, task: str, split: str, store_dir:
     score_store.write_manifest(store_dir, complete=False, task=task, split=split, sequence_length=sequence_length,
                                meta=meta or {})
   batches = keyed_batches(task, split, sequence_length, local, feature_converter=feature_converter, process_index=pi,
-                          process_count=pc, start_batch=len(done) * batches_per_shard, max_examples=max_examples)
+                          process_count=pc, start_batch=len(done) * batches_per_shard, max_examples=max_examples,
+                          exclude_spans=exclude_spans)
   bar = tqdm.tqdm(desc=f"score {task}:{split}", unit="ex", disable=not progress or pi != 0, mininterval=2.0)
   pending, shard_index, new_shards, tokens, t0 = [], len(done), 0, 0, time.perf_counter()
   last = None

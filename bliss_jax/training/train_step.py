@@ -13,6 +13,9 @@ import optax
 from bliss_jax.training.train_state import TrainState
 
 
+COUNT_METRICS = ("num_tokens", "num_sequences", "denominator")  # summed over micro-batches, not averaged
+
+
 def split_microbatches(batch: dict, num_microbatches: int) -> dict:
   """[B, ...] -> [num_microbatches, B / num_microbatches, ...] (contiguous slices)."""
   def split(x):
@@ -29,9 +32,11 @@ def make_train_step(loss_fn, tx: optax.GradientTransformation, *, schedule=None,
   `frozen` (e.g. a teacher's or reference model's parameters) is passed through to `loss_fn(params, batch, rng,
   frozen)` as a jit argument, so frozen models are sharded like the trained one and never baked into the program.
 
-  With `num_microbatches > 1` the batch is processed in slices by `lax.scan` and the gradient is the
-  `num_tokens`-weighted average of the slices' gradients: for a token-mean loss this equals the full-batch gradient
-  exactly (up to float summation order). Metrics are weighted the same way.
+  With `num_microbatches > 1` the batch is processed in slices by `lax.scan` and the gradient is the average of the
+  slices' gradients weighted by each slice's loss denominator (`metrics["denominator"]`, else `metrics["num_tokens"]`;
+  `losses.lm`): for a token mean (weights = tokens) or a per-sequence mean (weights = sequences) this equals the
+  full-batch gradient exactly (up to float summation order). Metrics are weighted the same way, except the counts
+  (`COUNT_METRICS`), which are summed.
   """
   if "step" in inspect.signature(loss_fn).parameters:  # losses that change with the step (e.g. SALT's ω(step))
     step_loss = loss_fn
@@ -47,10 +52,10 @@ def make_train_step(loss_fn, tx: optax.GradientTransformation, *, schedule=None,
       def body(carry, mb_and_index):
         mb, i = mb_and_index
         (_, m), g = grad_fn(state.params, mb, jax.random.fold_in(rng, i), frozen, state.step + 1)
-        w = m.get("num_tokens", jnp.float32(1.0))
+        w = m.get("denominator", m.get("num_tokens", jnp.float32(1.0)))
         grads, msum, wsum = carry
         grads = jax.tree.map(lambda a, b: a + w * b, grads, g)
-        msum = jax.tree.map(lambda a, b: a + w * b, msum, m)
+        msum = {k: msum[k] + (m[k] if k in COUNT_METRICS else w * m[k]) for k in m}
         return (grads, msum, wsum + w), None
 
       mbs = split_microbatches(batch, num_microbatches)
@@ -61,9 +66,7 @@ def make_train_step(loss_fn, tx: optax.GradientTransformation, *, schedule=None,
                                            (mbs, jnp.arange(num_microbatches)))
       wsum = jnp.maximum(wsum, 1e-9)
       grads = jax.tree.map(lambda g: g / wsum, gsum)
-      metrics = jax.tree.map(lambda m: m / wsum, msum)
-      if "num_tokens" in metrics:
-        metrics["num_tokens"] = wsum
+      metrics = {k: v if k in COUNT_METRICS else v / wsum for k, v in msum.items()}
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
