@@ -121,6 +121,20 @@ def test_every_method_trains_the_same_target_for_the_same_flops(clean_run):
       assert r["speedup_flops"] == pytest.approx(20 * cfg["target_step_flops"] / total)
 
 
+def test_rho1_auxiliary_flops_equal_a_hand_count(clean_run):
+  """The small model of compare/smoke.gin (`tiny`, 1 layer, d 32, 2 heads of 16, 1 kv head, SwiGLU d_ff 128,
+  untied, vocab V): 32·16·4 + 2·16·32 + 3·32·128 + 2·32 + 32 = 15,456 parameters without the head, 32·V in it; a
+  forward at T = 32 costs 2(15,456 + 32·V) + 4·1·2·16·32 per token. RHO-1 trains it 10 steps and runs it forward at
+  each of the target's 20 steps of 4 × 32 tokens."""
+  from bliss_jax.training import checkpoints  # pylint: disable=import-outside-toplevel
+  root, report, _ = clean_run
+  V = checkpoints.read_model_config(str(root / "rho1" / "reference")).vocab_size
+  fwd = 2 * (15_456 + 32 * V) + 4 * 1 * 2 * 16 * 32
+  aux = report["methods"]["rho1"]["flops"]["auxiliary"]
+  assert aux["reference_forwards"] == pytest.approx(fwd * 20 * 4 * 32, rel=1e-12)
+  assert aux["reference_training"] == pytest.approx(3 * fwd * 10 * 4 * 32, rel=1e-12)
+
+
 def test_curves_are_the_held_out_loss_of_the_checkpoints(clean_run):
   from bliss_jax.pipelines import common  # pylint: disable=import-outside-toplevel
   import tasks  # noqa: F401  pylint: disable=unused-import,import-outside-toplevel  (registers embedded_default)

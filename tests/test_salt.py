@@ -300,6 +300,20 @@ def test_pipeline_student_evaluations_and_cost(pipeline_report):
   assert common.latest_step(report["teacher"]["model_dir"]) == 3
 
 
+def test_pipeline_reports_flops_equal_to_a_hand_count(pipeline_report):
+  """`tiny_mqa` (d 64, 4 heads of 16, 1 kv head, GeGLU d_ff 128, RMSNorm, tied embeddings, vocab V): per layer
+  64·16·6 + 4·16·64 + 3·64·128 + 2·64 = 34,944; N = layers·34,944 + 64 (final norm) + 64·V (the tied head), so a
+  forward at T = 32 is 2N + 4·layers·4·16·32 per token; student 2 layers, teacher (and its early checkpoint) 1."""
+  _, report = pipeline_report
+  V = checkpoints.read_model_config(report["teacher"]["model_dir"]).vocab_size
+  fwd = lambda layers: 2 * (layers * 34_944 + 64 + 64 * V) + 4 * layers * 4 * 16 * 32
+  res = report["students"]["salt_ds"]
+  assert res["train_flops"] == pytest.approx(3 * fwd(2) * 5 * 8 * 32, rel=1e-12)
+  assert res["teacher_forward_flops"] == pytest.approx(fwd(1) * 2 * 8 * 32, rel=1e-12)
+  assert report["teacher"]["train_flops"] == pytest.approx(3 * fwd(1) * 3 * 8 * 32, rel=1e-12)
+  assert report["scoring"]["flops"] == pytest.approx(fwd(1) * report["scoring"]["scored_tokens"], rel=1e-12)
+
+
 def test_pipeline_selects_top_m_by_the_score(pipeline_report):
   _, report = pipeline_report
   table = score_store.read_scores(report["scoring"]["store"])
