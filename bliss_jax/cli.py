@@ -130,17 +130,21 @@ def setup(args: Args) -> None:
 
 
 def run_gin_function(name: str, args: Args):
-  """Write the parsed config to MODEL_DIR/config.gin (when the macro is bound), then call configurable `name`."""
+  """Call configurable `name` (a training function taking `extra_records`), which writes the parsed config to
+  MODEL_DIR/config.gin with its own records once the command is known to be valid and compatible with the run there:
+  a failed command leaves an existing run's config.gin as it was."""
   del args
-  try:
-    model_dir = gin.query_parameter("%MODEL_DIR")
-  except ValueError:
-    model_dir = None
-  if model_dir:
-    os.makedirs(model_dir, exist_ok=True)
-    with open(os.path.join(model_dir, "config.gin"), "w") as f:
-      f.write(gin.config_str())
-  return gin.get_configurable(name)()
+  return gin.get_configurable(name)(extra_records={"config.gin": gin.config_str()})
+
+
+def write_config_gin(root: str, *, finished: bool) -> None:
+  """ROOT/config.gin of a pipeline: written when ROOT has none yet (a new run) and, atomically, once the command has
+  finished (`finished=True`); a failed command leaves an existing run's record as it was."""
+  from bliss_jax.training import run_config  # pylint: disable=g-import-not-at-top
+  path = os.path.join(root, "config.gin")
+  if finished or not os.path.exists(path):
+    os.makedirs(root, exist_ok=True)
+    run_config.write_atomically(path, gin.config_str())
 
 
 def print_summary(result) -> None:

@@ -27,10 +27,9 @@ def main(argv):
       root = gin.query_parameter(str(root))
   except ValueError:
     raise cli.CliError("compare.root is not bound: give a gin file from gin_configs/compare/ or --gin.compare.root")
-  os.makedirs(root, exist_ok=True)
-  with open(os.path.join(root, "config.gin"), "w") as f:
-    f.write(gin.config_str())
+  cli.write_config_gin(root, finished=False)
   gin.get_configurable("compare")()
+  cli.write_config_gin(root, finished=True)
   with open(os.path.join(root, "report.md")) as f:
     print("\n" + f.read())
   print(f"report:       {os.path.join(root, 'report.md')} (and report.json, *.png)")

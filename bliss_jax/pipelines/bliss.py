@@ -85,7 +85,7 @@ def _copy_model_dir(src: str, dst: str, step: int) -> None:
   tmp = dst + ".tmp"
   shutil.rmtree(tmp, ignore_errors=True)
   shutil.copytree(os.path.join(src, "checkpoints", str(step)), os.path.join(tmp, "checkpoints", str(step)))
-  for name in ("model_config.json", "metrics.jsonl"):
+  for name in ("model_config.json", "run_config.json", "metrics.jsonl"):
     if os.path.exists(os.path.join(src, name)):
       shutil.copy(os.path.join(src, name), os.path.join(tmp, name))
   os.replace(tmp, dst)
@@ -191,7 +191,7 @@ def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.Tr
                   num_steps=target.num_steps, batch_size=B, sequence_length=L, optimizer=target.optimizer,
                   seed=target.seed, eval_every=target.eval_every, eval_batches=eval_batches,
                   checkpoint_every=math.gcd(S, target.checkpoint_every), keep_checkpoints=None, log_every=target.log_every, progress_bar=progress_bar,
-                  stop_at_step=(r + 1) * S)
+                  stop_at_step=(r + 1) * S, allow_config_change=("data",))  # each round reads its own selection
     return dict(common.heldout_at_step(model_dir, (r + 1) * S, **eval_kw), model_dir=model_dir)
 
   spec_inputs = {"target": dataclasses.asdict(target), "rounds": rounds, "eval": f"{eval_task}:{eval_split}"}

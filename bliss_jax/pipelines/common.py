@@ -19,7 +19,7 @@ from bliss_jax.losses.lm import make_lm_loss
 from bliss_jax.models.config import ModelConfig, count_params
 from bliss_jax.models.flops import forward_flops_per_token, train_flops_per_token
 from bliss_jax.models.transformer import Transformer
-from bliss_jax.training import checkpoints, evaluation, trainer
+from bliss_jax.training import checkpoints, evaluation, run_config, trainer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,17 +76,14 @@ def load_frozen(model_dir: str, mesh=None):
   """(module, params) of a frozen model, parameters laid out on `mesh` (default: all devices on "data")."""
   mesh = mesh or partitioning.make_mesh()
   rules = partitioning.logical_rules()
-  modules, params = trainer.load_frozen_models({"m": model_dir}, mesh, rules)
+  modules, params, _ = trainer.load_frozen_models({"m": model_dir}, mesh, rules)
   return modules["m"], params["m"]
 
 
 def write_json(path: str, obj) -> str:
-  import json  # pylint: disable=g-import-not-at-top
+  """Write `obj` to `path` atomically (creating its directory); returns `path`."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
+  run_config.write_json(path, obj)
   return path
 
 

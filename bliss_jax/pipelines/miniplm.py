@@ -30,6 +30,7 @@ from bliss_jax.pipelines import common
 from bliss_jax.pipelines.stages import run_stage
 from bliss_jax.selection import offline_scoring, rules, score_store, scorers
 from bliss_jax.selection.selected_task import register_selected_task
+from bliss_jax.training import checkpoints
 from bliss_jax.training.trainer import round_up_vocab
 
 
@@ -99,6 +100,8 @@ def run(*, root: str, pool_task: str, student: common.TrainSpec, reference: comm
                             {"spec": dataclasses.asdict(reference), "n_reference": len(ref_keys)})
 
   def do_score(d):
+    checkpoints.check_vocabulary("reference", reference_res["model_dir"],
+                                 checkpoints.read_model_config(teacher_dir).vocab_size)
     t_model, t_params = common.load_frozen(teacher_dir)
     r_model, r_params = common.load_frozen(reference_res["model_dir"])
     table = offline_scoring.score_split(scorers.make_difference_scorer(t_model, r_model), (t_params, r_params),
@@ -153,7 +156,6 @@ def run(*, root: str, pool_task: str, student: common.TrainSpec, reference: comm
         inputs["match_flops"] = False
 
       def fn(d):
-        from bliss_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
         c_s = flops.train_flops_per_token(student_cfg, L)
         c_t = flops.forward_flops_per_token(checkpoints.read_model_config(teacher_dir), L)
         steps = vanilla_kd_steps(student.num_steps, c_s, c_t) if vanilla_kd_match_flops else student.num_steps
@@ -180,7 +182,6 @@ def _run_prx(root, pool_task, pool_split, L, cand_keys, scored, reference_dir, a
   import flax.serialization  # pylint: disable=g-import-not-at-top
   from bliss_jax.models.score_model import ScoreModel  # pylint: disable=g-import-not-at-top
   from bliss_jax.selection import proxy_regression  # pylint: disable=g-import-not-at-top
-  from bliss_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
 
   model = ScoreModel(checkpoints.read_model_config(reference_dir))
   params_path = os.path.join(root, "prx_fit", "params.msgpack")

@@ -112,7 +112,7 @@ def train_segments(model_dir: str, spec: common.TrainSpec, batch_source, *, voca
           frozen_model_dirs={"teacher": teacher_dir} if kd else None, eval_every=spec.eval_every,
           checkpoint_every=spec.checkpoint_every, keep_checkpoints=keep_checkpoints, log_every=spec.log_every,
           mesh_data=mesh_data, mesh_model=mesh_model, fsdp=fsdp, devices=devices, progress_bar=progress_bar,
-          stop_at_step=end)
+          stop_at_step=end, allow_config_change=("data",) if kd_batch_source is not None and not kd else ())
     if on_stop is not None:
       on_stop(end)
     prev = end

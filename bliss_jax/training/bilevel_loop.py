@@ -22,7 +22,7 @@ import tqdm
 from bliss_jax import partitioning
 from bliss_jax.bilevel.step import BilevelConfig, build_bilevel_functions
 from bliss_jax.models.score_model import ScoreModel, from_lm_params, init_head
-from bliss_jax.training import checkpoints, metric_writers
+from bliss_jax.training import checkpoints, config_checks, metric_writers, run_lock
 from bliss_jax.training.trainer import NonFiniteLossError, abstract_params
 
 
@@ -75,13 +75,17 @@ def run_bilevel(*, model_dir: str, proxy_dir: str, target_dir: Optional[str], tr
     latest checkpoint, the reference implementation's reset); it must have the same BilevelConfig.
   stop_at_step: leave after this step (checkpointed), as a pre-empted job would.
   """
+  config_checks.check_loop(num_steps=num_steps, checkpoint_every=checkpoint_every,
+                           keep_checkpoints=keep_checkpoints, log_every=log_every, stop_at_step=stop_at_step)
   model_dir = os.path.abspath(model_dir)
-  os.makedirs(model_dir, exist_ok=True)
   mesh = partitioning.make_mesh(devices=devices)
   rules = partitioning.logical_rules()
   proxy_cfg = checkpoints.read_model_config(proxy_dir)
   target_cfg = checkpoints.read_model_config(target_dir) if cfg.gamma else None
-  with partitioning.mesh_context(mesh, rules):
+  if target_cfg is not None:
+    checkpoints.check_vocabulary("target", target_dir, proxy_cfg.vocab_size)
+  with run_lock.run_lock(model_dir, what="bilevel run"), partitioning.mesh_context(mesh, rules), \
+       checkpoints.RunCheckpoints(model_dir, keep_checkpoints) as ckpts:
     target_abs = abstract_params(target_cfg, mesh, rules) if target_cfg is not None else None
     fns = build_bilevel_functions(proxy_cfg, target_cfg, cfg, num_steps, mesh, rules,
                                   target_shardings=jax.tree.map(lambda x: x.sharding, target_abs))
@@ -89,8 +93,7 @@ def run_bilevel(*, model_dir: str, proxy_dir: str, target_dir: Optional[str], tr
     if target_cfg is not None:
       t_step, target_params = checkpoints.load_params(target_dir, target_abs, step=target_step)
       logging.info("bilevel: target %s at step %d", target_dir, t_step)
-    manager = checkpoints.make_manager(model_dir, max_to_keep=keep_checkpoints)
-    restored = checkpoints.restore(manager, fns.abstract_state)
+    restored = ckpts.restore(fns.abstract_state)
     if restored is None:
       if proxy_state_dir is not None:
         prev = checkpoints.restore(checkpoints.make_manager(proxy_state_dir, max_to_keep=None), fns.abstract_state)
@@ -118,27 +121,32 @@ def run_bilevel(*, model_dir: str, proxy_dir: str, target_dir: Optional[str], tr
     bar = tqdm.tqdm(total=num_steps, initial=start, desc="bilevel", disable=not progress_bar or pi != 0,
                     dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
     metrics = {}
+
+    def stop(message):
+      bar.close()
+      raise NonFiniteLossError(f"{message}. {ckpts.kept_note()} Lower the learning rates or γ and rerun.")
+
     for step in range(start + 1, last + 1):
       train = _stack_global([next(train_it) for _ in range(k_in)], fns.train_batch_sharding)
       val = partitioning.global_batch_from_local(next(val_it), mesh)
       state, m = fns.step(state, train, val, target_params)
       metrics = {k: float(v) for k, v in jax.device_get(m).items()}
       if not all(np.isfinite(metrics[k]) for k in ("upper_F", "lower_G", "hypergrad_norm")):
-        bar.close()
-        raise NonFiniteLossError(
-            f"bilevel step {step}: non-finite F={metrics['upper_F']} / G={metrics['lower_G']} / hypergradient norm "
-            f"{metrics['hypergrad_norm']}; stopped without saving. The last good checkpoint (step "
-            f"{manager.latest_step()}) under {model_dir}/checkpoints is kept: lower the learning rates or γ and rerun.")
+        ckpts.reject_after_failed_step(step)
+        stop(f"bilevel step {step}: non-finite F={metrics['upper_F']} / G={metrics['lower_G']} / hypergradient norm "
+             f"{metrics['hypergrad_norm']}; stopped without saving")
+      ckpts.step_succeeded(step)
       if step % log_every == 0 or step == num_steps:
         writer.write_scalars(step, metrics)
         bar.set_postfix(F=f"{metrics['upper_F']:.3f}", G=f"{metrics['lower_G']:.3f}")
       bar.update(1)
       if step % checkpoint_every == 0 or step == last:
-        checkpoints.save(manager, step, state, {"step": step}, force=True)
+        if not ckpts.save(step, state, {"step": step}):
+          stop(f"the bilevel state after step {step} holds non-finite values; not saved")
     bar.close()
     writer.flush()
-    manager.close()
     if last == num_steps:
+      ckpts.run_finished()
       save_score_model(model_dir, jax.device_get(state.score), proxy_cfg, cfg.sigmoid, cfg.score_pooling)
   return metrics
 

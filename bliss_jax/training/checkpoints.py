@@ -3,14 +3,25 @@
 Each checkpoint directory `MODEL_DIR/checkpoints/<step>/` holds two items: `state` (the sharded TrainState, written by
 every process) and `data` (JSON: the batch iterator's position and anything else the loop needs to resume exactly).
 Orbax writes to a temporary directory and renames it when complete, so a killed save never shadows a good checkpoint.
+`RunCheckpoints` is how the training loops use them: only finite states are saved, a checkpoint whose next step is
+non-finite is set aside, an unreadable newest checkpoint falls back to the previous one, and the temporary directory
+of a killed save is removed.
 """
 import dataclasses
 import json
+import logging
 import os
+import shutil
 from typing import Optional
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
+
+from bliss_jax.training import run_config
+
+REJECTED_DIR = "rejected_checkpoints"
+ORBAX_TMP_MARK = ".orbax-checkpoint-tmp"
 
 
 def make_manager(model_dir: str, *, max_to_keep: Optional[int] = 3, save_interval_steps: int = 1) -> ocp.CheckpointManager:
@@ -42,8 +53,7 @@ def restore(manager: ocp.CheckpointManager, abstract_state, step: Optional[int] 
 
 def write_model_config(model_dir: str, cfg) -> None:
   """MODEL_DIR/model_config.json: the resolved shape, so a checkpoint can be loaded without the training config."""
-  with open(os.path.join(model_dir, "model_config.json"), "w") as f:
-    json.dump(dataclasses.asdict(cfg), f, indent=1, sort_keys=True)
+  run_config.write_json(os.path.join(model_dir, "model_config.json"), dataclasses.asdict(cfg))
 
 
 def read_model_config(model_dir: str):
@@ -76,12 +86,185 @@ def load_params(model_dir: str, abstract_params=None, step: Optional[int] = None
     abstract_params = abstract_params_on_device(read_model_config(model_dir), jax.local_devices()[0])
   manager = ocp.CheckpointManager(os.path.join(os.path.abspath(model_dir), "checkpoints"),
                                   item_names=("state", "data"))
-  step = manager.latest_step() if step is None else step
-  if step is None:
+  steps = [step] if step is not None else sorted(manager.all_steps(), reverse=True)
+  if not steps:
     raise FileNotFoundError(f"no checkpoint under {model_dir}/checkpoints")
   item = {"params": abstract_params}
   restore_args = ocp.checkpoint_utils.construct_restore_args(item)
-  out = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)))
-  manager.close()
-  return step, out.state["params"]
+  args = ocp.args.Composite(state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True))
+  try:
+    found, out = _restore_newest(manager, steps, args, model_dir)
+  finally:
+    manager.close()
+  return found, out.state["params"]
+
+
+class UnreadableCheckpoint(RuntimeError):
+  """No checkpoint of a MODEL_DIR could be read."""
+
+
+def _first_line(e: BaseException) -> str:
+  return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
+
+
+def _restore_newest(manager, steps, args, model_dir, on_bad=None):
+  """(step, restored) of the first of `steps` that reads, warning about (and passing to `on_bad`) each newer one that
+  does not. If none reads, the error names the newest step's failure: then it is not one damaged checkpoint but an
+  incompatible request (another model shape, another MODEL_DIR), and nothing is set aside."""
+  errors = []
+  for s in steps:
+    try:
+      out = manager.restore(s, args=args)
+    except Exception as e:  # pylint: disable=broad-except  # orbax/TensorStore raise many types for damaged files
+      errors.append((s, e))
+      continue
+    for bad, e in errors:
+      logging.warning("checkpoint step %d under %s/checkpoints is unreadable (truncated or empty?): %s; using step "
+                      "%d instead", bad, model_dir, _first_line(e), s)
+      if on_bad is not None:
+        on_bad(bad, _first_line(e))
+    return s, out
+  s, e = errors[0]
+  raise UnreadableCheckpoint(
+      f"no checkpoint under {model_dir}/checkpoints could be restored (tried steps {[x for x, _ in errors]}); step "
+      f"{s}: {_first_line(e)}. When every one fails alike, what is asked for differs from what they hold (another "
+      "model shape or optimizer structure), not the files.") from e
+
+
+@jax.jit
+def _all_finite(tree):
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def all_finite(tree) -> bool:
+  """Whether every floating-point value in `tree` (parameters, optimizer moments) is finite."""
+  return bool(jax.device_get(_all_finite(tree)))
+
+
+class RunCheckpoints:
+  """A MODEL_DIR's checkpoints as a training loop writes them (construct it while holding the run's lock).
+
+  * `save` writes a state only if all its parameters and optimizer state are finite.
+  * A checkpoint is verified when the step after it computes a finite loss and gradient from it (`step_succeeded`);
+    when that step is not finite, the checkpoint it started from is what made it so (or that step's batch) and
+    `reject_after_failed_step` moves it to MODEL_DIR/rejected_checkpoints/, so a rerun resumes from the one before.
+    (Move it back to resume from it, e.g. when the batch was at fault.)
+  * Retention keeps the newest `keep` checkpoints (None: all), and also the newest verified one while the newest of
+    all is not verified yet (mid-run, or after a stop before the last step), so setting one aside never leaves the run
+    without a checkpoint; once the run has reached its last step, exactly `keep`.
+  * `restore` falls back to the previous checkpoint when the newest is unreadable, setting the bad one aside.
+  * On opening, temporary directories of saves killed mid-write are reported and removed.
+  """
+
+  def __init__(self, model_dir: str, keep: Optional[int]):
+    self.model_dir = os.path.abspath(model_dir)
+    self.keep = keep
+    self._clean_killed_saves()
+    self.manager = make_manager(self.model_dir, max_to_keep=None)
+    self._newest_verified = False
+
+  def _clean_killed_saves(self) -> None:
+    root = os.path.join(self.model_dir, "checkpoints")
+    if jax.process_index() != 0 or not os.path.isdir(root):
+      return
+    for name in sorted(os.listdir(root)):
+      if ORBAX_TMP_MARK in name:
+        logging.warning("removing %s: the temporary directory of a checkpoint save that never finished (a killed "
+                        "run)", os.path.join(root, name))
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+  def latest_step(self) -> Optional[int]:
+    return self.manager.latest_step()
+
+  def restore(self, abstract_state):
+    """(state, data) of the newest readable checkpoint, or None if there is none."""
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    if not steps:
+      return None
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
+    step, out = _restore_newest(self.manager, steps, args, self.model_dir,
+                                on_bad=lambda s, why: self._set_aside(s, f"unreadable: {why}"))
+    self._newest_verified = False
+    return out.state, out.data
+
+  def save(self, step: int, state, data: dict) -> bool:
+    """Save `state` (and the loop's `data`) as `step`, unless it holds a non-finite value; returns whether it did."""
+    if not all_finite(state):
+      return False
+    save(self.manager, step, state, data, force=True)
+    self._newest_verified = False
+    self._prune()
+    return True
+
+  def step_succeeded(self, step: int) -> None:
+    """Step `step` computed a finite loss and gradient, which verifies a checkpoint saved at `step - 1`."""
+    if not self._newest_verified and self.manager.latest_step() == step - 1:
+      self._newest_verified = True
+      self._prune()
+
+  def reject_after_failed_step(self, step: int) -> Optional[int]:
+    """Step `step` was not finite: set aside a checkpoint saved at `step - 1`; returns the newest kept step."""
+    if self.manager.latest_step() == step - 1:
+      self._set_aside(step - 1, f"step {step}, the first after it, computed a non-finite loss or gradient from it")
+    return self.manager.latest_step()
+
+  def run_finished(self) -> None:
+    """The run reached its last step: keep exactly the newest `keep` checkpoints."""
+    self._newest_verified = True
+    self._prune()
+
+  def _prune(self) -> None:
+    steps = sorted(self.manager.all_steps())
+    if self.keep is None or len(steps) <= self.keep:
+      return
+    keep = set(steps[-self.keep:])
+    if not self._newest_verified:
+      keep.add(steps[-2])
+    for s in steps:
+      if s not in keep:
+        self.manager.delete(s)
+
+  def _set_aside(self, step: int, why: str) -> None:
+    src = os.path.join(self.model_dir, "checkpoints", str(step))
+    dst = os.path.join(self.model_dir, REJECTED_DIR, str(step))
+    if jax.process_index() == 0 and os.path.isdir(src):
+      os.makedirs(os.path.dirname(dst), exist_ok=True)
+      n = 1
+      while os.path.exists(dst):
+        dst, n = os.path.join(self.model_dir, REJECTED_DIR, f"{step}.{n}"), n + 1
+      os.rename(src, dst)
+      logging.warning("checkpoint step %d set aside to %s (%s)", step, dst, why)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices(f"set_aside_{step}")
+    self.manager.reload()
+
+  def close(self) -> None:
+    self.manager.close()
+
+  def __enter__(self) -> "RunCheckpoints":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  def kept_note(self) -> str:
+    """A sentence for error messages: which checkpoint a rerun will resume from."""
+    kept = self.latest_step()
+    if kept is None:
+      return "No checkpoint is left: a rerun starts from step 0."
+    return f"The last good checkpoint (step {kept}) under {self.model_dir}/checkpoints is kept."
+
+
+def check_vocabulary(name: str, model_dir: str, vocab_size: int, task_vocab_size: Optional[int] = None) -> None:
+  """Refuse a frozen model (teacher, reference LM, proxy) whose vocabulary differs from the one it serves: another
+  `vocab_size`, or (when both are known) another task vocabulary size recorded in its run_config.json. Token ids
+  and logits of different vocabularies do not correspond (a reference LM's loss on an id it lacks is NaN)."""
+  cfg = read_model_config(model_dir)
+  recorded = (run_config.read(model_dir) or {}).get("task_vocab_size")
+  if cfg.vocab_size != vocab_size or (task_vocab_size and recorded and recorded != task_vocab_size):
+    raise ValueError(
+        f"frozen model {name!r} ({model_dir}) has another vocabulary: vocab_size {cfg.vocab_size} (task vocabulary "
+        f"{recorded or 'not recorded'}) where this run has {vocab_size} (task vocabulary "
+        f"{task_vocab_size or 'not given'}); frozen models must use the trained model's tokenizer")

@@ -3,7 +3,9 @@
 `train()` is a plain function (gin binds its arguments from `scripts/train.py`). Every method plugs in through
 `loss_factory(model) -> loss_fn`; everything else (sharding, accumulation, checkpoints, NaN guard, metrics) is shared.
 """
+import contextlib
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -20,7 +22,8 @@ from bliss_jax import partitioning
 from bliss_jax.losses.lm import make_lm_loss
 from bliss_jax.models.config import ModelConfig
 from bliss_jax.models.transformer import Transformer
-from bliss_jax.training import checkpoints, evaluation, metric_writers, optimizers
+from bliss_jax.training import (checkpoints, config_checks, evaluation, metric_writers, optimizers, run_config,
+                                run_lock)
 from bliss_jax.training.train_state import create_train_state
 from bliss_jax.training.train_step import make_train_step
 
@@ -86,16 +89,23 @@ def abstract_params(model_config: ModelConfig, mesh, rules, sequence_length: int
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), plain, shardings)
 
 
-def load_frozen_models(frozen_model_dirs: Dict[str, str], mesh, rules):
-  """{name: Transformer} and {name: params} of frozen models (teachers, reference LMs) from their MODEL_DIRs, each laid
-  out on `mesh` by its own logical axis names."""
-  modules, params = {}, {}
+def load_frozen_models(frozen_model_dirs: Dict[str, str], mesh, rules, *, vocab_size: Optional[int] = None,
+                       task_vocab_size: Optional[int] = None):
+  """{name: Transformer}, {name: params} and {name: step} of frozen models (teachers, reference LMs) from their
+  MODEL_DIRs' latest checkpoints, each laid out on `mesh` by its own logical axis names.
+
+  With `vocab_size` (the trained model's), every frozen model's vocabulary is checked first
+  (`checkpoints.check_vocabulary`)."""
+  if vocab_size is not None:
+    for name, model_dir in sorted(frozen_model_dirs.items()):
+      checkpoints.check_vocabulary(name, model_dir, vocab_size, task_vocab_size)
+  modules, params, steps = {}, {}, {}
   for name, model_dir in sorted(frozen_model_dirs.items()):
     cfg = checkpoints.read_model_config(model_dir)
-    step, params[name] = checkpoints.load_params(model_dir, abstract_params(cfg, mesh, rules))
+    steps[name], params[name] = checkpoints.load_params(model_dir, abstract_params(cfg, mesh, rules))
     modules[name] = Transformer(cfg)
-    logging.info("frozen model %r: %s at step %d", name, model_dir, step)
-  return modules, params
+    logging.info("frozen model %r: %s at step %d", name, model_dir, steps[name])
+  return modules, params, steps
 
 
 def build_step_functions(model_config: ModelConfig, tx, schedule, mesh, rules, *, sequence_length: int,
@@ -180,11 +190,13 @@ def train(*, model_dir: str, model_config: ModelConfig, batch_source: BatchSourc
           mesh_data: int = -1, mesh_model: int = 1, fsdp: bool = False, devices=None,
           progress_bar: bool = True, stop_at_step: Optional[int] = None,
           frozen_model_dirs: Optional[Dict[str, str]] = None,
-          loss_phases: Optional[Sequence[Tuple[int, Callable]]] = None) -> TrainResult:
+          loss_phases: Optional[Sequence[Tuple[int, Callable]]] = None,
+          allow_config_change: Sequence[str] = (), extra_records: Optional[Dict[str, str]] = None) -> TrainResult:
   """Train `model_config` on `batch_source` for `num_steps` optimizer steps, resuming from MODEL_DIR if possible.
 
   Args:
-    model_dir: checkpoints (`checkpoints/`), `metrics.jsonl`, `tensorboard/` and `config.gin` go here.
+    model_dir: checkpoints (`checkpoints/`), `metrics.jsonl`, `tensorboard/`, `model_config.json` and
+      `run_config.json` go here. The run holds MODEL_DIR/run.lock while it works: a second process is refused.
     model_config: the model's shape; `vocab_size=None` in it is resolved from `vocab_size` (the task's vocabulary,
       padded up to a multiple of 128).
     batch_source: see `BatchSource`. It is asked for split "train" (repeating) and "validation" (not repeating).
@@ -193,18 +205,34 @@ def train(*, model_dir: str, model_config: ModelConfig, batch_source: BatchSourc
     seed: parameter initialisation and per-step RNG (`fold_in(seed, step)`).
     loss_factory: `loss_factory(model, frozen_models) -> loss_fn(params, batch, rng, frozen) -> (loss, metrics)`.
     frozen_model_dirs: {name: MODEL_DIR} of frozen models the loss consults (a KD teacher, a RHO-1 reference model);
-      their latest checkpoints are loaded, sharded on the same mesh, and passed to every step.
+      their latest checkpoints are loaded, sharded on the same mesh, and passed to every step. Each must have this
+      run's vocabulary.
     loss_phases: [(last_step, loss_factory), ...] in increasing order: steps up to each `last_step` use that phase's
       loss, each compiled as its own step (so a phase whose loss ignores the frozen models never runs them — SALT's
       plain stage after KD); steps after the last phase use `loss_factory`. One optimizer state and schedule run
       across the switch, and resuming on either side picks the phase from the step.
     eval_every / eval_batches: held-out loss, perplexity and next-token accuracy every N steps (and at the end) on
       the first `eval_batches` batches of the validation split (0 disables).
-    checkpoint_every / keep_checkpoints: periodic and final orbax checkpoints, keeping the last N.
+    checkpoint_every / keep_checkpoints: periodic and final orbax checkpoints, keeping the last N (None: all; see
+      `checkpoints.RunCheckpoints`). Only finite states are saved.
     mesh_data / mesh_model / fsdp: the device mesh and whether parameters are also sharded over "data".
     stop_at_step: leave after this step (checkpointed) although the schedule runs to `num_steps`, as a pre-empted
       job would; rerunning continues from there.
+    allow_config_change: recorded fields (`run_config`) a resume may change, e.g. ("optimizer.peak_lr",), ("data",)
+      or ("num_steps",) (the schedule is then recomputed over the new `num_steps` from the current step on). Other
+      changes are refused, as is `num_steps` below the latest checkpoint's step.
+    extra_records: {file name: text} written into MODEL_DIR with the run's own records, once the command is known to
+      be valid and compatible with the run (the CLI's `config.gin`).
   """
+  config_checks.check_train(
+      num_steps=num_steps, batch_size=batch_size, sequence_length=sequence_length,
+      num_microbatches=num_microbatches, seed=seed, eval_every=eval_every, eval_batches=eval_batches,
+      checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, log_every=log_every,
+      stop_at_step=stop_at_step, vocab_size=vocab_size, optimizer=optimizer,
+      loss_phase_ends=[last for last, _ in loss_phases or ()])
+  for name in extra_records or {}:
+    if os.path.basename(name) != name or name in ("", ".", ".."):
+      raise ValueError(f"extra_records: {name!r} is not a plain file name")
   if vocab_size is not None and model_config.vocab_size is not None and model_config.vocab_size < vocab_size:
     raise ValueError(f"model vocab_size={model_config.vocab_size} is smaller than the task vocabulary ({vocab_size} "
                      "ids incl. extra ids); use the same tokenizer or a larger vocab_size")
@@ -215,26 +243,40 @@ def train(*, model_dir: str, model_config: ModelConfig, batch_source: BatchSourc
   if batch_size % jax.process_count():
     raise ValueError(f"global batch_size={batch_size} is not divisible by {jax.process_count()} processes")
   model_dir = os.path.abspath(model_dir)
-  os.makedirs(model_dir, exist_ok=True)
-
   mesh = partitioning.make_mesh(mesh_data, mesh_model, devices)
   if batch_size % mesh.shape["data"]:
     raise ValueError(f"global batch_size={batch_size} is not divisible by the data axis ({mesh.shape['data']})")
   rules = partitioning.logical_rules(fsdp)
   tx, schedule = make_tx(optimizer, num_steps)
 
-  with partitioning.mesh_context(mesh, rules):
-    frozen_modules, frozen = load_frozen_models(frozen_model_dirs or {}, mesh, rules)
+  with run_lock.run_lock(model_dir, what="training run"), partitioning.mesh_context(mesh, rules), \
+       contextlib.ExitStack() as stack:
+    frozen_modules, frozen, frozen_steps = load_frozen_models(
+        frozen_model_dirs or {}, mesh, rules, vocab_size=model_config.vocab_size, task_vocab_size=vocab_size)
+    ckpts = stack.enter_context(checkpoints.RunCheckpoints(model_dir, keep_checkpoints))
+    record = {
+        "model_config": dataclasses.asdict(model_config), "task_vocab_size": vocab_size, "batch_size": batch_size,
+        "sequence_length": sequence_length, "num_microbatches": num_microbatches, "seed": seed,
+        "num_steps": num_steps, "optimizer": dataclasses.asdict(optimizer),
+        "loss": run_config.loss_schedule(loss_factory, loss_phases),
+        "frozen_models": {k: {"model_config": dataclasses.asdict(frozen_modules[k].cfg), "step": frozen_steps[k]}
+                          for k in frozen_modules},
+        "data": run_config.describe(batch_source)}
+    old_record = run_config.read(model_dir)
+    if ckpts.latest_step() is not None:
+      old = old_record or _legacy_record(model_dir)
+      diff = run_config.check_resume(old, record, ckpts.latest_step(), allow_config_change)
+      for k, (a, b) in diff.items():
+        logging.warning("resuming %s with a changed %s: %s -> %s (allowed)", model_dir, k, a, b)
+    else:
+      old_record, diff = None, {}
     frozen_sh = jax.tree.map(lambda x: x.sharding, frozen) if frozen else None
     fns = build_step_functions(model_config, tx, schedule, mesh, rules, sequence_length=sequence_length,
                                loss_factory=loss_factory, num_microbatches=num_microbatches,
                                frozen_models=frozen_modules, frozen_shardings=frozen_sh)
     frozen = frozen or None
     repl = partitioning.replicated(mesh)
-    manager = checkpoints.make_manager(model_dir, max_to_keep=keep_checkpoints)
-    if jax.process_index() == 0:
-      checkpoints.write_model_config(model_dir, model_config)
-    restored = checkpoints.restore(manager, fns.abstract_state)
+    restored = ckpts.restore(fns.abstract_state)
     if restored is None:
       state = fns.init(jax.random.PRNGKey(seed))
       position = 0
@@ -243,6 +285,12 @@ def train(*, model_dir: str, model_config: ModelConfig, batch_source: BatchSourc
       position = int(data["position"])
       logging.info("resumed from step %d (data position %d)", int(state.step), position)
     start_step = int(state.step)
+    if jax.process_index() == 0:
+      checkpoints.write_model_config(model_dir, model_config)
+      run_config.write_json(os.path.join(model_dir, run_config.RUN_CONFIG_FILE),
+                             run_config.updated(old_record, record, diff, start_step))
+      for name, text in (extra_records or {}).items():
+        run_config.write_atomically(os.path.join(model_dir, name), text)
     metrics_path = os.path.join(model_dir, "metrics.jsonl")
     metric_writers.truncate_jsonl(metrics_path, "train", start_step)
     metric_writers.truncate_jsonl(metrics_path, "validation", start_step)
@@ -267,18 +315,22 @@ def train(*, model_dir: str, model_config: ModelConfig, batch_source: BatchSourc
       eval_writer.write_scalars(step, result)
       return result
 
+    def stop(message):
+      bar.close()
+      raise NonFiniteLossError(
+          f"{message}. {ckpts.kept_note()} Lower the learning rate (a resume may change it with "
+          "train.allow_config_change=('optimizer.peak_lr',)) or check the data, then rerun to resume.")
+
     last_metrics, last_eval = {}, None
     bar = tqdm.tqdm(total=num_steps, initial=start_step, disable=not progress_bar or jax.process_index() != 0,
                     desc="train", dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
     t_last, tokens_since = time.perf_counter(), 0.0
     phases = [(last, fns.make_train_step(factory)) for last, factory in (loss_phases or ())]
-    if [p[0] for p in phases] != sorted(p[0] for p in phases):
-      raise ValueError(f"loss_phases must be in increasing step order, got {[p[0] for p in phases]}")
 
     def phase_step(step):  # the step function for (1-based) optimizer step `step`
       return next((fn for last, fn in phases if step <= last), fns.train_step)
 
-    last_step = num_steps if stop_at_step is None else min(stop_at_step, num_steps)
+    last_step = max(start_step, num_steps if stop_at_step is None else min(stop_at_step, num_steps))
     for step in range(start_step + 1, last_step + 1):
       local = next(batches)
       step_fn = phase_step(step)
@@ -286,11 +338,10 @@ def train(*, model_dir: str, model_config: ModelConfig, batch_source: BatchSourc
       metrics = jax.device_get(metrics)
       loss = float(metrics["loss"])
       if not (np.isfinite(loss) and np.isfinite(float(metrics["grad_norm"]))):
-        bar.close()
-        raise NonFiniteLossError(
-            f"non-finite loss {loss} / grad norm {float(metrics['grad_norm'])} at step {step}; stopped without saving. "
-            f"The last good checkpoint (step {manager.latest_step()}) under {model_dir}/checkpoints is kept. Lower "
-            "the learning rate or check the data, then rerun to resume from it.")
+        ckpts.reject_after_failed_step(step)
+        stop(f"non-finite loss {loss} / grad norm {float(metrics['grad_norm'])} at step {step}; stopped without "
+             "saving")
+      ckpts.step_succeeded(step)
       # throughput counts every loss-carrying token processed (RHO-1 reports its selected ones as num_tokens)
       tokens_since += float(metrics.get("num_valid_tokens", metrics.get("num_tokens", 0.0)))
       last_metrics = {k: float(v) for k, v in metrics.items()}
@@ -304,12 +355,23 @@ def train(*, model_dir: str, model_config: ModelConfig, batch_source: BatchSourc
       if eval_every and step % eval_every == 0:
         last_eval = run_eval(step)
       if step % checkpoint_every == 0 or step == last_step:
-        checkpoints.save(manager, step, state, {"position": position + (step - start_step)}, force=True)
+        if not ckpts.save(step, state, {"position": position + (step - start_step)}):
+          stop(f"the state after step {step} holds non-finite parameters or optimizer state; not saved")
     bar.close()
+    if last_step == num_steps:
+      ckpts.run_finished()
     if last_step == num_steps and eval_every and (num_steps % eval_every or start_step >= num_steps):
       last_eval = run_eval(num_steps)
     train_writer.flush()
     eval_writer.flush()
-    manager.close()
   del batches
   return TrainResult(model_dir=model_dir, final_step=last_step, last_train_metrics=last_metrics, last_eval=last_eval)
+
+
+def _legacy_record(model_dir: str) -> dict:
+  """What a run written before run_config.json existed records: its model_config.json (if any)."""
+  path = os.path.join(model_dir, "model_config.json")
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return {"model_config": json.load(f)}
