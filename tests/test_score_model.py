@@ -14,13 +14,18 @@ def test_mean_pool_hand_computed():
   np.testing.assert_allclose(mean_pool(h, jnp.array([[1, 0, 1]])), [[4.0, 5.0, 6.0, 7.0]])
 
 
-def test_score_is_linear_head_on_pooled_lm_hidden_states():
+def _lm_and_score_params(x, bias):
+  """A tiny LM, its parameters, a random Linear(d, 1) head with `bias`, and the score model's parameters."""
   cfg = preset("tiny", vocab_size=64)
-  x = jnp.array([[3, 7, 9, 11, 4, 6]])
   lm = Transformer(cfg)
   lm_params = nn.unbox(lm.init(jax.random.PRNGKey(0), x)["params"])
-  head = {"kernel": jax.random.normal(jax.random.PRNGKey(1), (cfg.d_model, 1)), "bias": jnp.array([0.5])}
-  params = from_lm_params(lm_params, head)
+  head = {"kernel": jax.random.normal(jax.random.PRNGKey(1), (cfg.d_model, 1)), "bias": jnp.array([bias])}
+  return cfg, lm, lm_params, head, from_lm_params(lm_params, head)
+
+
+def test_score_is_linear_head_on_pooled_lm_hidden_states():
+  x = jnp.array([[3, 7, 9, 11, 4, 6]])
+  cfg, lm, lm_params, head, params = _lm_and_score_params(x, 0.5)
   weights = jnp.array([[0, 1, 1, 1, 1, 0]])
   sm = ScoreModel(cfg)
   shapes = jax.eval_shape(lambda: nn.unbox(sm.init(jax.random.PRNGKey(0), x)["params"]))
@@ -35,12 +40,8 @@ def test_score_is_linear_head_on_pooled_lm_hidden_states():
 
 def test_pooling_all_averages_every_row_position():
   """`pooling="all"` (the BLISS reference's average pool over the chunk) ignores the pool mask; "tokens" uses it."""
-  cfg = preset("tiny", vocab_size=64)
   x = jnp.array([[3, 7, 9, 11, 0, 0]])
-  lm = Transformer(cfg)
-  lm_params = nn.unbox(lm.init(jax.random.PRNGKey(0), x)["params"])
-  head = {"kernel": jax.random.normal(jax.random.PRNGKey(1), (cfg.d_model, 1)), "bias": jnp.array([0.0])}
-  params = from_lm_params(lm_params, head)
+  cfg, lm, lm_params, head, params = _lm_and_score_params(x, 0.0)
   mask = jnp.array([[1, 1, 1, 1, 0, 0]])
   _, hidden = lm.apply({"params": lm_params}, x, return_hidden=True)
   all_pos = ScoreModel(cfg, pooling="all").apply({"params": params}, x, pool_mask=mask)
