@@ -16,7 +16,10 @@ import time
 
 import pytest
 
-from bliss_jax.pipelines import compare
+from bliss_jax.pipelines import compare, method
+
+# every method of compare/smoke.gin, in report order
+METHODS = ("plain", "rho1", "rkd", "salt", "salt_ds", "miniplm", "vanilla_kd", "random", "bliss")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["--gin_file=compare/smoke.gin", "--gin.compare.zero_shot_tasks=('arc_easy',)",
@@ -26,7 +29,7 @@ TINY = ["--gin_file=compare/smoke.gin", "--gin.compare.zero_shot_tasks=('arc_eas
 # --- pure pieces ---
 
 def test_aux_cost_counts_one_off_items_before_their_step_and_forwards_per_step():
-  aux = compare.AuxCost({"teacher": (0, 100.0), "bilevel_r1": (10, 7.0)}, per_step=2.0, per_step_until=5,
+  aux = method.AuxCost({"teacher": (0, 100.0), "bilevel_r1": (10, 7.0)}, per_step=2.0, per_step_until=5,
                         per_step_label="teacher_forwards")
   assert aux.at(1) == 100.0 + 2.0
   assert aux.at(5) == 100.0 + 10.0
@@ -35,7 +38,7 @@ def test_aux_cost_counts_one_off_items_before_their_step_and_forwards_per_step()
   assert aux.breakdown() == {"teacher": 100.0, "bilevel_r1": 7.0, "teacher_forwards": 10.0}
   curve = [{"step": 5, "loss": 3.0}, {"step": 20, "loss": 2.0}]
   assert compare.flops_curve(curve, 1000.0, aux) == [(5000.0 + 110.0, 3.0), (20000.0 + 117.0, 2.0)]
-  assert compare.AuxCost().at(7) == 0.0
+  assert method.AuxCost().at(7) == 0.0
 
 
 def test_label_fractions_count_examples_not_documents():
@@ -92,7 +95,8 @@ def _without_wall_time(report):
 def test_every_method_trains_the_same_target_for_the_same_flops(clean_run):
   root, report, _ = clean_run
   rows = report["methods"]
-  assert set(rows) == set(compare.METHODS)  # report.json is written with sorted keys
+  assert set(rows) == set(METHODS)  # report.json is written with sorted keys
+  assert report["config"]["methods"] == list(METHODS)
   cfg = report["config"]
   assert cfg["target_steps"] == 20 and cfg["batch_size"] == 4 and cfg["sequence_length"] == 32
   assert cfg["pool"] == "embedded_default:train"  # no pool split given: the stream's own split
@@ -151,7 +155,7 @@ def test_curves_are_the_held_out_loss_of_the_checkpoints(clean_run):
 def test_report_files_figures_and_tensorboard(clean_run):
   root, report, out = clean_run
   md = (root / "report.md").read_text()
-  for m in compare.METHODS:
+  for m in METHODS:
     assert f"| {m} |" in md
   assert "| plain | " in out  # the script prints the table
   for name in ("loss_vs_flops.png", "loss_vs_total_flops.png", "composition.png"):
@@ -163,7 +167,7 @@ def test_report_files_figures_and_tensorboard(clean_run):
   # the training logs of every stage under the same ROOT
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=import-outside-toplevel
-  for m in compare.METHODS:
+  for m in METHODS:
     acc = event_accumulator.EventAccumulator(str(root / "tensorboard" / m), size_guidance={"tensors": 0})
     acc.Reload()
     got = [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in acc.Tensors("heldout/loss")]

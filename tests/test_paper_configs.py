@@ -105,10 +105,10 @@ def test_compare_paper_config_traces_every_methods_step(parsed):
   assert t.model_config == preset("pythia_1b", vocab_size=50304, dtype="bfloat16")
   assert s.model_config == preset("pythia_160m", vocab_size=50304)
   assert l.model_config == preset("salt_2p8b", vocab_size=50304, dtype="bfloat16")
-  for fn, name in ((rho1.run, "rho1_kwargs"), (salt.run, "salt_kwargs"), (miniplm.run, "miniplm_kwargs"),
-                   (bliss.run, "bliss_kwargs")):
-    inspect.signature(fn).bind_partial(**gin.query_parameter(f"compare.{name}"))
-  salt_kw = gin.query_parameter("compare.salt_kwargs")
+  assert set(gin.query_parameter("compare.options")) == {"rho1", "salt", "miniplm", "bliss"}
+  for fn, name in ((rho1.run, "RHO1"), (salt.run, "SALT"), (miniplm.run, "MINIPLM"), (bliss.run, "BLISS")):
+    inspect.signature(fn).bind_partial(**gin.query_parameter(f"%{name}"))
+  salt_kw = gin.query_parameter("%SALT")
   assert salt_kw["n_kd"] == round(36 / 208 * t.num_steps)
   common = dict(batch_size=t.batch_size, sequence_length=t.sequence_length, optimizer=t.optimizer,
                 num_steps=t.num_steps)

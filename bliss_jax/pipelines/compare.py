@@ -40,41 +40,13 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bliss_jax.models.config import count_params
 from bliss_jax.models.flops import train_flops_per_token
-from bliss_jax.pipelines import bliss as bliss_pipeline
-from bliss_jax.pipelines import common, miniplm as miniplm_pipeline, rho1 as rho1_pipeline, salt as salt_pipeline
+from bliss_jax.pipelines import builtin, common, method
 from bliss_jax.pipelines.stages import STAGE_FILE, run_stage
 from bliss_jax.report import tables
 from bliss_jax.training import checkpoints
 
-METHODS = ("plain", "random", "bliss", "salt", "salt_ds", "rkd", "vanilla_kd", "miniplm", "rho1")
-PIPELINE_OF = {"plain": "rho1", "rho1": "rho1", "random": "bliss", "bliss": "bliss", "rkd": "salt", "salt": "salt",
-               "salt_ds": "salt", "miniplm": "miniplm", "vanilla_kd": "miniplm"}
-# SALT's n_KD as a fraction of the student's steps (36K of 208K in the paper).
-SALT_KD_FRACTION = 36 / 208
 
-
-@dataclasses.dataclass(frozen=True)
-class AuxCost:
-  """A method's auxiliary FLOPs: one-off items incurred before a step ({label: (after_step, flops)}, after_step 0 =
-  before training) and a per-step forward (`per_step` FLOPs at each of the first `per_step_until` steps)."""
-  one_off: Mapping[str, Tuple[int, float]] = dataclasses.field(default_factory=dict)
-  per_step: float = 0.0
-  per_step_until: int = 0
-  per_step_label: str = ""
-
-  def at(self, step: int) -> float:
-    """Auxiliary FLOPs spent by the time the target finished `step` steps."""
-    once = sum(f for after, f in self.one_off.values() if after < step or after == 0)
-    return once + self.per_step * min(step, self.per_step_until)
-
-  def breakdown(self) -> Dict[str, float]:
-    out = {k: f for k, (_, f) in self.one_off.items()}
-    if self.per_step_until:
-      out[self.per_step_label] = self.per_step * self.per_step_until
-    return out
-
-
-def flops_curve(curve: Sequence[Mapping], target_step_flops: float, aux: AuxCost) -> List[Tuple[float, float]]:
+def flops_curve(curve: Sequence[Mapping], target_step_flops: float, aux: method.AuxCost) -> List[Tuple[float, float]]:
   """[(total FLOPs, loss)] of a curve of {"step", "loss"} points: target training plus auxiliary cost so far."""
   return [(p["step"] * target_step_flops + aux.at(p["step"]), p["loss"]) for p in curve]
 
@@ -141,155 +113,71 @@ def run(*, root: str, target: common.TrainSpec, small: common.TrainSpec, train_t
         large: Optional[common.TrainSpec] = None, pool_task: Optional[str] = None, pool_split: str = "train",
         pool_max_examples: Optional[int] = None,
         reference_task: Optional[str] = None, eval_task: Optional[str] = None, eval_split: str = "validation",
-        eval_max_batches: Optional[int] = None, methods: Sequence[str] = METHODS, composition: Optional[str] = None,
+        eval_max_batches: Optional[int] = None, methods: Optional[Sequence[str]] = None,
+        options: Optional[Mapping[str, Mapping]] = None, composition: Optional[str] = None,
         zero_shot_tasks: Sequence[str] = (), zero_shot_limit: Optional[float] = None,
-        zero_shot_data_dir: Optional[str] = None, zero_shot_max_length: int = 2048,
-        rho1_kwargs: Optional[dict] = None,
-        salt_kwargs: Optional[dict] = None, miniplm_kwargs: Optional[dict] = None,
-        bliss_kwargs: Optional[dict] = None, scale: str = "", progress_bar: bool = True) -> dict:
+        zero_shot_data_dir: Optional[str] = None, zero_shot_max_length: int = 2048, scale: str = "",
+        pipelines: Sequence[method.Pipeline] = builtin.PIPELINES, progress_bar: bool = True) -> dict:
   """Run (or resume) every method in `methods` and write the comparison (`root/report.json`, `report.md`, figures).
 
   Args:
     target: the target model's TrainSpec, shared by every method (`checkpoint_every` is the curve's period; every
       checkpoint is kept). `num_steps` must split into BLISS's rounds + 1 when BLISS or random selection runs.
     small: the small model: RHO-1's reference LM, SALT's teacher and SALT_DS's scorer, MiniPLM's reference LM and
-      BLISS's proxy (per-pipeline overrides in the *_kwargs, e.g. `salt_kwargs={"teacher": ...}`).
+      BLISS's proxy (per-pipeline overrides in `options`, e.g. `{"salt": {"teacher": ...}}`).
     large: MiniPLM's (and Vanilla KD's) teacher, trained on `train_task`.
     train_task: the pretraining stream (its train split): plain, RHO-1, SALT, RKD and the teachers.
     pool_task / pool_split: the candidates of the selecting methods (random, BLISS, SALT_DS, MiniPLM; default:
-      `train_task`'s train split, the stream itself; the benchmark mixture has a disjoint "pool" split). pool_max_examples: only the split's first examples (for corpora as large as C4).
+      `train_task`'s train split, the stream itself; the benchmark mixture has a disjoint "pool" split).
+      pool_max_examples: only the split's first examples (for corpora as large as C4).
     reference_task: the high-quality reference set (its train split): RHO-1's reference LM and BLISS's upper level
-      (default: `train_task`; `rho1_kwargs` / `bliss_kwargs` may name their own, e.g. BLISS's LAMBADA).
+      (default: `train_task`; a pipeline's options may name their own, e.g. BLISS's LAMBADA).
     eval_task / eval_split / eval_max_batches: the held-out set every curve is measured on (default: `train_task`'s
       validation split).
-    methods: some of `METHODS`.
+    methods: some of the registered pipelines' methods (`method.methods(options)`; default: all of them).
+    options: {pipeline name: further arguments of its `run`} (ratio, n_kd, alpha, rounds, bilevel, scorers, ...).
     composition: how selected examples are labelled for the composition report: "benchmark" (the benchmark
       mixture's catalog: domain, and the target-like share), "doc_prefix" (the document id up to its first ":"),
       or None.
     zero_shot_tasks / zero_shot_limit / zero_shot_data_dir: harness tasks run on every final target (default data
       dir: the shared data's `eval/`; skipped with a note where it is absent). zero_shot_max_length: the longest
       scored row (contexts are left-truncated; as scripts/evaluate.py's --max_length).
-    rho1_kwargs, salt_kwargs, miniplm_kwargs, bliss_kwargs: further arguments of each pipeline's `run` (ratio,
-      n_kd, alpha, rounds, bilevel, ...).
     scale: a name for the report ("smoke", "small", ...).
+    pipelines: the pipelines providing the methods (`method.Pipeline`), in report order.
   """
-  unknown = sorted(set(methods) - set(METHODS))
+  options = dict(options or {})
+  provided = method.methods(pipelines, options)
+  methods = list(provided) if methods is None else list(methods)
+  unknown = [m for m in methods if m not in provided]
   if unknown:
-    raise ValueError(f"unknown methods {unknown}: expected some of {METHODS}")
-  methods = [m for m in METHODS if m in methods]
-  pool_task = pool_task or train_task
-  reference_task = reference_task or train_task
-  eval_task = eval_task or train_task
-  N, B, L = target.num_steps, target.batch_size, target.sequence_length
+    raise ValueError(f"unknown methods {unknown}: expected some of {tuple(provided)}")
+  methods = [m for m in provided if m in methods]
+  L = target.sequence_length
   if small.sequence_length != L:
     raise ValueError(f"small.sequence_length={small.sequence_length} != target's {L}: they score the same chunks")
-  wanted = lambda *ms: [m for m in ms if m in methods]
-  keep = dict(keep_checkpoints=None)
-  reports: Dict[str, dict] = {}
-  model_dirs: Dict[str, List[Tuple[int, str]]] = {}  # method -> [(first step, MODEL_DIR)], checkpoints by step
-  aux: Dict[str, AuxCost] = {}
-  stages: Dict[str, List[str]] = {}  # method -> its pipeline's stage names (wall time)
-  selections: Dict[str, List[str]] = {}  # method -> selected keys files
-  subroot = lambda name: os.path.join(root, name)
+  setting = method.Setting(
+      root=root, target=target, small=small, large=large, train_task=train_task, pool_task=pool_task or train_task,
+      pool_split=pool_split, pool_max_examples=pool_max_examples, reference_task=reference_task or train_task,
+      eval_task=eval_task or train_task, eval_split=eval_split, eval_max_batches=eval_max_batches,
+      selection_report=composition == "benchmark", progress_bar=progress_bar)
+  runs: Dict[str, method.MethodRun] = {}
+  for p in pipelines:
+    wanted = [m for m in methods if provided[m] is p]
+    if wanted:
+      runs.update(p.run(setting, wanted, options.get(p.name) or {}))
+  return _report(setting, methods, runs, composition=composition, zero_shot_tasks=zero_shot_tasks,
+                 zero_shot_limit=zero_shot_limit, zero_shot_data_dir=zero_shot_data_dir,
+                 zero_shot_max_length=zero_shot_max_length, scale=scale)
 
-  # --- RHO-1 (and the plain baseline) ---
-  if wanted("plain", "rho1"):
-    kw = dict(dict(reference=small, reference_task=reference_task), **(rho1_kwargs or {}))
-    kw.update(root=subroot("rho1"), train_task=train_task, student=target, eval_task=eval_task, eval_split=eval_split,
-              eval_max_batches=eval_max_batches, students=tuple(wanted("plain", "rho1")), progress_bar=progress_bar,
-              **keep)
-    rep = reports["rho1"] = rho1_pipeline.run(**kw)
-    for m in wanted("plain", "rho1"):
-      model_dirs[m] = [(0, rep["students"][m]["model_dir"])]
-    if "plain" in methods:
-      aux["plain"], stages["plain"] = AuxCost(), ["student_plain"]
-    if "rho1" in methods:
-      s = rep["students"]["rho1"]
-      aux["rho1"] = AuxCost({"reference_training": (0, rep["reference"]["train_flops"])},
-                            s["reference_forward_flops"] / N, N, "reference_forwards")
-      stages["rho1"] = ["reference", "student_rho1"]
 
-  # --- SALT, SALT_DS, RKD ---
-  salt_methods = wanted("rkd", "salt", "salt_ds")
-  if salt_methods:
-    kw = dict(salt_kwargs or {})
-    kw.setdefault("teacher", small)
-    kw.setdefault("n_kd", max(1, round(SALT_KD_FRACTION * N)))
-    kw.setdefault("average", "token")  # every method here trains on the token mean of its loss
-    if "salt_ds" in salt_methods:
-      kw.setdefault("pool_task", pool_task)
-      kw.setdefault("pool_split", pool_split)
-      kw.setdefault("pool_max_examples", pool_max_examples)
-    kw.update(root=subroot("salt"), task=train_task, student=target, students=tuple(salt_methods),
-              eval_task=eval_task, eval_split=eval_split, eval_max_batches=eval_max_batches,
-              selection_report=composition == "benchmark", progress_bar=progress_bar, **keep)
-    rep = reports["salt"] = salt_pipeline.run(**kw)
-    teacher_flops = rep["teacher"]["train_flops"]
-    for m in salt_methods:
-      s = rep["students"][m]
-      model_dirs[m] = [(0, s["model_dir"])]
-      one_off = {"small_lm_training": (0, teacher_flops)}
-      if m == "salt_ds":
-        one_off["scoring"] = (0, rep["scoring"]["flops"])
-        selections[m] = [rep["selection"]["selected"]]
-      aux[m] = AuxCost(one_off, s["teacher_forward_flops"] / max(s["kd_steps"], 1), s["kd_steps"],
-                       "teacher_forwards")
-      stages[m] = ["teacher", f"student_{m}"] + (["score", "select"] if m == "salt_ds" else [])
-
-  # --- MiniPLM and Vanilla KD (the large teacher) ---
-  miniplm_methods = wanted("miniplm", "vanilla_kd")
-  if miniplm_methods:
-    kw = dict(miniplm_kwargs or {})
-    if large is None and "teacher_dir" not in kw:
-      raise ValueError(f"{miniplm_methods} need the large teacher: give compare's `large` TrainSpec")
-    kw.setdefault("teacher", large)
-    kw.setdefault("reference", small)
-    kw.update(root=subroot("miniplm"), pool_task=pool_task, pool_split=pool_split,
-              pool_max_examples=pool_max_examples, teacher_task=train_task,
-              student=target, students=tuple(miniplm_methods), eval_task=eval_task, eval_split=eval_split,
-              eval_max_batches=eval_max_batches, vanilla_kd_match_flops=False, progress_bar=progress_bar, **keep)
-    rep = reports["miniplm"] = miniplm_pipeline.run(**kw)
-    teacher_flops = rep["teacher"]["train_flops"]
-    if "miniplm" in methods:
-      model_dirs["miniplm"] = [(0, rep["students"]["miniplm"]["model_dir"])]
-      aux["miniplm"] = AuxCost({"teacher_training": (0, teacher_flops),
-                                "reference_training": (0, rep["reference"]["train_flops"]),
-                                "scoring": (0, rep["scoring"]["flops"])})
-      selections["miniplm"] = [rep["selection"]["selected"]]
-      stages["miniplm"] = ["pool_keys", "split_reference", "teacher", "reference", "score", "select",
-                           "student_miniplm"]
-    if "vanilla_kd" in methods:
-      s = rep["students"]["vanilla_kd"]
-      model_dirs["vanilla_kd"] = [(0, s["model_dir"])]
-      aux["vanilla_kd"] = AuxCost({"teacher_training": (0, teacher_flops)}, s["teacher_forward_flops"] / N, N,
-                                  "teacher_forwards")
-      stages["vanilla_kd"] = ["teacher", "student_vanilla_kd"]
-
-  # --- random selection and BLISS ---
-  bliss_methods = wanted("random", "bliss")
-  if bliss_methods:
-    kw = dict(dict(proxy=small, reference_task=reference_task, reference_split="train"), **(bliss_kwargs or {}))
-    kw.update(root=subroot("bliss"), pool_task=pool_task, pool_split=pool_split, pool_max_examples=pool_max_examples,
-              target=target,
-              eval_task=eval_task, eval_split=eval_split,
-              eval_max_batches=eval_max_batches, methods=tuple(bliss_methods),
-              selection_report=composition == "benchmark", progress_bar=progress_bar)
-    rep = reports["bliss"] = bliss_pipeline.run(**kw)
-    S = rep["steps_per_round"]
-    for m in bliss_methods:
-      res = rep["methods"][m]
-      model_dirs[m] = [(0, rep["round0"]["model_dir"]), (S + 1, res["model_dir"])]
-      selections[m] = [x["selection"]["selected"] for x in res["rounds"]]
-      one_off = {}
-      if m == "bliss":
-        one_off["proxy_warmup"] = (S, rep["proxy"]["train_flops"])
-        for x in res["rounds"]:
-          one_off[f"bilevel_r{x['round']}"] = (x["round"] * S, x["bilevel"]["flops"])
-          one_off[f"scoring_r{x['round']}"] = (x["round"] * S, x["scoring"]["flops"])
-      aux[m] = AuxCost(one_off)
-      R = len(res["rounds"])
-      stages[m] = (["pool_keys", "pools", "warmup_select", "target_r0"] + (["proxy_warmup"] if m == "bliss" else [])
-                   + [f"{m}_r{r}_{k}" for r in range(1, R + 1) for k in ("bilevel", "score", "select", "target")])
+def _report(setting: method.Setting, methods: Sequence[str], runs: Mapping[str, method.MethodRun], *,
+            composition, zero_shot_tasks, zero_shot_limit, zero_shot_data_dir, zero_shot_max_length, scale) -> dict:
+  """The comparison's own stages (held-out curves, zero-shot) and its report, from every method's run."""
+  root, target = setting.root, setting.target
+  N, B, L = target.num_steps, target.batch_size, target.sequence_length
+  eval_task, eval_split, eval_max_batches = setting.eval_task, setting.eval_split, setting.eval_max_batches
+  model_dirs = {m: r.model_dirs for m, r in runs.items()}
+  aux = {m: r.aux for m, r in runs.items()}
 
   # --- the comparison's own stages: one held-out estimator for every curve; zero-shot ---
   curve_steps = sorted(set(range(target.checkpoint_every, N + 1, target.checkpoint_every)) | {N})
@@ -310,16 +198,14 @@ def run(*, root: str, target: common.TrainSpec, small: common.TrainSpec, train_t
                           "eval": f"{eval_task}:{eval_split}:{eval_max_batches}"})
             for m in methods}
 
-  zero_shot, zero_shot_note = _zero_shot(root, methods, model_dirs, train_task, zero_shot_tasks, zero_shot_limit,
-                                         zero_shot_data_dir, zero_shot_max_length)
+  zero_shot, zero_shot_note = _zero_shot(root, methods, model_dirs, setting.train_task, zero_shot_tasks,
+                                         zero_shot_limit, zero_shot_data_dir, zero_shot_max_length)
 
   # --- the report ---
   target_cfg = checkpoints.read_model_config(model_dirs[methods[0]][-1][1])
   target_step_flops = train_flops_per_token(target_cfg, L) * B * L
   labellers = _labellers(composition)
-  pool_keys_path = next((p for p in (os.path.join(root, "bliss", "pool_keys", "keys.json"),
-                                     os.path.join(root, "miniplm", "pool_keys", "keys.json")) if os.path.exists(p)),
-                        None)
+  pool_keys_path = next((runs[m].pool for m in methods if runs[m].pool), None)
   plain_curve = [(p["step"], p["loss"]) for p in curves.get("plain", [])]
   plain_flops_curve = [(s * target_step_flops, l) for s, l in plain_curve]
   rows = {}
@@ -327,13 +213,13 @@ def run(*, root: str, target: common.TrainSpec, small: common.TrainSpec, train_t
     c = curves[m]
     fc = flops_curve(c, target_step_flops, aux[m])
     aux_total = sum(aux[m].breakdown().values())
-    row = {"pipeline": PIPELINE_OF[m], "model_dir": _rel(model_dirs[m][-1][1], root),
+    row = {"pipeline": runs[m].pipeline, "model_dir": _rel(model_dirs[m][-1][1], root),
            "final": {k: c[-1][k] for k in ("step", "loss", "accuracy")},
            "curve": [dict(p, target_flops=p["step"] * target_step_flops, total_flops=f)
                      for p, (f, _) in zip(c, fc)],
            "flops": {"target_training": N * target_step_flops, "auxiliary": aux[m].breakdown(),
                      "auxiliary_total": aux_total, "total": N * target_step_flops + aux_total},
-           "wall_seconds": _stage_seconds(subroot(PIPELINE_OF[m]), stages[m]),
+           "wall_seconds": _stage_seconds(setting.subroot(runs[m].pipeline), runs[m].stages),
            "zero_shot": zero_shot.get(m)}
     if plain_curve:
       plain_final = plain_curve[-1][1]
@@ -342,18 +228,19 @@ def run(*, root: str, target: common.TrainSpec, small: common.TrainSpec, train_t
                  flops_to_plain_final=None if reach is None else reach * target_step_flops + aux[m].at(reach),
                  speedup_steps=tables.speedup([(p["step"], p["loss"]) for p in c], plain_curve),
                  speedup_flops=tables.speedup(fc, plain_flops_curve))
-    if labellers and m in selections:
-      row["selection"] = composition_of([k for p in selections[m] for k in _read_keys(p)], labellers)
+    if labellers and runs[m].selections:
+      row["selection"] = composition_of([k for p in runs[m].selections for k in _read_keys(p)], labellers)
     rows[m] = row
   pool = None
   if labellers and pool_keys_path:
     pool = composition_of(_read_keys(pool_keys_path), labellers)
   report = {
       "scale": scale, "methods": rows, "pool_composition": pool, "zero_shot_note": zero_shot_note,
-      "config": {"train_task": train_task, "pool": f"{pool_task}:{pool_split}", "reference_task": reference_task,
+      "config": {"train_task": setting.train_task, "pool": f"{setting.pool_task}:{setting.pool_split}",
+                 "reference_task": setting.reference_task,
                  "eval": f"{eval_task}:{eval_split}", "eval_max_batches": eval_max_batches,
                  "eval_tokens": curves[methods[0]][-1]["num_tokens"], "target_steps": N, "batch_size": B,
-                 "sequence_length": L, "target_params": count_params(target_cfg),
+                 "sequence_length": L, "target_params": count_params(target_cfg), "methods": list(methods),
                  "target_step_flops": target_step_flops, "curve_steps": curve_steps}}
   common.write_json(os.path.join(root, "report.json"), report)
   figures = _figures(root, rows, pool)
@@ -433,7 +320,8 @@ def _tensorboard(root: str, curves: Mapping[str, Sequence[Mapping]]) -> None:
 def format_report(report: Mapping, figures: Mapping[str, str]) -> str:
   """report.md: the table of every method, zero-shot results, the figures."""
   cfg = report["config"]
-  rows = {m: report["methods"][m] for m in METHODS if m in report["methods"]}  # report.json's keys are sorted
+  order = cfg.get("methods") or sorted(report["methods"], key=lambda m: m != "plain")  # report.json's keys are sorted
+  rows = {m: report["methods"][m] for m in order}
   lines = [f"# Comparison{' (' + report['scale'] + ')' if report['scale'] else ''}", "",
            f"Target: {cfg['target_params']:,} parameters, {cfg['target_steps']} steps of {cfg['batch_size']} × "
            f"{cfg['sequence_length']} tokens for every method ({cfg['target_step_flops'] * cfg['target_steps']:.3g} "

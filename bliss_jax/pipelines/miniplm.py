@@ -18,7 +18,7 @@ Stages (each resumable, under `root/`):
 import dataclasses
 import json
 import os
-from typing import Dict, Optional, Sequence
+from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -26,7 +26,7 @@ from bliss_jax.data.keyed import example_keys
 from bliss_jax.data.pipeline import vocabulary_size
 from bliss_jax.losses.kd import make_kd_loss
 from bliss_jax.models import flops
-from bliss_jax.pipelines import common
+from bliss_jax.pipelines import common, method
 from bliss_jax.pipelines.stages import run_stage
 from bliss_jax.selection import offline_scoring, rules, score_store, scorers
 from bliss_jax.selection.selected_task import register_selected_task
@@ -70,9 +70,9 @@ def run(*, root: str, pool_task: str, student: common.TrainSpec, reference: comm
   keys_inputs = {"task": pool_task, "split": pool_split, "L": L}
   if pool_max_examples is not None:
     keys_inputs["max_examples"] = pool_max_examples
-  keys = run_stage(root, "pool_keys", lambda d: common.write_json(
+  keys_path = run_stage(root, "pool_keys", lambda d: common.write_json(
       os.path.join(d, "keys.json"), example_keys(pool_task, pool_split, L, pool_max_examples)), keys_inputs)
-  keys = json.load(open(keys))
+  keys = json.load(open(keys_path))
 
   def do_split(d):
     ref, rest = split_reference(keys, reference_fraction, seed)
@@ -171,7 +171,7 @@ def run(*, root: str, pool_task: str, student: common.TrainSpec, reference: comm
                                                    sequence_length=L, batch_size=student.batch_size,
                                                    max_batches=eval_max_batches)
   report = {"students": results, "selection": selection, "scoring": scored, "teacher": teacher_res,
-            "reference": reference_res, "split": split, "prx": prx}
+            "reference": reference_res, "split": split, "prx": prx, "pool_keys": keys_path}
   common.write_json(os.path.join(root, "report.json"), report)
   return report
 
@@ -226,3 +226,39 @@ def _run_prx(root, pool_task, pool_split, L, cand_keys, scored, reference_dir, a
             "predicted_tokens": int(table.num_tokens.sum()),
             "predict_flops": flops.score_forward_flops_per_token(model.cfg, L) * int(table.num_tokens.sum()), **fit}
   return run_stage(root, "prx_select", do_predict, {"alpha": alpha, "fit": fit})
+
+
+def _compare(setting: method.Setting, methods: Sequence[str], options: Mapping) -> Dict[str, method.MethodRun]:
+  kw = dict(options)
+  if setting.large is None and "teacher_dir" not in kw:
+    raise ValueError(f"{list(methods)} need the large teacher: give compare's `large` TrainSpec")
+  kw.setdefault("teacher", setting.large)
+  kw.setdefault("reference", setting.small)
+  kw.update(root=setting.subroot("miniplm"), pool_task=setting.pool_task, pool_split=setting.pool_split,
+            pool_max_examples=setting.pool_max_examples, teacher_task=setting.train_task, student=setting.target,
+            students=tuple(methods), eval_task=setting.eval_task, eval_split=setting.eval_split,
+            eval_max_batches=setting.eval_max_batches, vanilla_kd_match_flops=False,
+            progress_bar=setting.progress_bar, keep_checkpoints=None)
+  rep = run(**kw)
+  teacher_flops = rep["teacher"]["train_flops"]
+  out = {}
+  for m in methods:
+    s = rep["students"][m]
+    if m == "miniplm":
+      out[m] = method.MethodRun(
+          "miniplm", ((0, s["model_dir"]),),
+          method.AuxCost({"teacher_training": (0, teacher_flops),
+                            "reference_training": (0, rep["reference"]["train_flops"]),
+                            "scoring": (0, rep["scoring"]["flops"])}),
+          ("pool_keys", "split_reference", "teacher", "reference", "score", "select", "student_miniplm"),
+          (rep["selection"]["selected"],), rep["pool_keys"])
+    else:
+      n = setting.target.num_steps
+      out[m] = method.MethodRun(
+          "miniplm", ((0, s["model_dir"]),),
+          method.AuxCost({"teacher_training": (0, teacher_flops)}, s["teacher_forward_flops"] / n, n,
+                           "teacher_forwards"), ("teacher", "student_vanilla_kd"))
+  return out
+
+
+PIPELINE = method.Pipeline("miniplm", lambda options: ("miniplm", "vanilla_kd"), _compare)

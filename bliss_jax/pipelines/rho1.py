@@ -13,12 +13,12 @@ per-step forward are auxiliary cost, reported separately.
 import dataclasses
 import json
 import os
-from typing import Optional, Sequence
+from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
 from bliss_jax.losses.selective import make_selective_loss
-from bliss_jax.pipelines import common
+from bliss_jax.pipelines import common, method
 from bliss_jax.pipelines.stages import run_stage
 
 
@@ -69,3 +69,26 @@ def run(*, root: str, train_task: str, reference_task: str, student: common.Trai
   report = {"students": results, "reference": ref}
   common.write_json(os.path.join(root, "report.json"), report)
   return report
+
+
+def _compare(setting: method.Setting, methods: Sequence[str], options: Mapping) -> Dict[str, method.MethodRun]:
+  kw = dict(dict(reference=setting.small, reference_task=setting.reference_task), **options)
+  kw.update(root=setting.subroot("rho1"), train_task=setting.train_task, student=setting.target,
+            eval_task=setting.eval_task, eval_split=setting.eval_split, eval_max_batches=setting.eval_max_batches,
+            students=tuple(methods), progress_bar=setting.progress_bar, keep_checkpoints=None)
+  rep = run(**kw)
+  out = {}
+  for m in methods:
+    s = rep["students"][m]
+    if m == "plain":
+      aux = method.AuxCost()
+    else:
+      n = setting.target.num_steps
+      aux = method.AuxCost({"reference_training": (0, rep["reference"]["train_flops"])},
+                             s["reference_forward_flops"] / n, n, "reference_forwards")
+    out[m] = method.MethodRun("rho1", ((0, s["model_dir"]),), aux,
+                                ("student_plain",) if m == "plain" else ("reference", "student_rho1"))
+  return out
+
+
+PIPELINE = method.Pipeline("rho1", lambda options: ("plain", "rho1"), _compare)

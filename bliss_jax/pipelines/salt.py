@@ -39,7 +39,7 @@ import functools
 import json
 import os
 import shutil
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
@@ -52,7 +52,7 @@ from bliss_jax.losses.salt import TRANSITIONS, salt_kd_loss_factory
 from bliss_jax.models.config import count_params
 from bliss_jax.models.flops import forward_flops_per_token, train_flops_per_token
 from bliss_jax.models.transformer import Transformer
-from bliss_jax.pipelines import common
+from bliss_jax.pipelines import common, method
 from bliss_jax.pipelines.stages import run_stage
 from bliss_jax.selection import offline_scoring, rules, score_store
 from bliss_jax.selection.salt_ds import NO_TOP_K_SCORE, OUT_OF_TOP_K, make_salt_ds_scorer
@@ -61,6 +61,8 @@ from bliss_jax.selection.selected_ul2 import register_selected_ul2_mixture
 from bliss_jax.training import checkpoints, trainer
 
 STUDENTS = ("baseline", "rkd", "salt", "salt_ds")
+# SALT's n_KD as a fraction of the student's steps (36K of 208K in the paper), the comparison's default.
+KD_FRACTION = 36 / 208
 
 
 def kd_steps(student: str, num_steps: int, n_kd: int) -> int:
@@ -385,3 +387,34 @@ def run(*, root: str, task: str, student: common.TrainSpec, n_kd: int, teacher: 
             "scoring": scored, "selection": selection, "config": config}
   common.write_json(os.path.join(root, "report.json"), report)
   return report
+
+
+def _compare(setting: method.Setting, methods: Sequence[str], options: Mapping) -> Dict[str, method.MethodRun]:
+  kw = dict(options)
+  kw.setdefault("teacher", setting.small)
+  kw.setdefault("n_kd", max(1, round(KD_FRACTION * setting.target.num_steps)))
+  kw.setdefault("average", "token")  # every method of the comparison trains on the token mean of its loss
+  if "salt_ds" in methods:
+    kw.setdefault("pool_task", setting.pool_task)
+    kw.setdefault("pool_split", setting.pool_split)
+    kw.setdefault("pool_max_examples", setting.pool_max_examples)
+  kw.update(root=setting.subroot("salt"), task=setting.train_task, student=setting.target, students=tuple(methods),
+            eval_task=setting.eval_task, eval_split=setting.eval_split, eval_max_batches=setting.eval_max_batches,
+            selection_report=setting.selection_report, progress_bar=setting.progress_bar, keep_checkpoints=None)
+  rep = run(**kw)
+  out = {}
+  for m in methods:
+    s = rep["students"][m]
+    one_off = {"small_lm_training": (0, rep["teacher"]["train_flops"])}
+    if m == "salt_ds":
+      one_off["scoring"] = (0, rep["scoring"]["flops"])
+    aux = method.AuxCost(one_off, s["teacher_forward_flops"] / max(s["kd_steps"], 1), s["kd_steps"],
+                           "teacher_forwards")
+    out[m] = method.MethodRun(
+        "salt", ((0, s["model_dir"]),), aux, ("teacher", f"student_{m}") + (("score", "select") if m == "salt_ds"
+                                                                             else ()),
+        (rep["selection"]["selected"],) if m == "salt_ds" else ())
+  return out
+
+
+PIPELINE = method.Pipeline("salt", lambda options: ("rkd", "salt", "salt_ds"), _compare)

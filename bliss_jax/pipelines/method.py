@@ -1,0 +1,96 @@
+"""A method as the comparison sees it: the pipeline that runs it, and what its run left (checkpoints, cost, selections).
+
+A pipeline module declares a `Pipeline`: its name (its directory under the comparison's root), the methods it provides
+for given options, and `run(setting, methods, options) -> {method: MethodRun}`. The comparison loops over its
+pipelines (`pipelines.builtin.PIPELINES` by default) and reads nothing else of them; a new selection method is a
+`RoundScorer` given to the selection rounds (`pipelines.rounds`) through the options, a new kind of method a new
+`Pipeline`.
+"""
+import dataclasses
+import os
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
+
+from bliss_jax.pipelines import common
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+  """What every method of one comparison shares (`compare.run`'s arguments, defaults resolved)."""
+  root: str
+  target: common.TrainSpec
+  small: common.TrainSpec
+  large: Optional[common.TrainSpec]
+  train_task: str
+  pool_task: str
+  pool_split: str
+  pool_max_examples: Optional[int]
+  reference_task: str
+  eval_task: str
+  eval_split: str
+  eval_max_batches: Optional[int]
+  selection_report: bool
+  progress_bar: bool
+
+  def subroot(self, pipeline: str) -> str:
+    return os.path.join(self.root, pipeline)
+
+
+@dataclasses.dataclass(frozen=True)
+class AuxCost:
+  """A method's auxiliary FLOPs: one-off items incurred before a step ({label: (after_step, flops)}, after_step 0 =
+  before training) and a per-step forward (`per_step` FLOPs at each of the first `per_step_until` steps)."""
+  one_off: Mapping[str, Tuple[int, float]] = dataclasses.field(default_factory=dict)
+  per_step: float = 0.0
+  per_step_until: int = 0
+  per_step_label: str = ""
+
+  def at(self, step: int) -> float:
+    """Auxiliary FLOPs spent by the time the target finished `step` steps."""
+    once = sum(f for after, f in self.one_off.values() if after < step or after == 0)
+    return once + self.per_step * min(step, self.per_step_until)
+
+  def breakdown(self) -> Dict[str, float]:
+    out = {k: f for k, (_, f) in self.one_off.items()}
+    if self.per_step_until:
+      out[self.per_step_label] = self.per_step * self.per_step_until
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodRun:
+  """One method's outcome: its target's checkpoints, what it cost besides the target, what it selected.
+
+  model_dirs: ((first step, MODEL_DIR), ...): the checkpoint at step t is in the last MODEL_DIR whose first step ≤ t.
+  stages: the pipeline's stages this method ran (under `Setting.subroot(pipeline)`), for its wall time.
+  selections: files of the example keys it selected (JSON lists), for the composition report.
+  pool: the file of the candidate pool's keys it selected from, if any.
+  """
+  pipeline: str
+  model_dirs: Tuple[Tuple[int, str], ...]
+  aux: AuxCost
+  stages: Tuple[str, ...]
+  selections: Tuple[str, ...] = ()
+  pool: Optional[str] = None
+
+  def model_dir_at(self, step: int) -> str:
+    return [md for first, md in self.model_dirs if first <= step][-1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Pipeline:
+  """A registered pipeline: `provides(options)` lists its methods in report order; `run(setting, methods, options)`
+  runs (or resumes) those of them asked for and returns {method: MethodRun}."""
+  name: str
+  provides: Callable[[Mapping], Tuple[str, ...]]
+  run: Callable[[Setting, Sequence[str], Mapping], Dict[str, MethodRun]]
+
+
+def methods(pipelines: Sequence[Pipeline], options: Mapping[str, Mapping]) -> Dict[str, Pipeline]:
+  """{method: the pipeline providing it} given each pipeline's options, in pipeline and report order."""
+  out: Dict[str, Pipeline] = {}
+  for p in pipelines:
+    for m in p.provides(options.get(p.name) or {}):
+      if m in out:
+        raise ValueError(f"method {m!r} is provided by both {out[m].name!r} and {p.name!r}")
+      out[m] = p
+  return out

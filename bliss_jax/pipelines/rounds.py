@@ -1,0 +1,317 @@
+"""Selection rounds: the target trained in R + 1 rounds, each method choosing the next round's data from a fresh pool.
+
+Stages (each resumable, under `root/`; S = target.num_steps / (R + 1)):
+  pool_keys         every example key of `pool_task:pool_split` (chunks of the target's sequence length)
+  pools             R + 1 disjoint candidate pools: a seeded permutation of the keys cut into equal parts
+  warmup_select     r = 0: a uniform `select_fraction` of pool 0, shared by every method
+  target_r0         the target's first S steps on it (one LR schedule over all (R + 1)·S steps)
+  proxy_warmup      the proxy LM trained on the same selection (methods with a scorer start from it)
+  for each method m and round r = 1..R:
+    m_r<r>_*        the method's scorer's own stages (`RoundScorer.score`), scoring all of pool r
+    m_r<r>_select   the scorer's rule over those scores (`random`: a seeded uniform sample, no scorer)
+    m_r<r>_target   the target continued for S steps on the selection (from round 0's checkpoint for r = 1),
+                    checkpointed every gcd(S, `target.checkpoint_every`) steps, all kept
+A method is "random" or a `RoundScorer` (`score(ctx)`: its stages, returning a score store and its FLOPs;
+`select(scores, fraction, seed)`: its rule).
+"""
+import dataclasses
+import json
+import math
+import os
+import shutil
+from typing import Any, Callable, Dict, Mapping, Optional, Protocol, Sequence, Tuple
+
+import numpy as np
+
+from bliss_jax.data import pipeline as data_pipeline
+from bliss_jax.data.keyed import example_keys
+from bliss_jax.models.config import count_params
+from bliss_jax.models.flops import train_flops_per_token
+from bliss_jax.pipelines import common, method
+from bliss_jax.pipelines.stages import run_stage
+from bliss_jax.report import tables
+from bliss_jax.selection import rules, score_store
+from bliss_jax.selection.selected_task import register_selected_task
+from bliss_jax.training import checkpoints, trainer
+
+RANDOM = "random"
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundContext:
+  """What a scorer is given in round r: round r's pool, the target at the round's start, the proxy, the reference."""
+  method: str
+  round: int
+  pool_task: Callable[[], str]  # registers (once) and returns the SeqIO task of round r's pool ("train" split)
+  pool_path: str  # JSON list of round r's pool keys
+  pool_keys: Sequence[str]
+  target_dir: str  # holds the target's checkpoint (parameters and optimizer state) at target_step
+  target_step: int
+  target_spec: common.TrainSpec
+  proxy_dir: str  # the warmed-up proxy LM
+  reference: Callable  # BatchSource of the reference set (unpacked, `reference_batch_size` rows); read its "train"
+  reference_name: str  # "task:split:feature_converter"
+  previous: Optional[Any]  # this method's previous round's `state` (None in round 1)
+  sequence_length: int
+  seed: int
+  progress_bar: bool
+  stage: Callable[[str, Callable[[str], Any], dict], Any]  # stage(suffix, fn, inputs): the stage m_r<r>_<suffix>
+
+
+class RoundScorer(Protocol):
+  stage_keys: Tuple[str, ...]  # the keys of `score(ctx)["stages"]` (None in the rounds of methods without them)
+
+  def score(self, ctx: RoundContext) -> dict:
+    """Run this round's stages (via `ctx.stage`); return {"store": score store over all of pool r, "column": its
+    score column, "aux_flops": {label: FLOPs}, "state": given back as ctx.previous next round, and optionally
+    "stages": {name: stage result} for the round's report}."""
+
+  def select(self, scores: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Indices of the selected pool items."""
+
+
+def split_pools(keys: Sequence[str], num_pools: int, seed: int):
+  """`num_pools` disjoint pools of (almost) equal size from a seeded permutation of `keys` (each pool in key order)."""
+  order = np.random.default_rng(seed).permutation(len(keys))
+  return [[keys[i] for i in sorted(part)] for part in np.array_split(order, num_pools)]
+
+
+def random_selection(keys: Sequence[str], fraction: float, seed: int):
+  """A uniform sample of floor(fraction·n) keys without replacement (in key order)."""
+  n = rules.fraction_to_count(len(keys), fraction)
+  idx = np.sort(np.random.default_rng(seed).choice(len(keys), size=n, replace=False))
+  return [keys[i] for i in idx]
+
+
+def _offset_source(train_source, eval_source, offset: int):
+  """A BatchSource whose "train" split is `train_source` read from position (p − offset), and whose other splits are
+  `eval_source`'s: the trainer counts positions over all rounds, each round's selection starts at its own 0."""
+  def source(split, *, start_position=0, **kw):
+    if split == "train":
+      return train_source(split, start_position=start_position - offset, **kw)
+    return eval_source(split, start_position=start_position, **kw)
+  return source
+
+
+def _copy_model_dir(src: str, dst: str, step: int) -> None:
+  """Start MODEL_DIR `dst` from `src`'s checkpoint at `step` (model config and metrics up to it), atomically."""
+  if os.path.exists(dst):
+    return
+  tmp = dst + ".tmp"
+  shutil.rmtree(tmp, ignore_errors=True)
+  shutil.copytree(os.path.join(src, "checkpoints", str(step)), os.path.join(tmp, "checkpoints", str(step)))
+  for name in ("model_config.json", "run_config.json", "metrics.jsonl"):
+    if os.path.exists(os.path.join(src, name)):
+      shutil.copy(os.path.join(src, name), os.path.join(tmp, name))
+  os.replace(tmp, dst)
+
+
+def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.TrainSpec, reference_task: str,
+        scorers: Mapping[str, RoundScorer], methods: Sequence[str], reference_split: str = "train",
+        reference_feature_converter: str = "decoder", reference_batch_size: int = 16,
+        pool_max_examples: Optional[int] = None, eval_task: Optional[str] = None, eval_split: str = "validation",
+        rounds: int = 2, select_fraction: float = 0.2, pool_split: str = "pool", seed: int = 0,
+        eval_batches: int = 8, eval_max_batches: Optional[int] = None,
+        selection_report: Optional[Callable[[str, Sequence[str], Sequence[str]], dict]] = None,
+        ablations: Sequence[str] = (), ablation_rounds: Optional[int] = None, ablation_train_target: bool = True,
+        target_lr_halving: bool = False, progress_bar: bool = True) -> dict:
+  """Run (or resume) the rounds of every method in `methods` ("random" or a name in `scorers`); returns the report
+  (also `root/report.json`).
+
+  Args:
+    target: the target LM; `num_steps` is the whole run ((rounds + 1) × S), `eval_every` the held-out curve's period.
+    proxy: the proxy LM's shape and warm-up (its `num_steps`).
+    reference_*: the reference set given to the scorers (`RoundContext.reference`).
+    selection_report: (stage dir, selected keys, pool keys) -> fields added to the selection's record (e.g. its
+      composition), or None.
+    ablations / ablation_rounds / ablation_train_target: methods that run only their first `ablation_rounds` rounds
+      and, with `ablation_train_target=False`, only score → select in them (no target steps).
+    target_lr_halving: the target's schedule times 0.5^r in round r, every method.
+  """
+  unknown = [m for m in methods if m != RANDOM and m not in scorers]
+  if unknown:
+    raise ValueError(f"unknown methods {unknown}: expected {RANDOM!r} or one of {sorted(scorers)}")
+  if rounds < 1:
+    raise ValueError(f"rounds={rounds} must be >= 1")
+  if target.num_steps % (rounds + 1):
+    raise ValueError(f"target.num_steps={target.num_steps} must divide into rounds + 1 = {rounds + 1} rounds")
+  S, L, B = target.num_steps // (rounds + 1), target.sequence_length, target.batch_size
+  if target_lr_halving:
+    target = target.replace(optimizer=dataclasses.replace(target.optimizer, halve_every=S))
+  if proxy.sequence_length != L:
+    raise ValueError(f"proxy.sequence_length={proxy.sequence_length} != target's {L}: they score the same chunks")
+  eval_task = eval_task or pool_task
+  prefix = os.path.basename(root.rstrip("/"))
+  vocab = data_pipeline.vocabulary_size(pool_task)
+  eval_source = data_pipeline.seqio_batch_source(eval_task, batch_size=B, sequence_length=L, seed=target.seed)
+  eval_kw = dict(task=eval_task, split=eval_split, sequence_length=L, batch_size=B, max_batches=eval_max_batches)
+
+  keys_path = run_stage(root, "pool_keys", lambda d: common.write_json(os.path.join(d, "keys.json"),
+                                                                       example_keys(pool_task, pool_split, L,
+                                                                                    pool_max_examples)),
+                        {"task": pool_task, "split": pool_split, "L": L, "max_examples": pool_max_examples})
+
+  def do_pools(d):
+    pools = split_pools(json.load(open(keys_path)), rounds + 1, seed)
+    return [common.write_json(os.path.join(d, f"pool_{r}.json"), p) for r, p in enumerate(pools)]
+  pool_paths = run_stage(root, "pools", do_pools, {"rounds": rounds, "seed": seed, "keys": keys_path})
+  pool_sizes = [len(json.load(open(p))) for p in pool_paths]
+
+  registered = set()
+
+  def register(name, keys_path):
+    """Register the selected task `name` (the keys in `keys_path`) on first use only: building it reads the pool
+    split, so a rerun whose stages are done registers nothing."""
+    if name not in registered:
+      register_selected_task(name, pool_task, json.load(open(keys_path)), sequence_length=L, split=pool_split)
+      registered.add(name)
+    return name
+
+  def composition(d, keys, r):
+    return selection_report(d, keys, json.load(open(pool_paths[r]))) if selection_report else {}
+
+  # --- round 0: random warm-up selection; the target's first S steps; the proxy's warm-up ---
+  def do_warmup_select(d):
+    keys = random_selection(json.load(open(pool_paths[0])), select_fraction, seed)
+    return dict(selected=common.write_json(os.path.join(d, "selected_keys.json"), keys), n_selected=len(keys),
+                **composition(d, keys, 0))
+  warm_sel = run_stage(root, "warmup_select", do_warmup_select, {"fraction": select_fraction, "seed": seed})
+  warm_task = lambda: register(f"{prefix}_bliss_sel_0", warm_sel["selected"])
+
+  def train_target_round(model_dir, task, r):
+    train_src = data_pipeline.seqio_batch_source(task, batch_size=B, sequence_length=L, seed=target.seed + r)
+    trainer.train(model_dir=model_dir, model_config=target.model_config,
+                  batch_source=_offset_source(train_src, eval_source, r * S), vocab_size=vocab,
+                  num_steps=target.num_steps, batch_size=B, sequence_length=L, optimizer=target.optimizer,
+                  seed=target.seed, eval_every=target.eval_every, eval_batches=eval_batches,
+                  checkpoint_every=math.gcd(S, target.checkpoint_every), keep_checkpoints=None,
+                  log_every=target.log_every, progress_bar=progress_bar,
+                  stop_at_step=(r + 1) * S, allow_config_change=("data",))  # each round reads its own selection
+    return dict(common.heldout_at_step(model_dir, (r + 1) * S, **eval_kw), model_dir=model_dir)
+
+  spec_inputs = {"target": dataclasses.asdict(target), "rounds": rounds, "eval": f"{eval_task}:{eval_split}"}
+  r0 = run_stage(root, "target_r0", lambda d: train_target_round(os.path.join(d, "model"), warm_task(), 0),
+                 dict(spec_inputs, selection=warm_sel["selected"]))
+  proxy_res = run_stage(root, "proxy_warmup", lambda d: common.train_on_task(os.path.join(d, "model"), proxy,
+                                                                             warm_task(), progress_bar=progress_bar),
+                        {"proxy": dataclasses.asdict(proxy), "selection": warm_sel["selected"]})
+  target_cfg = checkpoints.read_model_config(r0["model_dir"])
+  target_step_flops = train_flops_per_token(target_cfg, L) * B * L
+  ref_source = data_pipeline.seqio_batch_source(reference_task, batch_size=reference_batch_size, sequence_length=L,
+                                                seed=seed, pack=False, feature_converter=reference_feature_converter)
+  ref_split_source = lambda split, **kw: ref_source(reference_split, **kw)
+
+  # --- rounds 1..R per method ---
+  results: Dict[str, dict] = {}
+  for m in methods:
+    scorer = scorers.get(m)
+    target_dir = os.path.join(root, f"{m}_target")
+    state, per_round, stage_names = None, [], []
+    is_ablation = m in ablations
+    train_target = ablation_train_target or not is_ablation
+
+    def stage(name, fn, inputs):
+      stage_names.append(name)
+      return run_stage(root, name, fn, inputs)
+
+    for r in range(1, (ablation_rounds or rounds) + 1 if is_ablation else rounds + 1):
+      pool_keys = json.load(open(pool_paths[r]))
+      scored = None
+      if scorer is not None:
+        ctx = RoundContext(
+            method=m, round=r, pool_task=lambda r=r: register(f"{prefix}_pool_{r}", pool_paths[r]),
+            pool_path=pool_paths[r], pool_keys=pool_keys, target_dir=r0["model_dir"] if r == 1 else target_dir,
+            target_step=r * S, target_spec=target, proxy_dir=proxy_res["model_dir"], reference=ref_split_source,
+            reference_name=f"{reference_task}:{reference_split}:{reference_feature_converter}", previous=state,
+            sequence_length=L, seed=seed, progress_bar=progress_bar,
+            stage=lambda suffix, fn, inputs, r=r: stage(f"{m}_r{r}_{suffix}", fn, inputs))
+        scored = scorer.score(ctx)
+        state = scored.get("state")
+
+      def do_select(d, r=r, pool_keys=pool_keys, scored=scored):
+        if scored is None:
+          keys, stats = random_selection(pool_keys, select_fraction, seed + 1000 * r), {}
+        else:
+          table = score_store.read_scores(scored["store"])
+          s = table.columns[scored["column"]]
+          chosen = scorer.select(s, select_fraction, seed + 1000 * r)
+          keys = score_store.select_keys(table, chosen, "original")
+          stats = {"score_mean_selected": float(s[chosen].mean()), "score_mean_pool": float(s.mean()),
+                   "score_std_pool": float(s.std()), "score_threshold": float(s[chosen].min())}
+        return dict(selected=common.write_json(os.path.join(d, "selected_keys.json"), keys), n_selected=len(keys),
+                    n_pool=len(pool_keys), **stats, **composition(d, keys, r))
+      selection = stage(f"{m}_r{r}_select", do_select,
+                        {"fraction": select_fraction, "scores": scored and scored["store"], "pool": pool_paths[r],
+                         "seed": seed})
+      x = {"round": r, "step": None, "loss": None, "accuracy": None, "selection": selection,
+           "aux_flops": dict(scored["aux_flops"]) if scored else {}, **((scored or {}).get("stages") or {})}
+      if train_target:
+        def do_target(d, r=r, selected=selection["selected"]):
+          _copy_model_dir(r0["model_dir"], target_dir, S)
+          return train_target_round(target_dir, register(f"{prefix}_{m}_sel_{r}", selected), r)
+        heldout = stage(f"{m}_r{r}_target", do_target, dict(spec_inputs, selection=selection["selected"]))
+        x.update(step=(r + 1) * S, loss=heldout["loss"], accuracy=heldout["accuracy"])
+      per_round.append(x)
+    results[m] = {"rounds": per_round, "curve": validation_curve(target_dir) if train_target else [],
+                  "model_dir": target_dir, "stages": stage_names,
+                  "target_training": target_step_flops * target.num_steps if train_target else 0.0}
+
+  # --- summary: per-round losses, steps to reach random's final loss, FLOP shares ---
+  labels = sorted({k for res in results.values() for x in res["rounds"] for k in x["aux_flops"]})
+  stage_keys = sorted({k for m in results for k in getattr(scorers.get(m), "stage_keys", ())})
+  for res in results.values():
+    res["flops"] = {"target_training": res.pop("target_training"),
+                    **{k: sum(x["aux_flops"].get(k, 0.0) for x in res["rounds"]) for k in labels}}
+    for x in res["rounds"]:
+      for k in stage_keys:
+        x.setdefault(k, None)
+  summary = {"round0": {"loss": r0["loss"], "accuracy": r0["accuracy"], "step": S}}
+  # steps-to-reach compares the trainer's periodic held-out curves only (one estimator: `eval_batches` batches)
+  random_curve = results[RANDOM]["curve"] if RANDOM in results else []
+  random_final = random_curve[-1][1] if random_curve else None
+  for m, res in results.items():
+    f = dict(res["flops"], warmup=proxy_res["train_flops"] if m != RANDOM else 0.0)
+    total = sum(f.values())
+    row = {"final_loss": res["rounds"][-1]["loss"], "final_accuracy": res["rounds"][-1]["accuracy"],
+           "loss_per_round": [x["loss"] for x in res["rounds"]],
+           "target_fraction_per_round": [x["selection"].get("target_fraction") for x in res["rounds"]],
+           "target_lift_per_round": [x["selection"].get("target_lift") for x in res["rounds"]],
+           "flops": f, "flop_shares": {k: v / total for k, v in f.items()} if total else {}}
+    if random_final is not None:
+      reach = tables.steps_to_reach(res["curve"], random_final)
+      row["random_final_curve_loss"] = random_final
+      row["steps_to_random_final"] = reach
+      row["speedup_vs_random"] = (random_curve[-1][0] / reach) if reach else None
+    summary[m] = row
+  proxy_cfg = checkpoints.read_model_config(proxy_res["model_dir"])
+  return {"summary": summary, "methods": results, "round0": r0,
+          "proxy": dict(proxy_res, num_params=count_params(proxy_cfg)), "warmup_selection": warm_sel,
+          "pool_keys": keys_path, "pool_sizes": pool_sizes, "steps_per_round": S}
+
+
+def validation_curve(model_dir: str):
+  """[(step, loss)] of the trainer's periodic held-out evaluations in MODEL_DIR/metrics.jsonl."""
+  path = os.path.join(model_dir, "metrics.jsonl")
+  rows = [json.loads(l) for l in open(path) if l.strip()] if os.path.exists(path) else []
+  return sorted({r["step"]: r["loss"] for r in rows if r.get("split") == "validation"}.items())
+
+
+def method_runs(report: Mapping, methods: Sequence[str], pipeline: str) -> Dict[str, method.MethodRun]:
+  """The comparison's view of `report` (`run`'s): each method's target checkpoints by step and its auxiliary FLOPs,
+  each incurred before the round that uses it."""
+  S = report["steps_per_round"]
+  shared = ["pool_keys", "pools", "warmup_select", "target_r0"]
+  out = {}
+  for m in methods:
+    res = report["methods"][m]
+    one_off = {}
+    if m != RANDOM:
+      one_off["proxy_warmup"] = (S, report["proxy"]["train_flops"])
+    for x in res["rounds"]:
+      for label, f in x["aux_flops"].items():
+        one_off[f"{label}_r{x['round']}"] = (x["round"] * S, f)
+    out[m] = method.MethodRun(
+        pipeline=pipeline, model_dirs=((0, report["round0"]["model_dir"]), (S + 1, res["model_dir"])),
+        aux=method.AuxCost(one_off), selections=tuple(x["selection"]["selected"] for x in res["rounds"]),
+        stages=tuple(shared + (["proxy_warmup"] if m != RANDOM else []) + res["stages"]), pool=report["pool_keys"])
+  return out
