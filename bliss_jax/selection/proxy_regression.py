@@ -1,10 +1,11 @@
-"""Fit a score model to exact scores of a sample, then predict the rest (MiniPLM_prx, MiniPLM App. C.3).
+"""Fit a score model to exact scores of a sample, then predict the rest (MiniPLM_prx, MiniPLM App. C.3; MATES's data
+influence model).
 
 The expensive exact score (e.g. teacher + reference forwards) is computed for a small sample only; a cheap model — the
 reference LM's backbone with a Linear(d, 1) head on mean-pooled states — is fine-tuned with MSE to regress it, and
 its predictions rank the whole pool.
 """
-from typing import Dict, Sequence
+from typing import Collection, Dict, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -20,17 +21,23 @@ MODEL_FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss
                   "decoder_positions")
 
 
-def collect_rows(task: str, split: str, sequence_length: int, targets: Dict[str, float]) -> Dict[str, np.ndarray]:
-  """The model features of the examples whose key is in `targets`, with `target` = their exact score."""
-  rows = {k: [] for k in MODEL_FEATURES + ("target",)}
+def collect_features(task: str, split: str, sequence_length: int, keys: Collection[str]):
+  """(keys found, features): the model features [n, T] of the examples whose key is in `keys`, in the split's order."""
+  found, rows = [], {k: [] for k in MODEL_FEATURES}
   for b in keyed_batches(task, split, sequence_length, 64):
     for i in np.flatnonzero(b["valid"]):
       key = f"{b['doc_id'][i].decode()}#{b['chunk_index'][i]}"
-      if key in targets:
+      if key in keys:
         for k in MODEL_FEATURES:
           rows[k].append(b[k][i])
-        rows["target"].append(targets[key])
-  return {k: np.asarray(v, np.float32 if k == "target" else np.int32) for k, v in rows.items()}
+        found.append(key)
+  return found, {k: np.asarray(v, np.int32) for k, v in rows.items()}
+
+
+def collect_rows(task: str, split: str, sequence_length: int, targets: Dict[str, float]) -> Dict[str, np.ndarray]:
+  """The model features of the examples whose key is in `targets`, with `target` = their exact score."""
+  found, rows = collect_features(task, split, sequence_length, targets)
+  return dict(rows, target=np.asarray([targets[k] for k in found], np.float32))
 
 
 def make_mse_loss(model: ScoreModel):
