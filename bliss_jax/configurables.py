@@ -66,6 +66,10 @@ from bliss_jax.pipelines import bliss as _bliss  # noqa: E402
 gin.external_configurable(BilevelConfig, "BilevelConfig")
 gin.external_configurable(_bliss.run, "bliss")
 
+from bliss_jax.pipelines.mates import MatesScorer  # noqa: E402
+
+gin.external_configurable(MatesScorer, "MatesScorer")
+
 # The comparison of every method (scripts/compare.py). pylint: disable=g-import-not-at-top,wrong-import-position
 from bliss_jax.pipelines import compare as _compare  # noqa: E402
 

@@ -19,7 +19,7 @@ import pytest
 from bliss_jax.pipelines import compare, method
 
 # every method of compare/smoke.gin, in report order
-METHODS = ("plain", "rho1", "rkd", "salt", "salt_ds", "miniplm", "vanilla_kd", "random", "bliss")
+METHODS = ("plain", "rho1", "rkd", "salt", "salt_ds", "miniplm", "vanilla_kd", "random", "bliss", "mates")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["--gin_file=compare/smoke.gin", "--gin.compare.zero_shot_tasks=('arc_easy',)",
