@@ -34,6 +34,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 from bliss_jax.bilevel.step import BilevelConfig, step_flops
+from bliss_jax.data import composition as composition_lib
 from bliss_jax.data import pipeline as data_pipeline
 from bliss_jax.data.keyed import example_keys
 from bliss_jax.models.config import count_params
@@ -98,7 +99,8 @@ def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.Tr
         rounds: int = 2, select_fraction: float = 0.2, methods: Sequence[str] = ("random", "bliss"),
         variants: Optional[Dict[str, dict]] = None, pool_split: str = "pool", seed: int = 0,
         score_batch_size: int = 64, eval_batches: int = 8, eval_max_batches: Optional[int] = None,
-        selection_report: bool = False, reset_proxy: bool = True, variant_rounds: Optional[int] = None,
+        selection_report: Optional[composition_lib.SelectionReporter] = None, reset_proxy: bool = True,
+        variant_rounds: Optional[int] = None,
         variant_train_target: bool = True, target_lr_halving: bool = False, progress_bar: bool = True) -> dict:
   """Run (or resume) BLISS and random selection over `rounds` rounds; returns the report (also `root/report.json`).
 
@@ -115,6 +117,8 @@ def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.Tr
       and, with `variant_train_target=False`, only bilevel → score → select in them (the selection's composition is
       compared; no target steps). Round 1 of every method starts from the same round-0 target and warmed-up proxy.
     target_lr_halving: the target's schedule times 0.5^r in round r (the paper's per-round halving), every method.
+    selection_report: labels every selection per example and writes its per-document report against `pool_split`
+      (`data.composition.SelectionReporter`, e.g. the benchmark's, `data.benchmark.reports.selection_reporter`).
   """
   variants = dict(variants or {})
   configs = {"bliss": bilevel, **{k: dataclasses.replace(bilevel, **v) for k, v in variants.items()}}
@@ -159,17 +163,21 @@ def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.Tr
     return name
 
   def composition(d, keys, r):
-    """The selection against round r's pool, per example (`chunk_composition`: target-like clean English share of
-    the kept chunks), and the per-document report (`selection_report.md`)."""
-    if not selection_report:
+    """The selection against round r's pool, per example (`data.composition.composition` under `selection_report`'s
+    labellers: the target-like share of the kept chunks, by domain and quality), and its per-document report
+    (`selection_report.md`)."""
+    if selection_report is None:
       return {}
-    from bliss_jax.data import benchmark_mixture  # pylint: disable=g-import-not-at-top
-    catalog = benchmark_mixture.build_catalog()
-    sel = benchmark_mixture.chunk_composition(keys, catalog)
-    pool = benchmark_mixture.chunk_composition(json.load(open(pool_paths[r])), catalog)
-    report = benchmark_mixture.selection_report(keys, catalog, base_split=pool_split)
+    labellers = selection_report.labellers()
+
+    def per_example(keys):
+      c = composition_lib.composition(keys, labellers)
+      return {"n": c["n"], "target": c["target_fraction"], "by_domain": c["by_domain"], "by_quality": c["by_quality"]}
+    sel = per_example(keys)
+    pool = per_example(json.load(open(pool_paths[r])))
+    report, markdown = selection_report.document_report(keys, pool_split)
     with open(os.path.join(d, "selection_report.md"), "w") as f:
-      f.write(benchmark_mixture.format_selection_report(report) + "\n")
+      f.write(markdown + "\n")
     common.write_json(os.path.join(d, "chunk_composition.json"), {"selected": sel, "pool": pool})
     return {"report": common.write_json(os.path.join(d, "selection_report.json"), report),
             "target_fraction": sel["target"], "pool_target_fraction": pool["target"],

@@ -36,8 +36,10 @@ round r before round r's steps).
 import dataclasses
 import json
 import os
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+from bliss_jax.data import composition as composition_lib
+from bliss_jax.data import data_dir as data_dir_lib
 from bliss_jax.models.config import count_params
 from bliss_jax.models.flops import train_flops_per_token
 from bliss_jax.pipelines import bliss as bliss_pipeline
@@ -79,47 +81,6 @@ def flops_curve(curve: Sequence[Mapping], target_step_flops: float, aux: AuxCost
   return [(p["step"] * target_step_flops + aux.at(p["step"]), p["loss"]) for p in curve]
 
 
-def label_fractions(keys: Sequence[str], label_of: Callable[[str], str]) -> Dict[str, float]:
-  """Fraction of the example keys (`doc_id#chunk`) under each label; {} for no keys."""
-  counts: Dict[str, int] = {}
-  for k in keys:
-    lab = label_of(k.rsplit("#", 1)[0])
-    counts[lab] = counts.get(lab, 0) + 1
-  return {lab: c / len(keys) for lab, c in sorted(counts.items())} if keys else {}
-
-
-def _labellers(composition: Optional[str]) -> Dict[str, Callable[[str], str]]:
-  """{kind: doc_id -> label} for `composition`: "domain" always, "quality" and "target" ("yes"/"no": clean
-  target-like English) for the benchmark mixture."""
-  if composition is None:
-    return {}
-  if composition == "doc_prefix":  # e.g. the embedded corpus: "pydoc:<topic>" / "stdlib:<path>:<name>"
-    return {"domain": lambda doc: doc.split(":", 1)[0]}
-  if composition == "benchmark":
-    from bliss_jax.data import benchmark_mixture  # pylint: disable=g-import-not-at-top
-    by_id = {e["doc_id"]: e for e in benchmark_mixture.build_catalog()}
-
-    def entry(doc):
-      if doc not in by_id:
-        raise KeyError(f"{doc!r} is not in the benchmark catalog: is composition='benchmark' the right corpus?")
-      return by_id[doc]
-    return {"domain": lambda doc: entry(doc)["domain"], "quality": lambda doc: entry(doc)["quality"],
-            "target": lambda doc: "yes" if entry(doc)["target"] else "no"}
-  raise ValueError(f"composition={composition!r}: expected None, 'doc_prefix' or 'benchmark'")
-
-
-def composition_of(keys: Sequence[str], labellers: Mapping[str, Callable[[str], str]]) -> dict:
-  """{"n", "by_domain", "by_quality", ..., "target_fraction"} of example keys under each labeller."""
-  out = {"n": len(keys)}
-  for kind, label_of in labellers.items():
-    fr = label_fractions(keys, label_of)
-    if kind == "target":
-      out["target_fraction"] = fr.get("yes", 0.0) if keys else None
-    else:
-      out[f"by_{kind}"] = fr
-  return out
-
-
 def _rel(path: str, root: str) -> str:
   return os.path.relpath(os.path.abspath(path), os.path.abspath(root))
 
@@ -141,7 +102,8 @@ def run(*, root: str, target: common.TrainSpec, small: common.TrainSpec, train_t
         large: Optional[common.TrainSpec] = None, pool_task: Optional[str] = None, pool_split: str = "train",
         pool_max_examples: Optional[int] = None,
         reference_task: Optional[str] = None, eval_task: Optional[str] = None, eval_split: str = "validation",
-        eval_max_batches: Optional[int] = None, methods: Sequence[str] = METHODS, composition: Optional[str] = None,
+        eval_max_batches: Optional[int] = None, methods: Sequence[str] = METHODS,
+        composition: Optional[composition_lib.SelectionReporter] = None,
         zero_shot_tasks: Sequence[str] = (), zero_shot_limit: Optional[float] = None,
         zero_shot_data_dir: Optional[str] = None, zero_shot_max_length: int = 2048,
         rho1_kwargs: Optional[dict] = None,
@@ -163,9 +125,10 @@ def run(*, root: str, target: common.TrainSpec, small: common.TrainSpec, train_t
     eval_task / eval_split / eval_max_batches: the held-out set every curve is measured on (default: `train_task`'s
       validation split).
     methods: some of `METHODS`.
-    composition: how selected examples are labelled for the composition report: "benchmark" (the benchmark
-      mixture's catalog: domain, and the target-like share), "doc_prefix" (the document id up to its first ":"),
-      or None.
+    composition: how selected examples are labelled for the composition report (`data.composition`): its
+      labellers (e.g. the benchmark catalog's: domain, quality and the target-like share; or the document id up to
+      its first ":"); its per-document report, if any, also goes to SALT_DS's and BLISS's selection stages. None:
+      no composition. (gin: `compare.composition = 'benchmark'` or `'doc_prefix'`, `configurables.compare`.)
     zero_shot_tasks / zero_shot_limit / zero_shot_data_dir: harness tasks run on every final target (default data
       dir: the shared data's `eval/`; skipped with a note where it is absent). zero_shot_max_length: the longest
       scored row (contexts are left-truncated; as scripts/evaluate.py's --max_length).
@@ -191,6 +154,8 @@ def run(*, root: str, target: common.TrainSpec, small: common.TrainSpec, train_t
   stages: Dict[str, List[str]] = {}  # method -> its pipeline's stage names (wall time)
   selections: Dict[str, List[str]] = {}  # method -> selected keys files
   subroot = lambda name: os.path.join(root, name)
+  # SALT_DS's and BLISS's selection stages write the per-document report where the reporter has one.
+  selection_report = composition if composition is not None and composition.document_report else None
 
   # --- RHO-1 (and the plain baseline) ---
   if wanted("plain", "rho1"):
@@ -222,7 +187,7 @@ def run(*, root: str, target: common.TrainSpec, small: common.TrainSpec, train_t
       kw.setdefault("pool_max_examples", pool_max_examples)
     kw.update(root=subroot("salt"), task=train_task, student=target, students=tuple(salt_methods),
               eval_task=eval_task, eval_split=eval_split, eval_max_batches=eval_max_batches,
-              selection_report=composition == "benchmark", progress_bar=progress_bar, **keep)
+              selection_report=selection_report, progress_bar=progress_bar, **keep)
     rep = reports["salt"] = salt_pipeline.run(**kw)
     teacher_flops = rep["teacher"]["train_flops"]
     for m in salt_methods:
@@ -273,7 +238,7 @@ def run(*, root: str, target: common.TrainSpec, small: common.TrainSpec, train_t
               target=target,
               eval_task=eval_task, eval_split=eval_split,
               eval_max_batches=eval_max_batches, methods=tuple(bliss_methods),
-              selection_report=composition == "benchmark", progress_bar=progress_bar)
+              selection_report=selection_report, progress_bar=progress_bar)
     rep = reports["bliss"] = bliss_pipeline.run(**kw)
     S = rep["steps_per_round"]
     for m in bliss_methods:
@@ -316,7 +281,7 @@ def run(*, root: str, target: common.TrainSpec, small: common.TrainSpec, train_t
   # --- the report ---
   target_cfg = checkpoints.read_model_config(model_dirs[methods[0]][-1][1])
   target_step_flops = train_flops_per_token(target_cfg, L) * B * L
-  labellers = _labellers(composition)
+  labellers = composition.labellers() if composition is not None else {}
   pool_keys_path = next((p for p in (os.path.join(root, "bliss", "pool_keys", "keys.json"),
                                      os.path.join(root, "miniplm", "pool_keys", "keys.json")) if os.path.exists(p)),
                         None)
@@ -343,11 +308,11 @@ def run(*, root: str, target: common.TrainSpec, small: common.TrainSpec, train_t
                  speedup_steps=tables.speedup([(p["step"], p["loss"]) for p in c], plain_curve),
                  speedup_flops=tables.speedup(fc, plain_flops_curve))
     if labellers and m in selections:
-      row["selection"] = composition_of([k for p in selections[m] for k in _read_keys(p)], labellers)
+      row["selection"] = composition_lib.composition([k for p in selections[m] for k in _read_keys(p)], labellers)
     rows[m] = row
   pool = None
   if labellers and pool_keys_path:
-    pool = composition_of(_read_keys(pool_keys_path), labellers)
+    pool = composition_lib.composition(_read_keys(pool_keys_path), labellers)
   report = {
       "scale": scale, "methods": rows, "pool_composition": pool, "zero_shot_note": zero_shot_note,
       "config": {"train_task": train_task, "pool": f"{pool_task}:{pool_split}", "reference_task": reference_task,
@@ -367,12 +332,10 @@ def _zero_shot(root, methods, model_dirs, train_task, tasks, limit, data_dir, ma
   """{method: {task: {metric: value}}} of the harness on each final target, and a note when skipped."""
   if not tasks:
     return {}, None
-  from bliss_jax.data import benchmark_mixture  # pylint: disable=g-import-not-at-top
   from bliss_jax.eval import harness  # pylint: disable=g-import-not-at-top
   from bliss_jax.eval import loglikelihood  # pylint: disable=g-import-not-at-top
   if data_dir is None:
-    data_dir = os.path.join(os.environ.get(benchmark_mixture.DATA_DIR_ENV_VAR) or benchmark_mixture.DEFAULT_DATA_DIR,
-                            "eval")
+    data_dir = os.path.join(data_dir_lib.default_data_dir(), "eval")
   missing = [p for t in tasks for p in harness.task_paths(t, data_dir) if not os.path.isfile(p)]
   if missing:
     return {}, f"zero-shot skipped: benchmark file(s) not found: {', '.join(missing)}"
