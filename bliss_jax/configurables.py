@@ -70,7 +70,35 @@ from bliss_jax.pipelines.mates import MatesScorer  # noqa: E402
 
 gin.external_configurable(MatesScorer, "MatesScorer")
 
+# What a selection holds: `salt.selection_report = @benchmark_selection_reporter()` (likewise `bliss.`).
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from bliss_jax.data import composition as _composition  # noqa: E402
+from bliss_jax.data.benchmark import reports as _benchmark_reports  # noqa: E402
+
+gin.external_configurable(_benchmark_reports.selection_reporter, "benchmark_selection_reporter")
+
+
+def selection_reporter(composition: Optional[str]) -> Optional[_composition.SelectionReporter]:
+  """The reporter a composition is named by: "benchmark" (the benchmark catalog's domain, quality and target-like
+  share, and its per-document report), "doc_prefix" (the document id up to its first ":", e.g. the embedded
+  corpus's pydoc / stdlib) or None."""
+  if composition is None:
+    return None
+  if composition == "doc_prefix":
+    return _composition.SelectionReporter(labellers=_composition.doc_prefix_labellers)
+  if composition == "benchmark":
+    return _benchmark_reports.selection_reporter()
+  raise ValueError(f"composition={composition!r}: expected None, 'doc_prefix' or 'benchmark'")
+
+
 # The comparison of every method (scripts/compare.py). pylint: disable=g-import-not-at-top,wrong-import-position
 from bliss_jax.pipelines import compare as _compare  # noqa: E402
 
-gin.external_configurable(_compare.run, "compare")
+
+def compare(*, composition: Optional[str] = None, **kwargs) -> dict:
+  """`compare.run` with the composition named (`selection_reporter`)."""
+  return _compare.run(composition=selection_reporter(composition), **kwargs)
+
+
+compare.__wrapped__ = _compare.run  # gin checks the bindings of `compare` against `compare.run`'s parameters
+gin.external_configurable(compare, "compare")

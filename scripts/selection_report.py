@@ -13,7 +13,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bliss_jax.data import benchmark_mixture as bm  # pylint: disable=g-import-not-at-top,wrong-import-position
+from bliss_jax.data.benchmark import catalog as catalog_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from bliss_jax.data.benchmark import reports  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def main(argv=None):
@@ -26,12 +27,13 @@ def main(argv=None):
   parser.add_argument('--json', action='store_true', help='print the report as JSON')
   args = parser.parse_args(argv)
   try:
-    ids = bm.read_ids(args.ids)
-    catalog = bm.read_catalog(args.catalog) if args.catalog else bm.build_catalog(args.data_dir, args.seed)
+    ids = catalog_lib.read_ids(args.ids)
+    catalog = (catalog_lib.read_catalog(args.catalog) if args.catalog
+               else catalog_lib.build_catalog(args.data_dir, args.seed))
   except (FileNotFoundError, ValueError) as e:
     parser.exit(2, f'error: {e}\n')
-  report = bm.selection_report(ids, catalog, None if args.base_split == 'all' else args.base_split)
-  print(json.dumps(report, indent=1) if args.json else bm.format_selection_report(report))
+  report = reports.selection_report(ids, catalog, None if args.base_split == 'all' else args.base_split)
+  print(json.dumps(report, indent=1) if args.json else reports.format_selection_report(report))
 
 
 if __name__ == '__main__':

@@ -1,4 +1,4 @@
-"""The benchmark mixture (bliss_jax.data.benchmark_mixture): labelled domains and qualities, train/pool/held-out.
+"""The benchmark mixture (bliss_jax.data.benchmark): labelled domains and qualities, train/pool/held-out.
 
 Registered on import only when the data directory exists (``$BLISS_JAX_DATA_DIR``, else
 ``<repo>/../shared/data``): registration reads no file (documents are read and cut on first use, a few seconds),
@@ -22,8 +22,9 @@ from typing import Mapping, Optional, Union
 
 import gin
 
-from bliss_jax.data import benchmark_mixture as benchmark_lib
+from bliss_jax.data import data_dir as data_dir_lib
 from bliss_jax.data import seqio_tasks
+from bliss_jax.data.benchmark import documents, mixture
 from bliss_jax.data import ul2
 from bliss_jax.eval import readers
 from bliss_jax.data import vocabulary as vocabulary_lib
@@ -49,7 +50,7 @@ def benchmark_mixture(name: str = BENCHMARK,
                       flores_sentences_per_doc: int = 10) -> str:
   """Registers (or re-registers) the benchmark tasks and mixture ``name``; returns ``name``.
 
-  ``rates``: ``{component: rate}`` (see ``benchmark_mixture.COMPONENTS``; missing components are left out),
+  ``rates``: ``{component: rate}`` (see ``data.benchmark.mixture.COMPONENTS``; missing components are left out),
   None for ``DEFAULT_RATES``, or ``'natural'`` (proportional to characters). ``vocabulary_path``: a
   T5-convention SentencePiece model with ``extra_ids`` sentinels; None for the default vocabulary. The other
   arguments are ``BenchmarkConfig`` fields.
@@ -57,7 +58,7 @@ def benchmark_mixture(name: str = BENCHMARK,
   Raises:
     FileNotFoundError: the data directory has no ``corpus/`` (the message names the path).
   """
-  config = benchmark_lib.BenchmarkConfig(
+  config = documents.BenchmarkConfig(
       data_dir=data_dir, seed=seed, train_fraction=train_fraction, pool_fraction=pool_fraction,
       validation_share=validation_share, synthetic_fraction=synthetic_fraction, min_doc_chars=min_doc_chars,
       flores_sentences_per_doc=flores_sentences_per_doc)
@@ -65,16 +66,15 @@ def benchmark_mixture(name: str = BENCHMARK,
     vocabulary = vocabulary_lib.default_vocabulary(extra_ids=extra_ids)
   else:
     vocabulary = vocabulary_lib.load_vocabulary(vocabulary_path, extra_ids=extra_ids)
-  benchmark_lib.register_benchmark_tasks(name, config, vocabulary, rates, objective=objective)
+  mixture.register_benchmark_tasks(name, config, vocabulary, rates, objective=objective)
   return name
 
 
 # The library functions, not the gin configurables, so that no gin binding parsed before this import applies.
-if benchmark_lib.data_dir_available():
-  benchmark_lib.register_benchmark_tasks(BENCHMARK, benchmark_lib.BenchmarkConfig(),
-                                         vocabulary_lib.default_vocabulary())
+if data_dir_lib.data_dir_available():
+  mixture.register_benchmark_tasks(BENCHMARK, documents.BenchmarkConfig(), vocabulary_lib.default_vocabulary())
   ul2.register_ul2_mixture(BENCHMARK_UL2, BENCHMARK)
-  _lambada = os.path.join(benchmark_lib.resolve_data_dir(), 'eval', 'lambada_openai.jsonl')
+  _lambada = os.path.join(data_dir_lib.resolve_data_dir(), 'eval', 'lambada_openai.jsonl')
   if os.path.exists(_lambada):
     seqio_tasks.register_continuation_task(
         LAMBADA_REFERENCE, lambda: [(x.id, x.context, ' ' + x.continuation) for x in readers.read_lambada(_lambada)],

@@ -1,4 +1,4 @@
-"""Tests for bliss_jax.data.benchmark_mixture, tasks/benchmark.py and scripts/selection_report.py.
+"""Tests for bliss_jax.data.benchmark, bliss_jax.data.data_dir, tasks/benchmark.py and scripts/selection_report.py.
 
 Tests that read ../shared/data take the ``shared_data`` fixture (they skip without it). Fractions that come from
 hashing document ids are binomial: a fraction p over n documents is checked to 4.5 standard errors,
@@ -17,7 +17,12 @@ import sys
 
 import pytest
 
-from bliss_jax.data import benchmark_mixture as bm
+from bliss_jax.data import composition
+from bliss_jax.data import data_dir as data_dir_lib
+from bliss_jax.data.benchmark import catalog as catalog_lib
+from bliss_jax.data.benchmark import corruptions, cutters, documents
+from bliss_jax.data.benchmark import mixture as mixture_lib
+from bliss_jax.data.benchmark import reports
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 Z = 4.5
@@ -29,34 +34,34 @@ Z = 4.5
 
 def test_merge_units_keeps_units_whole_and_in_order():
   units = ['a' * 5, '', 'b' * 3, 'c' * 10, 'd' * 2, 'e']
-  texts = bm.merge_units(units, min_chars=8, joiner='|')
+  texts = cutters.merge_units(units, min_chars=8, joiner='|')
   assert texts == ['aaaaa|bbb', 'cccccccccc', 'dd|e']
-  assert bm.merge_units([], 5) == []
+  assert cutters.merge_units([], 5) == []
 
 
 def test_wikitext_articles_split_at_top_level_titles():
   text = ' \n = First = \n \n Body one . \n \n = = Section = = \n Body two . \n = Second = \n Body three . \n'
-  assert bm.wikitext_articles(text) == [' = First = \n Body one . \n = = Section = = \n Body two . ',
+  assert cutters.wikitext_articles(text) == [' = First = \n Body one . \n = = Section = = \n Body two . ',
                                         ' = Second = \n Body three . ']
 
 
 def test_tinystories_documents_start_at_once_upon_a_time():
   text = 'tail of a story.\n\nOnce upon a time, A.\n\nThen B.\n\nOnce upon a time, C.\n'
-  assert bm.tinystories_documents(text) == ['tail of a story.', 'Once upon a time, A.\n\nThen B.',
+  assert cutters.tinystories_documents(text) == ['tail of a story.', 'Once upon a time, A.\n\nThen B.',
                                             'Once upon a time, C.']
 
 
 def test_c_blocks_end_at_column_zero_braces():
   text = ('#include <x.h>\n\nint f(void)\n{\n\tif (x) {\n\t}\n\treturn 0;\n}\n\n'
           'static struct s = {\n\t1,\n};\n/* end */\n')
-  assert bm.c_blocks(text) == ['#include <x.h>\n\nint f(void)\n{\n\tif (x) {\n\t}\n\treturn 0;\n}',
+  assert cutters.c_blocks(text) == ['#include <x.h>\n\nint f(void)\n{\n\tif (x) {\n\t}\n\treturn 0;\n}',
                                'static struct s = {\n\t1,\n};', '/* end */']
 
 
 def test_group_lines_and_normalize():
-  assert bm.group_lines(['a', ' ', 'b', 'c', 'd'], 2) == ['a b', 'c d']
-  assert bm.group_lines(['你', '好', '吗'], 2, '') == ['你好', '吗']
-  assert bm.normalize_text('\ufeffa\r\nb\rc') == 'a\nb\nc'
+  assert cutters.group_lines(['a', ' ', 'b', 'c', 'd'], 2) == ['a b', 'c d']
+  assert cutters.group_lines(['你', '好', '吗'], 2, '') == ['你好', '吗']
+  assert cutters.normalize_text('\ufeffa\r\nb\rc') == 'a\nb\nc'
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -67,27 +72,27 @@ TEXT = ('The quick brown fox jumps over the lazy dog. It was not amused.\n'
         'And a third line closes the little document.')
 
 
-@pytest.mark.parametrize('kind', bm.SYNTHETIC_KINDS)
+@pytest.mark.parametrize('kind', corruptions.SYNTHETIC_KINDS)
 def test_synthetic_variants_are_pure_functions_of_text_and_seed(kind):
-  fn = bm.SYNTHETIC_FUNCTIONS[kind]
+  fn = corruptions.SYNTHETIC_FUNCTIONS[kind]
   a = fn(TEXT, random.Random(1))
   assert a == fn(TEXT, random.Random(1))
   assert a != TEXT and a != fn(TEXT, random.Random(2))
 
 
 def test_synthetic_variant_properties():
-  shuffled = bm.shuffle_words(TEXT, random.Random(0))
+  shuffled = corruptions.shuffle_words(TEXT, random.Random(0))
   assert [sorted(l.split()) for l in shuffled.split('\n')] == [sorted(l.split()) for l in TEXT.split('\n')]
-  assert bm.char_noise(TEXT, random.Random(0), rate=0.0) == TEXT
-  noisy = bm.char_noise(TEXT * 20, random.Random(0), rate=0.15)
+  assert corruptions.char_noise(TEXT, random.Random(0), rate=0.0) == TEXT
+  noisy = corruptions.char_noise(TEXT * 20, random.Random(0), rate=0.15)
   # Each of the m non-space characters is hit with p = 0.15; a hit changes the length by -1 (p 1/4), +1 (1/4)
   # or 0, so the length change has mean 0 and variance 0.15 * 0.5 * m: 4.5 standard errors.
   m = sum(not c.isspace() for c in TEXT * 20)
   assert abs(len(noisy) - len(TEXT * 20)) <= Z * math.sqrt(0.075 * m)
-  spam = bm.repeat_lines(TEXT, random.Random(0))
+  spam = corruptions.repeat_lines(TEXT, random.Random(0))
   lines = spam.split('\n')
   assert len(set(lines)) <= 3 and set(lines) <= set(TEXT.split('\n')) and len(spam) >= len(TEXT)
-  fragments = bm.truncate_fragments(TEXT * 10, random.Random(0))
+  fragments = corruptions.truncate_fragments(TEXT * 10, random.Random(0))
   assert len(fragments) < len(TEXT * 10) and fragments[:20] in TEXT * 10
 
 
@@ -97,7 +102,7 @@ def test_synthetic_variant_properties():
 
 def _entry(doc_id, domain, quality, split, n_chars):
   return {'doc_id': doc_id, 'domain': domain, 'quality': quality, 'split': split, 'n_chars': n_chars,
-          'target': bm.is_target(domain, quality)}
+          'target': documents.is_target(domain, quality)}
 
 
 SMALL_CATALOG = [
@@ -110,7 +115,7 @@ SMALL_CATALOG = [
 
 
 def test_selection_report_by_hand():
-  report = bm.selection_report(['a', 'd', 'd', 'e', 'zzz'], SMALL_CATALOG)
+  report = reports.selection_report(['a', 'd', 'd', 'e', 'zzz'], SMALL_CATALOG)
   assert report['n_selected'] == 3 and report['n_duplicates'] == 1 and report['unknown_ids'] == ['zzz']
   assert report['selected_splits'] == {'pool': 2, 'train': 1} and report['n_base'] == 4
   # Selected: 750 chars, all target. Pool: 1000 chars, 700 target.
@@ -121,36 +126,36 @@ def test_selection_report_by_hand():
   assert math_row['lift'] == pytest.approx((650 / 750) / 0.6)
   assert report['by_domain']['web']['selected']['docs'] == 0 and report['by_domain']['web']['lift'] == 0.0
   assert report['by_quality']['raw']['base']['char_fraction'] == 0.2
-  text = bm.format_selection_report(report)
+  text = reports.format_selection_report(report)
   assert '| math | 2 | 66.7 | 86.7 | 25.0 | 60.0 | 1.44 |' in text
   assert 'unknown ids (first 1): zzz' in text
-  whole = bm.selection_report([], SMALL_CATALOG, base_split=None)
+  whole = reports.selection_report([], SMALL_CATALOG, base_split=None)
   assert whole['n_base'] == 5 and whole['target'] == {'selected': None, 'base': 750 / 1050, 'lift': None}
-  assert 'target-like clean English: - of selected' in bm.format_selection_report(whole)
+  assert 'target-like clean English: - of selected' in reports.format_selection_report(whole)
 
 
 def test_read_ids_accepts_lines_and_json(tmp_path):
   (tmp_path / 'ids.txt').write_text('a\n\n b \nc\n')
   (tmp_path / 'ids.json').write_text(json.dumps(['x', 'y']))
-  assert bm.read_ids(str(tmp_path / 'ids.txt')) == ['a', 'b', 'c']
-  assert bm.read_ids(str(tmp_path / 'ids.json')) == ['x', 'y']
+  assert catalog_lib.read_ids(str(tmp_path / 'ids.txt')) == ['a', 'b', 'c']
+  assert catalog_lib.read_ids(str(tmp_path / 'ids.json')) == ['x', 'y']
 
 
 def test_missing_data_dir_is_a_clear_error(tmp_path, monkeypatch):
-  monkeypatch.setenv(bm.DATA_DIR_ENV_VAR, str(tmp_path / 'nowhere'))
-  assert not bm.data_dir_available()
+  monkeypatch.setenv(data_dir_lib.DATA_DIR_ENV_VAR, str(tmp_path / 'nowhere'))
+  assert not data_dir_lib.data_dir_available()
   with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'nowhere' / 'corpus'}.*BLISS_JAX_DATA_DIR"):
-    bm.resolve_data_dir()
+    data_dir_lib.resolve_data_dir()
   (tmp_path / 'elsewhere' / 'corpus').mkdir(parents=True)
-  assert bm.resolve_data_dir(str(tmp_path / 'elsewhere')) == str(tmp_path / 'elsewhere')  # The argument wins.
+  assert data_dir_lib.resolve_data_dir(str(tmp_path / 'elsewhere')) == str(tmp_path / 'elsewhere')  # The argument wins.
   with pytest.raises(FileNotFoundError, match='wikitext2_valid.txt'):  # A corpus/ without the files.
-    bm.make_documents(bm.BenchmarkConfig(data_dir=str(tmp_path / 'elsewhere')))
+    documents.make_documents(documents.BenchmarkConfig(data_dir=str(tmp_path / 'elsewhere')))
 
 
 def test_importing_tasks_without_the_data_registers_no_benchmark(tmp_path):
   code = ('import seqio, tasks; names = seqio.MixtureRegistry.names(); '
           'assert "benchmark" not in names and "embedded_default_ul2" in names, names; print("ok")')
-  env = {**os.environ, bm.DATA_DIR_ENV_VAR: str(tmp_path / 'nowhere'), 'TF_CPP_MIN_LOG_LEVEL': '3',
+  env = {**os.environ, data_dir_lib.DATA_DIR_ENV_VAR: str(tmp_path / 'nowhere'), 'TF_CPP_MIN_LOG_LEVEL': '3',
          'JAX_PLATFORMS': 'cpu'}
   result = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
@@ -160,11 +165,11 @@ def test_importing_tasks_without_the_data_registers_no_benchmark(tmp_path):
 def test_gin_file_rates_are_the_default_rates():
   text = (REPO / 'gin_configs' / 'data' / 'benchmark_mixture.gin').read_text()
   start = text.index('benchmark_mixture.rates = ') + len('benchmark_mixture.rates = ')
-  assert ast.literal_eval(text[start:text.index('}', start) + 1]) == bm.DEFAULT_RATES
-  assert bm.component_rates(None, None) == bm.DEFAULT_RATES
-  assert bm.component_rates({'books': 1.0, 'web': 0.0}, None) == {'books': 1.0}
+  assert ast.literal_eval(text[start:text.index('}', start) + 1]) == mixture_lib.DEFAULT_RATES
+  assert mixture_lib.component_rates(None, None) == mixture_lib.DEFAULT_RATES
+  assert mixture_lib.component_rates({'books': 1.0, 'web': 0.0}, None) == {'books': 1.0}
   with pytest.raises(ValueError, match='unknown components'):
-    bm.component_rates({'bookz': 1.0}, None)
+    mixture_lib.component_rates({'bookz': 1.0}, None)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -173,12 +178,12 @@ def test_gin_file_rates_are_the_default_rates():
 
 @pytest.fixture(scope='module')
 def config(shared_data):
-  return bm.BenchmarkConfig(data_dir=str(shared_data))
+  return documents.BenchmarkConfig(data_dir=str(shared_data))
 
 
 @pytest.fixture(scope='module')
 def catalog(config):
-  return [d.catalog_entry() for d in bm.benchmark_documents(config)]
+  return [d.catalog_entry() for d in documents.benchmark_documents(config)]
 
 
 def _binomial_ok(hits, n, p):
@@ -188,14 +193,14 @@ def _binomial_ok(hits, n, p):
 def test_catalog_labels(catalog):
   ids = [e['doc_id'] for e in catalog]
   assert len(ids) == len(set(ids)) > 10_000
-  assert {e['component'] for e in catalog} == set(bm.COMPONENTS)
-  assert {e['domain'] for e in catalog} == {*bm.TARGET_DOMAINS, 'code_c', 'code_python', 'french', 'german',
+  assert {e['component'] for e in catalog} == set(mixture_lib.COMPONENTS)
+  assert {e['domain'] for e in catalog} == {*documents.TARGET_DOMAINS, 'code_c', 'code_python', 'french', 'german',
                                             'spanish', 'russian', 'chinese', 'web'}
-  assert {e['quality'] for e in catalog} == {'clean', 'raw', *(f'synthetic_{k}' for k in bm.SYNTHETIC_KINDS)}
+  assert {e['quality'] for e in catalog} == {'clean', 'raw', *(f'synthetic_{k}' for k in corruptions.SYNTHETIC_KINDS)}
   by_id = {e['doc_id']: e for e in catalog}
   for e in catalog:
     assert e['n_chars'] > 0
-    assert e['target'] == (e['domain'] in bm.TARGET_DOMAINS and e['quality'] == 'clean')
+    assert e['target'] == (e['domain'] in documents.TARGET_DOMAINS and e['quality'] == 'clean')
     assert (e['quality'] == 'raw') == (e['domain'] == 'web')
     if e['quality'].startswith('synthetic_'):
       origin = by_id[e['origin']]
@@ -211,7 +216,7 @@ def test_catalog_labels(catalog):
 
 def test_splits_never_overlap_and_follow_the_rules(catalog, config):
   by_id = {e['doc_id']: e for e in catalog}
-  assert {e['split'] for e in catalog} == set(bm.SPLITS)
+  assert {e['split'] for e in catalog} == set(documents.SPLITS)
   originals = [e for e in catalog if e['origin'] == e['doc_id']]
   for e in catalog:
     if e['split'] == 'validation':
@@ -231,29 +236,29 @@ def test_splits_never_overlap_and_follow_the_rules(catalog, config):
   synthetic = [e for e in catalog if e['origin'] != e['doc_id']]
   assert _binomial_ok(len(synthetic), len(eligible), config.synthetic_fraction)
   kinds = collections.Counter(e['quality'] for e in synthetic)
-  for kind in bm.SYNTHETIC_KINDS:
-    assert _binomial_ok(kinds[f'synthetic_{kind}'], len(synthetic), 1 / len(bm.SYNTHETIC_KINDS))
+  for kind in corruptions.SYNTHETIC_KINDS:
+    assert _binomial_ok(kinds[f'synthetic_{kind}'], len(synthetic), 1 / len(corruptions.SYNTHETIC_KINDS))
 
 
 def test_catalog_is_deterministic_and_seeded(catalog, config, tmp_path):
-  again = [d.catalog_entry() for d in bm.make_documents(config)]  # Not the cached copy.
+  again = [d.catalog_entry() for d in documents.make_documents(config)]  # Not the cached copy.
   assert again == catalog
-  other = bm.build_catalog(config.data_dir, seed=1)
+  other = catalog_lib.build_catalog(config.data_dir, seed=1)
   originals = lambda c: {e['doc_id']: e['split'] for e in c if e['origin'] == e['doc_id']}
   splits, other_splits = originals(catalog), originals(other)
   assert splits.keys() == other_splits.keys()
   assert sum(other_splits[i] != s for i, s in splits.items()) > len(splits) / 3  # Another seed, other splits.
-  path = bm.write_catalog(catalog, str(tmp_path / 'cat' / 'catalog.jsonl'))
-  assert bm.read_catalog(path) == catalog
+  path = catalog_lib.write_catalog(catalog, str(tmp_path / 'cat' / 'catalog.jsonl'))
+  assert catalog_lib.read_catalog(path) == catalog
 
 
 def test_selection_report_on_the_pool(catalog):
   pool = [e['doc_id'] for e in catalog if e['split'] == 'pool']
-  report = bm.selection_report(pool, catalog)
+  report = reports.selection_report(pool, catalog)
   assert report['n_selected'] == report['n_base'] == len(pool) and report['n_unknown'] == 0
   assert all(row['lift'] == pytest.approx(1.0) for row in report['by_domain'].values())
   clean = [e['doc_id'] for e in catalog if e['split'] == 'pool' and e['target']]
-  report = bm.selection_report(clean, catalog)
+  report = reports.selection_report(clean, catalog)
   assert report['target']['selected'] == 1.0 and 0.3 < report['target']['base'] < 0.8
   assert report['by_quality']['raw']['selected']['docs'] == 0
 
@@ -264,7 +269,7 @@ def test_selection_report_script(catalog, tmp_path, capsys):
   spec.loader.exec_module(script)
   ids = [e['doc_id'] for e in catalog if e['split'] == 'pool' and e['domain'] == 'math'][:50]
   (tmp_path / 'ids.json').write_text(json.dumps(ids))
-  bm.write_catalog(catalog, str(tmp_path / 'catalog.jsonl'))
+  catalog_lib.write_catalog(catalog, str(tmp_path / 'catalog.jsonl'))
   script.main(['--ids', str(tmp_path / 'ids.json'), '--catalog', str(tmp_path / 'catalog.jsonl')])
   out = capsys.readouterr().out
   assert out.startswith('selected 50 documents') and '| math | 50 | 100.0 | 100.0 |' in out
@@ -276,23 +281,23 @@ def test_benchmark_tasks_and_mixture(config):
   from bliss_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from bliss_jax.data import vocabulary  # pylint: disable=g-import-not-at-top
 
-  mixture = bm.register_benchmark_tasks('bm_test', config, vocabulary.default_vocabulary(),
+  mixture = mixture_lib.register_benchmark_tasks('bm_test', config, vocabulary.default_vocabulary(),
                                         {'books': 3.0, 'web': 1.0, 'synthetic_char_noise': 1.0})
   assert sorted(t.name for t in mixture.tasks) == ['bm_test_books', 'bm_test_synthetic_char_noise', 'bm_test_web']
   assert mixture.get_rate(seqio.get_mixture_or_task('bm_test_books')) == 3.0
-  assert tuple(seqio.get_mixture_or_task('bm_test_books').splits) == bm.SPLITS
+  assert tuple(seqio.get_mixture_or_task('bm_test_books').splits) == documents.SPLITS
   assert 'validation' not in seqio.get_mixture_or_task('bm_test_web').splits
   # The reference set: every example of the validation split is clean target-like English, with its labels.
   task = seqio.get_mixture_or_task('bm_test_all')
   examples = list(task.get_dataset({'targets': 64}, split='validation', shuffle=False).take(200)
                   .as_numpy_iterator())
   assert {x['quality'] for x in examples} == {b'clean'}
-  assert {x['domain'].decode() for x in examples} <= set(bm.TARGET_DOMAINS)
+  assert {x['domain'].decode() for x in examples} <= set(documents.TARGET_DOMAINS)
   assert all(len(x['targets']) <= 64 and x['doc_id'] for x in examples)
   reference = seqio.get_mixture_or_task('bm_test_reference')
   ref_ids = {x['doc_id'].decode() for x in reference.get_dataset({'targets': 64}, split='train', shuffle=False)
              .take(300).as_numpy_iterator()}
-  assert ref_ids <= {d.doc_id for d in bm.benchmark_documents(config) if d.split == 'validation'}
+  assert ref_ids <= {d.doc_id for d in documents.benchmark_documents(config) if d.split == 'validation'}
   # Packed decoder batches from the mixture; the metadata is dropped by the feature converter.
   batch = next(pipeline.get_dataset('bm_test', 'train', 64, 4, shuffle=True, seed=0, repeat=True)
                .as_numpy_iterator())
@@ -318,16 +323,28 @@ def test_train_cli_on_the_benchmark_mixture(shared_data, tmp_path):
 def test_selection_report_accepts_chunk_keys():
   catalog = [{'doc_id': 'a:1', 'split': 'pool', 'domain': 'books', 'quality': 'clean', 'n_chars': 10, 'target': True},
              {'doc_id': 'b:2', 'split': 'pool', 'domain': 'web', 'quality': 'raw', 'n_chars': 30, 'target': False}]
-  report = bm.selection_report(['a:1#0', 'a:1#3'], catalog)
+  report = reports.selection_report(['a:1#0', 'a:1#3'], catalog)
   assert report['n_selected'] == 1 and report['n_unknown'] == 0
   assert report['target'] == {'selected': 1.0, 'base': 0.25, 'lift': 4.0}
 
 
-def test_chunk_composition_counts_examples_not_documents():
+def test_composition_under_the_catalog_labellers_counts_examples_not_documents():
   catalog = [{'doc_id': 'a:0', 'domain': 'books', 'quality': 'clean', 'target': True},
              {'doc_id': 'b:0', 'domain': 'web', 'quality': 'raw', 'target': False}]
-  c = bm.chunk_composition(['a:0#0', 'a:0#1', 'a:0#2', 'b:0#0'], catalog)
-  assert c['n'] == 4 and c['target'] == 0.75
-  assert c['by_domain'] == {'books': 0.75, 'web': 0.25} and c['by_quality'] == {'clean': 0.75, 'raw': 0.25}
+  labellers = catalog_lib.catalog_labellers(catalog)
+  c = composition.composition(['a:0#0', 'a:0#1', 'a:0#2', 'b:0#0'], labellers)
+  assert c == {'n': 4, 'by_domain': {'books': 0.75, 'web': 0.25}, 'by_quality': {'clean': 0.75, 'raw': 0.25},
+               'target_fraction': 0.75}
   with pytest.raises(KeyError, match='c:9'):
-    bm.chunk_composition(['c:9#0'], catalog)
+    composition.composition(['c:9#0'], labellers)
+
+
+def test_benchmark_selection_reporter(catalog, config):
+  reporter = reports.selection_reporter(config.data_dir)
+  pool = [e['doc_id'] for e in catalog if e['split'] == 'pool']
+  keys = [f'{d}#0' for d in pool[:40]] + [f'{pool[0]}#1']
+  report, markdown = reporter.document_report(keys, 'pool')
+  assert report == reports.selection_report(keys, catalog, base_split='pool') and report['n_selected'] == 40
+  assert markdown == reports.format_selection_report(report)
+  assert composition.composition(keys, reporter.labellers()) == composition.composition(
+      keys, catalog_lib.catalog_labellers(catalog))

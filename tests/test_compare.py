@@ -1,4 +1,4 @@
-"""The comparison pipeline: FLOP accounting and composition by hand; one tiny run of every method on the embedded
+"""The comparison pipeline: FLOP accounting by hand; one tiny run of every method on the embedded
 corpus (equal target compute, report, figures, TensorBoard); and the same run killed (SIGKILL / SIGTERM) at stage
 boundaries and mid-stage, rerun each time, ending with the same report.
 
@@ -39,17 +39,6 @@ def test_aux_cost_counts_one_off_items_before_their_step_and_forwards_per_step()
   curve = [{"step": 5, "loss": 3.0}, {"step": 20, "loss": 2.0}]
   assert compare.flops_curve(curve, 1000.0, aux) == [(5000.0 + 110.0, 3.0), (20000.0 + 117.0, 2.0)]
   assert method.AuxCost().at(7) == 0.0
-
-
-def test_label_fractions_count_examples_not_documents():
-  keys = ["pydoc:a#0", "pydoc:a#1", "stdlib:x.py:f#0", "stdlib:y.py:<module>#3"]
-  assert compare.label_fractions(keys, lambda d: d.split(":", 1)[0]) == {"pydoc": 0.5, "stdlib": 0.5}
-  assert compare.label_fractions([], str) == {}
-  labellers = {"domain": lambda d: d.split(":", 1)[0], "target": lambda d: "yes" if d.startswith("pydoc") else "no"}
-  assert compare.composition_of(keys, labellers) == {"n": 4, "by_domain": {"pydoc": 0.5, "stdlib": 0.5},
-                                                     "target_fraction": 0.5}
-  with pytest.raises(ValueError, match="composition='nope'"):
-    compare._labellers("nope")  # pylint: disable=protected-access
 
 
 def test_unknown_method_is_named():

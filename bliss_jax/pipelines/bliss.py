@@ -21,6 +21,7 @@ import numpy as np
 
 from bliss_jax.bilevel.step import BilevelConfig, step_flops
 from bliss_jax.data import pipeline as data_pipeline
+from bliss_jax.data.composition import SelectionReporter, composition
 from bliss_jax.models.flops import score_forward_flops_per_token
 from bliss_jax.models.score_model import score_batch
 from bliss_jax.pipelines import common, method, rounds as rounds_lib
@@ -80,18 +81,23 @@ class BlissScorer:
     return rules.top_fraction(scores, fraction)
 
 
-def _benchmark_selection_report(pool_split: str):
-  """The selection against its round's pool on the benchmark mixture, per example (`chunk_composition`:
-  target-like clean English share of the kept chunks), and the per-document report (`selection_report.md`)."""
-  from bliss_jax.data import benchmark_mixture  # pylint: disable=g-import-not-at-top
+def _selection_report(reporter: Optional[SelectionReporter], pool_split: str):
+  """The rounds' `selection_report`: the selection against its round's pool, per example (`data.composition` under
+  the reporter's labellers: the target-like share of the kept chunks, by domain and quality), and its per-document
+  report (`selection_report.md`)."""
+  if reporter is None:
+    return None
 
   def report(d, keys, pool_keys):
-    catalog = benchmark_mixture.build_catalog()
-    sel = benchmark_mixture.chunk_composition(keys, catalog)
-    pool = benchmark_mixture.chunk_composition(pool_keys, catalog)
-    rep = benchmark_mixture.selection_report(keys, catalog, base_split=pool_split)
+    labellers = reporter.labellers()
+
+    def per_example(keys):
+      c = composition(keys, labellers)
+      return {"n": c["n"], "target": c["target_fraction"], "by_domain": c["by_domain"], "by_quality": c["by_quality"]}
+    sel, pool = per_example(keys), per_example(pool_keys)
+    rep, markdown = reporter.document_report(keys, pool_split)
     with open(os.path.join(d, "selection_report.md"), "w") as f:
-      f.write(benchmark_mixture.format_selection_report(rep) + "\n")
+      f.write(markdown + "\n")
     common.write_json(os.path.join(d, "chunk_composition.json"), {"selected": sel, "pool": pool})
     return {"report": common.write_json(os.path.join(d, "selection_report.json"), rep),
             "target_fraction": sel["target"], "pool_target_fraction": pool["target"],
@@ -107,7 +113,8 @@ def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.Tr
         rounds: int = 2, select_fraction: float = 0.2, methods: Sequence[str] = ("random", "bliss"),
         variants: Optional[Dict[str, dict]] = None, scorers: Optional[Mapping[str, rounds_lib.RoundScorer]] = None,
         pool_split: str = "pool", seed: int = 0, score_batch_size: int = 64, eval_batches: int = 8,
-        eval_max_batches: Optional[int] = None, selection_report: bool = False, reset_proxy: bool = True,
+        eval_max_batches: Optional[int] = None, selection_report: Optional[SelectionReporter] = None,
+        reset_proxy: bool = True,
         variant_rounds: Optional[int] = None, variant_train_target: bool = True, target_lr_halving: bool = False,
         progress_bar: bool = True) -> dict:
   """Run (or resume) BLISS and random selection over `rounds` rounds; returns the report (also `root/report.json`).
@@ -120,6 +127,8 @@ def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.Tr
     methods: "random", "bliss", names of `variants` (BilevelConfig overrides, run like "bliss") and of `scorers`.
     variant_rounds / variant_train_target: the variants (ablations) run only their first `variant_rounds` rounds
       and, with `variant_train_target=False`, only bilevel → score → select in them (no target steps).
+    selection_report: each selection's composition against its pool and per-document report (`data.composition`),
+      or None.
   """
   variants = dict(variants or {})
   configs = {"bliss": bilevel, **{k: dataclasses.replace(bilevel, **v) for k, v in variants.items()}}
@@ -132,7 +141,7 @@ def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.Tr
       reference_batch_size=bilevel_batch_size, pool_max_examples=pool_max_examples, eval_task=eval_task,
       eval_split=eval_split, rounds=rounds, select_fraction=select_fraction, pool_split=pool_split, seed=seed,
       eval_batches=eval_batches, eval_max_batches=eval_max_batches,
-      selection_report=_benchmark_selection_report(pool_split) if selection_report else None,
+      selection_report=_selection_report(selection_report, pool_split),
       ablations=tuple(variants), ablation_rounds=variant_rounds, ablation_train_target=variant_train_target,
       target_lr_halving=target_lr_halving, progress_bar=progress_bar)
   eval_name = f"{eval_task or pool_task}:{eval_split}"

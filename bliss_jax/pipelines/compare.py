@@ -36,8 +36,10 @@ round r before round r's steps).
 import dataclasses
 import json
 import os
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+from bliss_jax.data import composition as composition_lib
+from bliss_jax.data import data_dir as data_dir_lib
 from bliss_jax.models.config import count_params
 from bliss_jax.models.flops import train_flops_per_token
 from bliss_jax.pipelines import builtin, common, method
@@ -49,47 +51,6 @@ from bliss_jax.training import checkpoints
 def flops_curve(curve: Sequence[Mapping], target_step_flops: float, aux: method.AuxCost) -> List[Tuple[float, float]]:
   """[(total FLOPs, loss)] of a curve of {"step", "loss"} points: target training plus auxiliary cost so far."""
   return [(p["step"] * target_step_flops + aux.at(p["step"]), p["loss"]) for p in curve]
-
-
-def label_fractions(keys: Sequence[str], label_of: Callable[[str], str]) -> Dict[str, float]:
-  """Fraction of the example keys (`doc_id#chunk`) under each label; {} for no keys."""
-  counts: Dict[str, int] = {}
-  for k in keys:
-    lab = label_of(k.rsplit("#", 1)[0])
-    counts[lab] = counts.get(lab, 0) + 1
-  return {lab: c / len(keys) for lab, c in sorted(counts.items())} if keys else {}
-
-
-def _labellers(composition: Optional[str]) -> Dict[str, Callable[[str], str]]:
-  """{kind: doc_id -> label} for `composition`: "domain" always, "quality" and "target" ("yes"/"no": clean
-  target-like English) for the benchmark mixture."""
-  if composition is None:
-    return {}
-  if composition == "doc_prefix":  # e.g. the embedded corpus: "pydoc:<topic>" / "stdlib:<path>:<name>"
-    return {"domain": lambda doc: doc.split(":", 1)[0]}
-  if composition == "benchmark":
-    from bliss_jax.data import benchmark_mixture  # pylint: disable=g-import-not-at-top
-    by_id = {e["doc_id"]: e for e in benchmark_mixture.build_catalog()}
-
-    def entry(doc):
-      if doc not in by_id:
-        raise KeyError(f"{doc!r} is not in the benchmark catalog: is composition='benchmark' the right corpus?")
-      return by_id[doc]
-    return {"domain": lambda doc: entry(doc)["domain"], "quality": lambda doc: entry(doc)["quality"],
-            "target": lambda doc: "yes" if entry(doc)["target"] else "no"}
-  raise ValueError(f"composition={composition!r}: expected None, 'doc_prefix' or 'benchmark'")
-
-
-def composition_of(keys: Sequence[str], labellers: Mapping[str, Callable[[str], str]]) -> dict:
-  """{"n", "by_domain", "by_quality", ..., "target_fraction"} of example keys under each labeller."""
-  out = {"n": len(keys)}
-  for kind, label_of in labellers.items():
-    fr = label_fractions(keys, label_of)
-    if kind == "target":
-      out["target_fraction"] = fr.get("yes", 0.0) if keys else None
-    else:
-      out[f"by_{kind}"] = fr
-  return out
 
 
 def _rel(path: str, root: str) -> str:
@@ -114,7 +75,8 @@ def run(*, root: str, target: common.TrainSpec, small: common.TrainSpec, train_t
         pool_max_examples: Optional[int] = None,
         reference_task: Optional[str] = None, eval_task: Optional[str] = None, eval_split: str = "validation",
         eval_max_batches: Optional[int] = None, methods: Optional[Sequence[str]] = None,
-        options: Optional[Mapping[str, Mapping]] = None, composition: Optional[str] = None,
+        options: Optional[Mapping[str, Mapping]] = None,
+        composition: Optional[composition_lib.SelectionReporter] = None,
         zero_shot_tasks: Sequence[str] = (), zero_shot_limit: Optional[float] = None,
         zero_shot_data_dir: Optional[str] = None, zero_shot_max_length: int = 2048, scale: str = "",
         pipelines: Sequence[method.Pipeline] = builtin.PIPELINES, progress_bar: bool = True) -> dict:
@@ -136,9 +98,10 @@ def run(*, root: str, target: common.TrainSpec, small: common.TrainSpec, train_t
       validation split).
     methods: some of the registered pipelines' methods (`method.methods(options)`; default: all of them).
     options: {pipeline name: further arguments of its `run`} (ratio, n_kd, alpha, rounds, bilevel, scorers, ...).
-    composition: how selected examples are labelled for the composition report: "benchmark" (the benchmark
-      mixture's catalog: domain, and the target-like share), "doc_prefix" (the document id up to its first ":"),
-      or None.
+    composition: how selected examples are labelled for the composition report (`data.composition`): its
+      labellers (e.g. the benchmark catalog's: domain, quality and the target-like share; or the document id up to
+      its first ":"); its per-document report, if any, also goes to the pipelines' selection stages. None:
+      no composition. (gin: `compare.composition = 'benchmark'` or `'doc_prefix'`, `configurables.compare`.)
     zero_shot_tasks / zero_shot_limit / zero_shot_data_dir: harness tasks run on every final target (default data
       dir: the shared data's `eval/`; skipped with a note where it is absent). zero_shot_max_length: the longest
       scored row (contexts are left-truncated; as scripts/evaluate.py's --max_length).
@@ -159,7 +122,8 @@ def run(*, root: str, target: common.TrainSpec, small: common.TrainSpec, train_t
       root=root, target=target, small=small, large=large, train_task=train_task, pool_task=pool_task or train_task,
       pool_split=pool_split, pool_max_examples=pool_max_examples, reference_task=reference_task or train_task,
       eval_task=eval_task or train_task, eval_split=eval_split, eval_max_batches=eval_max_batches,
-      selection_report=composition == "benchmark", progress_bar=progress_bar)
+      selection_report=composition if composition is not None and composition.document_report else None,
+      progress_bar=progress_bar)
   runs: Dict[str, method.MethodRun] = {}
   for p in pipelines:
     wanted = [m for m in methods if provided[m] is p]
@@ -204,7 +168,7 @@ def _report(setting: method.Setting, methods: Sequence[str], runs: Mapping[str, 
   # --- the report ---
   target_cfg = checkpoints.read_model_config(model_dirs[methods[0]][-1][1])
   target_step_flops = train_flops_per_token(target_cfg, L) * B * L
-  labellers = _labellers(composition)
+  labellers = composition.labellers() if composition is not None else {}
   pool_keys_path = next((runs[m].pool for m in methods if runs[m].pool), None)
   plain_curve = [(p["step"], p["loss"]) for p in curves.get("plain", [])]
   plain_flops_curve = [(s * target_step_flops, l) for s, l in plain_curve]
@@ -229,11 +193,11 @@ def _report(setting: method.Setting, methods: Sequence[str], runs: Mapping[str, 
                  speedup_steps=tables.speedup([(p["step"], p["loss"]) for p in c], plain_curve),
                  speedup_flops=tables.speedup(fc, plain_flops_curve))
     if labellers and runs[m].selections:
-      row["selection"] = composition_of([k for p in runs[m].selections for k in _read_keys(p)], labellers)
+      row["selection"] = composition_lib.composition([k for p in runs[m].selections for k in _read_keys(p)], labellers)
     rows[m] = row
   pool = None
   if labellers and pool_keys_path:
-    pool = composition_of(_read_keys(pool_keys_path), labellers)
+    pool = composition_lib.composition(_read_keys(pool_keys_path), labellers)
   report = {
       "scale": scale, "methods": rows, "pool_composition": pool, "zero_shot_note": zero_shot_note,
       "config": {"train_task": setting.train_task, "pool": f"{setting.pool_task}:{setting.pool_split}",
@@ -254,12 +218,10 @@ def _zero_shot(root, methods, model_dirs, train_task, tasks, limit, data_dir, ma
   """{method: {task: {metric: value}}} of the harness on each final target, and a note when skipped."""
   if not tasks:
     return {}, None
-  from bliss_jax.data import benchmark_mixture  # pylint: disable=g-import-not-at-top
   from bliss_jax.eval import harness  # pylint: disable=g-import-not-at-top
   from bliss_jax.eval import loglikelihood  # pylint: disable=g-import-not-at-top
   if data_dir is None:
-    data_dir = os.path.join(os.environ.get(benchmark_mixture.DATA_DIR_ENV_VAR) or benchmark_mixture.DEFAULT_DATA_DIR,
-                            "eval")
+    data_dir = os.path.join(data_dir_lib.default_data_dir(), "eval")
   missing = [p for t in tasks for p in harness.task_paths(t, data_dir) if not os.path.isfile(p)]
   if missing:
     return {}, f"zero-shot skipped: benchmark file(s) not found: {', '.join(missing)}"

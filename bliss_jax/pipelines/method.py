@@ -10,6 +10,7 @@ import dataclasses
 import os
 from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
+from bliss_jax.data.composition import SelectionReporter
 from bliss_jax.pipelines import common
 
 
@@ -28,7 +29,7 @@ class Setting:
   eval_task: str
   eval_split: str
   eval_max_batches: Optional[int]
-  selection_report: bool
+  selection_report: Optional[SelectionReporter]  # the selection stages' per-document report, where there is one
   progress_bar: bool
 
   def subroot(self, pipeline: str) -> str:

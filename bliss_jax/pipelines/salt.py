@@ -14,7 +14,7 @@ Stages (each resumable, under `root/`):
                    documents as the pool (`pool_split='train'`), the paper's "remainder of the training examples"
   select           the top m by score, m = n_KD × batch (or `num_selected`), ties broken at random; reports the share
                    of candidates tied at the most common score; with `selection_report`, the selection's composition
-                   next to the pool's (`benchmark_mixture.selection_report`)
+                   next to the pool's (its `document_report`, e.g. `data.benchmark.reports.selection_report`)
   student_<name>   `baseline` (plain LM loss), `rkd` (KD at every step), `salt` (KD for n_KD steps, then plain),
                    `salt_ds` (as `salt`, the KD stage on the selection). Every student starts from the same
                    initialisation and reads the same stream, with one optimizer state and LR schedule over all steps,
@@ -46,6 +46,7 @@ import numpy as np
 
 from bliss_jax import partitioning
 from bliss_jax.data import keyed
+from bliss_jax.data.composition import SelectionReporter
 from bliss_jax.data import pipeline as data_pipeline
 from bliss_jax.losses.lm import AVERAGES, make_lm_loss
 from bliss_jax.losses.salt import TRANSITIONS, salt_kd_loss_factory
@@ -162,7 +163,7 @@ def run(*, root: str, task: str, student: common.TrainSpec, n_kd: int, teacher: 
         pool_max_examples: Optional[int] = None, exclude_scorer_data: bool = True, scorer_step: Optional[int] = None,
         scorer_dir: Optional[str] = None, top_k: int = 10, out_of_top_k: str = "remove",
         num_selected: Optional[int] = None,
-        selection_seed: int = 0, score_batch_size: int = 32, selection_report: bool = False,
+        selection_seed: int = 0, score_batch_size: int = 32, selection_report: Optional[SelectionReporter] = None,
         eval_task: Optional[str] = None,
         eval_split: str = "validation", eval_fractions: Sequence[float] = (0.7, 1.0),
         eval_max_batches: Optional[int] = None, eval_sequence_length: Optional[int] = None,
@@ -193,8 +194,8 @@ def run(*, root: str, task: str, student: common.TrainSpec, n_kd: int, teacher: 
     top_k: k of eq. 11. out_of_top_k: `"remove"` (the out-of-top-k losses are left out of the median, the paper's
       prose) or `"zero"` (counted as 0, eq. 11 as typeset); `selection.salt_ds`.
     num_selected: m (default n_KD × student batch size; at most the pool); ties in the score are broken at random with
-      `selection_seed`. selection_report: the selection's composition by domain and quality
-      against the pool's, from the catalog of the default benchmark mixture (`benchmark_mixture.build_catalog()`).
+      `selection_seed`. selection_report: writes the selection's per-document report against `pool_split`
+      (its `document_report`, e.g. the benchmark's composition by domain and quality, `data.benchmark.reports`).
     eval_task / eval_split: the held-out set (default: `task`'s validation split); `eval_fractions` of the student's
       steps are evaluated besides n_KD. `eval_sequence_length`: the held-out rows' length (default: the students'
       L). A model trained only on UL2 examples of at most `example_length` tokens (`data/ul2.py`) never sees a later
@@ -323,12 +324,11 @@ def run(*, root: str, task: str, student: common.TrainSpec, n_kd: int, teacher: 
                 "tie_score_pool": float(values[counts.argmax()]), "tie_fraction_pool": float(counts.max() / len(s)),
                 "frac_zero_score_pool": float(np.mean(s == 0)), "frac_no_top_k_pool": float(np.mean(in_top == 0)),
                 "frac_in_top_k_selected": float(in_top[chosen].mean()), "frac_in_top_k_pool": float(in_top.mean())}
-      if selection_report:
-        from bliss_jax.data import benchmark_mixture  # pylint: disable=g-import-not-at-top
-        report = benchmark_mixture.selection_report(keys, benchmark_mixture.build_catalog(), base_split=pool_split)
+      if selection_report is not None:
+        report, markdown = selection_report.document_report(keys, pool_split)
         result["report"] = common.write_json(os.path.join(d, "selection_report.json"), report)
         with open(os.path.join(d, "selection_report.md"), "w") as f:
-          f.write(benchmark_mixture.format_selection_report(report) + "\n")
+          f.write(markdown + "\n")
         result["target_lift"] = report["target"]["lift"]
       return result
     selection = run_stage(root, "select", do_select, {"m": m, "store": scored["store"], "seed": selection_seed})
