@@ -8,7 +8,7 @@ Stages (each resumable, under `root/`; R = `rounds`, S = target steps per round 
   target_r0         the target's first S steps on that selection (one LR schedule over all (R + 1)·S steps)
   proxy_warmup      the proxy LM trained on the same selection (`proxy` TrainSpec, its own schedule)
   for each method m and round r = 1..R:
-    m_r<r>_bilevel  (BLISS methods) T = `bilevel_steps` bilevel steps (`training.bilevel_loop`): the proxy re-loaded
+    m_r<r>_bilevel  (BLISS methods) T = `bilevel_steps` bilevel steps (`bilevel.loop`): the proxy re-loaded
                     from proxy_warmup (`reset_proxy`, as the reference code; otherwise the previous round's proxy),
                     the score model from the warmed-up proxy (r = 1) or round r−1's, the target's step-r·S checkpoint
                     in the KL, candidates from pool r, F on `reference_task:reference_split`
@@ -28,11 +28,11 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 from typing import Dict, Optional, Sequence
 
 import numpy as np
 
+from bliss_jax.bilevel import loop as bilevel_loop
 from bliss_jax.bilevel.step import BilevelConfig, step_flops
 from bliss_jax.data import pipeline as data_pipeline
 from bliss_jax.data.keyed import example_keys
@@ -45,7 +45,8 @@ from bliss_jax.report import tables
 from bliss_jax.report.tables import steps_to_reach
 from bliss_jax.selection import offline_scoring, rules, score_store
 from bliss_jax.selection.selected_task import register_selected_task
-from bliss_jax.training import bilevel_loop, checkpoints, trainer
+from bliss_jax.training import trainer
+from bliss_jax.training.model_dir import ModelDir
 
 
 def split_pools(keys: Sequence[str], num_pools: int, seed: int):
@@ -63,9 +64,7 @@ def random_selection(keys: Sequence[str], fraction: float, seed: int):
 
 def validation_curve(model_dir: str):
   """[(step, loss)] of the trainer's periodic held-out evaluations in MODEL_DIR/metrics.jsonl."""
-  path = os.path.join(model_dir, "metrics.jsonl")
-  rows = [json.loads(l) for l in open(path) if l.strip()] if os.path.exists(path) else []
-  return sorted({r["step"]: r["loss"] for r in rows if r.get("split") == "validation"}.items())
+  return sorted({r["step"]: r["loss"] for r in ModelDir(model_dir).metrics("validation")}.items())
 
 
 def _offset_source(train_source, eval_source, offset: int):
@@ -78,20 +77,7 @@ def _offset_source(train_source, eval_source, offset: int):
   return source
 
 
-def _copy_model_dir(src: str, dst: str, step: int) -> None:
-  """Start MODEL_DIR `dst` from `src`'s checkpoint at `step` (model config and metrics up to it), atomically."""
-  if os.path.exists(dst):
-    return
-  tmp = dst + ".tmp"
-  shutil.rmtree(tmp, ignore_errors=True)
-  shutil.copytree(os.path.join(src, "checkpoints", str(step)), os.path.join(tmp, "checkpoints", str(step)))
-  for name in ("model_config.json", "run_config.json", "metrics.jsonl"):
-    if os.path.exists(os.path.join(src, name)):
-      shutil.copy(os.path.join(src, name), os.path.join(tmp, name))
-  os.replace(tmp, dst)
-
-
-def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.TrainSpec, reference_task: str,
+def run(*, root: str, pool_task: str, target: trainer.TrainSpec, proxy: trainer.TrainSpec, reference_task: str,
         bilevel: BilevelConfig = BilevelConfig(), bilevel_steps: int = 100, bilevel_batch_size: int = 16,
         reference_split: str = "train", reference_feature_converter: str = "decoder",
         pool_max_examples: Optional[int] = None, eval_task: Optional[str] = None, eval_split: str = "validation",
@@ -186,11 +172,9 @@ def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.Tr
 
   def train_target_round(model_dir, task, r):
     train_src = data_pipeline.seqio_batch_source(task, batch_size=B, sequence_length=L, seed=target.seed + r)
-    trainer.train(model_dir=model_dir, model_config=target.model_config,
+    trainer.train(model_dir=model_dir, spec=target.replace(checkpoint_every=math.gcd(S, target.checkpoint_every)),
                   batch_source=_offset_source(train_src, eval_source, r * S), vocab_size=vocab,
-                  num_steps=target.num_steps, batch_size=B, sequence_length=L, optimizer=target.optimizer,
-                  seed=target.seed, eval_every=target.eval_every, eval_batches=eval_batches,
-                  checkpoint_every=math.gcd(S, target.checkpoint_every), keep_checkpoints=None, log_every=target.log_every, progress_bar=progress_bar,
+                  eval_batches=eval_batches, keep_checkpoints=None, progress_bar=progress_bar,
                   stop_at_step=(r + 1) * S, allow_config_change=("data",))  # each round reads its own selection
     return dict(common.heldout_at_step(model_dir, (r + 1) * S, **eval_kw), model_dir=model_dir)
 
@@ -201,8 +185,8 @@ def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.Tr
                                                                              warm_task(), progress_bar=progress_bar),
                         {"proxy": dataclasses.asdict(proxy), "selection": warm_sel["selected"]})
   proxy_dir = proxy_res["model_dir"]
-  target_cfg = checkpoints.read_model_config(r0["model_dir"])
-  proxy_cfg = checkpoints.read_model_config(proxy_dir)
+  target_cfg = ModelDir(r0["model_dir"]).read_model_config()
+  proxy_cfg = ModelDir(proxy_dir).read_model_config()
   target_step_flops = train_flops_per_token(target_cfg, L) * B * L
   ref_source = data_pipeline.seqio_batch_source(reference_task, batch_size=bilevel_batch_size, sequence_length=L,
                                                 seed=seed, pack=False, feature_converter=reference_feature_converter)
@@ -272,7 +256,7 @@ def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.Tr
                           "bilevel": bilevel_res, "scoring": scored})
         continue
       def do_target(d, r=r, m=m, selected=selection["selected"]):
-        _copy_model_dir(r0["model_dir"], target_dir, S)
+        ModelDir(r0["model_dir"]).copy_at_step(target_dir, S)  # model config, run config and metrics up to S
         return train_target_round(target_dir, register(f"{prefix}_{m}_sel_{r}", selected), r)
       heldout = run_stage(root, f"{m}_r{r}_target", do_target, dict(spec_inputs, selection=selection["selected"]))
       per_round.append({"round": r, "step": (r + 1) * S, "loss": heldout["loss"], "accuracy": heldout["accuracy"],
