@@ -149,13 +149,14 @@ def write_config_gin(root: str, *, finished: bool) -> None:
 
 def print_summary(result) -> None:
   import jax  # pylint: disable=g-import-not-at-top
+  from bliss_jax.training.model_dir import ModelDir  # pylint: disable=g-import-not-at-top
   if jax.process_index() != 0 or result is None:
     return
-  d = result.model_dir
+  run = ModelDir(result.model_dir)
   print(f"\nfinished step {result.final_step}")
   if result.last_eval:
     e = result.last_eval
     print(f"held-out loss {e['loss']:.4f}  perplexity {e['perplexity']:.2f}  next-token accuracy {e['accuracy']:.4f}")
-  print(f"metrics:      {os.path.join(d, 'metrics.jsonl')}")
-  print(f"tensorboard:  tensorboard --logdir {os.path.join(d, 'tensorboard')}")
-  print(f"checkpoints:  {os.path.join(d, 'checkpoints')}")
+  print(f"metrics:      {run.metrics_path}")
+  print(f"tensorboard:  tensorboard --logdir {run.tensorboard_dir()}")
+  print(f"checkpoints:  {run.checkpoints_dir}")

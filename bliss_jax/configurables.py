@@ -27,6 +27,7 @@ def model_config(preset: str = "tiny", vocab_size="task", **overrides) -> model_
 
 gin.external_configurable(model_config, "model_config")
 gin.external_configurable(trainer.train, "train")
+gin.external_configurable(trainer.TrainSpec, "TrainSpec")
 gin.external_configurable(trainer.OptimizerConfig, "OptimizerConfig")
 gin.external_configurable(make_lm_loss, "lm_loss")
 gin.external_configurable(synthetic_source, "synthetic_source")
@@ -41,10 +42,8 @@ gin.external_configurable(make_selective_loss, "selective_loss")
 gin.external_configurable(reference_loss_source, "reference_loss_source")
 
 # Method pipelines (scripts/run_pipeline.py --pipeline=NAME calls the configurable NAME).
-from bliss_jax.pipelines import common as _pipeline_common  # noqa: E402
 from bliss_jax.pipelines import miniplm as _miniplm  # noqa: E402
 
-gin.external_configurable(_pipeline_common.TrainSpec, "TrainSpec")
 gin.external_configurable(_miniplm.run, "miniplm")
 
 # SALT (small-model-aided large-model training). pylint: disable=g-import-not-at-top,wrong-import-position

@@ -139,9 +139,10 @@ def main(argv):
   from bliss_jax.eval import loglikelihood  # pylint: disable=g-import-not-at-top
   from bliss_jax.models.transformer import Transformer  # pylint: disable=g-import-not-at-top
   from bliss_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
+  from bliss_jax.training.model_dir import ModelDir  # pylint: disable=g-import-not-at-top
 
   partitioning.initialize_distributed()
-  cfg = checkpoints.read_model_config(args.model_dir)
+  cfg = ModelDir(args.model_dir).read_model_config()
   step, params = checkpoints.load_params(args.model_dir, step=args.step)
   vocab = _vocabulary(args.vocabulary)
   if vocab.vocab_size > cfg.vocab_size:

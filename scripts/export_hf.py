@@ -38,10 +38,12 @@ def parse_args(argv):
 
 def main(argv):
   args = parse_args(argv)
-  if not os.path.isfile(os.path.join(args.model_dir, "model_config.json")):
+  from bliss_jax.training.model_dir import ModelDir  # pylint: disable=g-import-not-at-top
+  run = ModelDir(args.model_dir)
+  if not os.path.isfile(run.model_config_path):
     raise SystemExit(f"error: {args.model_dir} is not a bliss_jax MODEL_DIR (no model_config.json; expected the "
                      "directory a training run wrote, with model_config.json and checkpoints/)")
-  if not os.path.isdir(os.path.join(args.model_dir, "checkpoints")):
+  if not os.path.isdir(run.checkpoints_dir):
     raise SystemExit(f"error: {args.model_dir} has no checkpoints/ directory: nothing to export")
   from bliss_jax.export import hf  # pylint: disable=g-import-not-at-top
   vocabulary_path = None if args.vocabulary == "default" else args.vocabulary

@@ -32,9 +32,10 @@ def main():
   from bliss_jax.models.transformer import Transformer  # pylint: disable=g-import-not-at-top
   from bliss_jax.selection import offline_scoring, reference_losses  # pylint: disable=g-import-not-at-top
   from bliss_jax.training import checkpoints, trainer  # pylint: disable=g-import-not-at-top
+  from bliss_jax.training.model_dir import ModelDir  # pylint: disable=g-import-not-at-top
   importlib.import_module(a.tasks_module)
   mesh, rules = partitioning.make_mesh(), partitioning.logical_rules()
-  cfg = checkpoints.read_model_config(a.reference_dir)
+  cfg = ModelDir(a.reference_dir).read_model_config()
   with partitioning.mesh_context(mesh, rules):
     step, params = checkpoints.load_params(a.reference_dir, trainer.abstract_params(cfg, mesh, rules))
     table = offline_scoring.score_split(

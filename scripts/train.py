@@ -2,7 +2,7 @@
 r"""Train a model, t5x style.
 
   python scripts/train.py --gin_file=gin_configs/quickstart.gin \
-      --gin.MODEL_DIR="'/tmp/run'" --gin.train.num_steps=500
+      --gin.MODEL_DIR="'/tmp/run'" --gin.TrainSpec.num_steps=500
 
 Flags:
   --gin_file=PATH            (repeatable) gin files, looked up as given, then in each --gin_search_paths entry.

@@ -22,13 +22,14 @@ def main():
   a = p.parse_args()
   import tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   from bliss_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from bliss_jax.training.model_dir import ModelDir  # pylint: disable=g-import-not-at-top
   h = pipeline.token_unigram_entropy(a.task, a.split, sequence_length=a.sequence_length)
   print(f"unigram entropy of {a.task}:{a.split} under its tokenizer: {h:.4f} nats/token")
   if a.model_dir:
-    path = os.path.join(a.model_dir, "metrics.jsonl")
-    rows = [json.loads(l) for l in open(path) if '"validation"' in l]
+    run = ModelDir(a.model_dir)
+    rows = run.metrics("validation")
     if not rows:
-      raise SystemExit(f"error: no validation rows in {path}")
+      raise SystemExit(f"error: no validation rows in {run.metrics_path}")
     last = rows[-1]
     print(f"held-out loss of {a.model_dir} at step {last['step']}: {last['loss']:.4f} nats/token "
           f"({h - last['loss']:.4f} below the unigram entropy; perplexity {last['perplexity']:.1f} vs "

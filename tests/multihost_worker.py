@@ -36,10 +36,11 @@ def main(out_path, model_dir, reference):
   source = reference_source if reference else synthetic_source(vocab_size=VOCAB, batch_size=GLOBAL_BATCH,
                                                                 sequence_length=LENGTH)
   losses = []
-  result = trainer.train(model_dir=model_dir, model_config=preset("tiny", vocab_size=VOCAB), batch_source=source,
-                         num_steps=4, batch_size=GLOBAL_BATCH, sequence_length=LENGTH, log_every=1,
-                         optimizer=trainer.OptimizerConfig(warmup_steps=1), eval_every=4, eval_batches=2,
-                         checkpoint_every=4, progress_bar=False, mesh_data=-1, mesh_model=2)
+  spec = trainer.TrainSpec(model_config=preset("tiny", vocab_size=VOCAB), num_steps=4, batch_size=GLOBAL_BATCH,
+                           sequence_length=LENGTH, optimizer=trainer.OptimizerConfig(warmup_steps=1), eval_every=4,
+                           checkpoint_every=4, log_every=1)
+  result = trainer.train(model_dir=model_dir, spec=spec, batch_source=source, eval_batches=2, progress_bar=False,
+                         mesh_data=-1, mesh_model=2)
   rows = [json.loads(l) for l in open(os.path.join(model_dir, "metrics.jsonl"))] if jax.process_index() == 0 else []
   losses = [r["loss"] for r in rows if r["split"] == "train"]
   json.dump({"process_index": jax.process_index(), "process_count": jax.process_count(),

@@ -312,7 +312,7 @@ def test_train_cli_on_the_benchmark_mixture(shared_data, tmp_path):
   cmd = [sys.executable, str(REPO / 'scripts' / 'train.py'), '--gin_file=base.gin', '--gin_file=models/tiny.gin',
          '--gin_file=data/seqio.gin', '--gin_file=data/benchmark_mixture.gin', f"--gin.MODEL_DIR='{tmp_path}'",
          f"--gin.benchmark_mixture.data_dir='{shared_data}'", '--gin.NUM_STEPS=4', '--gin.SEQUENCE_LENGTH=32',
-         '--gin.BATCH_SIZE=4', '--gin.train.eval_every=2', '--gin.train.eval_batches=2',
+         '--gin.BATCH_SIZE=4', '--gin.TrainSpec.eval_every=2', '--gin.train.eval_batches=2',
          '--gin.OptimizerConfig.warmup_steps=1']
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', XLA_FLAGS='--xla_force_host_platform_device_count=1')
   result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

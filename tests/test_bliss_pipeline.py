@@ -10,13 +10,15 @@ import numpy as np
 import pytest
 from pydoc_data import topics
 
+from bliss_jax.bilevel import loop as bilevel_loop
 from bliss_jax.bilevel.step import BilevelConfig
 from bliss_jax.data import pipeline as data_pipeline
 from bliss_jax.data import seqio_tasks, vocabulary
 from bliss_jax.models.config import preset
-from bliss_jax.pipelines import bliss, common
+from bliss_jax.pipelines import bliss
 from bliss_jax.selection import score_store
-from bliss_jax.training import bilevel_loop, checkpoints
+from bliss_jax.training import checkpoints, trainer
+from bliss_jax.training.model_dir import ModelDir
 from bliss_jax.training.trainer import OptimizerConfig
 
 L = 32
@@ -47,11 +49,11 @@ def tasks(tmp_path_factory):
 
 
 def _specs():
-  target = common.TrainSpec(model_config=preset("tiny", vocab_size=None), num_steps=12, batch_size=8,
-                            sequence_length=L, optimizer=OptimizerConfig(warmup_steps=1), eval_every=2)
-  proxy = common.TrainSpec(model_config=preset("tiny", vocab_size=None, num_layers=1, d_model=32, num_heads=2,
-                                               num_kv_heads=1, d_ff=64),
-                           num_steps=6, batch_size=8, sequence_length=L, optimizer=OptimizerConfig(warmup_steps=1))
+  target = trainer.TrainSpec(model_config=preset("tiny", vocab_size=None), num_steps=12, batch_size=8,
+                             sequence_length=L, optimizer=OptimizerConfig(warmup_steps=1), eval_every=2)
+  proxy = trainer.TrainSpec(model_config=preset("tiny", vocab_size=None, num_layers=1, d_model=32, num_heads=2,
+                                                num_kv_heads=1, d_ff=64),
+                            num_steps=6, batch_size=8, sequence_length=L, optimizer=OptimizerConfig(warmup_steps=1))
   # the reference solver (normalised iteration, 3 steps, λ_z = 1e-2); larger learning rates than the paper's for a
   # few steps
   cfg = BilevelConfig(gamma=0.1, proxy_lr=1e-3, score_lr=3e-2)
@@ -142,7 +144,7 @@ def test_reported_flops_equal_a_hand_count(pipeline):
   target (2 layers, d 64, 4 heads of 16, 2 kv heads, d_ff 256): 2·(64·16·8 + 4·16·64 + 3·64·256 + 128) + 64 =
   123,200 without head, head 64·V. T = 32, B = 8, 6 bilevel steps, 12 target steps."""
   _, report = pipeline
-  V = checkpoints.read_model_config(report["proxy"]["model_dir"]).vocab_size
+  V = ModelDir(report["proxy"]["model_dir"]).read_model_config().vocab_size
   attn_p, attn_t = 4 * 1 * 2 * 16 * L, 4 * 2 * 4 * 16 * L
   f_score = 2 * 9_312 + attn_p + 2 * 32 / L  # score model: backbone without head + Linear(32, 1) per sequence
   f_proxy = 2 * (9_312 + 32 * V) + attn_p

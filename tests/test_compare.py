@@ -119,9 +119,9 @@ def test_rho1_auxiliary_flops_equal_a_hand_count(clean_run):
   untied, vocab V): 32·16·4 + 2·16·32 + 3·32·128 + 2·32 + 32 = 15,456 parameters without the head, 32·V in it; a
   forward at T = 32 costs 2(15,456 + 32·V) + 4·1·2·16·32 per token. RHO-1 trains it 10 steps and runs it forward at
   each of the target's 20 steps of 4 × 32 tokens."""
-  from bliss_jax.training import checkpoints  # pylint: disable=import-outside-toplevel
+  from bliss_jax.training.model_dir import ModelDir  # pylint: disable=import-outside-toplevel
   root, report, _ = clean_run
-  V = checkpoints.read_model_config(str(root / "rho1" / "reference")).vocab_size
+  V = ModelDir(str(root / "rho1" / "reference")).read_model_config().vocab_size
   fwd = 2 * (15_456 + 32 * V) + 4 * 1 * 2 * 16 * 32
   aux = report["methods"]["rho1"]["flops"]["auxiliary"]
   assert aux["reference_forwards"] == pytest.approx(fwd * 20 * 4 * 32, rel=1e-12)

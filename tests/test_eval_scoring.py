@@ -20,6 +20,7 @@ from bliss_jax.losses.lm import model_logits, token_cross_entropy
 from bliss_jax.models.config import preset
 from bliss_jax.models.transformer import Transformer
 from bliss_jax.training import checkpoints
+from bliss_jax.training.model_dir import ModelDir
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
 import evaluate as evaluate_script  # noqa: E402  pylint: disable=g-import-not-at-top
@@ -345,7 +346,7 @@ def test_evaluate_script_end_to_end(tiny, spm_path, spm_vocab, tmp_path, capsys)
   model, params, step_fn, _ = tiny
   model_dir = tmp_path / "run"
   model_dir.mkdir()
-  checkpoints.write_model_config(str(model_dir), model.cfg)
+  ModelDir(str(model_dir)).write_model_config(model.cfg)
   checkpoints.save(checkpoints.make_manager(str(model_dir)), 7, {"params": params}, {})
   files = _fixture_files(tmp_path)
   out_dir = tmp_path / "eval"

@@ -21,6 +21,7 @@ from bliss_jax.export import hf
 from bliss_jax.models.config import PRESETS, preset
 from bliss_jax.models.transformer import Transformer
 from bliss_jax.training import checkpoints
+from bliss_jax.training.model_dir import ModelDir
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
 import export_hf  # noqa: E402  pylint: disable=g-import-not-at-top
@@ -74,7 +75,7 @@ def _make_model_dir(model_dir, cfg, seed):
   params = nn.unbox(Transformer(cfg).init(jax.random.PRNGKey(seed), jnp.zeros((1, 4), jnp.int32))["params"])
   params = _randomize(params, seed)
   os.makedirs(model_dir, exist_ok=True)
-  checkpoints.write_model_config(model_dir, cfg)
+  ModelDir(model_dir).write_model_config(cfg)
   manager = checkpoints.make_manager(model_dir)
   checkpoints.save(manager, STEP, {"params": params}, {"position": 0}, force=True)
   manager.close()
@@ -330,7 +331,7 @@ def test_unrepresentable_shape_raises_naming_the_field(name, overrides, field):
 
 
 def test_export_refuses_before_loading_the_checkpoint(tmp_path):
-  checkpoints.write_model_config(str(tmp_path), preset("tiny", rotary_fraction=0.5))  # no checkpoints/ at all
+  ModelDir(str(tmp_path)).write_model_config(preset("tiny", rotary_fraction=0.5))  # no checkpoints/ at all
   with pytest.raises(ValueError, match=r"ModelConfig\.rotary_fraction=0\.5"):
     hf.export(str(tmp_path), str(tmp_path / "hf"))
 

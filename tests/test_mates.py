@@ -179,7 +179,7 @@ def test_one_round_probes_fits_and_scores_the_whole_pool(tmp_path):
   from bliss_jax.pipelines import common  # pylint: disable=g-import-not-at-top
   from bliss_jax.pipelines.stages import run_stage  # pylint: disable=g-import-not-at-top
   from bliss_jax.selection import score_store  # pylint: disable=g-import-not-at-top
-  from bliss_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
+  from bliss_jax.training.model_dir import ModelDir  # pylint: disable=g-import-not-at-top
 
   L = 32
   texts = [t for _, t in sorted(topics.topics.items())][:20]
@@ -188,8 +188,8 @@ def test_one_round_probes_fits_and_scores_the_whole_pool(tmp_path):
   seqio_tasks.register_document_task("mates_fixture_pool", lambda: docs, vocab, validation_fraction=0.0)
   seqio_tasks.register_document_task("mates_fixture_ref", lambda: [(f"r:{i}", texts[i]) for i in range(8)], vocab,
                                      validation_fraction=0.0)
-  target = common.TrainSpec(model_config=preset("tiny", vocab_size=None), num_steps=4, batch_size=8,
-                            sequence_length=L, optimizer=trainer.OptimizerConfig(warmup_steps=1), checkpoint_every=2)
+  target = trainer.TrainSpec(model_config=preset("tiny", vocab_size=None), num_steps=4, batch_size=8,
+                             sequence_length=L, optimizer=trainer.OptimizerConfig(warmup_steps=1), checkpoint_every=2)
   proxy = target.replace(model_config=preset("tiny", vocab_size=None, num_layers=1, d_model=32, num_heads=2,
                                              num_kv_heads=1, d_ff=64), num_steps=2)
   target_dir = str(tmp_path / "target")
@@ -215,7 +215,7 @@ def test_one_round_probes_fits_and_scores_the_whole_pool(tmp_path):
   assert fit["n_fit"] == 18 and fit["n_holdout"] == 2 and fit["mse_last"] < fit["mse_first"]
   table = score_store.read_scores(out["store"])
   assert out["column"] == "mates" and table.keys() == pool_keys and np.isfinite(table.columns["mates"]).all()
-  V = checkpoints.read_model_config(target_dir).vocab_size
+  V = ModelDir(target_dir).read_model_config().vocab_size
   f_target = 2 * (123_200 + 64 * V) + 4 * 2 * 4 * 16 * L
   f_score = 2 * 9_312 + 4 * 1 * 2 * 16 * L + 2 * 32 / L  # the proxy's backbone without head + Linear(32, 1)
   assert out["aux_flops"]["probe"] == pytest.approx(20 * (3 * f_target * L + f_target * 8 * L), rel=1e-12)

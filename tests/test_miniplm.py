@@ -7,8 +7,9 @@ from pydoc_data import topics
 
 from bliss_jax.data import seqio_tasks, vocabulary
 from bliss_jax.models.config import preset
-from bliss_jax.pipelines import common, miniplm
+from bliss_jax.pipelines import miniplm
 from bliss_jax.selection import score_store
+from bliss_jax.training import trainer
 from bliss_jax.training.trainer import OptimizerConfig
 
 
@@ -36,8 +37,8 @@ def pipeline_report(tmp_path_factory):
       texts, str(tmp_path_factory.mktemp("spm") / "s.model"), 300))
   docs = [(f"d:{i}", " ".join(["word", "list", "value", str(i)] * (1 + 3 * i % 11))) for i in range(48)]
   seqio_tasks.register_document_task("mpl_fixture", lambda: docs, vocab, validation_fraction=0.2)
-  spec = common.TrainSpec(model_config=preset("tiny", vocab_size=None), num_steps=4, batch_size=8,
-                          sequence_length=32, optimizer=OptimizerConfig(warmup_steps=1), checkpoint_every=4)
+  spec = trainer.TrainSpec(model_config=preset("tiny", vocab_size=None), num_steps=4, batch_size=8,
+                           sequence_length=32, optimizer=OptimizerConfig(warmup_steps=1), checkpoint_every=4)
   root = str(tmp_path_factory.mktemp("mpl"))
   report = miniplm.run(root=root, pool_task="mpl_fixture", pool_split="train", student=spec, reference=spec,
                        teacher=spec.replace(num_steps=6), reference_fraction=0.25, alpha=0.5, score_batch_size=8,
@@ -72,8 +73,8 @@ def test_rerun_reuses_every_stage(pipeline_report):
   root, report = pipeline_report
   marks = {p: os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(root, "*", "stage.json"))}
   assert len(marks) == 12  # pool_keys, split_reference, teacher, reference, score, select, prx_fit, prx_select, 4 students
-  spec = common.TrainSpec(model_config=preset("tiny", vocab_size=None), num_steps=4, batch_size=8,
-                          sequence_length=32, optimizer=OptimizerConfig(warmup_steps=1), checkpoint_every=4)
+  spec = trainer.TrainSpec(model_config=preset("tiny", vocab_size=None), num_steps=4, batch_size=8,
+                           sequence_length=32, optimizer=OptimizerConfig(warmup_steps=1), checkpoint_every=4)
   again = miniplm.run(root=root, pool_task="mpl_fixture", pool_split="train", student=spec, reference=spec,
                       teacher=spec.replace(num_steps=6), reference_fraction=0.25, alpha=0.5, score_batch_size=8,
                       students=("miniplm", "plain", "vanilla_kd", "miniplm_prx"), prx_sample_fraction=0.5,
@@ -88,9 +89,9 @@ def test_reported_flops_equal_a_hand_count(pipeline_report):
   """Every model here is the `tiny` preset (2 layers, d 64, 4 heads of 16, 2 kv heads, SwiGLU d_ff 256, RMSNorm,
   untied, vocab V): per layer 64·16·8 + 4·16·64 + 3·64·256 + 2·64 = 61,568, so N without head 2·61,568 + 64 =
   123,200 and the head 64·V; a forward is 2N + 4·2·4·16·32 per token at T = 32, a train step 3 forwards."""
-  from bliss_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
+  from bliss_jax.training.model_dir import ModelDir  # pylint: disable=g-import-not-at-top
   _, report = pipeline_report
-  V = checkpoints.read_model_config(report["teacher"]["model_dir"]).vocab_size
+  V = ModelDir(report["teacher"]["model_dir"]).read_model_config().vocab_size
   fwd = 2 * (123_200 + 64 * V) + 4 * 2 * 4 * 16 * 32
   fwd_score = 2 * 123_200 + 4 * 2 * 4 * 16 * 32 + 2 * 64 / 32
   assert report["scoring"]["flops"] == pytest.approx(2 * fwd * report["scoring"]["scored_tokens"], rel=1e-12)

@@ -71,7 +71,7 @@ def test_adafactor_with_fsdp_traces_on_8_devices():
 def test_bliss_paper_configs_trace(parsed, target, proxy):
   """The target's train step and one bilevel step (proxy + score model + the target in the KL, LAMBADA-style
   prefix-LM reference batch) at the paper's shapes, sharded FSDP over 8 devices."""
-  from bliss_jax.training.bilevel_loop import abstract_bilevel_step  # pylint: disable=g-import-not-at-top
+  from bliss_jax.bilevel.loop import abstract_bilevel_step  # pylint: disable=g-import-not-at-top
   parsed("paper/bliss_pythia.gin", bindings=[f"TARGET='{target}'", f"PROXY='{proxy}'"])
   t, p = _spec("target"), _spec("proxy")
   cfg = gin.get_configurable("BilevelConfig")()
@@ -98,7 +98,7 @@ def test_compare_paper_config_traces_every_methods_step(parsed):
   from bliss_jax.losses.salt import salt_kd_loss_factory  # pylint: disable=g-import-not-at-top
   from bliss_jax.losses.selective import make_selective_loss  # pylint: disable=g-import-not-at-top
   from bliss_jax.pipelines import bliss, miniplm, rho1, salt  # pylint: disable=g-import-not-at-top
-  from bliss_jax.training.bilevel_loop import abstract_bilevel_step  # pylint: disable=g-import-not-at-top
+  from bliss_jax.bilevel.loop import abstract_bilevel_step  # pylint: disable=g-import-not-at-top
   parsed("compare/paper.gin")
   t, s, l = _spec("target"), _spec("small"), _spec("large")
   assert (t.batch_size, t.sequence_length, t.num_steps) == (512, 1024, 50_000)

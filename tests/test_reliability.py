@@ -24,20 +24,26 @@ from bliss_jax.losses.selective import make_selective_loss
 from bliss_jax.models.config import preset
 from bliss_jax.models.transformer import Transformer
 from bliss_jax.pipelines.stages import run_stage
-from bliss_jax.training import checkpoints, trainer
+from bliss_jax.training import checkpoints, run_loop, trainer
+from bliss_jax.training.model_dir import ModelDir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 V, B, T = 128, 4, 16
 
 
+SPEC_FIELDS = {f.name for f in dataclasses.fields(trainer.TrainSpec)}
+
+
 def _kw(model_dir, **over):
-  """A tiny run: 6 steps of 4 x 16 synthetic tokens, checkpoints every 2 steps, one device."""
-  kw = dict(model_dir=str(model_dir), model_config=preset("tiny", vocab_size=V),
-            batch_source=synthetic_source(vocab_size=V, batch_size=B, sequence_length=T), num_steps=6, batch_size=B,
-            sequence_length=T, optimizer=trainer.OptimizerConfig(warmup_steps=1), eval_every=0, checkpoint_every=2,
-            log_every=1, progress_bar=False, mesh_data=1, devices=jax.devices()[:1])
-  kw.update(over)
-  return kw
+  """A tiny run: 6 steps of 4 x 16 synthetic tokens, checkpoints every 2 steps, one device. `over` may name
+  `TrainSpec` fields as well as `train` arguments."""
+  spec = dict(model_config=preset("tiny", vocab_size=V), num_steps=6, batch_size=B, sequence_length=T,
+              optimizer=trainer.OptimizerConfig(warmup_steps=1), eval_every=0, checkpoint_every=2, log_every=1)
+  kw = dict(model_dir=str(model_dir), batch_source=synthetic_source(vocab_size=V, batch_size=B, sequence_length=T),
+            progress_bar=False, mesh_data=1, devices=jax.devices()[:1])
+  for k, v in over.items():
+    (spec if k in SPEC_FIELDS else kw)[k] = v
+  return dict(kw, spec=trainer.TrainSpec(**spec))
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +92,11 @@ def source(split, **kw):
     print("training", flush=True)
     sys.stdin.readline()  # hold the run open until the test says go
   return base(split, **kw)
-trainer.train(model_dir=sys.argv[1], model_config=preset("tiny", vocab_size=128), batch_source=source, num_steps=6,
-              batch_size=4, sequence_length=16, optimizer=trainer.OptimizerConfig(warmup_steps=1), eval_every=0,
-              checkpoint_every=2, log_every=1, progress_bar=False, mesh_data=1, devices=jax.devices()[:1])
+spec = trainer.TrainSpec(model_config=preset("tiny", vocab_size=128), num_steps=6, batch_size=4, sequence_length=16,
+                         optimizer=trainer.OptimizerConfig(warmup_steps=1), eval_every=0, checkpoint_every=2,
+                         log_every=1)
+trainer.train(model_dir=sys.argv[1], spec=spec, batch_source=source, progress_bar=False, mesh_data=1,
+              devices=jax.devices()[:1])
 """
 
 
@@ -197,16 +205,17 @@ def test_nan_guard_keeps_a_checkpoint_the_next_step_can_run_from(tmp_path):
   # step 3's gradient from them is NaN
   huge = trainer.OptimizerConfig(peak_lr=1e33, schedule="constant", warmup_steps=1000, clip_norm=None)
   kw = _kw(tmp_path, num_steps=1000, stop_at_step=6, checkpoint_every=1, optimizer=huge)
-  with pytest.raises(trainer.NonFiniteLossError, match="at step 3") as e:
+  with pytest.raises(run_loop.NonFiniteLossError, match="at step 3") as e:
     trainer.train(**kw)
   kept = int(re.search(r"last good checkpoint \(step (\d+)\)", str(e.value)).group(1))
   assert kept == max(int(s) for s in os.listdir(tmp_path / "checkpoints"))
-  cfg = checkpoints.read_model_config(str(tmp_path))
+  cfg = ModelDir(str(tmp_path)).read_model_config()
   loss, grad_norm = _loss_and_grad_norm(checkpoints.load_params(str(tmp_path))[1], cfg)
   assert np.isfinite(loss) and np.isfinite(grad_norm)
   assert kept == 1 and os.listdir(tmp_path / "rejected_checkpoints") == ["2"]
   # resuming with a lower learning rate, as the message advises, continues from the kept checkpoint
-  kw.update(optimizer=dataclasses.replace(huge, peak_lr=1e-3), allow_config_change=("optimizer.peak_lr",))
+  kw.update(spec=kw["spec"].replace(optimizer=dataclasses.replace(huge, peak_lr=1e-3)),
+            allow_config_change=("optimizer.peak_lr",))
   result = trainer.train(**kw)
   assert result.final_step == 6 and np.isfinite(result.last_train_metrics["loss"])
 
@@ -248,8 +257,8 @@ def test_a_frozen_reference_with_another_vocabulary_is_refused_at_load(stopped_r
 
 # --- a failed command leaves an existing run as it was --------------------------------------------------------------
 CLI = ["--gin_file=base.gin", "--gin_file=models/tiny.gin", "--gin_file=data/synthetic.gin", "--tasks_module=bliss_jax",
-       "--gin.NUM_STEPS=4", "--gin.SEQUENCE_LENGTH=16", "--gin.train.eval_every=0", "--gin.train.checkpoint_every=2",
-       "--gin.OptimizerConfig.warmup_steps=1", "--gin.train.progress_bar=False"]
+       "--gin.NUM_STEPS=4", "--gin.SEQUENCE_LENGTH=16", "--gin.TrainSpec.eval_every=0",
+       "--gin.TrainSpec.checkpoint_every=2", "--gin.OptimizerConfig.warmup_steps=1", "--gin.train.progress_bar=False"]
 
 
 def _cli_train(model_dir, *extra):
@@ -274,7 +283,7 @@ def cli_run(tmp_path_factory):
     ["--gin.model_config.d_model=96"],            # a refused resume: another shape
     ["--gin.model_config.preset='tinyy'"],        # a typo'd preset
     ["--gin.OptimizerConfig.peak_lr=-0.001"],     # a bad learning rate
-    ["--gin.train.checkpoint_every=0"],           # a bad cadence
+    ["--gin.TrainSpec.checkpoint_every=0"],       # a bad cadence
 ])
 def test_a_failed_command_changes_nothing_in_an_existing_run(cli_run, tmp_path, bad):
   d = _copy(cli_run, tmp_path)

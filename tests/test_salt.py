@@ -31,6 +31,7 @@ from bliss_jax.selection.salt_ds import in_top_k, make_salt_ds_scorer, masked_me
 from bliss_jax.selection.selected_task import selected_examples
 from bliss_jax.selection.selected_ul2 import register_selected_ul2_mixture
 from bliss_jax.training import checkpoints, trainer
+from bliss_jax.training.model_dir import ModelDir
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -268,8 +269,8 @@ def test_selected_ul2_mixture_serves_exactly_the_selected_chunks(fixture_tasks):
 @pytest.fixture(scope="module")
 def pipeline_report(tmp_path_factory, fixture_tasks):
   opt = trainer.OptimizerConfig(warmup_steps=1)
-  student = common.TrainSpec(model_config=preset("tiny_mqa", vocab_size=None), num_steps=5, batch_size=8,
-                             sequence_length=32, optimizer=opt, checkpoint_every=100, log_every=1)
+  student = trainer.TrainSpec(model_config=preset("tiny_mqa", vocab_size=None), num_steps=5, batch_size=8,
+                              sequence_length=32, optimizer=opt, checkpoint_every=100, log_every=1)
   teacher = student.replace(model_config=preset("tiny_mqa", vocab_size=None, num_layers=1), num_steps=3)
   # SALT_DS, the student with every stage (scoring, selection, KD on the selection, then plain on the stream); the
   # other students are the same `train_segments` with other n_KD and no selection (see the resumption test). The
@@ -291,8 +292,8 @@ def test_pipeline_student_evaluations_and_cost(pipeline_report):
   assert [r["step"] for r in rows if "omega" in r] == [1, 2] and len(rows) == 5  # KD for n_KD = 2 of 5 steps
   assert sorted(os.listdir(os.path.join(res["model_dir"], "checkpoints"))) == ["2", "5"]
   # cost: 5 student steps + 2 teacher forwards of (2 N_t + attention) / (6 N_s + attention) student steps each
-  t_cfg = checkpoints.read_model_config(report["teacher"]["model_dir"])
-  s_cfg = checkpoints.read_model_config(res["model_dir"])
+  t_cfg = ModelDir(report["teacher"]["model_dir"]).read_model_config()
+  s_cfg = ModelDir(res["model_dir"]).read_model_config()
   ratio = forward_flops_per_token(t_cfg, 32) / train_flops_per_token(s_cfg, 32)
   assert res["step_equivalents"] == pytest.approx(5 + 2 * ratio) and res["kd_steps"] == 2
   # the early checkpoint (n0 = 2) scored; the teacher trained on to 3
@@ -305,7 +306,7 @@ def test_pipeline_reports_flops_equal_to_a_hand_count(pipeline_report):
   64·16·6 + 4·16·64 + 3·64·128 + 2·64 = 34,944; N = layers·34,944 + 64 (final norm) + 64·V (the tied head), so a
   forward at T = 32 is 2N + 4·layers·4·16·32 per token; student 2 layers, teacher (and its early checkpoint) 1."""
   _, report = pipeline_report
-  V = checkpoints.read_model_config(report["teacher"]["model_dir"]).vocab_size
+  V = ModelDir(report["teacher"]["model_dir"]).read_model_config().vocab_size
   fwd = lambda layers: 2 * (layers * 34_944 + 64 + 64 * V) + 4 * layers * 4 * 16 * 32
   res = report["students"]["salt_ds"]
   assert res["train_flops"] == pytest.approx(3 * fwd(2) * 5 * 8 * 32, rel=1e-12)
@@ -371,15 +372,13 @@ def _params(model_dir, step=None):
 def test_resume_on_either_side_of_the_switch_is_bit_exact(tmp_path, pipeline_report):
   teacher_dir = pipeline_report[1]["teacher"]["model_dir"]  # a tiny teacher trained for 3 steps (vocabulary 384)
   V, B, T, n_kd, steps = 384, 8, 16, 3, 6
-  spec = common.TrainSpec(model_config=preset("tiny", vocab_size=V), num_steps=steps, batch_size=B,
-                          sequence_length=T, optimizer=trainer.OptimizerConfig(warmup_steps=1), checkpoint_every=100,
-                          log_every=1)
+  spec = trainer.TrainSpec(model_config=preset("tiny", vocab_size=V), num_steps=steps, batch_size=B,
+                           sequence_length=T, optimizer=trainer.OptimizerConfig(warmup_steps=1), checkpoint_every=100,
+                           log_every=1)
   source = synthetic_source(vocab_size=V, batch_size=B, sequence_length=T)
   factory = salt_kd_loss_factory(0.667, 0.25, n_kd=n_kd)
-  kw = dict(model_config=spec.model_config, batch_source=source, num_steps=steps, batch_size=B, sequence_length=T,
-            optimizer=spec.optimizer, eval_every=0, checkpoint_every=100, keep_checkpoints=None, log_every=1,
-            progress_bar=False, loss_phases=[(n_kd, factory)], frozen_model_dirs={"teacher": teacher_dir}, mesh_data=1,
-            devices=jax.devices()[:1])
+  kw = dict(spec=spec, batch_source=source, keep_checkpoints=None, progress_bar=False, loss_phases=[(n_kd, factory)],
+            frozen_model_dirs={"teacher": teacher_dir}, mesh_data=1, devices=jax.devices()[:1])
   straight = trainer.train(model_dir=str(tmp_path / "straight"), **kw)
   for stop in (4, None):  # pre-empted after the switch: the resumed run picks the plain phase from the step
     resumed = trainer.train(model_dir=str(tmp_path / "resumed"), stop_at_step=stop, **kw)

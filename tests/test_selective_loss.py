@@ -310,16 +310,16 @@ def _rows(model_dir, split="train"):
 
 def test_trainer_runs_rho1_online_and_offline(tmp_path, scored):
   one = dict(mesh_data=1, devices=jax.devices()[:1])
-  ref = trainer.train(model_dir=str(tmp_path / "ref"), model_config=preset("tiny", vocab_size=128),
-                      batch_source=synthetic_source(vocab_size=128, batch_size=8, sequence_length=16), num_steps=2,
-                      batch_size=8, sequence_length=16, optimizer=trainer.OptimizerConfig(warmup_steps=1),
-                      eval_every=0, checkpoint_every=2, progress_bar=False, **one)
+  spec = trainer.TrainSpec(model_config=preset("tiny", vocab_size=128), num_steps=2, batch_size=8,
+                           sequence_length=16, optimizer=trainer.OptimizerConfig(warmup_steps=1), checkpoint_every=2)
+  ref = trainer.train(model_dir=str(tmp_path / "ref"), spec=spec,
+                      batch_source=synthetic_source(vocab_size=128, batch_size=8, sequence_length=16),
+                      progress_bar=False, **one)
   assert ref.final_step == 2
   online = trainer.train(
-      model_dir=str(tmp_path / "rho1"), model_config=preset("tiny", vocab_size=128),
-      batch_source=synthetic_source(vocab_size=128, batch_size=8, sequence_length=16), num_steps=3, batch_size=8,
-      sequence_length=16, optimizer=trainer.OptimizerConfig(warmup_steps=1), eval_every=0, checkpoint_every=3,
-      log_every=1, progress_bar=False, frozen_model_dirs={"reference": ref.model_dir}, **one,
+      model_dir=str(tmp_path / "rho1"), spec=spec.replace(num_steps=3, checkpoint_every=3, log_every=1),
+      batch_source=synthetic_source(vocab_size=128, batch_size=8, sequence_length=16),
+      progress_bar=False, frozen_model_dirs={"reference": ref.model_dir}, **one,
       loss_factory=functools.partial(make_selective_loss, ratio=0.6))
   rows = _rows(online.model_dir)
   assert [r["step"] for r in rows] == [1, 2, 3]
@@ -330,10 +330,10 @@ def test_trainer_runs_rho1_online_and_offline(tmp_path, scored):
       assert np.isfinite(r[k]), k
 
   offline = trainer.train(
-      model_dir=str(tmp_path / "rho1_offline"), model_config=scored["cfg"],
-      batch_source=reference_loss_source(scored["store"], batch_size=8, sequence_length=LENGTH), num_steps=2,
-      batch_size=8, sequence_length=LENGTH, optimizer=trainer.OptimizerConfig(warmup_steps=1), eval_every=0,
-      checkpoint_every=2, log_every=1, progress_bar=False, **one,
+      model_dir=str(tmp_path / "rho1_offline"),
+      spec=spec.replace(model_config=scored["cfg"], sequence_length=LENGTH, log_every=1),
+      batch_source=reference_loss_source(scored["store"], batch_size=8, sequence_length=LENGTH),
+      progress_bar=False, **one,
       loss_factory=functools.partial(make_selective_loss, ratio=0.6, reference="offline"))
   rows = _rows(offline.model_dir)
   assert len(rows) == 2 and all(0.5 < r["selected_fraction"] <= 0.6 for r in rows)

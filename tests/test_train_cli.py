@@ -14,9 +14,9 @@ from bliss_jax import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = ["--gin_file=base.gin", "--gin_file=models/tiny.gin", "--gin_file=data/synthetic.gin", "--tasks_module=bliss_jax",
-        "--gin.NUM_STEPS=8", "--gin.SEQUENCE_LENGTH=16", "--gin.train.log_every=1", "--gin.train.eval_every=4",
-        "--gin.train.checkpoint_every=2", "--gin.OptimizerConfig.warmup_steps=2", "--gin.train.mesh_data=2",
-        "--gin.train.mesh_model=2"]
+        "--gin.NUM_STEPS=8", "--gin.SEQUENCE_LENGTH=16", "--gin.TrainSpec.log_every=1",
+        "--gin.TrainSpec.eval_every=4", "--gin.TrainSpec.checkpoint_every=2", "--gin.OptimizerConfig.warmup_steps=2",
+        "--gin.train.mesh_data=2", "--gin.train.mesh_model=2"]
 
 
 def _run(model_dir, *extra):
@@ -107,8 +107,9 @@ def test_unknown_preset_fails_before_training(clean_gin, tmp_path):
 
 def test_load_params_reads_only_parameters_equal_to_the_full_restore(straight_and_resumed):
   from bliss_jax.training import checkpoints
+  from bliss_jax.training.model_dir import ModelDir
   straight, _, _ = straight_and_resumed
-  cfg = checkpoints.read_model_config(straight)
+  cfg = ModelDir(straight).read_model_config()
   assert cfg.vocab_size == 512 and cfg.num_layers == 2
   step, params = checkpoints.load_params(straight)
   full, _ = _params(straight, 8)

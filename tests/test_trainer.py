@@ -6,7 +6,7 @@ import pytest
 
 from bliss_jax.data.synthetic import synthetic_source
 from bliss_jax.models.config import preset
-from bliss_jax.training import trainer
+from bliss_jax.training import run_loop, trainer
 
 
 def _poisoned_source(poison_position):
@@ -27,19 +27,20 @@ def _poisoned_source(poison_position):
 
 
 def test_nan_loss_stops_with_named_step_and_keeps_last_good_checkpoint(tmp_path):
-  with pytest.raises(trainer.NonFiniteLossError, match=r"at step 6.*last good checkpoint \(step 4\)"):
-    trainer.train(model_dir=str(tmp_path), model_config=preset("tiny", vocab_size=128),
-                  batch_source=_poisoned_source(poison_position=5), num_steps=10, batch_size=4, sequence_length=16,
-                  optimizer=trainer.OptimizerConfig(warmup_steps=2), eval_every=0, checkpoint_every=2,
-                  progress_bar=False, mesh_data=1,
-                  devices=__import__("jax").devices()[:1])
+  with pytest.raises(run_loop.NonFiniteLossError, match=r"at step 6.*last good checkpoint \(step 4\)"):
+    spec = trainer.TrainSpec(model_config=preset("tiny", vocab_size=128), num_steps=10, batch_size=4,
+                             sequence_length=16, optimizer=trainer.OptimizerConfig(warmup_steps=2), eval_every=0,
+                             checkpoint_every=2)
+    trainer.train(model_dir=str(tmp_path), spec=spec, batch_source=_poisoned_source(poison_position=5),
+                  progress_bar=False, mesh_data=1, devices=__import__("jax").devices()[:1])
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
 
 
 def test_vocab_mismatch_is_refused(tmp_path):
   with pytest.raises(ValueError, match="smaller than the task vocabulary"):
-    trainer.train(model_dir=str(tmp_path), model_config=preset("tiny", vocab_size=100), vocab_size=300,
-                  batch_source=None, progress_bar=False)
+    trainer.train(model_dir=str(tmp_path), spec=trainer.TrainSpec(model_config=preset("tiny", vocab_size=100),
+                                                                   num_steps=1000),
+                  vocab_size=300, batch_source=None, progress_bar=False)
 
 
 def test_adafactor_on_a_4x2_mesh_matches_one_device(tmp_path):
@@ -50,10 +51,10 @@ def test_adafactor_on_a_4x2_mesh_matches_one_device(tmp_path):
 
   def run(name, **mesh):
     src = synthetic_source(vocab_size=128, batch_size=8, sequence_length=16)
-    return trainer.train(model_dir=str(tmp_path / name), model_config=preset("tiny", vocab_size=128),
-                         batch_source=src, num_steps=3, batch_size=8, sequence_length=16,
-                         optimizer=trainer.OptimizerConfig(name="adafactor", warmup_steps=1), eval_every=0,
-                         checkpoint_every=3, progress_bar=False, **mesh)
+    spec = trainer.TrainSpec(model_config=preset("tiny", vocab_size=128), num_steps=3, batch_size=8,
+                             sequence_length=16, optimizer=trainer.OptimizerConfig(name="adafactor", warmup_steps=1),
+                             eval_every=0, checkpoint_every=3)
+    return trainer.train(model_dir=str(tmp_path / name), spec=spec, batch_source=src, progress_bar=False, **mesh)
 
   one = run("one", mesh_data=1, devices=jax.devices()[:1])
   sharded = run("sharded", mesh_data=4, mesh_model=2)

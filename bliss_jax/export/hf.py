@@ -427,7 +427,8 @@ def export(model_dir: str, out_dir: str, step: Optional[int] = None, vocabulary_
     ValueError: the shape cannot be exported, or the vocabulary has more ids than the model's embedding.
   """
   from bliss_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
-  cfg = checkpoints.read_model_config(model_dir)
+  from bliss_jax.training.model_dir import ModelDir  # pylint: disable=g-import-not-at-top
+  cfg = ModelDir(model_dir).read_model_config()
   config = hf_config(cfg, max_position_embeddings=max_position_embeddings)
   tok_files, n_ids = tokenizer_files(vocabulary_path, model_max_length=max_position_embeddings)
   if n_ids > cfg.vocab_size:

@@ -13,12 +13,12 @@ round the held-out loss/accuracy, the selection's composition, the steps at whic
 reached, and the FLOP breakdown of the paper's rebuttal Table 1 (target training / warm-up / bilevel / scoring).
 """
 import dataclasses
-import json
 import os
 from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
+from bliss_jax.bilevel import loop as bilevel_loop
 from bliss_jax.bilevel.step import BilevelConfig, step_flops
 from bliss_jax.data import pipeline as data_pipeline
 from bliss_jax.data.composition import SelectionReporter, composition
@@ -27,7 +27,8 @@ from bliss_jax.models.score_model import score_batch
 from bliss_jax.pipelines import common, method, rounds as rounds_lib
 from bliss_jax.report import tables
 from bliss_jax.selection import offline_scoring, rules
-from bliss_jax.training import bilevel_loop, checkpoints
+from bliss_jax.training import trainer
+from bliss_jax.training.model_dir import ModelDir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +43,7 @@ class BlissScorer:
 
   def score(self, ctx: rounds_lib.RoundContext) -> dict:
     L, prev = ctx.sequence_length, ctx.previous
-    proxy_cfg = checkpoints.read_model_config(ctx.proxy_dir)
+    proxy_cfg = ModelDir(ctx.proxy_dir).read_model_config()
 
     def do_bilevel(d):
       cand = data_pipeline.seqio_batch_source(ctx.pool_task(), batch_size=self.batch_size, sequence_length=L,
@@ -54,7 +55,7 @@ class BlissScorer:
           target_step=ctx.target_step, train_source=cand, val_source=ctx.reference, cfg=self.bilevel,
           num_steps=self.steps, score_init_dir=prev, checkpoint_every=max(1, self.steps // 4),
           progress_bar=ctx.progress_bar)
-      target_cfg = checkpoints.read_model_config(ctx.target_dir)
+      target_cfg = ModelDir(ctx.target_dir).read_model_config()
       flops = step_flops(proxy_cfg, target_cfg if self.bilevel.gamma else None, self.bilevel, self.batch_size, L)
       return {"model_dir": os.path.join(d, "model"), "last_metrics": last, "flops": flops * self.steps}
     bilevel = ctx.stage("bilevel", do_bilevel,
@@ -106,7 +107,7 @@ def _selection_report(reporter: Optional[SelectionReporter], pool_split: str):
   return report
 
 
-def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.TrainSpec, reference_task: str,
+def run(*, root: str, pool_task: str, target: trainer.TrainSpec, proxy: trainer.TrainSpec, reference_task: str,
         bilevel: BilevelConfig = BilevelConfig(), bilevel_steps: int = 100, bilevel_batch_size: int = 16,
         reference_split: str = "train", reference_feature_converter: str = "decoder",
         pool_max_examples: Optional[int] = None, eval_task: Optional[str] = None, eval_split: str = "validation",

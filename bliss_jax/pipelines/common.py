@@ -1,10 +1,9 @@
 """Pieces every method pipeline shares: train a model for a stage, evaluate it on a fixed held-out split, count FLOPs.
 
-`TrainSpec` is what a pipeline needs to know to train one model (shape, steps, batch, optimizer); the data, loss and
-frozen models are given per stage. All training goes through `trainer.train`, so every stage resumes from its
+`trainer.TrainSpec` is what a pipeline needs to know to train one model (shape, steps, batch, optimizer); the data,
+loss and frozen models are given per stage. All training goes through `trainer.train`, so every stage resumes from its
 checkpoints when a pipeline is rerun.
 """
-import dataclasses
 import functools
 import itertools
 import os
@@ -20,26 +19,10 @@ from bliss_jax.models.config import ModelConfig, count_params
 from bliss_jax.models.flops import forward_flops_per_token, train_flops_per_token
 from bliss_jax.models.transformer import Transformer
 from bliss_jax.training import checkpoints, evaluation, run_config, trainer
+from bliss_jax.training.model_dir import ModelDir
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainSpec:
-  """One model's training recipe inside a pipeline."""
-  model_config: ModelConfig
-  num_steps: int
-  batch_size: int = 16
-  sequence_length: int = 128
-  optimizer: trainer.OptimizerConfig = trainer.OptimizerConfig()
-  eval_every: int = 0
-  checkpoint_every: int = 100
-  log_every: int = 10
-  seed: int = 0
-
-  def replace(self, **kw) -> "TrainSpec":
-    return dataclasses.replace(self, **kw)
-
-
-def train_on_task(model_dir: str, spec: TrainSpec, task: str, *, loss_factory: Callable = make_lm_loss,
+def train_on_task(model_dir: str, spec: trainer.TrainSpec, task: str, *, loss_factory: Callable = make_lm_loss,
                   frozen_model_dirs: Optional[Dict[str, str]] = None, progress_bar: bool = True,
                   stop_at_step: Optional[int] = None, keep_checkpoints: Optional[int] = 3) -> dict:
   """Train `spec` on SeqIO `task` (train split, packed) into `model_dir`; returns the model dir and its cost.
@@ -47,13 +30,10 @@ def train_on_task(model_dir: str, spec: TrainSpec, task: str, *, loss_factory: C
   source = data_pipeline.seqio_batch_source(task, batch_size=spec.batch_size, sequence_length=spec.sequence_length,
                                             seed=spec.seed)
   result = trainer.train(
-      model_dir=model_dir, model_config=spec.model_config, batch_source=source,
-      vocab_size=data_pipeline.vocabulary_size(task), num_steps=spec.num_steps, batch_size=spec.batch_size,
-      sequence_length=spec.sequence_length, optimizer=spec.optimizer, seed=spec.seed, loss_factory=loss_factory,
-      eval_every=spec.eval_every, checkpoint_every=spec.checkpoint_every, log_every=spec.log_every,
-      progress_bar=progress_bar, frozen_model_dirs=frozen_model_dirs, stop_at_step=stop_at_step,
-      keep_checkpoints=keep_checkpoints)
-  cfg = checkpoints.read_model_config(model_dir)
+      model_dir=model_dir, spec=spec, batch_source=source, vocab_size=data_pipeline.vocabulary_size(task),
+      loss_factory=loss_factory, progress_bar=progress_bar, frozen_model_dirs=frozen_model_dirs,
+      stop_at_step=stop_at_step, keep_checkpoints=keep_checkpoints)
+  cfg = ModelDir(model_dir).read_model_config()
   tokens = spec.num_steps * spec.batch_size * spec.sequence_length
   return {"model_dir": model_dir, "steps": result.final_step, "tokens": tokens,
           "train_flops": train_flops_per_token(cfg, spec.sequence_length) * tokens,
@@ -62,7 +42,7 @@ def train_on_task(model_dir: str, spec: TrainSpec, task: str, *, loss_factory: C
 
 def forward_flops(model_dir: str, sequence_length: int, tokens: int) -> float:
   """FLOPs of running the model in `model_dir` forward over `tokens` tokens (scoring, teacher forwards)."""
-  return forward_flops_per_token(checkpoints.read_model_config(model_dir), sequence_length) * tokens
+  return forward_flops_per_token(ModelDir(model_dir).read_model_config(), sequence_length) * tokens
 
 
 def heldout_eval(model_dir: str, task: str, split: str = "validation", *, sequence_length: int = 128,
@@ -89,9 +69,7 @@ def write_json(path: str, obj) -> str:
 
 def latest_step(model_dir: str) -> int:
   """The newest finished checkpoint's step under MODEL_DIR/checkpoints (0 if none)."""
-  ckpt = os.path.join(model_dir, "checkpoints")
-  steps = [int(d) for d in os.listdir(ckpt) if d.isdigit()] if os.path.isdir(ckpt) else []
-  return max(steps, default=0)
+  return ModelDir(model_dir).latest_step() or 0
 
 
 def heldout_batches(task: str, split: str = "validation", *, sequence_length: int, batch_size: int,
@@ -117,7 +95,7 @@ def heldout_at_step(model_dir: str, step: Optional[int], task: str, split: str =
   token of `task:split` (the first `max_batches` batches; prefix-LM features for tasks with inputs), plus `step`
   (None: the latest checkpoint). `batches`: those batches, already read (`heldout_batches`), to evaluate many
   checkpoints on one read of the split."""
-  cfg = checkpoints.read_model_config(model_dir)
+  cfg = ModelDir(model_dir).read_model_config()
   step, params = checkpoints.load_params(model_dir, step=step)
   if batches is None:
     batches = heldout_batches(task, split, sequence_length=sequence_length, batch_size=batch_size,

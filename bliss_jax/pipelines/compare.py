@@ -33,7 +33,6 @@ FLOPs at a step t of a method's curve: t·(target step) + its per-step forwards 
 one-off auxiliary costs incurred before step t (the small models' training at the start; BLISS's bilevel and scoring of
 round r before round r's steps).
 """
-import dataclasses
 import json
 import os
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -45,7 +44,8 @@ from bliss_jax.models.flops import train_flops_per_token
 from bliss_jax.pipelines import builtin, common, method
 from bliss_jax.pipelines.stages import STAGE_FILE, run_stage
 from bliss_jax.report import tables
-from bliss_jax.training import checkpoints
+from bliss_jax.training import checkpoints, trainer
+from bliss_jax.training.model_dir import ModelDir
 
 
 def flops_curve(curve: Sequence[Mapping], target_step_flops: float, aux: method.AuxCost) -> List[Tuple[float, float]]:
@@ -70,8 +70,8 @@ def _read_keys(path: Optional[str]) -> List[str]:
   return json.load(open(path)) if path else []
 
 
-def run(*, root: str, target: common.TrainSpec, small: common.TrainSpec, train_task: str,
-        large: Optional[common.TrainSpec] = None, pool_task: Optional[str] = None, pool_split: str = "train",
+def run(*, root: str, target: trainer.TrainSpec, small: trainer.TrainSpec, train_task: str,
+        large: Optional[trainer.TrainSpec] = None, pool_task: Optional[str] = None, pool_split: str = "train",
         pool_max_examples: Optional[int] = None,
         reference_task: Optional[str] = None, eval_task: Optional[str] = None, eval_split: str = "validation",
         eval_max_batches: Optional[int] = None, methods: Optional[Sequence[str]] = None,
@@ -166,7 +166,7 @@ def _report(setting: method.Setting, methods: Sequence[str], runs: Mapping[str, 
                                          zero_shot_limit, zero_shot_data_dir, zero_shot_max_length)
 
   # --- the report ---
-  target_cfg = checkpoints.read_model_config(model_dirs[methods[0]][-1][1])
+  target_cfg = ModelDir(model_dirs[methods[0]][-1][1]).read_model_config()
   target_step_flops = train_flops_per_token(target_cfg, L) * B * L
   labellers = composition.labellers() if composition is not None else {}
   pool_keys_path = next((runs[m].pool for m in methods if runs[m].pool), None)
@@ -232,7 +232,7 @@ def _zero_shot(root, methods, model_dirs, train_task, tasks, limit, data_dir, ma
     model_dir = model_dirs[m][-1][1]
     step, params = checkpoints.load_params(model_dir)
     vocab = seqio.get_mixture_or_task(train_task).output_features["targets"].vocabulary
-    score_fn = loglikelihood.make_score_fn(Transformer(checkpoints.read_model_config(model_dir)), params, vocab,
+    score_fn = loglikelihood.make_score_fn(Transformer(ModelDir(model_dir).read_model_config()), params, vocab,
                                            batch_size=32, max_length=max_length, progress=False)
     out = harness.run_eval(score_fn, tasks, data_dir, limit)
     common.write_json(os.path.join(d, "results.json"), out)

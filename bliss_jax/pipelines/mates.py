@@ -46,7 +46,9 @@ from bliss_jax.models.score_model import ScoreModel, score_batch
 from bliss_jax.models.transformer import Transformer
 from bliss_jax.pipelines import common
 from bliss_jax.selection import offline_scoring, proxy_regression, rules
-from bliss_jax.training import bilevel_loop, checkpoints, trainer
+from bliss_jax.bilevel import loop as bilevel_loop
+from bliss_jax.training import checkpoints, trainer
+from bliss_jax.training.model_dir import ModelDir
 
 COLUMN = "mates"
 
@@ -97,7 +99,7 @@ def spearman(a, b) -> float:
 def _load_train_state(model_dir: str, step: int, tx, schedule, mesh, axis_rules, sequence_length: int):
   """(model config, TrainState) of MODEL_DIR's checkpoint at `step`: parameters, optimizer state and step count, laid
   out on `mesh` as the trainer lays them (call inside `partitioning.mesh_context`)."""
-  cfg = checkpoints.read_model_config(model_dir)
+  cfg = ModelDir(model_dir).read_model_config()
   fns = trainer.build_step_functions(cfg, tx, schedule, mesh, axis_rules, sequence_length=sequence_length)
   manager = checkpoints.make_manager(model_dir, max_to_keep=None)
   try:
@@ -221,7 +223,7 @@ class MatesScorer:
     mean, std = float(y[~held].mean()), float(y[~held].std())
     std = std if std > 0 else 1.0
     train = dict({k: v[~held] for k, v in rows.items()}, target=((y[~held] - mean) / std).astype(np.float32))
-    proxy_cfg = checkpoints.read_model_config(ctx.proxy_dir)
+    proxy_cfg = ModelDir(ctx.proxy_dir).read_model_config()
     model = ScoreModel(proxy_cfg)
     _, lm_params = checkpoints.load_params(ctx.proxy_dir)
     batch = min(self.fit_batch_size, int((~held).sum()))

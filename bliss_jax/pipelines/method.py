@@ -11,16 +11,16 @@ import os
 from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 from bliss_jax.data.composition import SelectionReporter
-from bliss_jax.pipelines import common
+from bliss_jax.training.trainer import TrainSpec
 
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
   """What every method of one comparison shares (`compare.run`'s arguments, defaults resolved)."""
   root: str
-  target: common.TrainSpec
-  small: common.TrainSpec
-  large: Optional[common.TrainSpec]
+  target: TrainSpec
+  small: TrainSpec
+  large: Optional[TrainSpec]
   train_task: str
   pool_task: str
   pool_split: str

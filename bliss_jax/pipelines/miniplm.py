@@ -30,7 +30,8 @@ from bliss_jax.pipelines import common, method
 from bliss_jax.pipelines.stages import run_stage
 from bliss_jax.selection import offline_scoring, rules, score_store, scorers
 from bliss_jax.selection.selected_task import register_selected_task
-from bliss_jax.training import checkpoints
+from bliss_jax.training import checkpoints, trainer
+from bliss_jax.training.model_dir import ModelDir
 from bliss_jax.training.trainer import round_up_vocab
 
 
@@ -50,8 +51,8 @@ def vanilla_kd_steps(steps: int, student_train_flops: float, teacher_forward_flo
   return int(steps * student_train_flops / (student_train_flops + teacher_forward_flops))
 
 
-def run(*, root: str, pool_task: str, student: common.TrainSpec, reference: common.TrainSpec,
-        teacher: Optional[common.TrainSpec] = None, teacher_dir: Optional[str] = None, pool_split: str = "pool",
+def run(*, root: str, pool_task: str, student: trainer.TrainSpec, reference: trainer.TrainSpec,
+        teacher: Optional[trainer.TrainSpec] = None, teacher_dir: Optional[str] = None, pool_split: str = "pool",
         teacher_task: Optional[str] = None, eval_task: Optional[str] = None, eval_split: str = "validation",
         reference_fraction: float = 0.1, alpha: float = 0.5, seed: int = 0, score_batch_size: int = 32,
         students: Sequence[str] = ("miniplm", "plain", "vanilla_kd"), kd_omega: float = 1.0, kd_rho: float = 1.0,
@@ -101,7 +102,7 @@ def run(*, root: str, pool_task: str, student: common.TrainSpec, reference: comm
 
   def do_score(d):
     checkpoints.check_vocabulary("reference", reference_res["model_dir"],
-                                 checkpoints.read_model_config(teacher_dir).vocab_size)
+                                 ModelDir(teacher_dir).read_model_config().vocab_size)
     t_model, t_params = common.load_frozen(teacher_dir)
     r_model, r_params = common.load_frozen(reference_res["model_dir"])
     table = offline_scoring.score_split(scorers.make_difference_scorer(t_model, r_model), (t_params, r_params),
@@ -157,7 +158,7 @@ def run(*, root: str, pool_task: str, student: common.TrainSpec, reference: comm
 
       def fn(d):
         c_s = flops.train_flops_per_token(student_cfg, L)
-        c_t = flops.forward_flops_per_token(checkpoints.read_model_config(teacher_dir), L)
+        c_t = flops.forward_flops_per_token(ModelDir(teacher_dir).read_model_config(), L)
         steps = vanilla_kd_steps(student.num_steps, c_s, c_t) if vanilla_kd_match_flops else student.num_steps
         res = common.train_on_task(
             d, student.replace(num_steps=steps), f"{prefix}_miniplm_pool", frozen_model_dirs={"teacher": teacher_dir},
@@ -183,7 +184,7 @@ def _run_prx(root, pool_task, pool_split, L, cand_keys, scored, reference_dir, a
   from bliss_jax.models.score_model import ScoreModel  # pylint: disable=g-import-not-at-top
   from bliss_jax.selection import proxy_regression  # pylint: disable=g-import-not-at-top
 
-  model = ScoreModel(checkpoints.read_model_config(reference_dir))
+  model = ScoreModel(ModelDir(reference_dir).read_model_config())
   params_path = os.path.join(root, "prx_fit", "params.msgpack")
 
   def do_fit(d):

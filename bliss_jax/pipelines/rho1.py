@@ -11,7 +11,6 @@ Both students cost the same training FLOPs (RHO-1 forwards/backwards every token
 per-step forward are auxiliary cost, reported separately.
 """
 import dataclasses
-import json
 import os
 from typing import Dict, Mapping, Optional, Sequence
 
@@ -20,10 +19,12 @@ import numpy as np
 from bliss_jax.losses.selective import make_selective_loss
 from bliss_jax.pipelines import common, method
 from bliss_jax.pipelines.stages import run_stage
+from bliss_jax.training import trainer
+from bliss_jax.training.model_dir import ModelDir
 
 
 def _selection_stats(model_dir: str) -> dict:
-  rows = [json.loads(l) for l in open(os.path.join(model_dir, "metrics.jsonl")) if '"train"' in l]
+  rows = ModelDir(model_dir).metrics("train")
   keys = ("selected_fraction", "ce_selected", "ce_unselected", "ce_all", "excess_loss", "reference_loss")
   out = {}
   for k in keys:
@@ -34,8 +35,8 @@ def _selection_stats(model_dir: str) -> dict:
   return out
 
 
-def run(*, root: str, train_task: str, reference_task: str, student: common.TrainSpec,
-        reference: common.TrainSpec, eval_task: Optional[str] = None, eval_split: str = "validation",
+def run(*, root: str, train_task: str, reference_task: str, student: trainer.TrainSpec,
+        reference: trainer.TrainSpec, eval_task: Optional[str] = None, eval_split: str = "validation",
         ratio: float = 0.6, score: str = "excess", scope: str = "batch", eval_max_batches: Optional[int] = None,
         students: Sequence[str] = ("plain", "rho1"), keep_checkpoints: Optional[int] = 3,
         progress_bar: bool = True) -> dict:

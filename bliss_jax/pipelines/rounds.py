@@ -18,7 +18,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 from typing import Any, Callable, Dict, Mapping, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
@@ -32,7 +31,8 @@ from bliss_jax.pipelines.stages import run_stage
 from bliss_jax.report import tables
 from bliss_jax.selection import rules, score_store
 from bliss_jax.selection.selected_task import register_selected_task
-from bliss_jax.training import checkpoints, trainer
+from bliss_jax.training import trainer
+from bliss_jax.training.model_dir import ModelDir
 
 RANDOM = "random"
 
@@ -47,7 +47,7 @@ class RoundContext:
   pool_keys: Sequence[str]
   target_dir: str  # holds the target's checkpoint (parameters and optimizer state) at target_step
   target_step: int
-  target_spec: common.TrainSpec
+  target_spec: trainer.TrainSpec
   proxy_dir: str  # the warmed-up proxy LM
   reference: Callable  # BatchSource of the reference set (unpacked, `reference_batch_size` rows); read its "train"
   reference_name: str  # "task:split:feature_converter"
@@ -93,20 +93,7 @@ def _offset_source(train_source, eval_source, offset: int):
   return source
 
 
-def _copy_model_dir(src: str, dst: str, step: int) -> None:
-  """Start MODEL_DIR `dst` from `src`'s checkpoint at `step` (model config and metrics up to it), atomically."""
-  if os.path.exists(dst):
-    return
-  tmp = dst + ".tmp"
-  shutil.rmtree(tmp, ignore_errors=True)
-  shutil.copytree(os.path.join(src, "checkpoints", str(step)), os.path.join(tmp, "checkpoints", str(step)))
-  for name in ("model_config.json", "run_config.json", "metrics.jsonl"):
-    if os.path.exists(os.path.join(src, name)):
-      shutil.copy(os.path.join(src, name), os.path.join(tmp, name))
-  os.replace(tmp, dst)
-
-
-def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.TrainSpec, reference_task: str,
+def run(*, root: str, pool_task: str, target: trainer.TrainSpec, proxy: trainer.TrainSpec, reference_task: str,
         scorers: Mapping[str, RoundScorer], methods: Sequence[str], reference_split: str = "train",
         reference_feature_converter: str = "decoder", reference_batch_size: int = 16,
         pool_max_examples: Optional[int] = None, eval_task: Optional[str] = None, eval_split: str = "validation",
@@ -180,12 +167,9 @@ def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.Tr
 
   def train_target_round(model_dir, task, r):
     train_src = data_pipeline.seqio_batch_source(task, batch_size=B, sequence_length=L, seed=target.seed + r)
-    trainer.train(model_dir=model_dir, model_config=target.model_config,
+    trainer.train(model_dir=model_dir, spec=target.replace(checkpoint_every=math.gcd(S, target.checkpoint_every)),
                   batch_source=_offset_source(train_src, eval_source, r * S), vocab_size=vocab,
-                  num_steps=target.num_steps, batch_size=B, sequence_length=L, optimizer=target.optimizer,
-                  seed=target.seed, eval_every=target.eval_every, eval_batches=eval_batches,
-                  checkpoint_every=math.gcd(S, target.checkpoint_every), keep_checkpoints=None,
-                  log_every=target.log_every, progress_bar=progress_bar,
+                  eval_batches=eval_batches, keep_checkpoints=None, progress_bar=progress_bar,
                   stop_at_step=(r + 1) * S, allow_config_change=("data",))  # each round reads its own selection
     return dict(common.heldout_at_step(model_dir, (r + 1) * S, **eval_kw), model_dir=model_dir)
 
@@ -195,7 +179,7 @@ def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.Tr
   proxy_res = run_stage(root, "proxy_warmup", lambda d: common.train_on_task(os.path.join(d, "model"), proxy,
                                                                              warm_task(), progress_bar=progress_bar),
                         {"proxy": dataclasses.asdict(proxy), "selection": warm_sel["selected"]})
-  target_cfg = checkpoints.read_model_config(r0["model_dir"])
+  target_cfg = ModelDir(r0["model_dir"]).read_model_config()
   target_step_flops = train_flops_per_token(target_cfg, L) * B * L
   ref_source = data_pipeline.seqio_batch_source(reference_task, batch_size=reference_batch_size, sequence_length=L,
                                                 seed=seed, pack=False, feature_converter=reference_feature_converter)
@@ -247,7 +231,7 @@ def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.Tr
            "aux_flops": dict(scored["aux_flops"]) if scored else {}, **((scored or {}).get("stages") or {})}
       if train_target:
         def do_target(d, r=r, selected=selection["selected"]):
-          _copy_model_dir(r0["model_dir"], target_dir, S)
+          ModelDir(r0["model_dir"]).copy_at_step(target_dir, S)
           return train_target_round(target_dir, register(f"{prefix}_{m}_sel_{r}", selected), r)
         heldout = stage(f"{m}_r{r}_target", do_target, dict(spec_inputs, selection=selection["selected"]))
         x.update(step=(r + 1) * S, loss=heldout["loss"], accuracy=heldout["accuracy"])
@@ -283,7 +267,7 @@ def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.Tr
       row["steps_to_random_final"] = reach
       row["speedup_vs_random"] = (random_curve[-1][0] / reach) if reach else None
     summary[m] = row
-  proxy_cfg = checkpoints.read_model_config(proxy_res["model_dir"])
+  proxy_cfg = ModelDir(proxy_res["model_dir"]).read_model_config()
   return {"summary": summary, "methods": results, "round0": r0,
           "proxy": dict(proxy_res, num_params=count_params(proxy_cfg)), "warmup_selection": warm_sel,
           "pool_keys": keys_path, "pool_sizes": pool_sizes, "steps_per_round": S}
@@ -291,9 +275,7 @@ def run(*, root: str, pool_task: str, target: common.TrainSpec, proxy: common.Tr
 
 def validation_curve(model_dir: str):
   """[(step, loss)] of the trainer's periodic held-out evaluations in MODEL_DIR/metrics.jsonl."""
-  path = os.path.join(model_dir, "metrics.jsonl")
-  rows = [json.loads(l) for l in open(path) if l.strip()] if os.path.exists(path) else []
-  return sorted({r["step"]: r["loss"] for r in rows if r.get("split") == "validation"}.items())
+  return sorted({r["step"]: r["loss"] for r in ModelDir(model_dir).metrics("validation")}.items())
 
 
 def method_runs(report: Mapping, methods: Sequence[str], pipeline: str) -> Dict[str, method.MethodRun]:

@@ -38,7 +38,6 @@ import dataclasses
 import functools
 import json
 import os
-import shutil
 from typing import Callable, Dict, Mapping, Optional, Sequence
 
 import jax
@@ -60,6 +59,7 @@ from bliss_jax.selection.salt_ds import NO_TOP_K_SCORE, OUT_OF_TOP_K, make_salt_
 from bliss_jax.selection.selected_task import register_selected_task
 from bliss_jax.selection.selected_ul2 import register_selected_ul2_mixture
 from bliss_jax.training import checkpoints, trainer
+from bliss_jax.training.model_dir import MODEL_CONFIG, ModelDir
 
 STUDENTS = ("baseline", "rkd", "salt", "salt_ds")
 # SALT's n_KD as a fraction of the student's steps (36K of 208K in the paper), the comparison's default.
@@ -83,7 +83,7 @@ def evaluation_steps(num_steps: int, n_kd: int, fractions: Sequence[float] = (0.
   return steps
 
 
-def train_segments(model_dir: str, spec: common.TrainSpec, batch_source, *, vocab_size: int,
+def train_segments(model_dir: str, spec: trainer.TrainSpec, batch_source, *, vocab_size: int,
                    stops: Sequence[int] = (), n_kd: int = 0, kd_factory=None, teacher_dir: Optional[str] = None,
                    kd_batch_source=None, on_stop: Optional[Callable[[int], None]] = None,
                    keep_checkpoints: Optional[int] = None, mesh_data: int = -1, mesh_model: int = 1,
@@ -108,12 +108,10 @@ def train_segments(model_dir: str, spec: common.TrainSpec, batch_source, *, voca
       if kd and kd_batch_source is not None:
         source = lambda split, _kd=kd_batch_source, **kw: (_kd if split == "train" else batch_source)(split, **kw)
       trainer.train(
-          model_dir=model_dir, model_config=spec.model_config, batch_source=source, vocab_size=vocab_size,
-          num_steps=n, batch_size=spec.batch_size, sequence_length=spec.sequence_length, optimizer=spec.optimizer,
-          seed=spec.seed, loss_factory=functools.partial(make_lm_loss, average=average),
+          model_dir=model_dir, spec=spec, batch_source=source, vocab_size=vocab_size,
+          loss_factory=functools.partial(make_lm_loss, average=average),
           loss_phases=[(n_kd, kd_factory)] if kd else None,
-          frozen_model_dirs={"teacher": teacher_dir} if kd else None, eval_every=spec.eval_every,
-          checkpoint_every=spec.checkpoint_every, keep_checkpoints=keep_checkpoints, log_every=spec.log_every,
+          frozen_model_dirs={"teacher": teacher_dir} if kd else None, keep_checkpoints=keep_checkpoints,
           mesh_data=mesh_data, mesh_model=mesh_model, fsdp=fsdp, devices=devices, progress_bar=progress_bar,
           stop_at_step=end, allow_config_change=("data",) if kd_batch_source is not None and not kd else ())
     if on_stop is not None:
@@ -140,23 +138,18 @@ def _evaluate_on_stop(model_dir: str, steps: Dict[str, int], **eval_kw) -> Calla
 def _keep_early_checkpoint(model_dir: str, step: int, early_dir: str) -> Callable[[int], None]:
   """An `on_stop` that copies MODEL_DIR's checkpoint at `step` into its own MODEL_DIR `early_dir` (atomically)."""
   def on_stop(end):
-    if end != step or os.path.exists(early_dir):
-      return
-    tmp = early_dir + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(os.path.join(model_dir, "checkpoints", str(step)), os.path.join(tmp, "checkpoints", str(step)))
-    shutil.copy(os.path.join(model_dir, "model_config.json"), os.path.join(tmp, "model_config.json"))
-    os.replace(tmp, early_dir)
+    if end == step:
+      ModelDir(model_dir).copy_at_step(early_dir, step, records=(MODEL_CONFIG,))
   return on_stop
 
 
 def _load_params_on_mesh(model_dir: str, step: Optional[int], mesh):
-  cfg = checkpoints.read_model_config(model_dir)
+  cfg = ModelDir(model_dir).read_model_config()
   abstract = trainer.abstract_params(cfg, mesh, partitioning.logical_rules())
   return Transformer(cfg), checkpoints.load_params(model_dir, abstract, step=step)[1]
 
 
-def run(*, root: str, task: str, student: common.TrainSpec, n_kd: int, teacher: Optional[common.TrainSpec] = None,
+def run(*, root: str, task: str, student: trainer.TrainSpec, n_kd: int, teacher: Optional[trainer.TrainSpec] = None,
         teacher_dir: Optional[str] = None, feature_converter: str = "decoder", omega: float = 0.667,
         rho: float = 0.25, transition: str = "step", n_kd_start: Optional[int] = None, average: str = "sequence",
         students: Sequence[str] = STUDENTS, pool_task: Optional[str] = None, pool_split: str = "train",
@@ -241,7 +234,7 @@ def run(*, root: str, task: str, student: common.TrainSpec, n_kd: int, teacher: 
       early = os.path.join(d, f"early_{n0}")
       train_segments(d, teacher, source(teacher), stops=[n0], on_stop=_keep_early_checkpoint(d, n0, early),
                      **train_kw)
-      cfg = checkpoints.read_model_config(d)
+      cfg = ModelDir(d).read_model_config()
       tokens = teacher.num_steps * teacher.batch_size * teacher.sequence_length
       return {"model_dir": d, "scorer_dir": early, "scorer_step": n0, "steps": teacher.num_steps,
               "num_params": count_params(cfg), "train_flops": train_flops_per_token(cfg, teacher.sequence_length) *
@@ -258,9 +251,9 @@ def run(*, root: str, task: str, student: common.TrainSpec, n_kd: int, teacher: 
     scorer_stream = None
     n0 = None if scorer_dir is not None else scorer_step
     teacher_res = {"model_dir": teacher_dir, "scorer_dir": scorer_dir or teacher_dir, "scorer_step": scorer_step,
-                   "train_flops": 0.0, "num_params": count_params(checkpoints.read_model_config(teacher_dir))}
+                   "train_flops": 0.0, "num_params": count_params(ModelDir(teacher_dir).read_model_config())}
     scorer_dir = scorer_dir or teacher_dir
-  teacher_cfg = checkpoints.read_model_config(teacher_dir)
+  teacher_cfg = ModelDir(teacher_dir).read_model_config()
   slm_eval = run_stage(root, "teacher_eval",
                        lambda d: common.heldout_at_step(teacher_dir, common.latest_step(teacher_dir), **eval_kw),
                        {"teacher": teacher_dir, "eval": f"{eval_task}:{eval_split}", "L": eval_L})
@@ -368,7 +361,7 @@ def run(*, root: str, task: str, student: common.TrainSpec, n_kd: int, teacher: 
                      kd_factory=(rkd_factory if name == "rkd" else kd_factory) if kd_n else None,
                      teacher_dir=teacher_dir if kd_n else None, kd_batch_source=kd_source,
                      on_stop=_evaluate_on_stop(d, steps_at, **eval_kw), **train_kw)
-      cfg = checkpoints.read_model_config(d)
+      cfg = ModelDir(d).read_model_config()
       step_flops = train_flops_per_token(cfg, L) * B * L
       teacher_flops = forward_flops_per_token(teacher_cfg, L) * B * L * kd_n
       return {"model_dir": d, "steps": n, "kd_steps": kd_n, "num_params": count_params(cfg),

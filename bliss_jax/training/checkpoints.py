@@ -7,8 +7,6 @@ Orbax writes to a temporary directory and renames it when complete, so a killed 
 non-finite is set aside, an unreadable newest checkpoint falls back to the previous one, and the temporary directory
 of a killed save is removed.
 """
-import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -18,16 +16,15 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from bliss_jax.training import run_config
+from bliss_jax.training.model_dir import ModelDir
 
-REJECTED_DIR = "rejected_checkpoints"
 ORBAX_TMP_MARK = ".orbax-checkpoint-tmp"
 
 
 def make_manager(model_dir: str, *, max_to_keep: Optional[int] = 3, save_interval_steps: int = 1) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
                                          create=True, enable_async_checkpointing=False)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(model_dir), "checkpoints"), options=options,
+  return ocp.CheckpointManager(os.path.abspath(ModelDir(model_dir).checkpoints_dir), options=options,
                                item_names=("state", "data"))
 
 
@@ -51,20 +48,6 @@ def restore(manager: ocp.CheckpointManager, abstract_state, step: Optional[int] 
   return out.state, out.data
 
 
-def write_model_config(model_dir: str, cfg) -> None:
-  """MODEL_DIR/model_config.json: the resolved shape, so a checkpoint can be loaded without the training config."""
-  run_config.write_json(os.path.join(model_dir, "model_config.json"), dataclasses.asdict(cfg))
-
-
-def read_model_config(model_dir: str):
-  from bliss_jax.models.config import ModelConfig  # pylint: disable=g-import-not-at-top
-  path = os.path.join(model_dir, "model_config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: is {model_dir} a bliss_jax MODEL_DIR?")
-  with open(path) as f:
-    return ModelConfig(**json.load(f))
-
-
 def abstract_params_on_device(cfg, device):
   """ShapeDtypeStructs of `Transformer(cfg)`'s parameters, placed on one device."""
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
@@ -82,18 +65,18 @@ def load_params(model_dir: str, abstract_params=None, step: Optional[int] = None
   `abstract_params`: ShapeDtypeStructs with shardings to lay the parameters out on a mesh; default: the shapes of
   MODEL_DIR/model_config.json on the first local device. Only the parameters are read, not the optimizer state.
   """
+  run = ModelDir(model_dir)
   if abstract_params is None:
-    abstract_params = abstract_params_on_device(read_model_config(model_dir), jax.local_devices()[0])
-  manager = ocp.CheckpointManager(os.path.join(os.path.abspath(model_dir), "checkpoints"),
-                                  item_names=("state", "data"))
+    abstract_params = abstract_params_on_device(run.read_model_config(), jax.local_devices()[0])
+  manager = ocp.CheckpointManager(os.path.abspath(run.checkpoints_dir), item_names=("state", "data"))
   steps = [step] if step is not None else sorted(manager.all_steps(), reverse=True)
   if not steps:
-    raise FileNotFoundError(f"no checkpoint under {model_dir}/checkpoints")
+    raise FileNotFoundError(f"no checkpoint under {run.checkpoints_dir}")
   item = {"params": abstract_params}
   restore_args = ocp.checkpoint_utils.construct_restore_args(item)
   args = ocp.args.Composite(state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True))
   try:
-    found, out = _restore_newest(manager, steps, args, model_dir)
+    found, out = _restore_newest(manager, steps, args, run.checkpoints_dir)
   finally:
     manager.close()
   return found, out.state["params"]
@@ -107,7 +90,7 @@ def _first_line(e: BaseException) -> str:
   return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
 
 
-def _restore_newest(manager, steps, args, model_dir, on_bad=None):
+def _restore_newest(manager, steps, args, checkpoints_dir, on_bad=None):
   """(step, restored) of the first of `steps` that reads, warning about (and passing to `on_bad`) each newer one that
   does not. If none reads, the error names the newest step's failure: then it is not one damaged checkpoint but an
   incompatible request (another model shape, another MODEL_DIR), and nothing is set aside."""
@@ -119,14 +102,14 @@ def _restore_newest(manager, steps, args, model_dir, on_bad=None):
       errors.append((s, e))
       continue
     for bad, e in errors:
-      logging.warning("checkpoint step %d under %s/checkpoints is unreadable (truncated or empty?): %s; using step "
-                      "%d instead", bad, model_dir, _first_line(e), s)
+      logging.warning("checkpoint step %d under %s is unreadable (truncated or empty?): %s; using step %d instead",
+                      bad, checkpoints_dir, _first_line(e), s)
       if on_bad is not None:
         on_bad(bad, _first_line(e))
     return s, out
   s, e = errors[0]
   raise UnreadableCheckpoint(
-      f"no checkpoint under {model_dir}/checkpoints could be restored (tried steps {[x for x, _ in errors]}); step "
+      f"no checkpoint under {checkpoints_dir} could be restored (tried steps {[x for x, _ in errors]}); step "
       f"{s}: {_first_line(e)}. When every one fails alike, what is asked for differs from what they hold (another "
       "model shape or optimizer structure), not the files.") from e
 
@@ -159,13 +142,14 @@ class RunCheckpoints:
 
   def __init__(self, model_dir: str, keep: Optional[int]):
     self.model_dir = os.path.abspath(model_dir)
+    self.dir = ModelDir(self.model_dir)
     self.keep = keep
     self._clean_killed_saves()
     self.manager = make_manager(self.model_dir, max_to_keep=None)
     self._newest_verified = False
 
   def _clean_killed_saves(self) -> None:
-    root = os.path.join(self.model_dir, "checkpoints")
+    root = self.dir.checkpoints_dir
     if jax.process_index() != 0 or not os.path.isdir(root):
       return
     for name in sorted(os.listdir(root)):
@@ -183,7 +167,7 @@ class RunCheckpoints:
     if not steps:
       return None
     args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
-    step, out = _restore_newest(self.manager, steps, args, self.model_dir,
+    step, out = _restore_newest(self.manager, steps, args, self.dir.checkpoints_dir,
                                 on_bad=lambda s, why: self._set_aside(s, f"unreadable: {why}"))
     self._newest_verified = False
     return out.state, out.data
@@ -226,13 +210,13 @@ class RunCheckpoints:
         self.manager.delete(s)
 
   def _set_aside(self, step: int, why: str) -> None:
-    src = os.path.join(self.model_dir, "checkpoints", str(step))
-    dst = os.path.join(self.model_dir, REJECTED_DIR, str(step))
+    src = self.dir.checkpoint_dir(step)
+    dst = os.path.join(self.dir.rejected_dir, str(step))
     if jax.process_index() == 0 and os.path.isdir(src):
       os.makedirs(os.path.dirname(dst), exist_ok=True)
       n = 1
       while os.path.exists(dst):
-        dst, n = os.path.join(self.model_dir, REJECTED_DIR, f"{step}.{n}"), n + 1
+        dst, n = os.path.join(self.dir.rejected_dir, f"{step}.{n}"), n + 1
       os.rename(src, dst)
       logging.warning("checkpoint step %d set aside to %s (%s)", step, dst, why)
     if jax.process_count() > 1:
@@ -254,15 +238,16 @@ class RunCheckpoints:
     kept = self.latest_step()
     if kept is None:
       return "No checkpoint is left: a rerun starts from step 0."
-    return f"The last good checkpoint (step {kept}) under {self.model_dir}/checkpoints is kept."
+    return f"The last good checkpoint (step {kept}) under {self.dir.checkpoints_dir} is kept."
 
 
 def check_vocabulary(name: str, model_dir: str, vocab_size: int, task_vocab_size: Optional[int] = None) -> None:
   """Refuse a frozen model (teacher, reference LM, proxy) whose vocabulary differs from the one it serves: another
   `vocab_size`, or (when both are known) another task vocabulary size recorded in its run_config.json. Token ids
   and logits of different vocabularies do not correspond (a reference LM's loss on an id it lacks is NaN)."""
-  cfg = read_model_config(model_dir)
-  recorded = (run_config.read(model_dir) or {}).get("task_vocab_size")
+  run = ModelDir(model_dir)
+  cfg = run.read_model_config()
+  recorded = (run.read_run_config() or {}).get("task_vocab_size")
   if cfg.vocab_size != vocab_size or (task_vocab_size and recorded and recorded != task_vocab_size):
     raise ValueError(
         f"frozen model {name!r} ({model_dir}) has another vocabulary: vocab_size {cfg.vocab_size} (task vocabulary "

@@ -9,6 +9,8 @@ import os
 import jax
 from clu import metric_writers
 
+from bliss_jax.training.model_dir import ModelDir
+
 
 class JsonlWriter(metric_writers.MetricWriter):
   """Appends `{"step": s, "split": ..., **scalars}` lines; flushed every write, so a killed run keeps its history."""
@@ -50,17 +52,21 @@ class JsonlWriter(metric_writers.MetricWriter):
     pass
 
 
-def make_writer(model_dir: str, split: str) -> metric_writers.MetricWriter:
-  """TensorBoard under MODEL_DIR/tensorboard/<split> plus MODEL_DIR/metrics.jsonl (no-op on processes > 0)."""
+def make_writer(model_dir: str, split: str, *, start_step: int) -> metric_writers.MetricWriter:
+  """TensorBoard under MODEL_DIR/tensorboard/<split> plus MODEL_DIR/metrics.jsonl (no-op on processes > 0), for a run
+  that continues after `start_step`: `split` rows past it (written by a run that died before its next checkpoint) are
+  dropped first."""
   if jax.process_index() != 0:
     return metric_writers.MultiWriter([])
-  tb = metric_writers.SummaryWriter(os.path.join(model_dir, "tensorboard", split))
-  return metric_writers.MultiWriter([tb, JsonlWriter(os.path.join(model_dir, "metrics.jsonl"), split)])
+  run = ModelDir(model_dir)
+  _truncate_jsonl(run.metrics_path, split, start_step)
+  tb = metric_writers.SummaryWriter(run.tensorboard_dir(split))
+  return metric_writers.MultiWriter([tb, JsonlWriter(run.metrics_path, split)])
 
 
-def truncate_jsonl(path: str, split: str, after_step: int) -> None:
-  """Drop `split` rows past `after_step` (written by a run that died before its next checkpoint)."""
-  if jax.process_index() != 0 or not os.path.exists(path):
+def _truncate_jsonl(path: str, split: str, after_step: int) -> None:
+  """Drop `split` rows past `after_step`."""
+  if not os.path.exists(path):
     return
   with open(path) as f:
     rows = [line for line in f if line.strip()]

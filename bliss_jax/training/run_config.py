@@ -23,7 +23,6 @@ from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 
-RUN_CONFIG_FILE = "run_config.json"
 _MAX_ITEMS = 32  # longer sequences are described by length and hash
 _MAX_DEPTH = 6
 
@@ -171,14 +170,6 @@ def write_atomically(path: str, text: str) -> None:
 
 def write_json(path: str, obj) -> None:
   write_atomically(path, json.dumps(obj, indent=1, sort_keys=True))
-
-
-def read(model_dir: str) -> Optional[dict]:
-  path = os.path.join(model_dir, RUN_CONFIG_FILE)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
 
 
 def updated(old: Optional[dict], new: dict, diff: dict, step: int) -> dict:

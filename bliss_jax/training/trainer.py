@@ -1,35 +1,30 @@
 """The training loop, top to bottom: mesh → model → sharded state → (resume) → steps → eval → checkpoints.
 
-`train()` is a plain function (gin binds its arguments from `scripts/train.py`). Every method plugs in through
-`loss_factory(model) -> loss_fn`; everything else (sharding, accumulation, checkpoints, NaN guard, metrics) is shared.
+`train(model_dir=..., spec=TrainSpec(...), batch_source=...)` is a plain function (gin binds its arguments from
+`scripts/train.py`). Every method plugs in through `loss_factory(model) -> loss_fn`; everything else (sharding,
+accumulation, checkpoints, NaN guard, metrics; the steps themselves run in `run_loop`) is shared.
 """
 import contextlib
 import dataclasses
 import json
 import logging
 import os
-import sys
-import time
 from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 
 from bliss_jax import partitioning
 from bliss_jax.losses.lm import make_lm_loss
 from bliss_jax.models.config import ModelConfig
 from bliss_jax.models.transformer import Transformer
 from bliss_jax.training import (checkpoints, config_checks, evaluation, metric_writers, optimizers, run_config,
-                                run_lock)
+                                run_lock, run_loop)
+from bliss_jax.training.model_dir import ModelDir
 from bliss_jax.training.train_state import create_train_state
 from bliss_jax.training.train_step import make_train_step
-
-
-class NonFiniteLossError(FloatingPointError):
-  """Training produced a NaN/Inf loss or gradient; the last good checkpoint is kept untouched."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +42,29 @@ class OptimizerConfig:
   b1: float = 0.9
   b2: float = 0.95
   clip_norm: Optional[float] = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+  """One model's training recipe: shape, steps, global batch, sequence length, optimizer, seed and cadence.
+
+  `eval_every`: held-out loss, perplexity and next-token accuracy every N steps and at the end (0: never);
+  `checkpoint_every`: periodic checkpoints (the last step is always saved); `log_every`: metric rows and the
+  progress bar. `batch_size` is the GLOBAL batch (split over processes, then over the "data" mesh axis); `seed`
+  drives parameter initialisation and the per-step RNG (`fold_in(seed, step)`).
+  """
+  model_config: ModelConfig
+  num_steps: int
+  batch_size: int = 16
+  sequence_length: int = 128
+  optimizer: OptimizerConfig = OptimizerConfig()
+  eval_every: int = 0
+  checkpoint_every: int = 100
+  log_every: int = 10
+  seed: int = 0
+
+  def replace(self, **kw) -> "TrainSpec":
+    return dataclasses.replace(self, **kw)
 
 
 @dataclasses.dataclass
@@ -101,7 +119,7 @@ def load_frozen_models(frozen_model_dirs: Dict[str, str], mesh, rules, *, vocab_
       checkpoints.check_vocabulary(name, model_dir, vocab_size, task_vocab_size)
   modules, params, steps = {}, {}, {}
   for name, model_dir in sorted(frozen_model_dirs.items()):
-    cfg = checkpoints.read_model_config(model_dir)
+    cfg = ModelDir(model_dir).read_model_config()
     steps[name], params[name] = checkpoints.load_params(model_dir, abstract_params(cfg, mesh, rules))
     modules[name] = Transformer(cfg)
     logging.info("frozen model %r: %s at step %d", name, model_dir, steps[name])
@@ -182,27 +200,24 @@ def make_tx(optimizer: OptimizerConfig, num_steps: int):
   return tx, schedule
 
 
-def train(*, model_dir: str, model_config: ModelConfig, batch_source: BatchSource, vocab_size: Optional[int] = None,
-          num_steps: int = 1000, batch_size: int = 8, sequence_length: int = 128,
-          optimizer: OptimizerConfig = OptimizerConfig(), num_microbatches: int = 1, seed: int = 0,
-          loss_factory: Callable = make_lm_loss, eval_every: int = 200, eval_batches: int = 8,
-          checkpoint_every: int = 200, keep_checkpoints: Optional[int] = 3, log_every: int = 10,
-          mesh_data: int = -1, mesh_model: int = 1, fsdp: bool = False, devices=None,
-          progress_bar: bool = True, stop_at_step: Optional[int] = None,
+def train(*, model_dir: str, spec: TrainSpec, batch_source: BatchSource, vocab_size: Optional[int] = None,
+          num_microbatches: int = 1, loss_factory: Callable = make_lm_loss, eval_batches: int = 8,
+          keep_checkpoints: Optional[int] = 3, mesh_data: int = -1, mesh_model: int = 1, fsdp: bool = False,
+          devices=None, progress_bar: bool = True, stop_at_step: Optional[int] = None,
           frozen_model_dirs: Optional[Dict[str, str]] = None,
           loss_phases: Optional[Sequence[Tuple[int, Callable]]] = None,
           allow_config_change: Sequence[str] = (), extra_records: Optional[Dict[str, str]] = None) -> TrainResult:
-  """Train `model_config` on `batch_source` for `num_steps` optimizer steps, resuming from MODEL_DIR if possible.
+  """Train `spec.model_config` on `batch_source` for `spec.num_steps` optimizer steps, resuming from MODEL_DIR if
+  possible.
 
   Args:
     model_dir: checkpoints (`checkpoints/`), `metrics.jsonl`, `tensorboard/`, `model_config.json` and
-      `run_config.json` go here. The run holds MODEL_DIR/run.lock while it works: a second process is refused.
-    model_config: the model's shape; `vocab_size=None` in it is resolved from `vocab_size` (the task's vocabulary,
-      padded up to a multiple of 128).
+      `run_config.json` go here (`model_dir.ModelDir`). The run holds MODEL_DIR/run.lock while it works: a second
+      process is refused.
+    spec: the model, steps, batch, optimizer, seed and cadence (`TrainSpec`). `vocab_size=None` in its model config
+      is resolved from `vocab_size` (the task's vocabulary, padded up to a multiple of 128).
     batch_source: see `BatchSource`. It is asked for split "train" (repeating) and "validation" (not repeating).
-    batch_size: the GLOBAL batch (split over processes, then over the "data" mesh axis).
     num_microbatches: gradient accumulation: the batch is processed in this many slices per optimizer step.
-    seed: parameter initialisation and per-step RNG (`fold_in(seed, step)`).
     loss_factory: `loss_factory(model, frozen_models) -> loss_fn(params, batch, rng, frozen) -> (loss, metrics)`.
     frozen_model_dirs: {name: MODEL_DIR} of frozen models the loss consults (a KD teacher, a RHO-1 reference model);
       their latest checkpoints are loaded, sharded on the same mesh, and passed to every step. Each must have this
@@ -211,12 +226,11 @@ def train(*, model_dir: str, model_config: ModelConfig, batch_source: BatchSourc
       loss, each compiled as its own step (so a phase whose loss ignores the frozen models never runs them — SALT's
       plain stage after KD); steps after the last phase use `loss_factory`. One optimizer state and schedule run
       across the switch, and resuming on either side picks the phase from the step.
-    eval_every / eval_batches: held-out loss, perplexity and next-token accuracy every N steps (and at the end) on
-      the first `eval_batches` batches of the validation split (0 disables).
-    checkpoint_every / keep_checkpoints: periodic and final orbax checkpoints, keeping the last N (None: all; see
-      `checkpoints.RunCheckpoints`). Only finite states are saved.
+    eval_batches: the held-out evaluation every `spec.eval_every` steps reads the first `eval_batches` batches of the
+      validation split (0 disables).
+    keep_checkpoints: the periodic and final checkpoints kept (None: all; see `checkpoints.RunCheckpoints`).
     mesh_data / mesh_model / fsdp: the device mesh and whether parameters are also sharded over "data".
-    stop_at_step: leave after this step (checkpointed) although the schedule runs to `num_steps`, as a pre-empted
+    stop_at_step: leave after this step (checkpointed) although the schedule runs to `spec.num_steps`, as a pre-empted
       job would; rerunning continues from there.
     allow_config_change: recorded fields (`run_config`) a resume may change, e.g. ("optimizer.peak_lr",), ("data",)
       or ("num_steps",) (the schedule is then recomputed over the new `num_steps` from the current step on). Other
@@ -224,10 +238,13 @@ def train(*, model_dir: str, model_config: ModelConfig, batch_source: BatchSourc
     extra_records: {file name: text} written into MODEL_DIR with the run's own records, once the command is known to
       be valid and compatible with the run (the CLI's `config.gin`).
   """
+  model_config, num_steps, batch_size = spec.model_config, spec.num_steps, spec.batch_size
+  sequence_length, optimizer, seed = spec.sequence_length, spec.optimizer, spec.seed
+  eval_every = spec.eval_every
   config_checks.check_train(
       num_steps=num_steps, batch_size=batch_size, sequence_length=sequence_length,
       num_microbatches=num_microbatches, seed=seed, eval_every=eval_every, eval_batches=eval_batches,
-      checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, log_every=log_every,
+      checkpoint_every=spec.checkpoint_every, keep_checkpoints=keep_checkpoints, log_every=spec.log_every,
       stop_at_step=stop_at_step, vocab_size=vocab_size, optimizer=optimizer,
       loss_phase_ends=[last for last, _ in loss_phases or ()])
   for name in extra_records or {}:
@@ -243,6 +260,7 @@ def train(*, model_dir: str, model_config: ModelConfig, batch_source: BatchSourc
   if batch_size % jax.process_count():
     raise ValueError(f"global batch_size={batch_size} is not divisible by {jax.process_count()} processes")
   model_dir = os.path.abspath(model_dir)
+  run = ModelDir(model_dir)
   mesh = partitioning.make_mesh(mesh_data, mesh_model, devices)
   if batch_size % mesh.shape["data"]:
     raise ValueError(f"global batch_size={batch_size} is not divisible by the data axis ({mesh.shape['data']})")
@@ -262,9 +280,9 @@ def train(*, model_dir: str, model_config: ModelConfig, batch_source: BatchSourc
         "frozen_models": {k: {"model_config": dataclasses.asdict(frozen_modules[k].cfg), "step": frozen_steps[k]}
                           for k in frozen_modules},
         "data": run_config.describe(batch_source)}
-    old_record = run_config.read(model_dir)
+    old_record = run.read_run_config()
     if ckpts.latest_step() is not None:
-      old = old_record or _legacy_record(model_dir)
+      old = old_record or _legacy_record(run)
       diff = run_config.check_resume(old, record, ckpts.latest_step(), allow_config_change)
       for k, (a, b) in diff.items():
         logging.warning("resuming %s with a changed %s: %s -> %s (allowed)", model_dir, k, a, b)
@@ -286,16 +304,12 @@ def train(*, model_dir: str, model_config: ModelConfig, batch_source: BatchSourc
       logging.info("resumed from step %d (data position %d)", int(state.step), position)
     start_step = int(state.step)
     if jax.process_index() == 0:
-      checkpoints.write_model_config(model_dir, model_config)
-      run_config.write_json(os.path.join(model_dir, run_config.RUN_CONFIG_FILE),
-                             run_config.updated(old_record, record, diff, start_step))
+      run.write_model_config(model_config)
+      run.write_run_config(run_config.updated(old_record, record, diff, start_step))
       for name, text in (extra_records or {}).items():
-        run_config.write_atomically(os.path.join(model_dir, name), text)
-    metrics_path = os.path.join(model_dir, "metrics.jsonl")
-    metric_writers.truncate_jsonl(metrics_path, "train", start_step)
-    metric_writers.truncate_jsonl(metrics_path, "validation", start_step)
-    train_writer = metric_writers.make_writer(model_dir, "train")
-    eval_writer = metric_writers.make_writer(model_dir, "validation")
+        run_config.write_atomically(run.file(name), text)
+    train_writer = metric_writers.make_writer(model_dir, "train", start_step=start_step)
+    eval_writer = metric_writers.make_writer(model_dir, "validation", start_step=start_step)
     if jax.process_index() == 0 and start_step == 0:
       n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(fns.abstract_state.params))
       train_writer.write_hparams({"num_params": n_params, "vocab_size": model_config.vocab_size,
@@ -304,74 +318,53 @@ def train(*, model_dir: str, model_config: ModelConfig, batch_source: BatchSourc
     base_rng = jax.device_put(jax.random.PRNGKey(seed + 1), repl)
     batches = batch_source("train", start_position=position, process_index=jax.process_index(),
                            process_count=jax.process_count(), repeat=True)
+    last_eval = None
 
-    def run_eval(step):
+    def run_eval(step, state):
+      nonlocal last_eval
       if not eval_every or not eval_batches:
-        return None
+        return
       it = batch_source("validation", start_position=0, process_index=jax.process_index(),
                         process_count=jax.process_count(), repeat=False)
       gbatches = (partitioning.global_batch_from_local(b, mesh) for _, b in zip(range(eval_batches), it))
-      result = evaluation.evaluate(fns.eval_step, state.params, gbatches)
-      eval_writer.write_scalars(step, result)
-      return result
+      last_eval = evaluation.evaluate(fns.eval_step, state.params, gbatches)
+      eval_writer.write_scalars(step, last_eval)
 
-    def stop(message):
-      bar.close()
-      raise NonFiniteLossError(
-          f"{message}. {ckpts.kept_note()} Lower the learning rate (a resume may change it with "
-          "train.allow_config_change=('optimizer.peak_lr',)) or check the data, then rerun to resume.")
-
-    last_metrics, last_eval = {}, None
-    bar = tqdm.tqdm(total=num_steps, initial=start_step, disable=not progress_bar or jax.process_index() != 0,
-                    desc="train", dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
-    t_last, tokens_since = time.perf_counter(), 0.0
     phases = [(last, fns.make_train_step(factory)) for last, factory in (loss_phases or ())]
 
-    def phase_step(step):  # the step function for (1-based) optimizer step `step`
-      return next((fn for last, fn in phases if step <= last), fns.train_step)
+    def step_fn(state, step):  # (1-based) optimizer step `step`, with its phase's loss
+      fn = next((fn for last, fn in phases if step <= last), fns.train_step)
+      return fn(state, partitioning.global_batch_from_local(next(batches), mesh), base_rng, frozen)
 
-    last_step = max(start_step, num_steps if stop_at_step is None else min(stop_at_step, num_steps))
-    for step in range(start_step + 1, last_step + 1):
-      local = next(batches)
-      step_fn = phase_step(step)
-      state, metrics = step_fn(state, partitioning.global_batch_from_local(local, mesh), base_rng, frozen)
-      metrics = jax.device_get(metrics)
-      loss = float(metrics["loss"])
-      if not (np.isfinite(loss) and np.isfinite(float(metrics["grad_norm"]))):
-        ckpts.reject_after_failed_step(step)
-        stop(f"non-finite loss {loss} / grad norm {float(metrics['grad_norm'])} at step {step}; stopped without "
-             "saving")
-      ckpts.step_succeeded(step)
-      # throughput counts every loss-carrying token processed (RHO-1 reports its selected ones as num_tokens)
-      tokens_since += float(metrics.get("num_valid_tokens", metrics.get("num_tokens", 0.0)))
-      last_metrics = {k: float(v) for k, v in metrics.items()}
-      if step % log_every == 0 or step == num_steps:
-        now = time.perf_counter()
-        last_metrics["tokens_per_sec"] = tokens_since / max(now - t_last, 1e-9)
-        t_last, tokens_since = now, 0.0
-        train_writer.write_scalars(step, last_metrics)
-        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{last_metrics['tokens_per_sec']:.0f}")
-      bar.update(1)
-      if eval_every and step % eval_every == 0:
-        last_eval = run_eval(step)
-      if step % checkpoint_every == 0 or step == last_step:
-        if not ckpts.save(step, state, {"position": position + (step - start_step)}):
-          stop(f"the state after step {step} holds non-finite parameters or optimizer state; not saved")
-    bar.close()
-    if last_step == num_steps:
-      ckpts.run_finished()
-    if last_step == num_steps and eval_every and (num_steps % eval_every or start_step >= num_steps):
-      last_eval = run_eval(num_steps)
+    def nonfinite(step, metrics):
+      if np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"]):
+        return None
+      return f"non-finite loss {metrics['loss']} / grad norm {metrics['grad_norm']} at step {step}"
+
+    last = run_loop.last_step(start_step, num_steps, stop_at_step)
+    state, last_metrics = run_loop.run_loop(
+        state, step_fn, first_step=start_step, last_step=last, num_steps=num_steps, checkpoints=ckpts,
+        checkpoint_every=spec.checkpoint_every, checkpoint_data=lambda step: {"position": position + step - start_step},
+        writer=train_writer, log_every=spec.log_every, nonfinite=nonfinite,
+        unsaved="the state after step {step} holds non-finite parameters or optimizer state; not saved",
+        advice="Lower the learning rate (a resume may change it with train.allow_config_change=('optimizer.peak_lr',)) "
+               "or check the data, then rerun to resume.",
+        desc="train", progress_bar=progress_bar,
+        postfix=lambda m: {"loss": f"{m['loss']:.3f}", "tok_s": f"{m['tokens_per_sec']:.0f}"},
+        # throughput counts every loss-carrying token processed (RHO-1 reports its selected ones as num_tokens)
+        tokens=lambda m: m.get("num_valid_tokens", m.get("num_tokens", 0.0)),
+        after_step=lambda step, state: run_eval(step, state) if eval_every and step % eval_every == 0 else None)
+    if last == num_steps and eval_every and (num_steps % eval_every or start_step >= num_steps):
+      run_eval(num_steps, state)
     train_writer.flush()
     eval_writer.flush()
   del batches
-  return TrainResult(model_dir=model_dir, final_step=last_step, last_train_metrics=last_metrics, last_eval=last_eval)
+  return TrainResult(model_dir=model_dir, final_step=last, last_train_metrics=last_metrics, last_eval=last_eval)
 
 
-def _legacy_record(model_dir: str) -> dict:
+def _legacy_record(run: ModelDir) -> dict:
   """What a run written before run_config.json existed records: its model_config.json (if any)."""
-  path = os.path.join(model_dir, "model_config.json")
-  if not os.path.exists(path):
+  if not os.path.exists(run.model_config_path):
     return {}
-  with open(path) as f:
+  with open(run.model_config_path) as f:
     return {"model_config": json.load(f)}

@@ -1,4 +1,5 @@
-"""The BLISS bilevel loop: T jit-compiled bilevel steps (`bilevel.step`), resumable, with metrics and checkpoints.
+"""The BLISS bilevel loop: T jit-compiled bilevel steps (`bilevel.step`), resumable, with metrics and checkpoints
+(`training.run_loop`, as the trainer's steps).
 
 `run_bilevel` loads the warmed-up proxy (re-loaded every round, as the reference implementation does), the score
 model (from the proxy's backbone with a new Linear(d, 1) head in round 1, or a previous round's score model) and the current
@@ -11,19 +12,18 @@ MODEL_DIR/score_model.json ({"sigmoid": ..., "pooling": ...}).
 import json
 import logging
 import os
-import sys
 from typing import Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-import tqdm
 
 from bliss_jax import partitioning
 from bliss_jax.bilevel.step import BilevelConfig, build_bilevel_functions
 from bliss_jax.models.score_model import ScoreModel, from_lm_params, init_head
-from bliss_jax.training import checkpoints, config_checks, metric_writers, run_lock
-from bliss_jax.training.trainer import NonFiniteLossError, abstract_params
+from bliss_jax.training import checkpoints, config_checks, metric_writers, run_lock, run_loop
+from bliss_jax.training.model_dir import ModelDir
+from bliss_jax.training.trainer import abstract_params
 
 
 def _score_dir(model_dir):
@@ -31,7 +31,7 @@ def _score_dir(model_dir):
 
 
 def save_score_model(model_dir: str, params, backbone_cfg, sigmoid: bool, pooling: str) -> None:
-  checkpoints.write_model_config(model_dir, backbone_cfg)
+  ModelDir(model_dir).write_model_config(backbone_cfg)
   with open(os.path.join(model_dir, "score_model.json"), "w") as f:
     json.dump({"sigmoid": sigmoid, "pooling": pooling}, f)
   if not os.path.exists(_score_dir(model_dir)):
@@ -45,7 +45,7 @@ def load_score_model(model_dir: str, abstract=None):
   path = _score_dir(model_dir)
   if not os.path.exists(path):
     raise FileNotFoundError(f"no score model at {path}: has the bilevel stage in {model_dir} finished?")
-  cfg = checkpoints.read_model_config(model_dir)
+  cfg = ModelDir(model_dir).read_model_config()
   with open(os.path.join(model_dir, "score_model.json")) as f:
     meta = json.load(f)
   return (ScoreModel(cfg, sigmoid=meta["sigmoid"], pooling=meta.get("pooling", "tokens")),
@@ -80,8 +80,8 @@ def run_bilevel(*, model_dir: str, proxy_dir: str, target_dir: Optional[str], tr
   model_dir = os.path.abspath(model_dir)
   mesh = partitioning.make_mesh(devices=devices)
   rules = partitioning.logical_rules()
-  proxy_cfg = checkpoints.read_model_config(proxy_dir)
-  target_cfg = checkpoints.read_model_config(target_dir) if cfg.gamma else None
+  proxy_cfg = ModelDir(proxy_dir).read_model_config()
+  target_cfg = ModelDir(target_dir).read_model_config() if cfg.gamma else None
   if target_cfg is not None:
     checkpoints.check_vocabulary("target", target_dir, proxy_cfg.vocab_size)
   with run_lock.run_lock(model_dir, what="bilevel run"), partitioning.mesh_context(mesh, rules), \
@@ -115,38 +115,29 @@ def run_bilevel(*, model_dir: str, proxy_dir: str, target_dir: Optional[str], tr
     pi, pc = jax.process_index(), jax.process_count()
     train_it = train_source("train", start_position=start * k_in, process_index=pi, process_count=pc, repeat=True)
     val_it = val_source("train", start_position=start, process_index=pi, process_count=pc, repeat=True)
-    metric_writers.truncate_jsonl(os.path.join(model_dir, "metrics.jsonl"), "bilevel", start)
-    writer = metric_writers.make_writer(model_dir, "bilevel")
-    last = min(num_steps, stop_at_step or num_steps)
-    bar = tqdm.tqdm(total=num_steps, initial=start, desc="bilevel", disable=not progress_bar or pi != 0,
-                    dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
-    metrics = {}
+    writer = metric_writers.make_writer(model_dir, "bilevel", start_step=start)
 
-    def stop(message):
-      bar.close()
-      raise NonFiniteLossError(f"{message}. {ckpts.kept_note()} Lower the learning rates or γ and rerun.")
-
-    for step in range(start + 1, last + 1):
+    def step_fn(state, step):
+      del step
       train = _stack_global([next(train_it) for _ in range(k_in)], fns.train_batch_sharding)
       val = partitioning.global_batch_from_local(next(val_it), mesh)
-      state, m = fns.step(state, train, val, target_params)
-      metrics = {k: float(v) for k, v in jax.device_get(m).items()}
-      if not all(np.isfinite(metrics[k]) for k in ("upper_F", "lower_G", "hypergrad_norm")):
-        ckpts.reject_after_failed_step(step)
-        stop(f"bilevel step {step}: non-finite F={metrics['upper_F']} / G={metrics['lower_G']} / hypergradient norm "
-             f"{metrics['hypergrad_norm']}; stopped without saving")
-      ckpts.step_succeeded(step)
-      if step % log_every == 0 or step == num_steps:
-        writer.write_scalars(step, metrics)
-        bar.set_postfix(F=f"{metrics['upper_F']:.3f}", G=f"{metrics['lower_G']:.3f}")
-      bar.update(1)
-      if step % checkpoint_every == 0 or step == last:
-        if not ckpts.save(step, state, {"step": step}):
-          stop(f"the bilevel state after step {step} holds non-finite values; not saved")
-    bar.close()
+      return fns.step(state, train, val, target_params)
+
+    def nonfinite(step, m):
+      if all(np.isfinite(m[k]) for k in ("upper_F", "lower_G", "hypergrad_norm")):
+        return None
+      return (f"bilevel step {step}: non-finite F={m['upper_F']} / G={m['lower_G']} / hypergradient norm "
+              f"{m['hypergrad_norm']}")
+
+    last = run_loop.last_step(start, num_steps, stop_at_step)
+    state, metrics = run_loop.run_loop(
+        state, step_fn, first_step=start, last_step=last, num_steps=num_steps, checkpoints=ckpts,
+        checkpoint_every=checkpoint_every, checkpoint_data=lambda step: {"step": step}, writer=writer,
+        log_every=log_every, nonfinite=nonfinite, unsaved="the bilevel state after step {step} holds non-finite "
+        "values; not saved", advice="Lower the learning rates or γ and rerun.", desc="bilevel",
+        progress_bar=progress_bar, postfix=lambda m: {"F": f"{m['upper_F']:.3f}", "G": f"{m['lower_G']:.3f}"})
     writer.flush()
     if last == num_steps:
-      ckpts.run_finished()
       save_score_model(model_dir, jax.device_get(state.score), proxy_cfg, cfg.sigmoid, cfg.score_pooling)
   return metrics
 

@@ -1,0 +1,47 @@
+"""A MODEL_DIR's layout: the latest finished checkpoint, the records, metric rows by split, a copy at a step."""
+import json
+import os
+
+from bliss_jax.models.config import preset
+from bliss_jax.training.model_dir import MODEL_CONFIG, ModelDir
+
+
+def _run(tmp_path):
+  run = ModelDir(str(tmp_path / "run"))
+  for step in ("2", "4", "6.orbax-checkpoint-tmp-1700000000000000"):
+    os.makedirs(os.path.join(run.checkpoints_dir, step, "state"))
+    with open(os.path.join(run.checkpoints_dir, step, "state", "x"), "w") as f:
+      f.write(step)
+  run.write_model_config(preset("tiny", vocab_size=128))
+  run.write_run_config({"num_steps": 6})
+  with open(run.metrics_path, "w") as f:
+    f.write(json.dumps({"step": 2, "split": "train", "loss": 3.0}) + "\n\n")
+    f.write(json.dumps({"step": 2, "split": "validation", "loss": 3.5}) + "\n")
+  return run
+
+
+def test_records_and_the_latest_finished_checkpoint(tmp_path):
+  run = _run(tmp_path)
+  assert run.latest_step() == 4  # an unfinished save's directory does not count
+  assert ModelDir(str(tmp_path / "empty")).latest_step() is None
+  assert run.read_model_config() == preset("tiny", vocab_size=128)
+  assert run.read_run_config() == {"num_steps": 6} and ModelDir(str(tmp_path)).read_run_config() is None
+  assert [r["loss"] for r in run.metrics()] == [3.0, 3.5]
+  assert run.metrics("validation") == [{"step": 2, "split": "validation", "loss": 3.5}]
+  assert ModelDir(str(tmp_path / "empty")).metrics("train") == []
+  assert run.tensorboard_dir("train") == os.path.join(run.path, "tensorboard", "train")
+
+
+def test_copy_at_step_takes_one_checkpoint_and_the_records_asked_for(tmp_path):
+  run = _run(tmp_path)
+  full, shape_only = str(tmp_path / "full"), str(tmp_path / "shape_only")
+  run.copy_at_step(full, 2)
+  run.copy_at_step(shape_only, 4, records=(MODEL_CONFIG,))
+  assert sorted(os.listdir(full)) == ["checkpoints", "metrics.jsonl", "model_config.json", "run_config.json"]
+  assert os.listdir(ModelDir(full).checkpoints_dir) == ["2"] and ModelDir(full).metrics() == run.metrics()
+  assert sorted(os.listdir(shape_only)) == ["checkpoints", "model_config.json"]
+  assert open(os.path.join(ModelDir(shape_only).checkpoint_dir(4), "state", "x")).read() == "4"
+  # an existing MODEL_DIR is left as it is, and no temporary directory remains
+  run.copy_at_step(full, 4)
+  assert os.listdir(ModelDir(full).checkpoints_dir) == ["2"]
+  assert not [d for d in os.listdir(tmp_path) if d.endswith(".tmp")]
