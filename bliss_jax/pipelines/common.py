@@ -52,11 +52,12 @@ def heldout_eval(model_dir: str, task: str, split: str = "validation", *, sequen
                          max_batches=max_batches)
 
 
-def load_frozen(model_dir: str, mesh=None):
-  """(module, params) of a frozen model, parameters laid out on `mesh` (default: all devices on "data")."""
+def load_frozen(model_dir: str, mesh=None, step: Optional[int] = None):
+  """(module, params) of a frozen model at its latest checkpoint (or `step`), parameters laid out on `mesh` (default:
+  all devices on "data")."""
   mesh = mesh or partitioning.make_mesh()
   rules = partitioning.logical_rules()
-  modules, params, _ = trainer.load_frozen_models({"m": model_dir}, mesh, rules)
+  modules, params, _ = trainer.load_frozen_models({"m": model_dir}, mesh, rules, steps={"m": step})
   return modules["m"], params["m"]
 
 

@@ -51,14 +51,13 @@ from bliss_jax.losses.lm import AVERAGES, make_lm_loss
 from bliss_jax.losses.salt import TRANSITIONS, salt_kd_loss_factory
 from bliss_jax.models.config import count_params
 from bliss_jax.models.flops import forward_flops_per_token, train_flops_per_token
-from bliss_jax.models.transformer import Transformer
 from bliss_jax.pipelines import common, method
 from bliss_jax.pipelines.stages import run_stage
 from bliss_jax.selection import offline_scoring, rules, score_store
 from bliss_jax.selection.salt_ds import NO_TOP_K_SCORE, OUT_OF_TOP_K, make_salt_ds_scorer
 from bliss_jax.selection.selected_task import register_selected_task
 from bliss_jax.selection.selected_ul2 import register_selected_ul2_mixture
-from bliss_jax.training import checkpoints, trainer
+from bliss_jax.training import trainer
 from bliss_jax.training.model_dir import MODEL_CONFIG, ModelDir
 
 STUDENTS = ("baseline", "rkd", "salt", "salt_ds")
@@ -141,12 +140,6 @@ def _keep_early_checkpoint(model_dir: str, step: int, early_dir: str) -> Callabl
     if end == step:
       ModelDir(model_dir).copy_at_step(early_dir, step, records=(MODEL_CONFIG,))
   return on_stop
-
-
-def _load_params_on_mesh(model_dir: str, step: Optional[int], mesh):
-  cfg = ModelDir(model_dir).read_model_config()
-  abstract = trainer.abstract_params(cfg, mesh, partitioning.logical_rules())
-  return Transformer(cfg), checkpoints.load_params(model_dir, abstract, step=step)[1]
 
 
 def run(*, root: str, task: str, student: trainer.TrainSpec, n_kd: int, teacher: Optional[trainer.TrainSpec] = None,
@@ -277,7 +270,7 @@ def run(*, root: str, task: str, student: trainer.TrainSpec, n_kd: int, teacher:
 
     def do_score(d):
       mesh = partitioning.make_mesh(devices=devices)
-      model, params = _load_params_on_mesh(scorer_dir, n0, mesh)
+      model, params = common.load_frozen(scorer_dir, mesh, step=n0)
       store = os.path.join(d, "store")
       exclude = {k: [tuple(x) for x in v] for k, v in json.load(open(seen["spans"])).items()} if seen else None
       table = offline_scoring.score_split(make_salt_ds_scorer(model, top_k, out_of_top_k=out_of_top_k), params,

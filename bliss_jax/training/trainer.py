@@ -108,22 +108,23 @@ def abstract_params(model_config: ModelConfig, mesh, rules, sequence_length: int
 
 
 def load_frozen_models(frozen_model_dirs: Dict[str, str], mesh, rules, *, vocab_size: Optional[int] = None,
-                       task_vocab_size: Optional[int] = None):
+                       task_vocab_size: Optional[int] = None, steps: Optional[Dict[str, Optional[int]]] = None):
   """{name: Transformer}, {name: params} and {name: step} of frozen models (teachers, reference LMs) from their
-  MODEL_DIRs' latest checkpoints, each laid out on `mesh` by its own logical axis names.
+  MODEL_DIRs' checkpoints (the latest, or `steps[name]`), each laid out on `mesh` by its own logical axis names.
 
   With `vocab_size` (the trained model's), every frozen model's vocabulary is checked first
   (`checkpoints.check_vocabulary`)."""
   if vocab_size is not None:
     for name, model_dir in sorted(frozen_model_dirs.items()):
       checkpoints.check_vocabulary(name, model_dir, vocab_size, task_vocab_size)
-  modules, params, steps = {}, {}, {}
+  modules, params, loaded = {}, {}, {}
   for name, model_dir in sorted(frozen_model_dirs.items()):
     cfg = ModelDir(model_dir).read_model_config()
-    steps[name], params[name] = checkpoints.load_params(model_dir, abstract_params(cfg, mesh, rules))
+    loaded[name], params[name] = checkpoints.load_params(model_dir, abstract_params(cfg, mesh, rules),
+                                                         step=(steps or {}).get(name))
     modules[name] = Transformer(cfg)
-    logging.info("frozen model %r: %s at step %d", name, model_dir, steps[name])
-  return modules, params, steps
+    logging.info("frozen model %r: %s at step %d", name, model_dir, loaded[name])
+  return modules, params, loaded
 
 
 def build_step_functions(model_config: ModelConfig, tx, schedule, mesh, rules, *, sequence_length: int,
