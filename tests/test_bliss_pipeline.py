@@ -19,6 +19,8 @@ from bliss_jax.selection import score_store
 from bliss_jax.training import bilevel_loop, checkpoints
 from bliss_jax.training.trainer import OptimizerConfig
 
+pytestmark = pytest.mark.integration
+
 L = 32
 WORDS = "the cat sat on a mat and the dog ran to the park while birds sang in trees".split()
 
