@@ -152,6 +152,7 @@ def test_missing_data_dir_is_a_clear_error(tmp_path, monkeypatch):
     documents.make_documents(documents.BenchmarkConfig(data_dir=str(tmp_path / 'elsewhere')))
 
 
+@pytest.mark.integration
 def test_importing_tasks_without_the_data_registers_no_benchmark(tmp_path):
   code = ('import seqio, tasks; names = seqio.MixtureRegistry.names(); '
           'assert "benchmark" not in names and "embedded_default_ul2" in names, names; print("ok")')
@@ -306,7 +307,7 @@ def test_benchmark_tasks_and_mixture(config):
   assert batch['decoder_target_tokens'].shape == (4, 64) and np.all(batch['decoder_segment_ids'][:, 0] == 1)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_train_cli_on_the_benchmark_mixture(shared_data, tmp_path):
   """data/benchmark_mixture.gin over data/seqio.gin trains a tiny model on the benchmark mixture."""
   cmd = [sys.executable, str(REPO / 'scripts' / 'train.py'), '--gin_file=base.gin', '--gin_file=models/tiny.gin',

@@ -21,6 +21,8 @@ from bliss_jax.training import checkpoints, trainer
 from bliss_jax.training.model_dir import ModelDir
 from bliss_jax.training.trainer import OptimizerConfig
 
+pytestmark = pytest.mark.integration
+
 L = 32
 WORDS = "the cat sat on a mat and the dog ran to the park while birds sang in trees".split()
 

@@ -81,6 +81,7 @@ def _without_wall_time(report):
   return report
 
 
+@pytest.mark.integration
 def test_every_method_trains_the_same_target_for_the_same_flops(clean_run):
   root, report, _ = clean_run
   rows = report["methods"]
@@ -114,6 +115,7 @@ def test_every_method_trains_the_same_target_for_the_same_flops(clean_run):
       assert r["speedup_flops"] == pytest.approx(20 * cfg["target_step_flops"] / total)
 
 
+@pytest.mark.integration
 def test_rho1_auxiliary_flops_equal_a_hand_count(clean_run):
   """The small model of compare/smoke.gin (`tiny`, 1 layer, d 32, 2 heads of 16, 1 kv head, SwiGLU d_ff 128,
   untied, vocab V): 32·16·4 + 2·16·32 + 3·32·128 + 2·32 + 32 = 15,456 parameters without the head, 32·V in it; a
@@ -128,6 +130,7 @@ def test_rho1_auxiliary_flops_equal_a_hand_count(clean_run):
   assert aux["reference_training"] == pytest.approx(3 * fwd * 10 * 4 * 32, rel=1e-12)
 
 
+@pytest.mark.integration
 def test_curves_are_the_held_out_loss_of_the_checkpoints(clean_run):
   from bliss_jax.pipelines import common  # pylint: disable=import-outside-toplevel
   import tasks  # noqa: F401  pylint: disable=unused-import,import-outside-toplevel  (registers embedded_default)
@@ -141,6 +144,7 @@ def test_curves_are_the_held_out_loss_of_the_checkpoints(clean_run):
     assert point["accuracy"] == pytest.approx(got["accuracy"], rel=1e-6)
 
 
+@pytest.mark.integration
 def test_report_files_figures_and_tensorboard(clean_run):
   root, report, out = clean_run
   md = (root / "report.md").read_text()
@@ -169,6 +173,7 @@ def test_report_files_figures_and_tensorboard(clean_run):
     assert "arc_easy acc" in md
 
 
+@pytest.mark.integration
 def test_rerun_reuses_every_stage_and_writes_the_same_report(clean_run, cache, tmp_path):
   root, report, _ = clean_run
   log = tmp_path / "rerun.log"
@@ -179,7 +184,7 @@ def test_rerun_reuses_every_stage_and_writes_the_same_report(clean_run, cache, t
   assert _without_wall_time(json.loads((root / "report.json").read_text())) == _without_wall_time(report)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_killed_at_stage_boundaries_and_mid_stage_then_rerun_gives_the_same_report(clean_run, cache, tmp_path):
   _, clean_report, _ = clean_run
   root = tmp_path / "killed"
@@ -205,6 +210,7 @@ def test_killed_at_stage_boundaries_and_mid_stage_then_rerun_gives_the_same_repo
   assert _without_wall_time(json.loads((root / "report.json").read_text())) == _without_wall_time(clean_report)
 
 
+@pytest.mark.integration
 def test_notebook_runs_headless_and_shows_the_report(clean_run, cache, monkeypatch):
   """notebooks/quickstart.ipynb executed top to bottom by nbclient on CPU, on the finished smoke root (its stages
   are reused, so this checks the notebook's cells, not the training again)."""

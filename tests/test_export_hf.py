@@ -237,6 +237,7 @@ def test_export_writes_the_files_and_config(exports, name):
     assert json.load(f)["step"] == STEP
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_logits_match_jax(hf_results, name):
   case = hf_results["cases"][name]
@@ -253,6 +254,7 @@ def test_logits_match_jax(hf_results, name):
   assert np.std(want) > 0.5 and np.abs(np.diff(want, axis=1)).mean() > 0.1
 
 
+@pytest.mark.integration
 def test_tokenizer_reproduces_seqio_ids(hf_results):
   tok, vocab = hf_results["tokenizer"], hf_results["vocabulary"]
   assert tok["class"] == hf.TOKENIZER_CLASS
@@ -266,6 +268,7 @@ def test_tokenizer_reproduces_seqio_ids(hf_results):
   assert tok["decoded"] == vocab.decode(hf_results["decode_ids"])
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", LOGLIKELIHOOD_CASES)
 def test_harness_loglikelihood_matches_transformers_on_the_export(exports, hf_results, name):
   """Continuation log-likelihoods from transformers on the export, tokenized as lm-evaluation-harness tokenizes for

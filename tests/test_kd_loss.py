@@ -114,3 +114,33 @@ def test_salt_kd_loss_averages_per_sequence_by_default():
     assert float(loss) == pytest.approx(by_sequence, rel=1e-6)
   with pytest.raises(ValueError, match="average"):
     make_salt_kd_loss(*models, 0.667, 0.25, average="row")
+
+
+@pytest.mark.parametrize("average", ["token", "sequence"])
+def test_kd_loss_fn_is_the_token_formula_averaged_bit_for_bit(average):
+  """make_kd_loss's loss is kd_token_loss (eq. 4) averaged by `masked_mean`, with the same float32 result as the
+  expression written out, on random logits, under jit; and the closed form to float32 precision."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from bliss_jax.losses.entropy import soft_cross_entropy  # pylint: disable=g-import-not-at-top
+  from bliss_jax.losses.lm import averaging_weights, token_cross_entropy  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  student, teacher = rng.normal(size=(2, 2, 5, 7)).astype(np.float32) * 3
+  targets = rng.integers(0, 7, (2, 5))
+  batch = {"decoder_input_tokens": jnp.zeros((2, 5), jnp.int32), "decoder_target_tokens": jnp.array(targets),
+           "decoder_loss_weights": jnp.array(ROWS_WEIGHTS), "decoder_segment_ids": jnp.array(ROWS_SEGMENTS)}
+  for omega, rho in ((0.667, 0.25), (0.3, 1.0)):
+    loss_fn = kd.make_kd_loss(_Fixed(student), {"teacher": _Fixed(teacher)}, omega=omega, rho=rho, average=average)
+    loss = jax.jit(lambda b: loss_fn({}, b, None, {"teacher": {}})[0])(batch)
+
+    def written_out(b):
+      c, n = averaging_weights(b, average)
+      s, y = jnp.asarray(student), b["decoder_target_tokens"]
+      per_token = (1.0 - omega) * token_cross_entropy(s, y) + omega * soft_cross_entropy(
+          kd.teacher_distribution(jnp.asarray(teacher), rho), s)
+      return jnp.sum(per_token * c) / jnp.maximum(n, 1.0)
+
+    assert np.asarray(loss).tobytes() == np.asarray(jax.jit(written_out)(batch)).tobytes()
+    per = [_hand(student[r], teacher[r], targets[r], omega, rho) for r in range(2)]
+    want = ((np.mean(per[0][0:3]) + per[0][3] + np.mean(per[1][0:2])) / 3 if average == "sequence"
+            else (per[0][0:4].sum() + per[1][0:2].sum()) / 6)
+    assert float(loss) == pytest.approx(want, rel=1e-6)

@@ -47,6 +47,7 @@ def pipeline_report(tmp_path_factory):
   return root, report
 
 
+@pytest.mark.integration
 def test_pipeline_selects_top_alpha_of_the_candidates_only(pipeline_report):
   root, report = pipeline_report
   ref = set(json.load(open(report["split"]["reference"])))
@@ -67,6 +68,7 @@ def test_pipeline_selects_top_alpha_of_the_candidates_only(pipeline_report):
     assert np.isfinite(r["heldout"]["loss"])
 
 
+@pytest.mark.integration
 def test_rerun_reuses_every_stage(pipeline_report):
   import glob
   import os
@@ -85,6 +87,7 @@ def test_rerun_reuses_every_stage(pipeline_report):
       {k: v["heldout"]["loss"] for k, v in report["students"].items()}
 
 
+@pytest.mark.integration
 def test_reported_flops_equal_a_hand_count(pipeline_report):
   """Every model here is the `tiny` preset (2 layers, d 64, 4 heads of 16, 2 kv heads, SwiGLU d_ff 256, RMSNorm,
   untied, vocab V): per layer 64·16·8 + 4·16·64 + 3·64·256 + 2·64 = 61,568, so N without head 2·61,568 + 64 =

@@ -100,6 +100,7 @@ trainer.train(model_dir=sys.argv[1], spec=spec, batch_source=source, progress_ba
 """
 
 
+@pytest.mark.integration
 def test_a_second_run_in_a_model_dir_is_refused_naming_the_holder(tmp_path):
   d = tmp_path / "run"
   holder = _subprocess(_HOLDER, d)
@@ -142,6 +143,7 @@ run_stage(sys.argv[1], "train", fn, {"x": 1}, log=lambda m: None)
 """
 
 
+@pytest.mark.integration
 def test_a_running_pipeline_stage_is_refused_to_a_second_process(tmp_path):
   holder = _subprocess(_STAGE_HOLDER, tmp_path)
   calls = []

@@ -282,6 +282,7 @@ def pipeline_report(tmp_path_factory, fixture_tasks):
   return kw, salt_pipeline.run(**kw)
 
 
+@pytest.mark.integration
 def test_pipeline_student_evaluations_and_cost(pipeline_report):
   _, report = pipeline_report
   assert set(report["summary"]) == {"slm", "salt_ds"} and report["summary"]["slm"]["final"]["step"] == 3
@@ -301,6 +302,7 @@ def test_pipeline_student_evaluations_and_cost(pipeline_report):
   assert common.latest_step(report["teacher"]["model_dir"]) == 3
 
 
+@pytest.mark.integration
 def test_pipeline_reports_flops_equal_to_a_hand_count(pipeline_report):
   """`tiny_mqa` (d 64, 4 heads of 16, 1 kv head, GeGLU d_ff 128, RMSNorm, tied embeddings, vocab V): per layer
   64·16·6 + 4·16·64 + 3·64·128 + 2·64 = 34,944; N = layers·34,944 + 64 (final norm) + 64·V (the tied head), so a
@@ -315,6 +317,7 @@ def test_pipeline_reports_flops_equal_to_a_hand_count(pipeline_report):
   assert report["scoring"]["flops"] == pytest.approx(fwd(1) * report["scoring"]["scored_tokens"], rel=1e-12)
 
 
+@pytest.mark.integration
 def test_pipeline_selects_top_m_by_the_score(pipeline_report):
   _, report = pipeline_report
   table = score_store.read_scores(report["scoring"]["store"])
@@ -325,6 +328,7 @@ def test_pipeline_selects_top_m_by_the_score(pipeline_report):
   assert all(v <= threshold for k, v in s.items() if k not in set(selected))
 
 
+@pytest.mark.integration
 def test_pipeline_scores_only_what_the_early_checkpoint_did_not_train_on(pipeline_report):
   """The paper's "remainder": every chunk of the stream's documents except those in the first n0 = 2 batches of the
   teacher's stream (found here by their tokens in those batches, as the teacher read them)."""
@@ -346,6 +350,7 @@ def test_pipeline_scores_only_what_the_early_checkpoint_did_not_train_on(pipelin
   assert set(json.load(open(report["selection"]["selected"]))) <= remainder
 
 
+@pytest.mark.integration
 def test_pipeline_reports_the_tie_fraction(pipeline_report):
   _, report = pipeline_report
   s = score_store.read_scores(report["scoring"]["store"]).columns["salt_ds"]
@@ -355,6 +360,7 @@ def test_pipeline_reports_the_tie_fraction(pipeline_report):
   assert report["config"]["out_of_top_k"] == "remove" and report["config"]["average"] == "sequence"
 
 
+@pytest.mark.integration
 def test_pipeline_rerun_reuses_every_stage(pipeline_report):
   import glob  # pylint: disable=g-import-not-at-top
   kw, report = pipeline_report
@@ -369,6 +375,7 @@ def _params(model_dir, step=None):
   return jax.tree.leaves(checkpoints.load_params(model_dir, step=step)[1])
 
 
+@pytest.mark.integration
 def test_resume_on_either_side_of_the_switch_is_bit_exact(tmp_path, pipeline_report):
   teacher_dir = pipeline_report[1]["teacher"]["model_dir"]  # a tiny teacher trained for 3 steps (vocabulary 384)
   V, B, T, n_kd, steps = 384, 8, 16, 3, 6

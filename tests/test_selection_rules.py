@@ -1,4 +1,6 @@
 """Selection rules on hand-made score vectors."""
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -17,6 +19,35 @@ def test_top_fraction_counts():
   np.testing.assert_array_equal(rules.top_fraction(s, 0.2), [9, 8])
   assert rules.fraction_to_count(10, 0.25) == 2 and rules.fraction_to_count(8, 0.25) == 2
   assert rules.fraction_to_count(3, 1.0) == 3
+
+
+@pytest.mark.parametrize("num,den", [(0, 1), (1, 10), (3, 10), (3, 5), (7, 10), (3, 4), (9, 10), (1, 1), (123, 1000),
+                                     (1, 3), (2, 3), (48, 1000), (9999, 10000)])
+def test_fraction_to_count_is_the_exact_floor_on_the_host_and_traced(num, den):
+  n = np.arange(0, 5000)
+  want = (num * n) // den
+  assert [rules.fraction_to_count(int(i), num / den) for i in n] == want.tolist()
+  traced = jax.jit(lambda m: rules.fraction_to_count(m, num / den))(jnp.asarray(n, jnp.int32))
+  assert traced.dtype == jnp.int32
+  np.testing.assert_array_equal(traced, want)
+  big = 2 ** 31 - 1  # no int32 overflow at the largest count
+  assert int(jax.jit(lambda m: rules.fraction_to_count(m, num / den))(jnp.int32(big))) == (num * big) // den
+
+
+def test_fraction_to_count_refuses_what_it_cannot_count_exactly():
+  with pytest.raises(ValueError, match="outside"):
+    rules.fraction_to_count(10, 1.5)
+  with pytest.raises(ValueError, match="not a ratio num/den with den <= 46340"):
+    rules.fraction_to_count(10, 0.99999)
+
+
+def test_uniform_subset_is_sorted_distinct_and_seeded():
+  got = rules.uniform_subset(50, 12, seed=7)
+  np.testing.assert_array_equal(got, np.sort(np.random.default_rng(7).choice(50, size=12, replace=False)))
+  assert len(set(got.tolist())) == 12 and (np.diff(got) > 0).all() and got.max() < 50
+  np.testing.assert_array_equal(rules.uniform_subset(50, 12, seed=7), got)
+  assert not np.array_equal(rules.uniform_subset(50, 12, seed=8), got)
+  np.testing.assert_array_equal(rules.uniform_subset(5, 5, seed=0), np.arange(5))
 
 
 def test_nan_and_bad_k_are_named():

@@ -14,8 +14,9 @@ from pydoc_data import topics
 from bliss_jax import partitioning
 from bliss_jax.data import seqio_tasks, vocabulary
 from bliss_jax.data.synthetic import SyntheticBatches, synthetic_source
+from bliss_jax.losses.entropy import entropy
 from bliss_jax.losses.lm import make_lm_loss, token_cross_entropy
-from bliss_jax.losses.selective import make_selective_loss, selection_count, token_entropy, top_fraction_mask
+from bliss_jax.losses.selective import make_selective_loss, top_fraction_mask
 from bliss_jax.models.config import count_params, preset
 from bliss_jax.models.transformer import Transformer
 from bliss_jax.selection import offline_scoring, rules
@@ -95,7 +96,7 @@ def _hand_results(reference):
   if reference == "offline":  # what the offline scorer stores: the same float32 computation, 0 on padding
     w = WEIGHTS.astype(np.float32)
     batch.update(ref_loss=np.asarray(token_cross_entropy(REF_LOGITS, HAND_BATCH["decoder_target_tokens"])) * w,
-                 ref_entropy=np.asarray(token_entropy(REF_LOGITS)) * w)
+                 ref_entropy=np.asarray(entropy(logits=REF_LOGITS)) * w)
   run = jax.jit(lambda p, b, f: [fn(p, b, None, f) for fn in loss_fns])
   return jax.device_get(run({"logits": MODEL_LOGITS}, batch, {"reference": {"logits": REF_LOGITS}}))
 
@@ -132,14 +133,6 @@ def test_batch_and_sequence_scope_differ_as_defined():
   np.testing.assert_array_equal(batch, _mask(0, 4, 5))
   np.testing.assert_array_equal(seq, _mask(0, 1, 4))
   assert batch.sum() == 3 and seq.sum(1).tolist() == [2, 1]
-
-
-def test_selection_count_is_exact_floor():
-  n = jnp.arange(0, 5000, dtype=jnp.int32)
-  for ratio in (0.0, 0.1, 0.3, 0.6, 0.7, 0.75, 0.9, 1.0, 0.123):
-    expected = [rules.fraction_to_count(int(i), ratio) for i in np.asarray(n)]
-    np.testing.assert_array_equal(np.asarray(selection_count(n, ratio)), expected, err_msg=str(ratio))
-  assert int(selection_count(jnp.int32(2 ** 30), 0.7)) == int(0.7 * 2 ** 30)
 
 
 # --- A real model. ---------------------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ def straight_and_resumed(tmp_path_factory):
   return straight, resumed, second.stdout
 
 
+@pytest.mark.integration
 def test_resume_is_bit_exact(straight_and_resumed):
   straight, resumed, _ = straight_and_resumed
   p_straight, data_straight = _params(straight, 8)
@@ -62,6 +63,7 @@ def test_resume_is_bit_exact(straight_and_resumed):
   assert len(losses) == 8 and losses[-1] < losses[0]
 
 
+@pytest.mark.integration
 def test_cli_writes_metrics_config_and_prints_paths(straight_and_resumed):
   straight, _, stdout = straight_and_resumed
   assert "metrics:" in stdout and "checkpoints:" in stdout and "held-out loss" in stdout
@@ -105,6 +107,7 @@ def test_unknown_preset_fails_before_training(clean_gin, tmp_path):
   assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
 
 
+@pytest.mark.integration
 def test_load_params_reads_only_parameters_equal_to_the_full_restore(straight_and_resumed):
   from bliss_jax.training import checkpoints
   from bliss_jax.training.model_dir import ModelDir

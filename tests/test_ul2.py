@@ -396,7 +396,7 @@ def test_chunk_length_needs_a_sentinel_for_span_corruption():
     ul2.chunk_length(ul2.SPAN_CORRUPTION, {'inputs': 32, 'targets': 32}, max_sentinels=0)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_train_cli_with_ul2_gin(tmp_path):
   """The gin switch: data/ul2.gin over data/seqio.gin trains a tiny model on embedded_default_ul2."""
   import os  # pylint: disable=g-import-not-at-top

@@ -26,6 +26,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from bliss_jax import partitioning
 from bliss_jax.bilevel import hypergradient, solvers
 from bliss_jax.losses import bilevel as objectives
+from bliss_jax.losses.entropy import entropy
 from bliss_jax.losses.lm import model_logits
 from bliss_jax.models.config import ModelConfig
 from bliss_jax.models import flops
@@ -170,7 +171,7 @@ def make_bilevel_step(proxy: Transformer, score_model: ScoreModel, target: Optio
     metrics = {"lower_" + k: v for k, v in last.items()}
     metrics.update(upper_F=f_val, hypergrad_norm=otu.tree_norm(hyper), z_norm=otu.tree_norm(z),
                    score_mean=jnp.mean(scores), score_std=jnp.std(scores), weight_max=jnp.max(weights),
-                   weight_entropy=-jnp.sum(weights * jnp.log(jnp.maximum(weights, 1e-30))),
+                   weight_entropy=entropy(probs=weights),
                    influence_mean=jnp.mean(a), influence_std=jnp.std(a))
     if proxy_schedule is not None:
       metrics.update(proxy_lr=proxy_schedule(state.step), score_lr=score_schedule(state.step))

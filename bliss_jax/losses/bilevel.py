@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax.tree_utils as otu
 
-from bliss_jax.losses.lm import model_logits, token_cross_entropy
+from bliss_jax.losses.entropy import kl_divergence
+from bliss_jax.losses.lm import masked_mean, model_logits, token_cross_entropy
 
 WEIGHTINGS = ("softmax", "normalized")
 KL_DIRECTIONS = ("target_proxy", "proxy_target")
@@ -33,19 +34,15 @@ def sample_weights(scores: jax.Array, weighting: str = "softmax") -> jax.Array:
 
 def per_sample_ce(logits: jax.Array, batch: dict) -> jax.Array:
   """L_i: mean CE over example i's loss-carrying tokens, [B] (0 for an example without any)."""
-  w = batch["decoder_loss_weights"].astype(jnp.float32)
-  ce = token_cross_entropy(logits, batch["decoder_target_tokens"])
-  return jnp.sum(ce * w, -1) / jnp.maximum(jnp.sum(w, -1), 1.0)
+  return masked_mean(token_cross_entropy(logits, batch["decoder_target_tokens"]), batch["decoder_loss_weights"], -1)
 
 
 def token_kl(target_logits: jax.Array, proxy_logits: jax.Array, direction: str = "target_proxy") -> jax.Array:
   """Per-token KL between the target's and the proxy's next-token distributions, [B, T]."""
-  lt = jax.nn.log_softmax(target_logits.astype(jnp.float32), -1)
-  lp = jax.nn.log_softmax(proxy_logits.astype(jnp.float32), -1)
   if direction == "target_proxy":
-    return jnp.sum(jnp.exp(lt) * (lt - lp), -1)
+    return kl_divergence(target_logits, proxy_logits)
   if direction == "proxy_target":
-    return jnp.sum(jnp.exp(lp) * (lp - lt), -1)
+    return kl_divergence(proxy_logits, target_logits)
   raise ValueError(f"unknown kl_direction {direction!r}: expected one of {KL_DIRECTIONS}")
 
 
@@ -60,9 +57,8 @@ def lower_objective(proxy_logits: jax.Array, weights: jax.Array, batch: dict, pr
   if gamma:
     if target_logits is None:
       raise ValueError("gamma > 0 needs the target's logits")
-    w = batch["decoder_loss_weights"].astype(jnp.float32)
-    kl = jnp.sum(token_kl(jax.lax.stop_gradient(target_logits), proxy_logits, kl_direction) * w) / jnp.maximum(
-        jnp.sum(w), 1.0)
+    kl = masked_mean(token_kl(jax.lax.stop_gradient(target_logits), proxy_logits, kl_direction),
+                     batch["decoder_loss_weights"])
     total, parts["kl"] = total + gamma * kl, kl
   if l2:
     sq = otu.tree_sum(jax.tree.map(lambda x: jnp.sum(jnp.square(x.astype(jnp.float32))), proxy_params))
@@ -72,8 +68,7 @@ def lower_objective(proxy_logits: jax.Array, weights: jax.Array, batch: dict, pr
 
 def upper_objective(logits: jax.Array, batch: dict) -> jax.Array:
   """(F): token-mean CE over the reference batch's loss-carrying tokens."""
-  w = batch["decoder_loss_weights"].astype(jnp.float32)
-  return jnp.sum(token_cross_entropy(logits, batch["decoder_target_tokens"]) * w) / jnp.maximum(jnp.sum(w), 1.0)
+  return masked_mean(token_cross_entropy(logits, batch["decoder_target_tokens"]), batch["decoder_loss_weights"])
 
 
 def reference_objective(model, params, batch: dict) -> jax.Array:

@@ -13,17 +13,13 @@ KL(p_teacher ‖ q_student)) is ω = 1, ρ = 1: KL = CE(p, q) − H(p), and H(p)
 import jax
 import jax.numpy as jnp
 
-from bliss_jax.losses.lm import AVERAGES, averaging_weights, model_logits, token_cross_entropy
+from bliss_jax.losses.entropy import entropy, soft_cross_entropy
+from bliss_jax.losses.lm import AVERAGES, averaging_weights, masked_mean, model_logits, token_cross_entropy
 
 
 def teacher_distribution(teacher_logits: jax.Array, rho: float) -> jax.Array:
   """P_{ζ,ρ} = softmax(ρ · teacher_logits) (SALT eq. 3), float32."""
   return jax.nn.softmax(rho * teacher_logits.astype(jnp.float32), axis=-1)
-
-
-def soft_cross_entropy(target_probs: jax.Array, logits: jax.Array) -> jax.Array:
-  """CE(P, softmax(logits)) = −Σ_v P(v) log softmax(logits)(v), per position."""
-  return -jnp.sum(target_probs * jax.nn.log_softmax(logits.astype(jnp.float32), -1), -1)
 
 
 def kd_token_loss(student_logits, teacher_logits, targets, *, omega, rho) -> jax.Array:
@@ -56,19 +52,16 @@ def make_kd_loss(model, frozen_models, *, omega: float = 0.667, rho: float = 0.2
     del rng
     logits = model_logits(model, params, batch)
     t_logits = jax.lax.stop_gradient(model_logits(teacher_model, frozen[teacher], batch))
-    w, count = averaging_weights(batch, average)
-    n = jnp.maximum(count, 1.0)
+    c, n = averaging_weights(batch, average)
+    mean = lambda x: masked_mean(x, c, count=n)
     targets = batch["decoder_target_tokens"]
-    ce = token_cross_entropy(logits, targets)
+    loss = mean(kd_token_loss(logits, t_logits, targets, omega=omega, rho=rho))
     p_t = teacher_distribution(t_logits, rho)
     soft = soft_cross_entropy(p_t, logits)
-    per_token = (1.0 - omega) * ce + omega * soft
-    entropy = -jnp.sum(p_t * jnp.log(jnp.maximum(p_t, 1e-30)), -1)
-    loss = jnp.sum(per_token * w) / n
-    return loss, {"loss": loss, "ce": jnp.sum(ce * w) / n, "kd": jnp.sum(soft * w) / n,
-                  "kl_teacher_student": jnp.sum((soft - entropy) * w) / n,
-                  "accuracy": jnp.sum((jnp.argmax(logits, -1) == targets) * w) / n,
+    return loss, {"loss": loss, "ce": mean(token_cross_entropy(logits, targets)), "kd": mean(soft),
+                  "kl_teacher_student": mean(soft - entropy(probs=p_t)),  # KL = CE − H (module docstring)
+                  "accuracy": mean(jnp.argmax(logits, -1) == targets),
                   "num_tokens": jnp.sum(batch["decoder_loss_weights"].astype(jnp.float32)),
-                  **({"num_sequences": count, "denominator": count} if average == "sequence" else {})}
+                  **({"num_sequences": n, "denominator": n} if average == "sequence" else {})}
 
   return loss_fn

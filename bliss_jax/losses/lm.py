@@ -38,6 +38,16 @@ def next_token_metrics(logits: jax.Array, batch: dict) -> dict:
   return {"ce_sum": jnp.sum(ce * weights), "correct_sum": jnp.sum(correct * weights), "num_tokens": jnp.sum(weights)}
 
 
+def masked_mean(values: jax.Array, weights: jax.Array, axis=None, count=None) -> jax.Array:
+  """Σ v·w / max(n, 1) over `axis` (all axes by default), n = Σ w over `axis` or the given `count`.
+
+  With w = `decoder_loss_weights` this is the mean over the loss-carrying positions (0 where there are none); with
+  `(w, count) = averaging_weights(batch, average)`, the batch mean of either average. The weights are cast to float32.
+  """
+  w = weights.astype(jnp.float32)
+  return jnp.sum(values * w, axis) / jnp.maximum(jnp.sum(w, axis) if count is None else count, 1.0)
+
+
 def averaging_weights(batch: dict, average: str = "token") -> Tuple[jax.Array, jax.Array]:
   """`(c, n)`: per-position coefficients and the denominator of a batch mean Σ_t c_t ℓ_t / n over the loss-carrying
   positions (`decoder_loss_weights` w).
@@ -71,17 +81,11 @@ def make_lm_loss(model: nn.Module, frozen_models=None, average: str = "token") -
   def loss_fn(params, batch, rng, frozen=None):
     del rng, frozen
     logits = model_logits(model, params, batch)
-    if average == "token":
-      sums = next_token_metrics(logits, batch)
-      denom = jnp.maximum(sums["num_tokens"], 1.0)
-      loss = sums["ce_sum"] / denom
-      return loss, {"loss": loss, "accuracy": sums["correct_sum"] / denom, "num_tokens": sums["num_tokens"]}
     targets = batch["decoder_target_tokens"]
     c, n = averaging_weights(batch, average)
-    denom = jnp.maximum(n, 1.0)
-    loss = jnp.sum(token_cross_entropy(logits, targets) * c) / denom
-    return loss, {"loss": loss, "accuracy": jnp.sum((jnp.argmax(logits, -1) == targets) * c) / denom,
-                  "num_tokens": jnp.sum(batch["decoder_loss_weights"].astype(jnp.float32)), "num_sequences": n,
-                  "denominator": n}
+    loss = masked_mean(token_cross_entropy(logits, targets), c, count=n)
+    return loss, {"loss": loss, "accuracy": masked_mean(jnp.argmax(logits, -1) == targets, c, count=n),
+                  "num_tokens": jnp.sum(batch["decoder_loss_weights"].astype(jnp.float32)),
+                  **({"num_sequences": n, "denominator": n} if average == "sequence" else {})}
 
   return loss_fn

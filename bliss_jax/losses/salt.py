@@ -1,6 +1,6 @@
 """SALT's KD stage (Algorithm 1): the KD loss of `kd.py` with a distillation weight ω that depends on the step.
 
-Steps 1..n_KD train on l^ω = (1 − ω(j))·l + ω(j)·l_KD (SALT eq. 4, implemented once in `kd.make_kd_loss`); later
+Steps 1..n_KD train on l^ω = (1 − ω(j))·l + ω(j)·l_KD (SALT eq. 4, implemented once in `kd.kd_token_loss`); later
 steps train on the plain LM loss and never run the teacher (the trainer's `loss_phases` compile them as another step).
 ω(j) for the 1-based optimizer step j, by transition strategy (SALT App. H, with n_KD,1 < n_KD,2 = n_KD):
 

@@ -21,44 +21,26 @@ The reference losses come from the RM in the same step (`reference='online'`: on
 gradient) or from the batch (`reference='offline'`: `ref_loss` [B, T], and `ref_entropy` for `reference_entropy`,
 aligned with `decoder_target_tokens`; see `bliss_jax.selection.reference_losses`).
 """
-import fractions
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bliss_jax.losses.lm import LossFn, model_logits, token_cross_entropy
+from bliss_jax.losses.entropy import entropy
+from bliss_jax.losses.lm import LossFn, masked_mean, model_logits, token_cross_entropy
+from bliss_jax.selection.rules import fraction_to_count
 
 # score name -> whether the HIGHEST scores are kept.
 SCORES = {"excess": True, "reference_loss": False, "reference_entropy": False}
 SCOPES = ("batch", "sequence")
 COMBINES = ("union", "intersection")
 REFERENCES = ("online", "offline")
-# floor(ratio · n) is computed exactly in int32 with ratio as a fraction num/den, den ≤ this (num · (n mod den) < 2^31).
-_MAX_DENOMINATOR = 46_340
 
 
 def excess_loss(model_loss: jax.Array, reference_loss: jax.Array) -> jax.Array:
   """Eq. 3: L_Δ(x_i) = L_θ(x_i) − L_RM(x_i), with L_θ detached (it ranks tokens; it is not differentiated)."""
   return jax.lax.stop_gradient(model_loss) - reference_loss
-
-
-def token_entropy(logits: jax.Array) -> jax.Array:
-  """Eq. 8: H(x_i) = −Σ_v P(v | x_<i) log P(v | x_<i), float32, per position (logits [..., V] -> [...])."""
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
-  return -jnp.sum(jnp.exp(logp) * logp, -1)
-
-
-def selection_count(n: jax.Array, ratio: float) -> jax.Array:
-  """k = floor(ratio · n) for int `n` (traced), exact: ratio is read as the nearest fraction num/den with den ≤ 46,340
-  (every decimal of up to 4 digits exactly), and k = num·(n div den) + (num·(n mod den)) div den in int32."""
-  if not 0.0 <= ratio <= 1.0:
-    raise ValueError(f"selection ratio {ratio} outside [0, 1]")
-  frac = fractions.Fraction(ratio).limit_denominator(_MAX_DENOMINATOR)
-  num, den = frac.numerator, frac.denominator
-  n = jnp.asarray(n, jnp.int32)
-  return num * (n // den) + (num * (n % den)) // den
 
 
 def top_fraction_mask(scores: jax.Array, valid: jax.Array, ratio: float, *, largest: bool = True,
@@ -68,7 +50,8 @@ def top_fraction_mask(scores: jax.Array, valid: jax.Array, ratio: float, *, larg
   Args:
     scores: [B, T] float scores.
     valid: [B, T] bool, the positions that may be selected (target tokens with loss weight > 0).
-    ratio: k%, as a fraction in [0, 1]; k = floor(ratio · n_valid) of the group's n_valid valid positions.
+    ratio: k%, as a fraction in [0, 1]; k = floor(ratio · n_valid) of the group's n_valid valid positions
+      (`selection.rules.fraction_to_count`, exact in int32: the count a host-side selection of n_valid items keeps).
     largest: keep the highest (True) or lowest (False) scores.
     scope: `batch` (one group: all positions of the batch) or `sequence` (one group per row).
 
@@ -88,7 +71,7 @@ def top_fraction_mask(scores: jax.Array, valid: jax.Array, ratio: float, *, larg
   invalid = (~valid).astype(jnp.int32)
   index = jax.lax.broadcasted_iota(jnp.int32, key.shape, 1)
   _, sorted_key, sorted_index = jax.lax.sort((invalid, key, index), dimension=1, num_keys=3)
-  k = selection_count(jnp.sum(valid, 1, dtype=jnp.int32), ratio)[:, None]
+  k = fraction_to_count(jnp.sum(valid, 1, dtype=jnp.int32), ratio)[:, None]
   # The k-th smallest (key, index) of the group is a valid position (k ≤ n_valid); keep everything up to it.
   last = jnp.maximum(k - 1, 0)
   last_key = jnp.take_along_axis(sorted_key, last, 1)
@@ -116,8 +99,7 @@ def selective_cross_entropy(token_ce: jax.Array, weights: jax.Array,
   value may differ in the last bit, as XLA may order the sum differently). Returns (loss, denominator).
   """
   w = weights.astype(jnp.float32) * selected.astype(jnp.float32)
-  denom = jnp.sum(w)
-  return jnp.sum(token_ce * w) / jnp.maximum(denom, 1.0), denom
+  return masked_mean(token_ce, w), jnp.sum(w)
 
 
 def _as_tuple(score, ratio) -> Tuple[Tuple[str, ...], Tuple[float, ...]]:
@@ -129,8 +111,7 @@ def _as_tuple(score, ratio) -> Tuple[Tuple[str, ...], Tuple[float, ...]]:
     if s not in SCORES:
       raise ValueError(f"unknown selection score {s!r}; expected one of {tuple(SCORES)}")
   for r in ratios:
-    if not 0.0 <= r <= 1.0:
-      raise ValueError(f"selection ratio {r} outside [0, 1]")
+    fraction_to_count(0, r)  # refuses a ratio outside [0, 1] or without an exact count now, not when traced
   return scores, ratios
 
 
@@ -185,7 +166,7 @@ def make_selective_loss(model: nn.Module, frozen_models: Optional[Dict[str, nn.M
       raise ValueError(f"reference='online': the step got no parameters for frozen model {reference_name!r}")
     ref_logits = jax.lax.stop_gradient(model_logits(ref_model, frozen[reference_name], batch))
     ref_loss = token_cross_entropy(ref_logits, batch["decoder_target_tokens"])
-    return ref_loss, (token_entropy(ref_logits) if need_entropy else None)
+    return ref_loss, (entropy(logits=ref_logits) if need_entropy else None)  # H_RM, eq. 8
 
   def loss_fn(params, batch, rng, frozen=None):
     del rng
@@ -202,7 +183,7 @@ def make_selective_loss(model: nn.Module, frozen_models: Optional[Dict[str, nn.M
     loss, num_selected = selective_cross_entropy(ce, weights, selected)
 
     num_valid = jnp.sum(weights)
-    mean = lambda x, w: jnp.sum(jax.lax.stop_gradient(x) * w) / jnp.maximum(jnp.sum(w), 1.0)
+    mean = lambda x, w: masked_mean(jax.lax.stop_gradient(x), w)
     unselected = weights * (1.0 - selected.astype(jnp.float32))
     correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
     metrics = {"loss": loss, "num_tokens": num_selected, "num_valid_tokens": num_valid,

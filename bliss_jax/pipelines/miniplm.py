@@ -37,9 +37,7 @@ from bliss_jax.training.trainer import round_up_vocab
 
 def split_reference(keys: Sequence[str], fraction: float, seed: int):
   """(D_ref, D − D_ref): a uniform sample of floor(fraction·|D|) keys without replacement, and the rest (in order)."""
-  rng = np.random.default_rng(seed)
-  n_ref = rules.fraction_to_count(len(keys), fraction)
-  ref_idx = np.sort(rng.choice(len(keys), size=n_ref, replace=False))
+  ref_idx = rules.uniform_subset(len(keys), rules.fraction_to_count(len(keys), fraction), seed)
   in_ref = np.zeros(len(keys), bool)
   in_ref[ref_idx] = True
   return [k for k, r in zip(keys, in_ref) if r], [k for k, r in zip(keys, in_ref) if not r]

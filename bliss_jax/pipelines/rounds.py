@@ -78,8 +78,7 @@ def split_pools(keys: Sequence[str], num_pools: int, seed: int):
 
 def random_selection(keys: Sequence[str], fraction: float, seed: int):
   """A uniform sample of floor(fraction·n) keys without replacement (in key order)."""
-  n = rules.fraction_to_count(len(keys), fraction)
-  idx = np.sort(np.random.default_rng(seed).choice(len(keys), size=n, replace=False))
+  idx = rules.uniform_subset(len(keys), rules.fraction_to_count(len(keys), fraction), seed)
   return [keys[i] for i in idx]
 
 

@@ -14,6 +14,7 @@ import optax
 
 from bliss_jax.data.keyed import keyed_batches
 from bliss_jax.models.score_model import ScoreModel, from_lm_params, score_batch
+from bliss_jax.selection import rules
 from bliss_jax.training.train_state import create_train_state
 from bliss_jax.training.train_step import make_train_step
 
@@ -74,6 +75,6 @@ def make_prediction_scorer(model: ScoreModel):
 
 
 def sample_keys(keys: Sequence[str], fraction: float, seed: int):
-  rng = np.random.default_rng(seed)
+  """A uniform sample of max(1, round(fraction·n)) of the n keys (at least one to fit on), in key order."""
   n = max(1, int(round(fraction * len(keys))))
-  return [keys[i] for i in np.sort(rng.choice(len(keys), n, replace=False))]
+  return [keys[i] for i in rules.uniform_subset(len(keys), n, seed)]

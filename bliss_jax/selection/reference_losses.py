@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from bliss_jax.data.keyed import keyed_batches
-from bliss_jax.losses.lm import model_logits, token_cross_entropy
-from bliss_jax.losses.selective import token_entropy
+from bliss_jax.losses.entropy import entropy
+from bliss_jax.losses.lm import masked_mean, model_logits, token_cross_entropy
 from bliss_jax.selection import offline_scoring, score_store
 
 # Store token column -> batch feature.
@@ -38,10 +38,10 @@ def make_reference_scorer(model, with_entropy: bool = False):
   def score_fn(params, batch):
     logits = model_logits(model, params, batch)
     w = batch["decoder_loss_weights"].astype(jnp.float32)
-    loss = token_cross_entropy(logits, batch["decoder_target_tokens"]) * w
-    out = {"mean_loss": loss.sum(-1) / jnp.maximum(w.sum(-1), 1.0), "tok_loss": loss}
+    loss = token_cross_entropy(logits, batch["decoder_target_tokens"])
+    out = {"mean_loss": masked_mean(loss, w, -1), "tok_loss": loss * w}
     if with_entropy:
-      out["tok_entropy"] = token_entropy(logits) * w
+      out["tok_entropy"] = entropy(logits=logits) * w
     return out
   return score_fn
 

@@ -20,8 +20,7 @@ The paper scores with an early checkpoint ζ_{n0} on data it has not seen, with 
 import jax
 import jax.numpy as jnp
 
-from bliss_jax.losses.lm import model_logits, token_cross_entropy
-from bliss_jax.selection.scorers import sequence_mean
+from bliss_jax.losses.lm import masked_mean, model_logits, token_cross_entropy
 
 OUT_OF_TOP_K = ("remove", "zero")
 NO_TOP_K_SCORE = -1.0  # finite, as selection rules require; below every CE
@@ -77,8 +76,8 @@ def make_salt_ds_scorer(model, k: int = 10, with_token_scores: bool = False, out
     logits = model_logits(model, params, batch)
     targets, w = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
     out = {"salt_ds": salt_ds_score(logits, targets, w, k, out_of_top_k),
-           "mean_logp": sequence_mean(-token_cross_entropy(logits, targets), w),
-           "frac_in_top_k": sequence_mean(in_top_k(logits, targets, k).astype(jnp.float32), w)}
+           "mean_logp": masked_mean(-token_cross_entropy(logits, targets), w, -1),
+           "frac_in_top_k": masked_mean(in_top_k(logits, targets, k).astype(jnp.float32), w, -1)}
     if with_token_scores:
       out["tok_salt_ds"] = salt_ds_token_scores(logits, targets, k) * (w > 0)
     return out

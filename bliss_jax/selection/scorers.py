@@ -6,7 +6,7 @@ offline runner (`offline_scoring.score_split`) stores the [B] entries as columns
 import jax
 import jax.numpy as jnp
 
-from bliss_jax.losses.lm import model_logits, token_cross_entropy
+from bliss_jax.losses.lm import masked_mean, model_logits, token_cross_entropy
 
 
 def token_log_probs(model, params, batch) -> jax.Array:
@@ -16,18 +16,12 @@ def token_log_probs(model, params, batch) -> jax.Array:
   return -token_cross_entropy(logits, batch["decoder_target_tokens"]) * w
 
 
-def sequence_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
-  """(1/|x|) Σ_t v_t over the loss-carrying positions of each row; 0 for rows with none."""
-  w = weights.astype(jnp.float32)
-  return jnp.sum(values * w, -1) / jnp.maximum(jnp.sum(w, -1), 1.0)
-
-
 def make_lm_scorer(model, with_token_losses: bool = False):
   """Scores under one model: `mean_logp`, `sum_logp` and `num_tokens` per example (+ `tok_loss`, the CE per token)."""
   def score_fn(params, batch):
     lp = token_log_probs(model, params, batch)
     w = batch["decoder_loss_weights"]
-    out = {"mean_logp": sequence_mean(lp, w), "sum_logp": jnp.sum(lp, -1)}
+    out = {"mean_logp": masked_mean(lp, w, -1), "sum_logp": jnp.sum(lp, -1)}
     if with_token_losses:
       out["tok_loss"] = -lp
     return out
@@ -45,7 +39,7 @@ def difference_score(logp_teacher: jax.Array, logp_reference: jax.Array, weights
   if reduce == "sum":
     return jnp.sum(diff, -1)
   if reduce == "mean":
-    return sequence_mean(logp_teacher - logp_reference, weights)
+    return masked_mean(logp_teacher - logp_reference, weights, -1)
   raise ValueError(f"reduce={reduce!r}: expected 'mean' or 'sum'")
 
 
@@ -58,5 +52,5 @@ def make_difference_scorer(teacher_model, reference_model):
     w = batch["decoder_loss_weights"]
     return {"difference": difference_score(lp_t, lp_r, w, "mean"),
             "difference_sum": difference_score(lp_t, lp_r, w, "sum"),
-            "teacher_mean_logp": sequence_mean(lp_t, w), "reference_mean_logp": sequence_mean(lp_r, w)}
+            "teacher_mean_logp": masked_mean(lp_t, w, -1), "reference_mean_logp": masked_mean(lp_r, w, -1)}
   return score_fn
