@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bliss_jax.counting import fraction_to_count
 from bliss_jax.selection import rules
 
 
@@ -17,8 +18,8 @@ def test_top_k_order_and_ties():
 def test_top_fraction_counts():
   s = np.arange(10.0)
   np.testing.assert_array_equal(rules.top_fraction(s, 0.2), [9, 8])
-  assert rules.fraction_to_count(10, 0.25) == 2 and rules.fraction_to_count(8, 0.25) == 2
-  assert rules.fraction_to_count(3, 1.0) == 3
+  assert fraction_to_count(10, 0.25) == 2 and fraction_to_count(8, 0.25) == 2
+  assert fraction_to_count(3, 1.0) == 3
 
 
 @pytest.mark.parametrize("num,den", [(0, 1), (1, 10), (3, 10), (3, 5), (7, 10), (3, 4), (9, 10), (1, 1), (123, 1000),
@@ -26,19 +27,19 @@ def test_top_fraction_counts():
 def test_fraction_to_count_is_the_exact_floor_on_the_host_and_traced(num, den):
   n = np.arange(0, 5000)
   want = (num * n) // den
-  assert [rules.fraction_to_count(int(i), num / den) for i in n] == want.tolist()
-  traced = jax.jit(lambda m: rules.fraction_to_count(m, num / den))(jnp.asarray(n, jnp.int32))
+  assert [fraction_to_count(int(i), num / den) for i in n] == want.tolist()
+  traced = jax.jit(lambda m: fraction_to_count(m, num / den))(jnp.asarray(n, jnp.int32))
   assert traced.dtype == jnp.int32
   np.testing.assert_array_equal(traced, want)
   big = 2 ** 31 - 1  # no int32 overflow at the largest count
-  assert int(jax.jit(lambda m: rules.fraction_to_count(m, num / den))(jnp.int32(big))) == (num * big) // den
+  assert int(jax.jit(lambda m: fraction_to_count(m, num / den))(jnp.int32(big))) == (num * big) // den
 
 
 def test_fraction_to_count_refuses_what_it_cannot_count_exactly():
   with pytest.raises(ValueError, match="outside"):
-    rules.fraction_to_count(10, 1.5)
+    fraction_to_count(10, 1.5)
   with pytest.raises(ValueError, match="not a ratio num/den with den <= 46340"):
-    rules.fraction_to_count(10, 0.99999)
+    fraction_to_count(10, 0.99999)
 
 
 def test_uniform_subset_is_sorted_distinct_and_seeded():

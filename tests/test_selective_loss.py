@@ -12,6 +12,7 @@ import pytest
 from pydoc_data import topics
 
 from bliss_jax import partitioning
+from bliss_jax.counting import fraction_to_count
 from bliss_jax.data import seqio_tasks, vocabulary
 from bliss_jax.data.synthetic import SyntheticBatches, synthetic_source
 from bliss_jax.losses.entropy import entropy
@@ -177,7 +178,7 @@ def test_selection_is_the_same_sharded_as_on_one_device(tiny):
     expected = np.zeros(128, bool)
     for g in groups:
       idx = g[valid.ravel()[g]]
-      expected[idx[rules.top_k(scores.ravel()[idx], rules.fraction_to_count(len(idx), 0.6))]] = True
+      expected[idx[rules.top_k(scores.ravel()[idx], fraction_to_count(len(idx), 0.6))]] = True
     np.testing.assert_array_equal(got.ravel(), expected, err_msg=scope)
   for data, model_axis in ((8, 1), (4, 2)):
     sh = partitioning.batch_sharding(partitioning.make_mesh(data, model_axis))

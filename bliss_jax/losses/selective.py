@@ -27,9 +27,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bliss_jax.counting import fraction_to_count
 from bliss_jax.losses.entropy import entropy
 from bliss_jax.losses.lm import LossFn, masked_mean, model_logits, token_cross_entropy
-from bliss_jax.selection.rules import fraction_to_count
 
 # score name -> whether the HIGHEST scores are kept.
 SCORES = {"excess": True, "reference_loss": False, "reference_entropy": False}
@@ -51,7 +51,7 @@ def top_fraction_mask(scores: jax.Array, valid: jax.Array, ratio: float, *, larg
     scores: [B, T] float scores.
     valid: [B, T] bool, the positions that may be selected (target tokens with loss weight > 0).
     ratio: k%, as a fraction in [0, 1]; k = floor(ratio · n_valid) of the group's n_valid valid positions
-      (`selection.rules.fraction_to_count`, exact in int32: the count a host-side selection of n_valid items keeps).
+      (`selection.fraction_to_count`, exact in int32: the count a host-side selection of n_valid items keeps).
     largest: keep the highest (True) or lowest (False) scores.
     scope: `batch` (one group: all positions of the batch) or `sequence` (one group per row).
 

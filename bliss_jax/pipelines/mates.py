@@ -37,6 +37,7 @@ import numpy as np
 import optax
 
 from bliss_jax import partitioning
+from bliss_jax.counting import fraction_to_count
 from bliss_jax.losses.bilevel import reference_objective
 from bliss_jax.losses.lm import make_lm_loss
 from bliss_jax.models.config import ModelConfig
@@ -162,7 +163,7 @@ class MatesScorer:
   def select(self, scores: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """floor(fraction·n) distinct indices sampled ∝ softmax(score / temperature) without replacement (Gumbel-top-k),
     in the order drawn."""
-    return rules.gumbel_top_k(scores, rules.fraction_to_count(len(scores), fraction), temperature=self.temperature,
+    return rules.gumbel_top_k(scores, fraction_to_count(len(scores), fraction), temperature=self.temperature,
                               seed=seed)
 
   def _probe(self, ctx, d: str) -> dict:
@@ -217,7 +218,7 @@ class MatesScorer:
     with np.load(probe["rows"]) as z:
       rows = {k: z[k] for k in z.files}
     y = np.asarray([labels[k] for k in keys], np.float64)
-    n_hold = rules.fraction_to_count(len(keys), self.fit_holdout_fraction)
+    n_hold = fraction_to_count(len(keys), self.fit_holdout_fraction)
     held = np.zeros(len(keys), bool)
     held[np.random.default_rng((ctx.seed, ctx.round, 1)).choice(len(keys), size=n_hold, replace=False)] = True
     mean, std = float(y[~held].mean()), float(y[~held].std())

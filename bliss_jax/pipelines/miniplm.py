@@ -22,6 +22,7 @@ from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
+from bliss_jax.counting import fraction_to_count
 from bliss_jax.data.keyed import example_keys
 from bliss_jax.data.pipeline import vocabulary_size
 from bliss_jax.losses.kd import make_kd_loss
@@ -37,7 +38,7 @@ from bliss_jax.training.trainer import round_up_vocab
 
 def split_reference(keys: Sequence[str], fraction: float, seed: int):
   """(D_ref, D − D_ref): a uniform sample of floor(fraction·|D|) keys without replacement, and the rest (in order)."""
-  ref_idx = rules.uniform_subset(len(keys), rules.fraction_to_count(len(keys), fraction), seed)
+  ref_idx = rules.uniform_subset(len(keys), fraction_to_count(len(keys), fraction), seed)
   in_ref = np.zeros(len(keys), bool)
   in_ref[ref_idx] = True
   return [k for k, r in zip(keys, in_ref) if r], [k for k, r in zip(keys, in_ref) if not r]

@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Protocol, Sequence, T
 
 import numpy as np
 
+from bliss_jax.counting import fraction_to_count
 from bliss_jax.data import pipeline as data_pipeline
 from bliss_jax.data.keyed import example_keys
 from bliss_jax.models.config import count_params
@@ -78,7 +79,7 @@ def split_pools(keys: Sequence[str], num_pools: int, seed: int):
 
 def random_selection(keys: Sequence[str], fraction: float, seed: int):
   """A uniform sample of floor(fraction·n) keys without replacement (in key order)."""
-  idx = rules.uniform_subset(len(keys), rules.fraction_to_count(len(keys), fraction), seed)
+  idx = rules.uniform_subset(len(keys), fraction_to_count(len(keys), fraction), seed)
   return [keys[i] for i in idx]
 
 
