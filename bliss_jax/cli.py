@@ -156,7 +156,8 @@ def print_summary(result) -> None:
   print(f"\nfinished step {result.final_step}")
   if result.last_eval:
     e = result.last_eval
-    print(f"held-out loss {e['loss']:.4f}  perplexity {e['perplexity']:.2f}  next-token accuracy {e['accuracy']:.4f}")
+    print(f"held-out loss {e['loss']:.4f}  perplexity {e['perplexity']:.2f}  next-token accuracy {e['accuracy']:.4f}  "
+          f"({e['eval_sample']}, {int(e['num_tokens'])} tokens)")
   print(f"metrics:      {run.metrics_path}")
   print(f"tensorboard:  tensorboard --logdir {run.tensorboard_dir()}")
   print(f"checkpoints:  {run.checkpoints_dir}")

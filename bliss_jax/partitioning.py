@@ -9,7 +9,7 @@ import contextlib
 import logging
 import os
 import warnings
-from typing import Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -91,6 +91,27 @@ def global_batch_from_local(local_batch: dict, mesh: Mesh) -> dict:
   """Assemble each process's slice of the batch (leading dim = global batch / process_count) into global arrays."""
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
+
+
+def aligned_over_processes(local_batches: Iterable[dict]) -> Iterator[dict]:
+  """This process's batches, continued with all-zero batches of the same shapes until every process has run out, so
+  that all processes assemble the same number of global batches (zero rows carry no loss weight). With one process,
+  `local_batches` as they are."""
+  if jax.process_count() == 1:
+    yield from local_batches
+    return
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  local_batches, last = iter(local_batches), None
+  while True:
+    batch = next(local_batches, None)
+    if not multihost_utils.process_allgather(np.array(batch is not None)).any():
+      return
+    if batch is None:
+      if last is None:
+        raise ValueError(f"process {jax.process_index()} has no batch of a split the others read")
+      batch = {k: np.zeros_like(v) for k, v in last.items()}
+    last = batch
+    yield batch
 
 
 def initialize_distributed(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,

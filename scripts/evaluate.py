@@ -1,16 +1,20 @@
 #!/usr/bin/env python
 r"""Zero-shot evaluation of a trained MODEL_DIR, lm-evaluation-harness style.
 
-  python scripts/evaluate.py --model_dir=/tmp/run --vocabulary=default \
+  python scripts/evaluate.py --model_dir=/tmp/run \
       --tasks=hellaswag,arc_easy,lambada_openai --limit=200 --output_dir=/tmp/run/eval
 
-Loads MODEL_DIR/model_config.json and the latest checkpoint's parameters (or --step), scores every task's requests
+Loads MODEL_DIR/model_config.json, the latest checkpoint's parameters (or --step) and the vocabulary the run recorded
+in MODEL_DIR/vocabulary.json (`training.model_vocabulary`; a --vocabulary that is not the same is refused), scores
+every task's requests
 with the batched jitted scorer (`bliss_jax.eval.loglikelihood`; every row starts with id 0, as training's do),
 writes OUTPUT_DIR/results.json (the harness's layout) and OUTPUT_DIR/results.md, and prints the table.
 
 Flags:
   --model_dir DIR            a training run's directory (model_config.json, checkpoints/).
-  --vocabulary PATH|default  the SentencePiece model the run was trained with (`default`: the embedded one).
+  --vocabulary PATH|default  the SentencePiece model the run was trained with (`default`: the embedded one). Default:
+                             the one MODEL_DIR recorded; a MODEL_DIR without a record (written before runs recorded
+                             theirs) gets the embedded one, with a warning that it could not be checked.
   --tasks A,B,...            task names (default: the nine whose files are in ../shared/data/eval); see --list_tasks.
   --limit N                  first N items per task (a number < 1: that fraction), as the harness's --limit.
   --output_dir DIR           where results.json and results.md go.
@@ -20,7 +24,8 @@ Flags:
   --step S                   evaluate checkpoint S instead of the latest.
   --data_parallel N          shard batches over N devices (-1: all; 1: one device). Default: all when there are several.
   --heldout TASK:SPLIT       (repeatable) also held-out loss / perplexity / next-token accuracy on a SeqIO split
-                             (tasks registered by --tasks_module, default `tasks`); --heldout_max_batches caps it.
+                             (tasks registered by --tasks_module, default `tasks`): the whole split, or with
+                             --heldout_max_batches K, K batches sampled uniformly over it (seeded); the table says which.
 """
 import argparse
 import dataclasses
@@ -39,7 +44,7 @@ DEFAULT_TASKS = "hellaswag,arc_easy,arc_challenge,piqa,winogrande,boolq,openbook
 def parse_args(argv):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
   p.add_argument("--model_dir")
-  p.add_argument("--vocabulary", default="default")
+  p.add_argument("--vocabulary", default=None)
   p.add_argument("--tasks", default=DEFAULT_TASKS)
   p.add_argument("--limit", type=float, default=None)
   p.add_argument("--output_dir")
@@ -76,11 +81,6 @@ def _files(pairs):
   return files
 
 
-def _vocabulary(spec):
-  from bliss_jax.data import vocabulary  # pylint: disable=g-import-not-at-top
-  return vocabulary.default_vocabulary() if spec == "default" else vocabulary.load_vocabulary(spec)
-
-
 def _mesh(data_parallel):
   import jax  # pylint: disable=g-import-not-at-top
   from bliss_jax import partitioning  # pylint: disable=g-import-not-at-top
@@ -90,10 +90,23 @@ def _mesh(data_parallel):
   return partitioning.make_mesh(data=n, model=1, devices=jax.devices()[:n])
 
 
-def heldout_metrics(model, params, names, *, sequence_length, batch_size, max_batches, tasks_modules):
-  """{"TASK:SPLIT": {"loss", "perplexity", "accuracy", "num_tokens"}} with `training.evaluation.evaluate`."""
+def check_heldout_vocabularies(model_dir, names, tasks_modules):
+  """Refuse a --heldout task whose vocabulary is not the one MODEL_DIR recorded (`model_vocabulary.check`)."""
   import importlib  # pylint: disable=g-import-not-at-top
-  import itertools  # pylint: disable=g-import-not-at-top
+  from bliss_jax.data import pipeline, vocabulary  # pylint: disable=g-import-not-at-top
+  from bliss_jax.training import model_vocabulary  # pylint: disable=g-import-not-at-top
+  for module in tasks_modules:
+    importlib.import_module(module)
+  for name in names:
+    task = name.partition(":")[0]
+    model_vocabulary.check(model_dir, vocabulary.vocabulary_record(pipeline.task_vocabulary(task)),
+                           what=f"--heldout task {task!r}")
+
+
+def heldout_metrics(model, params, names, *, sequence_length, batch_size, max_batches, tasks_modules):
+  """{"TASK:SPLIT": {"loss", "perplexity", "accuracy", "num_tokens", "eval_sample"}} with
+  `training.evaluation.evaluate` on the whole split, or on `max_batches` batches sampled over it."""
+  import importlib  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from bliss_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from bliss_jax.training import evaluation  # pylint: disable=g-import-not-at-top
@@ -105,14 +118,14 @@ def heldout_metrics(model, params, names, *, sequence_length, batch_size, max_ba
     task, _, split = name.partition(":")
     ds = pipeline.get_dataset(task, split or "validation", sequence_length, batch_size, shuffle=False, seed=0,
                               repeat=False, drop_remainder=False)
-    batches = itertools.islice(ds.as_numpy_iterator(), max_batches)
-    out[name] = evaluation.evaluate(eval_step, params, batches)
+    held = evaluation.heldout(ds.as_numpy_iterator(), max_batches)
+    out[name] = dict(evaluation.evaluate(eval_step, params, held.batches), eval_sample=held.estimator)
   return out
 
 
 def heldout_markdown(heldout):
-  lines = ["|Split|Loss|Perplexity|Accuracy|Tokens|", "|-----|---:|---:|---:|---:|"]
-  lines += [f"|{k}|{v['loss']:.4f}|{v['perplexity']:.3f}|{v['accuracy']:.4f}|{int(v['num_tokens'])}|"
+  lines = ["|Split|Loss|Perplexity|Accuracy|Tokens|Batches|", "|-----|---:|---:|---:|---:|---|"]
+  lines += [f"|{k}|{v['loss']:.4f}|{v['perplexity']:.3f}|{v['accuracy']:.4f}|{int(v['num_tokens'])}|{v['eval_sample']}|"
             for k, v in heldout.items()]
   return "\n".join(lines) + "\n"
 
@@ -138,16 +151,21 @@ def main(argv):
   from bliss_jax import partitioning  # pylint: disable=g-import-not-at-top
   from bliss_jax.eval import loglikelihood  # pylint: disable=g-import-not-at-top
   from bliss_jax.models.transformer import Transformer  # pylint: disable=g-import-not-at-top
-  from bliss_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
+  from bliss_jax.training import checkpoints, model_vocabulary  # pylint: disable=g-import-not-at-top
   from bliss_jax.training.model_dir import ModelDir  # pylint: disable=g-import-not-at-top
 
   partitioning.initialize_distributed()
   cfg = ModelDir(args.model_dir).read_model_config()
-  step, params = checkpoints.load_params(args.model_dir, step=args.step)
-  vocab = _vocabulary(args.vocabulary)
+  try:
+    vocab, vocab_record = model_vocabulary.vocabulary_for(args.model_dir, args.vocabulary)
+    if args.heldout:
+      check_heldout_vocabularies(args.model_dir, args.heldout, args.tasks_module or ["tasks"])
+  except (model_vocabulary.VocabularyMismatch, FileNotFoundError) as e:
+    raise SystemExit(f"error: {e}") from None
   if vocab.vocab_size > cfg.vocab_size:
-    raise SystemExit(f"error: vocabulary {args.vocabulary} has {vocab.vocab_size} ids but the model only "
-                     f"{cfg.vocab_size}: is it the vocabulary {args.model_dir} was trained with?")
+    raise SystemExit(f"error: vocabulary {model_vocabulary.summary(vocab_record)} has {vocab.vocab_size} ids but the "
+                     f"model only {cfg.vocab_size}: is it the vocabulary {args.model_dir} was trained with?")
+  step, params = checkpoints.load_params(args.model_dir, step=args.step)
   model = Transformer(cfg)
   score_fn = loglikelihood.make_score_fn(model, params, vocab, batch_size=args.batch_size, max_length=args.max_length,
                                          mesh=_mesh(args.data_parallel), progress=not args.no_progress)
@@ -155,7 +173,7 @@ def main(argv):
   results = harness.run_eval(
       score_fn, tasks, args.data_dir, args.limit, files=files, log=print,
       config={"model": "bliss_jax", "model_dir": os.path.abspath(args.model_dir), "step": int(step),
-              "vocabulary": args.vocabulary, "start_id": loglikelihood.START_ID, "batch_size": args.batch_size,
+              "vocabulary": vocab_record, "start_id": loglikelihood.START_ID, "batch_size": args.batch_size,
               "max_length": args.max_length,
               "model_config": dataclasses.asdict(cfg), "num_devices": jax.device_count()})
   results["config"]["eval_seconds"] = round(time.time() - start, 1)

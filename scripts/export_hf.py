@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 r"""Export a trained MODEL_DIR to a Hugging Face `transformers` model directory (for lm-evaluation-harness).
 
-  python scripts/export_hf.py --model_dir=/tmp/run --out_dir=/tmp/run/hf [--step=N] [--vocabulary=PATH]
+  python scripts/export_hf.py --model_dir=/tmp/run --out_dir=/tmp/run/hf [--step=N]
   lm_eval --model hf --model_args pretrained=/tmp/run/hf,dtype=float32,add_bos_token=True --tasks hellaswag
 
 Writes OUT_DIR/model.safetensors, config.json, generation_config.json, tokenizer.model, tokenizer_config.json and
@@ -15,7 +15,9 @@ Flags:
   --model_dir DIR            a training run's directory (model_config.json, checkpoints/).
   --out_dir DIR              the HF model directory to write (created; existing files replaced).
   --step S                   export checkpoint S instead of the latest.
-  --vocabulary PATH|default  the SentencePiece model the run was trained with (`default`: the embedded one).
+  --vocabulary PATH|default  the SentencePiece model the run was trained with (`default`: the embedded one). Default:
+                             the one MODEL_DIR recorded; another is refused. A MODEL_DIR without a record (written
+                             before runs recorded theirs) gets the embedded one, with a warning.
   --max_length L             the context length config.json advertises (default 2048; use the training length).
 """
 import argparse
@@ -31,7 +33,7 @@ def parse_args(argv):
   p.add_argument("--model_dir", required=True)
   p.add_argument("--out_dir", required=True)
   p.add_argument("--step", type=int, default=None)
-  p.add_argument("--vocabulary", default="default")
+  p.add_argument("--vocabulary", default=None)
   p.add_argument("--max_length", type=int, default=2048)
   return p.parse_args(argv)
 
@@ -46,9 +48,8 @@ def main(argv):
   if not os.path.isdir(run.checkpoints_dir):
     raise SystemExit(f"error: {args.model_dir} has no checkpoints/ directory: nothing to export")
   from bliss_jax.export import hf  # pylint: disable=g-import-not-at-top
-  vocabulary_path = None if args.vocabulary == "default" else args.vocabulary
   try:
-    out = hf.export(args.model_dir, args.out_dir, step=args.step, vocabulary_path=vocabulary_path,
+    out = hf.export(args.model_dir, args.out_dir, step=args.step, vocabulary_path=args.vocabulary,
                     max_position_embeddings=args.max_length)
   except (ValueError, FileNotFoundError) as e:
     raise SystemExit(f"error: {e}") from None

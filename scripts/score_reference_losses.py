@@ -41,8 +41,8 @@ def main():
     table = offline_scoring.score_split(
         reference_losses.make_reference_scorer(Transformer(cfg), a.with_entropy), params, task=a.task,
         split=a.split, store_dir=a.store_dir, sequence_length=a.sequence_length, batch_size=a.batch_size, mesh=mesh,
-        max_examples=a.max_examples, meta={"reference_dir": os.path.abspath(a.reference_dir),
-                                           "reference_step": int(step)})
+        max_examples=a.max_examples, model_dirs=(a.reference_dir,),
+        meta={"reference_dir": os.path.abspath(a.reference_dir), "reference_step": int(step)})
   print(f"{len(table)} examples, {int(table.num_tokens.sum())} tokens scored by {a.reference_dir} (step {step}) "
         f"into {a.store_dir}")
 

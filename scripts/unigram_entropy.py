@@ -33,7 +33,7 @@ def main():
     last = rows[-1]
     print(f"held-out loss of {a.model_dir} at step {last['step']}: {last['loss']:.4f} nats/token "
           f"({h - last['loss']:.4f} below the unigram entropy; perplexity {last['perplexity']:.1f} vs "
-          f"{__import__('math').exp(h):.1f})")
+          f"{__import__('math').exp(h):.1f}; {last.get('eval_sample', 'batches not recorded')})")
 
 
 if __name__ == "__main__":

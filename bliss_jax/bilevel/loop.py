@@ -83,7 +83,8 @@ def run_bilevel(*, model_dir: str, proxy_dir: str, target_dir: Optional[str], tr
   proxy_cfg = ModelDir(proxy_dir).read_model_config()
   target_cfg = ModelDir(target_dir).read_model_config() if cfg.gamma else None
   if target_cfg is not None:
-    checkpoints.check_vocabulary("target", target_dir, proxy_cfg.vocab_size)
+    checkpoints.check_vocabulary("target", target_dir, proxy_cfg.vocab_size,
+                                 vocabulary=ModelDir(proxy_dir).read_vocabulary())
   with run_lock.run_lock(model_dir, what="bilevel run"), partitioning.mesh_context(mesh, rules), \
        checkpoints.RunCheckpoints(model_dir, keep_checkpoints) as ckpts:
     target_abs = abstract_params(target_cfg, mesh, rules) if target_cfg is not None else None

@@ -6,10 +6,11 @@ dataset, which the converter maps 1:1. Every batch has exactly `batch_size` rows
 padded with all-zero rows whose `valid` flag is False.
 
 `consumed_spans` replays a training stream and returns what its first batches trained on, as document token spans;
-`keyed_batches(..., exclude_spans=...)` leaves out every example that overlaps them (SALT_DS's "remainder").
+`keyed_batches(..., exclude_spans=...)` leaves out every example that overlaps them (SALT_DS's "remainder"), and
+`keyed_batches(..., keys=...)` reads only the examples listed (a sample of the split).
 """
 import collections
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Collection, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import seqio
@@ -26,6 +27,19 @@ def _keys(features):
     raise ValueError("examples have no 'doc_id' feature; register the task with bliss_jax.data.seqio_tasks")
   chunk = features.get("chunk_index", tf.constant(0, tf.int32))
   return {"doc_id": features["doc_id"], "chunk_index": tf.cast(chunk, tf.int32)}
+
+
+def _listed(keys: Collection[str]):
+  """A `tf.data` predicate: is an example's key `doc_id#chunk_index` one of `keys`?"""
+  table = tf.lookup.StaticHashTable(
+      tf.lookup.KeyValueTensorInitializer(tf.constant(sorted(set(keys)), tf.string), tf.ones(len(set(keys)), tf.int32)),
+      default_value=0)
+
+  def listed(features):
+    k = _keys(features)
+    return table.lookup(tf.strings.join([k["doc_id"], tf.strings.as_string(k["chunk_index"])], separator="#")) > 0
+
+  return listed
 
 
 def _overlaps_spans(spans: Spans):
@@ -50,18 +64,21 @@ def _overlaps_spans(spans: Spans):
 
 def keyed_batches(name: str, split: str, sequence_length: int, batch_size: int, *, feature_converter: str = "decoder",
                   process_index: int = 0, process_count: int = 1, start_batch: int = 0,
-                  max_examples: Optional[int] = None,
-                  exclude_spans: Optional[Spans] = None) -> Iterator[Dict[str, np.ndarray]]:
+                  max_examples: Optional[int] = None, exclude_spans: Optional[Spans] = None,
+                  keys: Optional[Collection[str]] = None) -> Iterator[Dict[str, np.ndarray]]:
   """Yields dicts with the decoder features plus `doc_id` (bytes), `chunk_index` and `valid` (bool), [batch_size].
 
   Reads the split once, in order, shard `process_index` of `process_count`; `start_batch` skips batches already
-  processed (resumption); `max_examples` caps the examples read (per process); `exclude_spans` leaves out every
-  example (of those) whose document tokens overlap one of the spans (`consumed_spans`).
+  processed (resumption); `keys` keeps only the examples whose key `doc_id#chunk_index` is listed; `max_examples` caps
+  the examples read (per process; the first ones); `exclude_spans` leaves out every example (of those) whose document
+  tokens overlap one of the spans (`consumed_spans`).
   """
   provider = seqio.get_mixture_or_task(name)
   lengths = task_feature_lengths(sequence_length, feature_converter)
   base = provider.get_dataset(lengths, split=split, shuffle=False, num_epochs=1, use_cached=False,
                               shard_info=seqio.ShardInfo(index=process_index, num_shards=process_count))
+  if keys is not None:
+    base = base.filter(_listed(keys)) if keys else base.take(0)
   if max_examples is not None:
     base = base.take(max_examples)
   if exclude_spans:
@@ -78,12 +95,15 @@ def keyed_batches(name: str, split: str, sequence_length: int, batch_size: int, 
     yield out
 
 
-def example_keys(name: str, split: str, sequence_length: int, max_examples: Optional[int] = None) -> List[str]:
-  """Every example's key `doc_id#chunk_index` of `name:split` (the first `max_examples`), in the split's order."""
-  keys = []
-  for b in keyed_batches(name, split, sequence_length, 64, max_examples=max_examples):
-    keys += [f"{d.decode()}#{c}" for d, c, v in zip(b["doc_id"], b["chunk_index"], b["valid"]) if v]
-  return keys
+def iter_example_keys(name: str, split: str, sequence_length: int) -> Iterator[str]:
+  """Every example's key `doc_id#chunk_index` of `name:split`, in the split's order, read as they come."""
+  for b in keyed_batches(name, split, sequence_length, 64):
+    yield from (f"{d.decode()}#{c}" for d, c, v in zip(b["doc_id"], b["chunk_index"], b["valid"]) if v)
+
+
+def example_keys(name: str, split: str, sequence_length: int) -> List[str]:
+  """Every example's key `doc_id#chunk_index` of `name:split`, in the split's order."""
+  return list(iter_example_keys(name, split, sequence_length))
 
 
 def consumed_spans(name: str, split: str, sequence_length: int, batch_size: int, num_batches: int, *, seed: int,

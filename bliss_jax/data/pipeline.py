@@ -190,9 +190,14 @@ class BatchIterator:
     return batch
 
 
+def task_vocabulary(name: str) -> seqio.Vocabulary:
+  """The ``targets`` vocabulary of a task or mixture."""
+  return seqio.get_mixture_or_task(name).output_features['targets'].vocabulary
+
+
 def vocabulary_size(name: str) -> int:
   """Ids in the ``targets`` vocabulary of a task or mixture, extra ids included (the model's minimum)."""
-  return seqio.get_mixture_or_task(name).output_features['targets'].vocabulary.vocab_size
+  return task_vocabulary(name).vocab_size
 
 
 def seqio_batch_source(mixture_or_task_name: str,
@@ -208,7 +213,8 @@ def seqio_batch_source(mixture_or_task_name: str,
   Unlike ``get_dataset``, ``batch_size`` here is GLOBAL: each of the ``process_count`` processes gets
   ``batch_size // process_count`` rows (it must divide). The train split is shuffled with ``seed``; other
   splits are read in order. A repeating stream drops nothing (it never ends); a single pass (``repeat=False``,
-  evaluation) pads its last batch with zero-weight rows instead of dropping it, so every token is evaluated.
+  evaluation) pads its last batch with zero-weight rows instead of dropping it, so every token is evaluated. The
+  source names its task in ``source.seqio_tasks`` (the trainer records the task's vocabulary).
   """
 
   def source(split: str, *, start_position: int = 0, process_index: int = 0, process_count: int = 1,
@@ -221,6 +227,7 @@ def seqio_batch_source(mixture_or_task_name: str,
         process_count=process_count, drop_remainder=repeat)
     return BatchIterator(dataset, start_position=start_position)
 
+  source.seqio_tasks = (mixture_or_task_name,)
   return source
 
 

@@ -1,8 +1,13 @@
-"""SentencePiece vocabularies with T5 conventions: training, loading, and the embedded default.
+"""SentencePiece vocabularies with T5 conventions: training, loading, the embedded default, and the record that
+identifies one.
 
 Every model trained here reserves ``pad_id=0``, ``eos_id=1``, ``unk_id=2`` and has no BOS (``bos_id=-1``), as
 seqio and t5x expect. ``load_vocabulary`` appends ``extra_ids`` sentinel pieces (``<extra_id_0>`` has the
 highest id) for span-corruption objectives.
+
+``vocabulary_record`` identifies a vocabulary: its kind, the model file (``'default'`` for the embedded one), its
+extra ids, its size and a fingerprint, the sha256 of the SentencePiece model file's bytes (what ``sha256sum`` prints);
+``load_recorded`` loads the vocabulary a record names.
 
 Training is deterministic: one thread, the sentences in the order given, no sampling (every sentence is used),
 and a fixed random seed, so the same texts and settings give a byte-identical model file.
@@ -140,6 +145,13 @@ def _default_settings() -> Dict[str, Any]:
               sentencepiece=spm.__version__)
 
 
+def _default_file(documents) -> str:
+  """Where the embedded-corpus model of ``documents`` is cached (whether or not it has been trained yet)."""
+  key = hashlib.sha256(
+      (embedded.corpus_fingerprint(documents) + json.dumps(_default_settings(), sort_keys=True)).encode()).hexdigest()
+  return os.path.join(cache_dir(), f'embedded_spm{DEFAULT_VOCAB_SIZE}_{key[:16]}.model')
+
+
 def default_vocabulary_path() -> str:
   """Returns the embedded-corpus model's path, training and caching the model there on first use.
 
@@ -149,9 +161,7 @@ def default_vocabulary_path() -> str:
   """
   documents = embedded.embedded_documents()
   settings = _default_settings()
-  key = hashlib.sha256(
-      (embedded.corpus_fingerprint(documents) + json.dumps(settings, sort_keys=True)).encode()).hexdigest()
-  path = os.path.join(cache_dir(), f'embedded_spm{DEFAULT_VOCAB_SIZE}_{key[:16]}.model')
+  path = _default_file(documents)
   if not os.path.isfile(path):
     start = time.perf_counter()
     settings.pop('sentencepiece')
@@ -163,3 +173,45 @@ def default_vocabulary_path() -> str:
 def default_vocabulary(extra_ids: int = DEFAULT_EXTRA_IDS) -> seqio.SentencePieceVocabulary:
   """Returns the SentencePiece vocabulary of the embedded corpus (see ``default_vocabulary_path``)."""
   return load_vocabulary(default_vocabulary_path(), extra_ids=extra_ids)
+
+
+SENTENCEPIECE = 'sentencepiece'
+DEFAULT = 'default'  # a record's path for the embedded corpus's vocabulary
+
+
+def file_fingerprint(path: str) -> str:
+  """``'sha256:'`` + the hex sha256 of the file's bytes."""
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      digest.update(block)
+  return 'sha256:' + digest.hexdigest()
+
+
+def vocabulary_record(vocab: seqio.Vocabulary) -> Dict[str, Any]:
+  """What identifies ``vocab``: ``{'kind', 'path', 'extra_ids', 'size', 'fingerprint'}``.
+
+  For a SentencePiece vocabulary: kind ``'sentencepiece'``, the model file's absolute path (``'default'`` when it
+  is the embedded corpus's cached model), and the fingerprint of that file (``file_fingerprint``); ``size`` counts
+  the extra ids. Another kind of vocabulary has no path and no fingerprint (None): it cannot be checked.
+  """
+  record = {'kind': type(vocab).__name__, 'path': None, 'extra_ids': int(vocab.extra_ids),
+            'size': int(vocab.vocab_size), 'fingerprint': None}
+  if isinstance(vocab, seqio.SentencePieceVocabulary):
+    path = os.path.abspath(vocab.sentencepiece_model_file)
+    is_default = False
+    if os.path.basename(path).startswith('embedded_spm'):  # reading the corpus to be sure only when it may be
+      default = _default_file(embedded.embedded_documents())
+      is_default = os.path.isfile(default) and os.path.samefile(path, default)
+    record.update(kind=SENTENCEPIECE, path=DEFAULT if is_default else path, fingerprint=file_fingerprint(path))
+  return record
+
+
+def load_recorded(record: Dict[str, Any]) -> seqio.SentencePieceVocabulary:
+  """The vocabulary a ``vocabulary_record`` names (the embedded default, or its model file with its extra ids)."""
+  if record.get('kind') != SENTENCEPIECE or not record.get('path'):
+    raise ValueError(f'cannot load a {record.get("kind")} vocabulary from its record ({record}); give its file')
+  extra_ids = int(record.get('extra_ids', DEFAULT_EXTRA_IDS))
+  if record['path'] == DEFAULT:
+    return default_vocabulary(extra_ids)
+  return load_vocabulary(record['path'], extra_ids)

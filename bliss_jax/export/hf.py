@@ -7,7 +7,9 @@
 * `model.safetensors`: the parameters, float32, in the layout of the HF class below (`convert_params`).
 * `config.json`: the HF config (`hf_config`); `generation_config.json`: bos / eos / pad ids.
 * `tokenizer.model` + `tokenizer_config.json`: the tokenizer (`tokenizer_files`).
-* `bliss_jax_export.json`: provenance (source MODEL_DIR, step, `ModelConfig`, vocabulary path).
+* `bliss_jax_export.json`: provenance (source MODEL_DIR, step, `ModelConfig`, the vocabulary's record).
+
+The tokenizer is the vocabulary MODEL_DIR recorded (`training.model_vocabulary`); another one given is refused.
 
 Which HF class (`architecture`):
 
@@ -408,15 +410,17 @@ def export(model_dir: str, out_dir: str, step: Optional[int] = None, vocabulary_
            max_position_embeddings: int = DEFAULT_MAX_POSITION_EMBEDDINGS) -> str:
   """Writes MODEL_DIR's checkpoint (default: the latest) as a Hugging Face model directory `out_dir`.
 
-  Reads MODEL_DIR/model_config.json and the checkpoint's parameters (not the optimizer state), checks the shape is
-  exportable before loading anything, and writes the files listed in the module docstring (existing ones are
+  Reads MODEL_DIR/model_config.json and the checkpoint's parameters (not the optimizer state), checks the shape and
+  the vocabulary before loading anything, and writes the files listed in the module docstring (existing ones are
   replaced).
 
   Args:
     model_dir: a bliss_jax training run's directory (model_config.json, checkpoints/).
     out_dir: the HF model directory to write (created).
     step: the checkpoint step (default: the latest).
-    vocabulary_path: the SentencePiece model the run was trained with (default: the embedded one).
+    vocabulary_path: the SentencePiece model the run was trained with ("default": the embedded one); by default the
+      one MODEL_DIR recorded (`model_vocabulary.vocabulary_for`: another one is refused; a MODEL_DIR without a
+      record gets the embedded one, with a warning that it could not be checked).
     max_position_embeddings: the context length the HF config and tokenizer advertise (see `hf_config`).
 
   Returns:
@@ -424,16 +428,20 @@ def export(model_dir: str, out_dir: str, step: Optional[int] = None, vocabulary_
 
   Raises:
     FileNotFoundError: `model_dir` has no model_config.json or no checkpoint.
-    ValueError: the shape cannot be exported, or the vocabulary has more ids than the model's embedding.
+    ValueError: the shape cannot be exported, the vocabulary is not the one MODEL_DIR recorded
+      (`model_vocabulary.VocabularyMismatch`), or it has more ids than the model's embedding.
   """
-  from bliss_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
+  from bliss_jax.data import vocabulary  # pylint: disable=g-import-not-at-top
+  from bliss_jax.training import checkpoints, model_vocabulary  # pylint: disable=g-import-not-at-top
   from bliss_jax.training.model_dir import ModelDir  # pylint: disable=g-import-not-at-top
   cfg = ModelDir(model_dir).read_model_config()
   config = hf_config(cfg, max_position_embeddings=max_position_embeddings)
-  tok_files, n_ids = tokenizer_files(vocabulary_path, model_max_length=max_position_embeddings)
+  _, record = model_vocabulary.vocabulary_for(model_dir, vocabulary_path)
+  tok_files, n_ids = tokenizer_files(None if record["path"] == vocabulary.DEFAULT else record["path"],
+                                     extra_ids=record["extra_ids"], model_max_length=max_position_embeddings)
   if n_ids > cfg.vocab_size:
     raise ValueError(f"the vocabulary has {n_ids} ids but {model_dir}'s model only {cfg.vocab_size}: is "
-                     f"{vocabulary_path or 'the default vocabulary'} the one the run was trained with?")
+                     f"{model_vocabulary.summary(record)} the one the run was trained with?")
   step, params = checkpoints.load_params(model_dir, step=step)
   tensors = convert_params(params, cfg)
   os.makedirs(out_dir, exist_ok=True)
@@ -444,7 +452,6 @@ def export(model_dir: str, out_dir: str, step: Optional[int] = None, vocabulary_
   for name, data in tok_files.items():
     _write(os.path.join(out_dir, name), data)
   provenance = {"model_dir": os.path.abspath(model_dir), "step": int(step), "architecture": architecture(cfg),
-                "model_config": dataclasses.asdict(cfg), "vocabulary": vocabulary_path or "default",
-                "vocabulary_ids": n_ids}
+                "model_config": dataclasses.asdict(cfg), "vocabulary": record, "vocabulary_ids": n_ids}
   _write(os.path.join(out_dir, PROVENANCE_FILE), _json_bytes(provenance))
   return out_dir

@@ -68,7 +68,7 @@ class BlissScorer:
       table = offline_scoring.score_split(lambda p, b: {"bliss": score_batch(model, p, b)}, params,
                                           task=ctx.pool_task(), split="train", store_dir=os.path.join(d, "store"),
                                           sequence_length=L, batch_size=self.score_batch_size,
-                                          progress=ctx.progress_bar)
+                                          model_dirs=(ctx.proxy_dir,), progress=ctx.progress_bar)
       tokens = int(table.num_tokens.sum())
       return {"store": os.path.join(d, "store"), "scored_examples": len(table), "scored_tokens": tokens,
               "flops": score_forward_flops_per_token(proxy_cfg, L) * tokens}

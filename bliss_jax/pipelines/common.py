@@ -1,23 +1,29 @@
-"""Pieces every method pipeline shares: train a model for a stage, evaluate it on a fixed held-out split, count FLOPs.
+"""Pieces every method pipeline shares: train a model for a stage, evaluate it on a fixed held-out split, draw the
+candidate pool, count FLOPs.
 
 `trainer.TrainSpec` is what a pipeline needs to know to train one model (shape, steps, batch, optimizer); the data,
 loss and frozen models are given per stage. All training goes through `trainer.train`, so every stage resumes from its
 checkpoints when a pipeline is rerun.
+
+Limits on the held-out set (`max_batches`) and on the pool (`max_examples`) take seeded uniform samples over the whole
+split (`evaluation.sample_batches`, `pool_keys`), never its first batches or examples in file order, which on a split
+made of several sources would hold only the first ones; every held-out result names its estimator (`eval_sample`).
 """
 import functools
-import itertools
 import os
-from typing import Callable, Dict, Iterable, Iterator, Optional
+from typing import Callable, Dict, List, Optional
 
 import jax
 import seqio
 
 from bliss_jax import partitioning
 from bliss_jax.data import pipeline as data_pipeline
+from bliss_jax.data.keyed import iter_example_keys
 from bliss_jax.losses.lm import make_lm_loss
 from bliss_jax.models.config import ModelConfig, count_params
 from bliss_jax.models.flops import forward_flops_per_token, train_flops_per_token
 from bliss_jax.models.transformer import Transformer
+from bliss_jax.sampling import reservoir_sample
 from bliss_jax.training import checkpoints, evaluation, run_config, trainer
 from bliss_jax.training.model_dir import ModelDir
 
@@ -45,9 +51,26 @@ def forward_flops(model_dir: str, sequence_length: int, tokens: int) -> float:
   return forward_flops_per_token(ModelDir(model_dir).read_model_config(), sequence_length) * tokens
 
 
+POOL_SAMPLE_SEED = 0  # one pool sample for every method drawing from the same split
+
+
+def pool_keys(task: str, split: str, sequence_length: int, max_examples: Optional[int] = None) -> List[str]:
+  """The candidate pool of `task:split` as example keys in split order (`keyed.iter_example_keys`): all of them, or
+  `max_examples` drawn uniformly from the whole split, read once (`sampling.reservoir_sample`, seed
+  `POOL_SAMPLE_SEED`; memory for `max_examples` keys, however large the split)."""
+  keys = iter_example_keys(task, split, sequence_length)
+  return list(keys) if max_examples is None else reservoir_sample(keys, max_examples, POOL_SAMPLE_SEED).items
+
+
+def pool_sample_inputs(max_examples: Optional[int]) -> dict:
+  """What a stage that reads the pool records of its limit: {"max_examples", "sample_seed"}, nothing without one."""
+  return {} if max_examples is None else {"max_examples": max_examples, "sample_seed": POOL_SAMPLE_SEED}
+
+
 def heldout_eval(model_dir: str, task: str, split: str = "validation", *, sequence_length: int = 128,
                  batch_size: int = 16, max_batches: Optional[int] = None) -> dict:
-  """Loss, perplexity and next-token accuracy of a MODEL_DIR's latest checkpoint on every token of `task:split`."""
+  """Loss, perplexity and next-token accuracy of a MODEL_DIR's latest checkpoint on every token of `task:split` (or of
+  `max_batches` batches sampled over it), with its estimator (`heldout_batches`)."""
   return heldout_at_step(model_dir, None, task, split, sequence_length=sequence_length, batch_size=batch_size,
                          max_batches=max_batches)
 
@@ -74,13 +97,19 @@ def latest_step(model_dir: str) -> int:
 
 
 def heldout_batches(task: str, split: str = "validation", *, sequence_length: int, batch_size: int,
-                    max_batches: Optional[int] = None) -> Iterator[dict]:
-  """The held-out batches of `task:split` in order, unpacked and unshuffled (the first `max_batches`), as
-  `heldout_at_step` evaluates them (prefix-LM features for tasks with inputs)."""
+                    max_batches: Optional[int] = None) -> evaluation.HeldOut:
+  """The held-out batches of `task:split`, unpacked and unshuffled, as `heldout_at_step` evaluates them (prefix-LM
+  features for tasks with inputs): the whole split in order (streamed), or `max_batches` of them chosen uniformly over
+  the whole split (`evaluation.sample_batches`, read once, in split order)."""
   converter = "prefix_lm" if "inputs" in seqio.get_mixture_or_task(task).output_features else "decoder"
   ds = data_pipeline.get_dataset(task, split, sequence_length, batch_size, shuffle=False, seed=0, repeat=False,
                                  feature_converter=converter, drop_remainder=False)
-  return itertools.islice(ds.as_numpy_iterator(), max_batches)
+  return evaluation.heldout(ds.as_numpy_iterator(), max_batches)
+
+
+def heldout_sample_inputs(max_batches: Optional[int]) -> dict:
+  """What a stage that evaluates on the held-out set records of its limit: the sample's seed, nothing without one."""
+  return {} if max_batches is None else {"eval_sample_seed": evaluation.SAMPLE_SEED}
 
 
 @functools.lru_cache(maxsize=None)
@@ -91,14 +120,15 @@ def _jitted_eval_step(cfg: ModelConfig):
 
 def heldout_at_step(model_dir: str, step: Optional[int], task: str, split: str = "validation", *, sequence_length: int,
                     batch_size: int, max_batches: Optional[int] = None,
-                    batches: Optional[Iterable[dict]] = None) -> dict:
+                    heldout: Optional[evaluation.HeldOut] = None) -> dict:
   """Loss, perplexity, next-token accuracy and token count of MODEL_DIR's checkpoint at `step` on every loss-carrying
-  token of `task:split` (the first `max_batches` batches; prefix-LM features for tasks with inputs), plus `step`
-  (None: the latest checkpoint). `batches`: those batches, already read (`heldout_batches`), to evaluate many
-  checkpoints on one read of the split."""
+  token of `task:split` (or of `max_batches` batches sampled over it; prefix-LM features for tasks with inputs), plus
+  `step` (None: the latest checkpoint) and `eval_sample` (the estimator). `heldout`: those batches, already read
+  (`heldout_batches`, with a list of batches), to evaluate many checkpoints on one read of the split."""
   cfg = ModelDir(model_dir).read_model_config()
   step, params = checkpoints.load_params(model_dir, step=step)
-  if batches is None:
-    batches = heldout_batches(task, split, sequence_length=sequence_length, batch_size=batch_size,
+  if heldout is None:
+    heldout = heldout_batches(task, split, sequence_length=sequence_length, batch_size=batch_size,
                               max_batches=max_batches)
-  return dict(evaluation.evaluate(_jitted_eval_step(cfg), params, batches), step=step)
+  return dict(evaluation.evaluate(_jitted_eval_step(cfg), params, heldout.batches), step=step,
+              eval_sample=heldout.estimator)

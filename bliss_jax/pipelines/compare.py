@@ -18,7 +18,8 @@ at the same FLOPs per token. What the small (and large) models cost is auxiliary
 
 Stages of the comparison itself (under `root/`, resumable like the others):
   curve_<m>      held-out loss and next-token accuracy of m's target at every `target.checkpoint_every` steps on
-                 `eval_task:eval_split` (the first `eval_max_batches` batches): one estimator for every method
+                 `eval_task:eval_split` (the whole split, or `eval_max_batches` batches sampled uniformly over it with
+                 a fixed seed; report.json's `config.eval_sample` says which): one estimator for every method
   zero_shot_<m>  the zero-shot harness (`eval.harness`) on m's final target, when `zero_shot_tasks` are given
 Then, always rewritten from the stage results (so an interrupted and a clean run write the same report):
   report.json    per method: the curve (with target and total FLOPs at each point), final loss/accuracy, FLOPs
@@ -91,11 +92,12 @@ def run(*, root: str, target: trainer.TrainSpec, small: trainer.TrainSpec, train
     train_task: the pretraining stream (its train split): plain, RHO-1, SALT, RKD and the teachers.
     pool_task / pool_split: the candidates of the selecting methods (random, BLISS, SALT_DS, MiniPLM; default:
       `train_task`'s train split, the stream itself; the benchmark mixture has a disjoint "pool" split).
-      pool_max_examples: only the split's first examples (for corpora as large as C4).
+      pool_max_examples: a seeded uniform sample of this many of the split's examples (`common.pool_keys`; for
+      corpora as large as C4).
     reference_task: the high-quality reference set (its train split): RHO-1's reference LM and BLISS's upper level
       (default: `train_task`; a pipeline's options may name their own, e.g. BLISS's LAMBADA).
     eval_task / eval_split / eval_max_batches: the held-out set every curve is measured on (default: `train_task`'s
-      validation split).
+      validation split, whole; `eval_max_batches`: that many of its batches, sampled uniformly over it).
     methods: some of the registered pipelines' methods (`method.methods(options)`; default: all of them).
     options: {pipeline name: further arguments of its `run`} (ratio, n_kd, alpha, rounds, bilevel, scorers, ...).
     composition: how selected examples are labelled for the composition report (`data.composition`): its
@@ -146,20 +148,22 @@ def _report(setting: method.Setting, methods: Sequence[str], runs: Mapping[str, 
   # --- the comparison's own stages: one held-out estimator for every curve; zero-shot ---
   curve_steps = sorted(set(range(target.checkpoint_every, N + 1, target.checkpoint_every)) | {N})
   eval_kw = dict(task=eval_task, split=eval_split, sequence_length=L, batch_size=B, max_batches=eval_max_batches)
-  heldout = []
+  heldout = []  # [evaluation.HeldOut], read once for every curve
 
   def do_curve(d, m):
     if not heldout:
-      heldout.extend(common.heldout_batches(**eval_kw))
+      held = common.heldout_batches(**eval_kw)
+      heldout.append(held._replace(batches=list(held.batches)))
     points = []
     for step in curve_steps:
       model_dir = [md for first, md in model_dirs[m] if first <= step][-1]
-      r = common.heldout_at_step(model_dir, step, batches=heldout, **eval_kw)
-      points.append({k: r[k] for k in ("step", "loss", "accuracy", "num_tokens")})
+      r = common.heldout_at_step(model_dir, step, heldout=heldout[0], **eval_kw)
+      points.append({k: r[k] for k in ("step", "loss", "accuracy", "num_tokens", "eval_sample")})
     return points
   curves = {m: run_stage(root, f"curve_{m}", lambda d, m=m: do_curve(d, m),
                          {"model_dirs": [(f, _rel(md, root)) for f, md in model_dirs[m]], "steps": curve_steps,
-                          "eval": f"{eval_task}:{eval_split}:{eval_max_batches}"})
+                          "eval": f"{eval_task}:{eval_split}:{eval_max_batches}",
+                          **common.heldout_sample_inputs(eval_max_batches)})
             for m in methods}
 
   zero_shot, zero_shot_note = _zero_shot(root, methods, model_dirs, setting.train_task, zero_shot_tasks,
@@ -203,6 +207,8 @@ def _report(setting: method.Setting, methods: Sequence[str], runs: Mapping[str, 
       "config": {"train_task": setting.train_task, "pool": f"{setting.pool_task}:{setting.pool_split}",
                  "reference_task": setting.reference_task,
                  "eval": f"{eval_task}:{eval_split}", "eval_max_batches": eval_max_batches,
+                 # a curve recorded before curves named their estimator was measured on the whole split
+                 "eval_sample": curves[methods[0]][-1].get("eval_sample", "whole split"),
                  "eval_tokens": curves[methods[0]][-1]["num_tokens"], "target_steps": N, "batch_size": B,
                  "sequence_length": L, "target_params": count_params(target_cfg), "methods": list(methods),
                  "target_step_flops": target_step_flops, "curve_steps": curve_steps}}
@@ -288,7 +294,8 @@ def format_report(report: Mapping, figures: Mapping[str, str]) -> str:
            f"Target: {cfg['target_params']:,} parameters, {cfg['target_steps']} steps of {cfg['batch_size']} × "
            f"{cfg['sequence_length']} tokens for every method ({cfg['target_step_flops'] * cfg['target_steps']:.3g} "
            f"target-training FLOPs each). Stream `{cfg['train_task']}`, candidates `{cfg['pool']}`, reference "
-           f"`{cfg['reference_task']}`; held-out `{cfg['eval']}` ({cfg['eval_tokens']:,.0f} tokens).", ""]
+           f"`{cfg['reference_task']}`; held-out `{cfg['eval']}` ({cfg.get('eval_sample', 'whole split')}, "
+           f"{cfg['eval_tokens']:,.0f} tokens).", ""]
   table = []
   for m, r in rows.items():
     sel = r.get("selection") or {}

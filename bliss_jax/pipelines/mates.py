@@ -248,7 +248,7 @@ class MatesScorer:
     table = offline_scoring.score_split(lambda p, b: {COLUMN: -score_batch(model, p, b)}, params,
                                         task=ctx.pool_task(), split="train", store_dir=os.path.join(d, "store"),
                                         sequence_length=ctx.sequence_length, batch_size=self.score_batch_size,
-                                        progress=ctx.progress_bar)
+                                        model_dirs=(ctx.proxy_dir,), progress=ctx.progress_bar)
     if table.keys() != list(ctx.pool_keys):
       raise ValueError(f"scored {len(table)} pool examples whose keys differ from ctx.pool_keys "
                        f"({len(ctx.pool_keys)}): pool_keys must list the pool task's train split in order")

@@ -23,7 +23,6 @@ from typing import Dict, Mapping, Optional, Sequence
 import numpy as np
 
 from bliss_jax.counting import fraction_to_count
-from bliss_jax.data.keyed import example_keys
 from bliss_jax.data.pipeline import vocabulary_size
 from bliss_jax.losses.kd import make_kd_loss
 from bliss_jax.models import flops
@@ -63,16 +62,16 @@ def run(*, root: str, pool_task: str, student: trainer.TrainSpec, reference: tra
   `vanilla_kd_match_flops`: Vanilla KD runs fewer steps so that its FLOPs with the teacher's forwards equal the other
   students' (MiniPLM §3.1); False: the same steps as the others, the teacher's forwards counted as auxiliary cost
   (the comparison pipeline's equal target-training compute). `keep_checkpoints`: of each student (None: all).
-  `pool_max_examples`: only the first examples of the pool split are the pool (for corpora as large as C4).
+  `pool_max_examples`: the pool is a seeded uniform sample of this many of the pool split's examples
+  (`common.pool_keys`; for corpora as large as C4).
   """
   L = student.sequence_length
   eval_task = eval_task or pool_task
-  keys_inputs = {"task": pool_task, "split": pool_split, "L": L}
-  if pool_max_examples is not None:
-    keys_inputs["max_examples"] = pool_max_examples
+  keys_inputs = dict({"task": pool_task, "split": pool_split, "L": L}, **common.pool_sample_inputs(pool_max_examples))
   keys_path = run_stage(root, "pool_keys", lambda d: common.write_json(
-      os.path.join(d, "keys.json"), example_keys(pool_task, pool_split, L, pool_max_examples)), keys_inputs)
+      os.path.join(d, "keys.json"), common.pool_keys(pool_task, pool_split, L, pool_max_examples)), keys_inputs)
   keys = json.load(open(keys_path))
+  scored_keys = None if pool_max_examples is None else keys  # what offline scoring reads of the pool split
 
   def do_split(d):
     ref, rest = split_reference(keys, reference_fraction, seed)
@@ -106,8 +105,8 @@ def run(*, root: str, pool_task: str, student: trainer.TrainSpec, reference: tra
     r_model, r_params = common.load_frozen(reference_res["model_dir"])
     table = offline_scoring.score_split(scorers.make_difference_scorer(t_model, r_model), (t_params, r_params),
                                         task=pool_task, split=pool_split, store_dir=os.path.join(d, "store"),
-                                        sequence_length=L, batch_size=score_batch_size,
-                                        max_examples=pool_max_examples, progress=progress_bar)
+                                        sequence_length=L, batch_size=score_batch_size, keys=scored_keys,
+                                        model_dirs=(teacher_dir, reference_res["model_dir"]), progress=progress_bar)
     tokens = int(table.num_tokens.sum())
     return {"store": os.path.join(d, "store"), "scored_tokens": tokens,
             "flops": common.forward_flops(teacher_dir, L, tokens) +
@@ -130,8 +129,8 @@ def run(*, root: str, pool_task: str, student: trainer.TrainSpec, reference: tra
 
   prefix = os.path.basename(root.rstrip("/"))
   if "miniplm_prx" in students:
-    prx = _run_prx(root, pool_task, pool_split, L, cand_keys, scored, reference_res["model_dir"], alpha, seed,
-                   prx_sample_fraction, prx_steps, prx_learning_rate, score_batch_size, progress_bar)
+    prx = _run_prx(root, pool_task, pool_split, L, cand_keys, scored_keys, scored, reference_res["model_dir"], alpha,
+                   seed, prx_sample_fraction, prx_steps, prx_learning_rate, score_batch_size, progress_bar)
     register_selected_task(f"{prefix}_miniplm_prx_selected", pool_task, json.load(open(prx["selected"])),
                            sequence_length=L, split=pool_split)
   else:
@@ -176,8 +175,8 @@ def run(*, root: str, pool_task: str, student: trainer.TrainSpec, reference: tra
   return report
 
 
-def _run_prx(root, pool_task, pool_split, L, cand_keys, scored, reference_dir, alpha, seed, sample_fraction, steps,
-             learning_rate, score_batch_size, progress_bar):
+def _run_prx(root, pool_task, pool_split, L, cand_keys, scored_keys, scored, reference_dir, alpha, seed,
+             sample_fraction, steps, learning_rate, score_batch_size, progress_bar):
   """MiniPLM_prx stages: fit the regressor on a sample's exact scores, predict the pool, select top α."""
   import flax.serialization  # pylint: disable=g-import-not-at-top
   from bliss_jax.models.score_model import ScoreModel  # pylint: disable=g-import-not-at-top
@@ -210,7 +209,8 @@ def _run_prx(root, pool_task, pool_split, L, cand_keys, scored, reference_dir, a
       params = flax.serialization.from_bytes(template, f.read())
     table = offline_scoring.score_split(proxy_regression.make_prediction_scorer(model), params, task=pool_task,
                                         split=pool_split, store_dir=os.path.join(d, "store"), sequence_length=L,
-                                        batch_size=score_batch_size, progress=progress_bar)
+                                        batch_size=score_batch_size, keys=scored_keys, model_dirs=(reference_dir,),
+                                        progress=progress_bar)
     exact = score_store.read_scores(scored["store"])
     assert table.keys() == exact.keys()
     cand = set(cand_keys)

@@ -24,7 +24,6 @@ import numpy as np
 
 from bliss_jax.counting import fraction_to_count
 from bliss_jax.data import pipeline as data_pipeline
-from bliss_jax.data.keyed import example_keys
 from bliss_jax.models.config import count_params
 from bliss_jax.models.flops import train_flops_per_token
 from bliss_jax.pipelines import common, method
@@ -134,9 +133,10 @@ def run(*, root: str, pool_task: str, target: trainer.TrainSpec, proxy: trainer.
   eval_kw = dict(task=eval_task, split=eval_split, sequence_length=L, batch_size=B, max_batches=eval_max_batches)
 
   keys_path = run_stage(root, "pool_keys", lambda d: common.write_json(os.path.join(d, "keys.json"),
-                                                                       example_keys(pool_task, pool_split, L,
-                                                                                    pool_max_examples)),
-                        {"task": pool_task, "split": pool_split, "L": L, "max_examples": pool_max_examples})
+                                                                       common.pool_keys(pool_task, pool_split, L,
+                                                                                        pool_max_examples)),
+                        {"task": pool_task, "split": pool_split, "L": L, "max_examples": pool_max_examples,
+                         **common.pool_sample_inputs(pool_max_examples)})
 
   def do_pools(d):
     pools = split_pools(json.load(open(keys_path)), rounds + 1, seed)
@@ -250,7 +250,8 @@ def run(*, root: str, pool_task: str, target: trainer.TrainSpec, proxy: trainer.
       for k in stage_keys:
         x.setdefault(k, None)
   summary = {"round0": {"loss": r0["loss"], "accuracy": r0["accuracy"], "step": S}}
-  # steps-to-reach compares the trainer's periodic held-out curves only (one estimator: `eval_batches` batches)
+  # steps-to-reach compares the trainer's periodic held-out curves only (one estimator: the same `eval_batches`
+  # batches sampled over the split in every round)
   random_curve = results[RANDOM]["curve"] if RANDOM in results else []
   random_final = random_curve[-1][1] if random_curve else None
   for m, res in results.items():

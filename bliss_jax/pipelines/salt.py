@@ -58,7 +58,7 @@ from bliss_jax.selection.salt_ds import NO_TOP_K_SCORE, OUT_OF_TOP_K, make_salt_
 from bliss_jax.selection.selected_task import register_selected_task
 from bliss_jax.selection.selected_ul2 import register_selected_ul2_mixture
 from bliss_jax.training import trainer
-from bliss_jax.training.model_dir import MODEL_CONFIG, ModelDir
+from bliss_jax.training.model_dir import MODEL_CONFIG, VOCABULARY, ModelDir
 
 STUDENTS = ("baseline", "rkd", "salt", "salt_ds")
 # SALT's n_KD as a fraction of the student's steps (36K of 208K in the paper), the comparison's default.
@@ -138,7 +138,7 @@ def _keep_early_checkpoint(model_dir: str, step: int, early_dir: str) -> Callabl
   """An `on_stop` that copies MODEL_DIR's checkpoint at `step` into its own MODEL_DIR `early_dir` (atomically)."""
   def on_stop(end):
     if end == step:
-      ModelDir(model_dir).copy_at_step(early_dir, step, records=(MODEL_CONFIG,))
+      ModelDir(model_dir).copy_at_step(early_dir, step, records=(MODEL_CONFIG, VOCABULARY))
   return on_stop
 
 
@@ -168,7 +168,7 @@ def run(*, root: str, task: str, student: trainer.TrainSpec, n_kd: int, teacher:
       the mean over sequences (packed segments) of each one's token mean (Algorithm 1), or `"token"`, the mean over
       the batch's tokens (`losses.lm.averaging_weights`).
     pool_task / pool_split: SALT_DS's candidates, scored as plain LM chunks at the student's sequence length
-      (`pool_max_examples`: only the first ones). The paper's: the stream's own documents (e.g. `benchmark_all` for
+      (`pool_max_examples`: a seeded uniform sample of this many, `common.pool_keys`). The paper's: the stream's own documents (e.g. `benchmark_all` for
       `benchmark_ul2`, split `train`), less what ζ_{n0} trained on; a split the small LM never reads (the benchmark
       mixture's `pool`) is the other choice.
     exclude_scorer_data: leave out of the candidates every chunk that overlaps an example of the first n0 batches of
@@ -273,9 +273,10 @@ def run(*, root: str, task: str, student: trainer.TrainSpec, n_kd: int, teacher:
       model, params = common.load_frozen(scorer_dir, mesh, step=n0)
       store = os.path.join(d, "store")
       exclude = {k: [tuple(x) for x in v] for k, v in json.load(open(seen["spans"])).items()} if seen else None
+      keys = None if pool_max_examples is None else common.pool_keys(pool_task, pool_split, L, pool_max_examples)
       table = offline_scoring.score_split(make_salt_ds_scorer(model, top_k, out_of_top_k=out_of_top_k), params,
                                           task=pool_task, split=pool_split, store_dir=store, sequence_length=L,
-                                          batch_size=score_batch_size, mesh=mesh, max_examples=pool_max_examples,
+                                          batch_size=score_batch_size, mesh=mesh, keys=keys, model_dirs=(scorer_dir,),
                                           meta={"scorer": scorer_dir, "scorer_step": n0, "k": top_k,
                                                 "out_of_top_k": out_of_top_k}, progress=progress_bar,
                                           exclude_spans=exclude)
@@ -283,7 +284,7 @@ def run(*, root: str, task: str, student: trainer.TrainSpec, n_kd: int, teacher:
       return {"store": store, "scored_examples": len(table), "scored_tokens": tokens,
               "flops": forward_flops_per_token(teacher_cfg, L) * tokens}
     score_inputs = {"scorer": scorer_dir, "scorer_step": n0, "k": top_k, "pool": f"{pool_task}:{pool_split}", "L": L,
-                    "max_examples": pool_max_examples}
+                    "max_examples": pool_max_examples, **common.pool_sample_inputs(pool_max_examples)}
     if out_of_top_k != "zero":
       score_inputs["out_of_top_k"] = out_of_top_k
     if seen:

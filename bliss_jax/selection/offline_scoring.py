@@ -3,19 +3,22 @@
 `score_split` reads the split unpacked and in order (`bliss_jax.data.keyed`), runs `score_fn` on each global batch
 (split over the mesh's "data" axis; each process feeds its own shard of the split), and writes this process's rows
 every `batches_per_shard` batches as one shard of the store. Rerunning after an interruption skips the finished shards
-(their batches are read past, not scored) and continues; a finished store is not touched again.
+(their batches are read past, not scored) and continues; a finished store is not touched again. The MODEL_DIRs of the
+scoring models are checked first against the task's vocabulary (`model_vocabulary.check`).
 """
 import os
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import jax
 import numpy as np
 import tqdm
 
 from bliss_jax import partitioning
+from bliss_jax.data import pipeline, vocabulary
 from bliss_jax.data.keyed import keyed_batches
 from bliss_jax.selection import score_store
+from bliss_jax.training import model_vocabulary
 
 MODEL_FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights", "decoder_segment_ids",
                   "decoder_positions", "decoder_causal_attention")
@@ -24,7 +27,8 @@ MODEL_FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss
 def score_split(score_fn: Callable, params, *, task: str, split: str, store_dir: str, sequence_length: int,
                 batch_size: int, mesh=None, batches_per_shard: int = 16, max_examples: Optional[int] = None,
                 feature_converter: str = "decoder", meta: Optional[dict] = None, progress: bool = True,
-                stop_after_shards: Optional[int] = None, exclude_spans=None) -> score_store.ScoreTable:
+                stop_after_shards: Optional[int] = None, exclude_spans=None, keys: Optional[Sequence[str]] = None,
+                model_dirs: Sequence[str] = ()) -> score_store.ScoreTable:
   """Score `task:split` into `store_dir` and return the whole table (read back from the store).
 
   Args:
@@ -35,10 +39,16 @@ def score_split(score_fn: Callable, params, *, task: str, split: str, store_dir:
     stop_after_shards: leave after writing this many new shards (to test resumption; None = run to the end).
     exclude_spans: `{doc_id: [(start, end)]}` document token spans; examples overlapping them are not scored
       (`keyed.keyed_batches`).
+    keys: score only these examples (`doc_id#chunk_index` keys, e.g. a sample of the split); None: all.
+    model_dirs: the MODEL_DIRs whose models score (a refused vocabulary raises `model_vocabulary.VocabularyMismatch`).
   """
   os.makedirs(store_dir, exist_ok=True)
   if score_store.is_complete(store_dir):
     return score_store.read_scores(store_dir)
+  if model_dirs:
+    task_vocabulary = vocabulary.vocabulary_record(pipeline.task_vocabulary(task))
+    for model_dir in model_dirs:
+      model_vocabulary.check(model_dir, task_vocabulary, what=f"task {task!r}")
   mesh = mesh or partitioning.make_mesh()
   pc, pi = jax.process_count(), jax.process_index()
   if batch_size % pc or batch_size % mesh.shape["data"]:
@@ -52,7 +62,7 @@ def score_split(score_fn: Callable, params, *, task: str, split: str, store_dir:
                                meta=meta or {})
   batches = keyed_batches(task, split, sequence_length, local, feature_converter=feature_converter, process_index=pi,
                           process_count=pc, start_batch=len(done) * batches_per_shard, max_examples=max_examples,
-                          exclude_spans=exclude_spans)
+                          exclude_spans=exclude_spans, keys=keys)
   bar = tqdm.tqdm(desc=f"score {task}:{split}", unit="ex", disable=not progress or pi != 0, mininterval=2.0)
   pending, shard_index, new_shards, tokens, t0 = [], len(done), 0, 0, time.perf_counter()
   last = None

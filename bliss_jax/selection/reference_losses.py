@@ -158,4 +158,5 @@ def reference_loss_source(store_dir: str, *, batch_size: int, sequence_length: O
                       process_index=process_index, process_count=process_count, repeat=repeat,
                       shuffle=shuffle and split == "train", seed=seed)
 
+  source.seqio_tasks = (task,)
   return source

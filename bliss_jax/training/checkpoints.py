@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from bliss_jax.training import model_vocabulary
 from bliss_jax.training.model_dir import ModelDir
 
 ORBAX_TMP_MARK = ".orbax-checkpoint-tmp"
@@ -241,10 +242,13 @@ class RunCheckpoints:
     return f"The last good checkpoint (step {kept}) under {self.dir.checkpoints_dir} is kept."
 
 
-def check_vocabulary(name: str, model_dir: str, vocab_size: int, task_vocab_size: Optional[int] = None) -> None:
+def check_vocabulary(name: str, model_dir: str, vocab_size: int, task_vocab_size: Optional[int] = None,
+                     vocabulary: Optional[dict] = None) -> None:
   """Refuse a frozen model (teacher, reference LM, proxy) whose vocabulary differs from the one it serves: another
-  `vocab_size`, or (when both are known) another task vocabulary size recorded in its run_config.json. Token ids
-  and logits of different vocabularies do not correspond (a reference LM's loss on an id it lacks is NaN)."""
+  `vocab_size`, or (when both are known) another task vocabulary size recorded in its run_config.json, or another
+  vocabulary than `vocabulary` (a `data.vocabulary.vocabulary_record`) by its recorded fingerprint
+  (`model_vocabulary.check`; a MODEL_DIR without a record is let through with a warning). Token ids and logits of
+  different vocabularies do not correspond (a reference LM's loss on an id it lacks is NaN)."""
   run = ModelDir(model_dir)
   cfg = run.read_model_config()
   recorded = (run.read_run_config() or {}).get("task_vocab_size")
@@ -253,3 +257,5 @@ def check_vocabulary(name: str, model_dir: str, vocab_size: int, task_vocab_size
         f"frozen model {name!r} ({model_dir}) has another vocabulary: vocab_size {cfg.vocab_size} (task vocabulary "
         f"{recorded or 'not recorded'}) where this run has {vocab_size} (task vocabulary "
         f"{task_vocab_size or 'not given'}); frozen models must use the trained model's tokenizer")
+  if vocabulary is not None:
+    model_vocabulary.check(model_dir, vocabulary, what=f"the run that loads it as frozen model {name!r}")

@@ -80,7 +80,7 @@ def check_train(*, num_steps, batch_size, sequence_length, num_microbatches, see
   check_int("num_microbatches", num_microbatches)
   check_int("seed", seed, minimum=0)
   check_int("eval_every", eval_every, minimum=0)
-  check_int("eval_batches", eval_batches, minimum=0)
+  check_int("eval_batches", eval_batches, minimum=0, optional=True)
   check_int("vocab_size", vocab_size, optional=True)
   check_optimizer(optimizer)
   if batch_size % num_microbatches:

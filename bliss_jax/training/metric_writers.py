@@ -1,7 +1,8 @@
 """Metrics to `MODEL_DIR/metrics.jsonl` (one JSON object per step and split) and to TensorBoard event files.
 
 TensorBoard writing and the writer interface are clu's; clu has no JSON-lines writer, so `JsonlWriter` adds one.
-Only process 0 writes.
+A text value among the scalars (e.g. the held-out rows' `eval_sample`, which batches they average) goes to
+metrics.jsonl only. Only process 0 writes.
 """
 import json
 import os
@@ -13,14 +14,15 @@ from bliss_jax.training.model_dir import ModelDir
 
 
 class JsonlWriter(metric_writers.MetricWriter):
-  """Appends `{"step": s, "split": ..., **scalars}` lines; flushed every write, so a killed run keeps its history."""
+  """Appends `{"step": s, "split": ..., **scalars}` lines (text values as they are); flushed every write, so a killed
+  run keeps its history."""
 
   def __init__(self, path: str, split: str):
     self._path, self._split = path, split
 
   def write_scalars(self, step, scalars):
     row = {"step": int(step), "split": self._split}
-    row.update({k: float(v) for k, v in scalars.items()})
+    row.update({k: v if isinstance(v, str) else float(v) for k, v in scalars.items()})
     with open(self._path, "a") as f:
       f.write(json.dumps(row) + "\n")
 
@@ -52,6 +54,13 @@ class JsonlWriter(metric_writers.MetricWriter):
     pass
 
 
+class SummaryWriter(metric_writers.SummaryWriter):
+  """clu's TensorBoard writer, given the numeric scalars only (TensorBoard has no text scalars)."""
+
+  def write_scalars(self, step, scalars):
+    super().write_scalars(step, {k: v for k, v in scalars.items() if not isinstance(v, str)})
+
+
 def make_writer(model_dir: str, split: str, *, start_step: int) -> metric_writers.MetricWriter:
   """TensorBoard under MODEL_DIR/tensorboard/<split> plus MODEL_DIR/metrics.jsonl (no-op on processes > 0), for a run
   that continues after `start_step`: `split` rows past it (written by a run that died before its next checkpoint) are
@@ -60,7 +69,7 @@ def make_writer(model_dir: str, split: str, *, start_step: int) -> metric_writer
     return metric_writers.MultiWriter([])
   run = ModelDir(model_dir)
   _truncate_jsonl(run.metrics_path, split, start_step)
-  tb = metric_writers.SummaryWriter(run.tensorboard_dir(split))
+  tb = SummaryWriter(run.tensorboard_dir(split))
   return metric_writers.MultiWriter([tb, JsonlWriter(run.metrics_path, split)])
 
 

@@ -3,6 +3,7 @@
   checkpoints/<step>/          orbax checkpoints (`checkpoints`); rejected_checkpoints/<step>/ those set aside
   model_config.json            the resolved model shape
   run_config.json              the computation-relevant configuration (`run_config`)
+  vocabulary.json              the vocabulary the model was trained with and the tasks read (`model_vocabulary`)
   metrics.jsonl                one JSON object per step and split (`metric_writers`)
   tensorboard/<split>/         TensorBoard event files
 """
@@ -18,6 +19,7 @@ CHECKPOINTS = "checkpoints"
 REJECTED_CHECKPOINTS = "rejected_checkpoints"
 MODEL_CONFIG = "model_config.json"
 RUN_CONFIG = "run_config.json"
+VOCABULARY = "vocabulary.json"
 METRICS = "metrics.jsonl"
 TENSORBOARD = "tensorboard"
 
@@ -72,15 +74,30 @@ class ModelDir:
   def run_config_path(self) -> str:
     return self.file(RUN_CONFIG)
 
+  def _read_json(self, path: str) -> Optional[dict]:
+    if not os.path.exists(path):
+      return None
+    with open(path) as f:
+      return json.load(f)
+
   def read_run_config(self) -> Optional[dict]:
     """run_config.json's record, or None if the run has none."""
-    if not os.path.exists(self.run_config_path):
-      return None
-    with open(self.run_config_path) as f:
-      return json.load(f)
+    return self._read_json(self.run_config_path)
 
   def write_run_config(self, record: dict) -> None:
     run_config.write_json(self.run_config_path, record)
+
+  @property
+  def vocabulary_path(self) -> str:
+    return self.file(VOCABULARY)
+
+  def read_vocabulary(self) -> Optional[dict]:
+    """vocabulary.json's record (`data.vocabulary.vocabulary_record` plus the `tasks` trained on), or None if the run
+    recorded none (written before runs recorded their vocabulary, or trained on a source without SeqIO tasks)."""
+    return self._read_json(self.vocabulary_path)
+
+  def write_vocabulary(self, record: dict) -> None:
+    run_config.write_json(self.vocabulary_path, record)
 
   @property
   def metrics_path(self) -> str:
@@ -98,7 +115,7 @@ class ModelDir:
     root = self.file(TENSORBOARD)
     return root if split is None else os.path.join(root, split)
 
-  def copy_at_step(self, dst: str, step: int, records: Sequence[str] = (MODEL_CONFIG, RUN_CONFIG, METRICS)) -> None:
+  def copy_at_step(self, dst: str, step: int, records: Sequence[str] = (MODEL_CONFIG, RUN_CONFIG, VOCABULARY, METRICS)) -> None:
     """Start MODEL_DIR `dst` from this one's checkpoint at `step`, with copies of those of `records` that exist here;
     atomically (written under `dst`.tmp, then renamed). Nothing happens when `dst` exists."""
     if os.path.exists(dst):

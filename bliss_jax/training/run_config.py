@@ -1,10 +1,10 @@
 """A run's computation-relevant configuration, stored in MODEL_DIR/run_config.json and checked on every resume.
 
-The record holds what determines the numbers a run computes: the model's shape, the task vocabulary's size, batch
-size, sequence length, micro-batches, seed, `num_steps` (the learning-rate schedule depends on it), the optimizer,
-the loss of every step (phases included), the frozen models (shape and checkpoint step) and a description of the data
-source (for SeqIO sources: the task or mixture name and the source's settings, read from the source function's
-closure). Fields that do not change the computation — eval/log/checkpoint cadence, kept checkpoints, progress bar,
+The record holds what determines the numbers a run computes: the model's shape, the task vocabulary's size and
+fingerprint (`model_vocabulary`), batch size, sequence length, micro-batches, seed, `num_steps` (the learning-rate
+schedule depends on it), the optimizer, the loss of every step (phases included), the frozen models (shape and
+checkpoint step) and a description of the data source (for SeqIO sources: the task or mixture name and the source's
+settings, read from the source function's closure). Fields that do not change the computation — eval/log/checkpoint cadence, kept checkpoints, progress bar,
 `stop_at_step`, the mesh — are not recorded and may change freely.
 
 A resume whose configuration differs from the record is refused with every changed field (dotted path, old and new

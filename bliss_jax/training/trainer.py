@@ -6,10 +6,12 @@ accumulation, checkpoints, NaN guard, metrics; the steps themselves run in `run_
 """
 import contextlib
 import dataclasses
+import functools
+import inspect
 import json
 import logging
 import os
-from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -20,8 +22,8 @@ from bliss_jax import partitioning
 from bliss_jax.losses.lm import make_lm_loss
 from bliss_jax.models.config import ModelConfig
 from bliss_jax.models.transformer import Transformer
-from bliss_jax.training import (checkpoints, config_checks, evaluation, metric_writers, optimizers, run_config,
-                                run_lock, run_loop)
+from bliss_jax.training import (checkpoints, config_checks, evaluation, metric_writers, model_vocabulary, optimizers,
+                                run_config, run_lock, run_loop)
 from bliss_jax.training.model_dir import ModelDir
 from bliss_jax.training.train_state import create_train_state
 from bliss_jax.training.train_step import make_train_step
@@ -76,8 +78,39 @@ class TrainResult:
 
 
 # A data source: (split, start_position, process_index, process_count, repeat) -> iterator with `.position` that yields
-# per-process numpy batches of the SeqIO decoder features. `bliss_jax.data.pipeline` provides the SeqIO one.
+# per-process numpy batches of the SeqIO decoder features. `bliss_jax.data.pipeline` provides the SeqIO one. A source
+# that reads SeqIO tasks names them in its attribute `seqio_tasks` (a tuple); one that wraps others names none itself
+# (`source_tasks` finds theirs).
 BatchSource = Callable[..., Iterator[dict]]
+
+
+def source_tasks(batch_source: BatchSource) -> List[str]:
+  """The SeqIO tasks or mixtures `batch_source` reads: its `seqio_tasks` and those of the sources it wraps (found
+  through function closures, `functools.partial`s and `__wrapped__`), each once, in the order found."""
+  found, seen = [], set()
+
+  def visit(x, depth):
+    if depth > 8 or id(x) in seen:
+      return
+    seen.add(id(x))
+    found.extend(t for t in getattr(x, "seqio_tasks", None) or () if t not in found)
+    inner = []
+    if isinstance(x, functools.partial):
+      inner = [x.func, *x.args, *x.keywords.values()]
+    elif inspect.isfunction(x):
+      for cell in x.__closure__ or ():
+        try:
+          inner.append(cell.cell_contents)
+        except ValueError:  # an empty cell
+          pass
+    if hasattr(x, "__wrapped__"):
+      inner.append(x.__wrapped__)
+    for y in inner:
+      if callable(y):
+        visit(y, depth + 1)
+
+  visit(batch_source, 0)
+  return found
 
 
 def round_up_vocab(n: int, multiple: int = 128) -> int:
@@ -108,15 +141,17 @@ def abstract_params(model_config: ModelConfig, mesh, rules, sequence_length: int
 
 
 def load_frozen_models(frozen_model_dirs: Dict[str, str], mesh, rules, *, vocab_size: Optional[int] = None,
-                       task_vocab_size: Optional[int] = None, steps: Optional[Dict[str, Optional[int]]] = None):
+                       task_vocab_size: Optional[int] = None, steps: Optional[Dict[str, Optional[int]]] = None,
+                       vocabulary: Optional[dict] = None):
   """{name: Transformer}, {name: params} and {name: step} of frozen models (teachers, reference LMs) from their
   MODEL_DIRs' checkpoints (the latest, or `steps[name]`), each laid out on `mesh` by its own logical axis names.
 
   With `vocab_size` (the trained model's), every frozen model's vocabulary is checked first
-  (`checkpoints.check_vocabulary`)."""
+  (`checkpoints.check_vocabulary`), also against `vocabulary` (the trained model's record) by fingerprint where the
+  frozen model recorded one."""
   if vocab_size is not None:
     for name, model_dir in sorted(frozen_model_dirs.items()):
-      checkpoints.check_vocabulary(name, model_dir, vocab_size, task_vocab_size)
+      checkpoints.check_vocabulary(name, model_dir, vocab_size, task_vocab_size, vocabulary)
   modules, params, loaded = {}, {}, {}
   for name, model_dir in sorted(frozen_model_dirs.items()):
     cfg = ModelDir(model_dir).read_model_config()
@@ -202,7 +237,7 @@ def make_tx(optimizer: OptimizerConfig, num_steps: int):
 
 
 def train(*, model_dir: str, spec: TrainSpec, batch_source: BatchSource, vocab_size: Optional[int] = None,
-          num_microbatches: int = 1, loss_factory: Callable = make_lm_loss, eval_batches: int = 8,
+          num_microbatches: int = 1, loss_factory: Callable = make_lm_loss, eval_batches: Optional[int] = 8,
           keep_checkpoints: Optional[int] = 3, mesh_data: int = -1, mesh_model: int = 1, fsdp: bool = False,
           devices=None, progress_bar: bool = True, stop_at_step: Optional[int] = None,
           frozen_model_dirs: Optional[Dict[str, str]] = None,
@@ -212,23 +247,28 @@ def train(*, model_dir: str, spec: TrainSpec, batch_source: BatchSource, vocab_s
   possible.
 
   Args:
-    model_dir: checkpoints (`checkpoints/`), `metrics.jsonl`, `tensorboard/`, `model_config.json` and
-      `run_config.json` go here (`model_dir.ModelDir`). The run holds MODEL_DIR/run.lock while it works: a second
-      process is refused.
+    model_dir: checkpoints (`checkpoints/`), `metrics.jsonl`, `tensorboard/`, `model_config.json`, `run_config.json`
+      and, for a source over SeqIO tasks, `vocabulary.json` (their vocabulary and names, `model_vocabulary`) go here
+      (`model_dir.ModelDir`). The run holds MODEL_DIR/run.lock while it works: a second process is refused. A resume
+      whose tasks have another vocabulary (fingerprint) than the recorded one is refused.
     spec: the model, steps, batch, optimizer, seed and cadence (`TrainSpec`). `vocab_size=None` in its model config
       is resolved from `vocab_size` (the task's vocabulary, padded up to a multiple of 128).
-    batch_source: see `BatchSource`. It is asked for split "train" (repeating) and "validation" (not repeating).
+    batch_source: see `BatchSource`. It is asked for split "train" (repeating) and "validation" (not repeating). The
+      SeqIO tasks it reads (`source_tasks`) must share one vocabulary.
     num_microbatches: gradient accumulation: the batch is processed in this many slices per optimizer step.
     loss_factory: `loss_factory(model, frozen_models) -> loss_fn(params, batch, rng, frozen) -> (loss, metrics)`.
     frozen_model_dirs: {name: MODEL_DIR} of frozen models the loss consults (a KD teacher, a RHO-1 reference model);
       their latest checkpoints are loaded, sharded on the same mesh, and passed to every step. Each must have this
-      run's vocabulary.
+      run's vocabulary (size, and the recorded fingerprint where both have one).
     loss_phases: [(last_step, loss_factory), ...] in increasing order: steps up to each `last_step` use that phase's
       loss, each compiled as its own step (so a phase whose loss ignores the frozen models never runs them — SALT's
       plain stage after KD); steps after the last phase use `loss_factory`. One optimizer state and schedule run
       across the switch, and resuming on either side picks the phase from the step.
-    eval_batches: the held-out evaluation every `spec.eval_every` steps reads the first `eval_batches` batches of the
-      validation split (0 disables).
+    eval_batches: the held-out evaluation every `spec.eval_every` steps averages `eval_batches` batches of the
+      validation split chosen uniformly at random over the whole split (`evaluation.sample_batches`, seed
+      `evaluation.SAMPLE_SEED`; read once, at the first evaluation, and kept for the run: per process, its shard); None:
+      the whole split at every evaluation; 0 disables. Every validation row of metrics.jsonl (and `last_eval`) says
+      which in its field `eval_sample`.
     keep_checkpoints: the periodic and final checkpoints kept (None: all; see `checkpoints.RunCheckpoints`).
     mesh_data / mesh_model / fsdp: the device mesh and whether parameters are also sharded over "data".
     stop_at_step: leave after this step (checkpointed) although the schedule runs to `spec.num_steps`, as a pre-empted
@@ -262,6 +302,7 @@ def train(*, model_dir: str, spec: TrainSpec, batch_source: BatchSource, vocab_s
     raise ValueError(f"global batch_size={batch_size} is not divisible by {jax.process_count()} processes")
   model_dir = os.path.abspath(model_dir)
   run = ModelDir(model_dir)
+  vocabulary = model_vocabulary.record_of_tasks(source_tasks(batch_source))
   mesh = partitioning.make_mesh(mesh_data, mesh_model, devices)
   if batch_size % mesh.shape["data"]:
     raise ValueError(f"global batch_size={batch_size} is not divisible by the data axis ({mesh.shape['data']})")
@@ -271,7 +312,8 @@ def train(*, model_dir: str, spec: TrainSpec, batch_source: BatchSource, vocab_s
   with run_lock.run_lock(model_dir, what="training run"), partitioning.mesh_context(mesh, rules), \
        contextlib.ExitStack() as stack:
     frozen_modules, frozen, frozen_steps = load_frozen_models(
-        frozen_model_dirs or {}, mesh, rules, vocab_size=model_config.vocab_size, task_vocab_size=vocab_size)
+        frozen_model_dirs or {}, mesh, rules, vocab_size=model_config.vocab_size, task_vocab_size=vocab_size,
+        vocabulary=vocabulary)
     ckpts = stack.enter_context(checkpoints.RunCheckpoints(model_dir, keep_checkpoints))
     record = {
         "model_config": dataclasses.asdict(model_config), "task_vocab_size": vocab_size, "batch_size": batch_size,
@@ -281,8 +323,12 @@ def train(*, model_dir: str, spec: TrainSpec, batch_source: BatchSource, vocab_s
         "frozen_models": {k: {"model_config": dataclasses.asdict(frozen_modules[k].cfg), "step": frozen_steps[k]}
                           for k in frozen_modules},
         "data": run_config.describe(batch_source)}
+    if vocabulary is not None:  # (a source whose vocabulary is unknown compares none)
+      record["vocabulary_fingerprint"] = vocabulary["fingerprint"]
     old_record = run.read_run_config()
     if ckpts.latest_step() is not None:
+      if vocabulary is not None and "vocabulary_fingerprint" not in allow_config_change:
+        model_vocabulary.check(model_dir, vocabulary, what=f"this run's data ({', '.join(vocabulary['tasks'])})")
       old = old_record or _legacy_record(run)
       diff = run_config.check_resume(old, record, ckpts.latest_step(), allow_config_change)
       for k, (a, b) in diff.items():
@@ -307,6 +353,8 @@ def train(*, model_dir: str, spec: TrainSpec, batch_source: BatchSource, vocab_s
     if jax.process_index() == 0:
       run.write_model_config(model_config)
       run.write_run_config(run_config.updated(old_record, record, diff, start_step))
+      if vocabulary is not None:
+        run.write_vocabulary(vocabulary)
       for name, text in (extra_records or {}).items():
         run_config.write_atomically(run.file(name), text)
     train_writer = metric_writers.make_writer(model_dir, "train", start_step=start_step)
@@ -319,16 +367,21 @@ def train(*, model_dir: str, spec: TrainSpec, batch_source: BatchSource, vocab_s
     base_rng = jax.device_put(jax.random.PRNGKey(seed + 1), repl)
     batches = batch_source("train", start_position=position, process_index=jax.process_index(),
                            process_count=jax.process_count(), repeat=True)
-    last_eval = None
+    last_eval = heldout = None
 
     def run_eval(step, state):
-      nonlocal last_eval
-      if not eval_every or not eval_batches:
+      nonlocal last_eval, heldout
+      if not eval_every or eval_batches == 0:
         return
-      it = batch_source("validation", start_position=0, process_index=jax.process_index(),
-                        process_count=jax.process_count(), repeat=False)
-      gbatches = (partitioning.global_batch_from_local(b, mesh) for _, b in zip(range(eval_batches), it))
-      last_eval = evaluation.evaluate(fns.eval_step, state.params, gbatches)
+      held = heldout
+      if held is None:
+        held = evaluation.heldout(batch_source("validation", start_position=0, process_index=jax.process_index(),
+                                               process_count=jax.process_count(), repeat=False), eval_batches)
+        if eval_batches is not None:
+          heldout = held  # the sample, kept for the run's later evaluations
+      local = partitioning.aligned_over_processes(held.batches)
+      gbatches = (partitioning.global_batch_from_local(b, mesh) for b in local)
+      last_eval = dict(evaluation.evaluate(fns.eval_step, state.params, gbatches), eval_sample=held.estimator)
       eval_writer.write_scalars(step, last_eval)
 
     phases = [(last, fns.make_train_step(factory)) for last, factory in (loss_phases or ())]
