@@ -11,6 +11,8 @@ import json
 import os
 from typing import Any, Iterator, Mapping, Optional, Sequence, Tuple
 
+from bliss_jax.choices import check_choice
+
 Document = Tuple[str, str]
 DOC_SEPARATORS = ('line', 'blank_line')
 
@@ -58,8 +60,7 @@ def read_text_documents(path: str,
     FileNotFoundError: ``path`` does not exist.
     ValueError: unknown ``doc_separator``.
   """
-  if doc_separator not in DOC_SEPARATORS:
-    raise ValueError(f'doc_separator must be one of {DOC_SEPARATORS}, got {doc_separator!r}')
+  check_choice('doc_separator', doc_separator, DOC_SEPARATORS)
   source_name = source_name or source_name_from_path(path)
   index = 0
   with _open_text(path) as f:
