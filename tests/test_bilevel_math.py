@@ -154,7 +154,7 @@ def test_unrolled_hypergradient_approaches_the_implicit_one():
 
 
 def test_unknown_solver_is_refused():
-  with pytest.raises(ValueError, match="unknown solver"):
+  with pytest.raises(ValueError, match="solver='lbfgs': expected one of"):
     solvers.solve("lbfgs", lambda v: v, jnp.ones(3), iters=1)
 
 

@@ -157,7 +157,7 @@ def test_errors_name_file_and_item(tmp_path):
   bad = tmp_path / "arc.jsonl"
   good = {"id": "x", "question": {"stem": "Q", "choices": [{"text": "a", "label": "A"}]}, "answerKey": "A"}
   bad.write_text(json.dumps(good) + "\n{not json\n")
-  _raises(readers.read_arc, bad, "line 2", "invalid JSON")
+  _raises(readers.read_arc, bad, ":2:", "invalid JSON")
   bad.write_text(json.dumps(dict(good, answerKey="C")) + "\n")
   _raises(readers.read_arc, bad, "line 1", "answerKey 'C'")
   wg = tmp_path / "wg.jsonl"

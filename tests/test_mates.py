@@ -1,6 +1,6 @@
 """MATES: the oracle against closed forms on a linear model (SGD, a scheduled LR, Adam from a non-zero state) and
 against the trainer's own step on a tiny LM, the seeded Gumbel-top-k selection, the probe's FLOPs by hand, and
-(slow) one round's probe → fit → score stages on a tiny target and proxy."""
+(integration) one round's probe → fit → score stages on a tiny target and proxy."""
 import dataclasses
 import glob
 import json
@@ -171,7 +171,7 @@ class _Context:
   stage: Callable
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_one_round_probes_fits_and_scores_the_whole_pool(tmp_path):
   from pydoc_data import topics  # pylint: disable=g-import-not-at-top
   from bliss_jax.data import pipeline as data_pipeline, seqio_tasks, vocabulary  # pylint: disable=g-import-not-at-top

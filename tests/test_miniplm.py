@@ -105,3 +105,15 @@ def test_reported_flops_equal_a_hand_count(pipeline_report):
   prx = report["prx"]
   assert prx["fit_flops"] == pytest.approx(3 * fwd_score * 30 * min(32, prx["n_sample"]) * 32, rel=1e-12)
   assert prx["predict_flops"] == pytest.approx(fwd_score * prx["predicted_tokens"], rel=1e-12)
+
+
+@pytest.mark.parametrize("module, name", [("miniplm", "MiniPLM"), ("rho1", "RHO-1")])
+def test_an_unknown_student_is_refused_before_any_stage_runs(tmp_path, module, name):
+  """A misspelt student used to be found only when its turn came, after the earlier stages had trained."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  run = importlib.import_module(f"bliss_jax.pipelines.{module}").run
+  kw = dict(pool_task="t", reference=None) if module == "miniplm" else dict(train_task="t", reference_task="t",
+                                                                           reference=None)
+  with pytest.raises(ValueError, match=f"{name} student='plian': expected one of"):
+    run(root=str(tmp_path / "root"), student=None, students=("plain", "plian"), **kw)
+  assert not (tmp_path / "root").exists()

@@ -40,9 +40,9 @@ def test_wsd_values():
 
 
 def test_bad_schedule_names():
-  with pytest.raises(ValueError, match="unknown schedule 'cosin'"):
+  with pytest.raises(ValueError, match="schedule='cosin': expected one of"):
     make_schedule("cosin", peak_lr=1.0, total_steps=10)
-  with pytest.raises(ValueError, match="unknown optimizer 'adam_w'"):
+  with pytest.raises(ValueError, match="optimizer='adam_w': expected one of"):
     make_optimizer("adam_w", schedule=optax.constant_schedule(1.0))
 
 

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import optax.tree_utils as otu
 
+from bliss_jax.choices import check_choice
+
 SOLVERS = ("cg", "neumann", "normalized")
 NORMALIZATIONS = ("tensor", "global")
 
@@ -48,11 +50,10 @@ def uniform_start(b):
 def unit_norm_cap(g, normalize: str = "tensor"):
   """g rescaled to norm ≤ 1: each tensor by max(‖g_t‖, 1) ("tensor", the reference's `if g.norm() > 1: g /= g.norm()`
   per parameter), or the whole pytree by max(‖g‖, 1) ("global")."""
+  check_choice("normalize", normalize, NORMALIZATIONS)
   if normalize == "tensor":
     return jax.tree.map(lambda x: x / jnp.maximum(jnp.linalg.norm(x.reshape(-1)), 1.0), g)
-  if normalize == "global":
-    return otu.tree_scale(1.0 / jnp.maximum(otu.tree_norm(g), 1.0), g)
-  raise ValueError(f"unknown normalize={normalize!r}: expected one of {NORMALIZATIONS}")
+  return otu.tree_scale(1.0 / jnp.maximum(otu.tree_norm(g), 1.0), g)
 
 
 def normalized_iteration(matvec: Callable, b, x0=None, *, iters: int = 3, alpha: float = 1e-2,
@@ -68,8 +69,7 @@ def normalized_iteration(matvec: Callable, b, x0=None, *, iters: int = 3, alpha:
 
 def matvec_count(name: str, iters: int) -> int:
   """Products with A that `solve(name, ..., iters=iters)` computes: CG also forms the initial residual b − A·x0."""
-  if name not in SOLVERS:
-    raise ValueError(f"unknown solver {name!r}: expected one of {SOLVERS}")
+  check_choice("solver", name, SOLVERS)
   return iters + 1 if name == "cg" else iters
 
 
@@ -77,11 +77,10 @@ def solve(name: str, matvec: Callable, b, x0=None, *, iters: int, alpha: Optiona
           normalize: str = "tensor"):
   """Dispatch by name ("cg", "neumann", "normalized"); `alpha` is the step of the latter two, `normalize` the
   normalised iteration's cap (`unit_norm_cap`)."""
+  check_choice("solver", name, SOLVERS)
   if name == "cg":
     return conjugate_gradient(matvec, b, x0, iters=iters)
   kw = {} if alpha is None else {"alpha": alpha}
   if name == "neumann":
     return neumann(matvec, b, x0, iters=iters, **kw)
-  if name == "normalized":
-    return normalized_iteration(matvec, b, x0, iters=iters, normalize=normalize, **kw)
-  raise ValueError(f"unknown solver {name!r}: expected one of {SOLVERS}")
+  return normalized_iteration(matvec, b, x0, iters=iters, normalize=normalize, **kw)

@@ -25,6 +25,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bliss_jax import partitioning
 from bliss_jax.bilevel import hypergradient, solvers
+from bliss_jax.choices import check_choice
 from bliss_jax.losses import bilevel as objectives
 from bliss_jax.losses.entropy import entropy
 from bliss_jax.losses.lm import model_logits
@@ -66,24 +67,16 @@ class BilevelConfig:
   seed: int = 0  # the score head's initialisation
 
   def __post_init__(self):
-    if self.weighting not in objectives.WEIGHTINGS:
-      raise ValueError(f"weighting={self.weighting!r}: expected one of {objectives.WEIGHTINGS}")
+    check_choice("weighting", self.weighting, objectives.WEIGHTINGS)
     if self.weighting == "normalized" and not self.sigmoid:
       raise ValueError("weighting='normalized' (P = s/Σs) needs positive scores: set sigmoid=True")
-    if self.kl_direction not in objectives.KL_DIRECTIONS:
-      raise ValueError(f"kl_direction={self.kl_direction!r}: expected one of {objectives.KL_DIRECTIONS}")
-    if self.solver not in solvers.SOLVERS:
-      raise ValueError(f"solver={self.solver!r}: expected one of {solvers.SOLVERS}")
-    if self.mixed not in ("jvp", "vjp"):
-      raise ValueError(f"mixed={self.mixed!r}: expected 'jvp' or 'vjp'")
-    if self.solver_normalize not in solvers.NORMALIZATIONS:
-      raise ValueError(f"solver_normalize={self.solver_normalize!r}: expected one of {solvers.NORMALIZATIONS}")
-    if self.decay_on not in optimizers.DECAY_ON:
-      raise ValueError(f"decay_on={self.decay_on!r}: expected one of {optimizers.DECAY_ON}")
-    if self.score_head_init not in HEAD_INITS:
-      raise ValueError(f"score_head_init={self.score_head_init!r}: expected one of {HEAD_INITS}")
-    if self.score_pooling not in POOLINGS:
-      raise ValueError(f"score_pooling={self.score_pooling!r}: expected one of {POOLINGS}")
+    check_choice("kl_direction", self.kl_direction, objectives.KL_DIRECTIONS)
+    check_choice("solver", self.solver, solvers.SOLVERS)
+    check_choice("mixed", self.mixed, ("jvp", "vjp"))
+    check_choice("solver_normalize", self.solver_normalize, solvers.NORMALIZATIONS)
+    check_choice("decay_on", self.decay_on, optimizers.DECAY_ON)
+    check_choice("score_head_init", self.score_head_init, HEAD_INITS)
+    check_choice("score_pooling", self.score_pooling, POOLINGS)
     if self.inner_steps < 1:
       raise ValueError(f"inner_steps={self.inner_steps} must be >= 1")
 

@@ -28,6 +28,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from bliss_jax.choices import check_choice
+
 FEATURE_CONVERTERS = ('decoder', 'prefix_lm', 'prefix_lm_shared')
 PREFIX_LM_CONVERTERS = ('prefix_lm', 'prefix_lm_shared')
 Batch = Dict[str, np.ndarray]
@@ -39,8 +41,7 @@ def task_feature_lengths(sequence_length: int, feature_converter: str = 'decoder
   ``decoder``: ``{'targets': L}``. ``prefix_lm``: seqio's split of the row, ``{'inputs': L // 2, 'targets':
   L - L // 2}``. ``prefix_lm_shared``: ``{'inputs': L, 'targets': L}``, the row shared by both.
   """
-  if feature_converter not in FEATURE_CONVERTERS:
-    raise ValueError(f'feature_converter must be one of {FEATURE_CONVERTERS}, got {feature_converter!r}')
+  check_choice('feature_converter', feature_converter, FEATURE_CONVERTERS)
   if feature_converter == 'decoder':
     return {'targets': sequence_length}
   if feature_converter == 'prefix_lm_shared':
@@ -80,8 +81,7 @@ class SharedRowPrefixLMFeatureConverter(seqio.PrefixLMFeatureConverter):
 
 def make_feature_converter(feature_converter: str = 'decoder', pack: bool = True) -> seqio.FeatureConverter:
   """The seqio converter for ``feature_converter`` (see the module docstring)."""
-  if feature_converter not in FEATURE_CONVERTERS:
-    raise ValueError(f'feature_converter must be one of {FEATURE_CONVERTERS}, got {feature_converter!r}')
+  check_choice('feature_converter', feature_converter, FEATURE_CONVERTERS)
   if feature_converter == 'prefix_lm_shared':
     return SharedRowPrefixLMFeatureConverter(loss_on_targets_only=True, pack=pack)
   return seqio.DecoderFeatureConverter(pack=pack)

@@ -22,6 +22,8 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence, Tuple
 import seqio
 import tensorflow as tf
 
+from bliss_jax.choices import check_choice
+
 Document = Tuple[str, str]
 DocumentsFn = Callable[[], Iterable[Document]]
 SPLITS = ('train', 'validation')
@@ -46,8 +48,7 @@ def split_of(doc_id: str, validation_fraction: float = DEFAULT_VALIDATION_FRACTI
 def split_documents(documents: Iterable[Document], split: str,
                     validation_fraction: float = DEFAULT_VALIDATION_FRACTION) -> Tuple[list, list]:
   """Returns ``(doc_ids, texts)`` of the documents in ``split``, in their original order."""
-  if split not in SPLITS:
-    raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
+  check_choice('split', split, SPLITS)
   doc_ids, texts = [], []
   for doc_id, text in documents:
     if split_of(doc_id, validation_fraction) == split:
@@ -165,8 +166,7 @@ def document_preprocessors(objective: str = 'lm', extra_keys: Sequence[str] = ()
   ``extra_keys`` are further (scalar) source features kept in every example, e.g. ``('domain', 'quality')``:
   metadata for reports, which the feature converters drop.
   """
-  if objective not in OBJECTIVES:
-    raise ValueError(f'objective must be one of {OBJECTIVES}, got {objective!r}')
+  check_choice('objective', objective, OBJECTIVES)
   prefix_lm = objective == 'prefix_lm'
   key_map = {'targets': 'text', 'doc_id': 'doc_id', **{key: key for key in extra_keys}}
   return [
@@ -281,8 +281,7 @@ def register_continuation_task(name: str,
   when too long), ``targets`` = the continuation, no EOS, so with the ``prefix_lm`` feature converter only the
   continuation's tokens carry loss (LAMBADA as an upper-level objective). Splits by id hash like documents."""
   def dataset_fn(split: str, shuffle_files: bool, seed: Optional[int] = None) -> tf.data.Dataset:
-    if split not in SPLITS:
-      raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
+    check_choice('split', split, SPLITS)
     items = [x for x in items_fn() if split_of(x[0], validation_fraction) == split]
     ds = tf.data.Dataset.from_tensor_slices({
         'doc_id': tf.constant([x[0] for x in items], tf.string, shape=[len(items)]),

@@ -11,6 +11,8 @@ import json
 import os
 from typing import Any, Iterator, Mapping, Optional, Sequence, Tuple
 
+from bliss_jax.choices import check_choice
+
 Document = Tuple[str, str]
 DOC_SEPARATORS = ('line', 'blank_line')
 
@@ -58,8 +60,7 @@ def read_text_documents(path: str,
     FileNotFoundError: ``path`` does not exist.
     ValueError: unknown ``doc_separator``.
   """
-  if doc_separator not in DOC_SEPARATORS:
-    raise ValueError(f'doc_separator must be one of {DOC_SEPARATORS}, got {doc_separator!r}')
+  check_choice('doc_separator', doc_separator, DOC_SEPARATORS)
   source_name = source_name or source_name_from_path(path)
   index = 0
   with _open_text(path) as f:
@@ -118,7 +119,18 @@ def read_jsonl_documents(path: str,
     ValueError: a line is not a JSON object, or lacks a text field (the message names file and line).
   """
   source_name = source_name or source_name_from_path(path)
-  row = 0
+  for row, (line_number, record) in enumerate(jsonl_records(path)):
+    try:
+      text = _record_text(record, text_fields, template, field_separator)
+    except (KeyError, IndexError) as e:
+      raise ValueError(f'{path}:{line_number}: record has no field {e}') from e
+    key = record[id_field] if id_field and id_field in record else row
+    yield f'{source_name}:{key}', text
+
+
+def jsonl_records(path: str, error: type = ValueError) -> Iterator[Tuple[int, dict]]:
+  """``(line number, record)`` for each non-blank line of a JSONL file (optionally ``.gz``); a line that is not a
+  JSON object raises ``error`` naming the file and line (``path:line: ...``)."""
   with _open_text(path) as f:
     for line_number, line in enumerate(f, start=1):
       if not line.strip():
@@ -126,13 +138,7 @@ def read_jsonl_documents(path: str,
       try:
         record = json.loads(line)
       except json.JSONDecodeError as e:
-        raise ValueError(f'{path}:{line_number}: invalid JSON: {e.msg}') from e
+        raise error(f'{path}:{line_number}: invalid JSON: {e.msg}') from None
       if not isinstance(record, dict):
-        raise ValueError(f'{path}:{line_number}: expected a JSON object, got {type(record).__name__}')
-      try:
-        text = _record_text(record, text_fields, template, field_separator)
-      except (KeyError, IndexError) as e:
-        raise ValueError(f'{path}:{line_number}: record has no field {e}') from e
-      key = record[id_field] if id_field and id_field in record else row
-      row += 1
-      yield f'{source_name}:{key}', text
+        raise error(f'{path}:{line_number}: expected a JSON object, got {type(record).__name__}')
+      yield line_number, record

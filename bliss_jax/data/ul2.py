@@ -49,6 +49,7 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, 
 import seqio
 import tensorflow as tf
 
+from bliss_jax.choices import check_choice
 from bliss_jax.data import seqio_tasks
 
 OBJECTIVES = ('causal_lm', 'prefix_lm', 'span_corruption')
@@ -77,10 +78,8 @@ class Denoiser:
   mode: str = 'S'
 
   def __post_init__(self):
-    if self.objective not in OBJECTIVES:
-      raise ValueError(f'objective must be one of {OBJECTIVES}, got {self.objective!r}')
-    if self.mode not in MODES:
-      raise ValueError(f'mode must be one of {MODES}, got {self.mode!r}')
+    check_choice('objective', self.objective, OBJECTIVES)
+    check_choice('mode', self.mode, MODES)
     if not 0 < self.noise_density < 1 or self.mean_noise_span_length < 1:
       raise ValueError(f'need 0 < noise_density < 1 and mean_noise_span_length >= 1, got {self}')
     if not 0 < self.prefix_fraction < 1:

@@ -23,6 +23,8 @@ import os
 import re
 from typing import Any, Iterator, List, Optional, Tuple
 
+from bliss_jax.data import sources
+
 TARGET_DELIMITER = " "
 
 
@@ -77,17 +79,7 @@ def _check_file(path: str) -> None:
 def _jsonl(path: str) -> Iterator[Tuple[int, dict]]:
   """(line number, record) for each non-blank line of a JSONL file."""
   _check_file(path)
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ReaderError(f"{_where(path, f'line {lineno}')}: invalid JSON ({e})") from None
-      if not isinstance(record, dict):
-        raise ReaderError(f"{_where(path, f'line {lineno}')}: expected a JSON object, got {type(record).__name__}")
-      yield lineno, record
+  yield from sources.jsonl_records(path, error=ReaderError)
 
 
 def _field(record: dict, key: str, where: str, kind: type = str):

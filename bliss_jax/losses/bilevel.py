@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax.tree_utils as otu
 
+from bliss_jax.choices import check_choice
 from bliss_jax.losses.entropy import kl_divergence
 from bliss_jax.losses.lm import masked_mean, model_logits, token_cross_entropy
 
@@ -24,12 +25,11 @@ KL_DIRECTIONS = ("target_proxy", "proxy_target")
 
 def sample_weights(scores: jax.Array, weighting: str = "softmax") -> jax.Array:
   """(P): P = softmax(s); or the "no reparameterisation" ablation P = s / Σ s (needs s > 0, i.e. a sigmoid head)."""
+  check_choice("weighting", weighting, WEIGHTINGS)
   if weighting == "softmax":
     return jax.nn.softmax(scores.astype(jnp.float32))
-  if weighting == "normalized":
-    s = scores.astype(jnp.float32)
-    return s / jnp.sum(s)
-  raise ValueError(f"unknown weighting {weighting!r}: expected one of {WEIGHTINGS}")
+  s = scores.astype(jnp.float32)
+  return s / jnp.sum(s)
 
 
 def per_sample_ce(logits: jax.Array, batch: dict) -> jax.Array:
@@ -39,11 +39,10 @@ def per_sample_ce(logits: jax.Array, batch: dict) -> jax.Array:
 
 def token_kl(target_logits: jax.Array, proxy_logits: jax.Array, direction: str = "target_proxy") -> jax.Array:
   """Per-token KL between the target's and the proxy's next-token distributions, [B, T]."""
+  check_choice("kl_direction", direction, KL_DIRECTIONS)
   if direction == "target_proxy":
     return kl_divergence(target_logits, proxy_logits)
-  if direction == "proxy_target":
-    return kl_divergence(proxy_logits, target_logits)
-  raise ValueError(f"unknown kl_direction {direction!r}: expected one of {KL_DIRECTIONS}")
+  return kl_divergence(proxy_logits, target_logits)
 
 
 def lower_objective(proxy_logits: jax.Array, weights: jax.Array, batch: dict, proxy_params, *,

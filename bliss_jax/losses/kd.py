@@ -13,6 +13,7 @@ KL(p_teacher ‖ q_student)) is ω = 1, ρ = 1: KL = CE(p, q) − H(p), and H(p)
 import jax
 import jax.numpy as jnp
 
+from bliss_jax.choices import check_choice
 from bliss_jax.losses.entropy import entropy, soft_cross_entropy
 from bliss_jax.losses.lm import AVERAGES, averaging_weights, masked_mean, model_logits, token_cross_entropy
 
@@ -38,8 +39,7 @@ def make_kd_loss(model, frozen_models, *, omega: float = 0.667, rho: float = 0.2
   KL(P_{ζ,ρ} ‖ P_θ), accuracy (each averaged as the loss), num_tokens; with `"sequence"` also num_sequences and
   denominator (= num_sequences, the weight of gradient accumulation).
   """
-  if average not in AVERAGES:
-    raise ValueError(f"average={average!r}: expected one of {AVERAGES}")
+  check_choice("average", average, AVERAGES)
   if teacher not in frozen_models:
     raise ValueError(f"KD needs a frozen model named {teacher!r} (train.frozen_model_dirs); got "
                      f"{sorted(frozen_models)}")

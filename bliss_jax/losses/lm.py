@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bliss_jax.choices import check_choice
+
 LossFn = Callable[..., tuple]
 AVERAGES = ("token", "sequence")
 
@@ -58,8 +60,7 @@ def averaging_weights(batch: dict, average: str = "token") -> Tuple[jax.Array, j
   A sequence s(t) is a packed segment (`decoder_segment_ids`; without them, a row) with at least one loss-carrying
   position, so Σ_t c_t = n in both cases. float32, c of the batch's shape.
   """
-  if average not in AVERAGES:
-    raise ValueError(f"average={average!r}: expected one of {AVERAGES}")
+  check_choice("average", average, AVERAGES)
   w = batch["decoder_loss_weights"].astype(jnp.float32)
   if average == "token":
     return w, jnp.sum(w)
@@ -75,8 +76,7 @@ def make_lm_loss(model: nn.Module, frozen_models=None, average: str = "token") -
   tokens (`average="token"`), or over its sequences of each one's token mean (`"sequence"`, SALT Algorithm 1's
   l(x;θ) = (1/T) Σ_t −log P_θ(x_t|x_<t) averaged over the batch); see `averaging_weights`."""
   del frozen_models
-  if average not in AVERAGES:
-    raise ValueError(f"average={average!r}: expected one of {AVERAGES}")
+  check_choice("average", average, AVERAGES)
 
   def loss_fn(params, batch, rng, frozen=None):
     del rng, frozen

@@ -20,6 +20,7 @@ from typing import Callable, Optional, Union
 import jax
 import jax.numpy as jnp
 
+from bliss_jax.choices import check_choice
 from bliss_jax.losses.kd import make_kd_loss
 
 TRANSITIONS = ("step", "linear", "linear_ratio")
@@ -59,8 +60,7 @@ def omega_schedule(transition: str = "step", *, omega: float = 0.667, n_kd: int,
     raise ValueError(f"n_kd={n_kd} must be >= 0")
   if transition == "step":
     return functools.partial(step_omega, omega=omega, n_kd=n_kd)
-  if transition not in TRANSITIONS:
-    raise ValueError(f"transition={transition!r}: expected one of {TRANSITIONS}")
+  check_choice("transition", transition, TRANSITIONS)
   if n_kd_start is None or not 0 <= n_kd_start < n_kd:
     raise ValueError(f"the {transition!r} transition needs 0 <= n_kd_start < n_kd, got n_kd_start={n_kd_start}, "
                      f"n_kd={n_kd}")

@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bliss_jax.choices import check_choice
 from bliss_jax.counting import fraction_to_count
 from bliss_jax.losses.entropy import entropy
 from bliss_jax.losses.lm import LossFn, masked_mean, model_logits, token_cross_entropy
@@ -59,8 +60,7 @@ def top_fraction_mask(scores: jax.Array, valid: jax.Array, ratio: float, *, larg
     [B, T] bool mask with exactly k True positions per group, all valid. Ties go to the lower flat (row-major) index;
     NaN scores rank last; −0.0 and 0.0 are equal.
   """
-  if scope not in SCOPES:
-    raise ValueError(f"selection scope {scope!r}: expected one of {SCOPES}")
+  check_choice("selection scope", scope, SCOPES)
   shape = scores.shape
   groups = (1, -1) if scope == "batch" else (shape[0], -1)
   key = scores.astype(jnp.float32).reshape(groups)
@@ -82,8 +82,7 @@ def top_fraction_mask(scores: jax.Array, valid: jax.Array, ratio: float, *, larg
 
 def combine_selections(masks: Sequence[jax.Array], how: str = "intersection") -> jax.Array:
   """The union or intersection of several selections (App. H: H_RM ∪ L_Δ, H_RM ∩ L_Δ)."""
-  if how not in COMBINES:
-    raise ValueError(f"combine={how!r}: expected one of {COMBINES}")
+  check_choice("combine", how, COMBINES)
   out = masks[0]
   for m in masks[1:]:
     out = (out | m) if how == "union" else (out & m)
@@ -108,8 +107,7 @@ def _as_tuple(score, ratio) -> Tuple[Tuple[str, ...], Tuple[float, ...]]:
   if not scores or len(ratios) != len(scores):
     raise ValueError(f"score={score!r} and ratio={ratio!r}: give one ratio, or one per score")
   for s in scores:
-    if s not in SCORES:
-      raise ValueError(f"unknown selection score {s!r}; expected one of {tuple(SCORES)}")
+    check_choice("selection score", s, SCORES)
   for r in ratios:
     fraction_to_count(0, r)  # refuses a ratio outside [0, 1] or without an exact count now, not when traced
   return scores, ratios
@@ -139,12 +137,9 @@ def make_selective_loss(model: nn.Module, frozen_models: Optional[Dict[str, nn.M
   `accuracy` (next-token accuracy over every valid token), `num_valid_tokens`.
   """
   scores, ratios = _as_tuple(score, ratio)
-  if scope not in SCOPES:
-    raise ValueError(f"selection scope {scope!r}: expected one of {SCOPES}")
-  if combine not in COMBINES:
-    raise ValueError(f"combine={combine!r}: expected one of {COMBINES}")
-  if reference not in REFERENCES:
-    raise ValueError(f"reference={reference!r}: expected one of {REFERENCES}")
+  check_choice("selection scope", scope, SCOPES)
+  check_choice("combine", combine, COMBINES)
+  check_choice("reference", reference, REFERENCES)
   need_entropy = "reference_entropy" in scores
   ref_model = None
   if reference == "online":

@@ -14,6 +14,8 @@ from typing import Optional
 
 import jax.numpy as jnp
 
+from bliss_jax.choices import check_choice
+
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "swiglu", "geglu")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -61,12 +63,9 @@ class ModelConfig:
   scan_layers: bool = False
 
   def __post_init__(self):
-    if self.norm not in NORMS:
-      raise ValueError(f"ModelConfig.norm={self.norm!r}: expected one of {NORMS}")
-    if self.mlp not in MLPS:
-      raise ValueError(f"ModelConfig.mlp={self.mlp!r}: expected one of {MLPS}")
-    if self.dtype not in DTYPES:
-      raise ValueError(f"ModelConfig.dtype={self.dtype!r}: expected one of {tuple(DTYPES)}")
+    check_choice("ModelConfig.norm", self.norm, NORMS)
+    check_choice("ModelConfig.mlp", self.mlp, MLPS)
+    check_choice("ModelConfig.dtype", self.dtype, DTYPES)
     if self.num_heads % self.kv_heads:
       raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.kv_heads}")
     if not 0.0 <= self.rotary_fraction <= 1.0:

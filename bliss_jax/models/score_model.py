@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bliss_jax.choices import check_choice
 from bliss_jax.models.config import ModelConfig
 from bliss_jax.models.transformer import Transformer
 
@@ -33,8 +34,7 @@ class ScoreModel(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, segment_ids=None, positions=None, prefix_mask=None, pool_mask=None):
-    if self.pooling not in POOLINGS:
-      raise ValueError(f"unknown pooling {self.pooling!r}: expected one of {POOLINGS}")
+    check_choice("pooling", self.pooling, POOLINGS)
     hidden = Transformer(self.cfg, name="backbone")(tokens, segment_ids, positions, prefix_mask, return_hidden="only")
     if self.pooling == "all":
       mask = jnp.ones_like(tokens)
@@ -49,10 +49,9 @@ class ScoreModel(nn.Module):
 
 def init_head(d_model: int, kind: str = "uniform", seed: int = 0) -> dict:
   """Linear(d, 1) parameters: "uniform" = torch.nn.Linear's default, kernel and bias ~ U(−1/√d, 1/√d); "zeros"."""
+  check_choice("head init", kind, HEAD_INITS)
   if kind == "zeros":
     return {"kernel": np.zeros((d_model, 1), np.float32), "bias": np.zeros((1,), np.float32)}
-  if kind != "uniform":
-    raise ValueError(f"unknown head init {kind!r}: expected one of {HEAD_INITS}")
   bound = 1.0 / np.sqrt(d_model)
   rng = np.random.default_rng(seed)
   return {"kernel": rng.uniform(-bound, bound, (d_model, 1)).astype(np.float32),

@@ -22,6 +22,7 @@ from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
+from bliss_jax.choices import check_choice
 from bliss_jax.counting import fraction_to_count
 from bliss_jax.data.pipeline import vocabulary_size
 from bliss_jax.losses.kd import make_kd_loss
@@ -33,6 +34,9 @@ from bliss_jax.selection.selected_task import register_selected_task
 from bliss_jax.training import checkpoints, trainer
 from bliss_jax.training.model_dir import ModelDir
 from bliss_jax.training.trainer import round_up_vocab
+
+
+STUDENTS = ("miniplm", "miniplm_prx", "plain", "vanilla_kd")
 
 
 def split_reference(keys: Sequence[str], fraction: float, seed: int):
@@ -65,6 +69,8 @@ def run(*, root: str, pool_task: str, student: trainer.TrainSpec, reference: tra
   `pool_max_examples`: the pool is a seeded uniform sample of this many of the pool split's examples
   (`common.pool_keys`; for corpora as large as C4).
   """
+  for name in students:
+    check_choice("MiniPLM student", name, STUDENTS)
   L = student.sequence_length
   eval_task = eval_task or pool_task
   keys_inputs = dict({"task": pool_task, "split": pool_split, "L": L}, **common.pool_sample_inputs(pool_max_examples))
@@ -163,8 +169,6 @@ def run(*, root: str, pool_task: str, student: trainer.TrainSpec, reference: tra
             loss_factory=lambda m, fm: make_kd_loss(m, fm, omega=kd_omega, rho=kd_rho), **train_kw)
         res["teacher_forward_flops"] = common.forward_flops(teacher_dir, L, res["tokens"])
         return res
-    else:
-      raise ValueError(f"unknown MiniPLM student {name!r}: expected miniplm, miniplm_prx, plain or vanilla_kd")
     results[name] = run_stage(root, f"student_{name}", fn, inputs)
     results[name]["heldout"] = common.heldout_eval(results[name]["model_dir"], eval_task, eval_split,
                                                    sequence_length=L, batch_size=student.batch_size,

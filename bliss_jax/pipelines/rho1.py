@@ -16,11 +16,15 @@ from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
+from bliss_jax.choices import check_choice
 from bliss_jax.losses.selective import make_selective_loss
 from bliss_jax.pipelines import common, method
 from bliss_jax.pipelines.stages import run_stage
 from bliss_jax.training import trainer
 from bliss_jax.training.model_dir import ModelDir
+
+
+STUDENTS = ("plain", "rho1")
 
 
 def _selection_stats(model_dir: str) -> dict:
@@ -42,6 +46,8 @@ def run(*, root: str, train_task: str, reference_task: str, student: trainer.Tra
         progress_bar: bool = True) -> dict:
   """Run (or resume) the RHO-1 comparison; returns what it writes to `root/report.json`. `keep_checkpoints`: of each
   student (None: all)."""
+  for name in students:
+    check_choice("RHO-1 student", name, STUDENTS)
   L = student.sequence_length
   ref = run_stage(root, "reference", lambda d: common.train_on_task(d, reference, reference_task,
                                                                     progress_bar=progress_bar),
@@ -60,8 +66,6 @@ def run(*, root: str, train_task: str, reference_task: str, student: trainer.Tra
         res["reference_forward_flops"] = common.forward_flops(ref["model_dir"], L, res["tokens"])
         res["selection"] = _selection_stats(d)
         return res
-    else:
-      raise ValueError(f"unknown RHO-1 student {name!r}: expected plain or rho1")
     results[name] = run_stage(root, f"student_{name}", fn, {"spec": dataclasses.asdict(student), "ratio": ratio,
                                                               "score": score, "scope": scope, "task": train_task})
     results[name]["heldout"] = common.heldout_eval(results[name]["model_dir"], eval_task or reference_task,

@@ -44,6 +44,7 @@ import jax
 import numpy as np
 
 from bliss_jax import partitioning
+from bliss_jax.choices import check_choice
 from bliss_jax.data import keyed
 from bliss_jax.data.composition import SelectionReporter
 from bliss_jax.data import pipeline as data_pipeline
@@ -67,8 +68,7 @@ KD_FRACTION = 36 / 208
 
 def kd_steps(student: str, num_steps: int, n_kd: int) -> int:
   """Steps that run the teacher: 0 (baseline), all (RKD), n_KD (SALT, SALT_DS)."""
-  if student not in STUDENTS:
-    raise ValueError(f"unknown SALT student {student!r}: expected one of {STUDENTS}")
+  check_choice("SALT student", student, STUDENTS)
   return {"baseline": 0, "rkd": num_steps}.get(student, min(n_kd, num_steps))
 
 
@@ -191,12 +191,9 @@ def run(*, root: str, task: str, student: trainer.TrainSpec, n_kd: int, teacher:
       taken when their step is reached, so any value works.
     mesh_data / mesh_model / fsdp / devices: the training mesh (`trainer.train`); scoring uses all `devices` on "data".
   """
-  if transition not in TRANSITIONS:
-    raise ValueError(f"transition={transition!r}: expected one of {TRANSITIONS}")
-  if average not in AVERAGES:
-    raise ValueError(f"average={average!r}: expected one of {AVERAGES}")
-  if out_of_top_k not in OUT_OF_TOP_K:
-    raise ValueError(f"out_of_top_k={out_of_top_k!r}: expected one of {OUT_OF_TOP_K}")
+  check_choice("transition", transition, TRANSITIONS)
+  check_choice("average", average, AVERAGES)
+  check_choice("out_of_top_k", out_of_top_k, OUT_OF_TOP_K)
   unknown = sorted(set(students) - set(STUDENTS))
   if unknown:
     raise ValueError(f"unknown SALT students {unknown}: expected some of {STUDENTS}")

@@ -20,6 +20,7 @@ The paper scores with an early checkpoint ζ_{n0} on data it has not seen, with 
 import jax
 import jax.numpy as jnp
 
+from bliss_jax.choices import check_choice
 from bliss_jax.losses.lm import masked_mean, model_logits, token_cross_entropy
 
 OUT_OF_TOP_K = ("remove", "zero")
@@ -55,8 +56,7 @@ def salt_ds_score(logits: jax.Array, targets: jax.Array, weights: jax.Array, k: 
   """S_{ζ,k}(x) (SALT eq. 11) per row: the median of the token CE over the loss-carrying positions whose true token
   is in ζ's top k (`"remove"`; `NO_TOP_K_SCORE` without one), or over all of them with the others zeroed
   (`"zero"`)."""
-  if out_of_top_k not in OUT_OF_TOP_K:
-    raise ValueError(f"out_of_top_k={out_of_top_k!r}: expected one of {OUT_OF_TOP_K}")
+  check_choice("out_of_top_k", out_of_top_k, OUT_OF_TOP_K)
   if out_of_top_k == "zero":
     return masked_median(salt_ds_token_scores(logits, targets, k), weights)
   kept = (weights > 0) & in_top_k(logits, targets, k)
@@ -69,8 +69,7 @@ def make_salt_ds_scorer(model, k: int = 10, with_token_scores: bool = False, out
   `with_token_scores`)."""
   if k < 1:
     raise ValueError(f"k={k} must be >= 1")
-  if out_of_top_k not in OUT_OF_TOP_K:
-    raise ValueError(f"out_of_top_k={out_of_top_k!r}: expected one of {OUT_OF_TOP_K}")
+  check_choice("out_of_top_k", out_of_top_k, OUT_OF_TOP_K)
 
   def score_fn(params, batch):
     logits = model_logits(model, params, batch)

@@ -4,9 +4,8 @@ import math
 import numbers
 from typing import Optional, Sequence
 
-SCHEDULES = ("cosine", "wsd", "constant")
-OPTIMIZERS = ("adamw", "adafactor")
-DECAY_SHAPES = ("linear", "1-sqrt")
+from bliss_jax.choices import check_choice
+from bliss_jax.training.optimizers import DECAY_SHAPES, OPTIMIZERS, SCHEDULES
 
 
 def _is_int(v) -> bool:
@@ -35,11 +34,6 @@ def check_real(name: str, v, *, low: float = 0.0, high: float = math.inf, low_op
   if not ok:
     interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
     raise ValueError(f"{name}={v!r}: expected a finite number in {interval}" + (" or None" if optional else ""))
-
-
-def check_choice(name: str, v, choices) -> None:
-  if v not in choices:
-    raise ValueError(f"{name}={v!r}: expected one of {choices}")
 
 
 def check_optimizer(opt, name: str = "optimizer") -> None:

@@ -13,6 +13,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from bliss_jax.choices import check_choice
+
+SCHEDULES = ("cosine", "wsd", "constant")
+DECAY_SHAPES = ("linear", "1-sqrt")
+OPTIMIZERS = ("adamw", "adafactor")
+DECAY_ON = ("matrices", "all")
+
 
 def make_schedule(name: str = "cosine", *, peak_lr: float, total_steps: int, warmup_steps: int = 0,
                   final_fraction: float = 0.1, decay_fraction: float = 0.2, decay_shape: str = "linear",
@@ -29,29 +36,25 @@ def make_schedule(name: str = "cosine", *, peak_lr: float, total_steps: int, war
 def _base_schedule(name, *, peak_lr, total_steps, warmup_steps, final_fraction, decay_fraction, decay_shape):
   if warmup_steps > total_steps:
     raise ValueError(f"warmup_steps={warmup_steps} exceeds total_steps={total_steps}")
+  check_choice("schedule", name, SCHEDULES)
   final_lr = peak_lr * final_fraction
   if name == "cosine":
     return optax.warmup_cosine_decay_schedule(0.0, peak_lr, warmup_steps, max(total_steps, warmup_steps + 1), final_lr)
   if name == "constant":
     return optax.join_schedules([optax.linear_schedule(0.0, peak_lr, warmup_steps), optax.constant_schedule(peak_lr)],
                                 [warmup_steps])
-  if name == "wsd":
-    decay_steps = max(1, int(round(decay_fraction * total_steps)))
-    stable_end = total_steps - decay_steps
-    if stable_end < warmup_steps:
-      raise ValueError(f"wsd: decay of {decay_steps} steps overlaps the {warmup_steps} warmup steps")
-    if decay_shape == "linear":
-      decay = optax.linear_schedule(peak_lr, final_lr, decay_steps)
-    elif decay_shape == "1-sqrt":
-      decay = lambda s: final_lr + (peak_lr - final_lr) * (1.0 - jnp.sqrt(jnp.minimum(s, decay_steps) / decay_steps))
-    else:
-      raise ValueError(f"wsd decay_shape={decay_shape!r}: expected 'linear' or '1-sqrt'")
-    return optax.join_schedules([optax.linear_schedule(0.0, peak_lr, warmup_steps),
-                                 optax.constant_schedule(peak_lr), decay], [warmup_steps, stable_end])
-  raise ValueError(f"unknown schedule {name!r}: expected 'cosine', 'wsd' or 'constant'")
-
-
-DECAY_ON = ("matrices", "all")
+  # "wsd"
+  decay_steps = max(1, int(round(decay_fraction * total_steps)))
+  stable_end = total_steps - decay_steps
+  if stable_end < warmup_steps:
+    raise ValueError(f"wsd: decay of {decay_steps} steps overlaps the {warmup_steps} warmup steps")
+  check_choice("wsd decay_shape", decay_shape, DECAY_SHAPES)
+  if decay_shape == "linear":
+    decay = optax.linear_schedule(peak_lr, final_lr, decay_steps)
+  else:
+    decay = lambda s: final_lr + (peak_lr - final_lr) * (1.0 - jnp.sqrt(jnp.minimum(s, decay_steps) / decay_steps))
+  return optax.join_schedules([optax.linear_schedule(0.0, peak_lr, warmup_steps),
+                               optax.constant_schedule(peak_lr), decay], [warmup_steps, stable_end])
 
 
 def decay_mask(params):
@@ -68,14 +71,12 @@ def make_optimizer(name: str = "adamw", *, schedule: optax.Schedule, weight_deca
   `model.parameters()`). Clipping by global norm comes first, so the clip sees the raw gradient (`clip_norm=None`
   disables it).
   """
-  if decay_on not in DECAY_ON:
-    raise ValueError(f"unknown decay_on={decay_on!r}: expected one of {DECAY_ON}")
+  check_choice("decay_on", decay_on, DECAY_ON)
+  check_choice("optimizer", name, OPTIMIZERS)
   mask = decay_mask if decay_on == "matrices" else None
   if name == "adamw":
     opt = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask)
-  elif name == "adafactor":
+  else:
     opt = optax.adafactor(schedule, weight_decay_rate=weight_decay or None, weight_decay_mask=mask,
                           multiply_by_parameter_scale=False)
-  else:
-    raise ValueError(f"unknown optimizer {name!r}: expected 'adamw' or 'adafactor'")
   return optax.chain(optax.clip_by_global_norm(clip_norm), opt) if clip_norm else opt
