@@ -20,11 +20,13 @@ from bliss_jax.models.config import preset  # noqa: E402
 from bliss_jax.training import trainer  # noqa: E402
 
 GLOBAL_BATCH, LENGTH, VOCAB = 8, 16, 128
+EVAL_BATCHES = 4  # validation batches per process, as synthetic_source's default
 
 
 def reference_source(split, *, start_position=0, process_index=0, process_count=1, repeat=True):
   its = [SyntheticBatches(vocab_size=VOCAB, batch_size=GLOBAL_BATCH, sequence_length=LENGTH, split=split,
-                          start_position=start_position, process_index=p, process_count=2, repeat=repeat)
+                          start_position=start_position, process_index=p, process_count=2, repeat=repeat,
+                          num_batches=EVAL_BATCHES)
          for p in range(2)]
   for parts in zip(*its):
     yield {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -34,7 +36,7 @@ def main(out_path, model_dir, reference):
   if not reference:
     assert partitioning.initialize_distributed()
   source = reference_source if reference else synthetic_source(vocab_size=VOCAB, batch_size=GLOBAL_BATCH,
-                                                                sequence_length=LENGTH)
+                                                                sequence_length=LENGTH, eval_batches=EVAL_BATCHES)
   losses = []
   spec = trainer.TrainSpec(model_config=preset("tiny", vocab_size=VOCAB), num_steps=4, batch_size=GLOBAL_BATCH,
                            sequence_length=LENGTH, optimizer=trainer.OptimizerConfig(warmup_steps=1), eval_every=4,

@@ -375,12 +375,15 @@ def train(*, model_dir: str, spec: TrainSpec, batch_source: BatchSource, vocab_s
         return
       held = heldout
       if held is None:
-        held = evaluation.heldout(batch_source("validation", start_position=0, process_index=jax.process_index(),
-                                               process_count=jax.process_count(), repeat=False), eval_batches)
+        # Aligned before sampling: every process then draws the same indices of the same global batches, so the
+        # sample is one sample of the split, not one per process.
+        local = partitioning.aligned_over_processes(batch_source(
+            "validation", start_position=0, process_index=jax.process_index(), process_count=jax.process_count(),
+            repeat=False))
+        held = evaluation.heldout(local, eval_batches)
         if eval_batches is not None:
           heldout = held  # the sample, kept for the run's later evaluations
-      local = partitioning.aligned_over_processes(held.batches)
-      gbatches = (partitioning.global_batch_from_local(b, mesh) for b in local)
+      gbatches = (partitioning.global_batch_from_local(b, mesh) for b in held.batches)
       last_eval = dict(evaluation.evaluate(fns.eval_step, state.params, gbatches), eval_sample=held.estimator)
       eval_writer.write_scalars(step, last_eval)
 
