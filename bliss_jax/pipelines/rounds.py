@@ -102,7 +102,7 @@ def run(*, root: str, pool_task: str, target: trainer.TrainSpec, proxy: trainer.
         ablations: Sequence[str] = (), ablation_rounds: Optional[int] = None, ablation_train_target: bool = True,
         target_lr_halving: bool = False, progress_bar: bool = True) -> dict:
   """Run (or resume) the rounds of every method in `methods` ("random" or a name in `scorers`); returns the report
-  (also `root/report.json`).
+  (summary, per-method rounds and curves, round 0, proxy, pools), which the caller writes.
 
   Args:
     target: the target LM; `num_steps` is the whole run ((rounds + 1) × S), `eval_every` the held-out curve's period.
