@@ -36,3 +36,34 @@ def test_composition_bars_stack_fractions(tmp_path):
   assert matplotlib.image.imread(path).shape[2] in (3, 4)
   with pytest.raises(ValueError, match="sum to <= 1"):
     plots.composition_bars({"x": {"a": 0.7, "b": 0.7}}, path)
+
+
+def test_composition_bars_colour_each_label_apart_and_list_them_as_stacked(tmp_path):
+  labels = [f"domain_{i:02d}" for i in range(25)]  # more labels than any one qualitative colormap has colours
+  comps = {"pool": {l: 1 / 25 for l in labels},
+           "bliss": {l: (i + 1) / sum(range(1, 26)) for i, l in enumerate(labels)}}
+  fig = plots.composition_bars(comps, str(tmp_path / "comp.png"))
+  ax = fig.axes[0]
+  # one container per label, in stacking order (bottom first); each segment of a label has that label's colour
+  stacked = [c.get_label() for c in ax.containers]
+  assert sorted(stacked) == labels
+  colours = {}
+  for c in ax.containers:
+    faces = {tuple(p.get_facecolor()) for p in c.patches}
+    assert len(faces) == 1
+    colours[c.get_label()] = faces.pop()
+  assert len(set(colours.values())) == len(labels)
+  for c_below, c_above in zip(ax.containers, ax.containers[1:]):  # each segment sits on the one below it
+    for below, above in zip(c_below.patches, c_above.patches):
+      assert above.get_y() == pytest.approx(below.get_y() + below.get_height())
+  legend = ax.get_legend()
+  assert [t.get_text() for t in legend.get_texts()] == stacked[::-1]  # the top segment first
+  assert [tuple(h.get_facecolor()) for h in legend.legend_handles] == [colours[l] for l in stacked[::-1]]
+  # the colour is the label's, whichever figure it is in
+  other = plots.composition_bars({"x": {l: 1 / 25 for l in reversed(labels)}}, str(tmp_path / "other.png"))
+  assert {c.get_label(): tuple(c.patches[0].get_facecolor()) for c in other.axes[0].containers} == colours
+
+
+def test_label_colors_stay_distinct_past_the_palette():
+  colours = plots.label_colors([f"l{i}" for i in range(75)])
+  assert len(set(colours.values())) == 75

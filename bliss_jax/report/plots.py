@@ -1,11 +1,12 @@
 """Comparison figures (matplotlib, Agg backend: files only, no display).
 
   loss_vs_flops      held-out loss against training FLOPs, one line per method (the comparison's main chart)
-  composition_bars   what each method selected, as stacked bars of label fractions (domain or quality shares)
+  composition_bars   what each method selected, as stacked bars of label fractions (domain or quality shares), one
+                     distinct colour per label (`label_colors`)
 
 Both return the matplotlib Figure (closed after saving) so callers and tests can read back what was drawn.
 """
-from typing import Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import matplotlib
 
@@ -38,10 +39,26 @@ def loss_vs_flops(curves: Mapping[str, Sequence[Tuple[float, float]]], path: str
   return fig
 
 
+def label_colors(labels: Sequence[str]) -> Dict[str, Tuple[float, ...]]:
+  """{label: RGBA}, a distinct colour for each label, assigned in sorted label order (so figures over the same labels
+  colour each alike): tab10's colours, then the lighter half of tab20, then tab20b and tab20c (60 in all), then
+  evenly spaced hues."""
+  palette = list(matplotlib.colormaps["tab20"].colors)
+  palette = palette[0::2] + palette[1::2] + list(matplotlib.colormaps["tab20b"].colors) + list(
+      matplotlib.colormaps["tab20c"].colors)
+  names = sorted(set(labels))
+  extra = max(0, len(names) - len(palette))
+  palette += [matplotlib.colormaps["hsv"](i / extra) for i in range(extra)]
+  return {name: matplotlib.colors.to_rgba(palette[i]) for i, name in enumerate(names)}
+
+
 def composition_bars(compositions: Mapping[str, Mapping[str, float]], path: str, *,
-                     title: str = "what each method selected", ylabel: str = "fraction of selected examples"):
+                     title: str = "what each method selected", ylabel: str = "fraction of selected examples",
+                     colors: Optional[Mapping[str, object]] = None):
   """Stacked bars: one bar per method, one segment per label (fractions of that method's selection). Labels are
-  ordered by their total share; fractions of a bar must sum to at most 1 (+1e-6). Saves a PNG at `path`."""
+  stacked by their total share, the largest at the bottom; the legend lists them as the bars stack them, top segment
+  first. `colors`: {label: matplotlib colour} (default `label_colors`). Fractions of a bar must sum to at most 1
+  (+1e-6). Saves a PNG at `path`."""
   if not compositions:
     raise ValueError("composition_bars needs at least one method")
   for name, fr in compositions.items():
@@ -49,17 +66,19 @@ def composition_bars(compositions: Mapping[str, Mapping[str, float]], path: str,
       raise ValueError(f"{name}: fractions must be >= 0 and sum to <= 1, got {dict(fr)}")
   labels = sorted({l for fr in compositions.values() for l in fr},
                   key=lambda l: -sum(fr.get(l, 0.0) for fr in compositions.values()))
+  colors = label_colors(labels) if colors is None else colors
   names = list(compositions)
   fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(names) + 2.5), 4.2), dpi=120)
   bottom = [0.0] * len(names)
   for label in labels:
     heights = [compositions[n].get(label, 0.0) for n in names]
-    ax.bar(names, heights, bottom=bottom, label=label)
+    ax.bar(names, heights, bottom=bottom, label=label, color=colors[label])
     bottom = [b + h for b, h in zip(bottom, heights)]
   ax.set_ylabel(ylabel)
   ax.set_ylim(0, 1)
   ax.set_title(title)
-  ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+  handles, texts = ax.get_legend_handles_labels()
+  ax.legend(handles[::-1], texts[::-1], fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
   plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
   fig.tight_layout()
   fig.savefig(path)
