@@ -156,6 +156,9 @@ def test_report_files_figures_and_tensorboard(clean_run):
   sel = report["methods"]["bliss"]["selection"]
   assert set(sel["by_domain"]) <= {"pydoc", "stdlib"} and sum(sel["by_domain"].values()) == pytest.approx(1.0)
   assert report["pool_composition"]["n"] > 0
+  tok = report["methods"]["rho1"]["token_selection"]  # the documents of the tokens RHO-1 kept, of 3 batches
+  assert tok["steps"] == [5, 10, 15] and 0 < tok["kept"]["n"] < tok["all"]["n"]
+  assert set(tok["kept"]["by_domain"]) <= set(tok["all"]["by_domain"]) and "tokens the token-selecting" in md
   # TensorBoard: the comparison's curve of every method under ROOT/tensorboard/<m>, as the report has it, next to
   # the training logs of every stage under the same ROOT
   import tensorflow as tf  # pylint: disable=import-outside-toplevel

@@ -1,12 +1,16 @@
 """The composition of a set of examples by the labels of their documents: per kind of label, each label's share of
 the examples (or of a weight such as characters), and the share of target-like examples.
 
-An example key is ``doc_id#chunk_index`` (``data.keyed.example_keys``); a labeller maps a document id to a label.
+An example key is ``doc_id#chunk_index`` (``data.keyed.example_keys``); a labeller maps a document id to a label. Tokens
+of packed batches are counted by document (``token_counts_by_document``, their documents from
+``data.keyed.replay_packed_batches``) and weigh as tokens (``composition_of_token_counts``).
 The labels are the corpus's own (e.g. ``data.benchmark.catalog.catalog_labellers``), so a pipeline that reports
 what it selected is given them (``SelectionReporter``) and knows no corpus.
 """
 import dataclasses
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
 
 Labeller = Callable[[str], str]
 Labellers = Mapping[str, Labeller]
@@ -53,6 +57,26 @@ def composition(keys: Sequence[str], labellers: Labellers) -> Dict[str, Any]:
   """``composition_of_documents`` of example keys (``doc_id#chunk_index``), counted per example: a document weighs
   as many times as it has keys."""
   return composition_of_documents([document_of(k) for k in keys], labellers)
+
+
+def token_counts_by_document(segment_ids: np.ndarray, segment_docs: Sequence[Sequence[str]], mask: np.ndarray,
+                             counts: Optional[Dict[str, int]] = None) -> Dict[str, int]:
+  """``{doc_id: the positions of mask in its segments}`` of a packed batch, added to ``counts`` (a new dict if None).
+
+  ``segment_ids``: [B, T], 0 on padding; ``segment_docs[b][s - 1]``: the document of row b's segment s; ``mask``:
+  [B, T] bool (the tokens a selection kept, or every loss-carrying one). Padding (segment 0) is never counted.
+  """
+  counts = {} if counts is None else counts
+  for ids, docs, keep in zip(np.asarray(segment_ids), segment_docs, np.asarray(mask, bool)):
+    for s, n in zip(*np.unique(ids[keep & (ids > 0)], return_counts=True)):
+      counts[docs[s - 1]] = counts.get(docs[s - 1], 0) + int(n)
+  return counts
+
+
+def composition_of_token_counts(counts: Mapping[str, int], labellers: Labellers) -> Dict[str, Any]:
+  """``composition_of_documents`` of tokens: each document weighs its count; ``"n"`` is the number of tokens."""
+  return dict(composition_of_documents(sorted(counts), labellers, weight_of=counts.__getitem__),
+              n=sum(counts.values()))
 
 
 def doc_prefix_labellers() -> Dict[str, Labeller]:

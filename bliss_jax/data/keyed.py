@@ -5,12 +5,13 @@ converter's output (the model features) is zipped with the example keys read fro
 dataset, which the converter maps 1:1. Every batch has exactly `batch_size` rows (one compilation); the last one is
 padded with all-zero rows whose `valid` flag is False.
 
-`consumed_spans` replays a training stream and returns what its first batches trained on, as document token spans;
-`keyed_batches(..., exclude_spans=...)` leaves out every example that overlaps them (SALT_DS's "remainder"), and
-`keyed_batches(..., keys=...)` reads only the examples listed (a sample of the split).
+`replay_packed_batches` replays a training stream's first batches with the examples packed into each row (their
+`doc_id`s, so a token of a packed batch maps back to its document); `consumed_spans` returns what they trained on, as
+document token spans; `keyed_batches(..., exclude_spans=...)` leaves out every example that overlaps them (SALT_DS's
+"remainder"), and `keyed_batches(..., keys=...)` reads only the examples listed (a sample of the split).
 """
 import collections
-from typing import Collection, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Collection, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import seqio
@@ -106,40 +107,57 @@ def example_keys(name: str, split: str, sequence_length: int) -> List[str]:
   return list(iter_example_keys(name, split, sequence_length))
 
 
-def consumed_spans(name: str, split: str, sequence_length: int, batch_size: int, num_batches: int, *, seed: int,
-                   feature_converter: str = "decoder", pack: bool = True, process_count: int = 1) -> Dict[str, list]:
-  """What the first `num_batches` batches of a training stream hold, as `{doc_id: [(start, end), ...]}` token spans
-  of its documents (sorted, merged where they touch).
+def replay_packed_batches(name: str, split: str, sequence_length: int, batch_size: int, num_batches: int, *,
+                          seed: int, features: Sequence[str] = ("doc_id",), feature_converter: str = "decoder",
+                          pack: bool = True, process_index: int = 0, process_count: int = 1
+                          ) -> Iterator[Tuple[Dict[str, np.ndarray], List[List[Dict[str, Any]]]]]:
+  """The first `num_batches` batches of a training stream as process `process_index` read them, each with what was
+  packed into it: `(batch, rows)`, `rows[r]` the examples of row r's segments 1, 2, ... in order, as {feature: value}
+  of their `features` (e.g. `doc_id`; strings as bytes).
 
   The stream is `pipeline.seqio_batch_source(name, batch_size=batch_size, sequence_length=sequence_length, seed=seed,
-  pack=pack, feature_converter=feature_converter)(split)` over `process_count` processes (each reads its shard). seqio
-  packs examples greedily in their order, so those batches hold exactly the first E examples of each shard's example
-  stream, E the number of packed segments (rows without packing); these are read again with their `doc_id` and
-  token offsets (`chunk_start`, `chunk_end`), and each one's tokens are checked against its packed segment.
+  pack=pack, feature_converter=feature_converter)(split)` over `process_count` processes (this one reads its shard).
+  seqio packs examples greedily in their order, so those batches hold exactly the first E examples of the shard's
+  example stream, E the number of packed segments (rows without packing); these are read again with their
+  `features`, and each one's tokens are checked against its packed segment.
   """
   lengths = task_feature_lengths(sequence_length, feature_converter)
   provider = seqio.get_mixture_or_task(name)
-  extra = {} if isinstance(provider, seqio.Task) else {"passthrough_features": list(SPAN_FEATURES)}
+  extra = {} if isinstance(provider, seqio.Task) else {"passthrough_features": list(features)}
+  packed = get_dataset(name, split, sequence_length, batch_size // process_count, shuffle=split == "train", seed=seed,
+                       pack=pack, repeat=True, feature_converter=feature_converter, process_index=process_index,
+                       process_count=process_count)
+  examples = provider.get_dataset(lengths, split=split, shuffle=split == "train", seed=seed, num_epochs=None,
+                                  shard_info=seqio.ShardInfo(index=process_index, num_shards=process_count),
+                                  use_cached=False, **extra).as_numpy_iterator()
+  for batch in packed.take(num_batches).as_numpy_iterator():
+    rows = []
+    for tokens, ids in zip(batch["decoder_target_tokens"], batch["decoder_segment_ids"]):
+      row = []
+      for s in range(1, int(ids.max()) + 1):
+        x = next(examples)
+        missing = [k for k in features if k not in x]
+        if missing:
+          raise ValueError(f"{name}'s examples lack {missing}: they must be chunks made by seqio_tasks.split_tokens")
+        example = np.concatenate([x.get("inputs", np.zeros(0, np.int32)), x["targets"]])
+        if not np.array_equal(example, tokens[ids == s]):
+          raise RuntimeError(f"replaying {name}:{split} did not give the examples of its packed batches")
+        row.append({k: x[k] for k in features})
+      rows.append(row)
+    yield batch, rows
+
+
+def consumed_spans(name: str, split: str, sequence_length: int, batch_size: int, num_batches: int, *, seed: int,
+                   feature_converter: str = "decoder", pack: bool = True, process_count: int = 1) -> Dict[str, list]:
+  """What the first `num_batches` batches of a training stream hold (`replay_packed_batches`, every process's
+  shard), as `{doc_id: [(start, end), ...]}` token spans of its documents (sorted, merged where they touch)."""
   spans = collections.defaultdict(list)
   for p in range(process_count):
-    shard = seqio.ShardInfo(index=p, num_shards=process_count)
-    packed = get_dataset(name, split, sequence_length, batch_size // process_count, shuffle=split == "train",
-                         seed=seed, pack=pack, repeat=True, feature_converter=feature_converter, process_index=p,
-                         process_count=process_count)
-    segments = []
-    for batch in packed.take(num_batches).as_numpy_iterator():
-      for tokens, ids in zip(batch["decoder_target_tokens"], batch["decoder_segment_ids"]):
-        segments += [tokens[ids == s] for s in range(1, int(ids.max()) + 1)]
-    examples = provider.get_dataset(lengths, split=split, shuffle=split == "train", seed=seed, shard_info=shard,
-                                    num_epochs=None, use_cached=False, **extra)
-    for segment, x in zip(segments, examples.take(len(segments)).as_numpy_iterator()):
-      missing = [k for k in SPAN_FEATURES if k not in x]
-      if missing:
-        raise ValueError(f"{name}'s examples lack {missing}: they must be chunks made by seqio_tasks.split_tokens")
-      example = np.concatenate([x.get("inputs", np.zeros(0, np.int32)), x["targets"]])
-      if not np.array_equal(example, segment):
-        raise RuntimeError(f"replaying {name}:{split} did not give the examples of its packed batches")
-      spans[x["doc_id"].decode()].append((int(x["chunk_start"]), int(x["chunk_end"])))
+    for _, rows in replay_packed_batches(name, split, sequence_length, batch_size, num_batches, seed=seed,
+                                         features=SPAN_FEATURES, feature_converter=feature_converter, pack=pack,
+                                         process_index=p, process_count=process_count):
+      for x in (x for row in rows for x in row):
+        spans[x["doc_id"].decode()].append((int(x["chunk_start"]), int(x["chunk_end"])))
   return {doc: _merge(s) for doc, s in spans.items()}
 
 

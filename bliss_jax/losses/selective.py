@@ -21,7 +21,7 @@ The reference losses come from the RM in the same step (`reference='online'`: on
 gradient) or from the batch (`reference='offline'`: `ref_loss` [B, T], and `ref_entropy` for `reference_entropy`,
 aligned with `decoder_target_tokens`; see `bliss_jax.selection.reference_losses`).
 """
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
 import jax
@@ -113,29 +113,14 @@ def _as_tuple(score, ratio) -> Tuple[Tuple[str, ...], Tuple[float, ...]]:
   return scores, ratios
 
 
-def make_selective_loss(model: nn.Module, frozen_models: Optional[Dict[str, nn.Module]] = None, *,
-                        ratio: Union[float, Sequence[float]] = 0.6, score: Union[str, Sequence[str]] = "excess",
-                        scope: str = "batch", combine: str = "intersection", reference: str = "online",
-                        reference_name: str = "reference") -> LossFn:
-  """The SLM loss (Eq. 4) as a `loss_fn(params, batch, rng, frozen) -> (loss, metrics)` (see `losses.lm`).
-
-  Args:
-    model: the trained model.
-    frozen_models: {name: module}; with `reference='online'`, `frozen_models[reference_name]` is the RM, and
-      `frozen[reference_name]` its parameters at call time (the trainer's `frozen_model_dirs={"reference": DIR}`).
-    ratio: k% per score (one value for all, or one per score).
-    score: a name in `SCORES`, or several (e.g. `("reference_entropy", "excess")`) combined by `combine`.
-    scope: `batch` or `sequence` ranking (see the module docstring). Either way the loss is the mean over all
-      selected tokens of the batch (not a mean of per-sequence means), as plain CE is a token mean.
-    combine: `union` or `intersection` of the per-score selections.
-    reference: `online` (RM forward in the step) or `offline` (`batch["ref_loss"]`, `batch["ref_entropy"]`).
-    reference_name: the frozen model's name.
-
-  Metrics: `loss` (= `ce_selected`, Eq. 4), `num_tokens` (its denominator, the selected tokens), `selected_fraction`
-  (selected / valid), `ce_unselected`, `ce_all` (plain CE over every valid token, the CLM loss of Eq. 2),
-  `reference_loss` (mean L_RM), `excess_loss` (mean L_Δ), `reference_entropy` (mean H_RM, when a score uses it),
-  `accuracy` (next-token accuracy over every valid token), `num_valid_tokens`.
-  """
+def make_token_selection(model: nn.Module, frozen_models: Optional[Dict[str, nn.Module]] = None, *,
+                         ratio: Union[float, Sequence[float]] = 0.6, score: Union[str, Sequence[str]] = "excess",
+                         scope: str = "batch", combine: str = "intersection", reference: str = "online",
+                         reference_name: str = "reference") -> Callable[..., Dict[str, Optional[jax.Array]]]:
+  """The tokens SLM trains on (Eq. 5, or App. H's combinations) as `select(params, batch, frozen) -> {"selected": [B, T]
+  bool, "logits", "ce" (L_θ), "ref_loss" (L_RM), "ref_entropy" (H_RM, None unless a score uses it), "excess" (L_Δ)}`.
+  The arguments are `make_selective_loss`'s, which computes its loss from this; called on its own (jitted), it gives
+  the selection a training step made from the same parameters and batch."""
   scores, ratios = _as_tuple(score, ratio)
   check_choice("selection scope", scope, SCOPES)
   check_choice("combine", combine, COMBINES)
@@ -163,18 +148,54 @@ def make_selective_loss(model: nn.Module, frozen_models: Optional[Dict[str, nn.M
     ref_loss = token_cross_entropy(ref_logits, batch["decoder_target_tokens"])
     return ref_loss, (entropy(logits=ref_logits) if need_entropy else None)  # H_RM, eq. 8
 
-  def loss_fn(params, batch, rng, frozen=None):
-    del rng
+  def select(params, batch, frozen=None):
     logits = model_logits(model, params, batch)
-    targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"].astype(jnp.float32)
-    ce = token_cross_entropy(logits, targets)
+    ce = token_cross_entropy(logits, batch["decoder_target_tokens"])
     ref_loss, ref_entropy = reference_stats(batch, frozen)
     delta = excess_loss(ce, ref_loss)
-    valid = weights > 0
+    valid = batch["decoder_loss_weights"].astype(jnp.float32) > 0
     values = {"excess": delta, "reference_loss": ref_loss, "reference_entropy": ref_entropy}
     selected = combine_selections(
         [top_fraction_mask(values[s], valid, r, largest=SCORES[s], scope=scope) for s, r in zip(scores, ratios)],
         combine)
+    return {"selected": selected, "logits": logits, "ce": ce, "ref_loss": ref_loss, "ref_entropy": ref_entropy,
+            "excess": delta}
+
+  return select
+
+
+def make_selective_loss(model: nn.Module, frozen_models: Optional[Dict[str, nn.Module]] = None, *,
+                        ratio: Union[float, Sequence[float]] = 0.6, score: Union[str, Sequence[str]] = "excess",
+                        scope: str = "batch", combine: str = "intersection", reference: str = "online",
+                        reference_name: str = "reference") -> LossFn:
+  """The SLM loss (Eq. 4) as a `loss_fn(params, batch, rng, frozen) -> (loss, metrics)` (see `losses.lm`).
+
+  Args:
+    model: the trained model.
+    frozen_models: {name: module}; with `reference='online'`, `frozen_models[reference_name]` is the RM, and
+      `frozen[reference_name]` its parameters at call time (the trainer's `frozen_model_dirs={"reference": DIR}`).
+    ratio: k% per score (one value for all, or one per score).
+    score: a name in `SCORES`, or several (e.g. `("reference_entropy", "excess")`) combined by `combine`.
+    scope: `batch` or `sequence` ranking (see the module docstring). Either way the loss is the mean over all
+      selected tokens of the batch (not a mean of per-sequence means), as plain CE is a token mean.
+    combine: `union` or `intersection` of the per-score selections.
+    reference: `online` (RM forward in the step) or `offline` (`batch["ref_loss"]`, `batch["ref_entropy"]`).
+    reference_name: the frozen model's name.
+
+  The selection is `make_token_selection`'s. Metrics: `loss` (= `ce_selected`, Eq. 4), `num_tokens` (its denominator,
+  the selected tokens), `selected_fraction` (selected / valid), `ce_unselected`, `ce_all` (plain CE over every valid
+  token, the CLM loss of Eq. 2), `reference_loss` (mean L_RM), `excess_loss` (mean L_Δ), `reference_entropy` (mean
+  H_RM, when a score uses it), `accuracy` (next-token accuracy over every valid token), `num_valid_tokens`.
+  """
+  select = make_token_selection(model, frozen_models, ratio=ratio, score=score, scope=scope, combine=combine,
+                                reference=reference, reference_name=reference_name)
+
+  def loss_fn(params, batch, rng, frozen=None):
+    del rng
+    sel = select(params, batch, frozen)
+    logits, ce, selected, delta = sel["logits"], sel["ce"], sel["selected"], sel["excess"]
+    ref_loss, ref_entropy = sel["ref_loss"], sel["ref_entropy"]
+    targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"].astype(jnp.float32)
     loss, num_selected = selective_cross_entropy(ce, weights, selected)
 
     num_valid = jnp.sum(weights)

@@ -24,7 +24,8 @@ Stages of the comparison itself (under `root/`, resumable like the others):
 Then, always rewritten from the stage results (so an interrupted and a clean run write the same report):
   report.json    per method: the curve (with target and total FLOPs at each point), final loss/accuracy, FLOPs
                  (target training, auxiliary by item), wall time of its stages, what it selected (composition by
-                 domain), zero-shot results, and steps / FLOPs to reach plain's final held-out loss (speedups)
+                 domain; for RHO-1, of the tokens it kept, `rho1.token_selection`), zero-shot results, and steps /
+                 FLOPs to reach plain's final held-out loss (speedups)
   report.md      the table, the zero-shot table, the figures
   loss_vs_flops.png, loss_vs_total_flops.png, composition.png
   tensorboard/<m>  the held-out curve of every method, so `tensorboard --logdir ROOT` overlays them next to every
@@ -198,6 +199,10 @@ def _report(setting: method.Setting, methods: Sequence[str], runs: Mapping[str, 
                  speedup_flops=tables.speedup(fc, plain_flops_curve))
     if labellers and runs[m].selections:
       row["selection"] = composition_lib.composition([k for p in runs[m].selections for k in _read_keys(p)], labellers)
+    if labellers and runs[m].token_selection:
+      counts = json.load(open(runs[m].token_selection))
+      row["token_selection"] = dict(steps=counts["steps"], **{
+          k: composition_lib.composition_of_token_counts(counts[k], labellers) for k in ("kept", "all")})
     rows[m] = row
   pool = None
   if labellers and pool_keys_path:
@@ -285,6 +290,25 @@ def _tensorboard(root: str, curves: Mapping[str, Sequence[Mapping]]) -> None:
     w.close()
 
 
+def _token_selection_lines(rows: Mapping[str, dict], kind: str) -> List[str]:
+  """report.md's lines on which `kind` labels the tokens of token-selecting methods (RHO-1) came from."""
+  tok = {m: r["token_selection"] for m, r in rows.items()
+         if r.get("token_selection") and f"by_{kind}" in r["token_selection"]["all"]}
+  if not tok:
+    return []
+  lines = [f"Which tokens the token-selecting methods kept, by {kind}: fraction of the kept tokens (of all loss-carrying "
+           "tokens of the same batches in brackets), on the training batches that followed the student's checkpoints "
+           "at steps " + "; ".join(f"{m}: {', '.join(map(str, t['steps']))}" for m, t in tok.items()) +
+           ", the selection recomputed after training with that checkpoint and the reference model:", ""]
+  for m, t in tok.items():
+    kept, every = t["kept"][f"by_{kind}"], t["all"][f"by_{kind}"]
+    line = f"- {m}: " + ", ".join(f"{k} {kept.get(k, 0.0):.3f} ({v:.3f})" for k, v in every.items())
+    if kind == "domain" and t["all"].get("target_fraction") is not None:
+      line += f"; target-like {t['kept']['target_fraction'] or 0.0:.3f} ({t['all']['target_fraction']:.3f})"
+    lines.append(line)
+  return lines + [""]
+
+
 def format_report(report: Mapping, figures: Mapping[str, str]) -> str:
   """report.md: the table of every method, zero-shot results, the figures."""
   cfg = report["config"]
@@ -335,6 +359,7 @@ def format_report(report: Mapping, figures: Mapping[str, str]) -> str:
       if pool and f"by_{kind}" in pool:
         lines.append("- candidate pool: " + ", ".join(f"{k} {v:.3f}" for k, v in pool[f"by_{kind}"].items()))
       lines.append("")
+    lines += _token_selection_lines(rows, kind)
   if report.get("pool_composition") and report["pool_composition"].get("target_fraction") is not None:
     lines += [f"Target-like share of the candidate pool: {report['pool_composition']['target_fraction']:.3f} (of "
               "examples; \"target-like share selected\" likewise).", ""]

@@ -65,6 +65,8 @@ class MethodRun:
   stages: the pipeline's stages this method ran (under `Setting.subroot(pipeline)`), for its wall time.
   selections: files of the example keys it selected (JSON lists), for the composition report.
   pool: the file of the candidate pool's keys it selected from, if any.
+  token_selection: a token-selecting method's file of {"kept": {doc_id: tokens it kept}, "all": {doc_id: tokens},
+    "steps"} over some of its training batches (`rho1.token_selection`), for the composition report.
   """
   pipeline: str
   model_dirs: Tuple[Tuple[int, str], ...]
@@ -72,6 +74,7 @@ class MethodRun:
   stages: Tuple[str, ...]
   selections: Tuple[str, ...] = ()
   pool: Optional[str] = None
+  token_selection: Optional[str] = None
 
   def model_dir_at(self, step: int) -> str:
     return [md for first, md in self.model_dirs if first <= step][-1]

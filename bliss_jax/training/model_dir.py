@@ -48,11 +48,14 @@ class ModelDir:
   def rejected_dir(self) -> str:
     return self.file(REJECTED_CHECKPOINTS)
 
-  def latest_step(self) -> Optional[int]:
-    """The newest finished checkpoint's step (None if there is none); unfinished saves' directories do not count."""
+  def checkpoint_steps(self) -> List[int]:
+    """The finished checkpoints' steps, ascending; unfinished saves' directories do not count."""
     ckpt = self.checkpoints_dir
-    steps = [int(d) for d in os.listdir(ckpt) if d.isdigit()] if os.path.isdir(ckpt) else []
-    return max(steps, default=None)
+    return sorted(int(d) for d in os.listdir(ckpt) if d.isdigit()) if os.path.isdir(ckpt) else []
+
+  def latest_step(self) -> Optional[int]:
+    """The newest finished checkpoint's step (None if there is none)."""
+    return max(self.checkpoint_steps(), default=None)
 
   @property
   def model_config_path(self) -> str:
