@@ -32,7 +32,7 @@ Then, always rewritten from the stage results (so an interrupted and a clean run
                  stream and of the candidate pool, side by side
   report.md      the table (a loss column per held-out set), the compositions, the zero-shot table, the figures
   loss_vs_flops.png, loss_vs_total_flops.png, composition.png
-  tensorboard/<m>  the held-out curve of every method, so `tensorboard --logdir ROOT` overlays them next to every
+  tensorboard/<m>  the held-out curves of every method, so `tensorboard --logdir ROOT` overlays them next to every
                  stage's own training logs (which live under ROOT too)
 
 FLOPs at a step t of a method's curve: t·(target step) + its per-step forwards up to t (teacher or reference) + the
