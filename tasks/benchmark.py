@@ -6,9 +6,10 @@ so importing ``tasks`` stays fast, and without the data it registers nothing and
 
 * ``benchmark``: the mixture of the components at ``DEFAULT_RATES``; its tasks ``benchmark_<component>``;
   ``benchmark_all`` (every document once per epoch, for scoring passes over ``pool``); ``benchmark_reference``
-  (``train``: the reference set; ``validation``: the clean target documents of ``test``). Splits ``train``,
-  ``pool``, ``validation`` (the reference set) and ``test``; features ``targets``, ``doc_id``, ``chunk_index``,
-  ``domain``, ``quality``.
+  (``train``: the reference set; ``validation``: the clean target documents of ``test``); per target domain D,
+  ``benchmark_reference_<D>`` (the same, of D only) and ``benchmark_heldout_except_<D>`` (``validation``: the
+  clean held-out documents of the other target domains). Splits ``train``, ``pool``, ``validation`` (the
+  reference set) and ``test``; features ``targets``, ``doc_id``, ``chunk_index``, ``domain``, ``quality``.
 * ``benchmark_ul2``: SALT's UL2 denoisers over the ``benchmark`` mixture (``tasks.ul2``).
 * ``lambada_reference``: LAMBADA (OpenAI) as a prefix-LM task, ``inputs`` = the passage, ``targets`` = " " + its
   last word, 30% of items (by id hash) in ``validation``: BLISS's upper-level objective as in the paper (loss on

@@ -349,3 +349,63 @@ def test_benchmark_selection_reporter(catalog, config):
   assert markdown == reports.format_selection_report(report)
   assert composition.composition(keys, reporter.labellers()) == composition.composition(
       keys, catalog_lib.catalog_labellers(catalog))
+
+
+def _source_ids(task_name, split):
+  """The document ids a registered benchmark task's source serves in ``split`` (untokenized, in order)."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  source = seqio.get_mixture_or_task(task_name).source
+  return [x['doc_id'].decode() for x in source.get_dataset(split, shuffle=False).as_numpy_iterator()]
+
+
+@pytest.mark.parametrize('domain', documents.TARGET_DOMAINS)
+def test_reference_of_one_domain_and_held_out_documents_of_the_others(config, domain):
+  """``benchmark_reference_<D>``: train holds D's reference-set documents only, validation D's clean held-out
+  documents; ``benchmark_heldout_except_<D>``: the clean held-out documents of the other target domains, none of
+  D, none in (or copied into) train or pool."""
+  from bliss_jax.data import vocabulary  # pylint: disable=g-import-not-at-top
+  mixture_lib.register_benchmark_tasks('bm_ref', config, vocabulary.default_vocabulary())
+  docs = documents.benchmark_documents(config)
+  by_id = {d.doc_id: d for d in docs}
+  reference, own_heldout = _source_ids(f'bm_ref_reference_{domain}', 'train'), _source_ids(
+      f'bm_ref_reference_{domain}', 'validation')
+  others = _source_ids(f'bm_ref_heldout_except_{domain}', 'validation')
+  assert reference == [d.doc_id for d in docs if d.split == 'validation' and d.domain == domain and d.target]
+  assert own_heldout == [d.doc_id for d in docs if d.split == 'test' and d.domain == domain and d.target]
+  assert others == [d.doc_id for d in docs if d.split in ('validation', 'test') and d.target and d.domain != domain]
+  assert reference and own_heldout and others
+  assert not set(reference) & set(own_heldout) and not set(reference) & set(others)
+  assert {by_id[i].domain for i in others} == set(documents.TARGET_DOMAINS) - {domain}
+  assert all(by_id[i].quality == 'clean' for i in reference + own_heldout + others)
+  trained_or_candidates = [d for d in docs if d.split in ('train', 'pool')]
+  assert not {d.origin for d in trained_or_candidates} & set(reference + own_heldout + others)
+  # The tasks tokenize: examples carry the documents' labels.
+  import seqio  # pylint: disable=g-import-not-at-top
+  examples = list(seqio.get_mixture_or_task(f'bm_ref_heldout_except_{domain}')
+                  .get_dataset({'targets': 64}, split='validation', shuffle=False).take(20).as_numpy_iterator())
+  assert examples and {x['quality'] for x in examples} == {b'clean'}
+  assert tuple(seqio.get_mixture_or_task(f'bm_ref_heldout_except_{domain}').splits) == ('validation',)
+
+
+def test_reference_task_kinds_are_checked(config):
+  with pytest.raises(ValueError, match="domain='web'"):
+    mixture_lib.benchmark_source(config, task_kind='reference', domain='web')
+  with pytest.raises(ValueError, match='needs the domain'):
+    mixture_lib.benchmark_source(config, task_kind='heldout_except')
+  with pytest.raises(ValueError, match="task_kind='nope'"):
+    mixture_lib.benchmark_source(config, task_kind='nope')
+
+
+def test_small_comparison_reads_one_distribution_for_stream_and_candidates(catalog):
+  """compare/small.gin: the stream and the candidate pool are the same split, so their compositions are the same by
+  construction; the reference domain's documents are neither, and the held-out sets are disjoint from both."""
+  text = (REPO / 'gin_configs' / 'compare' / 'small.gin').read_text()
+  binding = lambda key: ast.literal_eval(text.split(f'\ncompare.{key} = ', 1)[1].split('\ncompare.', 1)[0].strip())
+  assert binding('train_task') == binding('pool_task') == 'benchmark_all' and binding('pool_split') == 'train'
+  stream = [e['doc_id'] for e in catalog if e['split'] == 'train']
+  labellers = catalog_lib.catalog_labellers(catalog)
+  assert composition.composition(stream, labellers) == composition.composition(
+      [e['doc_id'] for e in catalog if e['split'] == binding('pool_split')], labellers)
+  assert binding('reference_task') == 'benchmark_reference_books'
+  assert binding('eval_sets') == {'other_domains': 'benchmark_heldout_except_books:validation',
+                                  'books': 'benchmark_reference_books:validation'}

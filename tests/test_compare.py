@@ -142,6 +142,16 @@ def test_curves_are_the_held_out_loss_of_the_checkpoints(clean_run):
     point = next(p for p in row["curve"] if p["step"] == step)
     assert point["loss"] == pytest.approx(got["loss"], rel=1e-6)
     assert point["accuracy"] == pytest.approx(got["accuracy"], rel=1e-6)
+    # the second held-out set of compare/smoke.gin: the same documents' continuations
+    got = common.heldout_at_step(str(model_dir), step, "embedded_default_prefix_lm", "validation", sequence_length=32,
+                                 batch_size=4)
+    assert point["loss@continuation"] == pytest.approx(got["loss"], rel=1e-6)
+    assert point["accuracy@continuation"] == pytest.approx(got["accuracy"], rel=1e-6)
+  assert [(s["name"], s["eval"]) for s in report["config"]["eval_sets"]] == [
+      ("validation", "embedded_default:validation"), ("continuation", "embedded_default_prefix_lm:validation")]
+  for m, r in report["methods"].items():
+    assert r["final"] == {k: r["curve"][-1][k] for k in ("step", "loss", "accuracy", "loss@continuation",
+                                                         "accuracy@continuation")}, m
 
 
 @pytest.mark.integration
@@ -159,6 +169,10 @@ def test_report_files_figures_and_tensorboard(clean_run):
   tok = report["methods"]["rho1"]["token_selection"]  # the documents of the tokens RHO-1 kept, of 3 batches
   assert tok["steps"] == [5, 10, 15] and 0 < tok["kept"]["n"] < tok["all"]["n"]
   assert set(tok["kept"]["by_domain"]) <= set(tok["all"]["by_domain"]) and "tokens the token-selecting" in md
+  # no pool split given: the candidates are the stream's own split, so both have one composition
+  assert report["stream_composition"] == report["pool_composition"]
+  assert "Stream and candidate pool have the same composition." in md
+  assert "| loss (continuation) | vs plain (continuation) |" in md
   # TensorBoard: the comparison's curve of every method under ROOT/tensorboard/<m>, as the report has it, next to
   # the training logs of every stage under the same ROOT
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
@@ -168,6 +182,9 @@ def test_report_files_figures_and_tensorboard(clean_run):
     acc.Reload()
     got = [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in acc.Tensors("heldout/loss")]
     assert got == [(p["step"], pytest.approx(p["loss"], rel=1e-6)) for p in report["methods"][m]["curve"]], m
+    got = [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in acc.Tensors("heldout@continuation/loss")]
+    assert got == [(p["step"], pytest.approx(p["loss@continuation"], rel=1e-6))
+                   for p in report["methods"][m]["curve"]], m
   assert list(root.glob("salt/student_salt/tensorboard/train/events.out.tfevents*"))
   assert list(root.glob("bliss/bliss_r1_bilevel/model/tensorboard/bilevel/events.out.tfevents*"))
   if report["zero_shot_note"] is None:
@@ -237,19 +254,66 @@ def test_notebook_runs_headless_and_shows_the_report(clean_run, cache, monkeypat
   assert any("| plain |" in o.get("data", {}).get("text/markdown", "") for o in outputs)
 
 
-def test_format_report_lists_methods_in_order_with_speedups_by_hand():
-  def row(loss, reach, aux):
-    return {"final": {"loss": loss, "accuracy": 0.25}, "steps_to_plain_final": reach,
+def test_eval_sets_name_the_primary_first():
+  assert compare.eval_sets_of(None, "t") == (("heldout", "t", "validation"),)
+  sets = compare.eval_sets_of({"others": "a_except_b:validation", "b": "ref_b:validation"}, "t")
+  assert sets == (("others", "a_except_b", "validation"), ("b", "ref_b", "validation"))
+  for bad, match in (({}, "empty"), ({"x y": "t:validation"}, "name 'x y'"), ({"x": "t"}, "not 'task:split'")):
+    with pytest.raises(ValueError, match=match):
+      compare.eval_sets_of(bad, "t")
+
+
+def _hand_report(further_sets=False):
+  """A report.json as `_report` writes it (sorted keys), by hand: plain and rho1, optionally with a second
+  held-out set `b` (loss@b in `final`), the stream's and the pool's compositions."""
+  def row(loss, reach, aux, loss_b):
+    final = {"step": 100, "loss": loss, "accuracy": 0.25, **({"loss@b": loss_b, "accuracy@b": 0.5} if further_sets
+                                                             else {})}
+    return {"final": final, "steps_to_plain_final": reach,
             "speedup_steps": None if reach is None else 100 / reach, "speedup_flops": None,
             "flops": {"target_training": 1e12, "auxiliary": {"teacher_training": aux} if aux else {},
                       "auxiliary_total": aux}, "wall_seconds": 90.0}
-  report = {"scale": "hand", "zero_shot_note": None, "pool_composition": None,
-            "config": {"train_task": "t", "pool": "t:train", "reference_task": "t", "eval": "t:validation",
-                       "eval_tokens": 1000.0, "target_steps": 100, "batch_size": 2, "sequence_length": 8,
-                       "target_params": 1234, "target_step_flops": 1e10, "curve_steps": [50, 100]},
-            "methods": {"rho1": row(3.5, 50, 5e11), "plain": row(4.0, 100, 0.0)}}  # sorted, as read back
-  md = compare.format_report(report, {"loss_vs_flops": "loss_vs_flops.png"})
+  cfg = {"train_task": "t", "pool": "t:train", "reference_task": "t", "eval": "t:validation",
+         "eval_tokens": 1000.0, "target_steps": 100, "batch_size": 2, "sequence_length": 8,
+         "target_params": 1234, "target_step_flops": 1e10, "curve_steps": [50, 100]}
+  if further_sets:
+    cfg["eval_sets"] = [{"name": "others", "eval": "t:validation", "eval_sample": "whole split", "eval_tokens": 1000.0},
+                        {"name": "b", "eval": "ref_b:validation", "eval_sample": "whole split", "eval_tokens": 500.0}]
+  return {"scale": "hand", "zero_shot_note": None, "pool_composition": None, "config": cfg,
+          "methods": {"rho1": row(3.5, 50, 5e11, 2.0), "plain": row(4.0, 100, 0.0, 2.5)}}  # sorted, as read back
+
+
+def test_format_report_lists_methods_in_order_with_speedups_by_hand():
+  md = compare.format_report(_hand_report(), {"loss_vs_flops": "loss_vs_flops.png"})
   lines = [l for l in md.splitlines() if l.startswith("| plain") or l.startswith("| rho1")]
   assert lines == ["| plain | 4.0000 | 0.2500 | +0.0000 | 100 | 1.00 | — | 0 | 0.00 | 1.5 |",
                    "| rho1 | 3.5000 | 0.2500 | -0.5000 | 50 | 2.00 | — | 5e+11 | 0.50 | 1.5 |"]
   assert "- rho1: teacher_training 5e+11" in md and "![loss_vs_flops](loss_vs_flops.png)" in md
+  assert "held-out `t:validation` (whole split, 1,000 tokens)." in md
+
+
+def test_format_report_shows_every_held_out_set_and_the_stream_next_to_the_pool():
+  report = _hand_report(further_sets=True)
+  same = {"n": 10, "by_domain": {"books": 0.6, "web": 0.4}, "target_fraction": 0.6}
+  report["pool_composition"], report["stream_composition"] = same, dict(same, n=30)
+  md = compare.format_report(report, {})
+  header = next(l for l in md.splitlines() if l.startswith("| method"))
+  assert header.startswith("| method | held-out loss (others) | next-token acc (others) | vs plain (others) | "
+                           "loss (b) | vs plain (b) | steps to plain's final loss |")
+  assert "| rho1 | 3.5000 | 0.2500 | -0.5000 | 2.0000 | -0.5000 | 50 | 2.00 |" in md
+  assert ("held-out sets `others` = `t:validation` (whole split, 1,000 tokens); `b` = `ref_b:validation` "
+          "(whole split, 500 tokens); the first is the primary") in md
+  assert "- candidate pool: books 0.600, web 0.400\n- stream: books 0.600, web 0.400" in md
+  assert "Target-like share of the candidate pool: 0.600; of the stream: 0.600" in md
+  assert "Stream and candidate pool have the same composition." in md
+  report["stream_composition"] = {"n": 30, "by_domain": {"books": 0.5, "web": 0.5}, "target_fraction": 0.5}
+  assert "Stream and candidate pool differ in composition" in compare.format_report(report, {})
+
+
+def test_further_held_out_sets_join_the_primary_curve_by_step():
+  primary = [{"step": 5, "loss": 3.0, "accuracy": 0.1, "num_tokens": 9.0}, {"step": 10, "loss": 2.0, "accuracy": 0.2}]
+  b = [{"step": 10, "loss": 1.5, "accuracy": 0.4}, {"step": 5, "loss": 2.5, "accuracy": 0.3}]
+  assert compare._with_further_sets(primary, {"b": b}) == [  # pylint: disable=protected-access
+      {"step": 5, "loss": 3.0, "accuracy": 0.1, "num_tokens": 9.0, "loss@b": 2.5, "accuracy@b": 0.3},
+      {"step": 10, "loss": 2.0, "accuracy": 0.2, "loss@b": 1.5, "accuracy@b": 0.4}]
+  assert compare._with_further_sets(primary, {}) == primary  # pylint: disable=protected-access

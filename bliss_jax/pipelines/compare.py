@@ -18,17 +18,21 @@ at the same FLOPs per token. What the small (and large) models cost is auxiliary
 
 Stages of the comparison itself (under `root/`, resumable like the others):
   curve_<m>      held-out loss and next-token accuracy of m's target at every `target.checkpoint_every` steps on
-                 `eval_task:eval_split` (the whole split, or `eval_max_batches` batches sampled uniformly over it with
-                 a fixed seed; report.json's `config.eval_sample` says which): one estimator for every method
+                 the primary held-out set, the first of `eval_sets` (the whole split, or `eval_max_batches` batches
+                 sampled uniformly over it with a fixed seed; report.json's `config.eval_sample` says which): one
+                 estimator for every method
+  curve_<m>@<s>  the same on each further held-out set s of `eval_sets`
+  stream_keys    the stream's example keys (`train_task`'s train split), for its composition, when there are labels
   zero_shot_<m>  the zero-shot harness (`eval.harness`) on m's final target, when `zero_shot_tasks` are given
 Then, always rewritten from the stage results (so an interrupted and a clean run write the same report):
-  report.json    per method: the curve (with target and total FLOPs at each point), final loss/accuracy, FLOPs
-                 (target training, auxiliary by item), wall time of its stages, what it selected (composition by
-                 domain; for RHO-1, of the tokens it kept, `rho1.token_selection`), zero-shot results, and steps /
-                 FLOPs to reach plain's final held-out loss (speedups)
-  report.md      the table, the zero-shot table, the figures
+  report.json    per method: the curve (with target and total FLOPs at each point), final loss/accuracy (the primary
+                 set; `loss@<s>` / `accuracy@<s>` for the others, in the curve's points too), FLOPs (target training,
+                 auxiliary by item), wall time of its stages, what it selected (composition by domain; for RHO-1, of
+                 the tokens it kept, `rho1.token_selection`), zero-shot results, and steps / FLOPs to reach plain's
+                 final held-out loss (speedups); the composition of the stream and of the candidate pool, side by side
+  report.md      the table (a loss column per held-out set), the compositions, the zero-shot table, the figures
   loss_vs_flops.png, loss_vs_total_flops.png, composition.png
-  tensorboard/<m>  the held-out curve of every method, so `tensorboard --logdir ROOT` overlays them next to every
+  tensorboard/<m>  the held-out curves of every method, so `tensorboard --logdir ROOT` overlays them next to every
                  stage's own training logs (which live under ROOT too)
 
 FLOPs at a step t of a method's curve: t·(target step) + its per-step forwards up to t (teacher or reference) + the
@@ -37,6 +41,7 @@ round r before round r's steps).
 """
 import json
 import os
+import re
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bliss_jax.data import composition as composition_lib
@@ -48,6 +53,13 @@ from bliss_jax.pipelines.stages import STAGE_FILE, run_stage
 from bliss_jax.report import tables
 from bliss_jax.training import checkpoints, trainer
 from bliss_jax.training.model_dir import ModelDir
+
+
+def _with_further_sets(curve: Sequence[Mapping], further: Mapping[str, Sequence[Mapping]]) -> List[dict]:
+  """The primary set's curve with `loss@<name>` / `accuracy@<name>` of each further set at the same steps."""
+  by_step = {name: {p["step"]: p for p in points} for name, points in further.items()}
+  return [dict(p, **{f"{k}@{name}": by_step[name][p["step"]][k] for name in further for k in ("loss", "accuracy")})
+          for p in curve]
 
 
 def flops_curve(curve: Sequence[Mapping], target_step_flops: float, aux: method.AuxCost) -> List[Tuple[float, float]]:
@@ -72,10 +84,32 @@ def _read_keys(path: Optional[str]) -> List[str]:
   return json.load(open(path)) if path else []
 
 
+DEFAULT_EVAL_SET = "heldout"  # the name of the held-out set when none is given: `train_task`'s validation split
+
+
+def eval_sets_of(eval_sets: Optional[Mapping[str, str]], train_task: str) -> Tuple[Tuple[str, str, str], ...]:
+  """((name, task, split), ...) of `eval_sets` ({name: "task:split"}, the first the primary), in order; None:
+  `train_task`'s validation split, named `DEFAULT_EVAL_SET`. Names are letters, digits, "_", "-" and "." (they
+  name report keys `loss@<name>` and stages `curve_<m>@<name>`)."""
+  if eval_sets is None:
+    return ((DEFAULT_EVAL_SET, train_task, "validation"),)
+  if not eval_sets:
+    raise ValueError("eval_sets is empty: give at least one {name: 'task:split'}")
+  out = []
+  for name, spec in eval_sets.items():
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+      raise ValueError(f"eval set name {name!r}: use letters, digits, '_', '-' and '.'")
+    task, _, split = str(spec).rpartition(":")
+    if not task or not split:
+      raise ValueError(f"eval set {name!r}: {spec!r} is not 'task:split'")
+    out.append((name, task, split))
+  return tuple(out)
+
+
 def run(*, root: str, target: trainer.TrainSpec, small: trainer.TrainSpec, train_task: str,
         large: Optional[trainer.TrainSpec] = None, pool_task: Optional[str] = None, pool_split: str = "train",
         pool_max_examples: Optional[int] = None,
-        reference_task: Optional[str] = None, eval_task: Optional[str] = None, eval_split: str = "validation",
+        reference_task: Optional[str] = None, eval_sets: Optional[Mapping[str, str]] = None,
         eval_max_batches: Optional[int] = None, methods: Optional[Sequence[str]] = None,
         options: Optional[Mapping[str, Mapping]] = None,
         composition: Optional[composition_lib.SelectionReporter] = None,
@@ -92,13 +126,16 @@ def run(*, root: str, target: trainer.TrainSpec, small: trainer.TrainSpec, train
     large: MiniPLM's (and Vanilla KD's) teacher, trained on `train_task`.
     train_task: the pretraining stream (its train split): plain, RHO-1, SALT, RKD and the teachers.
     pool_task / pool_split: the candidates of the selecting methods (random, BLISS, SALT_DS, MiniPLM; default:
-      `train_task`'s train split, the stream itself; the benchmark mixture has a disjoint "pool" split).
+      `train_task`'s train split, the stream itself, so that stream and candidates come from one distribution;
+      the report gives both compositions).
       pool_max_examples: a seeded uniform sample of this many of the split's examples (`common.pool_keys`; for
       corpora as large as C4).
     reference_task: the high-quality reference set (its train split): RHO-1's reference LM and BLISS's upper level
       (default: `train_task`; a pipeline's options may name their own, e.g. BLISS's LAMBADA).
-    eval_task / eval_split / eval_max_batches: the held-out set every curve is measured on (default: `train_task`'s
-      validation split, whole; `eval_max_batches`: that many of its batches, sampled uniformly over it).
+    eval_sets / eval_max_batches: the held-out sets every curve is measured on, {name: "task:split"} (`eval_sets_of`;
+      default: `train_task`'s validation split): the first is the primary (`loss`, `accuracy`, the speedups and the
+      pipelines' own evaluations), the others add `loss@<name>` / `accuracy@<name>`; each set whole, or
+      `eval_max_batches` of its batches sampled uniformly over it.
     methods: some of the registered pipelines' methods (`method.methods(options)`; default: all of them).
     options: {pipeline name: further arguments of its `run`} (ratio, n_kd, alpha, rounds, bilevel, scorers, ...).
     composition: how selected examples are labelled for the composition report (`data.composition`): its
@@ -121,10 +158,11 @@ def run(*, root: str, target: trainer.TrainSpec, small: trainer.TrainSpec, train
   L = target.sequence_length
   if small.sequence_length != L:
     raise ValueError(f"small.sequence_length={small.sequence_length} != target's {L}: they score the same chunks")
+  sets = eval_sets_of(eval_sets, train_task)
   setting = method.Setting(
       root=root, target=target, small=small, large=large, train_task=train_task, pool_task=pool_task or train_task,
       pool_split=pool_split, pool_max_examples=pool_max_examples, reference_task=reference_task or train_task,
-      eval_task=eval_task or train_task, eval_split=eval_split, eval_max_batches=eval_max_batches,
+      eval_task=sets[0][1], eval_split=sets[0][2], eval_max_batches=eval_max_batches,
       selection_report=composition if composition is not None and composition.document_report else None,
       progress_bar=progress_bar)
   runs: Dict[str, method.MethodRun] = {}
@@ -132,40 +170,57 @@ def run(*, root: str, target: trainer.TrainSpec, small: trainer.TrainSpec, train
     wanted = [m for m in methods if provided[m] is p]
     if wanted:
       runs.update(p.run(setting, wanted, options.get(p.name) or {}))
-  return _report(setting, methods, runs, composition=composition, zero_shot_tasks=zero_shot_tasks,
+  return _report(setting, methods, runs, sets, composition=composition, zero_shot_tasks=zero_shot_tasks,
                  zero_shot_limit=zero_shot_limit, zero_shot_data_dir=zero_shot_data_dir,
                  zero_shot_max_length=zero_shot_max_length, scale=scale)
 
 
-def _report(setting: method.Setting, methods: Sequence[str], runs: Mapping[str, method.MethodRun], *,
-            composition, zero_shot_tasks, zero_shot_limit, zero_shot_data_dir, zero_shot_max_length, scale) -> dict:
-  """The comparison's own stages (held-out curves, zero-shot) and its report, from every method's run."""
+def _report(setting: method.Setting, methods: Sequence[str], runs: Mapping[str, method.MethodRun],
+            sets: Sequence[Tuple[str, str, str]], *, composition, zero_shot_tasks, zero_shot_limit,
+            zero_shot_data_dir, zero_shot_max_length, scale) -> dict:
+  """The comparison's own stages (held-out curves, stream keys, zero-shot) and its report, from every method's run;
+  `sets`: the held-out sets (`eval_sets_of`), the primary first."""
   root, target = setting.root, setting.target
   N, B, L = target.num_steps, target.batch_size, target.sequence_length
-  eval_task, eval_split, eval_max_batches = setting.eval_task, setting.eval_split, setting.eval_max_batches
+  eval_max_batches = setting.eval_max_batches
   model_dirs = {m: r.model_dirs for m, r in runs.items()}
   aux = {m: r.aux for m, r in runs.items()}
 
-  # --- the comparison's own stages: one held-out estimator for every curve; zero-shot ---
+  # --- the comparison's own stages: one held-out estimator per set for every curve; zero-shot ---
   curve_steps = sorted(set(range(target.checkpoint_every, N + 1, target.checkpoint_every)) | {N})
-  eval_kw = dict(task=eval_task, split=eval_split, sequence_length=L, batch_size=B, max_batches=eval_max_batches)
-  heldout = []  # [evaluation.HeldOut], read once for every curve
+  heldout = {}  # {set name: evaluation.HeldOut}, each read once for every curve
 
-  def do_curve(d, m):
-    if not heldout:
+  def do_curve(m, name, eval_kw):
+    if name not in heldout:
       held = common.heldout_batches(**eval_kw)
-      heldout.append(held._replace(batches=list(held.batches)))
+      heldout[name] = held._replace(batches=list(held.batches))
     points = []
     for step in curve_steps:
       model_dir = [md for first, md in model_dirs[m] if first <= step][-1]
-      r = common.heldout_at_step(model_dir, step, heldout=heldout[0], **eval_kw)
+      r = common.heldout_at_step(model_dir, step, heldout=heldout[name], **eval_kw)
       points.append({k: r[k] for k in ("step", "loss", "accuracy", "num_tokens", "eval_sample")})
     return points
-  curves = {m: run_stage(root, f"curve_{m}", lambda d, m=m: do_curve(d, m),
-                         {"model_dirs": [(f, _rel(md, root)) for f, md in model_dirs[m]], "steps": curve_steps,
-                          "eval": f"{eval_task}:{eval_split}:{eval_max_batches}",
-                          **common.heldout_sample_inputs(eval_max_batches)})
-            for m in methods}
+
+  def curve_stage(m, i):
+    """m's curve on the i-th held-out set: stage curve_<m> for the primary, curve_<m>@<name> for the others."""
+    name, task, split = sets[i]
+    eval_kw = dict(task=task, split=split, sequence_length=L, batch_size=B, max_batches=eval_max_batches)
+    return run_stage(root, f"curve_{m}" if i == 0 else f"curve_{m}@{name}",
+                     lambda d: do_curve(m, name, eval_kw),
+                     {"model_dirs": [(f, _rel(md, root)) for f, md in model_dirs[m]], "steps": curve_steps,
+                      "eval": f"{task}:{split}:{eval_max_batches}", **common.heldout_sample_inputs(eval_max_batches)})
+  set_curves = {m: [curve_stage(m, i) for i in range(len(sets))] for m in methods}
+  curves = {m: _with_further_sets(c[0], {name: ci for (name, _, _), ci in zip(sets[1:], c[1:])})
+            for m, c in set_curves.items()}
+
+  labellers = composition.labellers() if composition is not None else {}
+  stream = None
+  if labellers:
+    stream_keys_path = run_stage(
+        root, "stream_keys", lambda d: common.write_json(os.path.join(d, "keys.json"),
+                                                         common.pool_keys(setting.train_task, "train", L)),
+        {"task": setting.train_task, "split": "train", "L": L})
+    stream = composition_lib.composition(_read_keys(stream_keys_path), labellers)
 
   zero_shot, zero_shot_note = _zero_shot(root, methods, model_dirs, setting.train_task, zero_shot_tasks,
                                          zero_shot_limit, zero_shot_data_dir, zero_shot_max_length)
@@ -173,7 +228,6 @@ def _report(setting: method.Setting, methods: Sequence[str], runs: Mapping[str, 
   # --- the report ---
   target_cfg = ModelDir(model_dirs[methods[0]][-1][1]).read_model_config()
   target_step_flops = train_flops_per_token(target_cfg, L) * B * L
-  labellers = composition.labellers() if composition is not None else {}
   pool_keys_path = next((runs[m].pool for m in methods if runs[m].pool), None)
   plain_curve = [(p["step"], p["loss"]) for p in curves.get("plain", [])]
   plain_flops_curve = [(s * target_step_flops, l) for s, l in plain_curve]
@@ -183,7 +237,7 @@ def _report(setting: method.Setting, methods: Sequence[str], runs: Mapping[str, 
     fc = flops_curve(c, target_step_flops, aux[m])
     aux_total = sum(aux[m].breakdown().values())
     row = {"pipeline": runs[m].pipeline, "model_dir": _rel(model_dirs[m][-1][1], root),
-           "final": {k: c[-1][k] for k in ("step", "loss", "accuracy")},
+           "final": {k: v for k, v in c[-1].items() if k in ("step", "loss", "accuracy") or "@" in k},
            "curve": [dict(p, target_flops=p["step"] * target_step_flops, total_flops=f)
                      for p, (f, _) in zip(c, fc)],
            "flops": {"target_training": N * target_step_flops, "auxiliary": aux[m].breakdown(),
@@ -208,10 +262,15 @@ def _report(setting: method.Setting, methods: Sequence[str], runs: Mapping[str, 
   if labellers and pool_keys_path:
     pool = composition_lib.composition(_read_keys(pool_keys_path), labellers)
   report = {
-      "scale": scale, "methods": rows, "pool_composition": pool, "zero_shot_note": zero_shot_note,
+      "scale": scale, "methods": rows, "pool_composition": pool, "stream_composition": stream,
+      "zero_shot_note": zero_shot_note,
       "config": {"train_task": setting.train_task, "pool": f"{setting.pool_task}:{setting.pool_split}",
                  "reference_task": setting.reference_task,
-                 "eval": f"{eval_task}:{eval_split}", "eval_max_batches": eval_max_batches,
+                 "eval": f"{sets[0][1]}:{sets[0][2]}", "eval_max_batches": eval_max_batches,
+                 # every held-out set, the primary first: its name, "task:split", estimator and tokens
+                 "eval_sets": [{"name": name, "eval": f"{task}:{split}", "eval_sample": c[-1].get("eval_sample"),
+                                "eval_tokens": c[-1]["num_tokens"]}
+                               for (name, task, split), c in zip(sets, set_curves[methods[0]])],
                  # a curve recorded before curves named their estimator was measured on the whole split
                  "eval_sample": curves[methods[0]][-1].get("eval_sample", "whole split"),
                  "eval_tokens": curves[methods[0]][-1]["num_tokens"], "target_steps": N, "batch_size": B,
@@ -278,7 +337,8 @@ def _figures(root: str, rows: Mapping[str, dict], pool: Optional[dict]) -> Dict[
 
 
 def _tensorboard(root: str, curves: Mapping[str, Sequence[Mapping]]) -> None:
-  """Each method's held-out curve as scalars under ROOT/tensorboard/<method> (rewritten, so reruns do not append)."""
+  """Each method's held-out curves as scalars under ROOT/tensorboard/<method> (`heldout/` the primary set,
+  `heldout@<s>/` the others; rewritten, so reruns do not append)."""
   import shutil  # pylint: disable=g-import-not-at-top
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
   tb = os.path.join(root, "tensorboard")
@@ -286,7 +346,12 @@ def _tensorboard(root: str, curves: Mapping[str, Sequence[Mapping]]) -> None:
   for m, points in curves.items():
     w = metric_writers.SummaryWriter(os.path.join(tb, m))
     for p in points:
-      w.write_scalars(p["step"], {"heldout/loss": p["loss"], "heldout/accuracy": p["accuracy"]})
+      scalars = {}
+      for k, v in p.items():
+        metric, at, name = k.partition("@")  # "loss" -> heldout/loss, "loss@s" -> heldout@s/loss
+        if metric in ("loss", "accuracy"):
+          scalars[f"heldout{at}{name}/{metric}"] = v
+      w.write_scalars(p["step"], scalars)
     w.close()
 
 
@@ -309,17 +374,28 @@ def _token_selection_lines(rows: Mapping[str, dict], kind: str) -> List[str]:
   return lines + [""]
 
 
+def _same_composition(a: Mapping, b: Mapping) -> bool:
+  """Whether two compositions (`data.composition.composition`) have the same fractions, whatever their sizes."""
+  return {k: v for k, v in a.items() if k != "n"} == {k: v for k, v in b.items() if k != "n"}
+
+
 def format_report(report: Mapping, figures: Mapping[str, str]) -> str:
-  """report.md: the table of every method, zero-shot results, the figures."""
+  """report.md: the table of every method (a loss column per held-out set), the compositions of the stream, the
+  candidate pool and the selections, zero-shot results, the figures."""
   cfg = report["config"]
   order = cfg.get("methods") or sorted(report["methods"], key=lambda m: m != "plain")  # report.json's keys are sorted
   rows = {m: report["methods"][m] for m in order}
+  sets = cfg.get("eval_sets") or [{"name": None, "eval": cfg["eval"], "eval_sample": cfg.get("eval_sample"),
+                                   "eval_tokens": cfg["eval_tokens"]}]
+  further = [s["name"] for s in sets[1:]]
+  heldout = "; ".join(f"{'`' + s['name'] + '` = ' if further else ''}`{s['eval']}` "
+                      f"({s.get('eval_sample') or 'whole split'}, {s['eval_tokens']:,.0f} tokens)" for s in sets)
   lines = [f"# Comparison{' (' + report['scale'] + ')' if report['scale'] else ''}", "",
            f"Target: {cfg['target_params']:,} parameters, {cfg['target_steps']} steps of {cfg['batch_size']} × "
            f"{cfg['sequence_length']} tokens for every method ({cfg['target_step_flops'] * cfg['target_steps']:.3g} "
            f"target-training FLOPs each). Stream `{cfg['train_task']}`, candidates `{cfg['pool']}`, reference "
-           f"`{cfg['reference_task']}`; held-out `{cfg['eval']}` ({cfg.get('eval_sample', 'whole split')}, "
-           f"{cfg['eval_tokens']:,.0f} tokens).", ""]
+           f"`{cfg['reference_task']}`; held-out {'sets ' if further else ''}{heldout}"
+           f"{'; the first is the primary (speedups, figures)' if further else ''}.", ""]
   table = []
   for m, r in rows.items():
     sel = r.get("selection") or {}
@@ -329,9 +405,18 @@ def format_report(report: Mapping, figures: Mapping[str, str]) -> str:
                   "speedup_flops": r.get("speedup_flops"), "aux": r["flops"]["auxiliary_total"],
                   "aux_ratio": r["flops"]["auxiliary_total"] / r["flops"]["target_training"],
                   "target_share": sel.get("target_fraction"), "minutes": r["wall_seconds"] / 60})
-  columns = [("method", "method", str), ("loss", "held-out loss", tables.fmt(".4f")),
-             ("acc", "next-token acc", tables.fmt(".4f")), ("delta", "vs plain", tables.fmt("+.4f")),
-             ("reach", "steps to plain's final loss", tables.fmt("g")),
+    for name in further:
+      table[-1][f"loss@{name}"] = r["final"][f"loss@{name}"]
+      table[-1][f"delta@{name}"] = (r["final"][f"loss@{name}"] - rows["plain"]["final"][f"loss@{name}"]
+                                    if "plain" in rows else None)
+  primary = f" ({sets[0]['name']})" if further else ""
+  columns = [("method", "method", str), ("loss", f"held-out loss{primary}", tables.fmt(".4f")),
+             ("acc", f"next-token acc{primary}", tables.fmt(".4f")), ("delta", f"vs plain{primary}",
+                                                                       tables.fmt("+.4f"))]
+  for name in further:
+    columns += [(f"loss@{name}", f"loss ({name})", tables.fmt(".4f")),
+                (f"delta@{name}", f"vs plain ({name})", tables.fmt("+.4f"))]
+  columns += [("reach", "steps to plain's final loss", tables.fmt("g")),
              ("speedup", "speedup (steps)", tables.fmt(".2f")),
              ("speedup_flops", "speedup (FLOPs incl. aux)", tables.fmt(".2f")),
              ("aux", "auxiliary FLOPs", tables.fmt(".3g")), ("aux_ratio", "aux / target", tables.fmt(".2f"))]
@@ -339,8 +424,9 @@ def format_report(report: Mapping, figures: Mapping[str, str]) -> str:
     columns.append(("target_share", "target-like share selected", tables.fmt(".3f")))
   columns.append(("minutes", "wall min", tables.fmt(".1f")))
   lines += [tables.markdown_table(table, columns), "",
-            "Held-out loss and accuracy at the last step; \"vs plain\" in nats. Steps to plain's final loss: the first "
-            "curve point at or below it (curve every "
+            "Held-out loss and accuracy at the last step; \"vs plain\" in nats. Steps to plain's final loss "
+            f"({'on the primary set; ' if further else ''}the same for the speedups): the first curve point at or "
+            "below it (curve every "
             f"{cfg['curve_steps'][0]} steps); speedup (steps) = {cfg['target_steps']} / that step; speedup (FLOPs) = "
             "plain's FLOPs / the method's FLOPs to that point, auxiliary models included. Auxiliary FLOPs: everything "
             "but the target's own training (below). Wall minutes: the method's stages as last run (a resumed stage "
@@ -349,20 +435,29 @@ def format_report(report: Mapping, figures: Mapping[str, str]) -> str:
                for m, r in rows.items() if r["flops"]["auxiliary"]]
   if aux_lines:
     lines += ["Auxiliary FLOPs by item:", ""] + aux_lines + [""]
-  pool = report.get("pool_composition")
+  data = [(what, c) for what, c in (("candidate pool", report.get("pool_composition")),
+                                    ("stream", report.get("stream_composition"))) if c]
   for kind in ("domain", "quality"):
     sel_lines = [f"- {m}: " + ", ".join(f"{k} {v:.3f}" for k, v in r["selection"][f"by_{kind}"].items())
                  for m, r in rows.items() if r.get("selection") and f"by_{kind}" in r["selection"]]
+    data_lines = [f"- {what}: " + ", ".join(f"{k} {v:.3f}" for k, v in c[f"by_{kind}"].items())
+                  for what, c in data if f"by_{kind}" in c]
     if sel_lines:
       lines += [f"What the selecting methods kept, by {kind} (fraction of selected examples; random and BLISS: "
-                "rounds 1 onwards, round 0 being a shared random selection):", ""] + sel_lines
-      if pool and f"by_{kind}" in pool:
-        lines.append("- candidate pool: " + ", ".join(f"{k} {v:.3f}" for k, v in pool[f"by_{kind}"].items()))
-      lines.append("")
+                "rounds 1 onwards, round 0 being a shared random selection), and the data they read:", ""]
+    elif data_lines:
+      lines += [f"The data, by {kind} (fraction of examples):", ""]
+    if sel_lines or data_lines:
+      lines += sel_lines + data_lines + [""]
     lines += _token_selection_lines(rows, kind)
-  if report.get("pool_composition") and report["pool_composition"].get("target_fraction") is not None:
-    lines += [f"Target-like share of the candidate pool: {report['pool_composition']['target_fraction']:.3f} (of "
-              "examples; \"target-like share selected\" likewise).", ""]
+  shares = [(what, c["target_fraction"]) for what, c in data if c.get("target_fraction") is not None]
+  if shares:
+    lines += ["Target-like share of the " + "; of the ".join(f"{what}: {v:.3f}" for what, v in shares) +
+              " (of examples; \"target-like share selected\" likewise).", ""]
+  if len(data) == 2:
+    lines += [("Stream and candidate pool have the same composition." if _same_composition(data[0][1], data[1][1])
+               else "Stream and candidate pool differ in composition (above): the selecting methods' difference to "
+               "plain includes it; random selection is their like-for-like baseline."), ""]
   zs = {m: r["zero_shot"] for m, r in rows.items() if r.get("zero_shot")}
   if zs:
     tasks_metrics = [(t, k) for t, vals in next(iter(zs.values())).items() for k in vals

@@ -3,14 +3,22 @@
 ``register_benchmark_tasks``: a task per component, ``f'{name}_{component}'``, with features ``targets`` (chunked as
 ``seqio_tasks.split_tokens``), ``doc_id``, ``chunk_index``, ``domain`` and ``quality`` (metadata: the feature
 converters drop them); the mixture ``name`` of the components with non-zero rates; ``f'{name}_all'``, every document
-once per epoch (in catalog order unshuffled: scoring passes over ``pool``); and ``f'{name}_reference'``, whose
+once per epoch (in catalog order unshuffled: scoring passes over ``pool``); ``f'{name}_reference'``, whose
 ``train`` split is the reference set and whose ``validation`` split is the target documents of ``test`` (to train a
-reference model). Registration reads no file; the documents are read on first use.
+reference model); and per target domain D, a reference set from D alone and the held-out documents of the others:
+
+  ``f'{name}_reference_{D}'``       ``train``: D's documents of the reference set (``validation``);
+                                    ``validation``: D's clean documents of ``test`` (D's held-out documents)
+  ``f'{name}_heldout_except_{D}'``  ``validation``: the clean target-like documents of every other target domain
+                                    in ``validation`` or ``test`` (never in ``train`` or ``pool``)
+
+Registration reads no file; the documents are read on first use.
 """
 from typing import Any, Callable, Dict, Mapping, Optional, Union
 
 from bliss_jax.data.benchmark.corruptions import SYNTHETIC_KINDS
-from bliss_jax.data.benchmark.documents import SPLITS, BenchmarkConfig, BenchmarkDocument, benchmark_documents
+from bliss_jax.data.benchmark.documents import (SPLITS, TARGET_DOMAINS, BenchmarkConfig, BenchmarkDocument,
+                                                benchmark_documents)
 
 COMPONENTS = ('encyclopedic', 'books', 'stories', 'math', 'code_c', 'code_python', 'multilingual', 'web',
               *(f'synthetic_{kind}' for kind in SYNTHETIC_KINDS))
@@ -26,36 +34,54 @@ DEFAULT_RATES = {
 METADATA_KEYS = ('domain', 'quality')
 
 
-def _split_filter(task_kind: str, split: str) -> Callable[[BenchmarkDocument], bool]:
-  """Which documents a ``task_kind`` ('component', 'all' or 'reference') serves in ``split``."""
+HELD_OUT_SPLITS = ('validation', 'test')
+TASK_KINDS = ('component', 'reference', 'heldout_except')
+
+
+def _split_filter(task_kind: str, split: str, domain: Optional[str] = None) -> Callable[[BenchmarkDocument], bool]:
+  """Which documents a ``task_kind`` (``TASK_KINDS``) serves in ``split``; ``domain``: the reference domain
+  (None: every target domain, for 'reference' only)."""
   if task_kind == 'reference':
     real = {'train': 'validation', 'validation': 'test'}.get(split)
-    return lambda d: d.split == real and d.target
+    return lambda d: d.split == real and d.target and domain in (None, d.domain)
+  if task_kind == 'heldout_except':
+    return lambda d: split == 'validation' and d.split in HELD_OUT_SPLITS and d.target and d.domain != domain
   return lambda d: d.split == split
 
 
 def benchmark_source(config: BenchmarkConfig,
                      component: Optional[str] = None,
-                     task_kind: str = 'component'):
+                     task_kind: str = 'component',
+                     domain: Optional[str] = None):
   """A ``seqio.FunctionDataSource`` of ``{'doc_id', 'text', 'domain', 'quality'}`` string features.
 
   ``component``: only that component's documents (None: all). ``task_kind='reference'`` serves the reference
-  set as ``train`` and the target documents of ``test`` as ``validation``. Splits are declared only where
-  documents can exist (off-target and synthetic components have no ``validation``), so mixtures skip them
-  there. Documents are read on first use (``benchmark_documents``), not here.
+  set as ``train`` and the target documents of ``test`` as ``validation``, of target domain ``domain`` only
+  when given; ``task_kind='heldout_except'`` serves as ``validation`` the target documents of ``validation`` and
+  ``test`` of every target domain but ``domain``. Splits are declared only where documents can exist (off-target
+  and synthetic components have no ``validation``), so mixtures skip them there. Documents are read on first use
+  (``benchmark_documents``), not here.
   """
   import seqio  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
+  if task_kind not in TASK_KINDS:
+    raise ValueError(f'task_kind={task_kind!r}: expected one of {TASK_KINDS}')
+  if domain is not None and domain not in TARGET_DOMAINS:
+    raise ValueError(f'domain={domain!r}: expected one of the target domains {TARGET_DOMAINS}')
+  if task_kind == 'heldout_except' and domain is None:
+    raise ValueError("task_kind='heldout_except' needs the domain it leaves out")
   if task_kind == 'reference':
     splits = ('train', 'validation')
+  elif task_kind == 'heldout_except':
+    splits = ('validation',)
   elif component is None or component in TARGET_COMPONENTS:
     splits = SPLITS
   else:
     splits = ('train', 'pool', 'test')
 
   def dataset_fn(split: str, shuffle_files: bool, seed: Optional[int] = None) -> tf.data.Dataset:
-    keep = _split_filter(task_kind, split)
+    keep = _split_filter(task_kind, split, domain)
     docs = [d for d in benchmark_documents(config)
             if keep(d) and (component is None or d.component == component)]
     columns = {key: [getattr(d, key) for d in docs] for key in ('doc_id', 'text', *METADATA_KEYS)}
@@ -100,7 +126,8 @@ def register_benchmark_tasks(name: str = 'benchmark',
                              *,
                              objective: str = 'lm',
                              shuffle_buffer_size: Optional[int] = None):
-  """Registers the component tasks, ``f'{name}_all'``, ``f'{name}_reference'`` and the mixture ``name``.
+  """Registers the component tasks, ``f'{name}_all'``, the reference tasks (``f'{name}_reference'``,
+  ``f'{name}_reference_{D}'``, ``f'{name}_heldout_except_{D}'`` per target domain D) and the mixture ``name``.
 
   Args:
     name: the mixture's name and the tasks' prefix.
@@ -133,4 +160,7 @@ def register_benchmark_tasks(name: str = 'benchmark',
     add(f'{name}_{component}', benchmark_source(config, component))
   add(f'{name}_all', benchmark_source(config, None))
   add(f'{name}_reference', benchmark_source(config, None, task_kind='reference'))
+  for domain in TARGET_DOMAINS:
+    add(f'{name}_reference_{domain}', benchmark_source(config, None, task_kind='reference', domain=domain))
+    add(f'{name}_heldout_except_{domain}', benchmark_source(config, None, task_kind='heldout_except', domain=domain))
   return seqio_tasks.register_mixture(name, [(f'{name}_{c}', rate) for c, rate in mixed.items()])
