@@ -148,22 +148,16 @@ def shared_stage_lines(shared: Mapping[str, Mapping]) -> List[str]:
   return [f"- `{path}`: {s['seconds'] / 60:.1f} min, used by {', '.join(s['methods'])}" for path, s in shared.items()]
 
 
-def _pm(interval: Optional[Mapping], spec: str) -> str:
-  """"mean ± half-width" ("mean" alone with one seed; "—" without a value)."""
+def _cell(interval: Optional[Mapping], spec: str, bounds: bool = False) -> str:
+  """"mean ± half-width", or with `bounds` "mean [low, high]"; "mean" alone with one seed, "—" without a value."""
   if not interval or interval.get("mean") is None:
     return "—"
-  if interval.get("half_width") is None:
-    return format(interval["mean"], spec)
-  return f"{format(interval['mean'], spec)} ± {format(interval['half_width'], spec.lstrip('+'))}"
-
-
-def _ci(interval: Optional[Mapping], spec: str) -> str:
-  """"mean [low, high]" ("mean" alone with one seed; "—" without a value)."""
-  if not interval or interval.get("mean") is None:
-    return "—"
+  mean = format(interval["mean"], spec)
   if interval.get("low") is None:
-    return format(interval["mean"], spec)
-  return f"{format(interval['mean'], spec)} [{format(interval['low'], spec)}, {format(interval['high'], spec)}]"
+    return mean
+  if bounds:
+    return f"{mean} [{format(interval['low'], spec)}, {format(interval['high'], spec)}]"
+  return f"{mean} ± {format(interval['half_width'], spec.lstrip('+'))}"
 
 
 def _loss_keys(rows: Mapping[str, Mapping]) -> List[str]:
@@ -189,17 +183,23 @@ def format_report(report: Mapping, figures: Mapping[str, str]) -> str:
            ""]
   metrics = [k for k in next(iter(rows.values()))["final_ci"]]
   table = [dict({"method": m, "aux": r["flops"]["auxiliary_total"],
+                 "target_share": (r.get("selection") or {}).get("target_fraction"),
                  "minutes": r["wall_seconds"]["mean"] / 60 if r["wall_seconds"]["mean"] is not None else None},
                 **{k: r["final_ci"].get(k) for k in metrics}) for m, r in rows.items()]
-  columns = [("method", "method", str)] + [(k, f"held-out {k}", lambda v: _pm(v, ".4f")) for k in metrics]
-  columns += [("aux", "auxiliary FLOPs", tables.fmt(".3g")), ("minutes", "wall min (own stages, per seed)",
-                                                                tables.fmt(".1f"))]
-  lines += [tables.markdown_table(table, columns), ""]
+  selected = any(t["target_share"] is not None for t in table)
+  columns = ([("method", "method", str)] + [(k, f"held-out {k}", lambda v: _cell(v, ".4f")) for k in metrics] +
+             [("aux", "auxiliary FLOPs", tables.fmt(".3g"))] +
+             [("target_share", "target-like share selected", tables.fmt(".3f"))] * selected +
+             [("minutes", "wall min (own stages, per seed)", tables.fmt(".1f"))])
+  lines += [tables.markdown_table(table, columns), "",
+            "Held-out values at the last step. Auxiliary FLOPs: everything but the target's own training, the same "
+            "for every seed (by item in the per-seed reports, below, with the steps and FLOPs to plain's final loss "
+            "and what each selecting method kept); the target-like share selected is the mean over the seeds.", ""]
 
   losses = _loss_keys(rows)
   diffs = [dict({"method": m}, **{f"{b}/{k}": r.get(f"vs_{b}", {}).get(k) for b in BASELINES for k in losses})
            for m, r in rows.items()]
-  dcols = [("method", "method", str)] + [(f"{b}/{k}", f"{k} − {b}'s", lambda v: _ci(v, "+.4f"))
+  dcols = [("method", "method", str)] + [(f"{b}/{k}", f"{k} − {b}'s", lambda v: _cell(v, "+.4f", bounds=True))
                                          for b in BASELINES for k in losses if b in rows]
   lines += [f"Paired differences to plain and to random, seed by seed (method − baseline, nats; mean and {level} "
             "interval; negative = lower loss than the baseline):", "", tables.markdown_table(diffs, dcols), ""]
@@ -214,7 +214,7 @@ def format_report(report: Mapping, figures: Mapping[str, str]) -> str:
               "(`report/claims.py`).", "",
               tables.markdown_table(crows, [("claim", "claim", str), ("source", "paper", str),
                                             ("step", "method's step", tables.fmt("g")),
-                                            ("d", "difference", lambda v: _ci(v, "+.4f")),
+                                            ("d", "difference", lambda v: _cell(v, "+.4f", bounds=True)),
                                             ("verdict", "verdict", str)]), ""]
 
   zs = {m: r["zero_shot_ci"] for m, r in rows.items() if r.get("zero_shot_ci")}
@@ -223,7 +223,7 @@ def format_report(report: Mapping, figures: Mapping[str, str]) -> str:
     zrows = [dict({"method": m}, **{f"{t}/{k}": z.get(t, {}).get(k) for t, k in keys}) for m, z in zs.items()]
     lines += ["Zero-shot (the harness):", "",
               tables.markdown_table(zrows, [("method", "method", str)] +
-                                    [(f"{t}/{k}", f"{t} {k}", lambda v: _pm(v, ".4f")) for t, k in keys]), ""]
+                                    [(f"{t}/{k}", f"{t} {k}", lambda v: _cell(v, ".4f")) for t, k in keys]), ""]
   if report.get("zero_shot_note"):
     lines += [report["zero_shot_note"], ""]
 
