@@ -252,6 +252,8 @@ def _report(setting: method.Setting, methods: Sequence[str], runs: Mapping[str, 
   plain_curve = [(p["step"], p["loss"]) for p in curves.get("plain", [])]
   plain_flops_curve = [(s * target_step_flops, l) for s, l in plain_curve]
   own, shared = stage_users({m: runs[m].stages for m in methods}, root)
+  shared = {_rel(p, top): {"seconds": stage_seconds(p), "methods": users} for p, users in sorted(shared.items())
+            if stage_seconds(p) is not None}  # the stages that ran (no teacher stage for a given teacher_dir)
   rows = {}
   for m in methods:
     c = curves[m]
@@ -265,7 +267,7 @@ def _report(setting: method.Setting, methods: Sequence[str], runs: Mapping[str, 
                      "auxiliary_total": aux_total, "total": N * target_step_flops + aux_total},
            "wall_seconds": _seconds(own[m]),
            "eval_seconds": _seconds([os.path.join(root, f"{k}_{m}") for k in ("curve", "zero_shot")]),
-           "shared_stages": sorted(_rel(p, top) for p, users in shared.items() if m in users),
+           "shared_stages": [p for p, s in shared.items() if m in s["methods"]],
            "zero_shot": zero_shot.get(m)}
     if plain_curve:
       plain_final = plain_curve[-1][1]
@@ -282,10 +284,9 @@ def _report(setting: method.Setting, methods: Sequence[str], runs: Mapping[str, 
     pool = composition_lib.composition(_read_keys(pool_keys_path), labellers)
   report = {
       "scale": scale, "methods": rows, "pool_composition": pool, "zero_shot_note": zero_shot_note,
-      "shared_stages": {_rel(p, top): {"seconds": stage_seconds(p), "methods": users}
-                        for p, users in sorted(shared.items()) if stage_seconds(p) is not None},
-      "config": {"seed": seed, "target_seed": target.seed, "train_task": setting.train_task, "pool": f"{setting.pool_task}:{setting.pool_split}",
-                 "reference_task": setting.reference_task,
+      "shared_stages": shared,
+      "config": {"seed": seed, "target_seed": target.seed, "train_task": setting.train_task,
+                 "pool": f"{setting.pool_task}:{setting.pool_split}", "reference_task": setting.reference_task,
                  "eval": f"{eval_task}:{eval_split}", "eval_max_batches": eval_max_batches,
                  # a curve recorded before curves named their estimator was measured on the whole split
                  "eval_sample": curves[methods[0]][-1].get("eval_sample", "whole split"),
@@ -340,8 +341,9 @@ def _figures(root: str, curves: Mapping[str, Sequence[Mapping]], reference: Opti
   from bliss_jax.report import plots  # pylint: disable=g-import-not-at-top
   figures = {}
   ref = ("plain's final loss", reference) if reference is not None else None
-  for name, x, title in (("loss_vs_flops", "target_flops", "held-out loss vs target-training FLOPs"),
-                         ("loss_vs_total_flops", "total_flops", "held-out loss vs total FLOPs (with auxiliary models)")):
+  for name, x, title in (
+      ("loss_vs_flops", "target_flops", "held-out loss vs target-training FLOPs"),
+      ("loss_vs_total_flops", "total_flops", "held-out loss vs total FLOPs (with auxiliary models)")):
     figures[name] = f"{name}.png"
     bands = {m: [(p[x], p["low"], p["high"]) for p in c] for m, c in curves.items() if band} or None
     plots.loss_vs_flops({m: [(p[x], p["loss"]) for p in c] for m, c in curves.items()},

@@ -399,7 +399,7 @@ def _compare(setting: method.Setting, methods: Sequence[str], options: Mapping) 
     aux = method.AuxCost(one_off, s["teacher_forward_flops"] / max(s["kd_steps"], 1), s["kd_steps"],
                            "teacher_forwards")
     shared_stages = ["teacher", "teacher_eval"] + (["scorer_data", "score", "select"] if m == "salt_ds" else [])
-    stages = tuple(os.path.join(shared, n) for n in shared_stages)  # those that ran (no teacher stage with teacher_dir)
+    stages = tuple(os.path.join(shared, n) for n in shared_stages)
     out[m] = method.MethodRun("salt", ((0, s["model_dir"]),), aux, stages + (os.path.join(root, f"student_{m}"),),
                               (rep["selection"]["selected"],) if m == "salt_ds" else ())
   return out
