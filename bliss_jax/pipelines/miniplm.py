@@ -95,8 +95,8 @@ def run(*, root: str, pool_task: str, student: trainer.TrainSpec, reference: tra
     if teacher is None:
       raise ValueError("MiniPLM needs a teacher: give teacher_dir (a trained MODEL_DIR) or a teacher TrainSpec")
     t_task = teacher_task or pool_task
-    teacher_res = run_stage(shared_root, "teacher", lambda d: common.train_on_task(d, teacher, t_task,
-                                                                            progress_bar=progress_bar),
+    teacher_res = run_stage(shared_root, "teacher",
+                            lambda d: common.train_on_task(d, teacher, t_task, progress_bar=progress_bar),
                             {"spec": dataclasses.asdict(teacher), "task": t_task})
     teacher_dir = teacher_res["model_dir"]
   else:
@@ -104,8 +104,8 @@ def run(*, root: str, pool_task: str, student: trainer.TrainSpec, reference: tra
 
   ref_task = f"{os.path.basename(root.rstrip('/'))}_miniplm_dref"
   register_selected_task(ref_task, pool_task, ref_keys, sequence_length=L, split=pool_split)
-  reference_res = run_stage(shared_root, "reference", lambda d: common.train_on_task(d, reference, ref_task,
-                                                                              progress_bar=progress_bar),
+  reference_res = run_stage(shared_root, "reference",
+                            lambda d: common.train_on_task(d, reference, ref_task, progress_bar=progress_bar),
                             {"spec": dataclasses.asdict(reference), "n_reference": len(ref_keys)})
 
   def do_score(d):
@@ -121,7 +121,8 @@ def run(*, root: str, pool_task: str, student: trainer.TrainSpec, reference: tra
     return {"store": os.path.join(d, "store"), "scored_tokens": tokens,
             "flops": common.forward_flops(teacher_dir, L, tokens) +
                      common.forward_flops(reference_res["model_dir"], L, tokens)}
-  scored = run_stage(shared_root, "score", do_score, {"teacher": teacher_dir, "reference": reference_res["model_dir"]})
+  scored = run_stage(shared_root, "score", do_score,
+                     {"teacher": teacher_dir, "reference": reference_res["model_dir"]})
 
   def do_select(d):
     table = score_store.read_scores(scored["store"])

@@ -140,11 +140,12 @@ def run(*, root: str, pool_task: str, target: trainer.TrainSpec, proxy: trainer.
   eval_source = data_pipeline.seqio_batch_source(eval_task, batch_size=B, sequence_length=L, seed=target.seed)
   eval_kw = dict(task=eval_task, split=eval_split, sequence_length=L, batch_size=B, max_batches=eval_max_batches)
 
-  keys_path = run_stage(shared_root, "pool_keys", lambda d: common.write_json(os.path.join(d, "keys.json"),
-                                                                       common.pool_keys(pool_task, pool_split, L,
-                                                                                        pool_max_examples)),
-                        {"task": pool_task, "split": pool_split, "L": L, "max_examples": pool_max_examples,
-                         **common.pool_sample_inputs(pool_max_examples)})
+  keys_path = run_stage(
+      shared_root, "pool_keys",
+      lambda d: common.write_json(os.path.join(d, "keys.json"),
+                                  common.pool_keys(pool_task, pool_split, L, pool_max_examples)),
+      {"task": pool_task, "split": pool_split, "L": L, "max_examples": pool_max_examples,
+       **common.pool_sample_inputs(pool_max_examples)})
 
   def do_pools(d):
     pools = split_pools(json.load(open(keys_path)), rounds + 1, seed)
@@ -184,9 +185,10 @@ def run(*, root: str, pool_task: str, target: trainer.TrainSpec, proxy: trainer.
   spec_inputs = {"target": dataclasses.asdict(target), "rounds": rounds, "eval": f"{eval_task}:{eval_split}"}
   r0 = run_stage(root, "target_r0", lambda d: train_target_round(os.path.join(d, "model"), warm_task(), 0),
                  dict(spec_inputs, selection=warm_sel["selected"]))
-  proxy_res = run_stage(shared_root, "proxy_warmup", lambda d: common.train_on_task(os.path.join(d, "model"), proxy,
-                                                                             warm_task(), progress_bar=progress_bar),
-                        {"proxy": dataclasses.asdict(proxy), "selection": warm_sel["selected"]})
+  proxy_res = run_stage(
+      shared_root, "proxy_warmup",
+      lambda d: common.train_on_task(os.path.join(d, "model"), proxy, warm_task(), progress_bar=progress_bar),
+      {"proxy": dataclasses.asdict(proxy), "selection": warm_sel["selected"]})
   target_cfg = ModelDir(r0["model_dir"]).read_model_config()
   target_step_flops = train_flops_per_token(target_cfg, L) * B * L
   ref_source = data_pipeline.seqio_batch_source(reference_task, batch_size=reference_batch_size, sequence_length=L,

@@ -233,9 +233,9 @@ def run(*, root: str, task: str, student: trainer.TrainSpec, n_kd: int, teacher:
               "num_params": count_params(cfg), "train_flops": train_flops_per_token(cfg, teacher.sequence_length) *
               tokens, "scorer_train_flops": train_flops_per_token(cfg, teacher.sequence_length) * tokens * n0 /
               teacher.num_steps}
-    teacher_res = run_stage(shared_root, "teacher", do_teacher, {"spec": dataclasses.asdict(teacher), "task": task,
-                                                          "feature_converter": feature_converter, "scorer_step": n0,
-                                                          **averaged})
+    teacher_res = run_stage(shared_root, "teacher", do_teacher,
+                            {"spec": dataclasses.asdict(teacher), "task": task, "feature_converter": feature_converter,
+                             "scorer_step": n0, **averaged})
     scorer_stream = dict(name=task, split="train", sequence_length=teacher.sequence_length,
                          batch_size=teacher.batch_size, num_batches=n0, seed=teacher.seed,
                          feature_converter=feature_converter)  # what ζ_{n0} read
@@ -318,7 +318,8 @@ def run(*, root: str, task: str, student: trainer.TrainSpec, n_kd: int, teacher:
           f.write(markdown + "\n")
         result["target_lift"] = report["target"]["lift"]
       return result
-    selection = run_stage(shared_root, "select", do_select, {"m": m, "store": scored["store"], "seed": selection_seed})
+    selection = run_stage(shared_root, "select", do_select,
+                          {"m": m, "store": scored["store"], "seed": selection_seed})
 
   # --- students: same initialisation, stream and schedule; KD for kd_steps(name) steps ---
   kd_factory = salt_kd_loss_factory(omega, rho, transition=transition, n_kd=n_kd, n_kd_start=n_kd_start,
