@@ -228,8 +228,9 @@ def format_report(report: Mapping, figures: Mapping[str, str]) -> str:
   if report.get("zero_shot_note"):
     lines += [report["zero_shot_note"], ""]
 
-  lines += [f"Wall time: {report['wall_seconds_total'] / 60:.1f} min for the whole comparison, every stage once "
-            "(every attempt of a resumed stage counted). Per method above: its own stages (those no other method or "
+  lines += [f"Wall time: {report['wall_seconds_total'] / 60:.1f} min in the comparison's stages, each counted once "
+            "with every attempt of a resumed stage (time outside stages — start-up, compilation outside them, the "
+            "pipelines' own summaries — is not counted). Per method above: its own stages (those no other method or "
             "seed uses), mean per seed; held-out curves and zero-shot evaluation not included. Shared stages, "
             "counted once here and in no method's minutes:", ""]
   lines += shared_stage_lines(report["shared_stages"]) + [""]
