@@ -2,12 +2,12 @@
 r"""Compare every method at equal target-training compute, t5x style (see bliss_jax/pipelines/compare.py).
 
   python scripts/compare.py --gin_file=compare/embedded.gin          # the README's main job, minutes on a CPU
-  python scripts/compare.py --gin_file=compare/small.gin             # the README's results (about an hour)
+  python scripts/compare.py --gin_file=compare/small.gin             # the README's results (3 seeds)
   python scripts/compare.py --gin_file=compare/smoke.gin --gin.compare.methods="('plain', 'rho1')"
 
 The flags are scripts/train.py's. Every stage writes under ROOT (the gin macro / compare.root) and is skipped when
 rerun after it finished (training stages resume from their checkpoints), so a killed run continues where it stopped.
-Prints ROOT/report.md's table at the end.
+Prints ROOT/report.md at the end: the table over the seeds (`compare.seeds`), the paired differences and the claims.
 """
 import os
 import sys

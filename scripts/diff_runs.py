@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 r"""Compare what two run roots recorded: every report.json, stage.json and heldout.json under the first root against
-the same file under the second, wall times and the roots' own paths left out. Prints each changed value and each
-field only one side has, then a count; exit status 1 when a value differs or a file is missing.
+the same file under the second, wall times (and stages' attempts) and the roots' own paths left out. Prints each
+changed value and each field only one side has, then a count; exit status 1 when a value differs or a file is missing.
 
   python scripts/diff_runs.py runs/compare_smoke /tmp/compare_smoke_again
 
@@ -12,7 +12,7 @@ import os
 import sys
 
 RECORDS = ("report.json", "stage.json", "heldout.json")
-VOLATILE = ("wall_seconds", "seconds", "tokens_per_sec")
+VOLATILE = ("wall_seconds", "eval_seconds", "wall_seconds_total", "seconds", "attempts", "tokens_per_sec")
 
 
 def _normalised(x, root):

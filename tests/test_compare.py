@@ -1,6 +1,7 @@
-"""The comparison pipeline: FLOP accounting by hand; one tiny run of every method on the embedded
-corpus (equal target compute, report, figures, TensorBoard); and the same run killed (SIGKILL / SIGTERM) at stage
-boundaries and mid-stage, rerun each time, ending with the same report.
+"""The comparison pipeline: FLOP and wall-time accounting by hand; one tiny run of every method on the embedded
+corpus with two seeds (equal target compute, per-seed and aggregate reports, figures, TensorBoard, stages shared by
+the seeds run once); and the same run killed (SIGKILL / SIGTERM) at stage boundaries and mid-stage, rerun each time,
+ending with the same report.
 
 The runs are `scripts/compare.py` subprocesses (the README's command) on `compare/smoke.gin`; they share one JAX
 compilation cache, so the later ones mostly load executables. The notebook runs the same command on the finished
@@ -24,6 +25,7 @@ METHODS = ("plain", "rho1", "rkd", "salt", "salt_ds", "miniplm", "vanilla_kd", "
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["--gin_file=compare/smoke.gin", "--gin.compare.zero_shot_tasks=('arc_easy',)",
         "--gin.compare.zero_shot_limit=6"]
+SEEDS = 2  # the clean run's
 
 
 # --- pure pieces ---
@@ -41,6 +43,19 @@ def test_aux_cost_counts_one_off_items_before_their_step_and_forwards_per_step()
   assert method.AuxCost().at(7) == 0.0
 
 
+def test_stage_users_tell_own_stages_from_shared_ones(tmp_path):
+  seed, shared = tmp_path / "seed_0", tmp_path / "shared"
+  own, users = compare.stage_users({
+      "random": [seed / "bliss" / "pools_r0", seed / "bliss" / "random_r1_select"],
+      "bliss": [seed / "bliss" / "pools_r0", seed / "bliss" / "bliss_r1_bilevel", shared / "bliss" / "proxy_warmup"],
+      "rho1": [shared / "rho1" / "reference", seed / "rho1" / "student_rho1"]}, str(seed))
+  assert own == {"random": [str(seed / "bliss" / "random_r1_select")],
+                 "bliss": [str(seed / "bliss" / "bliss_r1_bilevel")], "rho1": [str(seed / "rho1" / "student_rho1")]}
+  assert users == {str(seed / "bliss" / "pools_r0"): ["random", "bliss"],  # shared within the seed
+                   str(shared / "bliss" / "proxy_warmup"): ["bliss"],  # shared with the other seeds
+                   str(shared / "rho1" / "reference"): ["rho1"]}
+
+
 def test_unknown_method_is_named():
   with pytest.raises(ValueError, match=r"unknown methods \['bliss2'\]"):
     compare.run(root="/nonexistent", target=None, small=None, train_task="x", methods=("plain", "bliss2"))
@@ -54,9 +69,13 @@ def _env(cache):
   return env
 
 
-def _start(root, cache, log):
-  return subprocess.Popen([sys.executable, "scripts/compare.py", *TINY, f"--gin.ROOT='{root}'"], cwd=REPO,
-                          env=_env(cache), stdout=log, stderr=subprocess.STDOUT)
+def _start(root, cache, log, seeds=SEEDS):
+  return subprocess.Popen([sys.executable, "scripts/compare.py", *TINY, f"--gin.compare.seeds={seeds}",
+                           f"--gin.ROOT='{root}'"], cwd=REPO, env=_env(cache), stdout=log, stderr=subprocess.STDOUT)
+
+
+def _seed_report(root, seed):
+  return json.loads((root / compare.seed_dir(seed) / "report.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -74,16 +93,22 @@ def clean_run(tmp_path_factory, cache):
   return root, json.loads((root / "report.json").read_text()), out
 
 
+VOLATILE = ("wall_seconds", "eval_seconds", "seconds", "wall_seconds_total")
+
+
 def _without_wall_time(report):
-  report = json.loads(json.dumps(report))
-  for row in report["methods"].values():
-    row.pop("wall_seconds")
+  if isinstance(report, dict):
+    return {k: _without_wall_time(v) for k, v in report.items() if k not in VOLATILE}
+  if isinstance(report, list):
+    return [_without_wall_time(v) for v in report]
   return report
 
 
 @pytest.mark.integration
 def test_every_method_trains_the_same_target_for_the_same_flops(clean_run):
-  root, report, _ = clean_run
+  root, _, _ = clean_run
+  report = _seed_report(root, 0)
+  root = root / compare.seed_dir(0)
   rows = report["methods"]
   assert set(rows) == set(METHODS)  # report.json is written with sorted keys
   assert report["config"]["methods"] == list(METHODS)
@@ -123,9 +148,9 @@ def test_rho1_auxiliary_flops_equal_a_hand_count(clean_run):
   each of the target's 20 steps of 4 × 32 tokens."""
   from bliss_jax.training.model_dir import ModelDir  # pylint: disable=import-outside-toplevel
   root, report, _ = clean_run
-  V = ModelDir(str(root / "rho1" / "reference")).read_model_config().vocab_size
+  V = ModelDir(str(root / compare.SHARED_DIR / "rho1" / "reference")).read_model_config().vocab_size
   fwd = 2 * (15_456 + 32 * V) + 4 * 1 * 2 * 16 * 32
-  aux = report["methods"]["rho1"]["flops"]["auxiliary"]
+  aux = report["methods"]["rho1"]["flops"]["auxiliary"]  # the same for every seed
   assert aux["reference_forwards"] == pytest.approx(fwd * 20 * 4 * 32, rel=1e-12)
   assert aux["reference_training"] == pytest.approx(3 * fwd * 10 * 4 * 32, rel=1e-12)
 
@@ -134,8 +159,8 @@ def test_rho1_auxiliary_flops_equal_a_hand_count(clean_run):
 def test_curves_are_the_held_out_loss_of_the_checkpoints(clean_run):
   from bliss_jax.pipelines import common  # pylint: disable=import-outside-toplevel
   import tasks  # noqa: F401  pylint: disable=unused-import,import-outside-toplevel  (registers embedded_default)
-  root, report, _ = clean_run
-  row = report["methods"]["random"]  # its first 10 steps are round 0's MODEL_DIR, the rest its own
+  root = clean_run[0] / compare.seed_dir(1)
+  row = _seed_report(clean_run[0], 1)["methods"]["random"]  # its first 10 steps: round 0's MODEL_DIR, the rest its own
   for step, model_dir in ((10, root / "bliss" / "target_r0" / "model"), (20, root / row["model_dir"])):
     got = common.heldout_at_step(str(model_dir), step, "embedded_default", "validation", sequence_length=32,
                                  batch_size=4)
@@ -147,11 +172,50 @@ def test_curves_are_the_held_out_loss_of_the_checkpoints(clean_run):
                                  batch_size=4)
     assert point["loss@continuation"] == pytest.approx(got["loss"], rel=1e-6)
     assert point["accuracy@continuation"] == pytest.approx(got["accuracy"], rel=1e-6)
+  report = _seed_report(clean_run[0], 1)
   assert [(s["name"], s["eval"]) for s in report["config"]["eval_sets"]] == [
       ("validation", "embedded_default:validation"), ("continuation", "embedded_default_prefix_lm:validation")]
   for m, r in report["methods"].items():
     assert r["final"] == {k: r["curve"][-1][k] for k in ("step", "loss", "accuracy", "loss@continuation",
                                                          "accuracy@continuation")}, m
+
+
+@pytest.mark.integration
+def test_seeds_train_other_targets_on_shared_small_models_and_the_report_is_their_mean(clean_run):
+  root, report, out = clean_run
+  seeds = [_seed_report(root, s) for s in range(SEEDS)]
+  assert report["seeds"] == SEEDS and report["target_seeds"] == [0, 1]
+  assert [r["config"]["target_seed"] for r in seeds] == [0, 1]
+  for m in METHODS:
+    curves = [[p["loss"] for p in r["methods"][m]["curve"]] for r in seeds]
+    assert curves[0] != curves[1], m  # another initialisation and data order
+    row = report["methods"][m]
+    finals = [r["methods"][m]["final"] for r in seeds]
+    for k in ("loss", "accuracy"):
+      assert row["final"][k] == pytest.approx(sum(f[k] for f in finals) / SEEDS), (m, k)
+      assert row["final_ci"][k]["mean"] == pytest.approx(row["final"][k]) and row["final_ci"][k]["n"] == SEEDS
+    for i, p in enumerate(row["curve"]):
+      assert p["mean"]["loss"] == pytest.approx(sum(r["methods"][m]["curve"][i]["loss"] for r in seeds) / SEEDS)
+      assert p["min"]["loss"] <= p["mean"]["loss"] <= p["max"]["loss"]
+    if m != "plain":
+      d = [r["methods"][m]["final"]["loss"] - r["methods"]["plain"]["final"]["loss"] for r in seeds]
+      assert row["vs_plain"]["loss"]["mean"] == pytest.approx(sum(d) / SEEDS)
+    assert all(r["methods"][m]["wall_seconds"] > 0 for r in seeds), m
+  assert {c["verdict"] for c in report["claims"]} <= {"holds", "fails", "inconclusive"}
+  assert len(report["claims"]) == 8  # every paper claim: all their methods ran
+  # the stages that do not depend on the target ran once, under ROOT/shared, each in one attempt
+  for record in (root / compare.SHARED_DIR).glob("*/*/stage.json"):
+    assert len(json.loads(record.read_text())["attempts"]) == 1, record
+  assert out.count("[stage reference] running") == 2  # RHO-1's and MiniPLM's reference LMs, once each
+  assert out.count("[stage student_plain] running") == SEEDS  # a target per seed
+  assert not (root / compare.seed_dir(1) / "rho1" / "reference").exists()
+  shared = report["shared_stages"]
+  assert shared["shared/salt/teacher"]["methods"] == ["rkd", "salt", "salt_ds"]
+  assert shared["seed_1/bliss/target_r0"]["methods"] == ["random", "bliss", "mates"]
+  assert shared["shared/rho1/reference"]["methods"] == ["rho1"]  # one method, every seed
+  md = (root / "report.md").read_text()
+  assert f"{SEEDS} seeds" in md and " ± " in md and any(f"| {v} |" in md for v in ("holds", "fails", "inconclusive"))
+  assert "`shared/salt/teacher`" in md
 
 
 @pytest.mark.integration
@@ -161,11 +225,17 @@ def test_report_files_figures_and_tensorboard(clean_run):
   for m in METHODS:
     assert f"| {m} |" in md
   assert "| plain | " in out  # the script prints the table
-  for name in ("loss_vs_flops.png", "loss_vs_total_flops.png", "composition.png"):
-    assert (root / name).stat().st_size > 10_000, name
-  sel = report["methods"]["bliss"]["selection"]
+  for d in (root, root / compare.seed_dir(0), root / compare.seed_dir(1)):
+    for name in ("loss_vs_flops.png", "loss_vs_total_flops.png", "composition.png"):
+      assert (d / name).stat().st_size > 10_000, (d, name)
+  sel = report["methods"]["bliss"]["selection"]  # the mean over the seeds
   assert set(sel["by_domain"]) <= {"pydoc", "stdlib"} and sum(sel["by_domain"].values()) == pytest.approx(1.0)
   assert report["pool_composition"]["n"] > 0
+  # TensorBoard: the comparison's curve of every method under ROOT/seed_<s>/tensorboard/<m>, as that seed's report
+  # has it, next to the training logs of every stage under the same ROOT
+  report = _seed_report(root, 0)
+  root = root / compare.seed_dir(0)
+  md = (root / "report.md").read_text()
   tok = report["methods"]["rho1"]["token_selection"]  # the documents of the tokens RHO-1 kept, of 3 batches
   assert tok["steps"] == [5, 10, 15] and 0 < tok["kept"]["n"] < tok["all"]["n"]
   assert set(tok["kept"]["by_domain"]) <= set(tok["all"]["by_domain"]) and "tokens the token-selecting" in md
@@ -173,8 +243,6 @@ def test_report_files_figures_and_tensorboard(clean_run):
   assert report["stream_composition"] == report["pool_composition"]
   assert "Stream and candidate pool have the same composition." in md
   assert "| loss (continuation) | vs plain (continuation) |" in md
-  # TensorBoard: the comparison's curve of every method under ROOT/tensorboard/<m>, as the report has it, next to
-  # the training logs of every stage under the same ROOT
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=import-outside-toplevel
   for m in METHODS:
@@ -206,18 +274,20 @@ def test_rerun_reuses_every_stage_and_writes_the_same_report(clean_run, cache, t
 
 @pytest.mark.integration
 def test_killed_at_stage_boundaries_and_mid_stage_then_rerun_gives_the_same_report(clean_run, cache, tmp_path):
-  _, clean_report, _ = clean_run
+  """One seed here: its seed_0 report must be the clean two-seed run's."""
+  clean_report = _seed_report(clean_run[0], 0)
   root = tmp_path / "killed"
+  shared, seed = root / compare.SHARED_DIR, root / compare.seed_dir(0)
   # (file whose appearance triggers the kill, signal): boundaries between stages, and inside a training stage, the
   # bilevel loop and the comparison's own evaluation stages
-  kills = [(root / "rho1" / "reference" / "stage.json", signal.SIGKILL),
-           (root / "salt" / "student_salt" / "checkpoints" / "5", signal.SIGTERM),
-           (root / "miniplm" / "score" / "stage.json", signal.SIGTERM),
-           (root / "bliss" / "bliss_r1_bilevel" / "model", signal.SIGKILL),
-           (root / "curve_plain" / "stage.json", signal.SIGKILL)]
+  kills = [(shared / "rho1" / "reference" / "stage.json", signal.SIGKILL),
+           (seed / "salt" / "student_salt" / "checkpoints" / "5", signal.SIGTERM),
+           (shared / "miniplm" / "score" / "stage.json", signal.SIGTERM),
+           (seed / "bliss" / "bliss_r1_bilevel" / "model", signal.SIGKILL),
+           (seed / "curve_plain" / "stage.json", signal.SIGKILL)]
   for i, (trigger, sig) in enumerate(kills):
     with open(tmp_path / f"run{i}.log", "w") as log:
-      proc = _start(root, cache, log)
+      proc = _start(root, cache, log, seeds=1)
       while not trigger.exists() and proc.poll() is None:
         time.sleep(0.05)
       assert proc.poll() is None, f"run {i} ended before {trigger} appeared:\n" + (
@@ -226,8 +296,17 @@ def test_killed_at_stage_boundaries_and_mid_stage_then_rerun_gives_the_same_repo
       proc.wait(timeout=60)
     assert not (root / "report.json").exists()
   with open(tmp_path / "final.log", "w") as log:
-    assert _start(root, cache, log).wait(timeout=1800) == 0, (tmp_path / "final.log").read_text()[-3000:]
-  assert _without_wall_time(json.loads((root / "report.json").read_text())) == _without_wall_time(clean_report)
+    assert _start(root, cache, log, seeds=1).wait(timeout=1800) == 0, (tmp_path / "final.log").read_text()[-3000:]
+  assert _without_wall_time(_seed_report(root, 0)) == _without_wall_time(clean_report)
+  aggregate = json.loads((root / "report.json").read_text())
+  assert aggregate["methods"]["salt"]["final"] == clean_report["methods"]["salt"]["final"]  # one seed: its values
+  # the stages killed inside count both attempts
+  for stage in (seed / "salt" / "student_salt", seed / "bliss" / "bliss_r1_bilevel"):
+    record = json.loads((stage / "stage.json").read_text())
+    assert [a["end"] for a in record["attempts"]] == ["interrupted", "finished"], stage
+    assert record["seconds"] == pytest.approx(sum(a["seconds"] for a in record["attempts"]))
+  first = json.loads((seed / "salt" / "student_salt" / "stage.json").read_text())["attempts"][0]
+  assert first["seconds"] > 0  # it trained 5 steps and wrote their checkpoint before it was killed
 
 
 @pytest.mark.integration
@@ -236,7 +315,8 @@ def test_notebook_runs_headless_and_shows_the_report(clean_run, cache, monkeypat
   are reused, so this checks the notebook's cells, not the training again)."""
   import nbclient  # pylint: disable=import-outside-toplevel
   import nbformat  # pylint: disable=import-outside-toplevel
-  root, report, _ = clean_run
+  root = clean_run[0]
+  report = _seed_report(root, 0)  # the notebook runs one seed: the aggregate is seed 0's values
   for k, v in _env(cache).items():
     monkeypatch.setenv(k, v)
   monkeypatch.delenv("XLA_FLAGS", raising=False)

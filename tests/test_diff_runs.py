@@ -27,7 +27,8 @@ def test_roots_compare_equal_but_for_wall_time_and_their_own_paths(tmp_path, cap
   a, b = tmp_path / "a", tmp_path / "b"
   for root, seconds in ((a, 1.0), (b, 7.5)):
     _write(root, "report.json", {"loss": 2.5, "model_dir": str(root / "m"), "wall_seconds": seconds})
-    _write(root, "s/stage.json", {"result": {"flops": 3e9}, "seconds": seconds})
+    _write(root, "s/stage.json", {"result": {"flops": 3e9}, "seconds": seconds,
+                                  "attempts": [{"started": seconds, "seconds": seconds, "end": "finished"}]})
   assert diff_runs.main([str(a), str(b)]) == 0
   assert "2 records compared: 0 changed values, 0 missing files" in capsys.readouterr().out
   _write(b, "s/stage.json", {"result": {"flops": 3.0000001e9}, "seconds": 0.0})

@@ -1,4 +1,5 @@
 """Comparison figures: what is drawn is what was given, files are PNGs, bad input is refused."""
+import matplotlib.colors
 import matplotlib.image
 import numpy as np
 import pytest
@@ -18,6 +19,21 @@ def test_loss_vs_flops_draws_each_curve_sorted(tmp_path):
   assert matplotlib.image.imread(path).ndim == 3
   with pytest.raises(ValueError, match="non-empty"):
     plots.loss_vs_flops({"a": []}, path)
+
+
+def test_loss_vs_flops_shades_each_band_in_its_line_colour(tmp_path):
+  path = str(tmp_path / "band.png")
+  fig = plots.loss_vs_flops({"plain": [(1e12, 4.2), (2e12, 3.9)], "bliss": [(1e12, 4.1), (2e12, 3.7)]}, path,
+                            bands={"plain": [(2e12, 3.8, 4.0), (1e12, 4.1, 4.3)]},
+                            band_label="min–max over 2 seeds")
+  ax = fig.axes[0]
+  assert len(ax.collections) == 1  # bliss has no band
+  band = ax.collections[0]
+  xs, ys = band.get_paths()[0].vertices.T
+  assert set(xs) == {1e12, 2e12} and {3.8, 4.0, 4.1, 4.3} <= set(ys)
+  plain = next(l for l in ax.get_lines() if l.get_label() == "plain")
+  np.testing.assert_allclose(band.get_facecolor()[0][:3], matplotlib.colors.to_rgb(plain.get_color()))
+  assert "min–max over 2 seeds" in ax.get_title()
 
 
 def test_composition_bars_stack_fractions(tmp_path):

@@ -117,11 +117,11 @@ def run(*, root: str, pool_task: str, target: trainer.TrainSpec, proxy: trainer.
         eval_max_batches: Optional[int] = None, selection_report: Optional[SelectionReporter] = None,
         reset_proxy: bool = True,
         variant_rounds: Optional[int] = None, variant_train_target: bool = True, target_lr_halving: bool = False,
-        progress_bar: bool = True) -> dict:
+        shared_root: Optional[str] = None, progress_bar: bool = True) -> dict:
   """Run (or resume) BLISS and random selection over `rounds` rounds; returns the report (also `root/report.json`).
 
   Args:
-    target / proxy / rounds / select_fraction / pool_* / eval_* / target_lr_halving: as `rounds.run`.
+    target / proxy / rounds / select_fraction / pool_* / eval_* / target_lr_halving / shared_root: as `rounds.run`.
     bilevel / bilevel_steps / bilevel_batch_size: the bilevel step (`BilevelConfig`), T, and the candidate batch.
     reference_task / reference_split: the upper level's data (F), read with `reference_feature_converter`
       ("prefix_lm" for a context/continuation task such as `lambada_reference`: F on the continuation only).
@@ -144,7 +144,7 @@ def run(*, root: str, pool_task: str, target: trainer.TrainSpec, proxy: trainer.
       eval_batches=eval_batches, eval_max_batches=eval_max_batches,
       selection_report=_selection_report(selection_report, pool_split),
       ablations=tuple(variants), ablation_rounds=variant_rounds, ablation_train_target=variant_train_target,
-      target_lr_halving=target_lr_halving, progress_bar=progress_bar)
+      target_lr_halving=target_lr_halving, shared_root=shared_root, progress_bar=progress_bar)
   eval_name = f"{eval_task or pool_task}:{eval_split}"
   report["config"] = {"rounds": rounds, "select_fraction": select_fraction, "bilevel_steps": bilevel_steps,
                       "bilevel": {k: dataclasses.asdict(v) for k, v in configs.items() if k in methods},
@@ -172,11 +172,12 @@ def _provides(options: Mapping) -> tuple:
 
 def _compare(setting: method.Setting, methods: Sequence[str], options: Mapping) -> Dict[str, method.MethodRun]:
   kw = dict(dict(proxy=setting.small, reference_task=setting.reference_task, reference_split="train"), **options)
-  kw.update(root=setting.subroot("bliss"), pool_task=setting.pool_task, pool_split=setting.pool_split,
+  root, shared = setting.subroot("bliss"), setting.shared_subroot("bliss")
+  kw.update(root=root, shared_root=shared, pool_task=setting.pool_task, pool_split=setting.pool_split,
             pool_max_examples=setting.pool_max_examples, target=setting.target, eval_task=setting.eval_task,
             eval_split=setting.eval_split, eval_max_batches=setting.eval_max_batches, methods=tuple(methods),
             selection_report=setting.selection_report, progress_bar=setting.progress_bar)
-  return rounds_lib.method_runs(run(**kw), methods, "bliss")
+  return rounds_lib.method_runs(run(**kw), methods, "bliss", root, shared)
 
 
 PIPELINE = method.Pipeline("bliss", _provides, _compare)

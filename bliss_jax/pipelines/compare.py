@@ -1,8 +1,8 @@
-"""The comparison: every method on one corpus and one target shape, at equal target-training compute.
+"""The comparison: every method on one corpus and one target shape, at equal target-training compute, over seeds.
 
-Each method's own pipeline runs under `root/<pipeline>/` (its stages resumable as always), given the same target
-`TrainSpec` (shape, steps N, batch B, length L, optimizer, seed), so every target is trained for exactly N·B·L tokens
-at the same FLOPs per token. What the small (and large) models cost is auxiliary and reported apart.
+Each method's own pipeline runs under `root/seed_<s>/<pipeline>/` (its stages resumable as always), given the same
+target `TrainSpec` (shape, steps N, batch B, length L, optimizer, seed), so every target is trained for exactly N·B·L
+tokens at the same FLOPs per token. What the small (and large) models cost is auxiliary and reported apart.
 
   method      pipeline  what trains the target                              auxiliary models and cost
   plain       rho1      CE on `train_task`'s stream                         none
@@ -16,24 +16,52 @@ at the same FLOPs per token. What the small (and large) models cost is auxiliary
   miniplm     miniplm   CE on the top α by difference sampling              large teacher, reference LM, scoring
   vanilla_kd  miniplm   KD from the large teacher at every step (N steps)   large teacher; its forward every step
 
-Stages of the comparison itself (under `root/`, resumable like the others):
+Seeds (`seeds`, default 1): seed s = 0, 1, ... trains every method's target with `target.seed + s`, its
+initialisation and data order (every pipeline shuffles the target's stream with `TrainSpec.seed`; the selection
+rounds also draw random's samples and their scorers' chance from round 1 on with it, `pipelines.rounds`). A stage
+that does not depend on the target runs once, under `root/shared/<pipeline>/`, and every seed reuses it:
+  rho1     reference                                     RHO-1's reference LM
+  salt     teacher, teacher_eval, scorer_data, score,     the small LM, its held-out row, SALT_DS's scoring and
+           select                                        selection (its tie-breaking `selection_seed` fixed)
+  miniplm  pool_keys, split_reference, teacher,          the pool, D_ref (its `seed` fixed), the large teacher and
+           reference, score, select, prx_*               the reference LM, the difference scores and selection
+  bliss    pool_keys, pools, warmup_select, proxy_warmup  the rounds' pools, round 0's random selection and the proxy
+                                                         warmed up on it (drawn with the pipeline's `seed`)
+They are auxiliary: the seeds measure how a method's result varies with its target's chance (initialisation, data
+order, random draws) given the same small models; redrawing those would multiply their cost by the seeds. Everything
+that depends on the target (round 0's target steps, BLISS's bilevel stages and scores, MATES's probes, the
+selections made from them, every target) runs per seed.
+
+Stages of the comparison itself (under `root/seed_<s>/`, resumable like the others):
   curve_<m>      held-out loss and next-token accuracy of m's target at every `target.checkpoint_every` steps on
                  the primary held-out set, the first of `eval_sets` (the whole split, or `eval_max_batches` batches
                  sampled uniformly over it with a fixed seed; report.json's `config.eval_sample` says which): one
                  estimator for every method
   curve_<m>@<s>  the same on each further held-out set s of `eval_sets`
   stream_keys    the stream's example keys (`train_task`'s train split), for its composition, when there are labels
+                 (under `root/shared/`: one stream for every seed)
   zero_shot_<m>  the zero-shot harness (`eval.harness`) on m's final target, when `zero_shot_tasks` are given
-Then, always rewritten from the stage results (so an interrupted and a clean run write the same report):
+Then, always rewritten from the stage results (so an interrupted and a clean run write the same report), per seed
+under `root/seed_<s>/`:
   report.json    per method: the curve (with target and total FLOPs at each point), final loss/accuracy (the primary
                  set; `loss@<s>` / `accuracy@<s>` for the others, in the curve's points too), FLOPs (target training,
-                 auxiliary by item), wall time of its stages, what it selected (composition by domain; for RHO-1, of
-                 the tokens it kept, `rho1.token_selection`), zero-shot results, and steps / FLOPs to reach plain's
-                 final held-out loss (speedups); the composition of the stream and of the candidate pool, side by side
+                 auxiliary by item), wall time of its own stages and the stages it shares, what it selected
+                 (composition by domain; for RHO-1, of the tokens it kept, `rho1.token_selection`), zero-shot results,
+                 and steps / FLOPs to reach plain's final held-out loss (speedups); the composition of the stream and
+                 of the candidate pool, side by side
   report.md      the table (a loss column per held-out set), the compositions, the zero-shot table, the figures
   loss_vs_flops.png, loss_vs_total_flops.png, composition.png
   tensorboard/<m>  the held-out curves of every method, so `tensorboard --logdir ROOT` overlays them next to every
                  stage's own training logs (which live under ROOT too)
+and over the seeds under `root/` (`report.across_seeds`; with one seed the same files, without intervals):
+  report.json    per method: mean and 95% interval of every final value and zero-shot metric, the paired difference
+                 to plain and to random on the same seed, the curve as mean and min–max; the papers' claims
+                 (`report.claims`) as holds / fails / inconclusive; wall time, shared stages once
+  report.md, loss_vs_flops.png, loss_vs_total_flops.png (mean with a min–max band), composition.png (mean)
+
+Wall time: a stage's seconds count every attempt (`pipelines.stages`). A method's own stages are those under its
+seed's directory that no other method uses; every other stage (shared across seeds, or within a seed such as the
+rounds' round 0 or SALT's teacher) is listed once with the methods that use it, and counted in no method's minutes.
 
 FLOPs at a step t of a method's curve: t·(target step) + its per-step forwards up to t (teacher or reference) + the
 one-off auxiliary costs incurred before step t (the small models' training at the start; BLISS's bilevel and scoring of
@@ -49,10 +77,12 @@ from bliss_jax.data import data_dir as data_dir_lib
 from bliss_jax.models.config import count_params
 from bliss_jax.models.flops import train_flops_per_token
 from bliss_jax.pipelines import builtin, common, method
-from bliss_jax.pipelines.stages import STAGE_FILE, run_stage
-from bliss_jax.report import tables
+from bliss_jax.pipelines.stages import run_stage, stage_seconds
+from bliss_jax.report import across_seeds, tables
 from bliss_jax.training import checkpoints, trainer
 from bliss_jax.training.model_dir import ModelDir
+
+SHARED_DIR = "shared"  # under the comparison's root: the stages every seed shares
 
 
 def _with_further_sets(curve: Sequence[Mapping], further: Mapping[str, Sequence[Mapping]]) -> List[dict]:
@@ -71,13 +101,28 @@ def _rel(path: str, root: str) -> str:
   return os.path.relpath(os.path.abspath(path), os.path.abspath(root))
 
 
-def _stage_seconds(stage_root: str, names: Sequence[str]) -> float:
-  total = 0.0
-  for n in names:
-    p = os.path.join(stage_root, n, STAGE_FILE)
-    if os.path.exists(p):
-      total += json.load(open(p)).get("seconds", 0.0)
-  return total
+def seed_dir(seed: int) -> str:
+  """The directory of seed `seed` (0, 1, ...) under the comparison's root."""
+  return f"seed_{seed}"
+
+
+def stage_users(stages: Mapping[str, Sequence[str]], seed_root: str) -> Tuple[Dict[str, List[str]],
+                                                                             Dict[str, List[str]]]:
+  """(own, shared) from {method: its stage directories} (`MethodRun.stages`): each method's own stages, those under
+  `seed_root` that no other method uses, and every other stage with the methods that use it (in method order)."""
+  stages = {m: [os.path.abspath(p) for p in paths] for m, paths in stages.items()}
+  users: Dict[str, List[str]] = {}
+  for m, paths in stages.items():
+    for p in paths:
+      users.setdefault(p, []).append(m)
+  inside = lambda p: p.startswith(os.path.join(os.path.abspath(seed_root), ""))
+  own = {m: [p for p in paths if users[p] == [m] and inside(p)] for m, paths in stages.items()}
+  return own, {p: ms for p, ms in users.items() if len(ms) > 1 or not inside(p)}
+
+
+def _seconds(stage_dirs: Sequence[str]) -> float:
+  """The wall seconds of the finished stages among `stage_dirs`, every attempt counted (`stages.stage_seconds`)."""
+  return sum(s for s in map(stage_seconds, stage_dirs) if s is not None)
 
 
 def _read_keys(path: Optional[str]) -> List[str]:
@@ -115,8 +160,9 @@ def run(*, root: str, target: trainer.TrainSpec, small: trainer.TrainSpec, train
         composition: Optional[composition_lib.SelectionReporter] = None,
         zero_shot_tasks: Sequence[str] = (), zero_shot_limit: Optional[float] = None,
         zero_shot_data_dir: Optional[str] = None, zero_shot_max_length: int = 2048, scale: str = "",
-        pipelines: Sequence[method.Pipeline] = builtin.PIPELINES, progress_bar: bool = True) -> dict:
-  """Run (or resume) every method in `methods` and write the comparison (`root/report.json`, `report.md`, figures).
+        seeds: int = 1, pipelines: Sequence[method.Pipeline] = builtin.PIPELINES, progress_bar: bool = True) -> dict:
+  """Run (or resume) every method in `methods` on `seeds` seeds and write the comparison: each seed's report under
+  `root/seed_<s>/`, the aggregate over the seeds as `root/report.json`, `report.md` and figures (module docstring).
 
   Args:
     target: the target model's TrainSpec, shared by every method (`checkpoint_every` is the curve's period; every
@@ -146,6 +192,8 @@ def run(*, root: str, target: trainer.TrainSpec, small: trainer.TrainSpec, train
       dir: the shared data's `eval/`; skipped with a note where it is absent). zero_shot_max_length: the longest
       scored row (contexts are left-truncated; as scripts/evaluate.py's --max_length).
     scale: a name for the report ("smoke", "small", ...).
+    seeds: how many targets of every method: seed s trains them with `target.seed + s` (initialisation and data
+      order); the stages that do not depend on the target run once, under `root/shared/`.
     pipelines: the pipelines providing the methods (`method.Pipeline`), in report order.
   """
   options = dict(options or {})
@@ -158,28 +206,55 @@ def run(*, root: str, target: trainer.TrainSpec, small: trainer.TrainSpec, train
   L = target.sequence_length
   if small.sequence_length != L:
     raise ValueError(f"small.sequence_length={small.sequence_length} != target's {L}: they score the same chunks")
+  if seeds < 1:
+    raise ValueError(f"seeds={seeds} must be >= 1")
   sets = eval_sets_of(eval_sets, train_task)
-  setting = method.Setting(
-      root=root, target=target, small=small, large=large, train_task=train_task, pool_task=pool_task or train_task,
-      pool_split=pool_split, pool_max_examples=pool_max_examples, reference_task=reference_task or train_task,
-      eval_task=sets[0][1], eval_split=sets[0][2], eval_max_batches=eval_max_batches,
-      selection_report=composition if composition is not None and composition.document_report else None,
-      progress_bar=progress_bar)
-  runs: Dict[str, method.MethodRun] = {}
-  for p in pipelines:
-    wanted = [m for m in methods if provided[m] is p]
-    if wanted:
-      runs.update(p.run(setting, wanted, options.get(p.name) or {}))
-  return _report(setting, methods, runs, sets, composition=composition, zero_shot_tasks=zero_shot_tasks,
-                 zero_shot_limit=zero_shot_limit, zero_shot_data_dir=zero_shot_data_dir,
-                 zero_shot_max_length=zero_shot_max_length, scale=scale)
+  reports = []
+  for seed in range(seeds):
+    setting = method.Setting(
+        root=os.path.join(root, seed_dir(seed)), shared_root=os.path.join(root, SHARED_DIR),
+        target=target.replace(seed=target.seed + seed), small=small, large=large, train_task=train_task,
+        pool_task=pool_task or train_task, pool_split=pool_split, pool_max_examples=pool_max_examples,
+        reference_task=reference_task or train_task, eval_task=sets[0][1], eval_split=sets[0][2],
+        eval_max_batches=eval_max_batches,
+        selection_report=composition if composition is not None and composition.document_report else None,
+        progress_bar=progress_bar)
+    runs: Dict[str, method.MethodRun] = {}
+    for p in pipelines:
+      wanted = [m for m in methods if provided[m] is p]
+      if wanted:
+        runs.update(p.run(setting, wanted, options.get(p.name) or {}))
+    reports.append(_report(setting, methods, runs, sets, top=root, seed=seed, composition=composition,
+                           zero_shot_tasks=zero_shot_tasks, zero_shot_limit=zero_shot_limit,
+                           zero_shot_data_dir=zero_shot_data_dir, zero_shot_max_length=zero_shot_max_length,
+                           scale=scale))
+  return _aggregate(root, reports, [seed_dir(s) for s in range(seeds)])
+
+
+def _aggregate(root: str, reports: Sequence[Mapping], dirs: Sequence[str]) -> dict:
+  """The aggregate of the seeds' reports (`report.across_seeds`): `root/report.json`, `report.md` and figures."""
+  report = across_seeds.aggregate(reports, dirs)
+  common.write_json(os.path.join(root, "report.json"), report)
+  rows = report["methods"]
+  band = len(reports) > 1
+  points = {m: [{"target_flops": p["target_flops"], "total_flops": p["total_flops"], "loss": p["mean"]["loss"],
+                 **({"low": p["min"]["loss"], "high": p["max"]["loss"]} if band else {})} for p in r["curve"]]
+            for m, r in rows.items()}
+  figures = _figures(root, points, rows["plain"]["final"]["loss"] if "plain" in rows else None,
+                     {m: r["selection"]["by_domain"] for m, r in rows.items() if r.get("selection")},
+                     report["pool_composition"],
+                     band=report["band"] if band else None)
+  with open(os.path.join(root, "report.md"), "w") as f:
+    f.write(across_seeds.format_report(report, figures))
+  return report
 
 
 def _report(setting: method.Setting, methods: Sequence[str], runs: Mapping[str, method.MethodRun],
-            sets: Sequence[Tuple[str, str, str]], *, composition, zero_shot_tasks, zero_shot_limit,
-            zero_shot_data_dir, zero_shot_max_length, scale) -> dict:
-  """The comparison's own stages (held-out curves, stream keys, zero-shot) and its report, from every method's run;
-  `sets`: the held-out sets (`eval_sets_of`), the primary first."""
+            sets: Sequence[Tuple[str, str, str]], *, top: str, seed: int, composition, zero_shot_tasks,
+            zero_shot_limit, zero_shot_data_dir, zero_shot_max_length, scale) -> dict:
+  """One seed's comparison stages (held-out curves, stream keys, zero-shot) and its report under `setting.root`, from
+  every method's run; `sets`: the held-out sets (`eval_sets_of`), the primary first; `top`: the comparison's root
+  (shared stages are named relative to it)."""
   root, target = setting.root, setting.target
   N, B, L = target.num_steps, target.batch_size, target.sequence_length
   eval_max_batches = setting.eval_max_batches
@@ -216,8 +291,8 @@ def _report(setting: method.Setting, methods: Sequence[str], runs: Mapping[str, 
   labellers = composition.labellers() if composition is not None else {}
   stream = None
   if labellers:
-    stream_keys_path = run_stage(
-        root, "stream_keys", lambda d: common.write_json(os.path.join(d, "keys.json"),
+    stream_keys_path = run_stage(  # the same for every seed
+        setting.shared_root, "stream_keys", lambda d: common.write_json(os.path.join(d, "keys.json"),
                                                          common.pool_keys(setting.train_task, "train", L)),
         {"task": setting.train_task, "split": "train", "L": L})
     stream = composition_lib.composition(_read_keys(stream_keys_path), labellers)
@@ -231,6 +306,9 @@ def _report(setting: method.Setting, methods: Sequence[str], runs: Mapping[str, 
   pool_keys_path = next((runs[m].pool for m in methods if runs[m].pool), None)
   plain_curve = [(p["step"], p["loss"]) for p in curves.get("plain", [])]
   plain_flops_curve = [(s * target_step_flops, l) for s, l in plain_curve]
+  own, shared = stage_users({m: runs[m].stages for m in methods}, root)
+  shared = {_rel(p, top): {"seconds": stage_seconds(p), "methods": users} for p, users in sorted(shared.items())
+            if stage_seconds(p) is not None}  # the stages that ran (no teacher stage for a given teacher_dir)
   rows = {}
   for m in methods:
     c = curves[m]
@@ -242,7 +320,10 @@ def _report(setting: method.Setting, methods: Sequence[str], runs: Mapping[str, 
                      for p, (f, _) in zip(c, fc)],
            "flops": {"target_training": N * target_step_flops, "auxiliary": aux[m].breakdown(),
                      "auxiliary_total": aux_total, "total": N * target_step_flops + aux_total},
-           "wall_seconds": _stage_seconds(setting.subroot(runs[m].pipeline), runs[m].stages),
+           "wall_seconds": _seconds(own[m]),
+           "eval_seconds": _seconds([os.path.join(root, f"curve_{m}" + (f"@{name}" if i else ""))
+                                     for i, (name, _, _) in enumerate(sets)] + [os.path.join(root, f"zero_shot_{m}")]),
+           "shared_stages": [p for p, s in shared.items() if m in s["methods"]],
            "zero_shot": zero_shot.get(m)}
     if plain_curve:
       plain_final = plain_curve[-1][1]
@@ -263,9 +344,9 @@ def _report(setting: method.Setting, methods: Sequence[str], runs: Mapping[str, 
     pool = composition_lib.composition(_read_keys(pool_keys_path), labellers)
   report = {
       "scale": scale, "methods": rows, "pool_composition": pool, "stream_composition": stream,
-      "zero_shot_note": zero_shot_note,
-      "config": {"train_task": setting.train_task, "pool": f"{setting.pool_task}:{setting.pool_split}",
-                 "reference_task": setting.reference_task,
+      "zero_shot_note": zero_shot_note, "shared_stages": shared,
+      "config": {"seed": seed, "target_seed": target.seed, "train_task": setting.train_task,
+                 "pool": f"{setting.pool_task}:{setting.pool_split}", "reference_task": setting.reference_task,
                  "eval": f"{sets[0][1]}:{sets[0][2]}", "eval_max_batches": eval_max_batches,
                  # every held-out set, the primary first: its name, "task:split", estimator and tokens
                  "eval_sets": [{"name": name, "eval": f"{task}:{split}", "eval_sample": c[-1].get("eval_sample"),
@@ -277,7 +358,8 @@ def _report(setting: method.Setting, methods: Sequence[str], runs: Mapping[str, 
                  "sequence_length": L, "target_params": count_params(target_cfg), "methods": list(methods),
                  "target_step_flops": target_step_flops, "curve_steps": curve_steps}}
   common.write_json(os.path.join(root, "report.json"), report)
-  figures = _figures(root, rows, pool)
+  figures = _figures(root, {m: r["curve"] for m, r in rows.items()}, rows["plain"]["final"]["loss"] if "plain" in rows
+                     else None, {m: r["selection"]["by_domain"] for m, r in rows.items() if r.get("selection")}, pool)
   _tensorboard(root, curves)
   with open(os.path.join(root, "report.md"), "w") as f:
     f.write(format_report(report, figures))
@@ -314,22 +396,24 @@ def _zero_shot(root, methods, model_dirs, train_task, tasks, limit, data_dir, ma
   return results, None
 
 
-def _figures(root: str, rows: Mapping[str, dict], pool: Optional[dict]) -> Dict[str, str]:
+def _figures(root: str, curves: Mapping[str, Sequence[Mapping]], reference: Optional[float],
+             compositions: Mapping[str, Mapping[str, float]], pool: Optional[dict],
+             band: Optional[str] = None) -> Dict[str, str]:
+  """loss_vs_flops.png, loss_vs_total_flops.png (curves: {method: [{"target_flops", "total_flops", "loss"}, with
+  "low" and "high" drawn as a band labelled `band` when given]}, `reference`: plain's final loss) and composition.png
+  (what each selecting method kept, by domain, next to the pool); returns {name: file}."""
   from bliss_jax.report import plots  # pylint: disable=g-import-not-at-top
   figures = {}
-  ref = ("plain's final loss", rows["plain"]["final"]["loss"]) if "plain" in rows else None
-  figures["loss_vs_flops"] = "loss_vs_flops.png"
-  plots.loss_vs_flops({m: [(p["target_flops"], p["loss"]) for p in r["curve"]] for m, r in rows.items()},
-                      os.path.join(root, figures["loss_vs_flops"]), reference=ref,
-                      title="held-out loss vs target-training FLOPs")
-  figures["loss_vs_total_flops"] = "loss_vs_total_flops.png"
-  plots.loss_vs_flops({m: [(p["total_flops"], p["loss"]) for p in r["curve"]] for m, r in rows.items()},
-                      os.path.join(root, figures["loss_vs_total_flops"]), reference=ref,
-                      title="held-out loss vs total FLOPs (with auxiliary models)")
-  comps = {m: r["selection"]["by_domain"] for m, r in rows.items() if r.get("selection")}
-  if comps:
-    if pool:
-      comps = {"pool": pool["by_domain"], **comps}
+  ref = ("plain's final loss", reference) if reference is not None else None
+  for name, x, title in (
+      ("loss_vs_flops", "target_flops", "held-out loss vs target-training FLOPs"),
+      ("loss_vs_total_flops", "total_flops", "held-out loss vs total FLOPs (with auxiliary models)")):
+    figures[name] = f"{name}.png"
+    bands = {m: [(p[x], p["low"], p["high"]) for p in c] for m, c in curves.items() if band} or None
+    plots.loss_vs_flops({m: [(p[x], p["loss"]) for p in c] for m, c in curves.items()},
+                        os.path.join(root, figures[name]), reference=ref, title=title, bands=bands, band_label=band)
+  if compositions:
+    comps = {"pool": pool["by_domain"], **compositions} if pool else dict(compositions)
     figures["composition"] = "composition.png"
     plots.composition_bars(comps, os.path.join(root, figures["composition"]),
                            title="selected examples by domain", ylabel="fraction of selected examples")
@@ -390,7 +474,8 @@ def format_report(report: Mapping, figures: Mapping[str, str]) -> str:
   further = [s["name"] for s in sets[1:]]
   heldout = "; ".join(f"{'`' + s['name'] + '` = ' if further else ''}`{s['eval']}` "
                       f"({s.get('eval_sample') or 'whole split'}, {s['eval_tokens']:,.0f} tokens)" for s in sets)
-  lines = [f"# Comparison{' (' + report['scale'] + ')' if report['scale'] else ''}", "",
+  seed = f", seed {cfg['seed']} (target seed {cfg['target_seed']})" if "seed" in cfg else ""
+  lines = [f"# Comparison{' (' + report['scale'] + ')' if report['scale'] else ''}{seed}", "",
            f"Target: {cfg['target_params']:,} parameters, {cfg['target_steps']} steps of {cfg['batch_size']} × "
            f"{cfg['sequence_length']} tokens for every method ({cfg['target_step_flops'] * cfg['target_steps']:.3g} "
            f"target-training FLOPs each). Stream `{cfg['train_task']}`, candidates `{cfg['pool']}`, reference "
@@ -429,8 +514,11 @@ def format_report(report: Mapping, figures: Mapping[str, str]) -> str:
             "below it (curve every "
             f"{cfg['curve_steps'][0]} steps); speedup (steps) = {cfg['target_steps']} / that step; speedup (FLOPs) = "
             "plain's FLOPs / the method's FLOPs to that point, auxiliary models included. Auxiliary FLOPs: everything "
-            "but the target's own training (below). Wall minutes: the method's stages as last run (a resumed stage "
-            "counts its last attempt; shared stages, e.g. SALT's teacher, count for every method using them).", ""]
+            "but the target's own training (below). Wall minutes: the method's own stages (those no other method or "
+            "seed uses), every attempt of a resumed stage counted; shared stages are listed below, once.", ""]
+  if report.get("shared_stages"):
+    lines += ["Shared stages (wall time counted once, in no method's minutes):", ""]
+    lines += across_seeds.shared_stage_lines(report["shared_stages"]) + [""]
   aux_lines = [f"- {m}: " + ", ".join(f"{k} {v:.3g}" for k, v in r["flops"]["auxiliary"].items())
                for m, r in rows.items() if r["flops"]["auxiliary"]]
   if aux_lines:

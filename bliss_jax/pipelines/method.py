@@ -16,8 +16,14 @@ from bliss_jax.training.trainer import TrainSpec
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
-  """What every method of one comparison shares (`compare.run`'s arguments, defaults resolved)."""
+  """What every method of one comparison (of one seed) shares (`compare.run`'s arguments, defaults resolved).
+
+  root: where the stages of this seed go (`subroot(pipeline)`): everything that depends on the target.
+  shared_root: where the stages that do not depend on the target go (`shared_subroot(pipeline)`: the small and large
+    models, their scores and selections), computed once for every seed of the comparison (may equal `root`).
+  """
   root: str
+  shared_root: str
   target: TrainSpec
   small: TrainSpec
   large: Optional[TrainSpec]
@@ -34,6 +40,9 @@ class Setting:
 
   def subroot(self, pipeline: str) -> str:
     return os.path.join(self.root, pipeline)
+
+  def shared_subroot(self, pipeline: str) -> str:
+    return os.path.join(self.shared_root, pipeline)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +71,8 @@ class MethodRun:
   """One method's outcome: its target's checkpoints, what it cost besides the target, what it selected.
 
   model_dirs: ((first step, MODEL_DIR), ...): the checkpoint at step t is in the last MODEL_DIR whose first step ≤ t.
-  stages: the pipeline's stages this method ran (under `Setting.subroot(pipeline)`), for its wall time.
+  stages: the directories of the stages this method depends on (its own and those it shares with other methods or
+    seeds, under `Setting.subroot` or `Setting.shared_subroot`), for its wall time.
   selections: files of the example keys it selected (JSON lists), for the composition report.
   pool: the file of the candidate pool's keys it selected from, if any.
   token_selection: a token-selecting method's file of {"kept": {doc_id: tokens it kept}, "all": {doc_id: tokens},

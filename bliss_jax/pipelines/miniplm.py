@@ -1,6 +1,7 @@
 """MiniPLM (Gu et al.): offline Difference Sampling with a large teacher and a small reference LM, and its baselines.
 
-Stages (each resumable, under `root/`):
+Stages (each resumable, under `root/`; those before the students do not depend on them and go under `shared_root/`,
+default `root/`):
   pool_keys       every example key of the candidate pool (`pool_task:pool_split`, chunked at the sequence length)
   split_reference D_ref = a uniform `reference_fraction` of the pool, removed from it (seeded)
   teacher         the teacher LM (given as a MODEL_DIR, or trained here on the pool task's train split)
@@ -60,21 +61,24 @@ def run(*, root: str, pool_task: str, student: trainer.TrainSpec, reference: tra
         students: Sequence[str] = ("miniplm", "plain", "vanilla_kd"), kd_omega: float = 1.0, kd_rho: float = 1.0,
         eval_max_batches: Optional[int] = None, prx_sample_fraction: float = 0.1, prx_steps: int = 200,
         prx_learning_rate: float = 1e-3, vanilla_kd_match_flops: bool = True, keep_checkpoints: Optional[int] = 3,
-        pool_max_examples: Optional[int] = None, progress_bar: bool = True) -> dict:
+        pool_max_examples: Optional[int] = None, shared_root: Optional[str] = None,
+        progress_bar: bool = True) -> dict:
   """Run (or resume) the MiniPLM pipeline; returns the per-student results written to `root/report.json`.
 
   `vanilla_kd_match_flops`: Vanilla KD runs fewer steps so that its FLOPs with the teacher's forwards equal the other
   students' (MiniPLM §3.1); False: the same steps as the others, the teacher's forwards counted as auxiliary cost
   (the comparison pipeline's equal target-training compute). `keep_checkpoints`: of each student (None: all).
   `pool_max_examples`: the pool is a seeded uniform sample of this many of the pool split's examples
-  (`common.pool_keys`; for corpora as large as C4).
+  (`common.pool_keys`; for corpora as large as C4). `shared_root`: where the stages before the students go (default
+  `root`).
   """
+  shared_root = shared_root or root
   for name in students:
     check_choice("MiniPLM student", name, STUDENTS)
   L = student.sequence_length
   eval_task = eval_task or pool_task
   keys_inputs = dict({"task": pool_task, "split": pool_split, "L": L}, **common.pool_sample_inputs(pool_max_examples))
-  keys_path = run_stage(root, "pool_keys", lambda d: common.write_json(
+  keys_path = run_stage(shared_root, "pool_keys", lambda d: common.write_json(
       os.path.join(d, "keys.json"), common.pool_keys(pool_task, pool_split, L, pool_max_examples)), keys_inputs)
   keys = json.load(open(keys_path))
   scored_keys = None if pool_max_examples is None else keys  # what offline scoring reads of the pool split
@@ -84,15 +88,15 @@ def run(*, root: str, pool_task: str, student: trainer.TrainSpec, reference: tra
     return {"reference": common.write_json(os.path.join(d, "reference_keys.json"), ref),
             "candidates": common.write_json(os.path.join(d, "candidate_keys.json"), rest),
             "n_reference": len(ref), "n_candidates": len(rest)}
-  split = run_stage(root, "split_reference", do_split, {"fraction": reference_fraction, "seed": seed})
+  split = run_stage(shared_root, "split_reference", do_split, {"fraction": reference_fraction, "seed": seed})
   ref_keys, cand_keys = json.load(open(split["reference"])), json.load(open(split["candidates"]))
 
   if teacher_dir is None:
     if teacher is None:
       raise ValueError("MiniPLM needs a teacher: give teacher_dir (a trained MODEL_DIR) or a teacher TrainSpec")
     t_task = teacher_task or pool_task
-    teacher_res = run_stage(root, "teacher", lambda d: common.train_on_task(d, teacher, t_task,
-                                                                            progress_bar=progress_bar),
+    teacher_res = run_stage(shared_root, "teacher",
+                            lambda d: common.train_on_task(d, teacher, t_task, progress_bar=progress_bar),
                             {"spec": dataclasses.asdict(teacher), "task": t_task})
     teacher_dir = teacher_res["model_dir"]
   else:
@@ -100,8 +104,8 @@ def run(*, root: str, pool_task: str, student: trainer.TrainSpec, reference: tra
 
   ref_task = f"{os.path.basename(root.rstrip('/'))}_miniplm_dref"
   register_selected_task(ref_task, pool_task, ref_keys, sequence_length=L, split=pool_split)
-  reference_res = run_stage(root, "reference", lambda d: common.train_on_task(d, reference, ref_task,
-                                                                              progress_bar=progress_bar),
+  reference_res = run_stage(shared_root, "reference",
+                            lambda d: common.train_on_task(d, reference, ref_task, progress_bar=progress_bar),
                             {"spec": dataclasses.asdict(reference), "n_reference": len(ref_keys)})
 
   def do_score(d):
@@ -117,7 +121,8 @@ def run(*, root: str, pool_task: str, student: trainer.TrainSpec, reference: tra
     return {"store": os.path.join(d, "store"), "scored_tokens": tokens,
             "flops": common.forward_flops(teacher_dir, L, tokens) +
                      common.forward_flops(reference_res["model_dir"], L, tokens)}
-  scored = run_stage(root, "score", do_score, {"teacher": teacher_dir, "reference": reference_res["model_dir"]})
+  scored = run_stage(shared_root, "score", do_score,
+                     {"teacher": teacher_dir, "reference": reference_res["model_dir"]})
 
   def do_select(d):
     table = score_store.read_scores(scored["store"])
@@ -130,12 +135,12 @@ def run(*, root: str, pool_task: str, student: trainer.TrainSpec, reference: tra
     return {"selected": common.write_json(os.path.join(d, "selected_keys.json"), selected),
             "n_selected": len(selected), "n_candidates": int(idx.size),
             "score_mean_selected": float(s[chosen].mean()), "score_mean_candidates": float(s[idx].mean())}
-  selection = run_stage(root, "select", do_select, {"alpha": alpha})
+  selection = run_stage(shared_root, "select", do_select, {"alpha": alpha})
   selected = json.load(open(selection["selected"]))
 
   prefix = os.path.basename(root.rstrip("/"))
   if "miniplm_prx" in students:
-    prx = _run_prx(root, pool_task, pool_split, L, cand_keys, scored_keys, scored, reference_res["model_dir"], alpha,
+    prx = _run_prx(shared_root, pool_task, pool_split, L, cand_keys, scored_keys, scored, reference_res["model_dir"], alpha,
                    seed, prx_sample_fraction, prx_steps, prx_learning_rate, score_batch_size, progress_bar)
     register_selected_task(f"{prefix}_miniplm_prx_selected", pool_task, json.load(open(prx["selected"])),
                            sequence_length=L, split=pool_split)
@@ -238,13 +243,15 @@ def _compare(setting: method.Setting, methods: Sequence[str], options: Mapping) 
     raise ValueError(f"{list(methods)} need the large teacher: give compare's `large` TrainSpec")
   kw.setdefault("teacher", setting.large)
   kw.setdefault("reference", setting.small)
-  kw.update(root=setting.subroot("miniplm"), pool_task=setting.pool_task, pool_split=setting.pool_split,
+  root, shared = setting.subroot("miniplm"), setting.shared_subroot("miniplm")
+  kw.update(root=root, shared_root=shared, pool_task=setting.pool_task, pool_split=setting.pool_split,
             pool_max_examples=setting.pool_max_examples, teacher_task=setting.train_task, student=setting.target,
             students=tuple(methods), eval_task=setting.eval_task, eval_split=setting.eval_split,
             eval_max_batches=setting.eval_max_batches, vanilla_kd_match_flops=False,
             progress_bar=setting.progress_bar, keep_checkpoints=None)
   rep = run(**kw)
   teacher_flops = rep["teacher"]["train_flops"]
+  in_shared = lambda *names: tuple(os.path.join(shared, name) for name in names)
   out = {}
   for m in methods:
     s = rep["students"][m]
@@ -254,14 +261,16 @@ def _compare(setting: method.Setting, methods: Sequence[str], options: Mapping) 
           method.AuxCost({"teacher_training": (0, teacher_flops),
                             "reference_training": (0, rep["reference"]["train_flops"]),
                             "scoring": (0, rep["scoring"]["flops"])}),
-          ("pool_keys", "split_reference", "teacher", "reference", "score", "select", "student_miniplm"),
+          in_shared("pool_keys", "split_reference", "teacher", "reference", "score", "select") +
+          (os.path.join(root, "student_miniplm"),),
           (rep["selection"]["selected"],), rep["pool_keys"])
     else:
       n = setting.target.num_steps
       out[m] = method.MethodRun(
           "miniplm", ((0, s["model_dir"]),),
           method.AuxCost({"teacher_training": (0, teacher_flops)}, s["teacher_forward_flops"] / n, n,
-                           "teacher_forwards"), ("teacher", "student_vanilla_kd"))
+                           "teacher_forwards"),
+          in_shared("pool_keys", "split_reference", "teacher") + (os.path.join(root, "student_vanilla_kd"),))
   return out
 
 

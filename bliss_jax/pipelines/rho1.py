@@ -1,6 +1,7 @@
 """RHO-1 (Lin et al.): Selective Language Modeling against a reference model, next to plain pretraining.
 
-Stages (each resumable, under `root/`):
+Stages (each resumable, under `root/`; the reference under `shared_root/`, default `root/`, as it does not depend on
+the students):
   reference      the reference model, trained with plain CE on the high-quality reference set (`reference_task`)
   student_plain  plain CE on the training stream (`train_task`)
   student_rho1   the same steps with the SLM loss: CE on the top `ratio` of tokens by excess loss over the frozen
@@ -89,14 +90,14 @@ def run(*, root: str, train_task: str, reference_task: str, student: trainer.Tra
         reference: trainer.TrainSpec, eval_task: Optional[str] = None, eval_split: str = "validation",
         ratio: float = 0.6, score: str = "excess", scope: str = "batch", eval_max_batches: Optional[int] = None,
         students: Sequence[str] = ("plain", "rho1"), keep_checkpoints: Optional[int] = 3,
-        token_selection_batches: int = 16, progress_bar: bool = True) -> dict:
+        token_selection_batches: int = 16, shared_root: Optional[str] = None, progress_bar: bool = True) -> dict:
   """Run (or resume) the RHO-1 comparison; returns what it writes to `root/report.json`. `keep_checkpoints`: of each
   student (None: all). `token_selection_batches`: at most this many training batches for the `token_selection`
-  stage (0: no such stage)."""
+  stage (0: no such stage). `shared_root`: where the reference model's stage goes (default `root`)."""
   for name in students:
     check_choice("RHO-1 student", name, STUDENTS)
   L = student.sequence_length
-  ref = run_stage(root, "reference", lambda d: common.train_on_task(d, reference, reference_task,
+  ref = run_stage(shared_root or root, "reference", lambda d: common.train_on_task(d, reference, reference_task,
                                                                     progress_bar=progress_bar),
                   {"spec": dataclasses.asdict(reference), "task": reference_task})
   results = {}
@@ -132,7 +133,8 @@ def run(*, root: str, train_task: str, reference_task: str, student: trainer.Tra
 
 def _compare(setting: method.Setting, methods: Sequence[str], options: Mapping) -> Dict[str, method.MethodRun]:
   kw = dict(dict(reference=setting.small, reference_task=setting.reference_task), **options)
-  kw.update(root=setting.subroot("rho1"), train_task=setting.train_task, student=setting.target,
+  root, shared = setting.subroot("rho1"), setting.shared_subroot("rho1")
+  kw.update(root=root, shared_root=shared, train_task=setting.train_task, student=setting.target,
             eval_task=setting.eval_task, eval_split=setting.eval_split, eval_max_batches=setting.eval_max_batches,
             students=tuple(methods), progress_bar=setting.progress_bar, keep_checkpoints=None)
   rep = run(**kw)
@@ -145,9 +147,12 @@ def _compare(setting: method.Setting, methods: Sequence[str], options: Mapping) 
       n = setting.target.num_steps
       aux = method.AuxCost({"reference_training": (0, rep["reference"]["train_flops"])},
                              s["reference_forward_flops"] / n, n, "reference_forwards")
-    out[m] = method.MethodRun("rho1", ((0, s["model_dir"]),), aux,
-                                ("student_plain",) if m == "plain" else ("reference", "student_rho1"),
-                                token_selection=(s.get("token_selection") or {}).get("counts"))
+    stages = ((os.path.join(root, "student_plain"),) if m == "plain" else
+              (os.path.join(shared, "reference"), os.path.join(root, "student_rho1")))
+    token_selection = (s.get("token_selection") or {}).get("counts")
+    if token_selection:
+      stages += (os.path.join(root, "token_selection"),)
+    out[m] = method.MethodRun("rho1", ((0, s["model_dir"]),), aux, stages, token_selection=token_selection)
   return out
 
 

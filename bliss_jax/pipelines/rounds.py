@@ -13,6 +13,11 @@ Stages (each resumable, under `root/`; S = target.num_steps / (R + 1)):
                     checkpointed every gcd(S, `target.checkpoint_every`) steps, all kept
 A method is "random" or a `RoundScorer` (`score(ctx)`: its stages, returning a score store and its FLOPs;
 `select(scores, fraction, seed)`: its rule).
+
+Round 0 before the target (pool_keys, pools, warmup_select, proxy_warmup) does not depend on the target and goes under
+`shared_root/` (default `root/`), drawn with `seed`. Every draw from round 1 on (random's samples, a scorer's rule,
+`RoundContext.seed`: BLISS's candidate order, MATES's probes; the reference batches' order) uses `seed + target.seed`,
+so targets of another seed also redraw what depends on chance alone, as the target's own data order does.
 """
 import dataclasses
 import json
@@ -100,7 +105,7 @@ def run(*, root: str, pool_task: str, target: trainer.TrainSpec, proxy: trainer.
         eval_batches: int = 8, eval_max_batches: Optional[int] = None,
         selection_report: Optional[Callable[[str, Sequence[str], Sequence[str]], dict]] = None,
         ablations: Sequence[str] = (), ablation_rounds: Optional[int] = None, ablation_train_target: bool = True,
-        target_lr_halving: bool = False, progress_bar: bool = True) -> dict:
+        target_lr_halving: bool = False, shared_root: Optional[str] = None, progress_bar: bool = True) -> dict:
   """Run (or resume) the rounds of every method in `methods` ("random" or a name in `scorers`); returns the report
   (summary, per-method rounds and curves, round 0, proxy, pools), which the caller writes.
 
@@ -113,7 +118,10 @@ def run(*, root: str, pool_task: str, target: trainer.TrainSpec, proxy: trainer.
     ablations / ablation_rounds / ablation_train_target: methods that run only their first `ablation_rounds` rounds
       and, with `ablation_train_target=False`, only score → select in them (no target steps).
     target_lr_halving: the target's schedule times 0.5^r in round r, every method.
+    shared_root: where round 0's stages that do not depend on the target go (default `root`).
   """
+  shared_root = shared_root or root
+  draw_seed = seed + target.seed  # rounds 1..R
   unknown = [m for m in methods if m != RANDOM and m not in scorers]
   if unknown:
     raise ValueError(f"unknown methods {unknown}: expected {RANDOM!r} or one of {sorted(scorers)}")
@@ -132,16 +140,17 @@ def run(*, root: str, pool_task: str, target: trainer.TrainSpec, proxy: trainer.
   eval_source = data_pipeline.seqio_batch_source(eval_task, batch_size=B, sequence_length=L, seed=target.seed)
   eval_kw = dict(task=eval_task, split=eval_split, sequence_length=L, batch_size=B, max_batches=eval_max_batches)
 
-  keys_path = run_stage(root, "pool_keys", lambda d: common.write_json(os.path.join(d, "keys.json"),
-                                                                       common.pool_keys(pool_task, pool_split, L,
-                                                                                        pool_max_examples)),
-                        {"task": pool_task, "split": pool_split, "L": L, "max_examples": pool_max_examples,
-                         **common.pool_sample_inputs(pool_max_examples)})
+  keys_path = run_stage(
+      shared_root, "pool_keys",
+      lambda d: common.write_json(os.path.join(d, "keys.json"),
+                                  common.pool_keys(pool_task, pool_split, L, pool_max_examples)),
+      {"task": pool_task, "split": pool_split, "L": L, "max_examples": pool_max_examples,
+       **common.pool_sample_inputs(pool_max_examples)})
 
   def do_pools(d):
     pools = split_pools(json.load(open(keys_path)), rounds + 1, seed)
     return [common.write_json(os.path.join(d, f"pool_{r}.json"), p) for r, p in enumerate(pools)]
-  pool_paths = run_stage(root, "pools", do_pools, {"rounds": rounds, "seed": seed, "keys": keys_path})
+  pool_paths = run_stage(shared_root, "pools", do_pools, {"rounds": rounds, "seed": seed, "keys": keys_path})
   pool_sizes = [len(json.load(open(p))) for p in pool_paths]
 
   registered = set()
@@ -162,7 +171,7 @@ def run(*, root: str, pool_task: str, target: trainer.TrainSpec, proxy: trainer.
     keys = random_selection(json.load(open(pool_paths[0])), select_fraction, seed)
     return dict(selected=common.write_json(os.path.join(d, "selected_keys.json"), keys), n_selected=len(keys),
                 **composition(d, keys, 0))
-  warm_sel = run_stage(root, "warmup_select", do_warmup_select, {"fraction": select_fraction, "seed": seed})
+  warm_sel = run_stage(shared_root, "warmup_select", do_warmup_select, {"fraction": select_fraction, "seed": seed})
   warm_task = lambda: register(f"{prefix}_bliss_sel_0", warm_sel["selected"])
 
   def train_target_round(model_dir, task, r):
@@ -176,13 +185,15 @@ def run(*, root: str, pool_task: str, target: trainer.TrainSpec, proxy: trainer.
   spec_inputs = {"target": dataclasses.asdict(target), "rounds": rounds, "eval": f"{eval_task}:{eval_split}"}
   r0 = run_stage(root, "target_r0", lambda d: train_target_round(os.path.join(d, "model"), warm_task(), 0),
                  dict(spec_inputs, selection=warm_sel["selected"]))
-  proxy_res = run_stage(root, "proxy_warmup", lambda d: common.train_on_task(os.path.join(d, "model"), proxy,
-                                                                             warm_task(), progress_bar=progress_bar),
-                        {"proxy": dataclasses.asdict(proxy), "selection": warm_sel["selected"]})
+  proxy_res = run_stage(
+      shared_root, "proxy_warmup",
+      lambda d: common.train_on_task(os.path.join(d, "model"), proxy, warm_task(), progress_bar=progress_bar),
+      {"proxy": dataclasses.asdict(proxy), "selection": warm_sel["selected"]})
   target_cfg = ModelDir(r0["model_dir"]).read_model_config()
   target_step_flops = train_flops_per_token(target_cfg, L) * B * L
   ref_source = data_pipeline.seqio_batch_source(reference_task, batch_size=reference_batch_size, sequence_length=L,
-                                                seed=seed, pack=False, feature_converter=reference_feature_converter)
+                                                seed=draw_seed, pack=False,
+                                                feature_converter=reference_feature_converter)
   ref_split_source = lambda split, **kw: ref_source(reference_split, **kw)
 
   # --- rounds 1..R per method ---
@@ -207,18 +218,18 @@ def run(*, root: str, pool_task: str, target: trainer.TrainSpec, proxy: trainer.
             pool_path=pool_paths[r], pool_keys=pool_keys, target_dir=r0["model_dir"] if r == 1 else target_dir,
             target_step=r * S, target_spec=target, proxy_dir=proxy_res["model_dir"], reference=ref_split_source,
             reference_name=f"{reference_task}:{reference_split}:{reference_feature_converter}", previous=state,
-            sequence_length=L, seed=seed, progress_bar=progress_bar,
+            sequence_length=L, seed=draw_seed, progress_bar=progress_bar,
             stage=lambda suffix, fn, inputs, r=r: stage(f"{m}_r{r}_{suffix}", fn, inputs))
         scored = scorer.score(ctx)
         state = scored.get("state")
 
       def do_select(d, r=r, pool_keys=pool_keys, scored=scored):
         if scored is None:
-          keys, stats = random_selection(pool_keys, select_fraction, seed + 1000 * r), {}
+          keys, stats = random_selection(pool_keys, select_fraction, draw_seed + 1000 * r), {}
         else:
           table = score_store.read_scores(scored["store"])
           s = table.columns[scored["column"]]
-          chosen = scorer.select(s, select_fraction, seed + 1000 * r)
+          chosen = scorer.select(s, select_fraction, draw_seed + 1000 * r)
           keys = score_store.select_keys(table, chosen, "original")
           stats = {"score_mean_selected": float(s[chosen].mean()), "score_mean_pool": float(s.mean()),
                    "score_std_pool": float(s.std()), "score_threshold": float(s[chosen].min())}
@@ -226,7 +237,7 @@ def run(*, root: str, pool_task: str, target: trainer.TrainSpec, proxy: trainer.
                     n_pool=len(pool_keys), **stats, **composition(d, keys, r))
       selection = stage(f"{m}_r{r}_select", do_select,
                         {"fraction": select_fraction, "scores": scored and scored["store"], "pool": pool_paths[r],
-                         "seed": seed})
+                         "seed": draw_seed})
       x = {"round": r, "step": None, "loss": None, "accuracy": None, "selection": selection,
            "aux_flops": dict(scored["aux_flops"]) if scored else {}, **((scored or {}).get("stages") or {})}
       if train_target:
@@ -279,11 +290,13 @@ def validation_curve(model_dir: str):
   return sorted({r["step"]: r["loss"] for r in ModelDir(model_dir).metrics("validation")}.items())
 
 
-def method_runs(report: Mapping, methods: Sequence[str], pipeline: str) -> Dict[str, method.MethodRun]:
-  """The comparison's view of `report` (`run`'s): each method's target checkpoints by step and its auxiliary FLOPs,
-  each incurred before the round that uses it."""
+def method_runs(report: Mapping, methods: Sequence[str], pipeline: str, root: str,
+                shared_root: str) -> Dict[str, method.MethodRun]:
+  """The comparison's view of `report` (`run`'s, with its `root` and `shared_root`): each method's target checkpoints
+  by step, its auxiliary FLOPs, each incurred before the round that uses it, and the stages it depends on."""
   S = report["steps_per_round"]
-  shared = ["pool_keys", "pools", "warmup_select", "target_r0"]
+  shared = [os.path.join(shared_root, n) for n in ("pool_keys", "pools", "warmup_select")]
+  shared.append(os.path.join(root, "target_r0"))
   out = {}
   for m in methods:
     res = report["methods"][m]
@@ -296,5 +309,6 @@ def method_runs(report: Mapping, methods: Sequence[str], pipeline: str) -> Dict[
     out[m] = method.MethodRun(
         pipeline=pipeline, model_dirs=((0, report["round0"]["model_dir"]), (S + 1, res["model_dir"])),
         aux=method.AuxCost(one_off), selections=tuple(x["selection"]["selected"] for x in res["rounds"]),
-        stages=tuple(shared + (["proxy_warmup"] if m != RANDOM else []) + res["stages"]), pool=report["pool_keys"])
+        stages=tuple(shared + ([os.path.join(shared_root, "proxy_warmup")] if m != RANDOM else []) +
+                     [os.path.join(root, n) for n in res["stages"]]), pool=report["pool_keys"])
   return out

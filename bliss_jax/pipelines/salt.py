@@ -1,7 +1,8 @@
 """SALT (small-model-aided large-model training): KD from a small LM for the first n_KD steps, then plain training;
 SALT_DS also trains the KD stage on sequences the small LM selects. Baselines: plain training and RKD (KD throughout).
 
-Stages (each resumable, under `root/`):
+Stages (each resumable, under `root/`; those before the students — the teacher, its evaluation, SALT_DS's scoring
+and selection — do not depend on the students and go under `shared_root/`, default `root/`):
   teacher          the small LM ζ, trained on `task`'s train split (or given as `teacher_dir`). Its training stops
                    (checkpointed) at n0 = `scorer_step`, and that checkpoint is copied to its own MODEL_DIR
                    `teacher/early_<n0>` (ζ_{n0}, SALT_DS's scorer), whatever `keep_checkpoints` later deletes
@@ -154,7 +155,7 @@ def run(*, root: str, task: str, student: trainer.TrainSpec, n_kd: int, teacher:
         eval_split: str = "validation", eval_fractions: Sequence[float] = (0.7, 1.0),
         eval_max_batches: Optional[int] = None, eval_sequence_length: Optional[int] = None,
         keep_checkpoints: Optional[int] = None, mesh_data: int = -1, mesh_model: int = 1, fsdp: bool = False,
-        devices=None, progress_bar: bool = True) -> dict:
+        devices=None, shared_root: Optional[str] = None, progress_bar: bool = True) -> dict:
   """Run (or resume) the SALT pipeline; returns the report written to `root/report.json` (`summary`: held-out
   loss/accuracy of the small LM and of every student at each evaluation step).
 
@@ -190,7 +191,9 @@ def run(*, root: str, task: str, student: trainer.TrainSpec, n_kd: int, teacher:
     keep_checkpoints: periodic checkpoints kept per model (None: all). Evaluations and the scorer's checkpoint are
       taken when their step is reached, so any value works.
     mesh_data / mesh_model / fsdp / devices: the training mesh (`trainer.train`); scoring uses all `devices` on "data".
+    shared_root: where the stages that do not depend on the students go (default `root`).
   """
+  shared_root = shared_root or root
   check_choice("transition", transition, TRANSITIONS)
   check_choice("average", average, AVERAGES)
   check_choice("out_of_top_k", out_of_top_k, OUT_OF_TOP_K)
@@ -230,9 +233,9 @@ def run(*, root: str, task: str, student: trainer.TrainSpec, n_kd: int, teacher:
               "num_params": count_params(cfg), "train_flops": train_flops_per_token(cfg, teacher.sequence_length) *
               tokens, "scorer_train_flops": train_flops_per_token(cfg, teacher.sequence_length) * tokens * n0 /
               teacher.num_steps}
-    teacher_res = run_stage(root, "teacher", do_teacher, {"spec": dataclasses.asdict(teacher), "task": task,
-                                                          "feature_converter": feature_converter, "scorer_step": n0,
-                                                          **averaged})
+    teacher_res = run_stage(shared_root, "teacher", do_teacher,
+                            {"spec": dataclasses.asdict(teacher), "task": task, "feature_converter": feature_converter,
+                             "scorer_step": n0, **averaged})
     scorer_stream = dict(name=task, split="train", sequence_length=teacher.sequence_length,
                          batch_size=teacher.batch_size, num_batches=n0, seed=teacher.seed,
                          feature_converter=feature_converter)  # what ζ_{n0} read
@@ -244,7 +247,7 @@ def run(*, root: str, task: str, student: trainer.TrainSpec, n_kd: int, teacher:
                    "train_flops": 0.0, "num_params": count_params(ModelDir(teacher_dir).read_model_config())}
     scorer_dir = scorer_dir or teacher_dir
   teacher_cfg = ModelDir(teacher_dir).read_model_config()
-  slm_eval = run_stage(root, "teacher_eval",
+  slm_eval = run_stage(shared_root, "teacher_eval",
                        lambda d: common.heldout_at_step(teacher_dir, common.latest_step(teacher_dir), **eval_kw),
                        {"teacher": teacher_dir, "eval": f"{eval_task}:{eval_split}", "L": eval_L})
 
@@ -263,7 +266,7 @@ def run(*, root: str, task: str, student: trainer.TrainSpec, n_kd: int, teacher:
         spans = keyed.consumed_spans(**scorer_stream, process_count=jax.process_count())
         return {"spans": common.write_json(os.path.join(d, "spans.json"), spans), "documents": len(spans),
                 "tokens": sum(b - a for doc in spans.values() for a, b in doc)}
-      seen = run_stage(root, "scorer_data", do_scorer_data, scorer_stream)
+      seen = run_stage(shared_root, "scorer_data", do_scorer_data, scorer_stream)
 
     def do_score(d):
       mesh = partitioning.make_mesh(devices=devices)
@@ -286,7 +289,7 @@ def run(*, root: str, task: str, student: trainer.TrainSpec, n_kd: int, teacher:
       score_inputs["out_of_top_k"] = out_of_top_k
     if seen:
       score_inputs["exclude"] = seen["spans"]
-    scored = run_stage(root, "score", do_score, score_inputs)
+    scored = run_stage(shared_root, "score", do_score, score_inputs)
     m = num_selected if num_selected is not None else n_kd * B
 
     def do_select(d):
@@ -315,7 +318,8 @@ def run(*, root: str, task: str, student: trainer.TrainSpec, n_kd: int, teacher:
           f.write(markdown + "\n")
         result["target_lift"] = report["target"]["lift"]
       return result
-    selection = run_stage(root, "select", do_select, {"m": m, "store": scored["store"], "seed": selection_seed})
+    selection = run_stage(shared_root, "select", do_select,
+                          {"m": m, "store": scored["store"], "seed": selection_seed})
 
   # --- students: same initialisation, stream and schedule; KD for kd_steps(name) steps ---
   kd_factory = salt_kd_loss_factory(omega, rho, transition=transition, n_kd=n_kd, n_kd_start=n_kd_start,
@@ -382,7 +386,8 @@ def _compare(setting: method.Setting, methods: Sequence[str], options: Mapping) 
     kw.setdefault("pool_task", setting.pool_task)
     kw.setdefault("pool_split", setting.pool_split)
     kw.setdefault("pool_max_examples", setting.pool_max_examples)
-  kw.update(root=setting.subroot("salt"), task=setting.train_task, student=setting.target, students=tuple(methods),
+  root, shared = setting.subroot("salt"), setting.shared_subroot("salt")
+  kw.update(root=root, shared_root=shared, task=setting.train_task, student=setting.target, students=tuple(methods),
             eval_task=setting.eval_task, eval_split=setting.eval_split, eval_max_batches=setting.eval_max_batches,
             selection_report=setting.selection_report, progress_bar=setting.progress_bar, keep_checkpoints=None)
   rep = run(**kw)
@@ -394,10 +399,10 @@ def _compare(setting: method.Setting, methods: Sequence[str], options: Mapping) 
       one_off["scoring"] = (0, rep["scoring"]["flops"])
     aux = method.AuxCost(one_off, s["teacher_forward_flops"] / max(s["kd_steps"], 1), s["kd_steps"],
                            "teacher_forwards")
-    out[m] = method.MethodRun(
-        "salt", ((0, s["model_dir"]),), aux, ("teacher", f"student_{m}") + (("score", "select") if m == "salt_ds"
-                                                                             else ()),
-        (rep["selection"]["selected"],) if m == "salt_ds" else ())
+    shared_stages = ["teacher", "teacher_eval"] + (["scorer_data", "score", "select"] if m == "salt_ds" else [])
+    stages = tuple(os.path.join(shared, n) for n in shared_stages)
+    out[m] = method.MethodRun("salt", ((0, s["model_dir"]),), aux, stages + (os.path.join(root, f"student_{m}"),),
+                              (rep["selection"]["selected"],) if m == "salt_ds" else ())
   return out
 
 

@@ -1,6 +1,7 @@
 """Comparison figures (matplotlib, Agg backend: files only, no display).
 
-  loss_vs_flops      held-out loss against training FLOPs, one line per method (the comparison's main chart)
+  loss_vs_flops      held-out loss against training FLOPs, one line per method (the comparison's main chart), with
+                     an optional band per method (e.g. the spread over seeds)
   composition_bars   what each method selected, as stacked bars of label fractions (domain or quality shares), one
                      distinct colour per label (`label_colors`)
 
@@ -16,16 +17,24 @@ import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-t
 
 def loss_vs_flops(curves: Mapping[str, Sequence[Tuple[float, float]]], path: str, *,
                   title: str = "held-out loss vs training FLOPs", ylabel: str = "held-out loss (nats/token)",
-                  reference: Optional[Tuple[str, float]] = None):
-  """One line per method from its [(flops, loss), ...] points (sorted by FLOPs); `reference` = (label, loss) adds a
-  horizontal line (e.g. the baseline's final loss). Saves a PNG at `path`."""
+                  reference: Optional[Tuple[str, float]] = None,
+                  bands: Optional[Mapping[str, Sequence[Tuple[float, float, float]]]] = None,
+                  band_label: Optional[str] = None):
+  """One line per method from its [(flops, loss), ...] points (sorted by FLOPs); `bands` = {method: [(flops, low,
+  high), ...]} shades each method's band in its line's colour, `band_label` saying what it is (in the title);
+  `reference` = (label, loss) adds a horizontal line (e.g. the baseline's final loss). Saves a PNG at `path`."""
   if not curves or not any(curves.values()):
     raise ValueError("loss_vs_flops needs at least one non-empty curve")
   fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
   for name, points in curves.items():
     if points:
       xs, ys = zip(*sorted(points))
-      ax.plot(xs, ys, marker="o", markersize=3, label=name)
+      line, = ax.plot(xs, ys, marker="o", markersize=3, label=name)
+      if bands and bands.get(name):
+        bx, low, high = zip(*sorted(bands[name]))
+        ax.fill_between(bx, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+  if band_label:
+    title = f"{title}\n(lines: mean; bands: {band_label})"
   if reference is not None:
     ax.axhline(reference[1], color="gray", linestyle="--", linewidth=1, label=reference[0])
   ax.set_xlabel("training FLOPs")
