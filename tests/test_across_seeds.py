@@ -118,3 +118,17 @@ def test_one_seed_gives_values_without_intervals():
   assert all(c["verdict"] == "inconclusive" for c in agg["claims"])
   md = across_seeds.format_report(agg, {})
   assert "One seed" in md and "| bliss | 3.4000 |" in md
+
+
+def test_report_md_shows_the_mean_selection_next_to_the_pool_and_the_stream():
+  reports = _reports()
+  pool = {"n": 40, "by_domain": {"a": 0.25, "b": 0.75}}
+  for r in reports:
+    r["pool_composition"], r["stream_composition"] = pool, dict(pool, n=80)
+  agg = across_seeds.aggregate(reports, ["seed_0", "seed_1"])
+  assert agg["methods"]["bliss"]["selection"]["by_domain"] == pytest.approx({"a": 0.8, "b": 0.2})  # (1 + .6) / 2
+  assert agg["methods"]["random"]["selection"]["by_domain"] == pytest.approx({"a": 0.25, "b": 0.75})  # a: (.5 + 0)/2
+  md = across_seeds.format_report(agg, {})
+  assert "- bliss: a 0.800, b 0.200" in md
+  assert "- candidate pool: a 0.250, b 0.750" in md and "- stream: a 0.250, b 0.750" in md
+  assert "Stream and candidate pool have the same composition." in md

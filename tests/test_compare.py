@@ -231,6 +231,7 @@ def test_report_files_figures_and_tensorboard(clean_run):
   sel = report["methods"]["bliss"]["selection"]  # the mean over the seeds
   assert set(sel["by_domain"]) <= {"pydoc", "stdlib"} and sum(sel["by_domain"].values()) == pytest.approx(1.0)
   assert report["pool_composition"]["n"] > 0
+  assert "Stream and candidate pool have the same composition." in md and "tokens the token-selecting" in md
   # TensorBoard: the comparison's curve of every method under ROOT/seed_<s>/tensorboard/<m>, as that seed's report
   # has it, next to the training logs of every stage under the same ROOT
   report = _seed_report(root, 0)

@@ -78,7 +78,7 @@ from bliss_jax.models.config import count_params
 from bliss_jax.models.flops import train_flops_per_token
 from bliss_jax.pipelines import builtin, common, method
 from bliss_jax.pipelines.stages import run_stage, stage_seconds
-from bliss_jax.report import across_seeds, tables
+from bliss_jax.report import across_seeds, composition_text, tables
 from bliss_jax.training import checkpoints, trainer
 from bliss_jax.training.model_dir import ModelDir
 
@@ -439,48 +439,20 @@ def _tensorboard(root: str, curves: Mapping[str, Sequence[Mapping]]) -> None:
     w.close()
 
 
-def _token_selection_lines(rows: Mapping[str, dict], kind: str) -> List[str]:
-  """report.md's lines on which `kind` labels the tokens of token-selecting methods (RHO-1) came from."""
-  tok = {m: r["token_selection"] for m, r in rows.items()
-         if r.get("token_selection") and f"by_{kind}" in r["token_selection"]["all"]}
-  if not tok:
-    return []
-  lines = [f"Which tokens the token-selecting methods kept, by {kind}: fraction of the kept tokens (of all loss-carrying "
-           "tokens of the same batches in brackets), on the training batches that followed the student's checkpoints "
-           "at steps " + "; ".join(f"{m}: {', '.join(map(str, t['steps']))}" for m, t in tok.items()) +
-           ", the selection recomputed after training with that checkpoint and the reference model:", ""]
-  for m, t in tok.items():
-    kept, every = t["kept"][f"by_{kind}"], t["all"][f"by_{kind}"]
-    line = f"- {m}: " + ", ".join(f"{k} {kept.get(k, 0.0):.3f} ({v:.3f})" for k, v in every.items())
-    if kind == "domain" and t["all"].get("target_fraction") is not None:
-      line += f"; target-like {t['kept']['target_fraction'] or 0.0:.3f} ({t['all']['target_fraction']:.3f})"
-    lines.append(line)
-  return lines + [""]
-
-
-def _same_composition(a: Mapping, b: Mapping) -> bool:
-  """Whether two compositions (`data.composition.composition`) have the same fractions, whatever their sizes."""
-  return {k: v for k, v in a.items() if k != "n"} == {k: v for k, v in b.items() if k != "n"}
-
-
 def format_report(report: Mapping, figures: Mapping[str, str]) -> str:
   """report.md: the table of every method (a loss column per held-out set), the compositions of the stream, the
   candidate pool and the selections, zero-shot results, the figures."""
   cfg = report["config"]
   order = cfg.get("methods") or sorted(report["methods"], key=lambda m: m != "plain")  # report.json's keys are sorted
   rows = {m: report["methods"][m] for m in order}
-  sets = cfg.get("eval_sets") or [{"name": None, "eval": cfg["eval"], "eval_sample": cfg.get("eval_sample"),
-                                   "eval_tokens": cfg["eval_tokens"]}]
-  further = [s["name"] for s in sets[1:]]
-  heldout = "; ".join(f"{'`' + s['name'] + '` = ' if further else ''}`{s['eval']}` "
-                      f"({s.get('eval_sample') or 'whole split'}, {s['eval_tokens']:,.0f} tokens)" for s in sets)
+  further = [s["name"] for s in (cfg.get("eval_sets") or [])[1:]]
+  heldout = across_seeds.heldout_sets_text(cfg)
   seed = f", seed {cfg['seed']} (target seed {cfg['target_seed']})" if "seed" in cfg else ""
   lines = [f"# Comparison{' (' + report['scale'] + ')' if report['scale'] else ''}{seed}", "",
            f"Target: {cfg['target_params']:,} parameters, {cfg['target_steps']} steps of {cfg['batch_size']} × "
            f"{cfg['sequence_length']} tokens for every method ({cfg['target_step_flops'] * cfg['target_steps']:.3g} "
            f"target-training FLOPs each). Stream `{cfg['train_task']}`, candidates `{cfg['pool']}`, reference "
-           f"`{cfg['reference_task']}`; held-out {'sets ' if further else ''}{heldout}"
-           f"{'; the first is the primary (speedups, figures)' if further else ''}.", ""]
+           f"`{cfg['reference_task']}`; held-out {heldout}.", ""]
   table = []
   for m, r in rows.items():
     sel = r.get("selection") or {}
@@ -494,7 +466,7 @@ def format_report(report: Mapping, figures: Mapping[str, str]) -> str:
       table[-1][f"loss@{name}"] = r["final"][f"loss@{name}"]
       table[-1][f"delta@{name}"] = (r["final"][f"loss@{name}"] - rows["plain"]["final"][f"loss@{name}"]
                                     if "plain" in rows else None)
-  primary = f" ({sets[0]['name']})" if further else ""
+  primary = f" ({cfg['eval_sets'][0]['name']})" if further else ""
   columns = [("method", "method", str), ("loss", f"held-out loss{primary}", tables.fmt(".4f")),
              ("acc", f"next-token acc{primary}", tables.fmt(".4f")), ("delta", f"vs plain{primary}",
                                                                        tables.fmt("+.4f"))]
@@ -523,29 +495,7 @@ def format_report(report: Mapping, figures: Mapping[str, str]) -> str:
                for m, r in rows.items() if r["flops"]["auxiliary"]]
   if aux_lines:
     lines += ["Auxiliary FLOPs by item:", ""] + aux_lines + [""]
-  data = [(what, c) for what, c in (("candidate pool", report.get("pool_composition")),
-                                    ("stream", report.get("stream_composition"))) if c]
-  for kind in ("domain", "quality"):
-    sel_lines = [f"- {m}: " + ", ".join(f"{k} {v:.3f}" for k, v in r["selection"][f"by_{kind}"].items())
-                 for m, r in rows.items() if r.get("selection") and f"by_{kind}" in r["selection"]]
-    data_lines = [f"- {what}: " + ", ".join(f"{k} {v:.3f}" for k, v in c[f"by_{kind}"].items())
-                  for what, c in data if f"by_{kind}" in c]
-    if sel_lines:
-      lines += [f"What the selecting methods kept, by {kind} (fraction of selected examples; random and BLISS: "
-                "rounds 1 onwards, round 0 being a shared random selection), and the data they read:", ""]
-    elif data_lines:
-      lines += [f"The data, by {kind} (fraction of examples):", ""]
-    if sel_lines or data_lines:
-      lines += sel_lines + data_lines + [""]
-    lines += _token_selection_lines(rows, kind)
-  shares = [(what, c["target_fraction"]) for what, c in data if c.get("target_fraction") is not None]
-  if shares:
-    lines += ["Target-like share of the " + "; of the ".join(f"{what}: {v:.3f}" for what, v in shares) +
-              " (of examples; \"target-like share selected\" likewise).", ""]
-  if len(data) == 2:
-    lines += [("Stream and candidate pool have the same composition." if _same_composition(data[0][1], data[1][1])
-               else "Stream and candidate pool differ in composition (above): the selecting methods' difference to "
-               "plain includes it; random selection is their like-for-like baseline."), ""]
+  lines += composition_text.composition_lines(rows, report.get("pool_composition"), report.get("stream_composition"))
   zs = {m: r["zero_shot"] for m, r in rows.items() if r.get("zero_shot")}
   if zs:
     tasks_metrics = [(t, k) for t, vals in next(iter(zs.values())).items() for k in vals

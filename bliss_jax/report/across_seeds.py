@@ -11,7 +11,7 @@ papers' claims (`claims.PAPER_CLAIMS`) judged on the paired intervals.
 from typing import Dict, List, Mapping, Optional, Sequence
 
 from bliss_jax.report import claims as claims_lib
-from bliss_jax.report import intervals, tables
+from bliss_jax.report import composition_text, intervals, tables
 
 BASELINES = ("plain", "random")
 CURVE_X = ("step", "target_flops", "total_flops")
@@ -97,6 +97,9 @@ def method_row(rows: Sequence[Mapping], baselines: Mapping[str, Sequence[Mapping
   selections = [r["selection"] for r in rows if r.get("selection")]
   if selections:
     row["selection"] = mean_over(selections, missing=0.0)
+  kept_tokens = [r["token_selection"] for r in rows if r.get("token_selection")]
+  if kept_tokens:
+    row["token_selection"] = mean_over(kept_tokens, missing=0.0)
   return row
 
 
@@ -138,7 +141,8 @@ def aggregate(seed_reports: Sequence[Mapping], seed_dirs: Sequence[str],
           "claims": judge_claims(seed_reports, claims),
           "shared_stages": dict(sorted(shared.items())),
           "wall_seconds_total": own + sum(s["seconds"] for s in shared.values()),
-          "pool_composition": first.get("pool_composition"), "zero_shot_note": first.get("zero_shot_note"),
+          "pool_composition": first.get("pool_composition"), "stream_composition": first.get("stream_composition"),
+          "zero_shot_note": first.get("zero_shot_note"),
           "config": config}
 
 
@@ -166,6 +170,16 @@ def _loss_keys(rows: Mapping[str, Mapping]) -> List[str]:
   return [k for k in first["final_ci"] if k == "loss" or k.startswith("loss@")]
 
 
+def heldout_sets_text(cfg: Mapping) -> str:
+  """The held-out sets as the report's header names them: `task:split` (estimator, tokens), the primary first."""
+  sets = cfg.get("eval_sets") or [{"name": None, "eval": cfg["eval"], "eval_sample": cfg.get("eval_sample"),
+                                   "eval_tokens": cfg["eval_tokens"]}]
+  named = len(sets) > 1
+  text = "; ".join(f"{'`' + s['name'] + '` = ' if named else ''}`{s['eval']}` "
+                   f"({s.get('eval_sample') or 'whole split'}, {s['eval_tokens']:,.0f} tokens)" for s in sets)
+  return f"sets {text}; the first is the primary (speedups, figures)" if named else text
+
+
 def format_report(report: Mapping, figures: Mapping[str, str]) -> str:
   """report.md of the aggregate: the table with intervals, the paired differences, the claims, wall time, figures."""
   cfg, rows, n = report["config"], report["methods"], report["seeds"]
@@ -174,8 +188,7 @@ def format_report(report: Mapping, figures: Mapping[str, str]) -> str:
            f"Target: {cfg['target_params']:,} parameters, {cfg['target_steps']} steps of {cfg['batch_size']} × "
            f"{cfg['sequence_length']} tokens for every method ({cfg['target_step_flops'] * cfg['target_steps']:.3g} "
            f"target-training FLOPs each). Stream `{cfg['train_task']}`, candidates `{cfg['pool']}`, reference "
-           f"`{cfg['reference_task']}`; held-out `{cfg['eval']}` ({cfg.get('eval_sample', 'whole split')}, "
-           f"{cfg['eval_tokens']:,.0f} tokens).", "",
+           f"`{cfg['reference_task']}`; held-out {heldout_sets_text(cfg)}.", "",
            f"Seeds: the target's seed {', '.join(str(s) for s in report['target_seeds'])} (its initialisation and "
            "data order, and the selection rounds' draws); the small and large models, their scores and selections "
            "are shared by every seed. " + (f"Values are means ± the half-width of the {level} Student-t interval "
@@ -218,6 +231,11 @@ def format_report(report: Mapping, figures: Mapping[str, str]) -> str:
                                             ("d", "difference", lambda v: _cell(v, "+.4f", bounds=True)),
                                             ("verdict", "verdict", str)]), ""]
 
+  composition = composition_text.composition_lines(rows, report.get("pool_composition"),
+                                                    report.get("stream_composition"))
+  if composition:
+    lines += ["Compositions (a selection's: the mean over the seeds; the data's: the same for every seed):", ""]
+    lines += composition
   zs = {m: r["zero_shot_ci"] for m, r in rows.items() if r.get("zero_shot_ci")}
   if zs:
     keys = [(t, k) for t, vals in next(iter(zs.values())).items() for k in vals if not k.endswith("_stderr")]
