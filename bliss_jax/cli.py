@@ -1,14 +1,17 @@
 """t5x-style command-line handling shared by the scripts: gin files, search paths, `--gin.KEY=VALUE`, multi-host.
 
 Errors that users make (a missing gin file, an unknown configurable or parameter, an unparsable value) stop the run
-before anything is built, with a `CliError` whose message names the file or binding at fault.
+before anything is built, with a `CliError` whose message names the file or binding at fault. `run_script` is every
+gin script's entry point: `--help` prints the script's docstring, a `CliError` prints `error: ...` and exits with
+status 2.
 """
 import argparse
 import dataclasses
 import importlib
 import logging
 import os
-from typing import List, Optional
+import sys
+from typing import Callable, List, Optional
 
 import gin
 
@@ -22,6 +25,21 @@ class CliError(SystemExit):
   def __init__(self, message: str):
     super().__init__(f"error: {message}")
     self.message = message
+    self.code = 2  # the exit status (SystemExit's own would be 1 for a message)
+
+
+def run_script(main: Callable[[List[str]], None], doc: str, argv: Optional[List[str]] = None) -> None:
+  """Run a script's `main(argv)`: `-h`/`--help` prints `doc` and exits 0; a `CliError` prints `error: <message>` on
+  stderr and exits with status 2."""
+  argv = sys.argv[1:] if argv is None else argv
+  if "-h" in argv or "--help" in argv:
+    print(doc.strip())
+    raise SystemExit(0)
+  try:
+    main(argv)
+  except CliError as e:
+    print(f"error: {e.message}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 
 @dataclasses.dataclass

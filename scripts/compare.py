@@ -37,7 +37,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  try:
-    main(sys.argv[1:])
-  except cli.CliError as e:
-    raise SystemExit(f"error: {e}") from None
+  cli.run_script(main, __doc__)

@@ -37,4 +37,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  cli.run_script(main, __doc__)

@@ -119,3 +119,24 @@ def test_load_params_reads_only_parameters_equal_to_the_full_restore(straight_an
   assert step == 8
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(full)):
     np.testing.assert_array_equal(a, b)
+
+
+def _script(name, *args):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  return subprocess.run([sys.executable, os.path.join(REPO, "scripts", name), *args], env=env, capture_output=True,
+                        text=True, timeout=300)
+
+
+@pytest.mark.parametrize("script", ["train.py", "run_pipeline.py", "compare.py"])
+def test_help_prints_the_scripts_usage(script):
+  p = _script(script, "--help")
+  assert p.returncode == 0, p.stderr[-2000:]
+  assert "--gin_file" in p.stdout
+
+
+def test_a_command_line_error_exits_2_naming_the_binding():
+  p = _script("train.py", "--gin_file=base.gin", "--gin.train.num_stepz=3", "--tasks_module=bliss_jax")
+  assert p.returncode == 2
+  assert "\nerror: bad gin binding 'train.num_stepz=3'" in "\n" + p.stderr
+  p = _script("run_pipeline.py", "--gin_file=base.gin")
+  assert (p.returncode, p.stderr.strip()) == (2, "error: --pipeline=NAME is required (e.g. miniplm)")
