@@ -90,16 +90,27 @@ def resolve_gin_file(path: str, search_paths: List[str]) -> str:
   raise CliError(f"gin file {path!r} not found (looked in: {', '.join(candidates)})")
 
 
+def _not_a_package_probe(record: logging.LogRecord) -> bool:
+  """False for the `Path not found` error gin logs while it probes each search path for an `include`d file as a
+  Python package resource, before it finds the file in a later search path (a real miss raises an IOError)."""
+  return not (record.levelno == logging.ERROR and str(record.msg).startswith("Path not found:"))
+
+
 def parse_gin(args: Args) -> None:
   """Parse gin files then bindings; unknown names and bad values become `CliError`s naming the culprit."""
   for p in args.gin_search_paths:
     gin.add_config_file_search_path(p)
   files = [resolve_gin_file(f, args.gin_search_paths) for f in args.gin_files]
-  for f in files:
-    try:
-      gin.parse_config_file(f)
-    except (ValueError, SyntaxError, IOError) as e:
-      raise CliError(f"in gin file {f}: {e}") from None
+  root_logger = logging.getLogger()
+  root_logger.addFilter(_not_a_package_probe)
+  try:
+    for f in files:
+      try:
+        gin.parse_config_file(f)
+      except (ValueError, SyntaxError, IOError) as e:
+        raise CliError(f"in gin file {f}: {e}") from None
+  finally:
+    root_logger.removeFilter(_not_a_package_probe)
   for b in args.gin_bindings:
     try:
       gin.parse_config(b)

@@ -1,5 +1,6 @@
 """The t5x-style CLI end to end: resume after stopping the process is bit-exact; bad input fails with a named cause."""
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -140,3 +141,14 @@ def test_a_command_line_error_exits_2_naming_the_binding():
   assert "\nerror: bad gin binding 'train.num_stepz=3'" in "\n" + p.stderr
   p = _script("run_pipeline.py", "--gin_file=base.gin")
   assert (p.returncode, p.stderr.strip()) == (2, "error: --pipeline=NAME is required (e.g. miniplm)")
+
+
+def test_an_include_found_on_the_search_path_logs_no_error_and_a_missing_one_is_named(clean_gin, tmp_path, caplog):
+  (tmp_path / "mine.gin").write_text("include 'methods/mates.gin'\n")
+  cli.setup(cli.parse_args([f"--gin_file={tmp_path / 'mine.gin'}", "--tasks_module=bliss_jax"]))
+  assert gin.query_parameter("MatesScorer.num_probe") == 256
+  assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+  gin.clear_config()
+  (tmp_path / "bad.gin").write_text("include 'methods/no_such_method.gin'\n")
+  with pytest.raises(cli.CliError, match="no_such_method.gin"):
+    cli.setup(cli.parse_args([f"--gin_file={tmp_path / 'bad.gin'}", "--tasks_module=bliss_jax"]))
