@@ -66,9 +66,22 @@ def parse_args(argv):
     missing = [f"--{k}" for k in ("model_dir", "output_dir") if not getattr(args, k)]
     if missing:
       p.error(f"the following arguments are required: {', '.join(missing)}")
-  if args.limit is not None and args.limit >= 1:
-    args.limit = int(args.limit)
+  if args.limit is not None:
+    if not (args.limit > 0 and (args.limit < 1 or args.limit == int(args.limit))):
+      p.error(f"--limit={args.limit:g}: expected a whole number of items >= 1 or a fraction in (0, 1)")
+    if args.limit >= 1:
+      args.limit = int(args.limit)
   return args
+
+
+def check_output_dir(path):
+  """Create `path` (and its parents) and check it is writable, before any work is done."""
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise SystemExit(f"error: --output_dir {path!r} cannot be created: {e}") from None
+  if not os.access(path, os.W_OK):
+    raise SystemExit(f"error: --output_dir {path!r} is not writable")
 
 
 def _files(pairs):
@@ -137,6 +150,7 @@ def main(argv):
     for name, spec in harness.TASKS.items():
       print(f"{name:15s} {', '.join(spec.files):45s} {', '.join(spec.metrics)}")
     return None
+  check_output_dir(args.output_dir)
   tasks = [t for t in args.tasks.split(",") if t]
   files = _files(args.task_file)
   try:  # Fail on a missing benchmark file before loading anything.
@@ -186,7 +200,6 @@ def main(argv):
   header = (f"bliss_jax ({args.model_dir}, step {step}), limit: {args.limit}, num_fewshot: 0, "
             f"batch_size: {args.batch_size}")
   if jax.process_index() == 0:
-    os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "results.json"), "w") as f:
       json.dump(results, f, indent=2)
     with open(os.path.join(args.output_dir, "results.md"), "w") as f:

@@ -371,3 +371,18 @@ def test_evaluate_script_missing_file_is_named(tmp_path):
   with pytest.raises(SystemExit, match="nowhere/hellaswag_val_full.txt.bz2"):
     evaluate_script.main([f"--model_dir={tmp_path}", f"--output_dir={tmp_path}", "--tasks=hellaswag",
                           f"--data_dir={tmp_path}/nowhere"])
+
+
+@pytest.mark.parametrize("limit", ["-5", "0", "2.5"])
+def test_evaluate_script_refuses_a_limit_that_is_no_count_or_fraction(tmp_path, limit, capsys):
+  with pytest.raises(SystemExit) as e:
+    evaluate_script.main([f"--model_dir={tmp_path}", f"--output_dir={tmp_path}", f"--limit={limit}"])
+  assert e.value.code == 2 and f"--limit={float(limit):g}" in capsys.readouterr().err
+
+
+def test_evaluate_script_checks_the_output_dir_before_any_work(tmp_path):
+  (tmp_path / "file").write_text("")
+  with pytest.raises(SystemExit, match="--output_dir .*file/out' cannot be created"):
+    # no model there and no benchmark files: the output directory is the first thing checked
+    evaluate_script.main([f"--model_dir={tmp_path}/none", f"--output_dir={tmp_path}/file/out", "--tasks=hellaswag",
+                          f"--data_dir={tmp_path}/nowhere"])

@@ -64,3 +64,17 @@ def test_adafactor_on_a_4x2_mesh_matches_one_device(tmp_path):
   _, p8 = checkpoints.load_params(str(tmp_path / "sharded"))
   for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_rerunning_a_finished_run_keeps_one_final_evaluation_and_returns_it(tmp_path):
+  from bliss_jax.training.model_dir import ModelDir
+  spec = trainer.TrainSpec(model_config=preset("tiny", vocab_size=128), num_steps=3, batch_size=4, sequence_length=16,
+                           optimizer=trainer.OptimizerConfig(warmup_steps=1), eval_every=2, checkpoint_every=2)
+  kw = dict(model_dir=str(tmp_path), spec=spec, progress_bar=False, mesh_data=1,
+            devices=__import__("jax").devices()[:1], eval_batches=2,
+            batch_source=synthetic_source(vocab_size=128, batch_size=4, sequence_length=16))
+  first = trainer.train(**kw)
+  again = trainer.train(**kw)
+  rows = ModelDir(str(tmp_path)).metrics("validation")
+  assert [r["step"] for r in rows] == [2, 3]
+  assert again.last_eval == first.last_eval and again.final_step == 3

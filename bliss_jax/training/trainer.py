@@ -411,7 +411,10 @@ def train(*, model_dir: str, spec: TrainSpec, batch_source: BatchSource, vocab_s
         # throughput counts every loss-carrying token processed (RHO-1 reports its selected ones as num_tokens)
         tokens=lambda m: m.get("num_valid_tokens", m.get("num_tokens", 0.0)),
         after_step=lambda step, state: run_eval(step, state) if eval_every and step % eval_every == 0 else None)
-    if last == num_steps and eval_every and (num_steps % eval_every or start_step >= num_steps):
+    recorded = [r for r in run.metrics("validation") if r["step"] == num_steps] if start_step >= num_steps else []
+    if recorded:  # a finished run, rerun: its final evaluation is the recorded one, not another row
+      last_eval = {k: v for k, v in recorded[-1].items() if k not in ("step", "split")}
+    elif last == num_steps and eval_every and (num_steps % eval_every or start_step >= num_steps):
       run_eval(num_steps, state)
     train_writer.flush()
     eval_writer.flush()
