@@ -67,10 +67,12 @@ def register_local_files_task(name: str = gin.REQUIRED,
 
   Raises:
     FileNotFoundError: a path (or the vocabulary) does not exist, checked at registration.
+    ValueError: a file has no documents, or its first document cannot be read (not UTF-8, corrupt gzip, bad JSON).
   """
   paths = list(paths)
   for path in paths:  # Fail at registration, not at the first batch.
-    next(iter(read_documents([path], format, text_fields, template)), None)
+    if next(iter(read_documents([path], format, text_fields, template)), None) is None:
+      raise ValueError(f'{path}: no documents in it (an empty file, or only blank lines), for task {name!r}')
   if vocabulary_path is None:
     vocabulary = vocabulary_lib.default_vocabulary(extra_ids=extra_ids)
   else:

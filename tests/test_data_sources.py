@@ -95,6 +95,27 @@ def test_jsonl_errors_name_file_and_line(tmp_path):
     list(sources.read_jsonl_documents(str(tmp_path / 'missing.jsonl')))
 
 
+def test_binary_and_truncated_gzip_files_are_named(tmp_path):
+  binary = tmp_path / 'image.txt'
+  binary.write_bytes(b'fine line\n' + bytes(range(128, 256)) * 40 + b'\n')
+  with pytest.raises(ValueError, match=r'image\.txt:\d+: not UTF-8 text .*binary file'):
+    list(sources.read_text_documents(str(binary)))
+  with pytest.raises(ValueError, match=r'image\.txt:\d+: not UTF-8 text'):
+    list(sources.read_jsonl_documents(str(binary)))
+  whole = tmp_path / 'whole.jsonl.gz'
+  with gzip.open(whole, 'wt', encoding='utf-8') as f:
+    f.writelines(json.dumps({'text': f'document {i} ' * 20}) + '\n' for i in range(2000))
+  data = whole.read_bytes()
+  truncated = tmp_path / 'cut.jsonl.gz'
+  truncated.write_bytes(data[:len(data) // 2])
+  with pytest.raises(ValueError, match=r'cut\.jsonl\.gz: a corrupt or truncated gzip file after line \d+'):
+    list(sources.read_jsonl_documents(str(truncated)))
+  not_gzip = _write(tmp_path / 'plain.txt.gz', 'not compressed\n')
+  with pytest.raises(ValueError, match=r'plain\.txt\.gz: a corrupt or truncated gzip file after line 0'):
+    list(sources.read_text_documents(not_gzip))
+  assert len(list(sources.read_jsonl_documents(str(whole)))) == 2000
+
+
 # ------------------------------------------------------------------------------------------------ real files
 
 

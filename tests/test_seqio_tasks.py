@@ -190,6 +190,10 @@ def test_local_files_task_from_gin(tmp_path, small_vocab):
   with pytest.raises(FileNotFoundError, match='missing.txt'):
     local_files.register_local_files_task('toy_missing', [str(tmp_path / 'missing.txt')])
   assert 'toy_missing' not in seqio.TaskRegistry.names()
+  (tmp_path / 'empty.txt').write_text('\n  \n')
+  with pytest.raises(ValueError, match=r"empty\.txt: no documents in it .*'toy_empty'"):
+    local_files.register_local_files_task('toy_empty', [str(tmp_path / 'a.txt'), str(tmp_path / 'empty.txt')])
+  assert 'toy_empty' not in seqio.TaskRegistry.names()
 
 
 def test_continuation_task_puts_loss_on_the_continuation_and_keeps_the_context_end(small_vocab):

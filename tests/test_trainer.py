@@ -78,3 +78,14 @@ def test_rerunning_a_finished_run_keeps_one_final_evaluation_and_returns_it(tmp_
   rows = ModelDir(str(tmp_path)).metrics("validation")
   assert [r["step"] for r in rows] == [2, 3]
   assert again.last_eval == first.last_eval and again.final_step == 3
+
+
+def test_a_training_stream_without_a_batch_is_named_not_a_bare_stop_iteration(tmp_path):
+  def empty_source(split, *, start_position=0, **kw):
+    return iter(())
+  spec = trainer.TrainSpec(model_config=preset("tiny", vocab_size=128), num_steps=3, batch_size=4, sequence_length=16,
+                           optimizer=trainer.OptimizerConfig(warmup_steps=1), eval_every=0, checkpoint_every=2)
+  with pytest.raises(ValueError, match=r"training data \(the batch source\) yields no batch: its 'train' split is "
+                                       r"empty or shorter than one batch of 4 x 16 tokens"):
+    trainer.train(model_dir=str(tmp_path), spec=spec, batch_source=empty_source, progress_bar=False, mesh_data=1,
+                  devices=__import__("jax").devices()[:1])

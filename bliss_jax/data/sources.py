@@ -9,6 +9,7 @@ computed on ids map back to documents.
 import gzip
 import json
 import os
+import zlib
 from typing import Any, Iterator, Mapping, Optional, Sequence, Tuple
 
 from bliss_jax.choices import check_choice
@@ -28,13 +29,22 @@ def source_name_from_path(path: str) -> str:
   return os.path.splitext(name)[0]
 
 
-def _open_text(path: str):
-  """Opens ``path`` for reading UTF-8 text, through gzip when it ends in ``.gz``."""
+def _text_lines(path: str) -> Iterator[Tuple[int, str]]:
+  """``(line number, line)`` of a UTF-8 text file, read through gzip when its name ends in ``.gz``; a file that is
+  not UTF-8 text or not (complete) gzip raises ``ValueError`` naming the file and line."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f'document file not found: {path}')
-  if path.endswith('.gz'):
-    return gzip.open(path, 'rt', encoding='utf-8', newline='')
-  return open(path, 'rt', encoding='utf-8', newline='')
+  opener = gzip.open if path.endswith('.gz') else open
+  line_number = 0
+  try:
+    with opener(path, 'rt', encoding='utf-8', newline='') as f:
+      for line_number, line in enumerate(f, start=1):
+        yield line_number, line
+  except UnicodeDecodeError as e:
+    raise ValueError(f'{path}:{line_number + 1}: not UTF-8 text ({e.reason} at byte {e.start} of the line or '
+                     'block); is it a binary file?') from None
+  except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+    raise ValueError(f'{path}: a corrupt or truncated gzip file after line {line_number} ({e})') from None
 
 
 def _strip_line_end(line: str) -> str:
@@ -58,30 +68,28 @@ def read_text_documents(path: str,
 
   Raises:
     FileNotFoundError: ``path`` does not exist.
-    ValueError: unknown ``doc_separator``.
+    ValueError: unknown ``doc_separator``; the file is not UTF-8 text or a complete gzip file (naming file and line).
   """
   check_choice('doc_separator', doc_separator, DOC_SEPARATORS)
   source_name = source_name or source_name_from_path(path)
   index = 0
-  with _open_text(path) as f:
-    if doc_separator == 'line':
-      for line in f:
-        line = _strip_line_end(line)
-        if line.strip():
-          yield f'{source_name}:{index}', line
-          index += 1
-      return
-    paragraph = []
-    for line in f:
-      line = _strip_line_end(line)
+  lines = (_strip_line_end(line) for _, line in _text_lines(path))
+  if doc_separator == 'line':
+    for line in lines:
       if line.strip():
-        paragraph.append(line)
-      elif paragraph:
-        yield f'{source_name}:{index}', '\n'.join(paragraph)
+        yield f'{source_name}:{index}', line
         index += 1
-        paragraph = []
-    if paragraph:
+    return
+  paragraph = []
+  for line in lines:
+    if line.strip():
+      paragraph.append(line)
+    elif paragraph:
       yield f'{source_name}:{index}', '\n'.join(paragraph)
+      index += 1
+      paragraph = []
+  if paragraph:
+    yield f'{source_name}:{index}', '\n'.join(paragraph)
 
 
 def _record_text(record: Mapping[str, Any], text_fields: Sequence[str], template: Optional[str],
@@ -116,7 +124,8 @@ def read_jsonl_documents(path: str,
 
   Raises:
     FileNotFoundError: ``path`` does not exist.
-    ValueError: a line is not a JSON object, or lacks a text field (the message names file and line).
+    ValueError: a line is not a JSON object, or lacks a text field; the file is not UTF-8 text or a complete gzip
+      file (the message names file and line).
   """
   source_name = source_name or source_name_from_path(path)
   for row, (line_number, record) in enumerate(jsonl_records(path)):
@@ -131,14 +140,13 @@ def read_jsonl_documents(path: str,
 def jsonl_records(path: str, error: type = ValueError) -> Iterator[Tuple[int, dict]]:
   """``(line number, record)`` for each non-blank line of a JSONL file (optionally ``.gz``); a line that is not a
   JSON object raises ``error`` naming the file and line (``path:line: ...``)."""
-  with _open_text(path) as f:
-    for line_number, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise error(f'{path}:{line_number}: invalid JSON: {e.msg}') from None
-      if not isinstance(record, dict):
-        raise error(f'{path}:{line_number}: expected a JSON object, got {type(record).__name__}')
-      yield line_number, record
+  for line_number, line in _text_lines(path):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise error(f'{path}:{line_number}: invalid JSON: {e.msg}') from None
+    if not isinstance(record, dict):
+      raise error(f'{path}:{line_number}: expected a JSON object, got {type(record).__name__}')
+    yield line_number, record

@@ -391,7 +391,13 @@ def train(*, model_dir: str, spec: TrainSpec, batch_source: BatchSource, vocab_s
 
     def step_fn(state, step):  # (1-based) optimizer step `step`, with its phase's loss
       fn = next((fn for last, fn in phases if step <= last), fns.train_step)
-      return fn(state, partitioning.global_batch_from_local(next(batches), mesh), base_rng, frozen)
+      try:
+        batch = next(batches)
+      except StopIteration:  # the stream repeats, so it ends only if the split yields no batch at all
+        raise ValueError(f"the training data ({', '.join(source_tasks(batch_source)) or 'the batch source'}) yields "
+                         f"no batch: its 'train' split is empty or shorter than one batch of {batch_size} x "
+                         f"{sequence_length} tokens") from None
+      return fn(state, partitioning.global_batch_from_local(batch, mesh), base_rng, frozen)
 
     def nonfinite(step, metrics):
       if np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"]):
