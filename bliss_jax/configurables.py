@@ -12,7 +12,7 @@ from bliss_jax.data import pipeline
 from bliss_jax.data.synthetic import synthetic_source
 from bliss_jax.losses.lm import make_lm_loss
 from bliss_jax.models import config as model_config_lib
-from bliss_jax.training import trainer
+from bliss_jax.training import run_config, trainer
 
 
 def model_config(preset: str = "tiny", vocab_size="task", **overrides) -> model_config_lib.ModelConfig:
@@ -24,6 +24,17 @@ def model_config(preset: str = "tiny", vocab_size="task", **overrides) -> model_
     return dataclasses.replace(cfg, vocab_size=int(vocab_size))
   return cfg
 
+
+def _gin_bindings(fn) -> Optional[dict]:
+  """The parameters gin binds to configurable `fn` in the current scope, macros resolved to their values; None for a
+  function gin does not know or binds nothing to."""
+  try:
+    return gin.get_bindings(fn) or None
+  except ValueError:
+    return None
+
+
+run_config.bound_arguments = _gin_bindings  # a run's record then holds its gin-bound loss parameters
 
 gin.external_configurable(model_config, "model_config")
 gin.external_configurable(trainer.train, "train")

@@ -309,3 +309,23 @@ def test_invalid_values_are_refused_before_anything_is_written(tmp_path, over, n
   with pytest.raises(ValueError, match=re.escape(name) + "="):
     trainer.train(**_kw(tmp_path / "run", **over))
   assert not os.path.exists(tmp_path / "run")
+
+
+def test_a_gin_bound_loss_parameter_is_in_the_record_and_a_change_is_refused():
+  import bliss_jax.configurables  # noqa: F401  (the gin edge: registers selective_loss and the bindings lookup)
+  from bliss_jax.training import run_config
+  gin.clear_config()
+  try:
+    gin.parse_config("RATIO = 0.6\nselective_loss.ratio = %RATIO")
+    loss = gin.get_configurable("selective_loss")
+    old = {"loss": run_config.loss_schedule(loss, None)}
+    assert old["loss"][0][1]["bound"] == {"ratio": 0.6}
+    assert run_config.check_resume(old, {"loss": run_config.loss_schedule(loss, None)}, 4) == {}
+    gin.parse_config("RATIO = 0.3")
+    with pytest.raises(run_config.RunConfigChanged, match=r'loss: .*"bound": \{"ratio": 0.6\}.* -> .*"bound": \{"ratio": 0.3\}'):
+      run_config.check_resume(old, {"loss": run_config.loss_schedule(loss, None)}, 4)
+  finally:
+    gin.clear_config()
+  # a configurable with nothing bound is described as before (so earlier runs' records still match)
+  assert run_config.loss_schedule(gin.get_configurable("selective_loss"), None) == [
+      [None, run_config.describe(make_selective_loss)]]

@@ -4,7 +4,8 @@ The record holds what determines the numbers a run computes: the model's shape, 
 fingerprint (`model_vocabulary`), batch size, sequence length, micro-batches, seed, `num_steps` (the learning-rate
 schedule depends on it), the optimizer, the loss of every step (phases included), the frozen models (shape and
 checkpoint step) and a description of the data source (for SeqIO sources: the task or mixture name and the source's
-settings, read from the source function's closure). Fields that do not change the computation — eval/log/checkpoint cadence, kept checkpoints, progress bar,
+settings, read from the source function's closure). A function is described by its qualified name, closure and
+defaults, and, for one a configuration system wraps (gin), by the arguments bound to it (`bound_arguments`). Fields that do not change the computation — eval/log/checkpoint cadence, kept checkpoints, progress bar,
 `stop_at_step`, the mesh — are not recorded and may change freely.
 
 A resume whose configuration differs from the record is refused with every changed field (dotted path, old and new
@@ -25,6 +26,16 @@ import numpy as np
 
 _MAX_ITEMS = 32  # longer sequences are described by length and hash
 _MAX_DEPTH = 6
+
+
+def _nothing_bound(fn) -> Optional[dict]:
+  return None
+
+
+# The arguments a configuration system binds to a callable it wraps, or None: the gin edge (`bliss_jax.configurables`)
+# sets it to gin's bindings, so a loss given as `train.loss_factory = @selective_loss` is recorded with
+# `selective_loss.ratio` and the rest of its bound parameters.
+bound_arguments: Callable[[Callable], Optional[dict]] = _nothing_bound
 
 
 class RunConfigChanged(ValueError):
@@ -59,7 +70,9 @@ def describe(x, depth: int = 0):
     return {"function": describe(x.func, depth + 1), "args": describe(x.args, depth + 1),
             "keywords": describe(x.keywords, depth + 1)}
   if hasattr(x, "__wrapped__"):  # functools.wraps, gin configurables
-    return describe(x.__wrapped__, depth + 1)
+    inner = describe(x.__wrapped__, depth + 1)
+    bound = bound_arguments(x)
+    return dict(inner, bound=describe(bound, depth + 1)) if bound and isinstance(inner, dict) else inner
   if inspect.isfunction(x):
     out = {"function": f"{x.__module__}.{x.__qualname__}"}
     cells = zip(x.__code__.co_freevars, x.__closure__ or ())
