@@ -192,6 +192,12 @@ def test_bilevel_loop_resumes_exactly(pipeline, tasks, tmp_path):
   jax.tree.map(np.testing.assert_array_equal, a, b)
   rows = lambda d: [l for l in open(tmp_path / d / "metrics.jsonl")]
   assert rows("straight") == rows("resumed") and len(rows("straight")) == 4
+  # the run's record refuses a resume with another BilevelConfig, naming the field; nothing in the run changes
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  before = {f: open(tmp_path / "resumed" / f, "rb").read() for f in ("run_config.json", "metrics.jsonl")}
+  with pytest.raises(ValueError, match=r"bilevel\.proxy_lr: 0\.001 -> 0\.002"):
+    bilevel_loop.run_bilevel(model_dir=str(tmp_path / "resumed"), **dict(kw, cfg=dataclasses.replace(cfg, proxy_lr=2e-3)))
+  assert before == {f: open(tmp_path / "resumed" / f, "rb").read() for f in before}
 
 
 def test_bilevel_can_continue_the_previous_rounds_proxy(pipeline, tasks, tmp_path):

@@ -9,10 +9,11 @@ Checkpoints hold the whole `BilevelState` and the two streams' positions, so a r
 score model is written to MODEL_DIR/score (orbax) with MODEL_DIR/model_config.json (the backbone's shape) and
 MODEL_DIR/score_model.json ({"sigmoid": ..., "pooling": ...}).
 """
+import dataclasses
 import json
 import logging
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 import jax
 import numpy as np
@@ -21,7 +22,7 @@ import orbax.checkpoint as ocp
 from bliss_jax import partitioning
 from bliss_jax.bilevel.step import BilevelConfig, build_bilevel_functions
 from bliss_jax.models.score_model import ScoreModel, from_lm_params, init_head
-from bliss_jax.training import checkpoints, config_checks, metric_writers, run_lock, run_loop
+from bliss_jax.training import checkpoints, config_checks, metric_writers, run_config, run_lock, run_loop
 from bliss_jax.training.model_dir import ModelDir
 from bliss_jax.training.trainer import abstract_params
 
@@ -63,7 +64,7 @@ def run_bilevel(*, model_dir: str, proxy_dir: str, target_dir: Optional[str], tr
                 score_init_dir: Optional[str] = None, proxy_state_dir: Optional[str] = None,
                 checkpoint_every: int = 100, log_every: int = 10,
                 keep_checkpoints: Optional[int] = 1, devices=None, progress_bar: bool = True,
-                stop_at_step: Optional[int] = None) -> dict:
+                stop_at_step: Optional[int] = None, allow_config_change: Sequence[str] = ()) -> dict:
   """Run (or resume) `num_steps` bilevel steps into `model_dir`; returns the last step's metrics.
 
   train_source / val_source: `trainer.BatchSource`s of unpacked candidate rows (split "train", repeating) and of
@@ -74,6 +75,9 @@ def run_bilevel(*, model_dir: str, proxy_dir: str, target_dir: Optional[str], tr
   proxy_state_dir: a previous `run_bilevel` MODEL_DIR whose final proxy starts this one (default: `proxy_dir`'s
     latest checkpoint, the reference implementation's reset); it must have the same BilevelConfig.
   stop_at_step: leave after this step (checkpointed), as a pre-empted job would.
+  allow_config_change: as `trainer.train`'s: the fields of the run's record (MODEL_DIR/run_config.json: the
+    BilevelConfig, num_steps, the proxy's and target's shapes, the target step, where the score model and proxy
+    start, the two data sources) that a resume may change; any other change is refused.
   """
   config_checks.check_loop(num_steps=num_steps, checkpoint_every=checkpoint_every,
                            keep_checkpoints=keep_checkpoints, log_every=log_every, stop_at_step=stop_at_step)
@@ -90,10 +94,22 @@ def run_bilevel(*, model_dir: str, proxy_dir: str, target_dir: Optional[str], tr
     target_abs = abstract_params(target_cfg, mesh, rules) if target_cfg is not None else None
     fns = build_bilevel_functions(proxy_cfg, target_cfg, cfg, num_steps, mesh, rules,
                                   target_shardings=jax.tree.map(lambda x: x.sharding, target_abs))
-    target_params = None
+    target_params, t_step = None, None
     if target_cfg is not None:
       t_step, target_params = checkpoints.load_params(target_dir, target_abs, step=target_step)
       logging.info("bilevel: target %s at step %d", target_dir, t_step)
+    record = {"bilevel": dataclasses.asdict(cfg), "num_steps": num_steps,
+              "proxy": {"model_config": dataclasses.asdict(proxy_cfg)},
+              "target": None if target_cfg is None else {"model_config": dataclasses.asdict(target_cfg),
+                                                         "step": int(t_step)},
+              "score_init": bool(score_init_dir), "proxy_state": bool(proxy_state_dir),
+              "data": {"train": run_config.describe(train_source), "val": run_config.describe(val_source)}}
+    run = ModelDir(model_dir)
+    old_record, diff = run.read_run_config(), {}
+    if ckpts.latest_step() is not None and old_record:  # (a run written before records existed compares nothing)
+      diff = run_config.check_resume(old_record, record, ckpts.latest_step(), allow_config_change)
+      for k, (a, b) in diff.items():
+        logging.warning("resuming %s with a changed %s: %s -> %s (allowed)", model_dir, k, a, b)
     restored = ckpts.restore(fns.abstract_state)
     if restored is None:
       if proxy_state_dir is not None:
@@ -112,6 +128,8 @@ def run_bilevel(*, model_dir: str, proxy_dir: str, target_dir: Optional[str], tr
       state, data = restored
       start = int(data["step"])
       logging.info("bilevel: resumed from step %d", start)
+    if jax.process_index() == 0:
+      run.write_run_config(run_config.updated(old_record, record, diff, start))
     k_in = cfg.inner_steps
     pi, pc = jax.process_index(), jax.process_count()
     train_it = train_source("train", start_position=start * k_in, process_index=pi, process_count=pc, repeat=True)

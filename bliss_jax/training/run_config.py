@@ -193,7 +193,8 @@ def updated(old: Optional[dict], new: dict, diff: dict, step: int) -> dict:
   old, record = canonical(old), canonical(new)
   if "loss" in old:
     record["loss"] = [p for p in old["loss"] if p[0] is not None and p[0] <= step] + _losses_after(record["loss"], step)
-  record["frozen_models"] = dict(old.get("frozen_models", {}), **record["frozen_models"])
+  if "frozen_models" in record:
+    record["frozen_models"] = dict(old.get("frozen_models", {}), **record["frozen_models"])
   history = old.get("changes", []) + ([{"step": step, "fields": {k: [a, b] for k, (a, b) in diff.items()}}]
                                       if diff else [])
   if history:
