@@ -95,6 +95,14 @@ def chunk_length(sequence_length: Optional[Mapping[str, int]], include_inputs: b
   return length
 
 
+def chunk_text(text: str, chunk_index: int, vocabulary: seqio.Vocabulary, sequence_length: int) -> str:
+  """The text of chunk ``chunk_index`` of a document of an ``'lm'`` task at ``sequence_length`` (``split_tokens``'s
+  cut of its tokens into ``chunk_length`` pieces), decoded; empty past the document's end."""
+  n = chunk_length({'targets': sequence_length})
+  tokens = list(vocabulary.encode(text))
+  return vocabulary.decode(tokens[chunk_index * n:(chunk_index + 1) * n])
+
+
 def split_tokens(dataset: tf.data.Dataset,
                  sequence_length: Optional[Mapping[str, int]] = None,
                  feature_key: str = 'targets',

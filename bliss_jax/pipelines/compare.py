@@ -40,11 +40,14 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bliss_jax.data import composition as composition_lib
 from bliss_jax.data import data_dir as data_dir_lib
+from bliss_jax.data import seqio_tasks
 from bliss_jax.models.config import count_params
 from bliss_jax.models.flops import train_flops_per_token
 from bliss_jax.pipelines import builtin, common, method
 from bliss_jax.pipelines.stages import STAGE_FILE, run_stage
+from bliss_jax.report import scored_documents as scored_documents_lib
 from bliss_jax.report import tables
+from bliss_jax.selection import score_store
 from bliss_jax.training import checkpoints, trainer
 from bliss_jax.training.model_dir import ModelDir
 
@@ -79,8 +82,8 @@ def run(*, root: str, target: trainer.TrainSpec, small: trainer.TrainSpec, train
         options: Optional[Mapping[str, Mapping]] = None,
         composition: Optional[composition_lib.SelectionReporter] = None,
         zero_shot_tasks: Sequence[str] = (), zero_shot_limit: Optional[float] = None,
-        zero_shot_data_dir: Optional[str] = None, zero_shot_max_length: int = 2048, scale: str = "",
-        pipelines: Sequence[method.Pipeline] = builtin.PIPELINES, progress_bar: bool = True) -> dict:
+        zero_shot_data_dir: Optional[str] = None, zero_shot_max_length: int = 2048, scale: str = "", scope: str = "",
+        scored_documents: int = 3, pipelines: Sequence[method.Pipeline] = builtin.PIPELINES, progress_bar: bool = True) -> dict:
   """Run (or resume) every method in `methods` and write the comparison (`root/report.json`, `report.md`, figures).
 
   Args:
@@ -108,6 +111,9 @@ def run(*, root: str, target: trainer.TrainSpec, small: trainer.TrainSpec, train
       dir: the shared data's `eval/`; skipped with a note where it is absent). zero_shot_max_length: the longest
       scored row (contexts are left-truncated; as scripts/evaluate.py's --max_length).
     scale: a name for the report ("smoke", "small", ...).
+    scope: one line for the top of the report: what this run does and does not show.
+    scored_documents: how many of the highest- and of the lowest-scored candidates the report shows per scoring
+      method (its `MethodRun.scores`; with their labels and texts where `composition` gives them); 0: none.
     pipelines: the pipelines providing the methods (`method.Pipeline`), in report order.
   """
   options = dict(options or {})
@@ -133,11 +139,13 @@ def run(*, root: str, target: trainer.TrainSpec, small: trainer.TrainSpec, train
       runs.update(p.run(setting, wanted, options.get(p.name) or {}))
   return _report(setting, methods, runs, composition=composition, zero_shot_tasks=zero_shot_tasks,
                  zero_shot_limit=zero_shot_limit, zero_shot_data_dir=zero_shot_data_dir,
-                 zero_shot_max_length=zero_shot_max_length, scale=scale)
+                 zero_shot_max_length=zero_shot_max_length, scale=scale, scope=scope,
+                 scored_documents=scored_documents)
 
 
 def _report(setting: method.Setting, methods: Sequence[str], runs: Mapping[str, method.MethodRun], *,
-            composition, zero_shot_tasks, zero_shot_limit, zero_shot_data_dir, zero_shot_max_length, scale) -> dict:
+            composition, zero_shot_tasks, zero_shot_limit, zero_shot_data_dir, zero_shot_max_length, scale,
+            scope="", scored_documents=0) -> dict:
   """The comparison's own stages (held-out curves, zero-shot) and its report, from every method's run."""
   root, target = setting.root, setting.target
   N, B, L = target.num_steps, target.batch_size, target.sequence_length
@@ -174,6 +182,7 @@ def _report(setting: method.Setting, methods: Sequence[str], runs: Mapping[str, 
   target_step_flops = train_flops_per_token(target_cfg, L) * B * L
   labellers = composition.labellers() if composition is not None else {}
   pool_keys_path = next((runs[m].pool for m in methods if runs[m].pool), None)
+  text_of = _example_text(composition, setting.pool_task, L)
   plain_curve = [(p["step"], p["loss"]) for p in curves.get("plain", [])]
   plain_flops_curve = [(s * target_step_flops, l) for s, l in plain_curve]
   rows = {}
@@ -198,12 +207,14 @@ def _report(setting: method.Setting, methods: Sequence[str], runs: Mapping[str, 
                  speedup_flops=tables.speedup(fc, plain_flops_curve))
     if labellers and runs[m].selections:
       row["selection"] = composition_lib.composition([k for p in runs[m].selections for k in _read_keys(p)], labellers)
+    if scored_documents and runs[m].scores:
+      row["scored_documents"] = _scored_documents(runs[m].scores, scored_documents, labellers, text_of)
     rows[m] = row
   pool = None
   if labellers and pool_keys_path:
     pool = composition_lib.composition(_read_keys(pool_keys_path), labellers)
   report = {
-      "scale": scale, "methods": rows, "pool_composition": pool, "zero_shot_note": zero_shot_note,
+      "scale": scale, "scope": scope, "methods": rows, "pool_composition": pool, "zero_shot_note": zero_shot_note,
       "config": {"train_task": setting.train_task, "pool": f"{setting.pool_task}:{setting.pool_split}",
                  "reference_task": setting.reference_task,
                  "eval": f"{eval_task}:{eval_split}", "eval_max_batches": eval_max_batches,
@@ -218,6 +229,33 @@ def _report(setting: method.Setting, methods: Sequence[str], runs: Mapping[str, 
   with open(os.path.join(root, "report.md"), "w") as f:
     f.write(format_report(report, figures))
   return report
+
+
+def _example_text(composition: Optional[composition_lib.SelectionReporter], task: str, sequence_length: int):
+  """key -> the text of that example of `task` (an LM task at `sequence_length`), where the corpus gives its
+  documents' texts (`SelectionReporter.document_text`); else None."""
+  if composition is None or composition.document_text is None:
+    return None
+  import seqio  # pylint: disable=g-import-not-at-top
+  vocab = seqio.get_mixture_or_task(task).output_features["targets"].vocabulary
+
+  def text_of(key):
+    doc, _, chunk = key.rpartition("#")
+    text = composition.document_text(doc)
+    return None if text is None else seqio_tasks.chunk_text(text, int(chunk), vocab, sequence_length)
+  return text_of
+
+
+def _scored_documents(scores: method.Scores, k: int, labellers, text_of) -> dict:
+  """The k highest- and lowest-scored candidates of a method's scores (`report.scored_documents`)."""
+  table = score_store.read_scores(scores.store)
+  keys, values = table.keys(), table.columns[scores.column]
+  if scores.candidates:
+    candidates = set(_read_keys(scores.candidates))
+    rows = [i for i, key in enumerate(keys) if key in candidates]
+    keys, values = [keys[i] for i in rows], values[rows]
+  return dict(what=scores.what, column=scores.column, n=len(keys),
+              **scored_documents_lib.scored_documents(keys, values, k, labellers=labellers, text_of=text_of))
 
 
 def _zero_shot(root, methods, model_dirs, train_task, tasks, limit, data_dir, max_length):
@@ -290,7 +328,12 @@ def format_report(report: Mapping, figures: Mapping[str, str]) -> str:
   cfg = report["config"]
   order = cfg.get("methods") or sorted(report["methods"], key=lambda m: m != "plain")  # report.json's keys are sorted
   rows = {m: report["methods"][m] for m in order}
-  lines = [f"# Comparison{' (' + report['scale'] + ')' if report['scale'] else ''}", "",
+  lines = [f"# Comparison{' (' + report['scale'] + ')' if report['scale'] else ''}", ""]
+  if report.get("scope"):
+    seeds = cfg.get("seeds", 1)
+    lines += [f"**What this run shows** ({cfg['target_steps']} target steps per method, {seeds} seed"
+              f"{'' if seeds == 1 else 's'}): {report['scope']}", ""]
+  lines += [
            f"Target: {cfg['target_params']:,} parameters, {cfg['target_steps']} steps of {cfg['batch_size']} × "
            f"{cfg['sequence_length']} tokens for every method ({cfg['target_step_flops'] * cfg['target_steps']:.3g} "
            f"target-training FLOPs each). Stream `{cfg['train_task']}`, candidates `{cfg['pool']}`, reference "
@@ -338,6 +381,10 @@ def format_report(report: Mapping, figures: Mapping[str, str]) -> str:
   if report.get("pool_composition") and report["pool_composition"].get("target_fraction") is not None:
     lines += [f"Target-like share of the candidate pool: {report['pool_composition']['target_fraction']:.3f} (of "
               "examples; \"target-like share selected\" likewise).", ""]
+  scored = {m: r["scored_documents"] for m, r in rows.items() if r.get("scored_documents")}
+  if scored:
+    lines += ["The candidates each scoring method scored highest and lowest (score, example key `doc_id#chunk`, "
+              "labels, the example's start):", ""] + scored_documents_lib.format_scored_documents(scored) + [""]
   zs = {m: r["zero_shot"] for m, r in rows.items() if r.get("zero_shot")}
   if zs:
     tasks_metrics = [(t, k) for t, vals in next(iter(zs.values())).items() for k in vals

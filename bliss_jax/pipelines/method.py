@@ -58,6 +58,16 @@ class AuxCost:
 
 
 @dataclasses.dataclass(frozen=True)
+class Scores:
+  """The scores a method's (last) selection was chosen by: a score store (`selection.score_store`), its column, the
+  file of the candidates' keys among its rows (a JSON list; None: every row) and what was scored, in words."""
+  store: str
+  column: str
+  candidates: Optional[str] = None
+  what: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class MethodRun:
   """One method's outcome: its target's checkpoints, what it cost besides the target, what it selected.
 
@@ -65,6 +75,7 @@ class MethodRun:
   stages: the pipeline's stages this method ran (under `Setting.subroot(pipeline)`), for its wall time.
   selections: files of the example keys it selected (JSON lists), for the composition report.
   pool: the file of the candidate pool's keys it selected from, if any.
+  scores: the scores its (last) selection was chosen by, if any, for the report's highest- and lowest-scored examples.
   """
   pipeline: str
   model_dirs: Tuple[Tuple[int, str], ...]
@@ -72,6 +83,7 @@ class MethodRun:
   stages: Tuple[str, ...]
   selections: Tuple[str, ...] = ()
   pool: Optional[str] = None
+  scores: Optional[Scores] = None
 
   def model_dir_at(self, step: int) -> str:
     return [md for first, md in self.model_dirs if first <= step][-1]

@@ -255,7 +255,8 @@ def _compare(setting: method.Setting, methods: Sequence[str], options: Mapping) 
                             "reference_training": (0, rep["reference"]["train_flops"]),
                             "scoring": (0, rep["scoring"]["flops"])}),
           ("pool_keys", "split_reference", "teacher", "reference", "score", "select", "student_miniplm"),
-          (rep["selection"]["selected"],), rep["pool_keys"])
+          (rep["selection"]["selected"],), rep["pool_keys"],
+          method.Scores(rep["scoring"]["store"], "difference", rep["split"]["candidates"], "the pool less D_ref"))
     else:
       n = setting.target.num_steps
       out[m] = method.MethodRun(

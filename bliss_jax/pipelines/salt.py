@@ -397,7 +397,8 @@ def _compare(setting: method.Setting, methods: Sequence[str], options: Mapping) 
     out[m] = method.MethodRun(
         "salt", ((0, s["model_dir"]),), aux, ("teacher", f"student_{m}") + (("score", "select") if m == "salt_ds"
                                                                              else ()),
-        (rep["selection"]["selected"],) if m == "salt_ds" else ())
+        (rep["selection"]["selected"],) if m == "salt_ds" else (),
+        scores=method.Scores(rep["scoring"]["store"], "salt_ds", what="the pool") if m == "salt_ds" else None)
   return out
 
 
