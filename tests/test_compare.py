@@ -1,5 +1,5 @@
 """The comparison pipeline: FLOP accounting by hand; one tiny run of every method on the embedded
-corpus (equal target compute, report, figures, TensorBoard); and the same run killed (SIGKILL / SIGTERM) at stage
+mixture (equal target compute, report, figures, TensorBoard); and the same run killed (SIGKILL / SIGTERM) at stage
 boundaries and mid-stage, rerun each time, ending with the same report.
 
 The runs are `scripts/compare.py` subprocesses (the README's command) on `compare/smoke.gin`; they share one JAX
@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from bliss_jax.data import embedded_mixture
 from bliss_jax.pipelines import compare, method
 
 # every method of compare/smoke.gin, in report order
@@ -89,7 +90,9 @@ def test_every_method_trains_the_same_target_for_the_same_flops(clean_run):
   assert report["config"]["methods"] == list(METHODS)
   cfg = report["config"]
   assert cfg["target_steps"] == 20 and cfg["batch_size"] == 4 and cfg["sequence_length"] == 32
-  assert cfg["pool"] == "embedded_default:train"  # no pool split given: the stream's own split
+  assert cfg["pool"] == "embedded_mixture:train"  # no pool split given: the stream's own split
+  assert cfg["reference_task"] == "embedded_mixture_reference"
+  assert cfg["eval"] == "embedded_mixture_reference:validation"
   target_flops = {r["flops"]["target_training"] for r in rows.values()}
   assert target_flops == {20 * cfg["target_step_flops"]}
   for m, r in rows.items():
@@ -133,12 +136,12 @@ def test_rho1_auxiliary_flops_equal_a_hand_count(clean_run):
 @pytest.mark.integration
 def test_curves_are_the_held_out_loss_of_the_checkpoints(clean_run):
   from bliss_jax.pipelines import common  # pylint: disable=import-outside-toplevel
-  import tasks  # noqa: F401  pylint: disable=unused-import,import-outside-toplevel  (registers embedded_default)
+  import tasks  # noqa: F401  pylint: disable=unused-import,import-outside-toplevel  (registers embedded_mixture)
   root, report, _ = clean_run
   row = report["methods"]["random"]  # its first 10 steps are round 0's MODEL_DIR, the rest its own
   for step, model_dir in ((10, root / "bliss" / "target_r0" / "model"), (20, root / row["model_dir"])):
-    got = common.heldout_at_step(str(model_dir), step, "embedded_default", "validation", sequence_length=32,
-                                 batch_size=4)
+    got = common.heldout_at_step(str(model_dir), step, "embedded_mixture_reference", "validation", sequence_length=32,
+                                 batch_size=4, max_batches=report["config"]["eval_max_batches"])
     point = next(p for p in row["curve"] if p["step"] == step)
     assert point["loss"] == pytest.approx(got["loss"], rel=1e-6)
     assert point["accuracy"] == pytest.approx(got["accuracy"], rel=1e-6)
@@ -154,8 +157,16 @@ def test_report_files_figures_and_tensorboard(clean_run):
   for name in ("loss_vs_flops.png", "loss_vs_total_flops.png", "composition.png"):
     assert (root / name).stat().st_size > 10_000, name
   sel = report["methods"]["bliss"]["selection"]
-  assert set(sel["by_domain"]) <= {"pydoc", "stdlib"} and sum(sel["by_domain"].values()) == pytest.approx(1.0)
-  assert report["pool_composition"]["n"] > 0
+  assert set(sel["by_domain"]) <= set(embedded_mixture.DOMAINS) and sum(sel["by_domain"].values()) == pytest.approx(1.0)
+  assert 0 <= sel["target_fraction"] <= 1 and report["pool_composition"]["n"] > 0
+  assert md.startswith("# Comparison (smoke)\n\n**What this run shows** (20 target steps per method, 1 seed): ")
+  for m in ("bliss", "mates", "salt_ds", "miniplm"):  # the scoring methods: their highest- and lowest-scored examples
+    scored = report["methods"][m]["scored_documents"]
+    assert len(scored["top"]) == len(scored["bottom"]) == 3
+    assert scored["top"][0]["score"] >= scored["bottom"][0]["score"]
+    assert scored["top"][0]["text"] and scored["top"][0]["labels"]["domain"] in embedded_mixture.DOMAINS
+    assert f"- {m}, lowest:" in md
+  assert not any("scored_documents" in report["methods"][m] for m in ("plain", "random", "rho1", "salt"))
   # TensorBoard: the comparison's curve of every method under ROOT/tensorboard/<m>, as the report has it, next to
   # the training logs of every stage under the same ROOT
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
@@ -212,8 +223,8 @@ def test_killed_at_stage_boundaries_and_mid_stage_then_rerun_gives_the_same_repo
 
 @pytest.mark.integration
 def test_notebook_runs_headless_and_shows_the_report(clean_run, cache, monkeypatch):
-  """notebooks/quickstart.ipynb executed top to bottom by nbclient on CPU, on the finished smoke root (its stages
-  are reused, so this checks the notebook's cells, not the training again)."""
+  """notebooks/quickstart.ipynb executed top to bottom by nbclient on CPU, running the job in its kernel on the
+  finished smoke root (its stages are reused, so this checks the notebook's cells, not the training again)."""
   import nbclient  # pylint: disable=import-outside-toplevel
   import nbformat  # pylint: disable=import-outside-toplevel
   root, report, _ = clean_run
@@ -221,6 +232,7 @@ def test_notebook_runs_headless_and_shows_the_report(clean_run, cache, monkeypat
     monkeypatch.setenv(k, v)
   monkeypatch.delenv("XLA_FLAGS", raising=False)
   monkeypatch.setenv("BLISS_JAX_NOTEBOOK_ROOT", str(root))
+  monkeypatch.setenv("BLISS_JAX_NOTEBOOK_GIN", "compare/smoke.gin")  # the README's job, at the tests' size
   monkeypatch.setenv("BLISS_JAX_BACKEND", "cpu")
   nb = nbformat.read(REPO / "notebooks" / "quickstart.ipynb", as_version=4)
   nbclient.NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
@@ -232,6 +244,7 @@ def test_notebook_runs_headless_and_shows_the_report(clean_run, cache, monkeypat
   images = [o for o in outputs if "image/png" in o.get("data", {})]
   assert len(images) == 3
   assert any("| plain |" in o.get("data", {}).get("text/markdown", "") for o in outputs)
+  assert "bliss: round 1's pool" in text and "  top    " in text and "  bottom " in text  # the scored documents
 
 
 def test_format_report_lists_methods_in_order_with_speedups_by_hand():

@@ -1,13 +1,14 @@
 """The embedded mixture: a labelled corpus made of what every Python installation carries, with junk made from it.
 
-Documents (ids ``<domain>:<source id>``; a corrupted copy is ``synthetic_<kind>:<original id>``)
-
-| domain | documents |
-|---|---|
-| docs | the embedded default corpus (``embedded``): pydoc topics (``docs:pydoc:<topic>``) and standard-library docstrings (``docs:stdlib:<path>:<QualName>``) |
-| code | standard-library ``.py`` files (outside ``embedded.SKIPPED_DIRS``), blank-line blocks merged up to ``doc_chars`` (``code:<path>:<i>``) |
-| licence | the standard library's ``LICENSE.txt`` (what the ``license`` builtin prints), paragraphs merged up to ``doc_chars``, and the ``copyright`` builtin's text (``licence:<name>:<i>``) |
-| test_data | text files under the standard library's ``test/`` (e-mails, decimal test vectors, certificates, ...), lines merged up to ``doc_chars`` (``test_data:<path>:<i>``) |
+Documents, by domain (ids ``<domain>:<source id>``; a corrupted copy is ``synthetic_<kind>:<original id>``)
+  ``docs``: the embedded default corpus (``embedded``): pydoc topics (``docs:pydoc:<topic>``) and standard-library
+    docstrings (``docs:stdlib:<path>:<QualName>``).
+  ``code``: standard-library ``.py`` files (outside ``embedded.SKIPPED_DIRS``), blank-line blocks merged up to
+    ``doc_chars`` (``code:<path>:<i>``).
+  ``licence``: the standard library's ``LICENSE.txt`` (what the ``license`` builtin prints), paragraphs merged up to
+    ``doc_chars``, and the ``copyright`` builtin's text (``licence:<name>:<i>``).
+  ``test_data``: text files under the standard library's ``test/`` (e-mails, decimal test vectors, certificates,
+    ...), lines merged up to ``doc_chars`` (``test_data:<path>:<i>``).
 
 A Python without ``LICENSE.txt`` or without ``test/`` (some distributions ship them apart) simply has no such documents.
 Code and test data are capped: files are taken in a seeded hash order, at most ``max_docs_per_file`` documents each,
@@ -26,9 +27,10 @@ Splits (``u`` = a seeded hash of a document's group, uniform on [0, 1))
   those files (their docstrings are in their code) appears in any other split. Licence and test-data documents
   are their own groups: ``validation`` with probability ``validation_fraction``, else ``train``. A corrupted copy has
   its original's split; each docs document of ``train`` and ``validation`` gets one with probability
-  ``synthetic_fraction``, of a kind drawn by another hash, made with a ``random.Random`` seeded by
-  ``(seed, kind, id)``: the same Python gives the same texts on every machine. A ``heldout`` (``reference``)
-  document whose text occurs verbatim in a document trained on (in ``train`` or ``validation``) is left out.
+  ``synthetic_fraction``, of a kind drawn by another hash, made with a ``random.Random`` seeded by a hash of
+  ``(seed, kind, id)`` (``corruptions.corrupted_copy``): the same Python gives the same texts on every machine. A
+  ``heldout`` (``reference``) document whose text occurs verbatim in a document trained on (in ``train``,
+  ``validation`` or, for ``heldout``, ``reference``) is left out.
 
 The documents depend on the Python version (every derived cache is keyed by the content, as the default vocabulary
 is by ``embedded.corpus_fingerprint``); they are built once per process and config, on first use (about 2 s).
@@ -37,14 +39,13 @@ import builtins
 import dataclasses
 import functools
 import os
-import random
 import sysconfig
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from bliss_jax.data import embedded
-from bliss_jax.data.benchmark.corruptions import SYNTHETIC_FUNCTIONS
+from bliss_jax.data.benchmark.corruptions import corrupted_copy, unit_hash
 from bliss_jax.data.benchmark.cutters import merge_units, normalize_text, paragraphs
-from bliss_jax.data.benchmark.documents import unit_hash
+from bliss_jax.data.benchmark.documents import BenchmarkDocument
 
 DOCS, CODE, LICENCE, TEST_DATA = 'docs', 'code', 'licence', 'test_data'
 DOMAINS = (DOCS, CODE, LICENCE, TEST_DATA)
@@ -94,25 +95,13 @@ class EmbeddedMixtureConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class EmbeddedDocument:
-  """One labelled document. ``origin``: the id it was made from (itself for originals); ``source``: its file or
-  pydoc topic."""
-  doc_id: str
-  text: str
-  source: str
-  domain: str
-  quality: str
-  split: str
-  origin: str
+class EmbeddedDocument(BenchmarkDocument):
+  """One labelled document, as the benchmark's (its catalog entry is one, so ``catalog_labellers`` and
+  ``selection_report`` read it; ``component`` = ``domain``), target-like when clean docs prose."""
 
   @property
   def target(self) -> bool:
     return self.domain == DOCS and self.quality == CLEAN
-
-  def catalog_entry(self) -> Dict[str, Any]:
-    """The fields of a benchmark catalog entry, so ``catalog_labellers`` and ``selection_report`` read it."""
-    return {'doc_id': self.doc_id, 'source': self.source, 'domain': self.domain, 'quality': self.quality,
-            'split': self.split, 'n_chars': len(self.text), 'target': self.target, 'origin': self.origin}
 
 
 def docs_split(group: str, config: EmbeddedMixtureConfig) -> str:
@@ -188,36 +177,36 @@ def make_documents(config: EmbeddedMixtureConfig) -> List[EmbeddedDocument]:
   for doc_id, text in embedded.pydoc_topic_documents() + embedded.stdlib_docstring_documents(lib):
     kind, rest = doc_id.split(':', 1)
     group = f'{kind}:{rest.split(":", 1)[0]}'  # pydoc:<topic> or stdlib:<path>
-    docs.append(EmbeddedDocument(f'{DOCS}:{doc_id}', text, group, DOCS, CLEAN, docs_split(group, config),
+    docs.append(EmbeddedDocument(f'{DOCS}:{doc_id}', text, group, DOCS, DOCS, CLEAN, docs_split(group, config),
                                  f'{DOCS}:{doc_id}'))
 
   code_files = [p for p in embedded.stdlib_files(lib)
                 if docs_split(f'stdlib:{p}', config) in ('train', 'validation')]
   code_of = lambda p: merge_units(paragraphs(_read_text(os.path.join(lib, p)) or ''), config.doc_chars)
   for path, i, text in _capped(code_files, code_of, config, config.code_chars):
-    docs.append(EmbeddedDocument(f'{CODE}:{path}:{i}', text, f'stdlib:{path}', CODE, CLEAN,
+    docs.append(EmbeddedDocument(f'{CODE}:{path}:{i}', text, f'stdlib:{path}', CODE, CODE, CLEAN,
                                  docs_split(f'stdlib:{path}', config), f'{CODE}:{path}:{i}'))
 
   for name, text in _licence_texts(lib):
     for i, part in enumerate(merge_units(paragraphs(text), config.doc_chars)):
       doc_id = f'{LICENCE}:{name}:{i}'
-      docs.append(EmbeddedDocument(doc_id, part, name, LICENCE, CLEAN, other_split(doc_id, config), doc_id))
+      split = other_split(doc_id, config)
+      docs.append(EmbeddedDocument(doc_id, part, name, LICENCE, LICENCE, CLEAN, split, doc_id))
 
   lines_of = lambda p: merge_units((_read_text(os.path.join(lib, p)) or '').split('\n'), config.doc_chars, '\n')
   for path, i, text in _capped(_test_data_files(lib), lines_of, config, config.test_data_chars):
     doc_id = f'{TEST_DATA}:{path}:{i}'
-    docs.append(EmbeddedDocument(doc_id, text, path, TEST_DATA, CLEAN, other_split(doc_id, config), doc_id))
+    split = other_split(doc_id, config)
+    docs.append(EmbeddedDocument(doc_id, text, path, TEST_DATA, TEST_DATA, CLEAN, split, doc_id))
 
   synthetic = []
   for doc in docs:
-    if doc.domain != DOCS or doc.split not in ('train', 'validation'):
+    copy = None if doc.domain != DOCS or doc.split not in ('train', 'validation') else corrupted_copy(
+        doc.text, doc.doc_id, config.seed, config.synthetic_fraction, SYNTHETIC_KINDS)
+    if copy is None:
       continue
-    if unit_hash(config.seed, 'synthetic', doc.doc_id) >= config.synthetic_fraction:
-      continue
-    kind = SYNTHETIC_KINDS[min(int(unit_hash(config.seed, 'kind', doc.doc_id) * len(SYNTHETIC_KINDS)),
-                               len(SYNTHETIC_KINDS) - 1)]
-    text = SYNTHETIC_FUNCTIONS[kind](doc.text, random.Random(f'{config.seed}:{kind}:{doc.doc_id}'))
-    synthetic.append(EmbeddedDocument(f'synthetic_{kind}:{doc.doc_id}', text, doc.source, doc.domain,
+    kind, text = copy
+    synthetic.append(EmbeddedDocument(f'synthetic_{kind}:{doc.doc_id}', text, doc.source, doc.domain, doc.domain,
                                       f'synthetic_{kind}', doc.split, doc.doc_id))
   return _without_seen_text(docs + synthetic)
 
@@ -266,17 +255,12 @@ def embedded_mixture_source(config: Optional[EmbeddedMixtureConfig] = None, task
   = the reference prose, ``validation`` = the held-out prose. Documents are built on first use, not here.
   """
   import seqio  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from bliss_jax.data.seqio_tasks import records_dataset  # pylint: disable=g-import-not-at-top
   splits = TASK_SPLITS[task_kind]
 
-  def dataset_fn(split: str, shuffle_files: bool, seed: Optional[int] = None) -> tf.data.Dataset:
-    docs = documents_in((splits[split],), config)
-    columns = {key: [getattr(d, key) for d in docs] for key in ('doc_id', 'text', *METADATA_KEYS)}
-    ds = tf.data.Dataset.from_tensor_slices(
-        {key: tf.constant(values, dtype=tf.string, shape=[len(docs)]) for key, values in columns.items()})
-    if shuffle_files and docs:
-      ds = ds.shuffle(len(docs), seed=seed, reshuffle_each_iteration=True)
-    return ds
+  def dataset_fn(split: str, shuffle_files: bool, seed: Optional[int] = None):
+    return records_dataset(documents_in((splits[split],), config), ('doc_id', 'text', *METADATA_KEYS), shuffle_files,
+                           seed)
 
   return seqio.FunctionDataSource(dataset_fn, splits=tuple(splits), caching_permitted=False)
 

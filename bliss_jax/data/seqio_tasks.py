@@ -57,6 +57,16 @@ def split_documents(documents: Iterable[Document], split: str,
   return doc_ids, texts
 
 
+def records_dataset(records: Sequence, keys: Sequence[str], shuffle: bool,
+                    seed: Optional[int] = None) -> tf.data.Dataset:
+  """The string attributes ``keys`` of each of ``records`` as one example each, in order or, with ``shuffle``, in a
+  seeded random order reshuffled every epoch (a full shuffle): the source of a task over labelled documents."""
+  columns = {key: [getattr(r, key) for r in records] for key in keys}
+  ds = tf.data.Dataset.from_tensor_slices(
+      {key: tf.constant(values, dtype=tf.string, shape=[len(records)]) for key, values in columns.items()})
+  return ds.shuffle(len(records), seed=seed, reshuffle_each_iteration=True) if shuffle and records else ds
+
+
 def document_source(documents_fn: DocumentsFn,
                     validation_fraction: float = DEFAULT_VALIDATION_FRACTION) -> seqio.FunctionDataSource:
   """Returns a ``seqio.FunctionDataSource`` of ``{'text', 'doc_id'}`` string features, split by id hash.

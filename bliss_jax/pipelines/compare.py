@@ -83,7 +83,8 @@ def run(*, root: str, target: trainer.TrainSpec, small: trainer.TrainSpec, train
         composition: Optional[composition_lib.SelectionReporter] = None,
         zero_shot_tasks: Sequence[str] = (), zero_shot_limit: Optional[float] = None,
         zero_shot_data_dir: Optional[str] = None, zero_shot_max_length: int = 2048, scale: str = "", scope: str = "",
-        scored_documents: int = 3, pipelines: Sequence[method.Pipeline] = builtin.PIPELINES, progress_bar: bool = True) -> dict:
+        scored_documents: int = 3, pipelines: Sequence[method.Pipeline] = builtin.PIPELINES,
+        progress_bar: bool = True) -> dict:
   """Run (or resume) every method in `methods` and write the comparison (`root/report.json`, `report.md`, figures).
 
   Args:
