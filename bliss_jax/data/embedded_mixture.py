@@ -78,8 +78,8 @@ class EmbeddedMixtureConfig:
   reference_fraction: float = 0.15
   validation_fraction: float = 0.05
   synthetic_fraction: float = 0.3
-  code_chars: int = 400_000
-  test_data_chars: int = 100_000
+  code_chars: int = 250_000
+  test_data_chars: int = 60_000
   doc_chars: int = 1500
   max_docs_per_file: int = 4
 
