@@ -55,7 +55,6 @@ SPLITS = ('train', 'validation', 'reference', 'heldout')
 TEST_DATA_EXTENSIONS = ('.txt', '.decTest', '.html', '.xml', '.json', '.pem', '.types', '.c', '.cfg', '.ini', '.toml',
                         '.expected', '.rst', '.csv')
 LICENCE_FILES = ('LICENSE.txt', 'LICENSE')
-Document = Tuple[str, str]
 
 
 @dataclasses.dataclass(frozen=True)
