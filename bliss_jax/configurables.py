@@ -90,15 +90,18 @@ gin.external_configurable(_benchmark_reports.selection_reporter, "benchmark_sele
 
 def selection_reporter(composition: Optional[str]) -> Optional[_composition.SelectionReporter]:
   """The reporter a composition is named by: "benchmark" (the benchmark catalog's domain, quality and target-like
-  share, and its per-document report), "doc_prefix" (the document id up to its first ":", e.g. the embedded
-  corpus's pydoc / stdlib) or None."""
+  share, and its per-document report), "embedded" (the embedded mixture's catalog likewise), "doc_prefix" (the
+  document id up to its first ":", e.g. the embedded default corpus's pydoc / stdlib) or None."""
   if composition is None:
     return None
+  if composition == "embedded":
+    from bliss_jax.data import embedded_mixture  # pylint: disable=g-import-not-at-top
+    return embedded_mixture.selection_reporter()
   if composition == "doc_prefix":
     return _composition.SelectionReporter(labellers=_composition.doc_prefix_labellers)
   if composition == "benchmark":
     return _benchmark_reports.selection_reporter()
-  raise ValueError(f"composition={composition!r}: expected None, 'doc_prefix' or 'benchmark'")
+  raise ValueError(f"composition={composition!r}: expected None, 'doc_prefix', 'embedded' or 'benchmark'")
 
 
 # The comparison of every method (scripts/compare.py). pylint: disable=g-import-not-at-top,wrong-import-position

@@ -7,7 +7,8 @@ r"""Compare every method at equal target-training compute, t5x style (see bliss_
 
 The flags are scripts/train.py's. Every stage writes under ROOT (the gin macro / compare.root) and is skipped when
 rerun after it finished (training stages resume from their checkpoints), so a killed run continues where it stopped.
-Prints ROOT/report.md at the end: the table over the seeds (`compare.seeds`), the paired differences and the claims.
+Prints ROOT/report.md at the end: what the run shows (`compare.scope`), the table over the seeds (`compare.seeds`), the
+paired differences, the claims and seed 0's highest- and lowest-scored candidates.
 """
 import os
 import sys

@@ -3,6 +3,10 @@
 * ``embedded_default``: the embedded default corpus (pydoc topics and stdlib docstrings, see
   ``bliss_jax.data.embedded``), ``default_vocabulary()``, targets-only LM, 5% of documents held out as
   ``validation``. ``embedded_default_prefix_lm`` is the same corpus with random inputs/targets cuts.
+* ``embedded_mixture`` and ``embedded_mixture_reference`` (``bliss_jax.data.embedded_mixture``): the labelled
+  corpus of a Python installation (docs prose, standard-library code, licence texts, test data, corrupted copies of
+  the docs); ``train`` is the stream and the pool; the reference task's ``train`` is clean prose, its
+  ``validation`` clean prose held out from everything else. Registering reads nothing.
 * ``c4_en``: C4 (``c4/en:3.1.0``) from TFDS with the same vocabulary; registering it reads nothing, building
   its dataset needs the prepared TFDS data (no download is attempted here).
 * ``embedded_default_ul2`` (``tasks.ul2``): SALT's UL2 denoisers (causal LM, prefix LM, span corruption, extreme
@@ -16,18 +20,21 @@ once per machine (a few seconds; cached under ``$BLISS_JAX_CACHE``). ``tasks.loc
 gin files can bind it) adds the user's own files.
 """
 from bliss_jax.data import embedded
+from bliss_jax.data import embedded_mixture
 from bliss_jax.data import seqio_tasks
 from bliss_jax.data import vocabulary
 from tasks import local_files  # pylint: disable=unused-import  (makes `register_local_files_task` gin-bindable)
 
 EMBEDDED_DEFAULT = 'embedded_default'
 EMBEDDED_DEFAULT_PREFIX_LM = 'embedded_default_prefix_lm'
+EMBEDDED_MIXTURE = 'embedded_mixture'
 C4_EN = 'c4_en'
 
 _vocabulary = vocabulary.default_vocabulary()
 seqio_tasks.register_document_task(EMBEDDED_DEFAULT, embedded.embedded_documents, _vocabulary)
 seqio_tasks.register_document_task(
     EMBEDDED_DEFAULT_PREFIX_LM, embedded.embedded_documents, _vocabulary, objective='prefix_lm')
+embedded_mixture.register_embedded_mixture_tasks(EMBEDDED_MIXTURE, vocabulary=_vocabulary)
 seqio_tasks.register_tfds_c4_task(C4_EN, tfds_name='c4/en:3.1.0', vocabulary=_vocabulary)
 
 # After the tasks they build on. pylint: disable=g-import-not-at-top,wrong-import-position

@@ -132,3 +132,21 @@ def test_report_md_shows_the_mean_selection_next_to_the_pool_and_the_stream():
   assert "- bliss: a 0.800, b 0.200" in md
   assert "- candidate pool: a 0.250, b 0.750" in md and "- stream: a 0.250, b 0.750" in md
   assert "Stream and candidate pool have the same composition." in md
+
+
+def test_report_md_opens_with_the_scope_and_shows_seed_0s_scored_documents():
+  reports = _reports()
+  entry = {"key": "d#0", "score": 1.5, "labels": {"domain": "a"}, "text": "some text"}
+  for s, r in enumerate(reports):
+    r["scope"] = "the machinery"
+    r["methods"]["bliss"]["scored_documents"] = {"what": "the pool", "column": "c", "n": 10 + s, "top": [entry],
+                                                 "bottom": [dict(entry, key=f"e#{s}")]}
+  agg = across_seeds.aggregate(reports, ["seed_0", "seed_1"])
+  assert agg["scored_documents"] == {"bliss": reports[0]["methods"]["bliss"]["scored_documents"]}
+  md = across_seeds.format_report(agg, {})
+  assert md.startswith("# Comparison (test), 2 seeds\n\n**What this run shows** (20 target steps per method, 2 seeds): "
+                       "the machinery\n")
+  assert "scored highest and lowest (seed 0's scores)" in md and "- bliss (the pool, 10 candidates, score `c`)" in md
+  assert "`e#0`" in md and "`e#1`" not in md
+  one = across_seeds.format_report(across_seeds.aggregate(reports[:1], ["seed_0"]), {})
+  assert "1 seed): the machinery" in one and "seed 0's scores" not in one and "- bliss, lowest:" in one

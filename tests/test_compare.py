@@ -1,7 +1,7 @@
 """The comparison pipeline: FLOP and wall-time accounting by hand; one tiny run of every method on the embedded
-corpus with two seeds (equal target compute, per-seed and aggregate reports, figures, TensorBoard, stages shared by
-the seeds run once); and the same run killed (SIGKILL / SIGTERM) at stage boundaries and mid-stage, rerun each time,
-ending with the same report.
+mixture with two seeds (equal target compute, per-seed and aggregate reports, figures, TensorBoard, stages shared by
+the seeds run once, the scoring methods' highest- and lowest-scored documents); and the same run killed (SIGKILL /
+SIGTERM) at stage boundaries and mid-stage, rerun each time, ending with the same report.
 
 The runs are `scripts/compare.py` subprocesses (the README's command) on `compare/smoke.gin`; they share one JAX
 compilation cache, so the later ones mostly load executables. The notebook runs the same command on the finished
@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from bliss_jax.data import embedded_mixture
 from bliss_jax.pipelines import compare, method
 
 # every method of compare/smoke.gin, in report order
@@ -114,7 +115,9 @@ def test_every_method_trains_the_same_target_for_the_same_flops(clean_run):
   assert report["config"]["methods"] == list(METHODS)
   cfg = report["config"]
   assert cfg["target_steps"] == 20 and cfg["batch_size"] == 4 and cfg["sequence_length"] == 32
-  assert cfg["pool"] == "embedded_default:train"  # no pool split given: the stream's own split
+  assert cfg["pool"] == "embedded_mixture:train"  # no pool split given: the stream's own split
+  assert cfg["reference_task"] == "embedded_mixture_reference"
+  assert cfg["eval"] == "embedded_mixture_reference:validation"
   target_flops = {r["flops"]["target_training"] for r in rows.values()}
   assert target_flops == {20 * cfg["target_step_flops"]}
   for m, r in rows.items():
@@ -130,8 +133,11 @@ def test_every_method_trains_the_same_target_for_the_same_flops(clean_run):
   rkd, salt = rows["rkd"]["flops"]["auxiliary"], rows["salt"]["flops"]["auxiliary"]
   assert salt["teacher_forwards"] * 20 == pytest.approx(rkd["teacher_forwards"] * 3)
   assert set(rows["bliss"]["flops"]["auxiliary"]) == {"proxy_warmup", "bilevel_r1", "scoring_r1"}
-  # the plain baseline reaches its own final loss at its last step
-  assert rows["plain"]["steps_to_plain_final"] == 20 and rows["plain"]["speedup_steps"] == 1.0
+  # the plain baseline reaches its own final loss at the first curve point at or below it (its last step, or an
+  # earlier one where its curve is not monotone), and the speedup is the steps over that step
+  plain_curve = rows["plain"]["curve"]
+  first = next(p["step"] for p in plain_curve if p["loss"] <= plain_curve[-1]["loss"])
+  assert rows["plain"]["steps_to_plain_final"] == first and rows["plain"]["speedup_steps"] == 20 / first
   for r in rows.values():
     if r["steps_to_plain_final"] is not None:
       assert r["speedup_steps"] == pytest.approx(20 / r["steps_to_plain_final"])
@@ -158,23 +164,24 @@ def test_rho1_auxiliary_flops_equal_a_hand_count(clean_run):
 @pytest.mark.integration
 def test_curves_are_the_held_out_loss_of_the_checkpoints(clean_run):
   from bliss_jax.pipelines import common  # pylint: disable=import-outside-toplevel
-  import tasks  # noqa: F401  pylint: disable=unused-import,import-outside-toplevel  (registers embedded_default)
+  import tasks  # noqa: F401  pylint: disable=unused-import,import-outside-toplevel  (registers embedded_mixture)
   root = clean_run[0] / compare.seed_dir(1)
-  row = _seed_report(clean_run[0], 1)["methods"]["random"]  # its first 10 steps: round 0's MODEL_DIR, the rest its own
+  report = _seed_report(clean_run[0], 1)
+  row = report["methods"]["random"]  # its first 10 steps: round 0's MODEL_DIR, the rest its own
   for step, model_dir in ((10, root / "bliss" / "target_r0" / "model"), (20, root / row["model_dir"])):
-    got = common.heldout_at_step(str(model_dir), step, "embedded_default", "validation", sequence_length=32,
-                                 batch_size=4)
+    got = common.heldout_at_step(str(model_dir), step, "embedded_mixture_reference", "validation", sequence_length=32,
+                                 batch_size=4, max_batches=report["config"]["eval_max_batches"])
     point = next(p for p in row["curve"] if p["step"] == step)
     assert point["loss"] == pytest.approx(got["loss"], rel=1e-6)
     assert point["accuracy"] == pytest.approx(got["accuracy"], rel=1e-6)
     # the second held-out set of compare/smoke.gin: the same documents' continuations
     got = common.heldout_at_step(str(model_dir), step, "embedded_default_prefix_lm", "validation", sequence_length=32,
-                                 batch_size=4)
+                                 batch_size=4, max_batches=report["config"]["eval_max_batches"])
     assert point["loss@continuation"] == pytest.approx(got["loss"], rel=1e-6)
     assert point["accuracy@continuation"] == pytest.approx(got["accuracy"], rel=1e-6)
-  report = _seed_report(clean_run[0], 1)
   assert [(s["name"], s["eval"]) for s in report["config"]["eval_sets"]] == [
-      ("validation", "embedded_default:validation"), ("continuation", "embedded_default_prefix_lm:validation")]
+      ("validation", "embedded_mixture_reference:validation"),
+      ("continuation", "embedded_default_prefix_lm:validation")]
   for m, r in report["methods"].items():
     assert r["final"] == {k: r["curve"][-1][k] for k in ("step", "loss", "accuracy", "loss@continuation",
                                                          "accuracy@continuation")}, m
@@ -229,21 +236,33 @@ def test_report_files_figures_and_tensorboard(clean_run):
     for name in ("loss_vs_flops.png", "loss_vs_total_flops.png", "composition.png"):
       assert (d / name).stat().st_size > 10_000, (d, name)
   sel = report["methods"]["bliss"]["selection"]  # the mean over the seeds
-  assert set(sel["by_domain"]) <= {"pydoc", "stdlib"} and sum(sel["by_domain"].values()) == pytest.approx(1.0)
-  assert report["pool_composition"]["n"] > 0
-  assert "Stream and candidate pool have the same composition." in md and "tokens the token-selecting" in md
+  assert set(sel["by_domain"]) <= set(embedded_mixture.DOMAINS) and sum(sel["by_domain"].values()) == pytest.approx(1.0)
+  assert 0 <= sel["target_fraction"] <= 1 and report["pool_composition"]["n"] > 0
+  assert "Stream and candidate pool " in md and "tokens the token-selecting" in md
+  scope = f"\n\n**What this run shows** (20 target steps per method, {SEEDS} seeds): "
+  assert md.startswith(f"# Comparison (smoke), {SEEDS} seeds{scope}")
+  for m in ("bliss", "mates", "salt_ds", "miniplm"):  # seed 0's highest- and lowest-scored examples
+    assert report["scored_documents"][m]["top"] and f"- {m}, lowest:" in md
   # TensorBoard: the comparison's curve of every method under ROOT/seed_<s>/tensorboard/<m>, as that seed's report
   # has it, next to the training logs of every stage under the same ROOT
   report = _seed_report(root, 0)
   root = root / compare.seed_dir(0)
   md = (root / "report.md").read_text()
+  assert md.startswith("# Comparison (smoke), seed 0") and scope in md
   tok = report["methods"]["rho1"]["token_selection"]  # the documents of the tokens RHO-1 kept, of 3 batches
   assert tok["steps"] == [5, 10, 15] and 0 < tok["kept"]["n"] < tok["all"]["n"]
   assert set(tok["kept"]["by_domain"]) <= set(tok["all"]["by_domain"]) and "tokens the token-selecting" in md
-  # no pool split given: the candidates are the stream's own split, so both have one composition
-  assert report["stream_composition"] == report["pool_composition"]
-  assert "Stream and candidate pool have the same composition." in md
+  # the candidates are a sample of the stream's own split (pool_max_examples)
+  assert report["stream_composition"]["n"] >= report["pool_composition"]["n"]
+  assert "Stream and candidate pool " in md
   assert "| loss (continuation) | vs plain (continuation) |" in md
+  for m in ("bliss", "mates", "salt_ds", "miniplm"):  # the scoring methods: their highest- and lowest-scored examples
+    scored = report["methods"][m]["scored_documents"]
+    assert len(scored["top"]) == len(scored["bottom"]) == 3
+    assert scored["top"][0]["score"] >= scored["bottom"][0]["score"]
+    assert scored["top"][0]["text"] and scored["top"][0]["labels"]["domain"] in embedded_mixture.DOMAINS
+    assert f"- {m}, lowest:" in md
+  assert not any("scored_documents" in report["methods"][m] for m in ("plain", "random", "rho1", "salt"))
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=import-outside-toplevel
   for m in METHODS:
@@ -312,8 +331,8 @@ def test_killed_at_stage_boundaries_and_mid_stage_then_rerun_gives_the_same_repo
 
 @pytest.mark.integration
 def test_notebook_runs_headless_and_shows_the_report(clean_run, cache, monkeypatch):
-  """notebooks/quickstart.ipynb executed top to bottom by nbclient on CPU, on the finished smoke root (its stages
-  are reused, so this checks the notebook's cells, not the training again)."""
+  """notebooks/quickstart.ipynb executed top to bottom by nbclient on CPU, running the job in its kernel on the
+  finished smoke root (its stages are reused, so this checks the notebook's cells, not the training again)."""
   import nbclient  # pylint: disable=import-outside-toplevel
   import nbformat  # pylint: disable=import-outside-toplevel
   root = clean_run[0]
@@ -322,6 +341,7 @@ def test_notebook_runs_headless_and_shows_the_report(clean_run, cache, monkeypat
     monkeypatch.setenv(k, v)
   monkeypatch.delenv("XLA_FLAGS", raising=False)
   monkeypatch.setenv("BLISS_JAX_NOTEBOOK_ROOT", str(root))
+  monkeypatch.setenv("BLISS_JAX_NOTEBOOK_GIN", "compare/smoke.gin")  # the README's job, at the tests' size
   monkeypatch.setenv("BLISS_JAX_BACKEND", "cpu")
   nb = nbformat.read(REPO / "notebooks" / "quickstart.ipynb", as_version=4)
   nbclient.NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
@@ -333,6 +353,7 @@ def test_notebook_runs_headless_and_shows_the_report(clean_run, cache, monkeypat
   images = [o for o in outputs if "image/png" in o.get("data", {})]
   assert len(images) == 3
   assert any("| plain |" in o.get("data", {}).get("text/markdown", "") for o in outputs)
+  assert "bliss: round 1's pool" in text and "  top    " in text and "  bottom " in text  # the scored documents
 
 
 def test_eval_sets_name_the_primary_first():

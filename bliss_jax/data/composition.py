@@ -93,6 +93,9 @@ class SelectionReporter:
       catalog may take a while to build).
     document_report: ``(keys, base_split) -> (report, markdown)``: the selection's per-document report against the
       split it was chosen from (a JSON-able dict and its text); None where the corpus has none.
+    document_text: ``doc_id -> its text`` (None for an unknown id), to show the documents a method scored highest
+      and lowest; None where the corpus gives none.
   """
   labellers: Callable[[], Labellers]
   document_report: Optional[Callable[[Sequence[str], Optional[str]], Tuple[Dict[str, Any], str]]] = None
+  document_text: Optional[Callable[[str], Optional[str]]] = None

@@ -31,7 +31,7 @@ def pydoc_topic_documents() -> List[Document]:
   return [(f'pydoc:{name}', text) for name, text in sorted(topics.topics.items()) if text.strip()]
 
 
-def _stdlib_files(stdlib_dir: str) -> List[str]:
+def stdlib_files(stdlib_dir: str) -> List[str]:
   """Sorted relative paths of the ``.py`` files under ``stdlib_dir`` outside ``SKIPPED_DIRS``."""
   paths = []
   for root, dirs, files in os.walk(stdlib_dir):
@@ -74,7 +74,7 @@ def stdlib_docstring_documents(stdlib_dir: Optional[str] = None,
   gc_was_enabled = gc.isenabled()
   gc.disable()
   try:
-    for rel_path in _stdlib_files(stdlib_dir):
+    for rel_path in stdlib_files(stdlib_dir):
       try:
         with open(os.path.join(stdlib_dir, rel_path), 'rb') as f:
           tree = ast.parse(f.read(), filename=rel_path)

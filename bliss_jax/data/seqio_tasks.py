@@ -57,6 +57,16 @@ def split_documents(documents: Iterable[Document], split: str,
   return doc_ids, texts
 
 
+def records_dataset(records: Sequence, keys: Sequence[str], shuffle: bool,
+                    seed: Optional[int] = None) -> tf.data.Dataset:
+  """The string attributes ``keys`` of each of ``records`` as one example each, in order or, with ``shuffle``, in a
+  seeded random order reshuffled every epoch (a full shuffle): the source of a task over labelled documents."""
+  columns = {key: [getattr(r, key) for r in records] for key in keys}
+  ds = tf.data.Dataset.from_tensor_slices(
+      {key: tf.constant(values, dtype=tf.string, shape=[len(records)]) for key, values in columns.items()})
+  return ds.shuffle(len(records), seed=seed, reshuffle_each_iteration=True) if shuffle and records else ds
+
+
 def document_source(documents_fn: DocumentsFn,
                     validation_fraction: float = DEFAULT_VALIDATION_FRACTION) -> seqio.FunctionDataSource:
   """Returns a ``seqio.FunctionDataSource`` of ``{'text', 'doc_id'}`` string features, split by id hash.
@@ -93,6 +103,14 @@ def chunk_length(sequence_length: Optional[Mapping[str, int]], include_inputs: b
   if length < 1:
     raise ValueError(f'sequence_length {dict(sequence_length)} leaves no room for tokens besides EOS')
   return length
+
+
+def chunk_text(text: str, chunk_index: int, vocabulary: seqio.Vocabulary, sequence_length: int) -> str:
+  """The text of chunk ``chunk_index`` of a document of an ``'lm'`` task at ``sequence_length`` (``split_tokens``'s
+  cut of its tokens into ``chunk_length`` pieces), decoded; empty past the document's end."""
+  n = chunk_length({'targets': sequence_length})
+  tokens = list(vocabulary.encode(text))
+  return vocabulary.decode(tokens[chunk_index * n:(chunk_index + 1) * n])
 
 
 def split_tokens(dataset: tf.data.Dataset,

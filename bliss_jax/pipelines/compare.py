@@ -74,11 +74,14 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bliss_jax.data import composition as composition_lib
 from bliss_jax.data import data_dir as data_dir_lib
+from bliss_jax.data import seqio_tasks
 from bliss_jax.models.config import count_params
 from bliss_jax.models.flops import train_flops_per_token
 from bliss_jax.pipelines import builtin, common, method
 from bliss_jax.pipelines.stages import run_stage, stage_seconds
 from bliss_jax.report import across_seeds, composition_text, tables
+from bliss_jax.report import scored_documents as scored_documents_lib
+from bliss_jax.selection import score_store
 from bliss_jax.training import checkpoints, trainer
 from bliss_jax.training.model_dir import ModelDir
 
@@ -159,8 +162,9 @@ def run(*, root: str, target: trainer.TrainSpec, small: trainer.TrainSpec, train
         options: Optional[Mapping[str, Mapping]] = None,
         composition: Optional[composition_lib.SelectionReporter] = None,
         zero_shot_tasks: Sequence[str] = (), zero_shot_limit: Optional[float] = None,
-        zero_shot_data_dir: Optional[str] = None, zero_shot_max_length: int = 2048, scale: str = "",
-        seeds: int = 1, pipelines: Sequence[method.Pipeline] = builtin.PIPELINES, progress_bar: bool = True) -> dict:
+        zero_shot_data_dir: Optional[str] = None, zero_shot_max_length: int = 2048, scale: str = "", scope: str = "",
+        scored_documents: int = 3, seeds: int = 1, pipelines: Sequence[method.Pipeline] = builtin.PIPELINES,
+        progress_bar: bool = True) -> dict:
   """Run (or resume) every method in `methods` on `seeds` seeds and write the comparison: each seed's report under
   `root/seed_<s>/`, the aggregate over the seeds as `root/report.json`, `report.md` and figures (module docstring).
 
@@ -192,6 +196,9 @@ def run(*, root: str, target: trainer.TrainSpec, small: trainer.TrainSpec, train
       dir: the shared data's `eval/`; skipped with a note where it is absent). zero_shot_max_length: the longest
       scored row (contexts are left-truncated; as scripts/evaluate.py's --max_length).
     scale: a name for the report ("smoke", "small", ...).
+    scope: one line for the top of the reports: what this run does and does not show.
+    scored_documents: how many of the highest- and of the lowest-scored candidates the reports show per scoring
+      method (its `MethodRun.scores`; with their labels and texts where `composition` gives them); 0: none.
     seeds: how many targets of every method: seed s trains them with `target.seed + s` (initialisation and data
       order); the stages that do not depend on the target run once, under `root/shared/`.
     pipelines: the pipelines providing the methods (`method.Pipeline`), in report order.
@@ -227,7 +234,7 @@ def run(*, root: str, target: trainer.TrainSpec, small: trainer.TrainSpec, train
     reports.append(_report(setting, methods, runs, sets, top=root, seed=seed, composition=composition,
                            zero_shot_tasks=zero_shot_tasks, zero_shot_limit=zero_shot_limit,
                            zero_shot_data_dir=zero_shot_data_dir, zero_shot_max_length=zero_shot_max_length,
-                           scale=scale))
+                           scale=scale, scope=scope, scored_documents=scored_documents, seeds=seeds))
   return _aggregate(root, reports, [seed_dir(s) for s in range(seeds)])
 
 
@@ -251,7 +258,8 @@ def _aggregate(root: str, reports: Sequence[Mapping], dirs: Sequence[str]) -> di
 
 def _report(setting: method.Setting, methods: Sequence[str], runs: Mapping[str, method.MethodRun],
             sets: Sequence[Tuple[str, str, str]], *, top: str, seed: int, composition, zero_shot_tasks,
-            zero_shot_limit, zero_shot_data_dir, zero_shot_max_length, scale) -> dict:
+            zero_shot_limit, zero_shot_data_dir, zero_shot_max_length, scale, scope="", scored_documents=0,
+            seeds=1) -> dict:
   """One seed's comparison stages (held-out curves, stream keys, zero-shot) and its report under `setting.root`, from
   every method's run; `sets`: the held-out sets (`eval_sets_of`), the primary first; `top`: the comparison's root
   (shared stages are named relative to it)."""
@@ -304,6 +312,7 @@ def _report(setting: method.Setting, methods: Sequence[str], runs: Mapping[str, 
   target_cfg = ModelDir(model_dirs[methods[0]][-1][1]).read_model_config()
   target_step_flops = train_flops_per_token(target_cfg, L) * B * L
   pool_keys_path = next((runs[m].pool for m in methods if runs[m].pool), None)
+  text_of = _example_text(composition, setting.pool_task, L)
   plain_curve = [(p["step"], p["loss"]) for p in curves.get("plain", [])]
   plain_flops_curve = [(s * target_step_flops, l) for s, l in plain_curve]
   own, shared = stage_users({m: runs[m].stages for m in methods}, root)
@@ -338,14 +347,16 @@ def _report(setting: method.Setting, methods: Sequence[str], runs: Mapping[str, 
       counts = json.load(open(runs[m].token_selection))
       row["token_selection"] = dict(steps=counts["steps"], **{
           k: composition_lib.composition_of_token_counts(counts[k], labellers) for k in ("kept", "all")})
+    if scored_documents and runs[m].scores:
+      row["scored_documents"] = _scored_documents(runs[m].scores, scored_documents, labellers, text_of)
     rows[m] = row
   pool = None
   if labellers and pool_keys_path:
     pool = composition_lib.composition(_read_keys(pool_keys_path), labellers)
   report = {
-      "scale": scale, "methods": rows, "pool_composition": pool, "stream_composition": stream,
+      "scale": scale, "scope": scope, "methods": rows, "pool_composition": pool, "stream_composition": stream,
       "zero_shot_note": zero_shot_note, "shared_stages": shared,
-      "config": {"seed": seed, "target_seed": target.seed, "train_task": setting.train_task,
+      "config": {"seed": seed, "seeds": seeds, "target_seed": target.seed, "train_task": setting.train_task,
                  "pool": f"{setting.pool_task}:{setting.pool_split}", "reference_task": setting.reference_task,
                  "eval": f"{sets[0][1]}:{sets[0][2]}", "eval_max_batches": eval_max_batches,
                  # every held-out set, the primary first: its name, "task:split", estimator and tokens
@@ -364,6 +375,33 @@ def _report(setting: method.Setting, methods: Sequence[str], runs: Mapping[str, 
   with open(os.path.join(root, "report.md"), "w") as f:
     f.write(format_report(report, figures))
   return report
+
+
+def _example_text(composition: Optional[composition_lib.SelectionReporter], task: str, sequence_length: int):
+  """key -> the text of that example of `task` (an LM task at `sequence_length`), where the corpus gives its
+  documents' texts (`SelectionReporter.document_text`); else None."""
+  if composition is None or composition.document_text is None:
+    return None
+  import seqio  # pylint: disable=g-import-not-at-top
+  vocab = seqio.get_mixture_or_task(task).output_features["targets"].vocabulary
+
+  def text_of(key):
+    doc, _, chunk = key.rpartition("#")
+    text = composition.document_text(doc)
+    return None if text is None else seqio_tasks.chunk_text(text, int(chunk), vocab, sequence_length)
+  return text_of
+
+
+def _scored_documents(scores: method.Scores, k: int, labellers, text_of) -> dict:
+  """The k highest- and lowest-scored candidates of a method's scores (`report.scored_documents`)."""
+  table = score_store.read_scores(scores.store)
+  keys, values = table.keys(), table.columns[scores.column]
+  if scores.candidates:
+    candidates = set(_read_keys(scores.candidates))
+    rows = [i for i, key in enumerate(keys) if key in candidates]
+    keys, values = [keys[i] for i in rows], values[rows]
+  return dict(what=scores.what, column=scores.column, n=len(keys),
+              **scored_documents_lib.scored_documents(keys, values, k, labellers=labellers, text_of=text_of))
 
 
 def _zero_shot(root, methods, model_dirs, train_task, tasks, limit, data_dir, max_length):
@@ -440,15 +478,18 @@ def _tensorboard(root: str, curves: Mapping[str, Sequence[Mapping]]) -> None:
 
 
 def format_report(report: Mapping, figures: Mapping[str, str]) -> str:
-  """report.md: the table of every method (a loss column per held-out set), the compositions of the stream, the
-  candidate pool and the selections, zero-shot results, the figures."""
+  """report.md: what the run shows (`scope`), the table of every method (a loss column per held-out set), the
+  compositions of the stream, the candidate pool and the selections, the scoring methods' highest- and lowest-scored
+  candidates, zero-shot results, the figures."""
   cfg = report["config"]
   order = cfg.get("methods") or sorted(report["methods"], key=lambda m: m != "plain")  # report.json's keys are sorted
   rows = {m: report["methods"][m] for m in order}
   further = [s["name"] for s in (cfg.get("eval_sets") or [])[1:]]
   heldout = across_seeds.heldout_sets_text(cfg)
   seed = f", seed {cfg['seed']} (target seed {cfg['target_seed']})" if "seed" in cfg else ""
-  lines = [f"# Comparison{' (' + report['scale'] + ')' if report['scale'] else ''}{seed}", "",
+  lines = [f"# Comparison{' (' + report['scale'] + ')' if report['scale'] else ''}{seed}", ""]
+  lines += across_seeds.scope_lines(report.get("scope"), cfg["target_steps"], cfg.get("seeds", 1))
+  lines += [
            f"Target: {cfg['target_params']:,} parameters, {cfg['target_steps']} steps of {cfg['batch_size']} × "
            f"{cfg['sequence_length']} tokens for every method ({cfg['target_step_flops'] * cfg['target_steps']:.3g} "
            f"target-training FLOPs each). Stream `{cfg['train_task']}`, candidates `{cfg['pool']}`, reference "
@@ -496,6 +537,8 @@ def format_report(report: Mapping, figures: Mapping[str, str]) -> str:
   if aux_lines:
     lines += ["Auxiliary FLOPs by item:", ""] + aux_lines + [""]
   lines += composition_text.composition_lines(rows, report.get("pool_composition"), report.get("stream_composition"))
+  lines += scored_documents_lib.scored_documents_section(
+      {m: r["scored_documents"] for m, r in rows.items() if r.get("scored_documents")})
   zs = {m: r["zero_shot"] for m, r in rows.items() if r.get("zero_shot")}
   if zs:
     tasks_metrics = [(t, k) for t, vals in next(iter(zs.values())).items() for k in vals

@@ -67,6 +67,16 @@ class AuxCost:
 
 
 @dataclasses.dataclass(frozen=True)
+class Scores:
+  """The scores a method's (last) selection was chosen by: a score store (`selection.score_store`), its column, the
+  file of the candidates' keys among its rows (a JSON list; None: every row) and what was scored, in words."""
+  store: str
+  column: str
+  candidates: Optional[str] = None
+  what: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class MethodRun:
   """One method's outcome: its target's checkpoints, what it cost besides the target, what it selected.
 
@@ -77,6 +87,7 @@ class MethodRun:
   pool: the file of the candidate pool's keys it selected from, if any.
   token_selection: a token-selecting method's file of {"kept": {doc_id: tokens it kept}, "all": {doc_id: tokens},
     "steps"} over some of its training batches (`rho1.token_selection`), for the composition report.
+  scores: the scores its (last) selection was chosen by, if any, for the report's highest- and lowest-scored examples.
   """
   pipeline: str
   model_dirs: Tuple[Tuple[int, str], ...]
@@ -85,6 +96,7 @@ class MethodRun:
   selections: Tuple[str, ...] = ()
   pool: Optional[str] = None
   token_selection: Optional[str] = None
+  scores: Optional[Scores] = None
 
   def model_dir_at(self, step: int) -> str:
     return [md for first, md in self.model_dirs if first <= step][-1]

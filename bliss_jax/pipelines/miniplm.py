@@ -263,7 +263,9 @@ def _compare(setting: method.Setting, methods: Sequence[str], options: Mapping) 
                             "scoring": (0, rep["scoring"]["flops"])}),
           in_shared("pool_keys", "split_reference", "teacher", "reference", "score", "select") +
           (os.path.join(root, "student_miniplm"),),
-          (rep["selection"]["selected"],), rep["pool_keys"])
+          (rep["selection"]["selected"],), rep["pool_keys"],
+          scores=method.Scores(rep["scoring"]["store"], "difference", rep["split"]["candidates"],
+                               "the pool less D_ref"))
     else:
       n = setting.target.num_steps
       out[m] = method.MethodRun(

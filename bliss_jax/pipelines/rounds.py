@@ -239,6 +239,7 @@ def run(*, root: str, pool_task: str, target: trainer.TrainSpec, proxy: trainer.
                         {"fraction": select_fraction, "scores": scored and scored["store"], "pool": pool_paths[r],
                          "seed": draw_seed})
       x = {"round": r, "step": None, "loss": None, "accuracy": None, "selection": selection,
+           "scores": {"store": scored["store"], "column": scored["column"]} if scored else None,
            "aux_flops": dict(scored["aux_flops"]) if scored else {}, **((scored or {}).get("stages") or {})}
       if train_target:
         def do_target(d, r=r, selected=selection["selected"]):
@@ -306,9 +307,13 @@ def method_runs(report: Mapping, methods: Sequence[str], pipeline: str, root: st
     for x in res["rounds"]:
       for label, f in x["aux_flops"].items():
         one_off[f"{label}_r{x['round']}"] = (x["round"] * S, f)
+    last = res["rounds"][-1]
+    scores = last.get("scores")
     out[m] = method.MethodRun(
         pipeline=pipeline, model_dirs=((0, report["round0"]["model_dir"]), (S + 1, res["model_dir"])),
         aux=method.AuxCost(one_off), selections=tuple(x["selection"]["selected"] for x in res["rounds"]),
         stages=tuple(shared + ([os.path.join(shared_root, "proxy_warmup")] if m != RANDOM else []) +
-                     [os.path.join(root, n) for n in res["stages"]]), pool=report["pool_keys"])
+                     [os.path.join(root, n) for n in res["stages"]]), pool=report["pool_keys"],
+        scores=method.Scores(scores["store"], scores["column"], what=f"round {last['round']}'s pool")
+        if scores else None)
   return out

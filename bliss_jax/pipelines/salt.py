@@ -402,7 +402,9 @@ def _compare(setting: method.Setting, methods: Sequence[str], options: Mapping) 
     shared_stages = ["teacher", "teacher_eval"] + (["scorer_data", "score", "select"] if m == "salt_ds" else [])
     stages = tuple(os.path.join(shared, n) for n in shared_stages)
     out[m] = method.MethodRun("salt", ((0, s["model_dir"]),), aux, stages + (os.path.join(root, f"student_{m}"),),
-                              (rep["selection"]["selected"],) if m == "salt_ds" else ())
+                              (rep["selection"]["selected"],) if m == "salt_ds" else (),
+                              scores=method.Scores(rep["scoring"]["store"], "salt_ds", what="the pool")
+                              if m == "salt_ds" else None)
   return out
 
 

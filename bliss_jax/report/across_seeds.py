@@ -6,12 +6,14 @@ accuracy, and any further held-out set's `loss@<set>` / `accuracy@<set>`) and of
 difference of each final value to plain's and to random's on the same seed (`intervals.paired_interval`); the curve
 as the mean and the min–max band over the seeds at each step; wall time of its own stages per seed; what it selected,
 averaged. Stages shared by several methods or seeds are listed once, with the methods that use them. Then the
-papers' claims (`claims.PAPER_CLAIMS`) judged on the paired intervals.
+papers' claims (`claims.PAPER_CLAIMS`) judged on the paired intervals. The run's scope line and seed 0's highest- and
+lowest-scored candidates per scoring method are carried over as they are.
 """
 from typing import Dict, List, Mapping, Optional, Sequence
 
 from bliss_jax.report import claims as claims_lib
 from bliss_jax.report import composition_text, intervals, tables
+from bliss_jax.report import scored_documents as scored_documents_lib
 
 BASELINES = ("plain", "random")
 CURVE_X = ("step", "target_flops", "total_flops")
@@ -135,14 +137,15 @@ def aggregate(seed_reports: Sequence[Mapping], seed_dirs: Sequence[str],
     shared.update(r.get("shared_stages") or {})
   own = sum(r["wall_seconds"] + r.get("eval_seconds", 0.0) for rs in per_method.values() for r in rs)
   config = {k: v for k, v in first["config"].items() if k not in ("seed", "target_seed")}
-  return {"scale": first["scale"], "seeds": len(seed_reports),
+  scored = {m: r["scored_documents"] for m, r in first["methods"].items() if r.get("scored_documents")}
+  return {"scale": first["scale"], "scope": first.get("scope") or "", "seeds": len(seed_reports),
           "target_seeds": [r["config"].get("target_seed") for r in seed_reports], "seed_reports": list(seed_dirs),
           "band": band_label(len(seed_reports)), "level": intervals.LEVEL, "methods": rows,
           "claims": judge_claims(seed_reports, claims),
           "shared_stages": dict(sorted(shared.items())),
           "wall_seconds_total": own + sum(s["seconds"] for s in shared.values()),
           "pool_composition": first.get("pool_composition"), "stream_composition": first.get("stream_composition"),
-          "zero_shot_note": first.get("zero_shot_note"),
+          "zero_shot_note": first.get("zero_shot_note"), "scored_documents": scored,
           "config": config}
 
 
@@ -170,6 +173,14 @@ def _loss_keys(rows: Mapping[str, Mapping]) -> List[str]:
   return [k for k in first["final_ci"] if k == "loss" or k.startswith("loss@")]
 
 
+def scope_lines(scope: Optional[str], target_steps: int, seeds: int) -> List[str]:
+  """The reports' opening line of what the run shows (none without a scope)."""
+  if not scope:
+    return []
+  return [f"**What this run shows** ({target_steps} target steps per method, {seeds} seed{'s' * (seeds > 1)}): "
+          f"{scope}", ""]
+
+
 def heldout_sets_text(cfg: Mapping) -> str:
   """The held-out sets as the report's header names them: `task:split` (estimator, tokens), the primary first."""
   sets = cfg.get("eval_sets") or [{"name": None, "eval": cfg["eval"], "eval_sample": cfg.get("eval_sample"),
@@ -184,17 +195,18 @@ def format_report(report: Mapping, figures: Mapping[str, str]) -> str:
   """report.md of the aggregate: the table with intervals, the paired differences, the claims, wall time, figures."""
   cfg, rows, n = report["config"], report["methods"], report["seeds"]
   level = f"{100 * report['level']:g}%"
-  lines = [f"# Comparison{' (' + report['scale'] + ')' if report['scale'] else ''}, {n} seed{'s' * (n > 1)}", "",
-           f"Target: {cfg['target_params']:,} parameters, {cfg['target_steps']} steps of {cfg['batch_size']} × "
-           f"{cfg['sequence_length']} tokens for every method ({cfg['target_step_flops'] * cfg['target_steps']:.3g} "
-           f"target-training FLOPs each). Stream `{cfg['train_task']}`, candidates `{cfg['pool']}`, reference "
-           f"`{cfg['reference_task']}`; held-out {heldout_sets_text(cfg)}.", "",
-           f"Seeds: the target's seed {', '.join(str(s) for s in report['target_seeds'])} (its initialisation and "
-           "data order, and the selection rounds' draws); the small and large models, their scores and selections "
-           "are shared by every seed. " + (f"Values are means ± the half-width of the {level} Student-t interval "
-                                           "over the seeds." if n > 1 else
-                                           "One seed: values of one run, no interval (an example, not a result)."),
-           ""]
+  lines = [f"# Comparison{' (' + report['scale'] + ')' if report['scale'] else ''}, {n} seed{'s' * (n > 1)}", ""]
+  lines += scope_lines(report.get("scope"), cfg["target_steps"], n)
+  lines += [f"Target: {cfg['target_params']:,} parameters, {cfg['target_steps']} steps of {cfg['batch_size']} × "
+            f"{cfg['sequence_length']} tokens for every method ({cfg['target_step_flops'] * cfg['target_steps']:.3g} "
+            f"target-training FLOPs each). Stream `{cfg['train_task']}`, candidates `{cfg['pool']}`, reference "
+            f"`{cfg['reference_task']}`; held-out {heldout_sets_text(cfg)}.", "",
+            f"Seeds: the target's seed {', '.join(str(s) for s in report['target_seeds'])} (its initialisation and "
+            "data order, and the selection rounds' draws); the small and large models, their scores and selections "
+            "are shared by every seed. " + (f"Values are means ± the half-width of the {level} Student-t interval "
+                                            "over the seeds." if n > 1 else
+                                            "One seed: values of one run, no interval (an example, not a result)."),
+            ""]
   metrics = [k for k in next(iter(rows.values()))["final_ci"]]
   table = [dict({"method": m, "aux": r["flops"]["auxiliary_total"],
                  "target_share": (r.get("selection") or {}).get("target_fraction"),
@@ -236,6 +248,8 @@ def format_report(report: Mapping, figures: Mapping[str, str]) -> str:
   if composition:
     lines += ["Compositions (a selection's: the mean over the seeds; the data's: the same for every seed):", ""]
     lines += composition
+  lines += scored_documents_lib.scored_documents_section(report.get("scored_documents") or {},
+                                                        " (seed 0's scores)" if n > 1 else "")
   zs = {m: r["zero_shot_ci"] for m, r in rows.items() if r.get("zero_shot_ci")}
   if zs:
     keys = [(t, k) for t, vals in next(iter(zs.values())).items() for k in vals if not k.endswith("_stderr")]

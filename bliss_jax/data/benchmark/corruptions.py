@@ -1,11 +1,13 @@
-"""Corrupted copies of documents, the benchmark's synthetic low quality: pure functions ``(text, rng) -> text``.
+"""Corrupted copies of documents, the benchmark's synthetic low quality: pure functions ``(text, rng) -> text``, and
+``corrupted_copy``, which decides from seeded hashes whether a document gets one and of which kind.
 
 Only ``rng.random()`` is used, whose sequence Python guarantees for a given seed across versions.
 """
+import hashlib
 import random
 import re
 import string
-from typing import Any, Callable, Dict, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 SYNTHETIC_KINDS = ('shuffled_words', 'char_noise', 'repeated_lines', 'truncated')
 
@@ -89,3 +91,25 @@ SYNTHETIC_FUNCTIONS: Dict[str, Callable[[str, random.Random], str]] = {
     'repeated_lines': repeat_lines,
     'truncated': truncate_fragments,
 }
+
+
+def _hash64(*parts: Any) -> int:
+  """The first 8 bytes (big-endian) of SHA-256 of the parts joined with ``':'``."""
+  digest = hashlib.sha256(':'.join(str(p) for p in parts).encode('utf-8')).digest()
+  return int.from_bytes(digest[:8], 'big')
+
+
+def unit_hash(*parts: Any) -> float:
+  """A uniform number in [0, 1) from SHA-256 of the parts joined with ``':'`` (first 8 bytes / 2**64)."""
+  return _hash64(*parts) / 2.0**64
+
+
+def corrupted_copy(text: str, doc_id: str, seed: int, fraction: float,
+                   kinds: Sequence[str] = SYNTHETIC_KINDS) -> Optional[Tuple[str, str]]:
+  """``(kind, corrupted text)`` of the copy document ``doc_id`` gets, or None: one with probability ``fraction``
+  (``unit_hash(seed, 'synthetic', doc_id)``), of a kind drawn uniformly from ``kinds`` (``unit_hash(seed, 'kind',
+  doc_id)``), made with a ``random.Random`` seeded with ``_hash64(seed, kind, doc_id)``."""
+  if unit_hash(seed, 'synthetic', doc_id) >= fraction:
+    return None
+  kind = kinds[min(int(unit_hash(seed, 'kind', doc_id) * len(kinds)), len(kinds) - 1)]
+  return kind, SYNTHETIC_FUNCTIONS[kind](text, random.Random(_hash64(seed, kind, doc_id)))

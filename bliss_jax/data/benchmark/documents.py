@@ -44,13 +44,11 @@ about 0.5 s), and kept in memory (~20 M characters).
 """
 import dataclasses
 import functools
-import hashlib
 import os
-import random
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from bliss_jax.data import sources
-from bliss_jax.data.benchmark.corruptions import SYNTHETIC_FUNCTIONS, SYNTHETIC_KINDS
+from bliss_jax.data.benchmark.corruptions import corrupted_copy, unit_hash
 from bliss_jax.data.benchmark.cutters import (c_blocks, group_lines, merge_units, normalize_text, paragraphs,
                                               read_text, tinystories_documents, wikitext_articles)
 from bliss_jax.data.data_dir import CORPUS_SUBDIR, resolve_data_dir
@@ -62,22 +60,6 @@ FLORES_LANGUAGES = (('deu_Latn', 'german'), ('spa_Latn', 'spanish'), ('rus_Cyrl'
                     ('zho_Hans', 'chinese'))
 
 Document = Tuple[str, str]
-
-
-def _hash64(*parts: Any) -> int:
-  """The first 8 bytes (big-endian) of SHA-256 of the parts joined with ``':'``."""
-  digest = hashlib.sha256(':'.join(str(p) for p in parts).encode('utf-8')).digest()
-  return int.from_bytes(digest[:8], 'big')
-
-
-def unit_hash(*parts: Any) -> float:
-  """A uniform number in [0, 1) from SHA-256 of the parts joined with ``':'`` (first 8 bytes / 2**64)."""
-  return _hash64(*parts) / 2.0**64
-
-
-def _rng_for(*parts: Any) -> random.Random:
-  """A ``random.Random`` seeded with ``_hash64(*parts)``."""
-  return random.Random(_hash64(*parts))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,13 +195,11 @@ def make_documents(config: BenchmarkConfig) -> List[BenchmarkDocument]:
     documents.append(BenchmarkDocument(doc_id, text, source, component, domain, quality, split, doc_id))
   synthetic = []
   for doc in documents:
-    if not doc.target or doc.split == 'validation':
+    copy = None if not doc.target or doc.split == 'validation' else corrupted_copy(
+        doc.text, doc.doc_id, config.seed, config.synthetic_fraction)
+    if copy is None:
       continue
-    if unit_hash(config.seed, 'synthetic', doc.doc_id) >= config.synthetic_fraction:
-      continue
-    kind = SYNTHETIC_KINDS[min(int(unit_hash(config.seed, 'kind', doc.doc_id) * len(SYNTHETIC_KINDS)),
-                               len(SYNTHETIC_KINDS) - 1)]
-    text = SYNTHETIC_FUNCTIONS[kind](doc.text, _rng_for(config.seed, kind, doc.doc_id))
+    kind, text = copy
     synthetic.append(BenchmarkDocument(
         f'synthetic_{kind}:{doc.doc_id}', text, doc.source, f'synthetic_{kind}', doc.domain,
         f'synthetic_{kind}', doc.split, doc.doc_id))

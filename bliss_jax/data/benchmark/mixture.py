@@ -64,6 +64,7 @@ def benchmark_source(config: BenchmarkConfig,
   """
   import seqio  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from bliss_jax.data.seqio_tasks import records_dataset  # pylint: disable=g-import-not-at-top
 
   if task_kind not in TASK_KINDS:
     raise ValueError(f'task_kind={task_kind!r}: expected one of {TASK_KINDS}')
@@ -84,12 +85,7 @@ def benchmark_source(config: BenchmarkConfig,
     keep = _split_filter(task_kind, split, domain)
     docs = [d for d in benchmark_documents(config)
             if keep(d) and (component is None or d.component == component)]
-    columns = {key: [getattr(d, key) for d in docs] for key in ('doc_id', 'text', *METADATA_KEYS)}
-    ds = tf.data.Dataset.from_tensor_slices(
-        {key: tf.constant(values, dtype=tf.string, shape=[len(docs)]) for key, values in columns.items()})
-    if shuffle_files and docs:
-      ds = ds.shuffle(len(docs), seed=seed, reshuffle_each_iteration=True)
-    return ds
+    return records_dataset(docs, ('doc_id', 'text', *METADATA_KEYS), shuffle_files, seed)
 
   return seqio.FunctionDataSource(dataset_fn, splits=splits, caching_permitted=False)
 
