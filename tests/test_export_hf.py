@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from bliss_jax.eval import loglikelihood, readers
-from bliss_jax.export import hf
+from bliss_jax.export import hf, hf_layout
 from bliss_jax.models.config import PRESETS, preset
 from bliss_jax.models.transformer import Transformer
 from bliss_jax.training import checkpoints
@@ -229,7 +229,7 @@ def test_export_writes_the_files_and_config(exports, name):
       "bliss_jax_export.json"])
   with open(os.path.join(out_dir, "config.json")) as f:
     config = json.load(f)
-  assert config["architectures"] == [hf.GPT_NEOX if name.startswith("neox") else hf.LLAMA]
+  assert config["architectures"] == [hf_layout.GPT_NEOX if name.startswith("neox") else hf_layout.LLAMA]
   assert config["vocab_size"] == VOCAB and config["tie_word_embeddings"] == cfg.tie_embeddings
   assert (config["eos_token_id"], config["pad_token_id"], config["bos_token_id"]) == (1, 0, 0)
   assert hf.BOS_ID == loglikelihood.START_ID
@@ -241,7 +241,7 @@ def test_export_writes_the_files_and_config(exports, name):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_logits_match_jax(hf_results, name):
   case = hf_results["cases"][name]
-  assert case["class"] == (hf.GPT_NEOX if name.startswith("neox") else hf.LLAMA)
+  assert case["class"] == (hf_layout.GPT_NEOX if name.startswith("neox") else hf_layout.LLAMA)
   assert not any(case["loading_info"].values()), case["loading_info"]  # no missing / unexpected / mismatched keys
   got, want = case["logits"], case["jax_logits"]
   assert got.shape == want.shape
@@ -294,7 +294,7 @@ def test_harness_loglikelihood_matches_transformers_on_the_export(exports, hf_re
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_is_exportable(name):
   config = hf.hf_config(preset(name))
-  want = hf.GPT_NEOX if name.startswith("pythia") or name == "tiny_neox" else hf.LLAMA
+  want = hf_layout.GPT_NEOX if name.startswith("pythia") or name == "tiny_neox" else hf_layout.LLAMA
   assert config["architectures"] == [want]
 
 
