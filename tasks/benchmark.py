@@ -53,7 +53,8 @@ def benchmark_mixture(name: str = BENCHMARK,
 
   ``rates``: ``{component: rate}`` (see ``data.benchmark.mixture.COMPONENTS``; missing components are left out),
   None for ``DEFAULT_RATES``, or ``'natural'`` (proportional to characters). ``vocabulary_path``: a
-  T5-convention SentencePiece model with ``extra_ids`` sentinels; None for the default vocabulary. The other
+  T5-convention SentencePiece model with ``extra_ids`` sentinels, or a Hugging Face tokenizer directory (an imported
+  MODEL_DIR's ``tokenizer/``: the pretrained model's own ids, no sentinels); None for the default vocabulary. The other
   arguments are ``BenchmarkConfig`` fields.
 
   Raises:
@@ -66,7 +67,7 @@ def benchmark_mixture(name: str = BENCHMARK,
   if vocabulary_path is None:
     vocabulary = vocabulary_lib.default_vocabulary(extra_ids=extra_ids)
   else:
-    vocabulary = vocabulary_lib.load_vocabulary(vocabulary_path, extra_ids=extra_ids)
+    vocabulary = vocabulary_lib.load_path(vocabulary_path, extra_ids=extra_ids)
   mixture.register_benchmark_tasks(name, config, vocabulary, rates, objective=objective)
   return name
 

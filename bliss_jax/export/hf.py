@@ -9,7 +9,10 @@
 * `tokenizer.model` + `tokenizer_config.json`: the tokenizer (`tokenizer_files`).
 * `bliss_jax_export.json`: provenance (source MODEL_DIR, step, `ModelConfig`, the vocabulary's record).
 
-The tokenizer is the vocabulary MODEL_DIR recorded (`training.model_vocabulary`); another one given is refused.
+The tokenizer is the vocabulary MODEL_DIR recorded (`training.model_vocabulary`); another one given is refused. A
+MODEL_DIR imported from Hugging Face (`hf_import`), or trained on its tokenizer, exports that tokenizer's files as they
+are, with its own bos / eos / pad ids in the configs (`data.hf_tokenizer.config_token_ids`); what follows about token
+ids concerns our own vocabularies.
 
 The HF class, the config fields and every tensor's layout are `hf_layout`'s (shared with the import,
 `hf_import`): LayerNorm models become `GPTNeoXForCausalLM`, RMSNorm models `LlamaForCausalLM`. A shape the chosen
@@ -235,6 +238,11 @@ def _json_bytes(obj) -> bytes:
   return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
 
 
+def _read(path: str) -> bytes:
+  with open(path, "rb") as f:
+    return f.read()
+
+
 def _write(path: str, data: bytes) -> None:
   tmp = path + ".tmp"
   with open(tmp, "wb") as f:
@@ -283,15 +291,20 @@ def export(model_dir: str, out_dir: str, step: Optional[int] = None, vocabulary_
     ValueError: the shape cannot be exported, the vocabulary is not the one MODEL_DIR recorded
       (`model_vocabulary.VocabularyMismatch`), or it has more ids than the model's embedding.
   """
-  from bliss_jax.data import vocabulary  # pylint: disable=g-import-not-at-top
+  from bliss_jax.data import hf_tokenizer, vocabulary  # pylint: disable=g-import-not-at-top
   from bliss_jax.training import checkpoints, model_vocabulary  # pylint: disable=g-import-not-at-top
   from bliss_jax.training.model_dir import ModelDir  # pylint: disable=g-import-not-at-top
   cfg = ModelDir(model_dir).read_model_config()
   hf_layout.check_representable(cfg)
-  _, record = model_vocabulary.vocabulary_for(model_dir, vocabulary_path)
-  tok_files, n_ids = tokenizer_files(None if record["path"] == vocabulary.DEFAULT else record["path"],
-                                     extra_ids=record["extra_ids"], model_max_length=max_position_embeddings)
-  token_ids = _TOKEN_IDS
+  vocab, record = model_vocabulary.vocabulary_for(model_dir, vocabulary_path)
+  if record["kind"] == vocabulary.HF_TOKENIZER:  # an imported model's own tokenizer: its files, as they are
+    tok_files = {name: _read(os.path.join(record["path"], name)) for name in hf_tokenizer.FILES
+                 if os.path.isfile(os.path.join(record["path"], name))}
+    n_ids, token_ids = vocab.vocab_size, hf_tokenizer.config_token_ids(vocab)
+  else:
+    tok_files, n_ids = tokenizer_files(None if record["path"] == vocabulary.DEFAULT else record["path"],
+                                       extra_ids=record["extra_ids"], model_max_length=max_position_embeddings)
+    token_ids = _TOKEN_IDS
   config = hf_config(cfg, max_position_embeddings=max_position_embeddings, token_ids=token_ids)
   if n_ids > cfg.vocab_size:
     raise ValueError(f"the vocabulary has {n_ids} ids but {model_dir}'s model only {cfg.vocab_size}: is "
