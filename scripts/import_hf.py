@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 r"""Import a Hugging Face `transformers` checkpoint (Llama, Qwen2, GPT-NeoX) as a bliss_jax MODEL_DIR.
 
-  huggingface-cli download TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T --local-dir /data/tinyllama   # elsewhere, with network
-  python scripts/import_hf.py --hf_dir=/data/tinyllama --model_dir=/tmp/tinyllama [--dtype=bfloat16]
+  # elsewhere, with network:
+  huggingface-cli download TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T --local-dir /data/hf/tinyllama
+  python scripts/import_hf.py --hf_dir=/data/hf/tinyllama --model_dir=/data/tinyllama_1p1b [--dtype=bfloat16]
 
 Reads HF_DIR/config.json, the safetensors weights (sharded or not) and the tokenizer (tokenizer.model or
 tokenizer.json), and writes MODEL_DIR/model_config.json, checkpoints/0/ (the parameters), tokenizer/ (a copy of the

@@ -4,7 +4,8 @@
   ``bliss_jax.data.embedded``), ``default_vocabulary()``, targets-only LM, 5% of documents held out as
   ``validation``. ``embedded_default_prefix_lm`` is the same corpus with random inputs/targets cuts.
 * ``c4_en``: C4 (``c4/en:3.1.0``) from TFDS with the same vocabulary; registering it reads nothing, building
-  its dataset needs the prepared TFDS data (no download is attempted here).
+  its dataset needs the prepared TFDS data (no download is attempted here). ``c4_task`` (gin:
+  ``TASK = @c4_task()``) registers C4 under another name with another vocabulary, e.g. an imported model's tokenizer.
 * ``embedded_default_ul2`` (``tasks.ul2``): SALT's UL2 denoisers (causal LM, prefix LM, span corruption, extreme
   span corruption at 6:2:1:1) over ``embedded_default``; train with the ``prefix_lm`` feature converter.
 * ``benchmark`` and ``benchmark_ul2`` (``tasks.benchmark``): the labelled benchmark mixture over ``../shared/data``
@@ -15,6 +16,10 @@ Importing parses the embedded corpus (about 1.5 s) to find the default vocabular
 once per machine (a few seconds; cached under ``$BLISS_JAX_CACHE``). ``tasks.local_files`` (imported here, so
 gin files can bind it) adds the user's own files.
 """
+from typing import Optional
+
+import gin
+
 from bliss_jax.data import embedded
 from bliss_jax.data import seqio_tasks
 from bliss_jax.data import vocabulary
@@ -29,6 +34,16 @@ seqio_tasks.register_document_task(EMBEDDED_DEFAULT, embedded.embedded_documents
 seqio_tasks.register_document_task(
     EMBEDDED_DEFAULT_PREFIX_LM, embedded.embedded_documents, _vocabulary, objective='prefix_lm')
 seqio_tasks.register_tfds_c4_task(C4_EN, tfds_name='c4/en:3.1.0', vocabulary=_vocabulary)
+
+
+@gin.configurable
+def c4_task(name: str = C4_EN, vocabulary_path: Optional[str] = None, tfds_data_dir: Optional[str] = None) -> str:
+  """Registers (or re-registers) C4 as task ``name`` with the vocabulary at ``vocabulary_path``
+  (``vocabulary.load_path``: a T5-convention SentencePiece model, or a Hugging Face tokenizer directory such as an
+  imported MODEL_DIR's ``tokenizer/``; None: the default vocabulary); returns ``name``."""
+  vocab = _vocabulary if vocabulary_path is None else vocabulary.load_path(vocabulary_path)
+  seqio_tasks.register_tfds_c4_task(name, tfds_name='c4/en:3.1.0', vocabulary=vocab, tfds_data_dir=tfds_data_dir)
+  return name
 
 # After the tasks they build on. pylint: disable=g-import-not-at-top,wrong-import-position
 from tasks import ul2  # noqa: E402,F401
