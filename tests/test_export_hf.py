@@ -7,7 +7,6 @@ transformers (`pip install -e '.[export]'`); those tests skip without them. The 
 refusal and CLI tests need neither."""
 import json
 import os
-import subprocess
 import sys
 
 import flax.linen as nn
@@ -25,6 +24,7 @@ from bliss_jax.training.model_dir import ModelDir
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
 import export_hf  # noqa: E402  pylint: disable=g-import-not-at-top
+import torch_subprocess  # noqa: E402  pylint: disable=g-import-not-at-top
 
 VOCAB = 2176  # the default vocabulary's 2148 ids (incl. 100 sentinels) rounded up to 128, as the trainer does
 STEP = 7
@@ -82,9 +82,8 @@ def _make_model_dir(model_dir, cfg, seed):
   return params
 
 
-# The PyTorch side runs in a subprocess: loading transformers' modeling code (torch._dynamo, with its own LLVM)
-# into a process that has already imported TensorFlow (seqio does) aborts it with "LLVM ERROR: inconsistency in
-# registered CommandLine options". lm-evaluation-harness runs in its own process, as this does.
+# The PyTorch side runs in a subprocess (`torch_subprocess`: transformers' modeling code aborts a process that has
+# imported TensorFlow).
 _HF_SCRIPT = r"""
 import json, sys
 import numpy as np
@@ -206,14 +205,7 @@ def hf_results(exports, tmp_path_factory):
     jax_logits[name] = np.asarray(Transformer(cfg).apply({"params": params}, jnp.asarray(tokens)))
     job["cases"][name] = {"dir": out_dir, "tokens": str(work / f"{name}_tokens.npy"),
                           "logits": str(work / f"{name}_logits.npy")}
-  with open(work / "job.json", "w") as f:
-    json.dump(job, f)
-  env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-  proc = subprocess.run([sys.executable, "-c", _HF_SCRIPT, str(work / "job.json")], capture_output=True, text=True,
-                        env=env, timeout=600, check=False)
-  assert proc.returncode == 0, proc.stderr[-5000:]
-  with open(job["result"]) as f:
-    result = json.load(f)
+  result = torch_subprocess.run_job(_HF_SCRIPT, job, work)
   for name, case in result["cases"].items():
     case["logits"] = np.load(job["cases"][name]["logits"])
     case["jax_logits"] = jax_logits[name]

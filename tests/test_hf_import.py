@@ -4,16 +4,15 @@ several languages, an imported MODEL_DIR is evaluated, loaded as a frozen model 
 resume is bit-exact), and unsupported configurations are refused naming the field.
 
 The PyTorch side (building tiny random `transformers` models and tokenizers, saving them with `save_pretrained`,
-their logits and AutoTokenizer's ids) runs in one subprocess: transformers' modeling code aborts a process that has
-imported TensorFlow (seqio does; see `bliss_jax.export.hf`). Those tests skip without torch / transformers; the
-tokenizer ones also without ../shared/data. The round-trip and refusal tests need only safetensors.
+their logits and AutoTokenizer's ids) runs in one subprocess (`torch_subprocess`). Those tests skip without torch /
+transformers; the tokenizer ones also without ../shared/data. The round-trip and refusal tests (on test_export_hf's
+`exports`) need only safetensors.
 """
 import dataclasses
 import importlib.util
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import jax
@@ -32,7 +31,8 @@ from bliss_jax.training.model_dir import ModelDir
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
 import import_hf  # noqa: E402  pylint: disable=g-import-not-at-top
-from test_export_hf import CASES as EXPORT_CASES, _make_model_dir  # noqa: E402  pylint: disable=g-import-not-at-top
+from test_export_hf import CASES as EXPORT_CASES, exports  # noqa: E402,F401  pylint: disable=g-import-not-at-top,unused-import
+import torch_subprocess  # noqa: E402  pylint: disable=g-import-not-at-top
 
 # max |logit_ours - logit_torch| <= LOGIT_TOL * max(1, max |logit_torch|), float32 on CPU.
 LOGIT_TOL = 1e-5
@@ -208,14 +208,7 @@ def hf_side(tmp_path_factory):
     job["cases"][name] = {"config_class": cls, "config": config, "seed": seed, "dir": str(work / name),
                           "tokenizer": tokenizer if tokenizers else None, "shard": shard,
                           "logits": str(work / f"{name}_logits.npy")}
-  with open(work / "job.json", "w") as f:
-    json.dump(job, f)
-  env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-  proc = subprocess.run([sys.executable, "-c", _HF_SCRIPT, str(work / "job.json")], capture_output=True, text=True,
-                        env=env, timeout=600, check=False)
-  assert proc.returncode == 0, proc.stderr[-5000:]
-  with open(job["result"]) as f:
-    result = json.load(f)
+  result = torch_subprocess.run_job(_HF_SCRIPT, job, work)
   cases = {name: dict(c, logits=np.load(c["logits"]), tokens=tokens % HF_CASES[name][1]["vocab_size"])
            for name, c in job["cases"].items()}
   return {"cases": cases, "tokenizers": tokenizers, "result": result, "texts": texts}
@@ -404,24 +397,9 @@ def test_init_from_refuses_another_model_naming_the_field(hf_side, imported_qwen
 
 # ---- export -> import (no torch needed) ----
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-  """{case: (cfg, params, model_dir, out_dir)}: test_export_hf's cases, exported."""
-  pytest.importorskip("safetensors")
-  out = {}
-  for seed, name in enumerate(sorted(EXPORT_CASES)):
-    overrides = dict(EXPORT_CASES[name])
-    cfg = preset(overrides.pop("name"), vocab_size=2176, **overrides)
-    root = tmp_path_factory.mktemp(name)
-    params = _make_model_dir(str(root / "model"), cfg, seed=seed)
-    out[name] = cfg, params, str(root / "model"), hf.export(str(root / "model"), str(root / "hf"),
-                                                             max_position_embeddings=64)
-  return out
-
-
 @pytest.mark.parametrize("name", sorted(EXPORT_CASES))
-def test_export_then_import_is_the_identity(exported, name):
-  cfg, params, _, out_dir = exported[name]
+def test_export_then_import_is_the_identity(exports, name):
+  cfg, params, out_dir = exports[name]
   got_cfg, got = hf_import.import_checkpoint(out_dir, cfg.dtype, scan_layers=cfg.scan_layers)
   assert got_cfg == cfg
   assert jax.tree.structure(got) == jax.tree.structure(params)
@@ -429,10 +407,10 @@ def test_export_then_import_is_the_identity(exported, name):
     np.testing.assert_array_equal(a, np.asarray(b))
 
 
-def test_export_import_export_gives_the_same_files(exported, tmp_path):
+def test_export_import_export_gives_the_same_files(exports, tmp_path):
   """Through a MODEL_DIR: the second export's weights, config and tokenizer files are the first's."""
   safetensors_numpy = pytest.importorskip("safetensors.numpy")
-  _, _, _, first = exported["llama_gqa_untied"]
+  _, _, first = exports["llama_gqa_untied"]
   model_dir = hf_import.import_to_model_dir(first, str(tmp_path / "imported"))
   record = ModelDir(model_dir).read_vocabulary()
   assert record["kind"] == vocabulary.HF_TOKENIZER and record["start_id"] == 0  # our export's bos 0
@@ -480,15 +458,15 @@ def _edited(src, dst, **changes):
      "rope_scaling"),
     ("neox_pythia", dict(hidden_size=None), "hidden_size"),
 ])
-def test_unsupported_config_is_refused_naming_the_field(exported, tmp_path, case, changes, field):
-  src = _edited(exported[case][3], str(tmp_path / "hf"), **changes)
+def test_unsupported_config_is_refused_naming_the_field(exports, tmp_path, case, changes, field):
+  src = _edited(exports[case][2], str(tmp_path / "hf"), **changes)
   with pytest.raises(ValueError, match=rf"config\.json {field}="):
     hf_import.import_checkpoint(src)
 
 
-def test_qwen2_layout_with_full_attention_imports(exported, tmp_path):
+def test_qwen2_layout_with_full_attention_imports(exports, tmp_path):
   """Qwen2's config (no attention_bias key: q/k/v biases always, none on o_proj) over the same tensors."""
-  cfg, params, _, out_dir = exported["qwen_qkv_bias_headdim_scan"]
+  cfg, params, out_dir = exports["qwen_qkv_bias_headdim_scan"]
   src = _edited(out_dir, str(tmp_path / "hf"), model_type="qwen2", attention_bias=None, mlp_bias=None,
                 pretraining_tp=None, layer_types=["full_attention"] * 2, use_sliding_window=False,
                 sliding_window=None, max_window_layers=2)
@@ -498,9 +476,9 @@ def test_qwen2_layout_with_full_attention_imports(exported, tmp_path):
     np.testing.assert_array_equal(a, np.asarray(b))
 
 
-def test_extra_tensors_and_missing_weights_are_refused(exported, tmp_path):
+def test_extra_tensors_and_missing_weights_are_refused(exports, tmp_path):
   safetensors_numpy = pytest.importorskip("safetensors.numpy")
-  _, _, _, out_dir = exported["llama_gqa_untied"]
+  _, _, out_dir = exports["llama_gqa_untied"]
   src = _edited(out_dir, str(tmp_path / "extra"))
   tensors = safetensors_numpy.load_file(os.path.join(src, hf.WEIGHTS_FILE))
   hf.save_safetensors(dict(tensors, **{"model.layers.0.self_attn.q_norm.weight": np.ones(4, np.float32),
@@ -515,10 +493,10 @@ def test_extra_tensors_and_missing_weights_are_refused(exported, tmp_path):
     hf_import.import_checkpoint(src)
 
 
-def test_bfloat16_checkpoints_are_read_exactly(exported, tmp_path):
+def test_bfloat16_checkpoints_are_read_exactly(exports, tmp_path):
   """Released checkpoints store bfloat16, which safetensors' numpy reader cannot return; ours converts exactly."""
   import ml_dtypes  # pylint: disable=g-import-not-at-top
-  _, _, _, out_dir = exported["neox_pythia"]
+  _, _, out_dir = exports["neox_pythia"]
   src = _edited(out_dir, str(tmp_path / "bf16"))
   reader = hf_import.SafetensorsCheckpoint(src)
   tensors = {n: reader.read(n).astype(ml_dtypes.bfloat16) for n in reader.names()}
