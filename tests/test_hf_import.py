@@ -283,6 +283,11 @@ def test_tokenizer_ids_equal_autotokenizer(hf_side, kind, cls, start_id):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   for text in texts[:5] + texts[-8:]:
     assert vocab.encode_tf(tf.constant(text)).numpy().tolist() == list(vocab.encode(text)), text[:60]
+  if cls is hf_tokenizer.TokenizersVocabulary:  # in a graph, as SeqIO's dataset.map runs it
+    encode = tf.function(vocab.encode_tf)
+    assert encode(tf.constant(texts[0])).numpy().tolist() == list(vocab.encode(texts[0]))
+    rows = tf.constant([list(vocab.encode(t))[:5] for t in texts[:3]])
+    assert [x.decode() for x in vocab.decode_tf(rows).numpy()] == [vocab.decode(r) for r in rows.numpy().tolist()]
 
 
 def test_tokenizer_records_and_reloads(hf_side):
@@ -384,6 +389,35 @@ def test_train_from_an_imported_model_resumes_bit_exactly(hf_side, imported_qwen
   strip = lambda rows: [{k: v for k, v in r.items() if k != "tokens_per_sec"} for r in rows]
   assert strip(ModelDir(str(tmp_path / "straight")).metrics()) == strip(ModelDir(str(tmp_path / "resumed")).metrics())
   assert ModelDir(str(tmp_path / "straight")).read_run_config()["init_from"] == imported_qwen
+
+
+@pytest.mark.integration
+def test_a_task_in_the_imported_tokenizer_trains_the_imported_model(hf_side, imported_qwen, tmp_path):
+  """A SeqIO task over real text read with the imported tokenizer (its tf.numpy_function path): its batches hold the
+  tokenizer's ids, its record is the MODEL_DIR's, and a run from the imported model on it records that vocabulary."""
+  if not hf_side["tokenizers"]:
+    pytest.skip("shared data not found")
+  from conftest import SHARED_DATA  # pylint: disable=g-import-not-at-top
+  from bliss_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from tasks import local_files  # pylint: disable=g-import-not-at-top
+  path = str(SHARED_DATA / "corpus" / "flores_dev" / "eng_Latn.dev")
+  task = local_files.register_local_files_task("hf_import_flores", [path],
+                                               vocabulary_path=os.path.join(imported_qwen, hf_import.TOKENIZER_DIR))
+  record = model_vocabulary.record_of_tasks([task])
+  assert model_vocabulary.check(imported_qwen, record, what="the task") == ModelDir(imported_qwen).read_vocabulary()
+  vocab = pipeline.task_vocabulary(task)
+  source = pipeline.seqio_batch_source(task, batch_size=4, sequence_length=32, pack=False)
+  batch = next(source("validation", repeat=False))
+  row = [int(t) for t, w in zip(batch["decoder_target_tokens"][0], batch["decoder_loss_weights"][0]) if w]
+  text = open(path).read()
+  assert len(row) > 10 and vocab.decode(row[:10]) in text
+  cfg = ModelDir(imported_qwen).read_model_config()
+  spec = _spec(cfg, imported_qwen).replace(num_steps=1)
+  result = trainer.train(model_dir=str(tmp_path / "run"), spec=spec, vocab_size=vocab.vocab_size,
+                         batch_source=pipeline.seqio_batch_source(task, batch_size=4, sequence_length=16),
+                         progress_bar=False, mesh_data=1, devices=jax.devices()[:1])
+  assert result.final_step == 1 and np.isfinite(result.last_train_metrics["loss"])
+  assert ModelDir(str(tmp_path / "run")).read_vocabulary()["fingerprint"] == record["fingerprint"]
 
 
 def test_init_from_refuses_another_model_naming_the_field(hf_side, imported_qwen, tmp_path):

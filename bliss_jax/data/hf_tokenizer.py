@@ -134,18 +134,24 @@ class TokenizersVocabulary(seqio.Vocabulary):
   def _decode(self, ids) -> str:
     return self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
 
+  def _encode_bytes(self, s) -> np.ndarray:
+    """`_encode` of a UTF-8 string as `tf.numpy_function` passes it (bytes in a graph, a 0-d array eagerly)."""
+    return np.asarray(self._encode(np.asarray(s).item().decode("utf-8")), np.int32)
+
+  def _decode_rows(self, ids: np.ndarray) -> np.ndarray:
+    """`_decode` of every row of `ids` [..., T] as UTF-8 bytes, shaped [...]."""
+    rows = ids.reshape(-1, ids.shape[-1])
+    return np.asarray([self._decode(row).encode("utf-8") for row in rows], dtype=object).reshape(ids.shape[:-1])
+
   def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
-    ids = tf.numpy_function(lambda x: np.asarray(self._encode(x.item().decode("utf-8")), np.int32), [s], tf.int32,
+    ids = tf.numpy_function(tf.autograph.experimental.do_not_convert(self._encode_bytes), [s], tf.int32,
                             stateful=False)
     ids.set_shape([None])
     return ids
 
   def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
-    def decode(x):
-      rows = x.reshape(-1, x.shape[-1]) if x.ndim else x.reshape(1, 1)
-      texts = [self._decode(row).encode("utf-8") for row in rows]
-      return np.asarray(texts, dtype=object).reshape(x.shape[:-1])
-    out = tf.numpy_function(decode, [ids], tf.string, stateful=False)
+    out = tf.numpy_function(tf.autograph.experimental.do_not_convert(self._decode_rows), [ids], tf.string,
+                            stateful=False)
     out.set_shape(ids.shape[:-1])
     return out
 
