@@ -8,7 +8,10 @@ Loads MODEL_DIR/model_config.json, the latest checkpoint's parameters (or --step
 in MODEL_DIR/vocabulary.json (`training.model_vocabulary`; a --vocabulary that is not the same is refused), scores
 every task's requests
 with the batched jitted scorer (`bliss_jax.eval.loglikelihood`; every row starts with id 0, as training's do),
-writes OUTPUT_DIR/results.json (the harness's layout) and OUTPUT_DIR/results.md, and prints the table.
+writes OUTPUT_DIR/results.json (the harness's layout) and OUTPUT_DIR/results.md, and prints the table. A MODEL_DIR
+imported from a Hugging Face checkpoint (`scripts/import_hf.py`) is scored with its own tokenizer and its own start
+convention: rows begin with the tokenizer's bos when its AutoTokenizer prepends one, else with nothing (the
+vocabulary record's `start_id`, `bliss_jax.data.hf_tokenizer`), as lm-evaluation-harness scores the original model.
 
 Flags:
   --model_dir DIR            a training run's directory (model_config.json, checkpoints/).
@@ -181,13 +184,15 @@ def main(argv):
                      f"model only {cfg.vocab_size}: is it the vocabulary {args.model_dir} was trained with?")
   step, params = checkpoints.load_params(args.model_dir, step=args.step)
   model = Transformer(cfg)
-  score_fn = loglikelihood.make_score_fn(model, params, vocab, batch_size=args.batch_size, max_length=args.max_length,
-                                         mesh=_mesh(args.data_parallel), progress=not args.no_progress)
+  start_id = vocab_record.get("start_id", loglikelihood.START_ID)  # an imported tokenizer's own (None: no bos)
+  score_fn = loglikelihood.make_score_fn(model, params, vocab, start_id=start_id, batch_size=args.batch_size,
+                                         max_length=args.max_length, mesh=_mesh(args.data_parallel),
+                                         progress=not args.no_progress)
   start = time.time()
   results = harness.run_eval(
       score_fn, tasks, args.data_dir, args.limit, files=files, log=print,
       config={"model": "bliss_jax", "model_dir": os.path.abspath(args.model_dir), "step": int(step),
-              "vocabulary": vocab_record, "start_id": loglikelihood.START_ID, "batch_size": args.batch_size,
+              "vocabulary": vocab_record, "start_id": start_id, "batch_size": args.batch_size,
               "max_length": args.max_length,
               "model_config": dataclasses.asdict(cfg), "num_devices": jax.device_count()})
   results["config"]["eval_seconds"] = round(time.time() - start, 1)

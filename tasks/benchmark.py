@@ -48,12 +48,16 @@ def benchmark_mixture(name: str = BENCHMARK,
                       validation_share: float = 0.5,
                       synthetic_fraction: float = 0.2,
                       min_doc_chars: int = 1500,
-                      flores_sentences_per_doc: int = 10) -> str:
-  """Registers (or re-registers) the benchmark tasks and mixture ``name``; returns ``name``.
+                      flores_sentences_per_doc: int = 10,
+                      task: Optional[str] = None) -> str:
+  """Registers (or re-registers) the benchmark tasks and mixture ``name``; returns ``name``, or with ``task`` the name
+  of that one of its tasks (e.g. ``'reference'``: ``f'{name}_reference'``, the reference set with the same
+  vocabulary).
 
   ``rates``: ``{component: rate}`` (see ``data.benchmark.mixture.COMPONENTS``; missing components are left out),
   None for ``DEFAULT_RATES``, or ``'natural'`` (proportional to characters). ``vocabulary_path``: a
-  T5-convention SentencePiece model with ``extra_ids`` sentinels; None for the default vocabulary. The other
+  T5-convention SentencePiece model with ``extra_ids`` sentinels, or a Hugging Face tokenizer directory (an imported
+  MODEL_DIR's ``tokenizer/``: the pretrained model's own ids, no sentinels); None for the default vocabulary. The other
   arguments are ``BenchmarkConfig`` fields.
 
   Raises:
@@ -66,9 +70,9 @@ def benchmark_mixture(name: str = BENCHMARK,
   if vocabulary_path is None:
     vocabulary = vocabulary_lib.default_vocabulary(extra_ids=extra_ids)
   else:
-    vocabulary = vocabulary_lib.load_vocabulary(vocabulary_path, extra_ids=extra_ids)
+    vocabulary = vocabulary_lib.load_path(vocabulary_path, extra_ids=extra_ids)
   mixture.register_benchmark_tasks(name, config, vocabulary, rates, objective=objective)
-  return name
+  return name if task is None else f'{name}_{task}'
 
 
 # The library functions, not the gin configurables, so that no gin binding parsed before this import applies.

@@ -59,7 +59,8 @@ def register_local_files_task(name: str = gin.REQUIRED,
       must not share a stem.
     format: ``'text'``, ``'blank_line'`` or ``'jsonl'``, for all ``paths``.
     text_fields: JSONL fields joined into the text.
-    vocabulary_path: a T5-convention SentencePiece model; None for ``default_vocabulary()``.
+    vocabulary_path: a T5-convention SentencePiece model, or a Hugging Face tokenizer directory (an imported
+      MODEL_DIR's ``tokenizer/``; ``extra_ids`` does not apply); None for ``default_vocabulary()``.
     template: JSONL only: ``template.format(**record)`` instead of ``text_fields``.
     validation_fraction: expected fraction of documents held out (by id hash) as ``validation``.
     objective: ``'lm'`` or ``'prefix_lm'``.
@@ -76,7 +77,7 @@ def register_local_files_task(name: str = gin.REQUIRED,
   if vocabulary_path is None:
     vocabulary = vocabulary_lib.default_vocabulary(extra_ids=extra_ids)
   else:
-    vocabulary = vocabulary_lib.load_vocabulary(vocabulary_path, extra_ids=extra_ids)
+    vocabulary = vocabulary_lib.load_path(vocabulary_path, extra_ids=extra_ids)
   documents_fn = lambda: read_documents(paths, format, text_fields, template)
   seqio_tasks.register_document_task(
       name, documents_fn, vocabulary, validation_fraction, objective=objective)

@@ -7,7 +7,6 @@ transformers (`pip install -e '.[export]'`); those tests skip without them. The 
 refusal and CLI tests need neither."""
 import json
 import os
-import subprocess
 import sys
 
 import flax.linen as nn
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 
 from bliss_jax.eval import loglikelihood, readers
-from bliss_jax.export import hf
+from bliss_jax.export import hf, hf_layout
 from bliss_jax.models.config import PRESETS, preset
 from bliss_jax.models.transformer import Transformer
 from bliss_jax.training import checkpoints
@@ -25,6 +24,7 @@ from bliss_jax.training.model_dir import ModelDir
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
 import export_hf  # noqa: E402  pylint: disable=g-import-not-at-top
+import torch_subprocess  # noqa: E402  pylint: disable=g-import-not-at-top
 
 VOCAB = 2176  # the default vocabulary's 2148 ids (incl. 100 sentinels) rounded up to 128, as the trainer does
 STEP = 7
@@ -82,9 +82,8 @@ def _make_model_dir(model_dir, cfg, seed):
   return params
 
 
-# The PyTorch side runs in a subprocess: loading transformers' modeling code (torch._dynamo, with its own LLVM)
-# into a process that has already imported TensorFlow (seqio does) aborts it with "LLVM ERROR: inconsistency in
-# registered CommandLine options". lm-evaluation-harness runs in its own process, as this does.
+# The PyTorch side runs in a subprocess (`torch_subprocess`: transformers' modeling code aborts a process that has
+# imported TensorFlow).
 _HF_SCRIPT = r"""
 import json, sys
 import numpy as np
@@ -206,14 +205,7 @@ def hf_results(exports, tmp_path_factory):
     jax_logits[name] = np.asarray(Transformer(cfg).apply({"params": params}, jnp.asarray(tokens)))
     job["cases"][name] = {"dir": out_dir, "tokens": str(work / f"{name}_tokens.npy"),
                           "logits": str(work / f"{name}_logits.npy")}
-  with open(work / "job.json", "w") as f:
-    json.dump(job, f)
-  env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-  proc = subprocess.run([sys.executable, "-c", _HF_SCRIPT, str(work / "job.json")], capture_output=True, text=True,
-                        env=env, timeout=600, check=False)
-  assert proc.returncode == 0, proc.stderr[-5000:]
-  with open(job["result"]) as f:
-    result = json.load(f)
+  result = torch_subprocess.run_job(_HF_SCRIPT, job, work)
   for name, case in result["cases"].items():
     case["logits"] = np.load(job["cases"][name]["logits"])
     case["jax_logits"] = jax_logits[name]
@@ -229,7 +221,7 @@ def test_export_writes_the_files_and_config(exports, name):
       "bliss_jax_export.json"])
   with open(os.path.join(out_dir, "config.json")) as f:
     config = json.load(f)
-  assert config["architectures"] == [hf.GPT_NEOX if name.startswith("neox") else hf.LLAMA]
+  assert config["architectures"] == [hf_layout.GPT_NEOX if name.startswith("neox") else hf_layout.LLAMA]
   assert config["vocab_size"] == VOCAB and config["tie_word_embeddings"] == cfg.tie_embeddings
   assert (config["eos_token_id"], config["pad_token_id"], config["bos_token_id"]) == (1, 0, 0)
   assert hf.BOS_ID == loglikelihood.START_ID
@@ -241,7 +233,7 @@ def test_export_writes_the_files_and_config(exports, name):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_logits_match_jax(hf_results, name):
   case = hf_results["cases"][name]
-  assert case["class"] == (hf.GPT_NEOX if name.startswith("neox") else hf.LLAMA)
+  assert case["class"] == (hf_layout.GPT_NEOX if name.startswith("neox") else hf_layout.LLAMA)
   assert not any(case["loading_info"].values()), case["loading_info"]  # no missing / unexpected / mismatched keys
   got, want = case["logits"], case["jax_logits"]
   assert got.shape == want.shape
@@ -294,7 +286,7 @@ def test_harness_loglikelihood_matches_transformers_on_the_export(exports, hf_re
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_is_exportable(name):
   config = hf.hf_config(preset(name))
-  want = hf.GPT_NEOX if name.startswith("pythia") or name == "tiny_neox" else hf.LLAMA
+  want = hf_layout.GPT_NEOX if name.startswith("pythia") or name == "tiny_neox" else hf_layout.LLAMA
   assert config["architectures"] == [want]
 
 

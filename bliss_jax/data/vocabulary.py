@@ -1,5 +1,5 @@
 """SentencePiece vocabularies with T5 conventions: training, loading, the embedded default, and the record that
-identifies one.
+identifies a vocabulary (these, or a Hugging Face checkpoint's tokenizer, `hf_tokenizer`).
 
 Every model trained here reserves ``pad_id=0``, ``eos_id=1``, ``unk_id=2`` and has no BOS (``bos_id=-1``), as
 seqio and t5x expect. ``load_vocabulary`` appends ``extra_ids`` sentinel pieces (``<extra_id_0>`` has the
@@ -7,7 +7,9 @@ highest id) for span-corruption objectives.
 
 ``vocabulary_record`` identifies a vocabulary: its kind, the model file (``'default'`` for the embedded one), its
 extra ids, its size and a fingerprint, the sha256 of the SentencePiece model file's bytes (what ``sha256sum`` prints);
-``load_recorded`` loads the vocabulary a record names.
+a Hugging Face tokenizer's record (kind ``'hf_tokenizer'``) names its directory, fingerprints the file that defines
+its ids (tokenizer.model or tokenizer.json) and adds its ``start_id``. ``load_recorded`` loads the vocabulary a
+record names; ``load_path`` a SentencePiece model file or a Hugging Face tokenizer directory.
 
 Training is deterministic: one thread, the sentences in the order given, no sampling (every sentence is used),
 and a fixed random seed, so the same texts and settings give a byte-identical model file.
@@ -25,7 +27,7 @@ import seqio
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
-from bliss_jax.data import embedded
+from bliss_jax.data import embedded, hf_tokenizer
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 DEFAULT_EXTRA_IDS = 100
@@ -175,7 +177,14 @@ def default_vocabulary(extra_ids: int = DEFAULT_EXTRA_IDS) -> seqio.SentencePiec
   return load_vocabulary(default_vocabulary_path(), extra_ids=extra_ids)
 
 
+def load_path(path: str, extra_ids: int = DEFAULT_EXTRA_IDS) -> seqio.Vocabulary:
+  """A T5-convention SentencePiece model file with ``extra_ids`` sentinels (``load_vocabulary``), or a Hugging Face
+  tokenizer directory (``hf_tokenizer.load_tokenizer``; e.g. an imported MODEL_DIR's ``tokenizer/``), as given."""
+  return hf_tokenizer.load_tokenizer(path) if os.path.isdir(path) else load_vocabulary(path, extra_ids)
+
+
 SENTENCEPIECE = 'sentencepiece'
+HF_TOKENIZER = 'hf_tokenizer'
 DEFAULT = 'default'  # a record's path for the embedded corpus's vocabulary
 
 
@@ -193,11 +202,16 @@ def vocabulary_record(vocab: seqio.Vocabulary) -> Dict[str, Any]:
 
   For a SentencePiece vocabulary: kind ``'sentencepiece'``, the model file's absolute path (``'default'`` when it
   is the embedded corpus's cached model), and the fingerprint of that file (``file_fingerprint``); ``size`` counts
-  the extra ids. Another kind of vocabulary has no path and no fingerprint (None): it cannot be checked.
+  the extra ids. For a Hugging Face tokenizer (``hf_tokenizer``): kind ``'hf_tokenizer'``, its directory, the
+  fingerprint of the file that defines its ids, and ``start_id`` (the id its ``AutoTokenizer`` puts before a text, or
+  None). Another kind of vocabulary has no path and no fingerprint (None): it cannot be checked.
   """
   record = {'kind': type(vocab).__name__, 'path': None, 'extra_ids': int(vocab.extra_ids),
             'size': int(vocab.vocab_size), 'fingerprint': None}
-  if isinstance(vocab, seqio.SentencePieceVocabulary):
+  if isinstance(vocab, hf_tokenizer.HF_VOCABULARIES):
+    record.update(kind=HF_TOKENIZER, path=vocab.tokenizer_dir, fingerprint=file_fingerprint(vocab.ids_file),
+                  start_id=vocab.start_id)
+  elif isinstance(vocab, seqio.SentencePieceVocabulary):
     path = os.path.abspath(vocab.sentencepiece_model_file)
     is_default = False
     if os.path.basename(path).startswith('embedded_spm'):  # reading the corpus to be sure only when it may be
@@ -207,8 +221,11 @@ def vocabulary_record(vocab: seqio.Vocabulary) -> Dict[str, Any]:
   return record
 
 
-def load_recorded(record: Dict[str, Any]) -> seqio.SentencePieceVocabulary:
-  """The vocabulary a ``vocabulary_record`` names (the embedded default, or its model file with its extra ids)."""
+def load_recorded(record: Dict[str, Any]) -> seqio.Vocabulary:
+  """The vocabulary a ``vocabulary_record`` names (the embedded default, its model file with its extra ids, or its
+  Hugging Face tokenizer directory)."""
+  if record.get('kind') == HF_TOKENIZER and record.get('path'):
+    return hf_tokenizer.load_tokenizer(record['path'])
   if record.get('kind') != SENTENCEPIECE or not record.get('path'):
     raise ValueError(f'cannot load a {record.get("kind")} vocabulary from its record ({record}); give its file')
   extra_ids = int(record.get('extra_ids', DEFAULT_EXTRA_IDS))

@@ -19,6 +19,9 @@ from bliss_jax.choices import check_choice
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "swiglu", "geglu")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Fields that change how the model computes (precision, activation memory), not its parameters: a checkpoint of one
+# setting loads into another.
+COMPUTE_ONLY_FIELDS = frozenset({"dtype", "remat"})
 
 
 @dataclasses.dataclass(frozen=True)

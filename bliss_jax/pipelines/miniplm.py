@@ -97,7 +97,7 @@ def run(*, root: str, pool_task: str, student: trainer.TrainSpec, reference: tra
     t_task = teacher_task or pool_task
     teacher_res = run_stage(shared_root, "teacher",
                             lambda d: common.train_on_task(d, teacher, t_task, progress_bar=progress_bar),
-                            {"spec": dataclasses.asdict(teacher), "task": t_task})
+                            {"spec": teacher.record(), "task": t_task})
     teacher_dir = teacher_res["model_dir"]
   else:
     teacher_res = {"model_dir": teacher_dir, "train_flops": 0.0}
@@ -106,7 +106,7 @@ def run(*, root: str, pool_task: str, student: trainer.TrainSpec, reference: tra
   register_selected_task(ref_task, pool_task, ref_keys, sequence_length=L, split=pool_split)
   reference_res = run_stage(shared_root, "reference",
                             lambda d: common.train_on_task(d, reference, ref_task, progress_bar=progress_bar),
-                            {"spec": dataclasses.asdict(reference), "n_reference": len(ref_keys)})
+                            {"spec": reference.record(), "n_reference": len(ref_keys)})
 
   def do_score(d):
     checkpoints.check_vocabulary("reference", reference_res["model_dir"],
@@ -154,7 +154,7 @@ def run(*, root: str, pool_task: str, student: trainer.TrainSpec, reference: tra
     student_cfg = dataclasses.replace(student_cfg, vocab_size=round_up_vocab(vocabulary_size(pool_task)))
   train_kw = dict(progress_bar=progress_bar, keep_checkpoints=keep_checkpoints)
   for name in students:
-    inputs = {"spec": dataclasses.asdict(student), "name": name}
+    inputs = {"spec": student.record(), "name": name}
     if name == "miniplm":
       fn = lambda d: common.train_on_task(d, student, f"{prefix}_miniplm_selected", **train_kw)
     elif name == "miniplm_prx":

@@ -14,7 +14,6 @@ the students):
 Both students cost the same training FLOPs (RHO-1 forwards/backwards every token); the reference's training and its
 per-step forward are auxiliary cost, reported separately.
 """
-import dataclasses
 import os
 from typing import Dict, Mapping, Optional, Sequence
 
@@ -99,7 +98,7 @@ def run(*, root: str, train_task: str, reference_task: str, student: trainer.Tra
   L = student.sequence_length
   ref = run_stage(shared_root or root, "reference", lambda d: common.train_on_task(d, reference, reference_task,
                                                                     progress_bar=progress_bar),
-                  {"spec": dataclasses.asdict(reference), "task": reference_task})
+                  {"spec": reference.record(), "task": reference_task})
   results = {}
   for name in students:
     if name == "plain":
@@ -114,7 +113,7 @@ def run(*, root: str, train_task: str, reference_task: str, student: trainer.Tra
         res["reference_forward_flops"] = common.forward_flops(ref["model_dir"], L, res["tokens"])
         res["selection"] = _selection_stats(d)
         return res
-    results[name] = run_stage(root, f"student_{name}", fn, {"spec": dataclasses.asdict(student), "ratio": ratio,
+    results[name] = run_stage(root, f"student_{name}", fn, {"spec": student.record(), "ratio": ratio,
                                                               "score": score, "scope": scope, "task": train_task})
     results[name]["heldout"] = common.heldout_eval(results[name]["model_dir"], eval_task or reference_task,
                                                    eval_split, sequence_length=L, batch_size=student.batch_size,
@@ -125,7 +124,7 @@ def run(*, root: str, train_task: str, reference_task: str, student: trainer.Tra
       results[name]["token_selection"] = run_stage(
           root, "token_selection", lambda d: token_selection(d, student_dir=results["rho1"]["model_dir"],
                                                              reference_dir=ref["model_dir"], **sel_kw),
-          dict(sel_kw, spec=dataclasses.asdict(student), process_count=jax.process_count()))
+          dict(sel_kw, spec=student.record(), process_count=jax.process_count()))
   report = {"students": results, "reference": ref}
   common.write_json(os.path.join(root, "report.json"), report)
   return report

@@ -182,13 +182,13 @@ def run(*, root: str, pool_task: str, target: trainer.TrainSpec, proxy: trainer.
                   stop_at_step=(r + 1) * S, allow_config_change=("data",))  # each round reads its own selection
     return dict(common.heldout_at_step(model_dir, (r + 1) * S, **eval_kw), model_dir=model_dir)
 
-  spec_inputs = {"target": dataclasses.asdict(target), "rounds": rounds, "eval": f"{eval_task}:{eval_split}"}
+  spec_inputs = {"target": target.record(), "rounds": rounds, "eval": f"{eval_task}:{eval_split}"}
   r0 = run_stage(root, "target_r0", lambda d: train_target_round(os.path.join(d, "model"), warm_task(), 0),
                  dict(spec_inputs, selection=warm_sel["selected"]))
   proxy_res = run_stage(
       shared_root, "proxy_warmup",
       lambda d: common.train_on_task(os.path.join(d, "model"), proxy, warm_task(), progress_bar=progress_bar),
-      {"proxy": dataclasses.asdict(proxy), "selection": warm_sel["selected"]})
+      {"proxy": proxy.record(), "selection": warm_sel["selected"]})
   target_cfg = ModelDir(r0["model_dir"]).read_model_config()
   target_step_flops = train_flops_per_token(target_cfg, L) * B * L
   ref_source = data_pipeline.seqio_batch_source(reference_task, batch_size=reference_batch_size, sequence_length=L,

@@ -35,7 +35,6 @@ Under UL2 (`feature_converter='prefix_lm_shared'`: examples up to the whole row)
 example and applies at exactly the loss-carrying (target) positions; the selection is scored as plain LM chunks and
 served back through the same UL2 denoisers (`selection.selected_ul2`).
 """
-import dataclasses
 import functools
 import json
 import os
@@ -234,7 +233,7 @@ def run(*, root: str, task: str, student: trainer.TrainSpec, n_kd: int, teacher:
               tokens, "scorer_train_flops": train_flops_per_token(cfg, teacher.sequence_length) * tokens * n0 /
               teacher.num_steps}
     teacher_res = run_stage(shared_root, "teacher", do_teacher,
-                            {"spec": dataclasses.asdict(teacher), "task": task, "feature_converter": feature_converter,
+                            {"spec": teacher.record(), "task": task, "feature_converter": feature_converter,
                              "scorer_step": n0, **averaged})
     scorer_stream = dict(name=task, split="train", sequence_length=teacher.sequence_length,
                          batch_size=teacher.batch_size, num_batches=n0, seed=teacher.seed,
@@ -330,7 +329,7 @@ def run(*, root: str, task: str, student: trainer.TrainSpec, n_kd: int, teacher:
   results: Dict[str, dict] = {}
   for name in students:
     kd_n = kd_steps(name, n, n_kd)
-    inputs = {"spec": dataclasses.asdict(student), "task": task, "feature_converter": feature_converter,
+    inputs = {"spec": student.record(), "task": task, "feature_converter": feature_converter,
               "eval_steps": steps_at, "eval": f"{eval_task}:{eval_split}", "kd_steps": kd_n, **averaged}
     if eval_L != L:
       inputs["eval_L"] = eval_L

@@ -6,7 +6,9 @@ A run trained on SeqIO tasks records their vocabulary (`data.vocabulary.vocabula
 token ids in front of the model (evaluation, export, frozen-model slots, offline scoring, a resumed run) uses the
 recorded vocabulary by default (`vocabulary_for`) and refuses another (`check`): a different fingerprint or size, named
 with the MODEL_DIR and both vocabularies. A MODEL_DIR written before runs recorded their vocabulary has no record:
-tools keep working on it and warn that its vocabulary could not be checked.
+tools keep working on it and warn that its vocabulary could not be checked. A MODEL_DIR imported from a Hugging Face
+checkpoint (`bliss_jax.export.hf_import`) records the checkpoint's tokenizer, copied into MODEL_DIR/tokenizer/ (kind
+"hf_tokenizer"; the record also says which id begins an evaluation row, `start_id`).
 """
 import logging
 from typing import Optional, Sequence, Tuple
@@ -64,7 +66,8 @@ def record_of_tasks(tasks: Sequence[str]) -> Optional[dict]:
 
 def vocabulary_for(model_dir: str, spec: Optional[str] = None) -> Tuple[object, dict]:
   """(seqio vocabulary, its record) a tool uses with MODEL_DIR's model: the recorded one when `spec` is None, else
-  `spec` ("default": the embedded corpus's; or a SentencePiece model file, with the recorded extra ids), refused
+  `spec` ("default": the embedded corpus's; a SentencePiece model file, with the recorded extra ids; or a Hugging
+  Face tokenizer directory, `vocabulary.load_path`), refused
   unless it is the recorded one. A MODEL_DIR without a record gets the embedded default (or `spec`), with a warning
   that the vocabulary could not be checked."""
   from bliss_jax.data import vocabulary  # pylint: disable=g-import-not-at-top  (seqio is slow to import)
@@ -80,7 +83,7 @@ def vocabulary_for(model_dir: str, spec: Optional[str] = None) -> Tuple[object, 
   elif spec is None or spec == vocabulary.DEFAULT:
     vocab, what = vocabulary.default_vocabulary(extra_ids), "the embedded default vocabulary"
   else:
-    vocab, what = vocabulary.load_vocabulary(spec, extra_ids), f"the vocabulary given ({spec})"
+    vocab, what = vocabulary.load_path(spec, extra_ids), f"the vocabulary given ({spec})"
   record = vocabulary.vocabulary_record(vocab)
   check(model_dir, record, what=what)
   return vocab, record

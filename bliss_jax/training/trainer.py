@@ -20,7 +20,7 @@ import numpy as np
 
 from bliss_jax import partitioning
 from bliss_jax.losses.lm import make_lm_loss
-from bliss_jax.models.config import ModelConfig
+from bliss_jax.models.config import COMPUTE_ONLY_FIELDS, ModelConfig
 from bliss_jax.models.transformer import Transformer
 from bliss_jax.training import (checkpoints, config_checks, evaluation, metric_writers, model_vocabulary, optimizers,
                                 run_config, run_lock, run_loop)
@@ -53,7 +53,11 @@ class TrainSpec:
   `eval_every`: held-out loss, perplexity and next-token accuracy every N steps and at the end (0: never);
   `checkpoint_every`: periodic checkpoints (the last step is always saved); `log_every`: metric rows and the
   progress bar. `batch_size` is the GLOBAL batch (split over processes, then over the "data" mesh axis); `seed`
-  drives parameter initialisation and the per-step RNG (`fold_in(seed, step)`).
+  drives parameter initialisation and the per-step RNG (`fold_in(seed, step)`). `init_from`: a MODEL_DIR (e.g. a
+  Hugging Face checkpoint imported with `scripts/import_hf.py`) whose latest parameters the run starts from instead
+  of a random initialisation, with a fresh optimizer state at step 0; its `ModelConfig` must equal `model_config` but
+  for `models.config.COMPUTE_ONLY_FIELDS`, and its recorded vocabulary the run's. Only a run without a checkpoint
+  reads it: a resume continues from its own checkpoint, like any run.
   """
   model_config: ModelConfig
   num_steps: int
@@ -64,9 +68,18 @@ class TrainSpec:
   checkpoint_every: int = 100
   log_every: int = 10
   seed: int = 0
+  init_from: Optional[str] = None
 
   def replace(self, **kw) -> "TrainSpec":
     return dataclasses.replace(self, **kw)
+
+  def record(self) -> dict:
+    """The spec as pipeline stages record it: its fields, without `init_from` when it is None (so records written
+    before the field existed still match)."""
+    out = dataclasses.asdict(self)
+    if out["init_from"] is None:
+      del out["init_from"]
+    return out
 
 
 @dataclasses.dataclass
@@ -225,6 +238,32 @@ def abstract_train_step(model_config: ModelConfig, *, batch_size: int, sequence_
     return jax.eval_shape(fns.train_step, fns.abstract_state, batch, rng, frozen)
 
 
+def check_init_from(init_from: str, model_config: ModelConfig, vocabulary: Optional[dict]) -> None:
+  """Refuse a MODEL_DIR `init_from` whose model is not `model_config` (any field but `COMPUTE_ONLY_FIELDS`, named) or
+  whose recorded vocabulary is not `vocabulary` (the run's tasks', when known; `model_vocabulary.check`)."""
+  theirs = ModelDir(init_from).read_model_config()
+  diff = [f.name for f in dataclasses.fields(ModelConfig) if f.name not in COMPUTE_ONLY_FIELDS and
+          getattr(theirs, f.name) != getattr(model_config, f.name)]
+  if diff:
+    raise ValueError(
+        f"init_from={init_from}: its model differs from this run's: " +
+        ", ".join(f"ModelConfig.{k}={getattr(theirs, k)!r} there, {getattr(model_config, k)!r} here" for k in diff) +
+        " (only " + ", ".join(sorted(COMPUTE_ONLY_FIELDS)) + " may differ; a layer layout is chosen at import: "
+        "scripts/import_hf.py --scan_layers)")
+  if vocabulary is not None:
+    model_vocabulary.check(init_from, vocabulary, what=f"this run's data ({', '.join(vocabulary['tasks'])})")
+
+
+def initial_state(fns: StepFunctions, tx, seed: int, init_from: Optional[str] = None):
+  """A run's first train state: `fns.init` from `seed`, or the parameters of MODEL_DIR `init_from`'s latest checkpoint
+  laid out by `fns.state_shardings`, with a fresh optimizer state at step 0."""
+  if init_from is None:
+    return fns.init(jax.random.PRNGKey(seed))
+  step, params = checkpoints.load_params(init_from, fns.abstract_state.params)
+  logging.info("starting from %s at step %d (init_from)", init_from, step)
+  return jax.jit(lambda p: create_train_state(p, tx), out_shardings=fns.state_shardings)(params)
+
+
 def make_tx(optimizer: OptimizerConfig, num_steps: int):
   """(optax transformation, schedule) for an `OptimizerConfig` over `num_steps`."""
   schedule = optimizers.make_schedule(
@@ -303,6 +342,7 @@ def train(*, model_dir: str, spec: TrainSpec, batch_source: BatchSource, vocab_s
   model_dir = os.path.abspath(model_dir)
   run = ModelDir(model_dir)
   vocabulary = model_vocabulary.record_of_tasks(source_tasks(batch_source))
+  init_from = os.path.abspath(spec.init_from) if spec.init_from else None
   mesh = partitioning.make_mesh(mesh_data, mesh_model, devices)
   if batch_size % mesh.shape["data"]:
     raise ValueError(f"global batch_size={batch_size} is not divisible by the data axis ({mesh.shape['data']})")
@@ -325,6 +365,8 @@ def train(*, model_dir: str, spec: TrainSpec, batch_source: BatchSource, vocab_s
         "data": run_config.describe(batch_source)}
     if vocabulary is not None:  # (a source whose vocabulary is unknown compares none)
       record["vocabulary_fingerprint"] = vocabulary["fingerprint"]
+    if init_from is not None:
+      record["init_from"] = init_from
     old_record = run.read_run_config()
     if ckpts.latest_step() is not None:
       if vocabulary is not None and "vocabulary_fingerprint" not in allow_config_change:
@@ -335,6 +377,8 @@ def train(*, model_dir: str, spec: TrainSpec, batch_source: BatchSource, vocab_s
         logging.warning("resuming %s with a changed %s: %s -> %s (allowed)", model_dir, k, a, b)
     else:
       old_record, diff = None, {}
+      if init_from is not None:
+        check_init_from(init_from, model_config, vocabulary)
     frozen_sh = jax.tree.map(lambda x: x.sharding, frozen) if frozen else None
     fns = build_step_functions(model_config, tx, schedule, mesh, rules, sequence_length=sequence_length,
                                loss_factory=loss_factory, num_microbatches=num_microbatches,
@@ -343,7 +387,7 @@ def train(*, model_dir: str, spec: TrainSpec, batch_source: BatchSource, vocab_s
     repl = partitioning.replicated(mesh)
     restored = ckpts.restore(fns.abstract_state)
     if restored is None:
-      state = fns.init(jax.random.PRNGKey(seed))
+      state = initial_state(fns, tx, seed, init_from)
       position = 0
     else:
       state, data = restored
