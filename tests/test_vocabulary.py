@@ -56,6 +56,24 @@ def test_load_errors(tmp_path):
       _texts(), str(tmp_path / 'spm_defaults.model'), 300, pad_id=-1, unk_id=0, bos_id=1, eos_id=2)
   with pytest.raises(ValueError, match='T5 conventions'):
     vocabulary.load_vocabulary(path)
+  data = open(path, 'rb').read()
+  for name, content in (('truncated', data[:len(data) // 2]), ('empty', b''), ('text', b'not a model\n' * 40)):
+    bad = tmp_path / f'{name}.model'
+    bad.write_bytes(content)
+    with pytest.raises(ValueError, match=rf'{name}\.model: not a SentencePiece model'):
+      vocabulary.load_vocabulary(str(bad))
+
+
+def test_a_corrupt_cached_default_vocabulary_is_trained_again(tmp_path_factory, monkeypatch, caplog):
+  cache = tmp_path_factory.getbasetemp() / 'bliss_jax_cache'  # Shared with test_seqio_tasks.
+  monkeypatch.setenv(vocabulary.CACHE_ENV_VAR, str(cache))
+  path = vocabulary.default_vocabulary_path()
+  good = open(path, 'rb').read()
+  with open(path, 'wb') as f:
+    f.write(good[:1000])
+  assert vocabulary.default_vocabulary_path() == path
+  assert open(path, 'rb').read() == good  # the same model: training it is deterministic
+  assert 'cached default vocabulary is unreadable' in caplog.text
 
 
 def test_default_vocabulary_is_trained_once_and_cached(tmp_path_factory, monkeypatch):

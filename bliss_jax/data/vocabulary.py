@@ -120,17 +120,30 @@ def train_sentencepiece(texts: Iterable[str],
   return model_path
 
 
+def _read_model_proto(model_path: str):
+  """The SentencePiece ModelProto in ``model_path``; a file that is not one (corrupt, truncated, empty) raises
+  ``ValueError`` naming it."""
+  with open(model_path, 'rb') as f:
+    data = f.read()
+  try:
+    proto = sentencepiece_model_pb2.ModelProto.FromString(data)
+  except Exception as e:  # protobuf's DecodeError, whose module differs between protobuf implementations
+    raise ValueError(f'{model_path}: not a SentencePiece model (corrupt or truncated? {len(data)} bytes): {e}') from None
+  if not proto.pieces:
+    raise ValueError(f'{model_path}: not a SentencePiece model (no pieces in its {len(data)} bytes: empty or corrupt?)')
+  return proto
+
+
 def load_vocabulary(model_path: str, extra_ids: int = DEFAULT_EXTRA_IDS) -> seqio.SentencePieceVocabulary:
   """Returns the seqio vocabulary of a T5-convention SentencePiece model with ``extra_ids`` sentinels.
 
   Raises:
     FileNotFoundError: ``model_path`` does not exist.
-    ValueError: the model does not reserve pad=0, eos=1, unk=2.
+    ValueError: the file is not a SentencePiece model, or the model does not reserve pad=0, eos=1, unk=2.
   """
   if not os.path.isfile(model_path):
     raise FileNotFoundError(f'SentencePiece model not found: {model_path}')
-  with open(model_path, 'rb') as f:
-    spec = sentencepiece_model_pb2.ModelProto.FromString(f.read()).trainer_spec
+  spec = _read_model_proto(model_path).trainer_spec
   if (spec.pad_id, spec.eos_id, spec.unk_id) != (PAD_ID, EOS_ID, UNK_ID):
     raise ValueError(f'{model_path}: expected pad_id=0, eos_id=1, unk_id=2 (T5 conventions), got '
                      f'pad_id={spec.pad_id}, eos_id={spec.eos_id}, unk_id={spec.unk_id}')
@@ -159,11 +172,18 @@ def default_vocabulary_path() -> str:
 
   The file name holds a hash of the corpus (which changes with the Python version) and the training settings,
   so a changed corpus never reuses a stale model. Several processes may train at once: each writes its own
-  temporary file and renames it into place, and all produce the same bytes.
+  temporary file and renames it into place, and all produce the same bytes. A cached file that is not a SentencePiece
+  model (truncated, corrupt) is trained again, with a warning.
   """
   documents = embedded.embedded_documents()
   settings = _default_settings()
   path = _default_file(documents)
+  if os.path.isfile(path):
+    try:
+      _read_model_proto(path)
+    except ValueError as e:
+      logging.warning('The cached default vocabulary is unreadable (%s); training it again.', e)
+      os.remove(path)
   if not os.path.isfile(path):
     start = time.perf_counter()
     settings.pop('sentencepiece')
