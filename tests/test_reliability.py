@@ -329,3 +329,32 @@ def test_a_gin_bound_loss_parameter_is_in_the_record_and_a_change_is_refused():
   # a configurable with nothing bound is described as before (so earlier runs' records still match)
   assert run_config.loss_schedule(gin.get_configurable("selective_loss"), None) == [
       [None, run_config.describe(make_selective_loss)]]
+
+
+def test_a_full_disk_while_saving_names_the_cause_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+  import errno  # pylint: disable=g-import-not-at-top
+  state = {"w": jax.numpy.arange(4.0)}
+  with checkpoints.RunCheckpoints(str(tmp_path), keep=None) as ckpts:
+    assert ckpts.save(1, state, {"position": 1})
+    real_save = checkpoints.save
+
+    def full_disk(*args, **kw):
+      try:
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "checkpoints" / "2"))
+      except OSError as e:
+        raise ValueError("Error writing local file: commit failed") from e  # as a storage layer wraps it
+    monkeypatch.setattr(checkpoints, "save", full_disk)
+    with pytest.raises(checkpoints.DiskFull, match=r"no space left on the device while saving checkpoint step 2 .*"
+                                                   r"OSError: \[Errno 28\] No space left on device.*Free space, then "
+                                                   r"rerun to resume\. The last good checkpoint \(step 1\)"):
+      ckpts.save(2, state, {"position": 2})
+    tensorstore_message = ('RESOURCE_EXHAUSTED: Error writing "w/0" in OCDBT database: Failed to write 247023 bytes '
+                           "to file 7: No space left on device [os_error_code='28']")  # what orbax raised on a full tmpfs
+    monkeypatch.setattr(checkpoints, "save", lambda *a, **k: (_ for _ in ()).throw(ValueError(tensorstore_message)))
+    with pytest.raises(checkpoints.DiskFull, match=r"while saving checkpoint step 2 .*RESOURCE_EXHAUSTED.*step 1"):
+      ckpts.save(2, state, {"position": 2})
+    monkeypatch.setattr(checkpoints, "save", lambda *a, **k: (_ for _ in ()).throw(ValueError("another failure")))
+    with pytest.raises(ValueError, match="another failure"):  # other errors pass through unchanged
+      ckpts.save(2, state, {"position": 2})
+    monkeypatch.setattr(checkpoints, "save", real_save)
+    assert ckpts.latest_step() == 1

@@ -7,6 +7,7 @@ Orbax writes to a temporary directory and renames it when complete, so a killed 
 non-finite is set aside, an unreadable newest checkpoint falls back to the previous one, and the temporary directory
 of a killed save is removed.
 """
+import errno
 import logging
 import os
 import shutil
@@ -126,6 +127,22 @@ def all_finite(tree) -> bool:
   return bool(jax.device_get(_all_finite(tree)))
 
 
+class DiskFull(OSError):
+  """A checkpoint could not be written for lack of space (the cause is named; the error chain keeps the rest)."""
+
+
+def no_space_cause(e: BaseException) -> Optional[str]:
+  """The first error in `e`'s chain (causes and contexts) that says the device is full, as text; None if none does.
+  Orbax and TensorStore wrap the OSError(ENOSPC) of a full disk in their own errors, or keep only its message."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left on device" in str(e):
+      return _first_line(e)
+    e = e.__cause__ or e.__context__
+  return None
+
+
 class RunCheckpoints:
   """A MODEL_DIR's checkpoints as a training loop writes them (construct it while holding the run's lock).
 
@@ -174,10 +191,20 @@ class RunCheckpoints:
     return out.state, out.data
 
   def save(self, step: int, state, data: dict) -> bool:
-    """Save `state` (and the loop's `data`) as `step`, unless it holds a non-finite value; returns whether it did."""
+    """Save `state` (and the loop's `data`) as `step`, unless it holds a non-finite value; returns whether it did. A
+    save that fails for lack of space raises `DiskFull` naming the step, the directory and the kept checkpoint."""
     if not all_finite(state):
       return False
-    save(self.manager, step, state, data, force=True)
+    try:
+      save(self.manager, step, state, data, force=True)
+    except Exception as e:  # pylint: disable=broad-except
+      cause = no_space_cause(e)
+      if cause is None:
+        raise
+      self.manager.reload()
+      raise DiskFull(f"no space left on the device while saving checkpoint step {step} under "
+                     f"{self.dir.checkpoints_dir} ({cause}). Free space, then rerun to resume. "
+                     f"{self.kept_note()}") from e
     self._newest_verified = False
     self._prune()
     return True
