@@ -355,8 +355,8 @@ def test_evaluate_scores_an_imported_model_with_its_tokenizer(hf_side, imported_
 
 
 def _spec(cfg, init_from, **kw):
-  return trainer.TrainSpec(model_config=cfg, num_steps=2, batch_size=4, sequence_length=16, eval_every=0,
-                           checkpoint_every=1, log_every=1, init_from=init_from,
+  kw = dict(dict(num_steps=2, batch_size=4, sequence_length=16, eval_every=0, checkpoint_every=1, log_every=1), **kw)
+  return trainer.TrainSpec(model_config=cfg, init_from=init_from,
                            optimizer=trainer.OptimizerConfig(warmup_steps=1, peak_lr=1e-2), **kw)
 
 
@@ -630,3 +630,56 @@ def test_continual_pretraining_recipes_start_both_models_from_the_imported_base(
   assert str(gin.query_parameter("miniplm.teacher_dir")) == "%TEACHER_DIR"
   assert gin.query_parameter("c4_task.name") == "c4_en_qwen"
   assert preset(gin.query_parameter("%TEACHER_PRESET")) == preset("qwen_1p8b")
+
+
+@pytest.fixture(scope="module")
+def imported_flores_tasks(hf_side, imported_qwen):
+  """Two tasks read with the imported Qwen tokenizer: English FLORES sentences (the stream) and German ones (a
+  reference set of another distribution)."""
+  if not hf_side["tokenizers"]:
+    pytest.skip("shared data not found")
+  from conftest import SHARED_DATA  # pylint: disable=g-import-not-at-top
+  from tasks import local_files  # pylint: disable=g-import-not-at-top
+  tokenizer = os.path.join(imported_qwen, hf_import.TOKENIZER_DIR)
+  return tuple(local_files.register_local_files_task(
+      f"hf_import_pipeline_{lang}", [str(SHARED_DATA / "corpus" / "flores_dev" / f"{lang}.dev")],
+      vocabulary_path=tokenizer, validation_fraction=0.2) for lang in ("eng_Latn", "deu_Latn"))
+
+
+def _started_from(model_dir, imported):
+  """The run's record names the imported MODEL_DIR as its start, and its vocabulary is the imported tokenizer's."""
+  record = ModelDir(model_dir).read_run_config()
+  assert record["init_from"] == os.path.abspath(imported), record.get("init_from")
+  assert ModelDir(model_dir).read_vocabulary()["fingerprint"] == ModelDir(imported).read_vocabulary()["fingerprint"]
+
+
+@pytest.mark.integration
+def test_rho1_continual_pretraining_starts_both_models_from_the_imported_checkpoint(imported_qwen,
+                                                                                   imported_flores_tasks, tmp_path):
+  from bliss_jax.pipelines import rho1  # pylint: disable=g-import-not-at-top
+  stream, reference_set = imported_flores_tasks
+  spec = _spec(ModelDir(imported_qwen).read_model_config(), imported_qwen, seed=1, batch_size=8)  # 8 test devices
+  rep = rho1.run(root=str(tmp_path), train_task=stream, reference_task=reference_set, student=spec, reference=spec,
+                 students=("plain", "rho1"), ratio=0.6, token_selection_batches=0, eval_max_batches=1,
+                 progress_bar=False)
+  for model_dir in (rep["reference"]["model_dir"], rep["students"]["plain"]["model_dir"],
+                    rep["students"]["rho1"]["model_dir"]):
+    _started_from(model_dir, imported_qwen)
+  for name in ("plain", "rho1"):
+    assert np.isfinite(rep["students"][name]["heldout"]["loss"])
+  sel = rep["students"]["rho1"]["selection"]
+  assert np.isfinite(sel["excess_loss_mean"]) and 0 < sel["selected_fraction_mean"] <= 0.6 + 1e-6
+
+
+@pytest.mark.integration
+def test_miniplm_takes_an_imported_teacher_and_starts_its_reference_from_it(imported_qwen, imported_flores_tasks,
+                                                                           tmp_path):
+  from bliss_jax.pipelines import miniplm  # pylint: disable=g-import-not-at-top
+  stream, _ = imported_flores_tasks
+  spec = _spec(ModelDir(imported_qwen).read_model_config(), None, batch_size=8)  # the 8 test devices' data axis
+  rep = miniplm.run(root=str(tmp_path), pool_task=stream, pool_split="train", student=spec,
+                    reference=spec.replace(init_from=imported_qwen), teacher_dir=imported_qwen, reference_fraction=0.25,
+                    alpha=0.5, score_batch_size=8, students=("miniplm",), progress_bar=False)
+  _started_from(rep["reference"]["model_dir"], imported_qwen)
+  student = rep["students"]["miniplm"]
+  assert student["steps"] == 2 and np.isfinite(student["heldout"]["loss"])
