@@ -9,7 +9,8 @@ r"""Trains a T5-convention SentencePiece model on local files or on the embedded
 An --input is a path, or a JSON object giving a file ("path") or a glob of files ("glob") its own "format" and
 JSONL "text_fields" (the entries of `register_local_files_task.paths`, `bliss_jax.data.file_specs`). The format of
 an input that gives none is --format, else its name's (``.jsonl``/``.jsonl.gz``: JSONL, otherwise one document per
-line). Prints the model path and its number of pieces.
+line). --keep_whitespace keeps line breaks, tabs and runs of spaces (for code: decoding gives back the indentation;
+the default normaliser, T5's, maps them to single spaces). Prints the model path and its number of pieces.
 """
 import argparse
 import json
@@ -21,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bliss_jax.data import embedded  # pylint: disable=g-import-not-at-top,wrong-import-position
 from bliss_jax.data import file_specs  # pylint: disable=g-import-not-at-top,wrong-import-position
+from bliss_jax.data import sources  # pylint: disable=g-import-not-at-top,wrong-import-position
 from bliss_jax.data import vocabulary  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
@@ -59,6 +61,8 @@ def main(argv=None):
   parser.add_argument('--model_type', default='unigram', choices=('unigram', 'bpe', 'char', 'word'))
   parser.add_argument('--character_coverage', type=float, default=1.0)
   parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--keep_whitespace', action='store_true',
+                      help='keep newlines, tabs and runs of spaces (code); default: T5\'s nmt_nfkc normaliser')
   args = parser.parse_args(argv)
   if not args.input and not args.embedded:
     parser.error('give at least one --input, or --embedded')
@@ -68,9 +72,17 @@ def main(argv=None):
     parser.error(str(e))
 
   start = time.perf_counter()
-  path = vocabulary.train_sentencepiece(
-      _texts(args.embedded, files), args.output, args.vocab_size, model_type=args.model_type,
-      character_coverage=args.character_coverage, seed=args.seed)
+  try:
+    path = vocabulary.train_sentencepiece(
+        _texts(args.embedded, files), args.output, args.vocab_size, model_type=args.model_type,
+        character_coverage=args.character_coverage, seed=args.seed, keep_whitespace=args.keep_whitespace)
+  except sources.MissingFieldError as e:
+    fields = e.fields[:2] or ('FIELD',)
+    flags = ' '.join(f'--text_field {f}' for f in fields)
+    entry = json.dumps({'path': e.path, 'text_fields': list(fields)})
+    parser.exit(2, f"error: {e}: name the fields to read with --text_field ({flags}), or per input: --input '{entry}'\n")
+  except ValueError as e:  # a file that is not UTF-8, not complete gzip, not JSONL
+    parser.exit(2, f'error: {e}\n')
   pieces = vocabulary.load_vocabulary(path, extra_ids=0).vocab_size
   print(f'{path}\t{pieces} pieces\t{time.perf_counter() - start:.1f} s')
 

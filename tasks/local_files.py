@@ -22,6 +22,7 @@ import gin
 
 from bliss_jax.data import file_specs
 from bliss_jax.data import seqio_tasks
+from bliss_jax.data import sources
 from bliss_jax.data import vocabulary as vocabulary_lib
 
 
@@ -41,7 +42,12 @@ def read_documents(paths: Sequence[file_specs.Entry],
 def _check_files(files: Sequence[file_specs.FileSource], name: str) -> None:
   """Each file has a first document (read now, so a bad file fails at registration, not at the first batch)."""
   for f in files:
-    if next(iter(f.documents()), None) is None:
+    try:
+      first = next(iter(f.documents()), None)
+    except sources.MissingFieldError as e:
+      raise ValueError(f"{e}: bind the fields to read, register_local_files_task.text_fields = {e.fields[:2]} (or "
+                       f"the file entry's 'text_fields'), for task {name!r}") from None
+    if first is None:
       raise ValueError(f'{f.path}: no documents in it (an empty file, or only blank lines), for task {name!r}')
 
 

@@ -267,5 +267,7 @@ def test_local_files_task_with_per_file_entries_from_gin(tmp_path, small_vocab):
   assert texts == {'a:0': 'p one p one b', 'a:1': 'p two', 'qa:0': 'two plus two is four'}
   with pytest.raises(FileNotFoundError, match=r"glob '.*\*\.csv' matches no file"):
     local_files.register_local_files_task('toy_glob', [{'glob': str(tmp_path / '*.csv')}])
+  with pytest.raises(ValueError, match=r"no field 'text' \(its fields: q, a\): bind .*text_fields = \('q', 'a'\)"):
+    local_files.register_local_files_task('toy_fields', [str(tmp_path / 'b.jsonl')], format='jsonl')
   assert list(local_files.read_documents([{'path': str(tmp_path / 'a.txt'), 'source': 'x'}])) == [
       ('x:0', 'p one'), ('x:1', 'p one b'), ('x:2', 'p two')]

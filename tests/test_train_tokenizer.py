@@ -50,3 +50,34 @@ def test_input_errors_name_the_input(corpus, tmp_path, capsys):
   with pytest.raises(SystemExit):
     train_tokenizer.main(['--input', '{"path": ', '--vocab_size', '300', '--output', str(tmp_path / 'x.model')])
   assert 'is not a JSON object' in capsys.readouterr().err
+
+
+def test_a_missing_field_names_the_flag_to_use(corpus, tmp_path, capsys):
+  with pytest.raises(SystemExit) as e:
+    train_tokenizer.main(['--input', str(corpus / 'qa.jsonl'), '--vocab_size', '300', '--output',
+                          str(tmp_path / 'x.model')])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert "qa.jsonl:1: record has no field 'text' (its fields: title, body)" in err
+  assert '--text_field title --text_field body' in err and '"text_fields": ["title", "body"]' in err
+
+
+CODE = 'def f(x):\n    if x:\n\treturn  x  # two spaces\n\n        pass\n'
+
+
+def test_keep_whitespace_round_trips_code_with_its_indentation(tmp_path, capsys):
+  """T5's normaliser gives back code on one line; --keep_whitespace gives back its line breaks, tabs and indents."""
+  import glob  # pylint: disable=g-import-not-at-top
+  import inspect  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  files = sorted(glob.glob(os.path.join(os.path.dirname(inspect.__file__), 'json', '*.py')))
+  inputs = [a for f in files for a in ('--input', json.dumps({'path': f, 'format': 'blank_line'}))]
+  decoded = {}
+  for flag in ([], ['--keep_whitespace']):
+    out = str(tmp_path / f'code{len(flag)}.model')
+    train_tokenizer.main(inputs + ['--vocab_size', '400', '--output', out] + flag)
+    vocab = vocabulary.load_vocabulary(out)
+    decoded[bool(flag)] = vocab.decode(vocab.encode(CODE))
+  assert decoded[True] == CODE
+  assert decoded[False] == 'def f(x): if x: return x # two spaces pass'
+  capsys.readouterr()
