@@ -1,4 +1,4 @@
-"""SeqIO tasks over the user's own text or JSONL files, configurable from gin.
+"""SeqIO tasks and mixtures over the user's own text or JSONL files, configurable from gin.
 
 In a gin file (after ``data/seqio.gin``, which reads the task named by ``TASK``), e.g.::
 
@@ -14,13 +14,15 @@ In a gin file (after ``data/seqio.gin``, which reads the task named by ``TASK``)
 script resolves such registrations (``bliss_jax.cli``), so ``scripts/evaluate.py --heldout my_corpus:validation``
 finds it too. A path is read with the task-wide ``format`` / ``text_fields``; a dict gives a file (``path``) or a
 glob of files (``glob``) its own format, fields and ``source`` name (``bliss_jax.data.file_specs``), the label its
-documents' ids begin with.
+documents' ids begin with. ``register_local_mixture`` makes each source a task of its own and mixes them (by size
+or given rates), the sources' names being their labels in the composition report, some of them marked target-like.
 """
 from typing import Iterator, Optional, Sequence, Tuple
 
 import gin
 
 from bliss_jax.data import file_specs
+from bliss_jax.data import local_mixture
 from bliss_jax.data import seqio_tasks
 from bliss_jax.data import sources
 from bliss_jax.data import vocabulary as vocabulary_lib
@@ -95,4 +97,43 @@ def register_local_files_task(name: str = gin.REQUIRED,
   vocabulary = _vocabulary(vocabulary_path, extra_ids)
   seqio_tasks.register_document_task(
       name, lambda: file_specs.read_documents(files), vocabulary, validation_fraction, objective=objective)
+  return name
+
+
+@gin.configurable
+def register_local_mixture(name: str = gin.REQUIRED,
+                           paths: Sequence[file_specs.Entry] = gin.REQUIRED,
+                           rates: local_mixture.Rates = local_mixture.NATURAL,
+                           target_like: Sequence[str] = (),
+                           format: str = 'text',  # pylint: disable=redefined-builtin
+                           text_fields: Sequence[str] = ('text',),
+                           vocabulary_path: Optional[str] = None,
+                           *,
+                           template: Optional[str] = None,
+                           validation_fraction: float = seqio_tasks.DEFAULT_VALIDATION_FRACTION,
+                           objective: str = 'lm',
+                           extra_ids: int = vocabulary_lib.DEFAULT_EXTRA_IDS) -> str:
+  """Registers (or re-registers) a task per source of ``paths`` (``f'{name}_{source}'``) and the mixture ``name`` of
+  them (``bliss_jax.data.local_mixture``); returns ``name``.
+
+  The sources are the files' labels: an entry's ``source``, else the file's stem (``file_specs.expand``); each
+  source's name is its label in the composition report (``compare.composition = 'local_mixture'``).
+
+  Args:
+    name: the mixture's name.
+    paths: as ``register_local_files_task``'s.
+    rates: ``'natural'`` (each source in proportion to its characters) or ``{source: rate}`` for every source (a rate
+      of 0 leaves a source out of the mixture; its task stays registered).
+    target_like: the sources like the target data: the composition report's target-like share.
+    format / text_fields / vocabulary_path / template / validation_fraction / objective / extra_ids: as
+      ``register_local_files_task``'s.
+
+  Raises:
+    As ``register_local_files_task``; ValueError: a source name that cannot be part of a task name, an unknown
+    target-like source, rates that do not name every source.
+  """
+  files = file_specs.expand(paths, format, text_fields, template)
+  _check_files(files, name)
+  local_mixture.register(name, files, _vocabulary(vocabulary_path, extra_ids), rates, target_like,
+                         validation_fraction, objective=objective)
   return name
