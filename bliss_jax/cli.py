@@ -2,9 +2,10 @@
 registrations, multi-host.
 
 Every script that reads a task by name takes the same task registrations (`--tasks_module`, `--gin_file`,
-`--gin.KEY=VALUE`): training scripts through `setup`, the others (evaluation, reports) through `register_tasks`, which
-also resolves the registrations a gin file makes (`TASK = @register_local_files_task()`) that only training would
-otherwise resolve. A script with flags of its own takes these out of its arguments with `split_args`.
+`--gin.KEY=VALUE`) and resolves the registrations a gin file holds (`TASK = @register_local_files_task()`,
+`resolve_task_registrations`) before anything reads a task by name, so a task can be named by its string too
+(`compare.eval_sets`): training scripts after `setup`, the others with `register_tasks`. A script with flags of its
+own takes these out of its arguments with `split_args`.
 
 Errors that users make (a missing gin file, an unknown configurable or parameter, an unparsable value) stop the run
 before anything is built, with a `CliError` whose message names the file or binding at fault. `run_script` is every
@@ -154,7 +155,8 @@ def enable_compilation_cache() -> Optional[str]:
 
 
 def setup(args: Args) -> None:
-  """Logging, multi-host start-up, task registration, configurables, gin parsing; in that order."""
+  """Logging, multi-host start-up, task modules, configurables, gin parsing (`load_gin`); in that order. A script then
+  resolves the gin file's task registrations (`resolve_task_registrations`)."""
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   for noisy in ("absl", "orbax", "jax"):  # orbax logs every save at INFO
     logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -164,10 +166,10 @@ def setup(args: Args) -> None:
   partitioning.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")  # the input pipeline never takes accelerator memory
-  _import_and_parse(args)
+  load_gin(args)
 
 
-def _import_and_parse(args: Args) -> None:
+def load_gin(args: Args) -> None:
   """Import the tasks modules and the configurables, then parse the gin files and bindings."""
   for module in args.tasks_modules:
     try:
@@ -178,22 +180,22 @@ def _import_and_parse(args: Args) -> None:
   parse_gin(args)
 
 
-def register_tasks(args: Args) -> List[str]:
-  """The task registration of every script: import the tasks modules, parse gin as `setup` does, then resolve the
-  registrations the gin config holds (`resolve_task_registrations`), so that a task registered in a gin file (e.g.
-  `TASK = @register_local_files_task()`) exists for a script that trains nothing. Returns what they returned (the
-  registered names)."""
-  _import_and_parse(args)
+def register_tasks(args: Args) -> list:
+  """The task registration of a script that trains nothing: `load_gin`, then the registrations the gin config holds
+  (`resolve_task_registrations`). Returns what they returned (the registered names)."""
+  load_gin(args)
   return resolve_task_registrations(args.tasks_modules)
 
 
 def resolve_task_registrations(tasks_modules: Sequence[str]) -> list:
   """Call, once each, every evaluated reference (`@fn()`, any scope) in the parsed gin config to a configurable defined
   in one of `tasks_modules` or their submodules (their configurables register tasks: `register_local_files_task`,
-  `register_local_mixture`, `benchmark_mixture`, `c4_task`, ...), in the order gin holds them; a registration that
-  fails is a `CliError` naming it. Training calls them itself when it resolves its bindings."""
+  `register_local_mixture`, `benchmark_mixture`, `c4_task`, ...; the library's own, `bliss_jax.*`, never do), in the
+  order gin holds them; a registration that fails is a `CliError` naming it. A configurable that takes the name (a
+  training function) calls the registration again when it resolves its bindings: registering is idempotent."""
   import gin.config  # pylint: disable=g-import-not-at-top
-  in_tasks = lambda module: any(module == m or module.startswith(m + ".") for m in tasks_modules)
+  in_tasks = lambda module: not (module == "bliss_jax" or module.startswith("bliss_jax.")) and any(
+      module == m or module.startswith(m + ".") for m in tasks_modules)
   results = {}
   for ref in gin.config.iterate_references(gin.config._CONFIG):  # pylint: disable=protected-access
     if ref.evaluate and ref.scoped_selector not in results and in_tasks(ref.configurable.wrapped.__module__):
