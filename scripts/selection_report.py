@@ -30,8 +30,8 @@ def main(argv=None):
   parser.add_argument('--catalog', default=None, help='a catalog JSONL (default: rebuild from the data)')
   parser.add_argument('--data_dir', default=None)
   parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--base_split', default=None,
-                      help="the split giving base rates ('all' for every document; default: pool, or train with --task)")
+  parser.add_argument('--base_split', default=None, help="the split giving base rates ('all' for every "
+                      "document; default: pool, or train with --task)")
   parser.add_argument('--json', action='store_true', help='print the report as JSON')
   args = parser.parse_args(rest)
   try:

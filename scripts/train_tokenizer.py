@@ -80,7 +80,8 @@ def main(argv=None):
     fields = e.fields[:2] or ('FIELD',)
     flags = ' '.join(f'--text_field {f}' for f in fields)
     entry = json.dumps({'path': e.path, 'text_fields': list(fields)})
-    parser.exit(2, f"error: {e}: name the fields to read with --text_field ({flags}), or per input: --input '{entry}'\n")
+    parser.exit(2, f"error: {e}: name the fields to read with --text_field ({flags}), or per input: "
+                f"--input '{entry}'\n")
   except ValueError as e:  # a file that is not UTF-8, not complete gzip, not JSONL
     parser.exit(2, f'error: {e}\n')
   pieces = vocabulary.load_vocabulary(path, extra_ids=0).vocab_size

@@ -105,11 +105,8 @@ def register_local_mixture(name: str = gin.REQUIRED,
                            paths: Sequence[file_specs.Entry] = gin.REQUIRED,
                            rates: local_mixture.Rates = local_mixture.NATURAL,
                            target_like: Sequence[str] = (),
-                           format: str = 'text',  # pylint: disable=redefined-builtin
-                           text_fields: Sequence[str] = ('text',),
                            vocabulary_path: Optional[str] = None,
                            *,
-                           template: Optional[str] = None,
                            validation_fraction: float = seqio_tasks.DEFAULT_VALIDATION_FRACTION,
                            objective: str = 'lm',
                            extra_ids: int = vocabulary_lib.DEFAULT_EXTRA_IDS) -> str:
@@ -121,18 +118,19 @@ def register_local_mixture(name: str = gin.REQUIRED,
 
   Args:
     name: the mixture's name.
-    paths: as ``register_local_files_task``'s.
+    paths: as ``register_local_files_task``'s, except that an entry without a format is read by its file's name
+      (``.jsonl``/``.jsonl.gz``: JSONL with the field ``text``; otherwise a document per line): each source's entries
+      give their own format and fields.
     rates: ``'natural'`` (each source in proportion to its characters) or ``{source: rate}`` for every source (a rate
       of 0 leaves a source out of the mixture; its task stays registered).
     target_like: the sources like the target data: the composition report's target-like share.
-    format / text_fields / vocabulary_path / template / validation_fraction / objective / extra_ids: as
-      ``register_local_files_task``'s.
+    vocabulary_path / validation_fraction / objective / extra_ids: as ``register_local_files_task``'s.
 
   Raises:
     As ``register_local_files_task``; ValueError: a source name that cannot be part of a task name, an unknown
     target-like source, rates that do not name every source.
   """
-  files = file_specs.expand(paths, format, text_fields, template)
+  files = file_specs.expand(paths, format=None)
   _check_files(files, name)
   local_mixture.register(name, files, _vocabulary(vocabulary_path, extra_ids), rates, target_like,
                          validation_fraction, objective=objective)

@@ -66,7 +66,8 @@ def test_a_task_per_source_mixed_by_size(corpus, vocab_path):
   assert _doc_ids('mix_pubmed') == ['pubmed:p0', 'pubmed:p1']
   assert _doc_ids('mix_web') == ['web:0', 'web:1', 'web:2', 'web:3']
   chars = {'books': len('the war began\nin the north') + len('and ended in the south') + len('peace followed'),
-           'pubmed': 2 * len('study 0\n\nthe results were good'), 'web': len('click herebuy nowfree offersign up today')}
+           'pubmed': 2 * len('study 0\n\nthe results were good'),
+           'web': len('click herebuy nowfree offersign up today')}
   assert {t.name: mixture.get_rate(t) for t in mixture.tasks} == {f'mix_{s}': float(n) for s, n in chars.items()}
   record = local_mixture.registered('mix')
   assert record.sources == ('books', 'pubmed', 'web') and record.target_like == ('books', 'pubmed')

@@ -188,9 +188,10 @@ def test_compare_passes_the_options_reference_task_and_lists_no_split_stage(monk
                            large=spec, train_task="t", pool_task="t", pool_split="train", pool_max_examples=None,
                            reference_task="compare_ref", eval_task="t", eval_split="validation",
                            eval_max_batches=None, selection_report=None, progress_bar=False)
-  out = miniplm._compare(setting, ["miniplm", "vanilla_kd"], {"reference_task": "my_ref"})  # pylint: disable=protected-access
+  compare = miniplm._compare  # pylint: disable=protected-access
+  out = compare(setting, ["miniplm", "vanilla_kd"], {"reference_task": "my_ref"})
   assert calls[0]["reference_task"] == "my_ref"
   assert not any(s.endswith("split_reference") for r in out.values() for s in r.stages)
   assert out["miniplm"].scores == method.Scores("store", "difference", None, "the pool")
-  miniplm._compare(setting, ["miniplm"], {})  # pylint: disable=protected-access
+  compare(setting, ["miniplm"], {})
   assert "reference_task" not in calls[1]  # the paper's D_ref, whatever compare's reference_task

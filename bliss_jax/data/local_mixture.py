@@ -5,7 +5,8 @@ The sources are the labels of ``file_specs.expand``'s files (an entry's ``source
 becomes the task ``f'{name}_{S}'`` over its files and the mixture ``name`` mixes them. Every document id begins with
 its source (``f'{S}:...'``), so the labellers (``LocalMixture.labellers``) read the source off the id:
 ``{"domain": S, "target": "yes" if S is target-like else "no"}``. ``register`` records the mixture by name
-(``registered``), which is how ``compare.composition = 'local_mixture'`` finds the stream's (``bliss_jax.configurables``).
+(``registered``), which is how ``compare.composition = 'local_mixture'`` finds the stream's
+(``bliss_jax.configurables``).
 """
 import dataclasses
 import functools
