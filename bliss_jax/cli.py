@@ -202,7 +202,8 @@ def resolve_task_registrations(tasks_modules: Sequence[str]) -> list:
       try:
         results[ref.scoped_selector] = ref.scoped_configurable_fn()
       except (FileNotFoundError, ValueError) as e:
-        raise CliError(f"registering the tasks of @{ref.scoped_selector}(): {e}") from None
+        message = str(e).split("\n  In call to configurable")[0]  # without the line gin adds
+        raise CliError(f"registering the tasks of @{ref.scoped_selector}(): {message}") from None
   return list(results.values())
 
 
