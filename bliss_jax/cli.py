@@ -1,4 +1,11 @@
-"""t5x-style command-line handling shared by the scripts: gin files, search paths, `--gin.KEY=VALUE`, multi-host.
+"""t5x-style command-line handling shared by the scripts: gin files, search paths, `--gin.KEY=VALUE`, task
+registrations, multi-host.
+
+Every script that reads a task by name takes the same task registrations (`--tasks_module`, `--gin_file`,
+`--gin.KEY=VALUE`) and resolves the registrations a gin file holds (`TASK = @register_local_files_task()`,
+`resolve_task_registrations`) before anything reads a task by name, so a task can be named by its string too
+(`compare.eval_sets`): training scripts after `setup`, the others with `register_tasks`. A script with flags of its
+own takes these out of its arguments with `split_args`.
 
 Errors that users make (a missing gin file, an unknown configurable or parameter, an unparsable value) stop the run
 before anything is built, with a `CliError` whose message names the file or binding at fault. `run_script` is every
@@ -11,7 +18,7 @@ import importlib
 import logging
 import os
 import sys
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import gin
 
@@ -54,7 +61,17 @@ class Args:
 
 
 def parse_args(argv: List[str]) -> Args:
-  """Splits `--gin.KEY=VALUE` out of argv (argparse cannot express it) and parses the rest."""
+  """Splits `--gin.KEY=VALUE` out of argv (argparse cannot express it) and parses the rest; any other flag is an
+  error."""
+  args, unknown = split_args(argv)
+  if unknown:
+    raise CliError(f"unknown argument(s) {unknown}; see the script's --help")
+  return args
+
+
+def split_args(argv: List[str]) -> Tuple[Args, List[str]]:
+  """(the gin and task-registration flags of argv, the other arguments, in order): for a script with flags of its
+  own, which parses the rest itself."""
   bindings, rest = [], []
   for arg in argv:
     if arg.startswith("--gin.") and "=" in arg:
@@ -72,12 +89,11 @@ def parse_args(argv: List[str]) -> Args:
   parser.add_argument("--num_processes", type=int)
   parser.add_argument("--process_id", type=int)
   ns, unknown = parser.parse_known_args(rest)
-  if unknown:
-    raise CliError(f"unknown argument(s) {unknown}; see the script's --help")
   search = [p for p in ns.gin_search_paths.split(",") if p] + list(DEFAULT_SEARCH_PATHS)
   return Args(gin_files=ns.gin_file, gin_bindings=ns.gin_bindings + bindings, gin_search_paths=search,
               tasks_modules=ns.tasks_module if ns.tasks_module is not None else ["tasks"],
-              coordinator_address=ns.coordinator_address, num_processes=ns.num_processes, process_id=ns.process_id)
+              coordinator_address=ns.coordinator_address, num_processes=ns.num_processes,
+              process_id=ns.process_id), unknown
 
 
 def resolve_gin_file(path: str, search_paths: List[str]) -> str:
@@ -139,7 +155,8 @@ def enable_compilation_cache() -> Optional[str]:
 
 
 def setup(args: Args) -> None:
-  """Logging, multi-host start-up, task registration, configurables, gin parsing; in that order."""
+  """Logging, multi-host start-up, task modules, configurables, gin parsing (`load_gin`); in that order. A script then
+  resolves the gin file's task registrations (`resolve_task_registrations`)."""
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   for noisy in ("absl", "orbax", "jax"):  # orbax logs every save at INFO
     logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -149,6 +166,11 @@ def setup(args: Args) -> None:
   partitioning.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")  # the input pipeline never takes accelerator memory
+  load_gin(args)
+
+
+def load_gin(args: Args) -> None:
+  """Import the tasks modules and the configurables, then parse the gin files and bindings."""
   for module in args.tasks_modules:
     try:
       importlib.import_module(module)
@@ -156,6 +178,33 @@ def setup(args: Args) -> None:
       raise CliError(f"--tasks_module {module!r} could not be imported: {e}") from None
   importlib.import_module("bliss_jax.configurables")
   parse_gin(args)
+
+
+def register_tasks(args: Args) -> list:
+  """The task registration of a script that trains nothing: `load_gin`, then the registrations the gin config holds
+  (`resolve_task_registrations`). Returns what they returned (the registered names)."""
+  load_gin(args)
+  return resolve_task_registrations(args.tasks_modules)
+
+
+def resolve_task_registrations(tasks_modules: Sequence[str]) -> list:
+  """Call, once each, every evaluated reference (`@fn()`, any scope) in the parsed gin config to a configurable defined
+  in one of `tasks_modules` or their submodules (their configurables register tasks: `register_local_files_task`,
+  `register_local_mixture`, `benchmark_mixture`, `c4_task`, ...; the library's own, `bliss_jax.*`, never do), in the
+  order gin holds them; a registration that fails is a `CliError` naming it. A configurable that takes the name (a
+  training function) calls the registration again when it resolves its bindings: registering is idempotent."""
+  import gin.config  # pylint: disable=g-import-not-at-top
+  in_tasks = lambda module: not (module == "bliss_jax" or module.startswith("bliss_jax.")) and any(
+      module == m or module.startswith(m + ".") for m in tasks_modules)
+  results = {}
+  for ref in gin.config.iterate_references(gin.config._CONFIG):  # pylint: disable=protected-access
+    if ref.evaluate and ref.scoped_selector not in results and in_tasks(ref.configurable.wrapped.__module__):
+      try:
+        results[ref.scoped_selector] = ref.scoped_configurable_fn()
+      except (FileNotFoundError, ValueError) as e:
+        message = str(e).split("\n  In call to configurable")[0]  # without the line gin adds
+        raise CliError(f"registering the tasks of @{ref.scoped_selector}(): {message}") from None
+  return list(results.values())
 
 
 def run_gin_function(name: str, args: Args):

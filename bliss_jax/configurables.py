@@ -88,12 +88,25 @@ from bliss_jax.data.benchmark import reports as _benchmark_reports  # noqa: E402
 gin.external_configurable(_benchmark_reports.selection_reporter, "benchmark_selection_reporter")
 
 
-def selection_reporter(composition: Optional[str]) -> Optional[_composition.SelectionReporter]:
+COMPOSITIONS = ("doc_prefix", "embedded", "benchmark", "local_mixture")
+
+
+def selection_reporter(composition: Optional[str], task: Optional[str] = None
+                       ) -> Optional[_composition.SelectionReporter]:
   """The reporter a composition is named by: "benchmark" (the benchmark catalog's domain, quality and target-like
   share, and its per-document report), "embedded" (the embedded mixture's catalog likewise), "doc_prefix" (the
-  document id up to its first ":", e.g. the embedded default corpus's pydoc / stdlib) or None."""
+  document id up to its first ":", e.g. the embedded default corpus's pydoc / stdlib, or a local task's sources),
+  "local_mixture" (the sources of `task`, a mixture registered by `register_local_mixture`, with its target-like
+  ones; `data.local_mixture`) or None."""
   if composition is None:
     return None
+  if composition == "local_mixture":
+    from bliss_jax.data import local_mixture  # pylint: disable=g-import-not-at-top
+    mixture = local_mixture.registered(task) if task else None
+    if mixture is None:
+      raise ValueError(f"composition='local_mixture' describes a mixture registered by register_local_mixture, and "
+                       f"the stream {task!r} is not one")
+    return mixture.selection_reporter()
   if composition == "embedded":
     from bliss_jax.data import embedded_mixture  # pylint: disable=g-import-not-at-top
     return embedded_mixture.selection_reporter()
@@ -101,7 +114,7 @@ def selection_reporter(composition: Optional[str]) -> Optional[_composition.Sele
     return _composition.SelectionReporter(labellers=_composition.doc_prefix_labellers)
   if composition == "benchmark":
     return _benchmark_reports.selection_reporter()
-  raise ValueError(f"composition={composition!r}: expected None, 'doc_prefix', 'embedded' or 'benchmark'")
+  raise ValueError(f"composition={composition!r}: expected None or one of {COMPOSITIONS}")
 
 
 # The comparison of every method (scripts/compare.py). pylint: disable=g-import-not-at-top,wrong-import-position
@@ -109,8 +122,8 @@ from bliss_jax.pipelines import compare as _compare  # noqa: E402
 
 
 def compare(*, composition: Optional[str] = None, **kwargs) -> dict:
-  """`compare.run` with the composition named (`selection_reporter`)."""
-  return _compare.run(composition=selection_reporter(composition), **kwargs)
+  """`compare.run` with the composition named (`selection_reporter`; "local_mixture": `train_task`'s sources)."""
+  return _compare.run(composition=selection_reporter(composition, kwargs.get("train_task")), **kwargs)
 
 
 compare.__wrapped__ = _compare.run  # gin checks the bindings of `compare` against `compare.run`'s parameters

@@ -21,6 +21,7 @@ from bliss_jax import cli  # noqa: E402
 def main(argv):
   args = cli.parse_args(argv)
   cli.setup(args)
+  cli.resolve_task_registrations(args.tasks_modules)
   import gin  # pylint: disable=g-import-not-at-top
   try:
     root = gin.query_parameter("compare.root")

@@ -26,9 +26,13 @@ Flags:
   --batch_size B --max_length L   rows per forward pass and the longest row (contexts are left-truncated).
   --step S                   evaluate checkpoint S instead of the latest.
   --data_parallel N          shard batches over N devices (-1: all; 1: one device). Default: all when there are several.
-  --heldout TASK:SPLIT       (repeatable) also held-out loss / perplexity / next-token accuracy on a SeqIO split
-                             (tasks registered by --tasks_module, default `tasks`): the whole split, or with
-                             --heldout_max_batches K, K batches sampled uniformly over it (seeded); the table says which.
+  --heldout TASK:SPLIT       (repeatable) also held-out loss / perplexity / next-token accuracy on a SeqIO split: the
+                             whole split, or with --heldout_max_batches K, K batches sampled uniformly over it
+                             (seeded); the table says which.
+  --gin_file, --gin.KEY=VALUE, --gin_search_paths, --tasks_module
+                             task registrations for --heldout, as scripts/train.py takes them
+                             (`bliss_jax.cli.register_tasks`; default: the tasks of `tasks`): a task registered in a gin
+                             file (`TASK = @register_local_files_task()`) is found.
 """
 import argparse
 import dataclasses
@@ -40,11 +44,15 @@ import time
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
+from bliss_jax import cli  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
 DEFAULT_DATA_DIR = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data", "eval")
 DEFAULT_TASKS = "hellaswag,arc_easy,arc_challenge,piqa,winogrande,boolq,openbookqa,logiqa,lambada_openai"
 
 
 def parse_args(argv):
+  """(this script's flags, the task-registration flags `bliss_jax.cli.split_args` takes)."""
+  tasks_args, argv = cli.split_args(argv)
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
   p.add_argument("--model_dir")
   p.add_argument("--vocabulary", default=None)
@@ -61,7 +69,6 @@ def parse_args(argv):
   p.add_argument("--heldout_max_batches", type=int, default=None)
   p.add_argument("--heldout_sequence_length", type=int, default=512,
                  help="packed rows of this length for --heldout (the last batch is padded, not dropped)")
-  p.add_argument("--tasks_module", action="append", default=None)
   p.add_argument("--no_progress", action="store_true")
   p.add_argument("--list_tasks", action="store_true")
   args = p.parse_args(argv)
@@ -74,7 +81,7 @@ def parse_args(argv):
       p.error(f"--limit={args.limit:g}: expected a whole number of items >= 1 or a fraction in (0, 1)")
     if args.limit >= 1:
       args.limit = int(args.limit)
-  return args
+  return args, tasks_args
 
 
 def check_output_dir(path):
@@ -106,28 +113,22 @@ def _mesh(data_parallel):
   return partitioning.make_mesh(data=n, model=1, devices=jax.devices()[:n])
 
 
-def check_heldout_vocabularies(model_dir, names, tasks_modules):
+def check_heldout_vocabularies(model_dir, names):
   """Refuse a --heldout task whose vocabulary is not the one MODEL_DIR recorded (`model_vocabulary.check`)."""
-  import importlib  # pylint: disable=g-import-not-at-top
   from bliss_jax.data import pipeline, vocabulary  # pylint: disable=g-import-not-at-top
   from bliss_jax.training import model_vocabulary  # pylint: disable=g-import-not-at-top
-  for module in tasks_modules:
-    importlib.import_module(module)
   for name in names:
     task = name.partition(":")[0]
     model_vocabulary.check(model_dir, vocabulary.vocabulary_record(pipeline.task_vocabulary(task)),
                            what=f"--heldout task {task!r}")
 
 
-def heldout_metrics(model, params, names, *, sequence_length, batch_size, max_batches, tasks_modules):
+def heldout_metrics(model, params, names, *, sequence_length, batch_size, max_batches):
   """{"TASK:SPLIT": {"loss", "perplexity", "accuracy", "num_tokens", "eval_sample"}} with
   `training.evaluation.evaluate` on the whole split, or on `max_batches` batches sampled over it."""
-  import importlib  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from bliss_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from bliss_jax.training import evaluation  # pylint: disable=g-import-not-at-top
-  for module in tasks_modules:
-    importlib.import_module(module)
   eval_step = jax.jit(evaluation.make_eval_step(model))
   out = {}
   for name in names:
@@ -147,7 +148,7 @@ def heldout_markdown(heldout):
 
 
 def main(argv):
-  args = parse_args(argv)
+  args, tasks_args = parse_args(argv)
   from bliss_jax.eval import harness  # pylint: disable=g-import-not-at-top
   if args.list_tasks:
     for name, spec in harness.TASKS.items():
@@ -176,7 +177,8 @@ def main(argv):
   try:
     vocab, vocab_record = model_vocabulary.vocabulary_for(args.model_dir, args.vocabulary)
     if args.heldout:
-      check_heldout_vocabularies(args.model_dir, args.heldout, args.tasks_module or ["tasks"])
+      cli.register_tasks(tasks_args)
+      check_heldout_vocabularies(args.model_dir, args.heldout)
   except (model_vocabulary.VocabularyMismatch, FileNotFoundError) as e:
     raise SystemExit(f"error: {e}") from None
   if vocab.vocab_size > cfg.vocab_size:
@@ -200,7 +202,7 @@ def main(argv):
   if args.heldout:
     results["heldout"] = heldout_metrics(
         model, params, args.heldout, sequence_length=args.heldout_sequence_length, batch_size=args.batch_size,
-        max_batches=args.heldout_max_batches, tasks_modules=args.tasks_module or ["tasks"])
+        max_batches=args.heldout_max_batches)
     markdown += "\n" + heldout_markdown(results["heldout"])
   header = (f"bliss_jax ({args.model_dir}, step {step}), limit: {args.limit}, num_fewshot: 0, "
             f"batch_size: {args.batch_size}")
@@ -215,4 +217,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  cli.run_script(main, __doc__)

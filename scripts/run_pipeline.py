@@ -27,6 +27,7 @@ def main(argv):
     raise cli.CliError("--pipeline=NAME is required (e.g. miniplm)")
   args = cli.parse_args(rest)
   cli.setup(args)
+  cli.resolve_task_registrations(args.tasks_modules)
   import gin  # pylint: disable=g-import-not-at-top
   try:
     fn = gin.get_configurable(name)

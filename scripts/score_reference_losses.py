@@ -6,6 +6,8 @@ r"""RHO-1 step 2: per-token reference losses (and entropies) of a SeqIO split, i
 
 The reference model is the latest checkpoint of its MODEL_DIR (`model_config.json` gives its shape). Interrupted runs
 continue where they stopped. Train on the result with `gin_configs/methods/rho1_offline.gin` (STORE_DIR = store_dir).
+--task is a registered task: `--gin_file` / `--gin.KEY=VALUE` / `--tasks_module` register tasks as scripts/train.py
+takes them (`bliss_jax.cli.register_tasks`; default: the tasks of `tasks`).
 """
 import argparse
 import os
@@ -13,8 +15,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bliss_jax import cli  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
-def main():
+
+def main(argv):
+  tasks_args, rest = cli.split_args(argv)
   p = argparse.ArgumentParser()
   p.add_argument("--reference_dir", required=True, help="MODEL_DIR of the trained reference model")
   p.add_argument("--task", required=True, help="registered SeqIO task or mixture (its examples carry doc ids)")
@@ -24,16 +29,14 @@ def main():
   p.add_argument("--batch_size", type=int, default=64, help="global batch")
   p.add_argument("--with_entropy", action="store_true", help="also store H_RM (for score='reference_entropy')")
   p.add_argument("--max_examples", type=int, default=None)
-  p.add_argument("--tasks_module", default="tasks")
-  a = p.parse_args()
+  a = p.parse_args(rest)
 
-  import importlib  # pylint: disable=g-import-not-at-top
   from bliss_jax import partitioning  # pylint: disable=g-import-not-at-top
   from bliss_jax.models.transformer import Transformer  # pylint: disable=g-import-not-at-top
   from bliss_jax.selection import offline_scoring, reference_losses  # pylint: disable=g-import-not-at-top
   from bliss_jax.training import checkpoints, trainer  # pylint: disable=g-import-not-at-top
   from bliss_jax.training.model_dir import ModelDir  # pylint: disable=g-import-not-at-top
-  importlib.import_module(a.tasks_module)
+  cli.register_tasks(tasks_args)
   mesh, rules = partitioning.make_mesh(), partitioning.logical_rules()
   cfg = ModelDir(a.reference_dir).read_model_config()
   with partitioning.mesh_context(mesh, rules):
@@ -48,4 +51,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  cli.run_script(main, __doc__)

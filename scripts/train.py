@@ -26,6 +26,7 @@ from bliss_jax import cli  # noqa: E402
 def main(argv):
   args = cli.parse_args(argv)
   cli.setup(args)
+  cli.resolve_task_registrations(args.tasks_modules)
   result = cli.run_gin_function("train", args)
   cli.print_summary(result)
 

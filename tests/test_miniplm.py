@@ -117,3 +117,81 @@ def test_an_unknown_student_is_refused_before_any_stage_runs(tmp_path, module, n
   with pytest.raises(ValueError, match=f"{name} student='plian': expected one of"):
     run(root=str(tmp_path / "root"), student=None, students=("plain", "plian"), **kw)
   assert not (tmp_path / "root").exists()
+
+
+class _Stop(Exception):
+  pass
+
+
+@pytest.fixture
+def stubbed_training(monkeypatch):
+  """miniplm.run up to its scoring, with training replaced by a record of which task each model trained on."""
+  trained = []
+
+  def train_on_task(d, spec, task, **kw):
+    trained.append((d.rstrip("/").rsplit("/", 1)[-1], task))
+    return {"model_dir": d, "train_flops": 1.0}
+
+  def stop(*args, **kw):
+    raise _Stop()
+  monkeypatch.setattr(miniplm.common, "train_on_task", train_on_task)
+  monkeypatch.setattr(miniplm, "ModelDir", stop)  # the first thing scoring does
+  return trained
+
+
+def _stage_inputs(root, name):
+  return json.load(open(f"{root}/{name}/stage.json"))["inputs"]
+
+
+@pytest.mark.parametrize("reference_task", [None, "mpl_reference_fixture"])
+def test_the_reference_lm_trains_on_d_ref_or_on_the_reference_task(tmp_path, stubbed_training, reference_task):
+  """Without `reference_task` the stages and their recorded inputs are those of every earlier run (D_ref, the paper's
+  setting), so finished runs resume; with one, the reference LM trains on it and every pool example is a candidate."""
+  import os  # pylint: disable=g-import-not-at-top
+  texts = [text for _, text in sorted(topics.topics.items())][:20]
+  vocab = vocabulary.load_vocabulary(vocabulary.train_sentencepiece(texts, str(tmp_path / "s.model"), 300))
+  docs = [(f"d:{i}", " ".join(["word", "list", "value", str(i)] * (1 + 3 * i % 11))) for i in range(48)]
+  seqio_tasks.register_document_task("mpl_ref_fixture", lambda: docs, vocab, validation_fraction=0.2)
+  spec = trainer.TrainSpec(model_config=preset("tiny", vocab_size=None), num_steps=4, batch_size=8,
+                           sequence_length=32, optimizer=OptimizerConfig(warmup_steps=1), checkpoint_every=4)
+  root = str(tmp_path / "root")
+  with pytest.raises(_Stop):
+    miniplm.run(root=root, pool_task="mpl_ref_fixture", pool_split="train", student=spec, reference=spec,
+                teacher=spec, reference_fraction=0.25, reference_task=reference_task, progress_bar=False)
+  n_keys = len(json.load(open(f"{root}/pool_keys/keys.json")))
+  if reference_task is None:
+    assert sorted(os.listdir(root)) == ["pool_keys", "reference", "score", "split_reference", "teacher"]
+    assert _stage_inputs(root, "split_reference") == {"fraction": 0.25, "seed": 0}
+    assert _stage_inputs(root, "reference") == json.loads(json.dumps(
+        {"spec": spec.record(), "n_reference": int(0.25 * n_keys)}, default=str))
+    assert stubbed_training == [("teacher", "mpl_ref_fixture"), ("reference", "root_miniplm_dref")]
+  else:
+    assert sorted(os.listdir(root)) == ["pool_keys", "reference", "score", "teacher"]
+    assert _stage_inputs(root, "reference") == json.loads(json.dumps(
+        {"spec": spec.record(), "task": reference_task}, default=str))
+    assert stubbed_training == [("teacher", "mpl_ref_fixture"), ("reference", reference_task)]
+
+
+def test_compare_passes_the_options_reference_task_and_lists_no_split_stage(monkeypatch, tmp_path):
+  from bliss_jax.pipelines import method  # pylint: disable=g-import-not-at-top
+  calls = []
+
+  def run(**kw):
+    calls.append(kw)
+    student = {"model_dir": "m", "teacher_forward_flops": 4.0}
+    return {"teacher": {"train_flops": 1.0}, "reference": {"train_flops": 2.0}, "scoring": {"flops": 3.0,
+            "store": "store"}, "selection": {"selected": "sel.json"}, "pool_keys": "keys.json", "split": None,
+            "students": {"miniplm": student, "vanilla_kd": student}}
+  monkeypatch.setattr(miniplm, "run", run)
+  spec = trainer.TrainSpec(model_config=preset("tiny"), num_steps=4, batch_size=8, sequence_length=32)
+  setting = method.Setting(root=str(tmp_path / "s0"), shared_root=str(tmp_path / "shared"), target=spec, small=spec,
+                           large=spec, train_task="t", pool_task="t", pool_split="train", pool_max_examples=None,
+                           reference_task="compare_ref", eval_task="t", eval_split="validation",
+                           eval_max_batches=None, selection_report=None, progress_bar=False)
+  compare = miniplm._compare  # pylint: disable=protected-access
+  out = compare(setting, ["miniplm", "vanilla_kd"], {"reference_task": "my_ref"})
+  assert calls[0]["reference_task"] == "my_ref"
+  assert not any(s.endswith("split_reference") for r in out.values() for s in r.stages)
+  assert out["miniplm"].scores == method.Scores("store", "difference", None, "the pool")
+  compare(setting, ["miniplm"], {})
+  assert "reference_task" not in calls[1]  # the paper's D_ref, whatever compare's reference_task

@@ -163,23 +163,29 @@ def test_tasks_package_registers_default_tasks(tmp_path_factory, monkeypatch):
   assert isinstance(seqio.get_mixture_or_task(tasks.C4_EN).source, seqio.TfdsDataSource)
 
 
+def _register_from_gin(bindings, vocab) -> str:
+  """``register_local_files_task()`` under the gin ``bindings`` (lines), in ``vocab``, nothing held out."""
+  from tasks import local_files  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  try:
+    gin.parse_config(list(bindings) + [
+        f"register_local_files_task.vocabulary_path = '{vocab.sentencepiece_model_file}'",
+        'register_local_files_task.validation_fraction = 0.0'])
+    return local_files.register_local_files_task()
+  finally:
+    gin.clear_config()
+
+
 def test_local_files_task_from_gin(tmp_path, small_vocab):
   from tasks import local_files  # pylint: disable=g-import-not-at-top
   (tmp_path / 'a.txt').write_text('first line document\nsecond line document\n')
   (tmp_path / 'b.jsonl').write_text('{"q": "two plus two", "a": "is four"}\n')
-  gin.clear_config()
-  gin.parse_config([
+  assert _register_from_gin([
       "register_local_files_task.name = 'toy_local'",
       f"register_local_files_task.paths = ['{tmp_path / 'b.jsonl'}']",
       "register_local_files_task.format = 'jsonl'",
       "register_local_files_task.text_fields = ('q', 'a')",
-      f"register_local_files_task.vocabulary_path = '{small_vocab.sentencepiece_model_file}'",
-      'register_local_files_task.validation_fraction = 0.0',
-  ])
-  try:
-    assert local_files.register_local_files_task() == 'toy_local'
-  finally:
-    gin.clear_config()
+  ], small_vocab) == 'toy_local'
   (example,) = _examples('toy_local', 'train', 64)
   assert example['doc_id'] == b'b:0'
   assert small_vocab.decode(example['targets'][:-1].tolist()) == 'two plus two is four'
@@ -213,3 +219,48 @@ def test_continuation_task_puts_loss_on_the_continuation_and_keeps_the_context_e
     context = small_vocab.decode(t[:w.argmax()].tolist())
     assert context.endswith('the answer is') and not context.startswith('w0 ')
     assert b['decoder_causal_attention'][i][:w.argmax()].all()  # the context is the bidirectional prefix
+
+
+def _docstring_gin(module) -> str:
+  """The indented gin block after the first ``::`` of a module's docstring."""
+  block = module.__doc__.split('::\n', 1)[1].lstrip('\n').split('\n\n', 1)[0]
+  assert all(line.startswith('  ') for line in block.splitlines())
+  return '\n'.join(line[2:] for line in block.splitlines())
+
+
+def test_local_files_docstring_example_registers_as_written(tmp_path, small_vocab):
+  """The module docstring's gin lines, with its /data/ files made here, parse and register the task they describe."""
+  import gzip  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  from tasks import local_files  # pylint: disable=g-import-not-at-top
+  (tmp_path / 'books').mkdir()
+  (tmp_path / 'books' / 'war.txt').write_text('para one\nline two\n\npara two\n')
+  (tmp_path / 'books' / 'peace.txt').write_text('a paragraph\n')
+  with gzip.open(tmp_path / 'pubmed.jsonl.gz', 'wt') as f:
+    f.write(json.dumps({'title': 'T', 'abstract': 'A.'}) + '\n')
+  (tmp_path / 'web.txt').write_text('web page\n')
+  text = _docstring_gin(local_files).replace("'/data/", f"'{tmp_path}/")
+  assert "TASK = @register_local_files_task()" in text.splitlines()
+  assert _register_from_gin(text.splitlines(), small_vocab) == 'my_corpus'
+  ids = sorted(x['doc_id'].decode() for x in _examples('my_corpus', 'train', 64))
+  assert ids == ['books:peace:0', 'books:war:0', 'books:war:1', 'pubmed:0', 'web:0']
+
+
+def test_local_files_task_with_per_file_entries_from_gin(tmp_path, small_vocab):
+  from tasks import local_files  # pylint: disable=g-import-not-at-top
+  (tmp_path / 'a.txt').write_text('p one\np one b\n\np two\n')
+  (tmp_path / 'b.jsonl').write_text('{"q": "two plus two", "a": "is four"}\n')
+  assert _register_from_gin([
+      "register_local_files_task.name = 'toy_entries'",
+      f"register_local_files_task.paths = [{{'path': '{tmp_path / 'a.txt'}', 'format': 'blank_line'}}, "
+      f"{{'glob': '{tmp_path}/*.jsonl', 'format': 'jsonl', 'text_fields': ('q', 'a'), 'source': 'qa'}}]",
+  ], small_vocab) == 'toy_entries'
+  texts = {x['doc_id'].decode(): small_vocab.decode(x['targets'][:-1].tolist())
+           for x in _examples('toy_entries', 'train', 64)}
+  assert texts == {'a:0': 'p one p one b', 'a:1': 'p two', 'qa:0': 'two plus two is four'}
+  with pytest.raises(FileNotFoundError, match=r"glob '.*\*\.csv' matches no file"):
+    local_files.register_local_files_task('toy_glob', [{'glob': str(tmp_path / '*.csv')}])
+  with pytest.raises(ValueError, match=r"no field 'text' \(its fields: q, a\): bind .*text_fields = \('q', 'a'\)"):
+    local_files.register_local_files_task('toy_fields', [str(tmp_path / 'b.jsonl')], format='jsonl')
+  assert list(local_files.read_documents([{'path': str(tmp_path / 'a.txt'), 'source': 'x'}])) == [
+      ('x:0', 'p one'), ('x:1', 'p one b'), ('x:2', 'p two')]

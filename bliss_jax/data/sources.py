@@ -92,6 +92,14 @@ def read_text_documents(path: str,
     yield f'{source_name}:{index}', '\n'.join(paragraph)
 
 
+class MissingFieldError(ValueError):
+  """A JSONL record lacks a text field: ``path``, ``line``, the ``field`` asked for and the record's own ``fields``."""
+
+  def __init__(self, path: str, line: int, field: str, fields: Sequence[str]):
+    super().__init__(f'{path}:{line}: record has no field {field!r} (its fields: {", ".join(fields) or "none"})')
+    self.path, self.line, self.field, self.fields = path, line, field, tuple(fields)
+
+
 def _record_text(record: Mapping[str, Any], text_fields: Sequence[str], template: Optional[str],
                  field_separator: str) -> str:
   if template is not None:
@@ -124,7 +132,8 @@ def read_jsonl_documents(path: str,
 
   Raises:
     FileNotFoundError: ``path`` does not exist.
-    ValueError: a line is not a JSON object, or lacks a text field; the file is not UTF-8 text or a complete gzip
+    MissingFieldError: a record lacks a text field (a ``ValueError`` naming the record's fields).
+    ValueError: a line is not a JSON object; the file is not UTF-8 text or a complete gzip
       file (the message names file and line).
   """
   source_name = source_name or source_name_from_path(path)
@@ -132,7 +141,7 @@ def read_jsonl_documents(path: str,
     try:
       text = _record_text(record, text_fields, template, field_separator)
     except (KeyError, IndexError) as e:
-      raise ValueError(f'{path}:{line_number}: record has no field {e}') from e
+      raise MissingFieldError(path, line_number, e.args[0] if e.args else '?', list(record)) from e
     key = record[id_field] if id_field and id_field in record else row
     yield f'{source_name}:{key}', text
 

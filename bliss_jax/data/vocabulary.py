@@ -36,6 +36,11 @@ DEFAULT_EXTRA_IDS = 100
 # tiny CPU models this corpus is meant for, the softmax) a small share of the parameters.
 DEFAULT_VOCAB_SIZE = 2048
 DEFAULT_CACHE_DIR = os.path.join('~', '.cache', 'bliss_jax')
+# SentencePiece options that keep a text's whitespace (for code): no normalisation (T5's nmt_nfkc maps newlines and
+# tabs to spaces and collapses runs of spaces), "\n" and "\t" as pieces of their own (training sentences are lines,
+# so neither would otherwise be learnt), and runs of spaces ("▁▁▁▁", an indentation) as pieces.
+KEEP_WHITESPACE_OPTIONS = dict(normalization_rule_name='identity', remove_extra_whitespaces=False,
+                               user_defined_symbols=['\n', '\t'], allow_whitespace_only_pieces=True)
 CACHE_ENV_VAR = 'BLISS_JAX_CACHE'
 
 
@@ -73,13 +78,14 @@ def train_sentencepiece(texts: Iterable[str],
                         seed: int = 0,
                         *,
                         byte_fallback: bool = False,
+                        keep_whitespace: bool = False,
                         max_sentence_bytes: int = 4192,
                         **trainer_kwargs: Any) -> str:
   """Trains a SentencePiece model with T5 conventions on ``texts`` and writes it atomically to ``model_path``.
 
   Each non-blank line of each text is one training sentence (lines longer than ``max_sentence_bytes`` are
   cut, since SentencePiece silently drops longer sentences). The normaliser is T5's ``nmt_nfkc``, which maps
-  newlines and tabs to spaces and collapses runs of whitespace.
+  newlines and tabs to spaces and collapses runs of whitespace, unless ``keep_whitespace``.
 
   Args:
     texts: documents, consumed once, in order.
@@ -90,6 +96,8 @@ def train_sentencepiece(texts: Iterable[str],
     character_coverage: fraction of characters the model must cover; rarer characters map to unk.
     seed: SentencePiece's random-generator seed.
     byte_fallback: decompose unknown characters into ``<0xXX>`` byte pieces instead of unk (costs 256 pieces).
+    keep_whitespace: ``KEEP_WHITESPACE_OPTIONS``: no normalisation, newlines and tabs as pieces, runs of spaces kept,
+      so that decoding gives back a text's line breaks and indentation (code); 2 pieces go to ``\n`` and ``\t``.
     max_sentence_bytes: the longest sentence, in UTF-8 bytes, passed to the trainer.
     **trainer_kwargs: further ``spm.SentencePieceTrainer.train`` options.
 
@@ -112,6 +120,8 @@ def train_sentencepiece(texts: Iterable[str],
       max_sentence_length=max_sentence_bytes,
       minloglevel=2,
   )
+  if keep_whitespace:
+    options.update(KEEP_WHITESPACE_OPTIONS)
   options.update(trainer_kwargs)
   model = io.BytesIO()
   spm.SentencePieceTrainer.train(

@@ -94,7 +94,8 @@ def _selection_report(reporter: Optional[SelectionReporter], pool_split: str):
 
     def per_example(keys):
       c = composition(keys, labellers)
-      return {"n": c["n"], "target": c["target_fraction"], "by_domain": c["by_domain"], "by_quality": c["by_quality"]}
+      return {"n": c["n"], "target": c["target_fraction"], "by_domain": c["by_domain"],
+              "by_quality": c.get("by_quality")}  # None where the corpus has no quality labels
     sel, pool = per_example(keys), per_example(pool_keys)
     rep, markdown = reporter.document_report(keys, pool_split)
     with open(os.path.join(d, "selection_report.md"), "w") as f:

@@ -181,7 +181,9 @@ def run(*, root: str, target: trainer.TrainSpec, small: trainer.TrainSpec, train
       pool_max_examples: a seeded uniform sample of this many of the split's examples (`common.pool_keys`; for
       corpora as large as C4).
     reference_task: the high-quality reference set (its train split): RHO-1's reference LM and BLISS's upper level
-      (default: `train_task`; a pipeline's options may name their own, e.g. BLISS's LAMBADA).
+      (default: `train_task`; a pipeline's options may name their own, e.g. BLISS's LAMBADA). MiniPLM's reference
+      LM trains on D_ref, a part of the pool (the paper's setting), unless `options["miniplm"]["reference_task"]`
+      names a task.
     eval_sets / eval_max_batches: the held-out sets every curve is measured on, {name: "task:split"} (`eval_sets_of`;
       default: `train_task`'s validation split): the first is the primary (`loss`, `accuracy`, the speedups and the
       pipelines' own evaluations), the others add `loss@<name>` / `accuracy@<name>`; each set whole, or

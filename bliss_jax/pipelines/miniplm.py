@@ -3,9 +3,11 @@
 Stages (each resumable, under `root/`; those before the students do not depend on them and go under `shared_root/`,
 default `root/`):
   pool_keys       every example key of the candidate pool (`pool_task:pool_split`, chunked at the sequence length)
-  split_reference D_ref = a uniform `reference_fraction` of the pool, removed from it (seeded)
+  split_reference D_ref = a uniform `reference_fraction` of the pool, removed from it (seeded); not with a
+                  `reference_task`
   teacher         the teacher LM (given as a MODEL_DIR, or trained here on the pool task's train split)
-  reference       the reference LM, trained from scratch on D_ref with plain CE
+  reference       the reference LM, trained from scratch with plain CE on D_ref (the paper's setting), or on the
+                  train split of `reference_task` when one is given (then every pool example is a candidate)
   score           teacher and reference log-probs of every remaining pool example -> score store
   select          top α by the difference score (MiniPLM eq. 4, per-token mean): K = α·|D − D_ref| (deterministic)
   prx_*           (only with student `miniplm_prx`) MiniPLM_prx: fit the reference LM + a linear head on mean-pooled
@@ -62,8 +64,13 @@ def run(*, root: str, pool_task: str, student: trainer.TrainSpec, reference: tra
         eval_max_batches: Optional[int] = None, prx_sample_fraction: float = 0.1, prx_steps: int = 200,
         prx_learning_rate: float = 1e-3, vanilla_kd_match_flops: bool = True, keep_checkpoints: Optional[int] = 3,
         pool_max_examples: Optional[int] = None, shared_root: Optional[str] = None,
-        progress_bar: bool = True) -> dict:
+        reference_task: Optional[str] = None, progress_bar: bool = True) -> dict:
   """Run (or resume) the MiniPLM pipeline; returns the per-student results written to `root/report.json`.
+
+  `reference_task`: the reference LM's data. None: D_ref, a uniform `reference_fraction` of the pool, which is then
+  no candidate (MiniPLM §3.1). A task name: that task's train split (e.g. a curated high-quality set, as RHO-1's
+  reference and BLISS's upper level take theirs); every pool example is then a candidate and `reference_fraction`
+  is unused.
 
   `vanilla_kd_match_flops`: Vanilla KD runs fewer steps so that its FLOPs with the teacher's forwards equal the other
   students' (MiniPLM §3.1); False: the same steps as the others, the teacher's forwards counted as auxiliary cost
@@ -88,8 +95,11 @@ def run(*, root: str, pool_task: str, student: trainer.TrainSpec, reference: tra
     return {"reference": common.write_json(os.path.join(d, "reference_keys.json"), ref),
             "candidates": common.write_json(os.path.join(d, "candidate_keys.json"), rest),
             "n_reference": len(ref), "n_candidates": len(rest)}
-  split = run_stage(shared_root, "split_reference", do_split, {"fraction": reference_fraction, "seed": seed})
-  ref_keys, cand_keys = json.load(open(split["reference"])), json.load(open(split["candidates"]))
+  if reference_task is None:
+    split = run_stage(shared_root, "split_reference", do_split, {"fraction": reference_fraction, "seed": seed})
+    ref_keys, cand_keys = json.load(open(split["reference"])), json.load(open(split["candidates"]))
+  else:
+    split, ref_keys, cand_keys = None, None, keys
 
   if teacher_dir is None:
     if teacher is None:
@@ -102,11 +112,16 @@ def run(*, root: str, pool_task: str, student: trainer.TrainSpec, reference: tra
   else:
     teacher_res = {"model_dir": teacher_dir, "train_flops": 0.0}
 
-  ref_task = f"{os.path.basename(root.rstrip('/'))}_miniplm_dref"
-  register_selected_task(ref_task, pool_task, ref_keys, sequence_length=L, split=pool_split)
+  if reference_task is None:
+    ref_task = f"{os.path.basename(root.rstrip('/'))}_miniplm_dref"
+    register_selected_task(ref_task, pool_task, ref_keys, sequence_length=L, split=pool_split)
+    reference_inputs = {"spec": reference.record(), "n_reference": len(ref_keys)}
+  else:
+    ref_task = reference_task
+    reference_inputs = {"spec": reference.record(), "task": reference_task}
   reference_res = run_stage(shared_root, "reference",
                             lambda d: common.train_on_task(d, reference, ref_task, progress_bar=progress_bar),
-                            {"spec": reference.record(), "n_reference": len(ref_keys)})
+                            reference_inputs)
 
   def do_score(d):
     checkpoints.check_vocabulary("reference", reference_res["model_dir"],
@@ -135,7 +150,8 @@ def run(*, root: str, pool_task: str, student: trainer.TrainSpec, reference: tra
     return {"selected": common.write_json(os.path.join(d, "selected_keys.json"), selected),
             "n_selected": len(selected), "n_candidates": int(idx.size),
             "score_mean_selected": float(s[chosen].mean()), "score_mean_candidates": float(s[idx].mean())}
-  selection = run_stage(shared_root, "select", do_select, {"alpha": alpha})
+  select_inputs = {"alpha": alpha} if reference_task is None else {"alpha": alpha, "candidates": "the whole pool"}
+  selection = run_stage(shared_root, "select", do_select, select_inputs)
   selected = json.load(open(selection["selected"]))
 
   prefix = os.path.basename(root.rstrip("/"))
@@ -243,7 +259,7 @@ def _compare(setting: method.Setting, methods: Sequence[str], options: Mapping) 
     raise ValueError(f"{list(methods)} need the large teacher: give compare's `large` TrainSpec")
   kw.setdefault("teacher", setting.large)
   kw.setdefault("reference", setting.small)
-  root, shared = setting.subroot("miniplm"), setting.shared_subroot("miniplm")
+  root, shared = setting.subroot("miniplm"), setting.shared_subroot("miniplm")  # `reference_task` from the options
   kw.update(root=root, shared_root=shared, pool_task=setting.pool_task, pool_split=setting.pool_split,
             pool_max_examples=setting.pool_max_examples, teacher_task=setting.train_task, student=setting.target,
             students=tuple(methods), eval_task=setting.eval_task, eval_split=setting.eval_split,
@@ -252,6 +268,9 @@ def _compare(setting: method.Setting, methods: Sequence[str], options: Mapping) 
   rep = run(**kw)
   teacher_flops = rep["teacher"]["train_flops"]
   in_shared = lambda *names: tuple(os.path.join(shared, name) for name in names)
+  d_ref = rep["split"] is not None  # the reference LM trained on D_ref (else on the options' reference_task)
+  split_stage = ("split_reference",) if d_ref else ()
+  candidates = (rep["split"]["candidates"], "the pool less D_ref") if d_ref else (None, "the pool")
   out = {}
   for m in methods:
     s = rep["students"][m]
@@ -261,18 +280,17 @@ def _compare(setting: method.Setting, methods: Sequence[str], options: Mapping) 
           method.AuxCost({"teacher_training": (0, teacher_flops),
                             "reference_training": (0, rep["reference"]["train_flops"]),
                             "scoring": (0, rep["scoring"]["flops"])}),
-          in_shared("pool_keys", "split_reference", "teacher", "reference", "score", "select") +
+          in_shared("pool_keys", *split_stage, "teacher", "reference", "score", "select") +
           (os.path.join(root, "student_miniplm"),),
           (rep["selection"]["selected"],), rep["pool_keys"],
-          scores=method.Scores(rep["scoring"]["store"], "difference", rep["split"]["candidates"],
-                               "the pool less D_ref"))
+          scores=method.Scores(rep["scoring"]["store"], "difference", *candidates))
     else:
       n = setting.target.num_steps
       out[m] = method.MethodRun(
           "miniplm", ((0, s["model_dir"]),),
           method.AuxCost({"teacher_training": (0, teacher_flops)}, s["teacher_forward_flops"] / n, n,
                            "teacher_forwards"),
-          in_shared("pool_keys", "split_reference", "teacher") + (os.path.join(root, "student_vanilla_kd"),))
+          in_shared("pool_keys", *split_stage, "teacher") + (os.path.join(root, "student_vanilla_kd"),))
   return out
 
 

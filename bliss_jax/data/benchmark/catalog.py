@@ -49,13 +49,16 @@ def read_ids(path: str) -> List[str]:
 
 
 def catalog_labellers(catalog: Sequence[Mapping[str, Any]]) -> Dict[str, Callable[[str], str]]:
-  """``{kind: doc_id -> label}`` from the catalog's entries: ``'domain'``, ``'quality'`` and ``'target'``
-  (``'yes'`` / ``'no'``: target-like clean English). A document not in the catalog raises ``KeyError``."""
+  """``{kind: doc_id -> label}`` from the catalog's entries: ``'domain'``, ``'quality'`` (where the entries have one)
+  and ``'target'`` (``'yes'`` / ``'no'``: target-like). A document not in the catalog raises ``KeyError``."""
   by_id = {e['doc_id']: e for e in catalog}
 
   def entry(doc):
     if doc not in by_id:
       raise KeyError(f'{doc!r} is not in the benchmark catalog: is it the right corpus?')
     return by_id[doc]
-  return {'domain': lambda doc: entry(doc)['domain'], 'quality': lambda doc: entry(doc)['quality'],
-          'target': lambda doc: 'yes' if entry(doc)['target'] else 'no'}
+  labellers = {'domain': lambda doc: entry(doc)['domain'], 'quality': lambda doc: entry(doc)['quality'],
+               'target': lambda doc: 'yes' if entry(doc)['target'] else 'no'}
+  if catalog and 'quality' not in catalog[0]:
+    del labellers['quality']
+  return labellers

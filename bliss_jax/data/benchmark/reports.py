@@ -47,13 +47,15 @@ def selection_report(selected_ids: Iterable[str],
   Args:
     selected_ids: document ids, or chunk keys ``doc_id#chunk_index`` (duplicates, e.g. one per selected chunk,
       count once).
-    catalog: ``build_catalog`` entries (or ``read_catalog``).
+    catalog: ``build_catalog`` entries (or ``read_catalog``), or any entries with ``doc_id``, ``domain``,
+      ``split``, ``n_chars``, ``target`` and optionally ``quality`` (a local mixture's, ``data.local_mixture``).
     base_split: the split whose composition is the base rate (``'pool'``); None for the whole catalog.
 
   Returns:
     ``{'n_selected', 'n_duplicates', 'unknown_ids' (up to 10), 'n_unknown', 'selected_splits' (split -> docs),
-    'base_split', 'n_base', 'target': {'selected', 'base', 'lift'}, 'by_domain', 'by_quality'}``, where
-    ``target`` holds char fractions of target-like clean English (None for an empty set) and ``by_domain`` /
+    'base_split', 'n_base', 'target': {'selected', 'base', 'lift'}, 'by_domain', 'by_quality' (where the entries
+    have a quality)}``, where
+    ``target`` holds char fractions of target-like documents (None for an empty set) and ``by_domain`` /
     ``by_quality`` map each label to ``{'selected': {docs, doc_fraction, chars, char_fraction}, 'base': {...},
     'lift'}``, ``lift`` being the selected over the base char fraction (None where the base has none). The
     fractions are ``data.composition``'s, per document and weighted by characters.
@@ -66,6 +68,7 @@ def selection_report(selected_ids: Iterable[str],
   selected = [i for i in unique if i in by_id]
   base = [e['doc_id'] for e in catalog if base_split is None or e['split'] == base_split]
   labellers = catalog_labellers(catalog)
+  kinds = [key for key in ('domain', 'quality') if key in labellers]
   n_chars = lambda doc: by_id[doc]['n_chars']
 
   def shares(docs):
@@ -75,7 +78,7 @@ def selection_report(selected_ids: Iterable[str],
                           'char_fraction': per_char[f'by_{key}'][label]}
                   for (label, n), chars in zip(label_totals(docs, labellers[key]).items(),
                                                label_totals(docs, labellers[key], n_chars).values())}
-            for key in ('domain', 'quality')}
+            for key in kinds}
     return per_char['target_fraction'], rows
 
   def lift(s, b):
@@ -89,7 +92,7 @@ def selection_report(selected_ids: Iterable[str],
   }
   (target_sel, sel), (target_base, bas) = shares(selected), shares(base)
   report['target'] = {'selected': target_sel, 'base': target_base, 'lift': lift(target_sel, target_base)}
-  for key in ('domain', 'quality'):
+  for key in kinds:
     empty = {'docs': 0, 'doc_fraction': 0.0, 'chars': 0, 'char_fraction': 0.0}
     report[f'by_{key}'] = {
         label: {'selected': sel[key].get(label, empty), 'base': bas[key].get(label, empty),
@@ -98,9 +101,10 @@ def selection_report(selected_ids: Iterable[str],
   return report
 
 
-def format_selection_report(report: Mapping[str, Any]) -> str:
-  """The report as text: a summary line, then markdown tables by domain and by quality (% of documents and of
-  characters, selected vs. base, and the lift = selected / base character share)."""
+def format_selection_report(report: Mapping[str, Any], target: str = 'target-like clean English') -> str:
+  """The report as text: a summary line, the share of ``target`` (what the catalog's target-like documents are),
+  then markdown tables by domain and by quality where the report has them (% of documents and of characters, selected
+  vs. base, and the lift = selected / base character share)."""
   base_name = report['base_split'] or 'catalog'
   lines = [f"selected {report['n_selected']} documents ({report['n_duplicates']} duplicate ids, "
            f"{report['n_unknown']} unknown ids) from splits {report['selected_splits']}; base: {base_name} "
@@ -109,9 +113,9 @@ def format_selection_report(report: Mapping[str, Any]) -> str:
     lines.append(f"unknown ids (first {len(report['unknown_ids'])}): {', '.join(report['unknown_ids'])}")
   t = report['target']
   percent = lambda x: '-' if x is None else f'{100 * x:.1f}%'
-  lines.append(f"target-like clean English: {percent(t['selected'])} of selected characters vs "
+  lines.append(f"{target}: {percent(t['selected'])} of selected characters vs "
                f"{percent(t['base'])} of {base_name}" + ('' if t['lift'] is None else f" (lift {t['lift']:.2f})"))
-  for key in ('domain', 'quality'):
+  for key in [k for k in ('domain', 'quality') if f'by_{k}' in report]:
     lines += ['', f'| {key} | selected docs | selected % docs | selected % chars | {base_name} % docs | '
               f'{base_name} % chars | lift |', '|---|---:|---:|---:|---:|---:|---:|']
     for label, row in report[f'by_{key}'].items():
