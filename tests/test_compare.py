@@ -182,6 +182,10 @@ def test_curves_are_the_held_out_loss_of_the_checkpoints(clean_run):
   assert [(s["name"], s["eval"]) for s in report["config"]["eval_sets"]] == [
       ("validation", "embedded_mixture_reference:validation"),
       ("continuation", "embedded_default_prefix_lm:validation")]
+  from bliss_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  for s in report["config"]["eval_sets"]:  # each set's unigram entropy at the target's length, from a shared stage
+    task, split = s["eval"].split(":")
+    assert s["unigram_entropy"] == pytest.approx(pipeline.token_unigram_entropy(task, split, sequence_length=32))
   for m, r in report["methods"].items():
     assert r["final"] == {k: r["curve"][-1][k] for k in ("step", "loss", "accuracy", "loss@continuation",
                                                          "accuracy@continuation")}, m
@@ -405,6 +409,9 @@ def test_format_report_shows_every_held_out_set_and_the_stream_next_to_the_pool(
   assert "| rho1 | 3.5000 | 0.2500 | -0.5000 | 2.0000 | -0.5000 | 50 | 2.00 |" in md
   assert ("held-out sets `others` = `t:validation` (whole split, 1,000 tokens); `b` = `ref_b:validation` "
           "(whole split, 500 tokens); the first is the primary") in md
+  report["config"]["eval_sets"][0]["unigram_entropy"] = 6.1164  # the shared stage's value, when the run has it
+  assert ("`others` = `t:validation` (whole split, 1,000 tokens, unigram entropy 6.116 nats); `b` = "
+          "`ref_b:validation` (whole split, 500 tokens)") in compare.format_report(report, {})
   assert "- candidate pool: books 0.600, web 0.400\n- stream: books 0.600, web 0.400" in md
   assert "Target-like share of the candidate pool: 0.600; of the stream: 0.600" in md
   assert "Stream and candidate pool have the same composition." in md

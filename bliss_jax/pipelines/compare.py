@@ -40,6 +40,9 @@ Stages of the comparison itself (under `root/seed_<s>/`, resumable like the othe
   curve_<m>@<s>  the same on each further held-out set s of `eval_sets`
   stream_keys    the stream's example keys (`train_task`'s train split), for its composition, when there are labels
                  (under `root/shared/`: one stream for every seed)
+  unigram_entropy@<s>  the unigram entropy of held-out set s at the target's sequence length (the loss of the best
+                 context-free predictor: a target's loss must get well below it before its differences mean much;
+                 under `root/shared/`)
   zero_shot_<m>  the zero-shot harness (`eval.harness`) on m's final target, when `zero_shot_tasks` are given
 Then, always rewritten from the stage results (so an interrupted and a clean run write the same report), per seed
 under `root/seed_<s>/`:
@@ -74,6 +77,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bliss_jax.data import composition as composition_lib
 from bliss_jax.data import data_dir as data_dir_lib
+from bliss_jax.data import pipeline as data_pipeline
 from bliss_jax.data import seqio_tasks
 from bliss_jax.models.config import count_params
 from bliss_jax.models.flops import train_flops_per_token
@@ -307,6 +311,11 @@ def _report(setting: method.Setting, methods: Sequence[str], runs: Mapping[str, 
         {"task": setting.train_task, "split": "train", "L": L})
     stream = composition_lib.composition(_read_keys(stream_keys_path), labellers)
 
+  entropy = {name: run_stage(setting.shared_root, f"unigram_entropy@{name}",
+                             lambda d, task=task, split=split: {"entropy": data_pipeline.token_unigram_entropy(
+                                 task, split, sequence_length=L)},
+                             {"set": f"{task}:{split}", "L": L})["entropy"] for name, task, split in sets}
+
   zero_shot, zero_shot_note = _zero_shot(root, methods, model_dirs, setting.train_task, zero_shot_tasks,
                                          zero_shot_limit, zero_shot_data_dir, zero_shot_max_length)
 
@@ -363,7 +372,7 @@ def _report(setting: method.Setting, methods: Sequence[str], runs: Mapping[str, 
                  "eval": f"{sets[0][1]}:{sets[0][2]}", "eval_max_batches": eval_max_batches,
                  # every held-out set, the primary first: its name, "task:split", estimator and tokens
                  "eval_sets": [{"name": name, "eval": f"{task}:{split}", "eval_sample": c[-1].get("eval_sample"),
-                                "eval_tokens": c[-1]["num_tokens"]}
+                                "eval_tokens": c[-1]["num_tokens"], "unigram_entropy": entropy[name]}
                                for (name, task, split), c in zip(sets, set_curves[methods[0]])],
                  # a curve recorded before curves named their estimator was measured on the whole split
                  "eval_sample": curves[methods[0]][-1].get("eval_sample", "whole split"),

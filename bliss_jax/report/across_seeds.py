@@ -187,7 +187,9 @@ def heldout_sets_text(cfg: Mapping) -> str:
                                    "eval_tokens": cfg["eval_tokens"]}]
   named = len(sets) > 1
   text = "; ".join(f"{'`' + s['name'] + '` = ' if named else ''}`{s['eval']}` "
-                   f"({s.get('eval_sample') or 'whole split'}, {s['eval_tokens']:,.0f} tokens)" for s in sets)
+                   f"({s.get('eval_sample') or 'whole split'}, {s['eval_tokens']:,.0f} tokens"
+                   f"{', unigram entropy %.3f nats' % s['unigram_entropy'] if s.get('unigram_entropy') else ''})"
+                   for s in sets)
   return f"sets {text}; the first is the primary (speedups, figures)" if named else text
 
 
