@@ -30,11 +30,13 @@ def main(argv):
   except ValueError:
     raise cli.CliError("compare.root is not bound: give a gin file from gin_configs/compare/ or --gin.compare.root")
   cli.write_config_gin(root, finished=False)
-  gin.get_configurable("compare")()
+  result = gin.get_configurable("compare")()
   cli.write_config_gin(root, finished=True)
-  with open(os.path.join(root, "report.md")) as f:
+  seed = result["config"]["seed"] if "seeds" not in result else None  # `compare.only_seed`: that seed's report
+  report = os.path.join(root, "report.md") if seed is None else os.path.join(root, f"seed_{seed}", "report.md")
+  with open(report) as f:
     print("\n" + f.read())
-  print(f"report:       {os.path.join(root, 'report.md')} (and report.json, *.png)")
+  print(f"report:       {report} (and report.json, *.png)")
   print(f"tensorboard:  tensorboard --logdir {root}")
 
 

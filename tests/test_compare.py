@@ -19,6 +19,7 @@ import pytest
 
 from bliss_jax.data import embedded_mixture
 from bliss_jax.pipelines import compare, method
+from bliss_jax.training import trainer
 
 # every method of compare/smoke.gin, in report order
 METHODS = ("plain", "rho1", "rkd", "salt", "salt_ds", "miniplm", "vanilla_kd", "random", "bliss", "mates")
@@ -60,6 +61,14 @@ def test_stage_users_tell_own_stages_from_shared_ones(tmp_path):
 def test_unknown_method_is_named():
   with pytest.raises(ValueError, match=r"unknown methods \['bliss2'\]"):
     compare.run(root="/nonexistent", target=None, small=None, train_task="x", methods=("plain", "bliss2"))
+
+
+def test_only_seed_must_be_one_of_the_seeds():
+  target = trainer.TrainSpec(model_config=None, num_steps=1)
+  for bad in (3, -1):
+    with pytest.raises(ValueError, match=rf"only_seed={bad} is not one of the seeds 0..2"):
+      compare.run(root="/nonexistent", target=target, small=target, train_task="x", methods=("plain",), seeds=3,
+                  only_seed=bad)
 
 
 # --- one tiny run of every method, as the README runs it ---

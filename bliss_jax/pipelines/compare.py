@@ -167,8 +167,8 @@ def run(*, root: str, target: trainer.TrainSpec, small: trainer.TrainSpec, train
         composition: Optional[composition_lib.SelectionReporter] = None,
         zero_shot_tasks: Sequence[str] = (), zero_shot_limit: Optional[float] = None,
         zero_shot_data_dir: Optional[str] = None, zero_shot_max_length: int = 2048, scale: str = "", scope: str = "",
-        scored_documents: int = 3, seeds: int = 1, pipelines: Sequence[method.Pipeline] = builtin.PIPELINES,
-        progress_bar: bool = True) -> dict:
+        scored_documents: int = 3, seeds: int = 1, only_seed: Optional[int] = None,
+        pipelines: Sequence[method.Pipeline] = builtin.PIPELINES, progress_bar: bool = True) -> dict:
   """Run (or resume) every method in `methods` on `seeds` seeds and write the comparison: each seed's report under
   `root/seed_<s>/`, the aggregate over the seeds as `root/report.json`, `report.md` and figures (module docstring).
 
@@ -207,6 +207,9 @@ def run(*, root: str, target: trainer.TrainSpec, small: trainer.TrainSpec, train
       method (its `MethodRun.scores`; with their labels and texts where `composition` gives them); 0: none.
     seeds: how many targets of every method: seed s trains them with `target.seed + s` (initialisation and data
       order); the stages that do not depend on the target run once, under `root/shared/`.
+    only_seed: run seed `only_seed`'s stages and report only (its `seed_<s>/report.json`, returned), not the
+      aggregate: several processes can then run the seeds side by side once the shared stages have finished (the
+      first seed's run finishes them); a later run without it reuses every stage and writes the aggregate.
     pipelines: the pipelines providing the methods (`method.Pipeline`), in report order.
   """
   options = dict(options or {})
@@ -221,9 +224,11 @@ def run(*, root: str, target: trainer.TrainSpec, small: trainer.TrainSpec, train
     raise ValueError(f"small.sequence_length={small.sequence_length} != target's {L}: they score the same chunks")
   if seeds < 1:
     raise ValueError(f"seeds={seeds} must be >= 1")
+  if only_seed is not None and not 0 <= only_seed < seeds:
+    raise ValueError(f"only_seed={only_seed} is not one of the seeds 0..{seeds - 1}")
   sets = eval_sets_of(eval_sets, train_task)
   reports = []
-  for seed in range(seeds):
+  for seed in range(seeds) if only_seed is None else (only_seed,):
     setting = method.Setting(
         root=os.path.join(root, seed_dir(seed)), shared_root=os.path.join(root, SHARED_DIR),
         target=target.replace(seed=target.seed + seed), small=small, large=large, train_task=train_task,
@@ -241,6 +246,8 @@ def run(*, root: str, target: trainer.TrainSpec, small: trainer.TrainSpec, train
                            zero_shot_tasks=zero_shot_tasks, zero_shot_limit=zero_shot_limit,
                            zero_shot_data_dir=zero_shot_data_dir, zero_shot_max_length=zero_shot_max_length,
                            scale=scale, scope=scope, scored_documents=scored_documents, seeds=seeds))
+  if only_seed is not None:
+    return reports[0]
   return _aggregate(root, reports, [seed_dir(s) for s in range(seeds)])
 
 
