@@ -19,6 +19,7 @@ Flags:
                              the one MODEL_DIR recorded; a MODEL_DIR without a record (written before runs recorded
                              theirs) gets the embedded one, with a warning that it could not be checked.
   --tasks A,B,...            task names (default: the nine whose files are in ../shared/data/eval); see --list_tasks.
+                             Tasks of one's own are registered by a --tasks_module (`bliss_jax.eval.registry`).
   --limit N                  first N items per task (a number < 1: that fraction), as the harness's --limit.
   --output_dir DIR           where results.json and results.md go.
   --data_dir DIR             benchmark files (default: <repo>/../shared/data/eval).
@@ -26,6 +27,8 @@ Flags:
   --batch_size B --max_length L   rows per forward pass and the longest row (contexts are left-truncated).
   --step S                   evaluate checkpoint S instead of the latest.
   --data_parallel N          shard batches over N devices (-1: all; 1: one device). Default: all when there are several.
+  --tasks_module M           (repeatable) import M first: it registers benchmark tasks (`registry.register_task`)
+                             and SeqIO tasks of one's own.
   --heldout TASK:SPLIT       (repeatable) also held-out loss / perplexity / next-token accuracy on a SeqIO split
                              (tasks registered by --tasks_module, default `tasks`): the whole split, or with
                              --heldout_max_batches K, K batches sampled uniformly over it (seeded); the table says which.
@@ -146,18 +149,30 @@ def heldout_markdown(heldout):
   return "\n".join(lines) + "\n"
 
 
+def import_task_modules(modules):
+  """Import each --tasks_module: the modules that register SeqIO tasks and benchmark tasks
+  (`bliss_jax.eval.registry.register_task`) of one's own."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  for module in modules or ():
+    try:
+      importlib.import_module(module)
+    except ImportError as e:
+      raise SystemExit(f"error: --tasks_module {module!r} cannot be imported: {e}") from None
+
+
 def main(argv):
   args = parse_args(argv)
-  from bliss_jax.eval import harness  # pylint: disable=g-import-not-at-top
+  from bliss_jax.eval import harness, registry  # pylint: disable=g-import-not-at-top
+  import_task_modules(args.tasks_module)
   if args.list_tasks:
-    for name, spec in harness.TASKS.items():
+    for name, spec in registry.TASKS.items():
       print(f"{name:15s} {', '.join(spec.files):45s} {', '.join(spec.metrics)}")
     return None
   check_output_dir(args.output_dir)
   tasks = [t for t in args.tasks.split(",") if t]
   files = _files(args.task_file)
-  try:  # Fail on a missing benchmark file before loading anything.
-    missing = [p for t in tasks for p in harness.task_paths(t, args.data_dir, files) if not os.path.isfile(p)]
+  try:  # Fail on an unknown task or a missing benchmark file before loading anything.
+    missing = [p for t in tasks for p in registry.task_paths(t, args.data_dir, files) if not os.path.isfile(p)]
   except ValueError as e:
     raise SystemExit(f"error: {e}") from None
   if missing:

@@ -15,7 +15,7 @@ from bliss_jax import partitioning
 from bliss_jax.data import pipeline
 from bliss_jax.data import seqio_tasks
 from bliss_jax.data import vocabulary as vocab_lib
-from bliss_jax.eval import harness, loglikelihood, metrics, readers
+from bliss_jax.eval import harness, loglikelihood, metrics, readers, registry
 from bliss_jax.losses.lm import model_logits, token_cross_entropy
 from bliss_jax.models.config import preset
 from bliss_jax.models.transformer import Transformer
@@ -261,7 +261,7 @@ def test_mean_stderr_formula():
 
 
 def _real_items(shared_data):
-  return {t: harness.load_task(t, str(shared_data / "eval")) for t in SHARED_TASKS + ["lambada_openai"]}
+  return {t: registry.load_task(t, str(shared_data / "eval")) for t in SHARED_TASKS + ["lambada_openai"]}
 
 
 def test_oracle_and_constant_scorers_on_the_real_benchmarks(shared_data):
@@ -271,7 +271,7 @@ def test_oracle_and_constant_scorers_on_the_real_benchmarks(shared_data):
   oracle = harness.run_eval(lambda reqs: [(0.0 if r in gold else -1.0, 1, True) for r in reqs],
                             SHARED_TASKS + ["lambada_openai"], str(shared_data / "eval"))
   for task in SHARED_TASKS:
-    for metric in harness.TASKS[task].metrics:
+    for metric in registry.TASKS[task].metrics:
       assert oracle["results"][task][f"{metric},none"] == 1.0, (task, metric)
   assert oracle["results"]["lambada_openai"]["acc,none"] == 1.0
   assert oracle["results"]["lambada_openai"]["perplexity,none"] == 1.0  # Σ log p = 0 for every word
@@ -285,7 +285,7 @@ def test_oracle_and_constant_scorers_on_the_real_benchmarks(shared_data):
     # All log-likelihoods tie: argmax = index 0, so acc = P(gold = 0); -1/len is largest for the longest choice.
     assert res["acc,none"] == pytest.approx(np.mean(golds == 0), abs=1e-12)
     assert res["acc_stderr,none"] == pytest.approx(np.std(golds == 0, ddof=1) / math.sqrt(len(golds)), abs=1e-12)
-    if "acc_norm" in harness.TASKS[task].metrics:
+    if "acc_norm" in registry.TASKS[task].metrics:
       assert res["acc_norm,none"] == pytest.approx(np.mean(golds == longest), abs=1e-12)
   assert const["results"]["boolq"]["acc,none"] == pytest.approx(1237 / 3270)  # "no" is gold on 1,237 of 3,270
   assert const["results"]["lambada_openai"]["acc,none"] == 0.0
@@ -311,7 +311,7 @@ def test_run_eval_layout_limit_and_markdown(shared_data):
   with pytest.raises(FileNotFoundError, match="nowhere.jsonl"):
     harness.run_eval(lambda reqs: [], ["arc_easy"], str(shared_data / "eval"), files={"arc_easy": "/x/nowhere.jsonl"})
   with pytest.raises(ValueError, match="unknown task"):
-    harness.task_paths("mmlu", ".")
+    registry.task_paths("mmlu", ".")
 
 
 # --- End to end: sharded scorer, script ---------------------------------------------------------------------------
@@ -365,6 +365,67 @@ def test_evaluate_script_end_to_end(tiny, spm_path, spm_vocab, tmp_path, capsys)
   for task in ("sciq", "storycloze"):
     for key, value in direct["results"][task].items():
       assert saved["results"][task][key] == (value if isinstance(value, str) else pytest.approx(value, abs=1e-9))
+
+
+# A module of one's own that registers a benchmark in its own format (fields `prompt`, `options`, `answer`).
+USER_TASKS_MODULE = """
+from bliss_jax.eval import readers, registry
+
+
+def read_my_qa(path):
+  return [readers.MultipleChoice(id=f"my_qa/{n}", context="Q: " + readers.field(r, "prompt", where) + "\\nA:",
+                                 choices=tuple(r["options"]), gold=readers.field(r, "answer", where, int))
+          for n, (where, r) in enumerate(readers.read_records(path))]
+
+
+registry.register_task("my_qa", registry.TaskSpec(files=("my_qa.jsonl",), reader=read_my_qa, metrics=("acc",)))
+"""
+
+
+@pytest.fixture
+def user_tasks_module(tmp_path, monkeypatch):
+  """The name of an importable module (in tmp_path) that registers the task "my_qa"; unregistered afterwards."""
+  (tmp_path / "my_eval_tasks.py").write_text(USER_TASKS_MODULE)
+  monkeypatch.syspath_prepend(str(tmp_path))
+  yield "my_eval_tasks"
+  registry.TASKS.pop("my_qa", None)
+  sys.modules.pop("my_eval_tasks", None)
+
+
+def test_evaluate_script_runs_a_task_registered_by_a_tasks_module(tiny, spm_path, spm_vocab, tmp_path,
+                                                                   user_tasks_module):
+  model, params, step_fn, _ = tiny
+  model_dir = tmp_path / "run"
+  model_dir.mkdir()
+  ModelDir(str(model_dir)).write_model_config(model.cfg)
+  checkpoints.save(checkpoints.make_manager(str(model_dir)), 3, {"params": params}, {})
+  data = tmp_path / "data"
+  data.mkdir()
+  rows = [{"prompt": f"Which number follows {i}?", "options": [str(i + 1), str(i + 7), "none"], "answer": 0}
+          for i in range(5)]
+  (data / "my_qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  elsewhere = tmp_path / "elsewhere.jsonl"  # the same task on a file given with --task_file
+  elsewhere.write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+  with pytest.raises(SystemExit, match="unknown task 'my_qa'.*register_task"):
+    evaluate_script.main([f"--model_dir={model_dir}", f"--output_dir={tmp_path}/no", "--tasks=my_qa",
+                          f"--data_dir={data}"])
+  for task_file, n in (([], 5), ([f"--task_file=my_qa={elsewhere}"], 2)):
+    out_dir = tmp_path / f"eval{n}"
+    saved = evaluate_script.main([
+        f"--model_dir={model_dir}", f"--vocabulary={spm_path}", "--tasks=my_qa", f"--data_dir={data}",
+        f"--tasks_module={user_tasks_module}", f"--output_dir={out_dir}", "--batch_size=8", "--max_length=32",
+        "--no_progress"] + task_file)
+    assert saved == json.loads((out_dir / "results.json").read_text())
+    assert saved["n-samples"]["my_qa"] == {"original": n, "effective": n}
+    assert set(saved["results"]["my_qa"]) == {"alias", "acc,none", "acc_stderr,none"}
+  # The script's accuracy is the one the harness gives with an unsharded scorer on the same requests.
+  score_fn = loglikelihood.make_score_fn(model, params, spm_vocab, batch_size=BATCH, max_length=MAX_LEN,
+                                         length_buckets=BUCKETS, progress=False, step_fn=step_fn)
+  direct = harness.run_eval(score_fn, ["my_qa"], str(data), files={"my_qa": str(elsewhere)})
+  assert saved["results"]["my_qa"]["acc,none"] == direct["results"]["my_qa"]["acc,none"]
+  assert registry.load_task("my_qa", str(data))[1].requests() == [("Q: Which number follows 1?\nA:", " 2"),
+                                                                  ("Q: Which number follows 1?\nA:", " 8"),
+                                                                  ("Q: Which number follows 1?\nA:", " none")]
 
 
 def test_evaluate_script_missing_file_is_named(tmp_path):

@@ -1,7 +1,7 @@
-"""Zero-shot evaluation over the benchmark registry, with results in lm-evaluation-harness's layout.
+"""Zero-shot evaluation over the benchmark registry (`registry`), with results in lm-evaluation-harness's layout.
 
-`run_eval(score_fn, tasks, data_dir)` reads each task's items (`readers`), asks `score_fn` for the log-likelihood of
-every (context, continuation) request of the task in one call, and aggregates with `metrics`. `score_fn` is any
+`run_eval(score_fn, tasks, data_dir)` reads each task's items (`registry.load_task`), asks `score_fn` for the
+log-likelihood of every (context, continuation) request of the task in one call, and aggregates with `metrics`. `score_fn` is any
 function `[(context, continuation)] -> [(logprob, num_tokens, is_greedy)]`, e.g. `loglikelihood.make_score_fn`, or a
 fake one in tests. The result is the harness's `results.json` layout:
 
@@ -9,62 +9,15 @@ fake one in tests. The result is the harness's `results.json` layout:
    "versions": {...}, "n-shot": {...}, "higher_is_better": {...}, "n-samples": {task: {"original", "effective"}},
    "config": {...}}
 """
-import dataclasses
 import math
 import os
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 from bliss_jax.eval import metrics as metrics_lib
-from bliss_jax.eval import readers
+from bliss_jax.eval import registry
 
 ScoreFn = Callable[[Sequence[Tuple[str, str]]], Sequence[Tuple[float, int, bool]]]
 FILTER = "none"
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskSpec:
-  """A benchmark: its files (relative to the data directory), reader, harness metrics and harness task version."""
-  files: Tuple[str, ...]
-  reader: Callable[..., list]
-  metrics: Tuple[str, ...]
-  version: float
-  split: str
-  output_type: str = "multiple_choice"  # or "loglikelihood" (LAMBADA: one request per item)
-
-
-_MC = ("acc", "acc_norm")
-TASKS: Dict[str, TaskSpec] = {
-    "hellaswag": TaskSpec(("hellaswag_val_full.txt.bz2",), readers.read_hellaswag, _MC, 1.0, "validation"),
-    "arc_easy": TaskSpec(("ARC-Easy-Test.jsonl",), readers.read_arc, _MC, 1.0, "test"),
-    "arc_challenge": TaskSpec(("ARC-Challenge-Test.jsonl",), readers.read_arc, _MC, 1.0, "test"),
-    "piqa": TaskSpec(("piqa_valid.jsonl", "piqa_valid-labels.lst"), readers.read_piqa, _MC, 1.0, "validation"),
-    "winogrande": TaskSpec(("winogrande_dev.jsonl",), readers.read_winogrande, ("acc",), 1.0, "validation"),
-    "boolq": TaskSpec(("boolq_val.jsonl",), readers.read_boolq, ("acc",), 2.0, "validation"),
-    "openbookqa": TaskSpec(("openbookqa_test.tsv",), readers.read_openbookqa, _MC, 1.0, "test"),
-    "logiqa": TaskSpec(("logiqa_test.txt",), readers.read_logiqa, _MC, 1.0, "test"),
-    "lambada_openai": TaskSpec(("lambada_openai.jsonl",), readers.read_lambada, ("perplexity", "acc"), 1.0, "test",
-                               "loglikelihood"),
-    # Not in ../shared/data: SciQ's public test.json (or a JSONL of the same records) and StoryCloze 2016's val csv.
-    "sciq": TaskSpec(("sciq_test.json",), readers.read_sciq, _MC, 1.0, "test"),
-    "storycloze": TaskSpec(("cloze_test_val__spring2016.csv",), readers.read_storycloze, ("acc",), 1.0,
-                           "validation"),
-}
-HIGHER_IS_BETTER = {"acc": True, "acc_norm": True, "perplexity": False}
-
-
-def task_paths(name: str, data_dir: str, files: Optional[Mapping[str, Union[str, Sequence[str]]]] = None) -> List[str]:
-  """Absolute paths of task `name`'s files: `files[name]` (a path or list of paths) if given, else under `data_dir`."""
-  if name not in TASKS:
-    raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
-  override = (files or {}).get(name)
-  if override is not None:
-    return [os.path.abspath(override)] if isinstance(override, str) else [os.path.abspath(p) for p in override]
-  return [os.path.abspath(os.path.join(data_dir, f)) for f in TASKS[name].files]
-
-
-def load_task(name: str, data_dir: str, files=None) -> list:
-  """The items of task `name` (see `readers`)."""
-  return TASKS[name].reader(*task_paths(name, data_dir, files))
 
 
 def effective_limit(n: int, limit: Optional[Union[int, float]]) -> int:
@@ -82,11 +35,12 @@ def _stderr(x: float) -> Union[float, str]:
 
 def score_task(name: str, items: Sequence, score_fn: ScoreFn) -> dict:
   """{metric: value, metric + "_stderr": stderr} of task `name` on `items`, one `score_fn` call for all requests."""
-  requests = [r for item in items for r in item.requests()]
+  spec = registry.task_spec(name)
+  requests = [r for item in items for r in item.requests("", spec.target_delimiter)]
   scores = list(score_fn(requests))
   if len(scores) != len(requests):
     raise ValueError(f"{name}: score_fn returned {len(scores)} results for {len(requests)} requests")
-  if TASKS[name].output_type == "loglikelihood":
+  if spec.output_type == "loglikelihood":
     out = metrics_lib.lambada_scores([s[0] for s in scores], [s[2] for s in scores])
   else:
     lls, start = [], 0
@@ -95,41 +49,41 @@ def score_task(name: str, items: Sequence, score_fn: ScoreFn) -> dict:
       start += len(item.choices)
     per_item = metrics_lib.multiple_choice_scores(lls, [it.choices for it in items], [it.gold for it in items])
     out = metrics_lib.summarize(per_item)
-  return {k: out[k] for m in TASKS[name].metrics for k in (m, m + "_stderr")}
+  return {k: out[k] for m in spec.metrics for k in (m, m + "_stderr")}
 
 
 def run_eval(score_fn: ScoreFn, tasks: Sequence[str], data_dir: str, limit: Optional[Union[int, float]] = None, *,
              files=None, config: Optional[dict] = None, log: Optional[Callable[[str], None]] = None) -> dict:
-  """Evaluate `score_fn` zero-shot on `tasks` (names in `TASKS`); see the module docstring for the layout.
+  """Evaluate `score_fn` zero-shot on `tasks`; see the module docstring for the layout.
 
   Args:
     score_fn: `[(context, continuation)] -> [(logprob, num_tokens, is_greedy)]`.
-    tasks: task names, evaluated in this order.
-    data_dir: directory of the benchmark files (`TASKS[name].files`).
+    tasks: registered task names (`registry.TASKS`), evaluated in this order.
+    data_dir: directory of the benchmark files (`TaskSpec.files`).
     limit: only the first `limit` items of each task (a float < 1: that fraction), as the harness's `--limit`.
     files: per-task file overrides, {task: path or [paths]}.
     config: extra entries for the results' "config" (model, checkpoint step, batch size, ...).
     log: called with a line per finished task (e.g. `print`).
   """
-  missing = [p for name in tasks for p in task_paths(name, data_dir, files) if not os.path.isfile(p)]
+  missing = [p for name in tasks for p in registry.task_paths(name, data_dir, files) if not os.path.isfile(p)]
   if missing:
     raise FileNotFoundError(f"benchmark file(s) not found: {', '.join(missing)}")
   out = {"results": {}, "configs": {}, "versions": {}, "n-shot": {}, "higher_is_better": {}, "n-samples": {}}
   for name in tasks:
-    spec = TASKS[name]
-    items = load_task(name, data_dir, files)
+    spec = registry.task_spec(name)
+    items = registry.load_task(name, data_dir, files)
     used = items[:effective_limit(len(items), limit)]
     values = score_task(name, used, score_fn)
     out["results"][name] = {"alias": name, **{f"{k},{FILTER}": (_stderr(v) if k.endswith("_stderr") else v)
                                               for k, v in values.items()}}
-    out["configs"][name] = {"task": name, "test_split": spec.split, "files": task_paths(name, data_dir, files),
+    out["configs"][name] = {"task": name, "test_split": spec.split, "files": registry.task_paths(name, data_dir, files),
                             "output_type": spec.output_type,
-                            "target_delimiter": readers.TARGET_DELIMITER, "num_fewshot": 0,
-                            "metric_list": [{"metric": m, "higher_is_better": HIGHER_IS_BETTER[m]}
+                            "target_delimiter": spec.target_delimiter, "num_fewshot": 0,
+                            "metric_list": [{"metric": m, "higher_is_better": registry.HIGHER_IS_BETTER[m]}
                                             for m in spec.metrics]}
     out["versions"][name] = spec.version
     out["n-shot"][name] = 0
-    out["higher_is_better"][name] = {m: HIGHER_IS_BETTER[m] for m in spec.metrics}
+    out["higher_is_better"][name] = {m: registry.HIGHER_IS_BETTER[m] for m in spec.metrics}
     out["n-samples"][name] = {"original": len(items), "effective": len(used)}
     if log:
       log(f"{name}: " + ", ".join(f"{m}={values[m]:.4f}" for m in spec.metrics) + f" ({len(used)} items)")
