@@ -65,5 +65,5 @@ def test_paths_and_fewshot_sources(scratch_task, tmp_path):
 
 def test_builtin_tasks():
   assert {"hellaswag", "arc_easy", "arc_challenge", "piqa", "winogrande", "boolq", "openbookqa", "logiqa",
-          "lambada_openai", "sciq", "storycloze"} <= set(registry.TASKS)
+          "lambada_openai", "social_iqa", "copa", "sciq", "storycloze"} <= set(registry.TASKS)
   assert registry.task_spec("lambada_openai").output_type == "loglikelihood"

@@ -176,7 +176,7 @@ def read_hellaswag(path: str) -> List[MultipleChoice]:
   return items
 
 
-# --- ARC, OpenBookQA, PIQA, BoolQ, SciQ, StoryCloze -------------------------------------------------------------
+# --- ARC, OpenBookQA, PIQA, BoolQ, SIQA, COPA, SciQ, StoryCloze -----------------------------------------------
 
 
 def read_arc(path: str) -> List[MultipleChoice]:
@@ -278,6 +278,56 @@ def read_boolq(path: str) -> List[MultipleChoice]:
         id=str(r.get("idx", f"boolq/{lineno - 1}")),
         context=f"{field(r, 'passage', where)}\nQuestion: {field(r, 'question', where)}?\nAnswer:",
         choices=("no", "yes"), gold=int(label)))
+  return items
+
+
+def read_siqa(path: str, labels_path: Optional[str] = None) -> List[MultipleChoice]:
+  """Social IQa jsonl (`context`, `question`, `answerA`, `answerB`, `answerC`), gold from each record's `label`
+  ("1".."3", the Hugging Face export) or else from the labels file the original ships beside it (`dev.jsonl` +
+  `dev-labels.lst`; default `<path minus .jsonl>-labels.lst`).
+
+  Harness (`social_iqa`): "Q: {context} {question}\\nA:", choices " {answerA}", " {answerB}", " {answerC}",
+  gold = label - 1.
+  """
+  records = list(_jsonl(path))
+  labels = [r.get("label") for _, r in records]
+  if any(label is None for label in labels):
+    labels_path = _labels_path(path, labels_path)
+    labels = _labels_file(labels_path)
+    if len(labels) != len(records):
+      raise ReaderError(f"{labels_path}: {len(labels)} labels for {len(records)} items in {path}")
+  items = []
+  for n, ((lineno, r), label) in enumerate(zip(records, labels)):
+    where = _where(path, f"line {lineno}")
+    if str(label).strip() not in ("1", "2", "3"):
+      raise ReaderError(f"{where}: label should be 1, 2 or 3, got {label!r}")
+    items.append(MultipleChoice(
+        id=f"siqa/{n}", context=f"Q: {field(r, 'context', where)} {field(r, 'question', where)}\nA:",
+        choices=tuple(field(r, k, where) for k in ("answerA", "answerB", "answerC")), gold=int(label) - 1))
+  return items
+
+
+_COPA_CONNECTORS = {"cause": "because", "effect": "therefore"}
+
+
+def read_copa(path: str) -> List[MultipleChoice]:
+  """COPA as SuperGLUE's jsonl (`premise`, `choice1`, `choice2`, `question` "cause"/"effect", `label` 0/1, `idx`).
+
+  Harness (`copa`): context = the premise without its final period + " because" (cause) or " therefore" (effect);
+  choices " " + each choice with its first letter lower-cased. With the target delimiter the continuation starts
+  with two spaces, as the harness scores it.
+  """
+  items = []
+  for lineno, r in _jsonl(path):
+    where = _where(path, f"line {lineno}")
+    question = field(r, "question", where)
+    if question not in _COPA_CONNECTORS:
+      raise ReaderError(f"{where}: 'question' should be 'cause' or 'effect', got {question!r}")
+    choices = tuple(" " + c[:1].lower() + c[1:] for c in (field(r, "choice1", where), field(r, "choice2", where)))
+    items.append(MultipleChoice(
+        id=f"copa/{r.get('idx', lineno - 1)}",
+        context=field(r, "premise", where).strip()[:-1] + " " + _COPA_CONNECTORS[question], choices=choices,
+        gold=_gold(field(r, "label", where, int), 2, where)))
   return items
 
 

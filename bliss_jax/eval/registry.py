@@ -170,7 +170,10 @@ for _name, _spec in {
     "logiqa": TaskSpec(("logiqa_test.txt",), readers.read_logiqa, _MC, 1.0, "test"),
     "lambada_openai": TaskSpec(("lambada_openai.jsonl",), readers.read_lambada, ("perplexity", "acc"), 1.0, "test",
                                "loglikelihood"),
-    # Not in ../shared/data: SciQ's public test.json (or a JSONL of the same records) and StoryCloze 2016's val csv.
+    # Not in ../shared/data: Social IQa's dev.jsonl (+ dev-labels.lst beside it, or a `label` field), SuperGLUE
+    # COPA's val.jsonl, SciQ's public test.json (or a JSONL of the same records) and StoryCloze 2016's val csv.
+    "social_iqa": TaskSpec(("siqa_dev.jsonl",), readers.read_siqa, ("acc",), 0.0, "validation"),
+    "copa": TaskSpec(("copa_val.jsonl",), readers.read_copa, ("acc",), 1.0, "validation"),
     "sciq": TaskSpec(("sciq_test.json",), readers.read_sciq, _MC, 1.0, "test"),
     "storycloze": TaskSpec(("cloze_test_val__spring2016.csv",), readers.read_storycloze, ("acc",), 1.0,
                            "validation"),
