@@ -1,9 +1,10 @@
-"""Zero-shot evaluation over the benchmark registry (`registry`), with results in lm-evaluation-harness's layout.
+"""Zero- and few-shot evaluation over the benchmark registry (`registry`), in lm-evaluation-harness's results layout.
 
-`run_eval(score_fn, tasks, data_dir)` reads each task's items (`registry.load_task`), asks `score_fn` for the
-log-likelihood of every (context, continuation) request of the task in one call, and aggregates with `metrics`. `score_fn` is any
-function `[(context, continuation)] -> [(logprob, num_tokens, is_greedy)]`, e.g. `loglikelihood.make_score_fn`, or a
-fake one in tests. The result is the harness's `results.json` layout:
+`run_eval(score_fn, tasks, data_dir)` reads each task's items (`registry.load_task`), puts each item's few-shot
+examples before it (`fewshot`, `num_fewshot`), asks `score_fn` for the log-likelihood of every (context,
+continuation) request of the task in one call, and aggregates with `metrics`. `score_fn` is any function
+`[(context, continuation)] -> [(logprob, num_tokens, is_greedy)]`, e.g. `loglikelihood.make_score_fn`, or a fake one
+in tests. The result is the harness's `results.json` layout:
 
   {"results": {task: {"alias": task, "acc,none": x, "acc_stderr,none": s, ...}}, "configs": {...},
    "versions": {...}, "n-shot": {...}, "higher_is_better": {...}, "n-samples": {task: {"original", "effective"}},
@@ -13,8 +14,8 @@ import math
 import os
 from typing import Callable, Optional, Sequence, Tuple, Union
 
+from bliss_jax.eval import fewshot, registry
 from bliss_jax.eval import metrics as metrics_lib
-from bliss_jax.eval import registry
 
 ScoreFn = Callable[[Sequence[Tuple[str, str]]], Sequence[Tuple[float, int, bool]]]
 FILTER = "none"
@@ -33,10 +34,13 @@ def _stderr(x: float) -> Union[float, str]:
   return "N/A" if math.isnan(x) else x
 
 
-def score_task(name: str, items: Sequence, score_fn: ScoreFn) -> dict:
-  """{metric: value, metric + "_stderr": stderr} of task `name` on `items`, one `score_fn` call for all requests."""
+def score_task(name: str, items: Sequence, score_fn: ScoreFn, prefixes: Optional[Sequence[str]] = None) -> dict:
+  """{"metric,filter": value, "metric_stderr,filter": stderr} of task `name` on `items`, each after its few-shot
+  prefix (`fewshot`; default none), with one `score_fn` call for all requests."""
   spec = registry.task_spec(name)
-  requests = [r for item in items for r in item.requests("", spec.target_delimiter)]
+  prefixes = [""] * len(items) if prefixes is None else prefixes
+  requests = [r for item, prefix in zip(items, prefixes, strict=True)
+              for r in item.requests(prefix, spec.target_delimiter)]
   scores = list(score_fn(requests))
   if len(scores) != len(requests):
     raise ValueError(f"{name}: score_fn returned {len(scores)} results for {len(requests)} requests")
@@ -49,45 +53,65 @@ def score_task(name: str, items: Sequence, score_fn: ScoreFn) -> dict:
       start += len(item.choices)
     per_item = metrics_lib.multiple_choice_scores(lls, [it.choices for it in items], [it.gold for it in items])
     out = metrics_lib.summarize(per_item)
-  return {k: out[k] for m in spec.metrics for k in (m, m + "_stderr")}
+  return {f"{k},{FILTER}": out[k] for m in spec.metrics for k in (m, m + "_stderr")}
 
 
 def run_eval(score_fn: ScoreFn, tasks: Sequence[str], data_dir: str, limit: Optional[Union[int, float]] = None, *,
-             files=None, config: Optional[dict] = None, log: Optional[Callable[[str], None]] = None) -> dict:
-  """Evaluate `score_fn` zero-shot on `tasks`; see the module docstring for the layout.
+             files=None, config: Optional[dict] = None, log: Optional[Callable[[str], None]] = None,
+             num_fewshot: Optional[int] = None, fewshot_seed: int = fewshot.DEFAULT_SEED) -> dict:
+  """Evaluate `score_fn` on `tasks`, zero- or few-shot; see the module docstring for the layout.
 
   Args:
     score_fn: `[(context, continuation)] -> [(logprob, num_tokens, is_greedy)]`.
     tasks: registered task names (`registry.TASKS`), evaluated in this order.
     data_dir: directory of the benchmark files (`TaskSpec.files`).
     limit: only the first `limit` items of each task (a float < 1: that fraction), as the harness's `--limit`.
-    files: per-task file overrides, {task: path or [paths]}.
+    files: file overrides, {task: path or [paths]} for the evaluated split, {"task:split": ...} for the split few-shot
+      examples come from (`registry.fewshot_source`).
     config: extra entries for the results' "config" (model, checkpoint step, batch size, ...).
     log: called with a line per finished task (e.g. `print`).
+    num_fewshot: examples before each item (`fewshot`); None: each task's own `num_fewshot` (0 for all but the
+      generative tasks), as the harness without --num_fewshot.
+    fewshot_seed: the seed of the examples' draws (the harness's `fewshot_random_seed`).
   """
-  missing = [p for name in tasks for p in registry.task_paths(name, data_dir, files) if not os.path.isfile(p)]
+  paths = {name: registry.task_paths(name, data_dir, files) for name in tasks}
+  shots = {name: registry.task_spec(name).num_fewshot if num_fewshot is None else num_fewshot for name in tasks}
+  sources = {name: registry.fewshot_source(name, data_dir, files) if shots[name] else None for name in tasks}
+  missing = [p for name in tasks for p in paths[name] + (sources[name][1] if sources[name] else [])
+             if not os.path.isfile(p)]
   if missing:
     raise FileNotFoundError(f"benchmark file(s) not found: {', '.join(missing)}")
   out = {"results": {}, "configs": {}, "versions": {}, "n-shot": {}, "higher_is_better": {}, "n-samples": {}}
   for name in tasks:
-    spec = registry.task_spec(name)
+    spec, k = registry.task_spec(name), shots[name]
     items = registry.load_task(name, data_dir, files)
     used = items[:effective_limit(len(items), limit)]
-    values = score_task(name, used, score_fn)
-    out["results"][name] = {"alias": name, **{f"{k},{FILTER}": (_stderr(v) if k.endswith("_stderr") else v)
-                                              for k, v in values.items()}}
-    out["configs"][name] = {"task": name, "test_split": spec.split, "files": registry.task_paths(name, data_dir, files),
-                            "output_type": spec.output_type,
-                            "target_delimiter": spec.target_delimiter, "num_fewshot": 0,
+    if sources[name]:  # examples from another split, else from the evaluated one (each item's own left out)
+      split, pool, same_split = sources[name][0], spec.reader(*sources[name][1]), False
+    else:
+      split, pool, same_split = spec.split, items, True
+    prefixes = fewshot.fewshot_prefixes(used, pool, k, same_split=same_split, seed=fewshot_seed,
+                                        description=spec.description, target_delimiter=spec.target_delimiter,
+                                        fewshot_delimiter=spec.fewshot_delimiter)
+    values = score_task(name, used, score_fn, prefixes)
+    out["results"][name] = {"alias": name, **{key: (_stderr(v) if "_stderr," in key else v)
+                                              for key, v in values.items()}}
+    out["configs"][name] = {"task": name, "test_split": spec.split, "files": paths[name],
+                            "output_type": spec.output_type, "description": spec.description,
+                            "target_delimiter": spec.target_delimiter, "fewshot_delimiter": spec.fewshot_delimiter,
+                            "num_fewshot": k, "fewshot_split": split if k else None,
+                            **({"fewshot_files": sources[name][1]} if sources[name] else {}),
                             "metric_list": [{"metric": m, "higher_is_better": registry.HIGHER_IS_BETTER[m]}
                                             for m in spec.metrics]}
     out["versions"][name] = spec.version
-    out["n-shot"][name] = 0
+    out["n-shot"][name] = k
     out["higher_is_better"][name] = {m: registry.HIGHER_IS_BETTER[m] for m in spec.metrics}
     out["n-samples"][name] = {"original": len(items), "effective": len(used)}
     if log:
-      log(f"{name}: " + ", ".join(f"{m}={values[m]:.4f}" for m in spec.metrics) + f" ({len(used)} items)")
-  out["config"] = {"limit": limit, "data_dir": os.path.abspath(data_dir), **(config or {})}
+      log(f"{name} ({k}-shot): " + ", ".join(f"{key.replace(',' + FILTER, '')}={v:.4f}" for key, v in values.items()
+                                              if "_stderr," not in key) + f" ({len(used)} items)")
+  out["config"] = {"limit": limit, "data_dir": os.path.abspath(data_dir), "fewshot_seed": fewshot_seed,
+                   **(config or {})}
   return out
 
 
