@@ -142,21 +142,11 @@ DECODE_CONFIGS = {
 }
 
 
-def _o1_params(model, key):
-  """Random parameters of O(1) scale: init's 0.02 makes every next-token distribution nearly uniform, which would let
-  greedy decoding agree by accident or tie."""
-  params = nn.unbox(model.init(key, jnp.zeros((1, 4), jnp.int32))["params"])
-  leaves, treedef = jax.tree_util.tree_flatten(params)
-  keys = jax.random.split(jax.random.PRNGKey(7), len(leaves))
-  return jax.tree_util.tree_unflatten(treedef, [x + 0.5 * jax.random.normal(k, x.shape, x.dtype)
-                                                for x, k in zip(leaves, keys)])
-
-
 @pytest.mark.parametrize("name", sorted(DECODE_CONFIGS))
-def test_cached_greedy_decoding_equals_step_by_step_full_forward(name):
+def test_cached_greedy_decoding_equals_step_by_step_full_forward(name, spread_params):
   cfg = DECODE_CONFIGS[name]
   model = Transformer(cfg)
-  params = _o1_params(model, jax.random.PRNGKey(0))
+  params = spread_params(nn.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))["params"]), 7)
   prompts = [[0, 17, 250, 3, 99, 402], [0, 5, 61]]  # rows of different lengths: the second is left-padded
   steps, width = 7, 6
   tokens = jnp.array([[0] * (width - len(p)) + p for p in prompts], jnp.int32)

@@ -1,11 +1,11 @@
-"""Readers of the benchmarks, each in its own file format, into two item types with harness prompts.
+"""Readers of the benchmarks, each in its own file format, into three item types with harness prompts.
 
-Every reader returns the items of one benchmark as `MultipleChoice` or `Lambada`, already formatted the way
-EleutherAI's lm-evaluation-harness (v0.4 task configs) formats them: an item's `requests(prefix)` are the exact
-(context, continuation) string pairs whose log-likelihoods the harness compares, and `example()` its (text, target)
-when it is shown solved as a few-shot example (`doc_to_text`, `doc_to_target`). `prefix` is the few-shot context,
-"" zero-shot. The continuation of a multiple-choice request is the task's `target_delimiter` (" ") followed by the
-choice.
+Every reader returns the items of one benchmark as `MultipleChoice`, `Lambada` or `Generation`, already formatted the
+way EleutherAI's lm-evaluation-harness (v0.4 task configs) formats them: an item's `requests(prefix)` are the exact
+(context, continuation) string pairs whose log-likelihoods the harness compares, a generative item's
+`prompt(prefix)` the text it continues, and `example()` its (text, target) when it is shown solved as a few-shot
+example (`doc_to_text`, `doc_to_target`). `prefix` is the few-shot context, "" zero-shot. The continuation of a
+multiple-choice request is the task's `target_delimiter` (" ") followed by the choice.
 
 Two layouts of multiple choice exist, and `MultipleChoice` holds both:
 
@@ -84,6 +84,21 @@ class Lambada:
 
   def example(self) -> Tuple[str, str]:
     return self.context, " " + self.continuation
+
+
+@dataclasses.dataclass(frozen=True)
+class Generation:
+  """One generative item (`generate_until`): greedy continuation of `context`, scored against `target` (the
+  harness's `doc_to_target`, e.g. GSM8K's whole worked answer, which the task's filters reduce to its number)."""
+  id: str
+  context: str
+  target: str
+
+  def prompt(self, prefix: str = "") -> str:
+    return prefix + self.context
+
+  def example(self) -> Tuple[str, str]:
+    return self.context, self.target
 
 
 def _where(path: str, item: Any) -> str:
@@ -476,3 +491,19 @@ def read_lambada(path: str) -> List[Lambada]:
     items.append(Lambada(id=f"lambada/{lineno - 1}", context=" ".join(pieces[:-1]), continuation=pieces[-1]))
   return items
 
+
+# --- GSM8K (generative) ------------------------------------------------------------------------------------------
+
+
+def read_gsm8k(path: str) -> List[Generation]:
+  """GSM8K jsonl (`question`, `answer` = the worked solution ending "#### <number>").
+
+  Harness (`gsm8k`): prompt "Question: {question}\\nAnswer:", target the whole answer (its few-shot examples show
+  the worked solutions; the exact-match filters reduce prediction and target to the final number).
+  """
+  items = []
+  for lineno, r in _jsonl(path):
+    where = _where(path, f"line {lineno}")
+    items.append(Generation(id=f"gsm8k/{lineno - 1}", context=f"Question: {field(r, 'question', where)}\nAnswer:",
+                            target=field(r, "answer", where)))
+  return items

@@ -20,7 +20,7 @@ import dataclasses
 import os
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from bliss_jax.eval import readers
+from bliss_jax.eval import metrics, readers
 
 # The metrics each output type computes (a task reports some of them), and whether higher is better.
 OUTPUT_METRICS = {"multiple_choice": ("acc", "acc_norm"), "loglikelihood": ("perplexity", "acc"),
@@ -177,5 +177,15 @@ for _name, _spec in {
     "sciq": TaskSpec(("sciq_test.json",), readers.read_sciq, _MC, 1.0, "test"),
     "storycloze": TaskSpec(("cloze_test_val__spring2016.csv",), readers.read_storycloze, ("acc",), 1.0,
                            "validation"),
+    # GSM8K (generate_until, 5-shot from the train split): test.jsonl of openai/grade-school-math, not in the shared
+    # data; its train split is the shared corpus's gsm8k_train.jsonl, beside the eval/ directory.
+    "gsm8k": TaskSpec(
+        ("gsm8k_test.jsonl",), readers.read_gsm8k, ("exact_match",), 3.0, "test", "generate_until", num_fewshot=5,
+        fewshot_split="train", fewshot_files=("../corpus/gsm8k_train.jsonl",),
+        generation=GenerationSpec(
+            until=("Question:", "</s>", "<|im_end|>"), max_gen_toks=256,
+            filters=(("strict-match", metrics.regex_extract(r"#### (\-?[0-9\.\,]+)")),
+                     ("flexible-extract", metrics.regex_extract(r"(-?[$0-9.,]{2,})|(-?[0-9]+)", group_select=-1))),
+            regexes_to_ignore=(",", "\\$", "(?s).*#### ", "\\.$"), ignore_case=True)),
 }.items():
   register_task(_name, _spec)

@@ -412,10 +412,10 @@ def _zero_shot(root, methods, model_dirs, train_task, tasks, limit, data_dir, ma
   """{method: {task: {metric: value}}} of the harness on each final target, and a note when skipped."""
   if not tasks:
     return {}, None
-  from bliss_jax.eval import harness, loglikelihood, registry  # pylint: disable=g-import-not-at-top
+  from bliss_jax.eval import generation, harness, loglikelihood, registry  # pylint: disable=g-import-not-at-top
   if data_dir is None:
     data_dir = os.path.join(data_dir_lib.default_data_dir(), "eval")
-  missing = [p for t in tasks for p in registry.task_paths(t, data_dir, files) if not os.path.isfile(p)]
+  missing = [p for p in harness.required_paths(tasks, data_dir, files) if not os.path.isfile(p)]
   if missing:
     return {}, f"zero-shot skipped: benchmark file(s) not found: {', '.join(missing)}"
 
@@ -425,11 +425,14 @@ def _zero_shot(root, methods, model_dirs, train_task, tasks, limit, data_dir, ma
     model_dir = model_dirs[m][-1][1]
     step, params = checkpoints.load_params(model_dir)
     vocab = seqio.get_mixture_or_task(train_task).output_features["targets"].vocabulary
-    score_fn = loglikelihood.make_score_fn(Transformer(ModelDir(model_dir).read_model_config()), params, vocab,
-                                           batch_size=32, max_length=max_length, progress=False)
-    out = harness.run_eval(score_fn, tasks, data_dir, limit, files=files)
+    model = Transformer(ModelDir(model_dir).read_model_config())
+    score_fn = loglikelihood.make_score_fn(model, params, vocab, batch_size=32, max_length=max_length, progress=False)
+    generate_fn = (generation.make_generate_fn(model, params, vocab, batch_size=32, max_length=max_length,
+                                               progress=False)
+                   if any(registry.task_spec(t).output_type == "generate_until" for t in tasks) else None)
+    out = harness.run_eval(score_fn, tasks, data_dir, limit, files=files, generate_fn=generate_fn)
     common.write_json(os.path.join(d, "results.json"), out)
-    return {t: {k.split(",")[0]: v for k, v in r.items() if k != "alias"} for t, r in out["results"].items()}
+    return {t: harness.metric_values(r) for t, r in out["results"].items()}
   results = {m: run_stage(root, f"zero_shot_{m}", lambda d, m=m: do(d, m),
                           {"model_dir": _rel(model_dirs[m][-1][1], root), "tasks": list(tasks), "limit": limit,
                            "max_length": max_length, "start_id": loglikelihood.START_ID,
