@@ -15,7 +15,7 @@ from bliss_jax import partitioning
 from bliss_jax.data import pipeline
 from bliss_jax.data import seqio_tasks
 from bliss_jax.data import vocabulary as vocab_lib
-from bliss_jax.eval import harness, loglikelihood, metrics, readers, registry
+from bliss_jax.eval import generation, harness, loglikelihood, metrics, readers, registry
 from bliss_jax.losses.lm import model_logits, token_cross_entropy
 from bliss_jax.models.config import preset
 from bliss_jax.models.transformer import Transformer
@@ -191,14 +191,10 @@ LAYOUT_ITEMS = [("Question: What is a list?\nAnswer:", " a sequence of values"),
 
 
 @pytest.fixture(scope="module")
-def trained_like(tiny):
-  """The tiny model with O(1) random parameters: init's 0.02 scale makes every next-token distribution nearly
-  uniform, which would hide what the model conditions on."""
+def trained_like(tiny, spread_params):
+  """The tiny model with O(1) random parameters (`spread_params`)."""
   model, params, _, _ = tiny
-  leaves, treedef = jax.tree_util.tree_flatten(params)
-  keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-  leaves = [x + 0.5 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
-  return model, jax.tree_util.tree_unflatten(treedef, leaves)
+  return model, spread_params(params, 1)
 
 
 @pytest.mark.parametrize("pack", [True, False])
@@ -328,6 +324,14 @@ def test_sharded_scorer_matches_single_device(tiny):
     _scorer(tiny, batch_size=4, mesh=mesh)
 
 
+def _model_dir(path, model, params, step):
+  """A MODEL_DIR at `path`: the model's config and one checkpoint of `params` at `step`."""
+  path.mkdir()
+  ModelDir(str(path)).write_model_config(model.cfg)
+  checkpoints.save(checkpoints.make_manager(str(path)), step, {"params": params}, {})
+  return path
+
+
 def _fixture_files(tmp_path):
   """Small SciQ (JSON list) and StoryCloze (csv) files in their public formats."""
   sciq = [{"question": f"Which gas do plants take in, case {i}?", "distractor1": "oxygen", "distractor2": "helium",
@@ -344,10 +348,7 @@ def _fixture_files(tmp_path):
 
 def test_evaluate_script_end_to_end(tiny, spm_path, spm_vocab, tmp_path, capsys):
   model, params, step_fn, _ = tiny
-  model_dir = tmp_path / "run"
-  model_dir.mkdir()
-  ModelDir(str(model_dir)).write_model_config(model.cfg)
-  checkpoints.save(checkpoints.make_manager(str(model_dir)), 7, {"params": params}, {})
+  model_dir = _model_dir(tmp_path / "run", model, params, 7)
   files = _fixture_files(tmp_path)
   out_dir = tmp_path / "eval"
   evaluate_script.main([
@@ -395,10 +396,7 @@ def user_tasks_module(tmp_path, monkeypatch):
 def test_evaluate_script_runs_a_task_registered_by_a_tasks_module(tiny, spm_path, spm_vocab, tmp_path,
                                                                    user_tasks_module):
   model, params, step_fn, _ = tiny
-  model_dir = tmp_path / "run"
-  model_dir.mkdir()
-  ModelDir(str(model_dir)).write_model_config(model.cfg)
-  checkpoints.save(checkpoints.make_manager(str(model_dir)), 3, {"params": params}, {})
+  model_dir = _model_dir(tmp_path / "run", model, params, 3)
   data = tmp_path / "data"
   data.mkdir()
   rows = [{"prompt": f"Which number follows {i}?", "options": [str(i + 1), str(i + 7), "none"], "answer": 0}
@@ -426,6 +424,62 @@ def test_evaluate_script_runs_a_task_registered_by_a_tasks_module(tiny, spm_path
   assert registry.load_task("my_qa", str(data))[1].requests() == [("Q: Which number follows 1?\nA:", " 2"),
                                                                   ("Q: Which number follows 1?\nA:", " 8"),
                                                                   ("Q: Which number follows 1?\nA:", " none")]
+
+
+def test_evaluate_script_few_shot_and_generative_tasks_by_name(tiny, spm_path, spm_vocab, tmp_path, shared_data):
+  """gsm8k (greedy decoding, exact match) and arc_easy, 1-shot, through the script sharded over the 8 test devices,
+  agree with the harness run unsharded; the prompts (up to 1,000 tokens) are cut to max_length - max_gen_toks."""
+  model, params, step_fn, _ = tiny
+  model_dir = _model_dir(tmp_path / "run", model, params, 5)
+  data = tmp_path / "data"
+  data.mkdir()
+  with open(shared_data / "corpus" / "gsm8k_train.jsonl") as f:
+    (data / "gsm8k_test.jsonl").write_text("".join(next(f) for _ in range(3)))
+  files = {"gsm8k:train": str(shared_data / "corpus" / "gsm8k_train.jsonl"),
+           "arc_easy": str(shared_data / "eval" / "ARC-Easy-Test.jsonl")}
+  out_dir = tmp_path / "eval"
+  saved = evaluate_script.main([
+      f"--model_dir={model_dir}", f"--vocabulary={spm_path}", "--tasks=gsm8k,arc_easy", f"--data_dir={data}",
+      f"--output_dir={out_dir}", "--num_fewshot=1", "--limit=2", "--batch_size=8", "--max_length=320",
+      "--no_progress"] + [f"--task_file={k}={v}" for k, v in files.items()])
+  assert saved["n-shot"] == {"gsm8k": 1, "arc_easy": 1} and saved["config"]["num_fewshot"] == 1
+  assert saved["configs"]["gsm8k"]["fewshot_files"] == [files["gsm8k:train"]]
+  assert set(saved["results"]["gsm8k"]) == {"alias", "exact_match,strict-match", "exact_match_stderr,strict-match",
+                                            "exact_match,flexible-extract", "exact_match_stderr,flexible-extract"}
+  assert "num_fewshot: 1" in (out_dir / "results.md").read_text()
+  responses = []
+  generate_fn = generation.make_generate_fn(model, params, spm_vocab, batch_size=2, max_length=320, progress=False)
+  score_fn = loglikelihood.make_score_fn(model, params, spm_vocab, batch_size=BATCH, max_length=320,
+                                         progress=False)
+  direct = harness.run_eval(score_fn, ["gsm8k", "arc_easy"], str(data), limit=2, num_fewshot=1, files=files,
+                            generate_fn=lambda *a: responses.extend(generate_fn(*a)) or responses)
+  assert len(responses) == 2
+  for task in ("gsm8k", "arc_easy"):
+    for key, value in direct["results"][task].items():
+      assert saved["results"][task][key] == (value if isinstance(value, str) else pytest.approx(value, abs=1e-9))
+
+
+def test_comparison_zero_shot_stage_takes_files_elsewhere_and_generative_tasks(tiny, spm_vocab, tmp_path,
+                                                                               shared_data):
+  """compare's zero-shot stage on a final target: a task's file given by `zero_shot_files`, and gsm8k (5-shot from
+  the train split beside eval/) decoded greedily, each metric under its filter."""
+  from bliss_jax.pipelines import compare  # pylint: disable=g-import-not-at-top
+  model, params, _, _ = tiny
+  model_dir = _model_dir(tmp_path / "target", model, params, 9)
+  seqio_tasks.register_document_task("zero_shot_vocab", lambda: [("d:0", "a document")], spm_vocab,
+                                     validation_fraction=0.0)
+  with open(shared_data / "corpus" / "gsm8k_train.jsonl") as f:
+    (tmp_path / "gsm8k_test.jsonl").write_text(next(f))
+  files = {"gsm8k": str(tmp_path / "gsm8k_test.jsonl")}
+  results, note = compare._zero_shot(str(tmp_path / "root"), ["plain"], {"plain": [(9, str(model_dir))]},
+                                     "zero_shot_vocab", ("arc_easy", "gsm8k"), 2, str(shared_data / "eval"), 320,
+                                     files)
+  assert note is None
+  assert set(results["plain"]["gsm8k"]) == {"strict-match/exact_match", "strict-match/exact_match_stderr",
+                                            "flexible-extract/exact_match", "flexible-extract/exact_match_stderr"}
+  assert set(results["plain"]["arc_easy"]) == {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr"}
+  saved = json.loads((tmp_path / "root" / "zero_shot_plain" / "results.json").read_text())
+  assert saved["n-shot"] == {"arc_easy": 0, "gsm8k": 5} and saved["configs"]["gsm8k"]["files"] == [files["gsm8k"]]
 
 
 def test_evaluate_script_missing_file_is_named(tmp_path):

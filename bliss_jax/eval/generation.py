@@ -29,9 +29,6 @@ from bliss_jax import partitioning
 from bliss_jax.eval import loglikelihood
 from bliss_jax.models.transformer import init_cache
 
-GenerateFn = Callable[[Sequence[str], Sequence[str], int], List[str]]
-
-
 def encode_prompt(vocabulary, context: str, start_id: Optional[int] = loglikelihood.START_ID) -> List[int]:
   """`[start_id] + encode(context)`; without a start id the ids alone (the end-of-sequence id for an empty context)."""
   ids = list(vocabulary.encode(context)) if context else []
@@ -160,7 +157,7 @@ def make_token_generator(model, params, *, batch_size: int = 32, max_length: int
 
 
 def make_generate_fn(model, params, vocabulary, *, start_id: Optional[int] = loglikelihood.START_ID,
-                     **kwargs) -> GenerateFn:
+                     **kwargs) -> Callable[[Sequence[str], Sequence[str], int], List[str]]:
   """`generate_fn(contexts, until, max_new_tokens) -> [text]` (module docstring), the generation function
   `harness.run_eval` takes: `encode_prompt(..., start_id)`, then `make_token_generator(model, params, **kwargs)`
   (`vocab_size` defaults to the vocabulary's)."""

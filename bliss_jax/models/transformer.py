@@ -217,9 +217,9 @@ class Transformer(nn.Module):
     x = nn.with_logical_constraint(embed(tokens), ("batch", "length", "embed"))
     if cfg.scan_layers:
       block = nn.remat(_ScanBlock) if cfg.remat else _ScanBlock
-      x, kv = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=(0, nn.broadcast,
-                      nn.broadcast, nn.broadcast), length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})(
-                          cfg, name="layers")(x, kv, mask, positions, index)
+      x, kv = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                      in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
+                      metadata_params={nn.PARTITION_NAME: "layers"})(cfg, name="layers")(x, kv, mask, positions, index)
     else:
       block = nn.remat(Block) if cfg.remat else Block
       layers_kv = []
