@@ -87,6 +87,24 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def global_array(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  """A (possibly multi-host) global array from the full host value `x` that every process holds."""
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def replicate_params(params, mesh: Mesh):
+  """`params` replicated over `mesh`, leaving leaves that already live on it (e.g. tensor-parallel shards) alone."""
+  repl = replicated(mesh)
+
+  def place(x):
+    sharding = getattr(x, "sharding", None)
+    if isinstance(sharding, NamedSharding) and sharding.mesh == mesh:
+      return x
+    return global_array(np.asarray(x), repl)
+
+  return jax.tree.map(place, params)
+
+
 def global_batch_from_local(local_batch: dict, mesh: Mesh) -> dict:
   """Assemble each process's slice of the batch (leading dim = global batch / process_count) into global arrays."""
   sharding = batch_sharding(mesh)

@@ -22,3 +22,18 @@ def shared_data():
   if not SHARED_DATA.is_dir():
     pytest.skip(f"shared data not found at {SHARED_DATA}")
   return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def spread_params():
+  """`spread(params, seed)`: params + 0.5 · N(0, 1) noise, leaf by leaf. Init's 0.02 scale makes every next-token
+  distribution nearly uniform, which would hide what a model conditions on and let greedy decoding tie."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  def spread(params, seed):
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+    return jax.tree_util.tree_unflatten(treedef, [x + 0.5 * jax.random.normal(k, x.shape, x.dtype)
+                                                  for x, k in zip(leaves, keys)])
+
+  return spread

@@ -1,4 +1,5 @@
-"""Tests for bliss_jax.eval.readers: item counts and prompts on the real files, fixtures for SciQ/StoryCloze, errors."""
+"""Tests for bliss_jax.eval.readers: item counts and prompts on the real files, fixtures (real items in the public
+formats) for SIQA, COPA, SciQ and StoryCloze, which the shared data lacks; errors."""
 import bz2
 import collections
 import json
@@ -140,6 +141,57 @@ def test_storycloze_csv(tmp_path):
   hf.write_text("story_id,input_sentence_1,input_sentence_2,input_sentence_3,input_sentence_4,sentence_quiz1,"
                 "sentence_quiz2,answer_right_ending\n" + STORY_ROWS)
   assert readers.read_storycloze(str(hf)) == items
+
+
+# The first two items of Social IQa's dev split and of SuperGLUE COPA's val split.
+SIQA = [{"context": "Tracy didn't go home that evening and resisted Riley's attacks.",
+         "question": "What does Tracy need to do before this?", "answerA": "make a new plan",
+         "answerB": "Go home and see Riley", "answerC": "Find somewhere to go"},
+        {"context": "Sydney walked past a homeless woman asking for change but did not have any money they could give "
+                    "to her. Sydney felt bad afterwards.", "question": "How would you describe Sydney?",
+         "answerA": "sympathetic", "answerB": "like a person who was unable to help", "answerC": "incredulous"}]
+SIQA_LABELS = ["3", "1"]
+
+
+def test_siqa_with_labels_file_and_label_field(tmp_path):
+  (tmp_path / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in SIQA))
+  (tmp_path / "dev-labels.lst").write_text("\n".join(SIQA_LABELS) + "\n")
+  (tmp_path / "hf.jsonl").write_text("".join(json.dumps(dict(r, label=label)) + "\n"
+                                             for r, label in zip(SIQA, SIQA_LABELS)))
+  items = readers.read_siqa(str(tmp_path / "dev.jsonl"))
+  assert readers.read_siqa(str(tmp_path / "hf.jsonl")) == items
+  assert [it.gold for it in items] == [2, 0]
+  assert items[0].context == ("Q: Tracy didn't go home that evening and resisted Riley's attacks. What does Tracy "
+                              "need to do before this?\nA:")
+  assert items[0].requests() == [(items[0].context, " make a new plan"), (items[0].context, " Go home and see Riley"),
+                                 (items[0].context, " Find somewhere to go")]
+  (tmp_path / "dev-labels.lst").write_text("3\n4\n")
+  _raises(readers.read_siqa, tmp_path / "dev.jsonl", "line 2", "label should be 1, 2 or 3")
+  (tmp_path / "dev-labels.lst").write_text("3\n")
+  with pytest.raises(readers.ReaderError, match="dev-labels.lst: 1 labels for 2 items"):
+    readers.read_siqa(str(tmp_path / "dev.jsonl"))
+
+
+COPA = [{"premise": "The man turned on the faucet.", "choice1": "The toilet filled with water.",
+         "choice2": "Water flowed from the spout.", "question": "effect", "idx": 0, "label": 1},
+        {"premise": "The girl found a bug in her cereal.", "choice1": "She poured milk in the bowl.",
+         "choice2": "She lost her appetite.", "question": "effect", "idx": 1, "label": 1},
+        {"premise": "My body cast a shadow over the grass.", "choice1": "The sun was rising.",
+         "choice2": "The grass was cut.", "question": "cause", "idx": 2, "label": 0}]
+
+
+def test_copa_superglue_jsonl(tmp_path):
+  path = tmp_path / "val.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in COPA))
+  items = readers.read_copa(str(path))
+  assert [it.gold for it in items] == [1, 1, 0] and items[0].id == "copa/0"
+  # The premise loses its period and takes the connector; each choice is " " + first letter lower-cased, and the
+  # target delimiter makes the continuation start with two spaces, as the harness scores it.
+  assert items[0].requests() == [("The man turned on the faucet therefore", "  the toilet filled with water."),
+                                 ("The man turned on the faucet therefore", "  water flowed from the spout.")]
+  assert items[2].context == "My body cast a shadow over the grass because"
+  path.write_text(json.dumps(dict(COPA[0], question="reason")) + "\n")
+  _raises(readers.read_copa, path, "line 1", "'cause' or 'effect'")
 
 
 # --- Errors name the file and the item ----------------------------------------------------------------------------

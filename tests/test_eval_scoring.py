@@ -15,7 +15,7 @@ from bliss_jax import partitioning
 from bliss_jax.data import pipeline
 from bliss_jax.data import seqio_tasks
 from bliss_jax.data import vocabulary as vocab_lib
-from bliss_jax.eval import harness, loglikelihood, metrics, readers
+from bliss_jax.eval import generation, harness, loglikelihood, metrics, readers, registry
 from bliss_jax.losses.lm import model_logits, token_cross_entropy
 from bliss_jax.models.config import preset
 from bliss_jax.models.transformer import Transformer
@@ -191,14 +191,10 @@ LAYOUT_ITEMS = [("Question: What is a list?\nAnswer:", " a sequence of values"),
 
 
 @pytest.fixture(scope="module")
-def trained_like(tiny):
-  """The tiny model with O(1) random parameters: init's 0.02 scale makes every next-token distribution nearly
-  uniform, which would hide what the model conditions on."""
+def trained_like(tiny, spread_params):
+  """The tiny model with O(1) random parameters (`spread_params`)."""
   model, params, _, _ = tiny
-  leaves, treedef = jax.tree_util.tree_flatten(params)
-  keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-  leaves = [x + 0.5 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
-  return model, jax.tree_util.tree_unflatten(treedef, leaves)
+  return model, spread_params(params, 1)
 
 
 @pytest.mark.parametrize("pack", [True, False])
@@ -261,7 +257,7 @@ def test_mean_stderr_formula():
 
 
 def _real_items(shared_data):
-  return {t: harness.load_task(t, str(shared_data / "eval")) for t in SHARED_TASKS + ["lambada_openai"]}
+  return {t: registry.load_task(t, str(shared_data / "eval")) for t in SHARED_TASKS + ["lambada_openai"]}
 
 
 def test_oracle_and_constant_scorers_on_the_real_benchmarks(shared_data):
@@ -271,7 +267,7 @@ def test_oracle_and_constant_scorers_on_the_real_benchmarks(shared_data):
   oracle = harness.run_eval(lambda reqs: [(0.0 if r in gold else -1.0, 1, True) for r in reqs],
                             SHARED_TASKS + ["lambada_openai"], str(shared_data / "eval"))
   for task in SHARED_TASKS:
-    for metric in harness.TASKS[task].metrics:
+    for metric in registry.TASKS[task].metrics:
       assert oracle["results"][task][f"{metric},none"] == 1.0, (task, metric)
   assert oracle["results"]["lambada_openai"]["acc,none"] == 1.0
   assert oracle["results"]["lambada_openai"]["perplexity,none"] == 1.0  # Σ log p = 0 for every word
@@ -285,7 +281,7 @@ def test_oracle_and_constant_scorers_on_the_real_benchmarks(shared_data):
     # All log-likelihoods tie: argmax = index 0, so acc = P(gold = 0); -1/len is largest for the longest choice.
     assert res["acc,none"] == pytest.approx(np.mean(golds == 0), abs=1e-12)
     assert res["acc_stderr,none"] == pytest.approx(np.std(golds == 0, ddof=1) / math.sqrt(len(golds)), abs=1e-12)
-    if "acc_norm" in harness.TASKS[task].metrics:
+    if "acc_norm" in registry.TASKS[task].metrics:
       assert res["acc_norm,none"] == pytest.approx(np.mean(golds == longest), abs=1e-12)
   assert const["results"]["boolq"]["acc,none"] == pytest.approx(1237 / 3270)  # "no" is gold on 1,237 of 3,270
   assert const["results"]["lambada_openai"]["acc,none"] == 0.0
@@ -311,7 +307,7 @@ def test_run_eval_layout_limit_and_markdown(shared_data):
   with pytest.raises(FileNotFoundError, match="nowhere.jsonl"):
     harness.run_eval(lambda reqs: [], ["arc_easy"], str(shared_data / "eval"), files={"arc_easy": "/x/nowhere.jsonl"})
   with pytest.raises(ValueError, match="unknown task"):
-    harness.task_paths("mmlu", ".")
+    registry.task_paths("mmlu", ".")
 
 
 # --- End to end: sharded scorer, script ---------------------------------------------------------------------------
@@ -326,6 +322,14 @@ def test_sharded_scorer_matches_single_device(tiny):
   assert [r.is_greedy for r in sharded] == [r.is_greedy for r in single]
   with pytest.raises(ValueError, match="multiple of the mesh"):
     _scorer(tiny, batch_size=4, mesh=mesh)
+
+
+def _model_dir(path, model, params, step):
+  """A MODEL_DIR at `path`: the model's config and one checkpoint of `params` at `step`."""
+  path.mkdir()
+  ModelDir(str(path)).write_model_config(model.cfg)
+  checkpoints.save(checkpoints.make_manager(str(path)), step, {"params": params}, {})
+  return path
 
 
 def _fixture_files(tmp_path):
@@ -344,10 +348,7 @@ def _fixture_files(tmp_path):
 
 def test_evaluate_script_end_to_end(tiny, spm_path, spm_vocab, tmp_path, capsys):
   model, params, step_fn, _ = tiny
-  model_dir = tmp_path / "run"
-  model_dir.mkdir()
-  ModelDir(str(model_dir)).write_model_config(model.cfg)
-  checkpoints.save(checkpoints.make_manager(str(model_dir)), 7, {"params": params}, {})
+  model_dir = _model_dir(tmp_path / "run", model, params, 7)
   files = _fixture_files(tmp_path)
   out_dir = tmp_path / "eval"
   evaluate_script.main([
@@ -365,6 +366,120 @@ def test_evaluate_script_end_to_end(tiny, spm_path, spm_vocab, tmp_path, capsys)
   for task in ("sciq", "storycloze"):
     for key, value in direct["results"][task].items():
       assert saved["results"][task][key] == (value if isinstance(value, str) else pytest.approx(value, abs=1e-9))
+
+
+# A module of one's own that registers a benchmark in its own format (fields `prompt`, `options`, `answer`).
+USER_TASKS_MODULE = """
+from bliss_jax.eval import readers, registry
+
+
+def read_my_qa(path):
+  return [readers.MultipleChoice(id=f"my_qa/{n}", context="Q: " + readers.field(r, "prompt", where) + "\\nA:",
+                                 choices=tuple(r["options"]), gold=readers.field(r, "answer", where, int))
+          for n, (where, r) in enumerate(readers.read_records(path))]
+
+
+registry.register_task("my_qa", registry.TaskSpec(files=("my_qa.jsonl",), reader=read_my_qa, metrics=("acc",)))
+"""
+
+
+@pytest.fixture
+def user_tasks_module(tmp_path, monkeypatch):
+  """The name of an importable module (in tmp_path) that registers the task "my_qa"; unregistered afterwards."""
+  (tmp_path / "my_eval_tasks.py").write_text(USER_TASKS_MODULE)
+  monkeypatch.syspath_prepend(str(tmp_path))
+  yield "my_eval_tasks"
+  registry.TASKS.pop("my_qa", None)
+  sys.modules.pop("my_eval_tasks", None)
+
+
+def test_evaluate_script_runs_a_task_registered_by_a_tasks_module(tiny, spm_path, spm_vocab, tmp_path,
+                                                                   user_tasks_module):
+  model, params, step_fn, _ = tiny
+  model_dir = _model_dir(tmp_path / "run", model, params, 3)
+  data = tmp_path / "data"
+  data.mkdir()
+  rows = [{"prompt": f"Which number follows {i}?", "options": [str(i + 1), str(i + 7), "none"], "answer": 0}
+          for i in range(5)]
+  (data / "my_qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  elsewhere = tmp_path / "elsewhere.jsonl"  # the same task on a file given with --task_file
+  elsewhere.write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+  with pytest.raises(SystemExit, match="unknown task 'my_qa'.*register_task"):
+    evaluate_script.main([f"--model_dir={model_dir}", f"--output_dir={tmp_path}/no", "--tasks=my_qa",
+                          f"--data_dir={data}"])
+  for task_file, n in (([], 5), ([f"--task_file=my_qa={elsewhere}"], 2)):
+    out_dir = tmp_path / f"eval{n}"
+    saved = evaluate_script.main([
+        f"--model_dir={model_dir}", f"--vocabulary={spm_path}", "--tasks=my_qa", f"--data_dir={data}",
+        f"--tasks_module={user_tasks_module}", f"--output_dir={out_dir}", "--batch_size=8", "--max_length=32",
+        "--no_progress"] + task_file)
+    assert saved == json.loads((out_dir / "results.json").read_text())
+    assert saved["n-samples"]["my_qa"] == {"original": n, "effective": n}
+    assert set(saved["results"]["my_qa"]) == {"alias", "acc,none", "acc_stderr,none"}
+  # The script's accuracy is the one the harness gives with an unsharded scorer on the same requests.
+  score_fn = loglikelihood.make_score_fn(model, params, spm_vocab, batch_size=BATCH, max_length=MAX_LEN,
+                                         length_buckets=BUCKETS, progress=False, step_fn=step_fn)
+  direct = harness.run_eval(score_fn, ["my_qa"], str(data), files={"my_qa": str(elsewhere)})
+  assert saved["results"]["my_qa"]["acc,none"] == direct["results"]["my_qa"]["acc,none"]
+  assert registry.load_task("my_qa", str(data))[1].requests() == [("Q: Which number follows 1?\nA:", " 2"),
+                                                                  ("Q: Which number follows 1?\nA:", " 8"),
+                                                                  ("Q: Which number follows 1?\nA:", " none")]
+
+
+def test_evaluate_script_few_shot_and_generative_tasks_by_name(tiny, spm_path, spm_vocab, tmp_path, shared_data):
+  """gsm8k (greedy decoding, exact match) and arc_easy, 1-shot, through the script sharded over the 8 test devices,
+  agree with the harness run unsharded; the prompts (up to 1,000 tokens) are cut to max_length - max_gen_toks."""
+  model, params, step_fn, _ = tiny
+  model_dir = _model_dir(tmp_path / "run", model, params, 5)
+  data = tmp_path / "data"
+  data.mkdir()
+  with open(shared_data / "corpus" / "gsm8k_train.jsonl") as f:
+    (data / "gsm8k_test.jsonl").write_text("".join(next(f) for _ in range(3)))
+  files = {"gsm8k:train": str(shared_data / "corpus" / "gsm8k_train.jsonl"),
+           "arc_easy": str(shared_data / "eval" / "ARC-Easy-Test.jsonl")}
+  out_dir = tmp_path / "eval"
+  saved = evaluate_script.main([
+      f"--model_dir={model_dir}", f"--vocabulary={spm_path}", "--tasks=gsm8k,arc_easy", f"--data_dir={data}",
+      f"--output_dir={out_dir}", "--num_fewshot=1", "--limit=2", "--batch_size=8", "--max_length=320",
+      "--no_progress"] + [f"--task_file={k}={v}" for k, v in files.items()])
+  assert saved["n-shot"] == {"gsm8k": 1, "arc_easy": 1} and saved["config"]["num_fewshot"] == 1
+  assert saved["configs"]["gsm8k"]["fewshot_files"] == [files["gsm8k:train"]]
+  assert set(saved["results"]["gsm8k"]) == {"alias", "exact_match,strict-match", "exact_match_stderr,strict-match",
+                                            "exact_match,flexible-extract", "exact_match_stderr,flexible-extract"}
+  assert "num_fewshot: 1" in (out_dir / "results.md").read_text()
+  responses = []
+  generate_fn = generation.make_generate_fn(model, params, spm_vocab, batch_size=2, max_length=320, progress=False)
+  score_fn = loglikelihood.make_score_fn(model, params, spm_vocab, batch_size=BATCH, max_length=320,
+                                         progress=False)
+  direct = harness.run_eval(score_fn, ["gsm8k", "arc_easy"], str(data), limit=2, num_fewshot=1, files=files,
+                            generate_fn=lambda *a: responses.extend(generate_fn(*a)) or responses)
+  assert len(responses) == 2
+  for task in ("gsm8k", "arc_easy"):
+    for key, value in direct["results"][task].items():
+      assert saved["results"][task][key] == (value if isinstance(value, str) else pytest.approx(value, abs=1e-9))
+
+
+def test_comparison_zero_shot_stage_takes_files_elsewhere_and_generative_tasks(tiny, spm_vocab, tmp_path,
+                                                                               shared_data):
+  """compare's zero-shot stage on a final target: a task's file given by `zero_shot_files`, and gsm8k (5-shot from
+  the train split beside eval/) decoded greedily, each metric under its filter."""
+  from bliss_jax.pipelines import compare  # pylint: disable=g-import-not-at-top
+  model, params, _, _ = tiny
+  model_dir = _model_dir(tmp_path / "target", model, params, 9)
+  seqio_tasks.register_document_task("zero_shot_vocab", lambda: [("d:0", "a document")], spm_vocab,
+                                     validation_fraction=0.0)
+  with open(shared_data / "corpus" / "gsm8k_train.jsonl") as f:
+    (tmp_path / "gsm8k_test.jsonl").write_text(next(f))
+  files = {"gsm8k": str(tmp_path / "gsm8k_test.jsonl")}
+  results, note = compare._zero_shot(str(tmp_path / "root"), ["plain"], {"plain": [(9, str(model_dir))]},
+                                     "zero_shot_vocab", ("arc_easy", "gsm8k"), 2, str(shared_data / "eval"), 320,
+                                     files)
+  assert note is None
+  assert set(results["plain"]["gsm8k"]) == {"strict-match/exact_match", "strict-match/exact_match_stderr",
+                                            "flexible-extract/exact_match", "flexible-extract/exact_match_stderr"}
+  assert set(results["plain"]["arc_easy"]) == {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr"}
+  saved = json.loads((tmp_path / "root" / "zero_shot_plain" / "results.json").read_text())
+  assert saved["n-shot"] == {"arc_easy": 0, "gsm8k": 5} and saved["configs"]["gsm8k"]["files"] == [files["gsm8k"]]
 
 
 def test_evaluate_script_missing_file_is_named(tmp_path):

@@ -1,4 +1,4 @@
-"""Behaviour of the decoder: masks, rotary, packing, prefix-LM, GQA/MQA, scan vs loop, bf16."""
+"""Behaviour of the decoder: masks, rotary, packing, prefix-LM, GQA/MQA, scan vs loop, bf16, cached decoding."""
 import dataclasses
 
 import flax.linen as nn
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from bliss_jax.models.config import preset
-from bliss_jax.models.transformer import Transformer, apply_rotary, attention_mask
+from bliss_jax.models.transformer import (Transformer, apply_rotary, attention_mask, cached_attention_mask,
+                                         init_cache)
 
 
 def test_attention_mask_hand_computed():
@@ -127,3 +128,62 @@ def test_parameters_carry_logical_axis_names():
   assert tuple(specs["layer_0"]["attention"]["query"]["kernel"]) == ("embed", "heads", "kv")
   assert tuple(specs["layer_0"]["mlp"]["wi"]["kernel"]) == ("embed", "mlp")
   assert tuple(specs["lm_head"]["kernel"]) == ("embed", "vocab")
+
+
+# --- Incremental decoding from a key/value cache ------------------------------------------------------------------
+
+DECODE_CONFIGS = {
+    "gqa": preset("tiny"),  # 4 query heads over 2 key/value heads, full rotary, sequential residual
+    "mha": preset("tiny", num_kv_heads=None),
+    "mqa_geglu_tied": preset("tiny_mqa"),
+    "neox_mha": preset("tiny_neox"),  # rotary on 25% of each head, parallel residual, LayerNorm with biases
+    "neox_gqa": preset("tiny_neox", num_kv_heads=2),
+    "gqa_scan_remat": preset("tiny", scan_layers=True, remat=True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DECODE_CONFIGS))
+def test_cached_greedy_decoding_equals_step_by_step_full_forward(name, spread_params):
+  cfg = DECODE_CONFIGS[name]
+  model = Transformer(cfg)
+  params = spread_params(nn.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))["params"]), 7)
+  prompts = [[0, 17, 250, 3, 99, 402], [0, 5, 61]]  # rows of different lengths: the second is left-padded
+  steps, width = 7, 6
+  tokens = jnp.array([[0] * (width - len(p)) + p for p in prompts], jnp.int32)
+  segments = jnp.array([[0] * (width - len(p)) + [1] * len(p) for p in prompts], jnp.int32)
+  positions = jnp.maximum(jnp.cumsum(segments, 1) - 1, 0)
+
+  apply = jax.jit(model.apply)
+  cache = init_cache(cfg, len(prompts), width + steps)
+  logits, cache = apply({"params": params}, tokens, segment_ids=segments, positions=positions, cache=cache)
+  assert int(cache["index"]) == width and cache["key"].shape == (cfg.num_layers, 2, width + steps, cfg.kv_heads,
+                                                                   cfg.dim_per_head)
+  last, position = logits[:, -1], positions[:, -1]
+  cached = [[] for _ in prompts]
+  cached_logits = [[] for _ in prompts]
+  for _ in range(steps):
+    token = jnp.argmax(last, -1)
+    for row in range(len(prompts)):
+      cached[row].append(int(token[row]))
+      cached_logits[row].append(np.asarray(last[row]))
+    position = position + 1
+    logits, cache = apply({"params": params}, token[:, None], positions=position[:, None], cache=cache)
+    last = logits[:, -1]
+
+  for row, prompt in enumerate(prompts):  # each row alone, the whole sequence again at every step
+    seq = list(prompt)
+    for step in range(steps):  # (right-padded to one shape: causal attention leaves the sequence's logits alone)
+      padded = jnp.array([seq + [0] * (width + steps - len(seq))], jnp.int32)
+      full = apply({"params": params}, padded)[0, len(seq) - 1]
+      np.testing.assert_allclose(cached_logits[row][step], full, atol=2e-4, rtol=1e-5)
+      seq.append(int(jnp.argmax(full)))
+    assert cached[row] == seq[len(prompt):], (name, row)
+  assert len(set(cached[0] + cached[1])) > 2  # the model does not just repeat one token
+
+
+def test_cached_attention_mask_hand_computed():
+  # Cache of 5 positions, 3 written before (index 3): a left-padded row [pad, a, b] and a full row; 2 new tokens.
+  cache_segments = jnp.array([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]])
+  mask = np.asarray(cached_attention_mask(cache_segments, jnp.ones((2, 2), jnp.int32), 3))[:, 0].astype(int)
+  np.testing.assert_array_equal(mask[0], [[0, 1, 1, 1, 0], [0, 1, 1, 1, 1]])  # not the padding, not the future
+  np.testing.assert_array_equal(mask[1], [[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])

@@ -1,1 +1,2 @@
-"""Zero-shot evaluation in lm-evaluation-harness conventions: readers, batched log-likelihood, metrics, harness."""
+"""Evaluation in lm-evaluation-harness conventions: readers, task registry, few-shot contexts, batched log-likelihood,
+greedy generation, metrics, harness."""

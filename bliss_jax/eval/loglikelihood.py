@@ -22,7 +22,7 @@ from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from bliss_jax import partitioning
@@ -109,24 +109,6 @@ def default_length_buckets(max_length: int, smallest: int = 64) -> Tuple[int, ..
   return tuple(buckets) + (max_length,)
 
 
-def _global_array(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
-  """A (possibly multi-host) global array from the full host value every process holds."""
-  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-
-
-def _place_params(params, mesh: Mesh):
-  """Replicate `params` over `mesh`, leaving leaves that already live on it (e.g. tensor-parallel shards) alone."""
-  repl = partitioning.replicated(mesh)
-
-  def place(x):
-    sharding = getattr(x, "sharding", None)
-    if isinstance(sharding, NamedSharding) and sharding.mesh == mesh:
-      return x
-    return _global_array(np.asarray(x), repl)
-
-  return jax.tree.map(place, params)
-
-
 def make_token_scorer(model, params, *, batch_size: int = 32, max_length: int = 2048,
                       length_buckets: Optional[Sequence[int]] = None, mesh: Optional[Mesh] = None,
                       rules=None, progress: bool = True,
@@ -154,7 +136,7 @@ def make_token_scorer(model, params, *, batch_size: int = 32, max_length: int = 
     data = mesh.shape["data"]
     if batch_size % data:
       raise ValueError(f"batch_size={batch_size} is not a multiple of the mesh's data axis ({data})")
-    params = _place_params(params, mesh)
+    params = partitioning.replicate_params(params, mesh)
     rules = partitioning.logical_rules() if rules is None else rules
   if step_fn is None:
     step = make_loglikelihood_step(model)
@@ -165,7 +147,7 @@ def make_token_scorer(model, params, *, batch_size: int = 32, max_length: int = 
       return step_fn(params, batch)
     sharding = partitioning.batch_sharding(mesh)
     with partitioning.mesh_context(mesh, rules):
-      return step_fn(params, {k: _global_array(v, sharding) for k, v in batch.items()})
+      return step_fn(params, {k: partitioning.global_array(v, sharding) for k, v in batch.items()})
 
   def score(pairs: Sequence[TokenPair]) -> List[LoglikelihoodResult]:
     lengths = [row_length(p, max_length) for p in pairs]

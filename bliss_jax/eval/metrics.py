@@ -1,4 +1,4 @@
-"""Zero-shot metrics as lm-evaluation-harness computes them: per-item scores, then means and standard errors.
+"""Metrics as lm-evaluation-harness computes them: per-item scores, then means and standard errors.
 
 Multiple choice, with ℓ_i the summed log-likelihood of choice i and |s_i| the length of its string in characters:
 
@@ -9,9 +9,14 @@ greedy flags, and perplexity = exp(−mean over items of Σ log p(word tokens)) 
 aggregation, a per-word (per-item) perplexity, not a per-token one. Standard errors are the harness's: for means,
 sample standard deviation (n − 1) / √n; for perplexity (the harness bootstraps it) the delta method,
 ppl · stderr(per-item log-likelihood).
+
+Generative tasks: a filter reduces each response to its answer (`regex_extract`, the harness's `regex` +
+`take_first`), and exact_match = 1[norm(answer) = norm(target)], with norm the harness's `exact_match` options.
 """
 import math
-from typing import Sequence
+import re
+import string
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -54,3 +59,36 @@ def summarize(per_item: dict) -> dict:
     out[name] = float(np.mean(values))
     out[name + "_stderr"] = mean_stderr(values)
   return out
+
+
+def regex_extract(pattern: str, group_select: int = 0, fallback: str = "[invalid]") -> Callable[[str], str]:
+  """The harness's `regex` filter on one response: match number `group_select` of `re.findall(pattern)` (of a
+  pattern with several groups, the first non-empty one), stripped; `fallback` when nothing matches."""
+  regex = re.compile(pattern)
+
+  def extract(response: str) -> str:
+    matches = regex.findall(response)
+    if not matches:
+      return fallback
+    match = matches[group_select]
+    if isinstance(match, tuple):
+      match = next((m for m in match if m), fallback)
+    return match.strip()
+
+  return extract
+
+
+def exact_match(predictions: Sequence[str], references: Sequence[str], regexes_to_ignore: Sequence[str] = (),
+                ignore_case: bool = False, ignore_punctuation: bool = False) -> np.ndarray:
+  """Per-item 1[norm(prediction) = norm(reference)], norm = every regex of `regexes_to_ignore` removed in turn
+  (`re.sub`), then lower-cased, then punctuation deleted, as the options say (the harness's `exact_match`)."""
+  def norm(text: str) -> str:
+    for regex in regexes_to_ignore:
+      text = re.sub(regex, "", text)
+    if ignore_case:
+      text = text.lower()
+    if ignore_punctuation:
+      text = text.translate(str.maketrans("", "", string.punctuation))
+    return text
+
+  return np.array([float(norm(p) == norm(r)) for p, r in zip(predictions, references, strict=True)])

@@ -1,9 +1,11 @@
-"""Readers of the zero-shot benchmarks, each in its own file format, into two item types with harness prompts.
+"""Readers of the benchmarks, each in its own file format, into three item types with harness prompts.
 
-Every reader returns the items of one benchmark as `MultipleChoice` or `Lambada`, already formatted the way
-EleutherAI's lm-evaluation-harness (v0.4 task configs) formats them: the item's `requests()` are the exact
-(context, continuation) string pairs whose log-likelihoods the harness compares. The continuation is always the
-harness's `target_delimiter` (" ") followed by the answer text.
+Every reader returns the items of one benchmark as `MultipleChoice`, `Lambada` or `Generation`, already formatted the
+way EleutherAI's lm-evaluation-harness (v0.4 task configs) formats them: an item's `requests(prefix)` are the exact
+(context, continuation) string pairs whose log-likelihoods the harness compares, a generative item's
+`prompt(prefix)` the text it continues, and `example()` its (text, target) when it is shown solved as a few-shot
+example (`doc_to_text`, `doc_to_target`). `prefix` is the few-shot context, "" zero-shot. The continuation of a
+multiple-choice request is the task's `target_delimiter` (" ") followed by the choice.
 
 Two layouts of multiple choice exist, and `MultipleChoice` holds both:
 
@@ -13,11 +15,13 @@ Two layouts of multiple choice exist, and `MultipleChoice` holds both:
   `(context + choice, " " + continuation)` with `context = ""`.
 
 In both, `acc_norm` divides by `len(choice)` in characters, as the harness does (`float(len(i)) for i in choices`).
-Malformed input raises `ReaderError`, naming the file and the item (line or block number).
+Malformed input raises `ReaderError`, naming the file and the item (line or block number); `read_records` and
+`field` do that for a reader of one's own.
 """
 import bz2
 import csv
 import dataclasses
+import gzip
 import json
 import os
 import re
@@ -49,22 +53,52 @@ class MultipleChoice:
   gold: int
   continuation: Optional[str] = None
 
-  def requests(self) -> List[Tuple[str, str]]:
-    """The (context, continuation) pairs to score, one per choice, in choice order."""
+  def requests(self, prefix: str = "", target_delimiter: str = TARGET_DELIMITER) -> List[Tuple[str, str]]:
+    """The (context, continuation) pairs to score, one per choice, in choice order, after the few-shot `prefix`."""
     if self.continuation is None:
-      return [(self.context, TARGET_DELIMITER + c) for c in self.choices]
-    return [(self.context + c, TARGET_DELIMITER + self.continuation) for c in self.choices]
+      return [(prefix + self.context, target_delimiter + c) for c in self.choices]
+    return [(prefix + self.context + c, target_delimiter + self.continuation) for c in self.choices]
+
+  def example(self) -> Tuple[str, str]:
+    """(text, target) of the item shown solved: the context and the gold choice, or for partial scoring the gold
+    choice (the filled-in sentence start) and the continuation."""
+    if self.continuation is None:
+      return self.context, self.choices[self.gold]
+    return self.context + self.choices[self.gold], self.continuation
 
 
 @dataclasses.dataclass(frozen=True)
 class Lambada:
-  """One LAMBADA item: predict the last word (`continuation`, without its leading space) after `context`."""
+  """One LAMBADA item: predict the last word (`continuation`, without its leading space) after `context`.
+
+  The harness's target is " " + the word itself (`doc_to_target`), and its `loglikelihood` requests use no
+  `target_delimiter`; a few-shot example therefore reads `context + " " + " " + word`, as the harness writes it.
+  """
   id: str
   context: str
   continuation: str
 
-  def requests(self) -> List[Tuple[str, str]]:
-    return [(self.context, TARGET_DELIMITER + self.continuation)]
+  def requests(self, prefix: str = "", target_delimiter: str = TARGET_DELIMITER) -> List[Tuple[str, str]]:
+    del target_delimiter  # not used by the harness's loglikelihood requests
+    return [(prefix + self.context, " " + self.continuation)]
+
+  def example(self) -> Tuple[str, str]:
+    return self.context, " " + self.continuation
+
+
+@dataclasses.dataclass(frozen=True)
+class Generation:
+  """One generative item (`generate_until`): greedy continuation of `context`, scored against `target` (the
+  harness's `doc_to_target`, e.g. GSM8K's whole worked answer, which the task's filters reduce to its number)."""
+  id: str
+  context: str
+  target: str
+
+  def prompt(self, prefix: str = "") -> str:
+    return prefix + self.context
+
+  def example(self) -> Tuple[str, str]:
+    return self.context, self.target
 
 
 def _where(path: str, item: Any) -> str:
@@ -82,7 +116,8 @@ def _jsonl(path: str) -> Iterator[Tuple[int, dict]]:
   yield from sources.jsonl_records(path, error=ReaderError)
 
 
-def _field(record: dict, key: str, where: str, kind: type = str):
+def field(record: dict, key: str, where: str, kind: type = str):
+  """`record[key]`, checked to be a `kind`; a `ReaderError` naming `where` (file and item) and the key otherwise."""
   if key not in record:
     raise ReaderError(f"{where}: missing field {key!r} (fields: {sorted(record)})")
   value = record[key]
@@ -156,7 +191,7 @@ def read_hellaswag(path: str) -> List[MultipleChoice]:
   return items
 
 
-# --- ARC, OpenBookQA, PIQA, BoolQ, SciQ, StoryCloze -------------------------------------------------------------
+# --- ARC, OpenBookQA, PIQA, BoolQ, SIQA, COPA, SciQ, StoryCloze -----------------------------------------------
 
 
 def read_arc(path: str) -> List[MultipleChoice]:
@@ -167,11 +202,11 @@ def read_arc(path: str) -> List[MultipleChoice]:
   items = []
   for lineno, r in _jsonl(path):
     where = _where(path, f"line {lineno}")
-    q = _field(r, "question", where, dict)
-    stem, choices = _field(q, "stem", where), _field(q, "choices", where, list)
-    texts = tuple(_field(c, "text", where) for c in choices)
-    labels = [str(_field(c, "label", where)) for c in choices]
-    key = str(_field(r, "answerKey", where)).strip()
+    q = field(r, "question", where, dict)
+    stem, choices = field(q, "stem", where), field(q, "choices", where, list)
+    texts = tuple(field(c, "text", where) for c in choices)
+    labels = [str(field(c, "label", where)) for c in choices]
+    key = str(field(r, "answerKey", where)).strip()
     if key not in labels:
       raise ReaderError(f"{where}: answerKey {key!r} is not one of the labels {labels}")
     items.append(MultipleChoice(id=str(r.get("id", f"line{lineno}")), context=f"Question: {stem}\nAnswer:",
@@ -211,15 +246,25 @@ def read_openbookqa(path: str) -> List[MultipleChoice]:
   return items
 
 
+def _labels_path(path: str, labels_path: Optional[str]) -> str:
+  """`labels_path`, by default `<path minus .jsonl>-labels.lst`, as PIQA and SIQA ship their labels."""
+  return labels_path or os.path.splitext(path)[0] + "-labels.lst"
+
+
+def _labels_file(labels_path: str) -> List[str]:
+  """The non-blank lines of a labels file."""
+  _check_file(labels_path)
+  with open(labels_path, encoding="utf-8") as f:
+    return [line.strip() for line in f if line.strip()]
+
+
 def read_piqa(path: str, labels_path: Optional[str] = None) -> List[MultipleChoice]:
   """PIQA jsonl (`goal`, `sol1`, `sol2`) + labels file (one 0/1 per line, default `<path minus .jsonl>-labels.lst`).
 
   Harness: "Question: {goal}\\nAnswer:", choices " {sol1}", " {sol2}".
   """
-  labels_path = labels_path or os.path.splitext(path)[0] + "-labels.lst"
-  _check_file(labels_path)
-  with open(labels_path, encoding="utf-8") as f:
-    labels = [line.strip() for line in f if line.strip()]
+  labels_path = _labels_path(path, labels_path)
+  labels = _labels_file(labels_path)
   records = list(_jsonl(path))
   if len(labels) != len(records):
     raise ReaderError(f"{labels_path}: {len(labels)} labels for {len(records)} items in {path}")
@@ -229,8 +274,8 @@ def read_piqa(path: str, labels_path: Optional[str] = None) -> List[MultipleChoi
     if label not in ("0", "1"):
       raise ReaderError(f"{_where(labels_path, f'line {n + 1}')}: expected 0 or 1, got {label!r}")
     items.append(MultipleChoice(
-        id=f"piqa/{n}", context=f"Question: {_field(r, 'goal', where)}\nAnswer:",
-        choices=(_field(r, "sol1", where), _field(r, "sol2", where)), gold=int(label)))
+        id=f"piqa/{n}", context=f"Question: {field(r, 'goal', where)}\nAnswer:",
+        choices=(field(r, "sol1", where), field(r, "sol2", where)), gold=int(label)))
   return items
 
 
@@ -246,28 +291,81 @@ def read_boolq(path: str) -> List[MultipleChoice]:
       raise ReaderError(f"{where}: field 'label' should be a boolean, got {label!r}")
     items.append(MultipleChoice(
         id=str(r.get("idx", f"boolq/{lineno - 1}")),
-        context=f"{_field(r, 'passage', where)}\nQuestion: {_field(r, 'question', where)}?\nAnswer:",
+        context=f"{field(r, 'passage', where)}\nQuestion: {field(r, 'question', where)}?\nAnswer:",
         choices=("no", "yes"), gold=int(label)))
   return items
 
 
-def _json_records(path: str) -> Iterator[Tuple[str, dict]]:
-  """Records of a JSON list file (SciQ's public train/valid/test.json) or of a JSONL file."""
+def read_siqa(path: str, labels_path: Optional[str] = None) -> List[MultipleChoice]:
+  """Social IQa jsonl (`context`, `question`, `answerA`, `answerB`, `answerC`), gold from each record's `label`
+  ("1".."3", the Hugging Face export) or else from the labels file the original ships beside it (`dev.jsonl` +
+  `dev-labels.lst`; default `<path minus .jsonl>-labels.lst`).
+
+  Harness (`social_iqa`): "Q: {context} {question}\\nA:", choices " {answerA}", " {answerB}", " {answerC}",
+  gold = label - 1.
+  """
+  records = list(_jsonl(path))
+  labels = [r.get("label") for _, r in records]
+  if any(label is None for label in labels):
+    labels_path = _labels_path(path, labels_path)
+    labels = _labels_file(labels_path)
+    if len(labels) != len(records):
+      raise ReaderError(f"{labels_path}: {len(labels)} labels for {len(records)} items in {path}")
+  items = []
+  for n, ((lineno, r), label) in enumerate(zip(records, labels)):
+    where = _where(path, f"line {lineno}")
+    if str(label).strip() not in ("1", "2", "3"):
+      raise ReaderError(f"{where}: label should be 1, 2 or 3, got {label!r}")
+    items.append(MultipleChoice(
+        id=f"siqa/{n}", context=f"Q: {field(r, 'context', where)} {field(r, 'question', where)}\nA:",
+        choices=tuple(field(r, k, where) for k in ("answerA", "answerB", "answerC")), gold=int(label) - 1))
+  return items
+
+
+_COPA_CONNECTORS = {"cause": "because", "effect": "therefore"}
+
+
+def read_copa(path: str) -> List[MultipleChoice]:
+  """COPA as SuperGLUE's jsonl (`premise`, `choice1`, `choice2`, `question` "cause"/"effect", `label` 0/1, `idx`).
+
+  Harness (`copa`): context = the premise without its final period + " because" (cause) or " therefore" (effect);
+  choices " " + each choice with its first letter lower-cased. With the target delimiter the continuation starts
+  with two spaces, as the harness scores it.
+  """
+  items = []
+  for lineno, r in _jsonl(path):
+    where = _where(path, f"line {lineno}")
+    question = field(r, "question", where)
+    if question not in _COPA_CONNECTORS:
+      raise ReaderError(f"{where}: 'question' should be 'cause' or 'effect', got {question!r}")
+    choices = tuple(" " + c[:1].lower() + c[1:] for c in (field(r, "choice1", where), field(r, "choice2", where)))
+    items.append(MultipleChoice(
+        id=f"copa/{r.get('idx', lineno - 1)}",
+        context=field(r, "premise", where).strip()[:-1] + " " + _COPA_CONNECTORS[question], choices=choices,
+        gold=_gold(field(r, "label", where, int), 2, where)))
+  return items
+
+
+def read_records(path: str) -> Iterator[Tuple[str, dict]]:
+  """(where, record) for each record of a JSON list file (SciQ's public train/valid/test.json) or of a JSONL file
+  (gzip too); `where` names the file and the record ("path, record 3" / "path, line 4") for `field`'s errors."""
   _check_file(path)
-  with open(path, encoding="utf-8") as f:
-    text = f.read()
-  if text.lstrip().startswith("["):
-    try:
-      records = json.loads(text)
-    except json.JSONDecodeError as e:
-      raise ReaderError(f"{path}: invalid JSON ({e})") from None
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "rt", encoding="utf-8") as f:
+    head = f.read(4096).lstrip()
+  if head.startswith("["):
+    with opener(path, "rt", encoding="utf-8") as f:
+      try:
+        records = json.load(f)
+      except json.JSONDecodeError as e:
+        raise ReaderError(f"{path}: invalid JSON ({e})") from None
     for n, r in enumerate(records):
       if not isinstance(r, dict):
         raise ReaderError(f"{_where(path, f'record {n}')}: expected a JSON object, got {type(r).__name__}")
-      yield f"record {n}", r
+      yield _where(path, f"record {n}"), r
   else:
     for lineno, r in _jsonl(path):
-      yield f"line {lineno}", r
+      yield _where(path, f"line {lineno}"), r
 
 
 def read_sciq(path: str) -> List[MultipleChoice]:
@@ -277,10 +375,9 @@ def read_sciq(path: str) -> List[MultipleChoice]:
   correct_answer], gold = 3.
   """
   items = []
-  for n, (where_item, r) in enumerate(_json_records(path)):
-    where = _where(path, where_item)
-    choices = tuple(_field(r, k, where) for k in ("distractor1", "distractor2", "distractor3", "correct_answer"))
-    context = f"{_field(r, 'support', where).lstrip()}\nQuestion: {_field(r, 'question', where)}\nAnswer:"
+  for n, (where, r) in enumerate(read_records(path)):
+    choices = tuple(field(r, k, where) for k in ("distractor1", "distractor2", "distractor3", "correct_answer"))
+    context = f"{field(r, 'support', where).lstrip()}\nQuestion: {field(r, 'question', where)}\nAnswer:"
     items.append(MultipleChoice(id=f"sciq/{n}", context=context, choices=choices, gold=3))
   return items
 
@@ -334,13 +431,13 @@ def read_winogrande(path: str) -> List[MultipleChoice]:
   items = []
   for lineno, r in _jsonl(path):
     where = _where(path, f"line {lineno}")
-    options = _field(r, "context_options", where, list)
+    options = field(r, "context_options", where, list)
     if len(options) != 2 or not all(isinstance(o, str) for o in options):
       raise ReaderError(f"{where}: 'context_options' should be 2 strings, got {options!r}")
     items.append(MultipleChoice(
         id=f"winogrande/{lineno - 1}", context="", choices=tuple(options),
-        gold=_gold(_field(r, "gold", where, int), 2, where),
-        continuation=_field(r, "continuation", where).strip()))
+        gold=_gold(field(r, "gold", where, int), 2, where),
+        continuation=field(r, "continuation", where).strip()))
   return items
 
 
@@ -386,7 +483,7 @@ def read_lambada(path: str) -> List[Lambada]:
   items = []
   for lineno, r in _jsonl(path):
     where = _where(path, f"line {lineno}")
-    context, word = _field(r, "context", where), _field(r, "continuation", where)
+    context, word = field(r, "context", where), field(r, "continuation", where)
     if not word.strip():
       raise ReaderError(f"{where}: empty continuation")
     text = context + word if word[:1].isspace() else context + " " + word
@@ -394,3 +491,19 @@ def read_lambada(path: str) -> List[Lambada]:
     items.append(Lambada(id=f"lambada/{lineno - 1}", context=" ".join(pieces[:-1]), continuation=pieces[-1]))
   return items
 
+
+# --- GSM8K (generative) ------------------------------------------------------------------------------------------
+
+
+def read_gsm8k(path: str) -> List[Generation]:
+  """GSM8K jsonl (`question`, `answer` = the worked solution ending "#### <number>").
+
+  Harness (`gsm8k`): prompt "Question: {question}\\nAnswer:", target the whole answer (its few-shot examples show
+  the worked solutions; the exact-match filters reduce prediction and target to the final number).
+  """
+  items = []
+  for lineno, r in _jsonl(path):
+    where = _where(path, f"line {lineno}")
+    items.append(Generation(id=f"gsm8k/{lineno - 1}", context=f"Question: {field(r, 'question', where)}\nAnswer:",
+                            target=field(r, "answer", where)))
+  return items

@@ -5,6 +5,10 @@ and `positions` (packed sequences; 0 = padding) and optional `prefix_mask` (`dec
 prefix, which attends bidirectionally, as in a prefix LM). Parameters carry logical axis names ("vocab", "embed",
 "heads", "kv_heads", "kv", "mlp", "layers"); activations are constrained with ("batch", "length", ...). The mapping of
 logical names to mesh axes lives in `bliss_jax.partitioning`.
+
+Incremental decoding passes a key/value cache (`init_cache`): the call's tokens are the next positions of each row,
+their keys and values are written into the cache at its `index`, the queries attend to everything written so far,
+and the call returns the logits and the updated cache. Without a cache the forward pass is the training one.
 """
 import functools
 from typing import Optional
@@ -46,6 +50,24 @@ def attention_mask(segment_ids: jax.Array, prefix_mask: Optional[jax.Array] = No
   return (allowed & same_segment)[:, None]
 
 
+def init_cache(cfg: ModelConfig, batch_size: int, length: int) -> dict:
+  """An empty key/value cache of `length` positions for `Transformer.__call__(..., cache=)`: "key" and "value"
+  [num_layers, B, length, kv_heads, head_dim] in the compute dtype, "segment_ids" [B, length] (0: not written, or
+  padding) and "index", the number of positions written (int32 scalar)."""
+  shape = (cfg.num_layers, batch_size, length, cfg.kv_heads, cfg.dim_per_head)
+  return {"key": jnp.zeros(shape, cfg.compute_dtype), "value": jnp.zeros(shape, cfg.compute_dtype),
+          "segment_ids": jnp.zeros((batch_size, length), jnp.int32), "index": jnp.zeros((), jnp.int32)}
+
+
+def cached_attention_mask(cache_segment_ids: jax.Array, segment_ids: jax.Array, index: jax.Array) -> jax.Array:
+  """Boolean [B, 1, t, S] mask of the t new tokens (cache positions index .. index + t - 1) over the S cache
+  positions: `attention_mask`'s rule, causal (s <= index + q) within the same segment (padding sees only padding)."""
+  t, s = segment_ids.shape[-1], cache_segment_ids.shape[-1]
+  causal = jnp.arange(s)[None, :] <= index + jnp.arange(t)[:, None]
+  same_segment = segment_ids[:, :, None] == cache_segment_ids[:, None, :]
+  return (causal[None] & same_segment)[:, None]
+
+
 def apply_rotary(x: jax.Array, positions: jax.Array, rotary_dim: int, theta: float) -> jax.Array:
   """GPT-NeoX rotary embedding (rotate-half layout) on the first `rotary_dim` dims of each head of x [B,T,H,D]."""
   if rotary_dim == 0:
@@ -80,10 +102,13 @@ class Norm(nn.Module):
 
 
 class Attention(nn.Module):
+  """Multi-head / grouped-query / multi-query attention. Returns (output, None), or with a layer's cache
+  `kv_cache` = (keys, values) [B, S, kv_heads, head_dim] and its write position `index`, (output, the updated
+  (keys, values))."""
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x, mask, positions):
+  def __call__(self, x, mask, positions, kv_cache=None, index=None):
     cfg = self.cfg
     h, kv, hd = cfg.num_heads, cfg.kv_heads, cfg.dim_per_head
     dense = functools.partial(nn.DenseGeneral, dtype=cfg.compute_dtype, use_bias=cfg.use_bias or cfg.qkv_bias)
@@ -94,6 +119,9 @@ class Attention(nn.Module):
               name="value")(x)
     q = apply_rotary(q, positions, cfg.rotary_dim, cfg.rope_theta)
     k = apply_rotary(k, positions, cfg.rotary_dim, cfg.rope_theta)
+    if kv_cache is not None:  # the new keys and values join the cache; queries attend to all of it (mask: written)
+      k, v = (nn.with_logical_constraint(jax.lax.dynamic_update_slice(c, new.astype(c.dtype), (0, index, 0, 0)),
+                                         ("batch", "length", "kv_heads", "kv")) for c, new in zip(kv_cache, (k, v)))
     q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
     b, t = x.shape[:2]
     q = q.reshape(b, t, kv, h // kv, hd)  # group the query heads that share a key/value head
@@ -102,9 +130,10 @@ class Attention(nn.Module):
     probs = jax.nn.softmax(logits, axis=-1).astype(cfg.compute_dtype)
     out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(b, t, h, hd)
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
-    return nn.DenseGeneral(cfg.d_model, axis=(-2, -1), dtype=cfg.compute_dtype, use_bias=cfg.use_bias,
-                           kernel_init=_init(("heads", "kv", "embed"), _INIT_STD / jnp.sqrt(2 * cfg.num_layers)),
-                           bias_init=_zeros(("embed",)), name="out")(out)
+    out = nn.DenseGeneral(cfg.d_model, axis=(-2, -1), dtype=cfg.compute_dtype, use_bias=cfg.use_bias,
+                          kernel_init=_init(("heads", "kv", "embed"), _INIT_STD / jnp.sqrt(2 * cfg.num_layers)),
+                          bias_init=_zeros(("embed",)), name="out")(out)
+    return out, (None if kv_cache is None else (k, v))
 
 
 class Mlp(nn.Module):
@@ -127,55 +156,79 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
+  """One layer; returns (x, None), or with a layer's cache (`Attention`), (x, the updated (keys, values))."""
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x, mask, positions):
+  def __call__(self, x, mask, positions, kv_cache=None, index=None):
     cfg = self.cfg
     attn = Attention(cfg, name="attention")
     mlp = Mlp(cfg, name="mlp")
+    attended, kv_cache = attn(Norm(cfg, name="attn_norm")(x), mask, positions, kv_cache, index)
     if cfg.parallel_residual:
-      x = x + attn(Norm(cfg, name="attn_norm")(x), mask, positions) + mlp(Norm(cfg, name="mlp_norm")(x))
+      x = x + attended + mlp(Norm(cfg, name="mlp_norm")(x))
     else:
-      x = x + attn(Norm(cfg, name="attn_norm")(x), mask, positions)
+      x = x + attended
       x = x + mlp(Norm(cfg, name="mlp_norm")(x))
-    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    return nn.with_logical_constraint(x, ("batch", "length", "embed")), kv_cache
 
 
 class _ScanBlock(nn.Module):
-  """`Block` with the (carry, xs) -> (carry, ys) signature `nn.scan` wants."""
+  """`Block` with the (carry, xs) -> (carry, ys) signature `nn.scan` wants; xs and ys are the layer's cache (or
+  None)."""
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x, _, mask, positions):
-    return Block(self.cfg, name="block")(x, mask, positions), None
+  def __call__(self, x, kv_cache, mask, positions, index):
+    return Block(self.cfg, name="block")(x, mask, positions, kv_cache, index)
 
 
 class Transformer(nn.Module):
   """Decoder-only LM. `__call__` returns logits [B, T, V] (float32); with `return_hidden=True` also the final normed
-  hidden states [B, T, d]; with `return_hidden="only"` just those (the output head is neither run nor created)."""
+  hidden states [B, T, d]; with `return_hidden="only"` just those (the output head is neither run nor created).
+
+  With `cache` (`init_cache`): `tokens` [B, t] are each row's next t positions (default `positions`: index ..
+  index + t - 1; give per-row ones for left-padded rows, whose padding has segment id 0), and the call returns
+  (logits [B, t, V], the updated cache).
+  """
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, tokens, segment_ids=None, positions=None, prefix_mask=None, return_hidden=False):
+  def __call__(self, tokens, segment_ids=None, positions=None, prefix_mask=None, return_hidden=False, cache=None):
     cfg = self.cfg
     if segment_ids is None:
       segment_ids = jnp.ones_like(tokens)
-    if positions is None:
-      positions = jnp.broadcast_to(jnp.arange(tokens.shape[-1]), tokens.shape)
-    mask = attention_mask(segment_ids, prefix_mask)
+    kv = index = None
+    if cache is None:
+      if positions is None:
+        positions = jnp.broadcast_to(jnp.arange(tokens.shape[-1]), tokens.shape)
+      mask = attention_mask(segment_ids, prefix_mask)
+    else:
+      if prefix_mask is not None or return_hidden:
+        raise ValueError("decoding with a cache takes no prefix_mask and returns logits only")
+      kv, index = (cache["key"], cache["value"]), cache["index"]
+      if positions is None:
+        positions = jnp.broadcast_to(index + jnp.arange(tokens.shape[-1]), tokens.shape)
+      cache_segment_ids = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids.astype(jnp.int32),
+                                                       (0, index))
+      mask = cached_attention_mask(cache_segment_ids, segment_ids, index)
     embed = nn.Embed(cfg.vocab_size, cfg.d_model, embedding_init=_init(("vocab", "embed")), dtype=cfg.compute_dtype,
                      name="embed")
     x = nn.with_logical_constraint(embed(tokens), ("batch", "length", "embed"))
     if cfg.scan_layers:
       block = nn.remat(_ScanBlock) if cfg.remat else _ScanBlock
-      x, _ = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=(0, nn.broadcast,
-                     nn.broadcast), length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})(
-                         cfg, name="layers")(x, None, mask, positions)
+      x, kv = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                      in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
+                      metadata_params={nn.PARTITION_NAME: "layers"})(cfg, name="layers")(x, kv, mask, positions, index)
     else:
       block = nn.remat(Block) if cfg.remat else Block
+      layers_kv = []
       for i in range(cfg.num_layers):
-        x = block(cfg, name=f"layer_{i}")(x, mask, positions)
+        x, layer_kv = block(cfg, name=f"layer_{i}")(x, mask, positions, None if kv is None else (kv[0][i], kv[1][i]),
+                                                    index)
+        layers_kv.append(layer_kv)
+      if kv is not None:
+        kv = tuple(jnp.stack(arrays) for arrays in zip(*layers_kv))
     hidden = Norm(cfg, name="final_norm")(x)
     if return_hidden == "only":
       return hidden
@@ -185,4 +238,7 @@ class Transformer(nn.Module):
       logits = nn.Dense(cfg.vocab_size, use_bias=False, dtype=jnp.float32, kernel_init=_init(("embed", "vocab")),
                         name="lm_head")(hidden)
     logits = nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+    if cache is not None:
+      return logits, {"key": kv[0], "value": kv[1], "segment_ids": cache_segment_ids,
+                      "index": index + tokens.shape[-1]}
     return (logits, hidden) if return_hidden else logits

@@ -73,7 +73,7 @@ round r before round r's steps).
 import json
 import os
 import re
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bliss_jax.data import composition as composition_lib
 from bliss_jax.data import data_dir as data_dir_lib
@@ -166,7 +166,8 @@ def run(*, root: str, target: trainer.TrainSpec, small: trainer.TrainSpec, train
         options: Optional[Mapping[str, Mapping]] = None,
         composition: Optional[composition_lib.SelectionReporter] = None,
         zero_shot_tasks: Sequence[str] = (), zero_shot_limit: Optional[float] = None,
-        zero_shot_data_dir: Optional[str] = None, zero_shot_max_length: int = 2048, scale: str = "", scope: str = "",
+        zero_shot_data_dir: Optional[str] = None, zero_shot_files: Optional[Mapping[str, Any]] = None,
+        zero_shot_max_length: int = 2048, scale: str = "", scope: str = "",
         scored_documents: int = 3, seeds: int = 1, only_seed: Optional[int] = None,
         pipelines: Sequence[method.Pipeline] = builtin.PIPELINES, progress_bar: bool = True) -> dict:
   """Run (or resume) every method in `methods` on `seeds` seeds and write the comparison: each seed's report under
@@ -199,8 +200,10 @@ def run(*, root: str, target: trainer.TrainSpec, small: trainer.TrainSpec, train
       its first ":"); its per-document report, if any, also goes to the pipelines' selection stages. None:
       no composition. (gin: `compare.composition = 'benchmark'` or `'doc_prefix'`, `configurables.compare`.)
     zero_shot_tasks / zero_shot_limit / zero_shot_data_dir: harness tasks run on every final target (default data
-      dir: the shared data's `eval/`; skipped with a note where it is absent). zero_shot_max_length: the longest
-      scored row (contexts are left-truncated; as scripts/evaluate.py's --max_length).
+      dir: the shared data's `eval/`; skipped with a note where it is absent): built-in ones or any registered by a
+      module the gin file imports (`eval.registry.register_task`). zero_shot_files: {task: path or [paths]} of tasks
+      whose files are elsewhere (`registry.task_paths`). zero_shot_max_length: the longest scored row (contexts are
+      left-truncated; as scripts/evaluate.py's --max_length).
     scale: a name for the report ("smoke", "small", ...).
     scope: one line for the top of the reports: what this run does and does not show.
     scored_documents: how many of the highest- and of the lowest-scored candidates the reports show per scoring
@@ -244,7 +247,8 @@ def run(*, root: str, target: trainer.TrainSpec, small: trainer.TrainSpec, train
         runs.update(p.run(setting, wanted, options.get(p.name) or {}))
     reports.append(_report(setting, methods, runs, sets, top=root, seed=seed, composition=composition,
                            zero_shot_tasks=zero_shot_tasks, zero_shot_limit=zero_shot_limit,
-                           zero_shot_data_dir=zero_shot_data_dir, zero_shot_max_length=zero_shot_max_length,
+                           zero_shot_data_dir=zero_shot_data_dir, zero_shot_files=zero_shot_files,
+                           zero_shot_max_length=zero_shot_max_length,
                            scale=scale, scope=scope, scored_documents=scored_documents, seeds=seeds))
   if only_seed is not None:
     return reports[0]
@@ -271,8 +275,8 @@ def _aggregate(root: str, reports: Sequence[Mapping], dirs: Sequence[str]) -> di
 
 def _report(setting: method.Setting, methods: Sequence[str], runs: Mapping[str, method.MethodRun],
             sets: Sequence[Tuple[str, str, str]], *, top: str, seed: int, composition, zero_shot_tasks,
-            zero_shot_limit, zero_shot_data_dir, zero_shot_max_length, scale, scope="", scored_documents=0,
-            seeds=1) -> dict:
+            zero_shot_limit, zero_shot_data_dir, zero_shot_files, zero_shot_max_length, scale, scope="",
+            scored_documents=0, seeds=1) -> dict:
   """One seed's comparison stages (held-out curves, stream keys, zero-shot) and its report under `setting.root`, from
   every method's run; `sets`: the held-out sets (`eval_sets_of`), the primary first; `top`: the comparison's root
   (shared stages are named relative to it)."""
@@ -324,7 +328,7 @@ def _report(setting: method.Setting, methods: Sequence[str], runs: Mapping[str, 
                              {"set": f"{task}:{split}", "L": L})["entropy"] for name, task, split in sets}
 
   zero_shot, zero_shot_note = _zero_shot(root, methods, model_dirs, setting.train_task, zero_shot_tasks,
-                                         zero_shot_limit, zero_shot_data_dir, zero_shot_max_length)
+                                         zero_shot_limit, zero_shot_data_dir, zero_shot_max_length, zero_shot_files)
 
   # --- the report ---
   target_cfg = ModelDir(model_dirs[methods[0]][-1][1]).read_model_config()
@@ -422,15 +426,14 @@ def _scored_documents(scores: method.Scores, k: int, labellers, text_of) -> dict
               **scored_documents_lib.scored_documents(keys, values, k, labellers=labellers, text_of=text_of))
 
 
-def _zero_shot(root, methods, model_dirs, train_task, tasks, limit, data_dir, max_length):
+def _zero_shot(root, methods, model_dirs, train_task, tasks, limit, data_dir, max_length, files):
   """{method: {task: {metric: value}}} of the harness on each final target, and a note when skipped."""
   if not tasks:
     return {}, None
-  from bliss_jax.eval import harness  # pylint: disable=g-import-not-at-top
-  from bliss_jax.eval import loglikelihood  # pylint: disable=g-import-not-at-top
+  from bliss_jax.eval import generation, harness, loglikelihood, registry  # pylint: disable=g-import-not-at-top
   if data_dir is None:
     data_dir = os.path.join(data_dir_lib.default_data_dir(), "eval")
-  missing = [p for t in tasks for p in harness.task_paths(t, data_dir) if not os.path.isfile(p)]
+  missing = [p for p in harness.required_paths(tasks, data_dir, files) if not os.path.isfile(p)]
   if missing:
     return {}, f"zero-shot skipped: benchmark file(s) not found: {', '.join(missing)}"
 
@@ -440,14 +443,18 @@ def _zero_shot(root, methods, model_dirs, train_task, tasks, limit, data_dir, ma
     model_dir = model_dirs[m][-1][1]
     step, params = checkpoints.load_params(model_dir)
     vocab = seqio.get_mixture_or_task(train_task).output_features["targets"].vocabulary
-    score_fn = loglikelihood.make_score_fn(Transformer(ModelDir(model_dir).read_model_config()), params, vocab,
-                                           batch_size=32, max_length=max_length, progress=False)
-    out = harness.run_eval(score_fn, tasks, data_dir, limit)
+    model = Transformer(ModelDir(model_dir).read_model_config())
+    score_fn = loglikelihood.make_score_fn(model, params, vocab, batch_size=32, max_length=max_length, progress=False)
+    generate_fn = (generation.make_generate_fn(model, params, vocab, batch_size=32, max_length=max_length,
+                                               progress=False)
+                   if any(registry.task_spec(t).output_type == "generate_until" for t in tasks) else None)
+    out = harness.run_eval(score_fn, tasks, data_dir, limit, files=files, generate_fn=generate_fn)
     common.write_json(os.path.join(d, "results.json"), out)
-    return {t: {k.split(",")[0]: v for k, v in r.items() if k != "alias"} for t, r in out["results"].items()}
+    return {t: harness.metric_values(r) for t, r in out["results"].items()}
   results = {m: run_stage(root, f"zero_shot_{m}", lambda d, m=m: do(d, m),
                           {"model_dir": _rel(model_dirs[m][-1][1], root), "tasks": list(tasks), "limit": limit,
-                           "max_length": max_length, "start_id": loglikelihood.START_ID})
+                           "max_length": max_length, "start_id": loglikelihood.START_ID,
+                           **({"files": {t: registry.task_paths(t, data_dir, files) for t in tasks}} if files else {})})
              for m in methods}
   return results, None
 
