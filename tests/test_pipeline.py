@@ -163,6 +163,14 @@ def test_token_unigram_entropy_matches_hand_count(task, vocab, docs):
   assert chunked[1] > counts[1] and np.array_equal(np.delete(chunked, 1), np.delete(counts, 1))
 
 
+def test_token_counts_of_a_randomly_split_prefix_lm_task_are_the_same_in_every_call(task):
+  """The prefix-LM split point is random: counted with a fixed seed, two calls (or two processes) count the same
+  targets, so a report's unigram entropy is reproducible."""
+  first = pipeline.token_counts('pipe_prefix', 'train', sequence_length=32)
+  assert first.sum() > 0
+  np.testing.assert_array_equal(pipeline.token_counts('pipe_prefix', 'train', sequence_length=32), first)
+
+
 def test_seqio_batch_source_for_the_trainer(task, vocab):
   source = pipeline.seqio_batch_source(task, batch_size=4, sequence_length=32, seed=5)
   assert pipeline.vocabulary_size(task) == vocab.vocab_size == 400

@@ -238,15 +238,17 @@ def token_counts(name: str,
   """Counts each token id among the ``targets`` (EOS included) of the first ``max_examples`` examples.
 
   Examples come unshuffled from the task or mixture, chunked as ``get_dataset`` chunks them for
-  ``sequence_length`` (no chunking when None: one example per document). For prefix-LM tasks only the targets
-  (which carry the loss) are counted. Returns int64 counts indexed by token id, of length
+  ``sequence_length`` (no chunking when None: one example per document), with seed 0 for random preprocessing, so
+  every call gives the same counts. For prefix-LM tasks only the targets (which carry the loss) are counted. Returns int64 counts indexed by token id, of length
   ``vocabulary.vocab_size``.
   """
   provider = seqio.get_mixture_or_task(name)
   vocab_size = provider.output_features['targets'].vocabulary.vocab_size
   converter = 'prefix_lm' if 'inputs' in provider.output_features else 'decoder'
   lengths = None if sequence_length is None else task_feature_lengths(sequence_length, converter)
-  ds = provider.get_dataset(lengths, split=split, shuffle=False, num_epochs=1)
+  # seed=0: a task with random preprocessing (a prefix-LM split point, a denoiser's spans) gives the same examples in
+  # every call and process, as the seeded held-out evaluation does
+  ds = provider.get_dataset(lengths, split=split, shuffle=False, num_epochs=1, seed=0)
   if max_examples is not None:
     ds = ds.take(max_examples)
   counts = np.zeros(vocab_size, np.int64)
