@@ -61,6 +61,11 @@ def _token_text(value) -> Optional[str]:
   return value
 
 
+def _id0_is_token(pad_id: Optional[int], special_ids: Sequence[Optional[int]]) -> bool:
+  """Whether id 0 is a token, not only padding: unless the tokenizer's pad is id 0 and no bos, eos or unk is."""
+  return pad_id != 0 or 0 in special_ids
+
+
 def tokenizer_settings(directory: str) -> Dict[str, Any]:
   """tokenizer_config.json over special_tokens_map.json: the special tokens' texts and the add_*_token flags."""
   return {**_read_json(os.path.join(directory, SPECIAL_TOKENS_MAP)),
@@ -78,6 +83,9 @@ class SentencePieceTokenizerVocabulary(seqio.SentencePieceVocabulary):
     bos = self.token_id(_token_text(self.settings.get("bos_token")))
     bos = self.tokenizer.bos_id() if bos is None else bos
     self.start_id = bos if self.settings.get("add_bos_token", True) and bos >= 0 else None
+    pad = self.token_id(_token_text(self.settings.get("pad_token")))
+    self.id0_is_token = _id0_is_token(self.tokenizer.pad_id() if pad is None else pad,
+                                      (bos, self.tokenizer.eos_id(), self.tokenizer.unk_id()))
 
   def token_id(self, token: Optional[str]) -> Optional[int]:
     """The id of piece `token` (None for None or a piece the model lacks)."""
@@ -105,6 +113,7 @@ class TokenizersVocabulary(seqio.Vocabulary):
       plain = self._tokenizer.encode("a", add_special_tokens=False).ids
       prefix = with_special[:with_special.index(plain[0])] if plain and plain[0] in with_special else []
       self.start_id = prefix[-1] if prefix else None
+    self.id0_is_token = _id0_is_token(self.token_id(_token_text(settings.get("pad_token"))), self._special.values())
     with open(self.ids_file, "rb") as f:
       self._digest = hashlib.sha256(f.read()).hexdigest()
 
