@@ -15,15 +15,23 @@ own). Every id of the tokenizer, added tokens included, is below `vocab_size`; t
 
 BOS: `start_id` is the id `AutoTokenizer(...)(text)["input_ids"]` puts before the text: the bos when the tokenizer
 adds one (Llama: `add_bos_token`, true by default; a `tokenizer.json` post-processor that prepends a token), else
-None (Qwen and GPT-NeoX add nothing). It is recorded with the vocabulary (`vocabulary.vocabulary_record`), and
+None (Qwen and GPT-NeoX add nothing). It is recorded with the vocabulary (`vocabulary.vocabulary_record`);
 `scripts/evaluate.py` starts every row with it (none when None, as lm-evaluation-harness does for such a model), so an
-imported model is scored as the harness scores the original. Training does not use it: SeqIO's decoder inputs are
-the targets shifted right behind id 0, whatever the vocabulary.
+imported model is scored as the harness scores the original, and training and held-out rows
+(`data.pipeline.model_features`) start every example's decoder inputs with it, as `transformers` trains such a model.
+Without a start id an example's first decoder input is id 0, seqio's fill (for Qwen "!", for GPT-NeoX
+`<|endoftext|>`, the token that separates its documents): a row's first token is then predicted from it, where
+`transformers` predicts nothing at the first position.
 
-Pad: SeqIO reserves id 0 for padding (`seqio.Vocabulary.pad_id`), and its feature converters give target id 0 no loss
-weight. For these tokenizers id 0 is an ordinary token (Llama `<unk>`, Qwen "!", GPT-NeoX `<|endoftext|>`, which is
-also its eos): a model trained here on such a vocabulary is never trained to predict id 0, and GPT-NeoX's appended
-eos carries no loss. Evaluation (`bliss_jax.eval`) scores id 0 like any other.
+Id 0: `id0_is_token` is true where id 0 is a token, as it is for these tokenizers (Llama `<unk>`, Qwen "!", GPT-NeoX
+`<|endoftext|>`, which is also its eos): unless the tokenizer's pad token (tokenizer_config.json's, else a
+SentencePiece model's own) is id 0 and neither bos, eos nor unk is (a T5-style SentencePiece model). SeqIO
+reserves id 0 for padding (`seqio.Vocabulary.pad_id`): its packing cuts an example at its count of non-zero ids and
+its converters give target id 0 no loss weight. `data.pipeline.model_features` therefore converts a task whose
+vocabulary has `id0_is_token` on ids shifted up by one and shifts the model's tokens back, so that id 0 is packed,
+segmented, weighted (training, held-out evaluation) and scored (`data.keyed`: RHO-1's reference losses, MiniPLM's
+scores) like any other token, and GPT-NeoX's appended eos carries loss. Padding keeps id 0 with loss weight 0, and
+the pad token itself is never used. Evaluation (`bliss_jax.eval`) scores id 0 like any other.
 
 Known differences from AutoTokenizer: a Llama SentencePiece model encodes leading whitespace as SentencePiece does
 (AutoTokenizer, converting it to `tokenizers` with transformers 5's Llama pre-tokenizer, maps the first space

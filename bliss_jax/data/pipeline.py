@@ -19,7 +19,7 @@ Feature converters (``feature_converter``), for a row of ``L`` tokens:
 ``'prefix_lm_shared'`` is for tasks that keep each example within the row themselves, as the UL2 denoisers
 (``data/ul2.py``) do: a causal-LM example can then fill the whole row.
 
-Id 0: seqio takes it for padding: packing cuts an example at its count of non-zero ids and gives id 0 segment 0,
+Id 0 is padding to seqio: its packing cuts an example at its count of non-zero ids and gives id 0 segment 0,
 and the converters give target id 0 no loss weight. A Hugging Face tokenizer's id 0 is a token
 (``hf_tokenizer.HF_VOCABULARIES``' ``id0_is_token``), so ``model_features`` converts such a task's ids shifted up
 by one (padding alone is 0) and shifts the model's tokens back: every token, id 0 included, gets its segment, its
