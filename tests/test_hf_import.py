@@ -263,7 +263,7 @@ def test_tokenizer_ids_equal_autotokenizer(hf_side, kind, cls, start_id):
   texts = _texts_to_check(hf_side)
   theirs = hf_side["result"]["tokenizers"][kind]
   vocab = hf_tokenizer.load_tokenizer(hf_side["tokenizers"][kind])
-  assert type(vocab) is cls and vocab.start_id == start_id
+  assert type(vocab) is cls and vocab.start_id == start_id and vocab.id0_is_token  # (tests/test_hf_token_ids.py)
   assert vocab.vocab_size == theirs["len"] and vocab.extra_ids == 0
   assert (vocab.eos_id, vocab.unk_id) == (theirs["special"]["eos"], theirs["special"]["unk"])
   checked = []

@@ -15,15 +15,23 @@ own). Every id of the tokenizer, added tokens included, is below `vocab_size`; t
 
 BOS: `start_id` is the id `AutoTokenizer(...)(text)["input_ids"]` puts before the text: the bos when the tokenizer
 adds one (Llama: `add_bos_token`, true by default; a `tokenizer.json` post-processor that prepends a token), else
-None (Qwen and GPT-NeoX add nothing). It is recorded with the vocabulary (`vocabulary.vocabulary_record`), and
+None (Qwen and GPT-NeoX add nothing). It is recorded with the vocabulary (`vocabulary.vocabulary_record`);
 `scripts/evaluate.py` starts every row with it (none when None, as lm-evaluation-harness does for such a model), so an
-imported model is scored as the harness scores the original. Training does not use it: SeqIO's decoder inputs are
-the targets shifted right behind id 0, whatever the vocabulary.
+imported model is scored as the harness scores the original, and training and held-out rows
+(`data.pipeline.model_features`) start every example's decoder inputs with it, as `transformers` trains such a model.
+Without a start id an example's first decoder input is id 0, seqio's fill (for Qwen "!", for GPT-NeoX
+`<|endoftext|>`, the token that separates its documents): a row's first token is then predicted from it, where
+`transformers` predicts nothing at the first position.
 
-Pad: SeqIO reserves id 0 for padding (`seqio.Vocabulary.pad_id`), and its feature converters give target id 0 no loss
-weight. For these tokenizers id 0 is an ordinary token (Llama `<unk>`, Qwen "!", GPT-NeoX `<|endoftext|>`, which is
-also its eos): a model trained here on such a vocabulary is never trained to predict id 0, and GPT-NeoX's appended
-eos carries no loss. Evaluation (`bliss_jax.eval`) scores id 0 like any other.
+Id 0: `id0_is_token` is true where id 0 is a token, as it is for these tokenizers (Llama `<unk>`, Qwen "!", GPT-NeoX
+`<|endoftext|>`, which is also its eos): unless the tokenizer's pad token (tokenizer_config.json's, else a
+SentencePiece model's own) is id 0 and neither bos, eos nor unk is (a T5-style SentencePiece model). SeqIO
+reserves id 0 for padding (`seqio.Vocabulary.pad_id`): its packing cuts an example at its count of non-zero ids and
+its converters give target id 0 no loss weight. `data.pipeline.model_features` therefore converts a task whose
+vocabulary has `id0_is_token` on ids shifted up by one and shifts the model's tokens back, so that id 0 is packed,
+segmented, weighted (training, held-out evaluation) and scored (`data.keyed`: RHO-1's reference losses, MiniPLM's
+scores) like any other token, and GPT-NeoX's appended eos carries loss. Padding keeps id 0 with loss weight 0, and
+the pad token itself is never used. Evaluation (`bliss_jax.eval`) scores id 0 like any other.
 
 Known differences from AutoTokenizer: a Llama SentencePiece model encodes leading whitespace as SentencePiece does
 (AutoTokenizer, converting it to `tokenizers` with transformers 5's Llama pre-tokenizer, maps the first space
@@ -61,6 +69,11 @@ def _token_text(value) -> Optional[str]:
   return value
 
 
+def _id0_is_token(pad_id: Optional[int], special_ids: Sequence[Optional[int]]) -> bool:
+  """Whether id 0 is a token, not only padding: unless the tokenizer's pad is id 0 and no bos, eos or unk is."""
+  return pad_id != 0 or 0 in special_ids
+
+
 def tokenizer_settings(directory: str) -> Dict[str, Any]:
   """tokenizer_config.json over special_tokens_map.json: the special tokens' texts and the add_*_token flags."""
   return {**_read_json(os.path.join(directory, SPECIAL_TOKENS_MAP)),
@@ -78,6 +91,9 @@ class SentencePieceTokenizerVocabulary(seqio.SentencePieceVocabulary):
     bos = self.token_id(_token_text(self.settings.get("bos_token")))
     bos = self.tokenizer.bos_id() if bos is None else bos
     self.start_id = bos if self.settings.get("add_bos_token", True) and bos >= 0 else None
+    pad = self.token_id(_token_text(self.settings.get("pad_token")))
+    self.id0_is_token = _id0_is_token(self.tokenizer.pad_id() if pad is None else pad,
+                                      (bos, self.tokenizer.eos_id(), self.tokenizer.unk_id()))
 
   def token_id(self, token: Optional[str]) -> Optional[int]:
     """The id of piece `token` (None for None or a piece the model lacks)."""
@@ -105,6 +121,7 @@ class TokenizersVocabulary(seqio.Vocabulary):
       plain = self._tokenizer.encode("a", add_special_tokens=False).ids
       prefix = with_special[:with_special.index(plain[0])] if plain and plain[0] in with_special else []
       self.start_id = prefix[-1] if prefix else None
+    self.id0_is_token = _id0_is_token(self.token_id(_token_text(settings.get("pad_token"))), self._special.values())
     with open(self.ids_file, "rb") as f:
       self._digest = hashlib.sha256(f.read()).hexdigest()
 

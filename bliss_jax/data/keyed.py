@@ -17,7 +17,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from bliss_jax.data.pipeline import _add_unpacked_segments, get_dataset, make_feature_converter, task_feature_lengths
+from bliss_jax.data.pipeline import get_dataset, model_features, task_feature_lengths
 
 Spans = Mapping[str, Sequence[Tuple[int, int]]]  # doc_id -> [(start, end)] token offsets in the document
 SPAN_FEATURES = ("doc_id", "chunk_start", "chunk_end")
@@ -85,7 +85,8 @@ def keyed_batches(name: str, split: str, sequence_length: int, batch_size: int, 
   if exclude_spans:
     overlaps = _overlaps_spans(exclude_spans)
     base = base.filter(lambda x: tf.logical_not(overlaps(x)))
-  features = make_feature_converter(feature_converter, pack=False)(base, lengths).map(_add_unpacked_segments)
+  vocab = provider.output_features["targets"].vocabulary
+  features = model_features(base, lengths, vocab, feature_converter, pack=False)
   ds = tf.data.Dataset.zip((base.map(_keys), features)).batch(batch_size).skip(start_batch)
   for keys, batch in ds.prefetch(2).as_numpy_iterator():
     n = len(keys["doc_id"])

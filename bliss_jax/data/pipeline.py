@@ -19,6 +19,15 @@ Feature converters (``feature_converter``), for a row of ``L`` tokens:
 ``'prefix_lm_shared'`` is for tasks that keep each example within the row themselves, as the UL2 denoisers
 (``data/ul2.py``) do: a causal-LM example can then fill the whole row.
 
+Id 0 is padding to seqio: its packing cuts an example at its count of non-zero ids and gives id 0 segment 0,
+and the converters give target id 0 no loss weight. A Hugging Face tokenizer's id 0 is a token
+(``hf_tokenizer.HF_VOCABULARIES``' ``id0_is_token``), so ``model_features`` converts such a task's ids shifted up
+by one (padding alone is 0) and shifts the model's tokens back: every token, id 0 included, gets its segment, its
+position and loss weight 1, and padding stays 0 with weight 0. Each example's first decoder input is the
+vocabulary's ``start_id`` where it has one (a Llama tokenizer's bos, as ``transformers`` trains and evaluates), else 0
+(seqio's, and for Qwen and GPT-NeoX tokenizers, which add no bos, their id 0). Every other vocabulary is converted as
+seqio converts it.
+
 ``seqio_batch_source`` adapts all this to the trainer's ``BatchSource`` contract (global batch size, resumable
 ``BatchIterator`` with a ``position``).
 """
@@ -29,6 +38,7 @@ import seqio
 import tensorflow as tf
 
 from bliss_jax.choices import check_choice
+from bliss_jax.data import hf_tokenizer
 
 FEATURE_CONVERTERS = ('decoder', 'prefix_lm', 'prefix_lm_shared')
 PREFIX_LM_CONVERTERS = ('prefix_lm', 'prefix_lm_shared')
@@ -79,12 +89,14 @@ class SharedRowPrefixLMFeatureConverter(seqio.PrefixLMFeatureConverter):
     return super().get_model_feature_lengths({'inputs': 0, 'targets': self._row_length(task_feature_lengths)})
 
 
-def make_feature_converter(feature_converter: str = 'decoder', pack: bool = True) -> seqio.FeatureConverter:
-  """The seqio converter for ``feature_converter`` (see the module docstring)."""
+def make_feature_converter(feature_converter: str = 'decoder', pack: bool = True,
+                           bos_id: int = 0) -> seqio.FeatureConverter:
+  """The seqio converter for ``feature_converter`` (see the module docstring); ``bos_id`` is the decoder input
+  before each example's first token."""
   check_choice('feature_converter', feature_converter, FEATURE_CONVERTERS)
   if feature_converter == 'prefix_lm_shared':
-    return SharedRowPrefixLMFeatureConverter(loss_on_targets_only=True, pack=pack)
-  return seqio.DecoderFeatureConverter(pack=pack)
+    return SharedRowPrefixLMFeatureConverter(loss_on_targets_only=True, pack=pack, bos_id=bos_id)
+  return seqio.DecoderFeatureConverter(pack=pack, bos_id=bos_id)
 
 
 def _add_unpacked_segments(features: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
@@ -95,6 +107,38 @@ def _add_unpacked_segments(features: Mapping[str, tf.Tensor]) -> Dict[str, tf.Te
   features['decoder_segment_ids'] = segment_ids
   features['decoder_positions'] = positions * segment_ids
   return features
+
+
+def _shift_ids(features: Mapping[str, tf.Tensor], keys, shift: int) -> Dict[str, tf.Tensor]:
+  """``features`` with the ids of ``keys`` moved by ``shift``: +1 makes a token of id 0 non-zero, -1 moves them
+  back (padding, 0, stays 0)."""
+  return {k: tf.maximum(v + shift, 0) if k in keys else v for k, v in features.items()}
+
+
+def model_features(ds: tf.data.Dataset,
+                   task_feature_lengths: Mapping[str, int],
+                   vocabulary: seqio.Vocabulary,
+                   feature_converter: str = 'decoder',
+                   pack: bool = True) -> tf.data.Dataset:
+  """A task's examples ``ds`` (ids of ``vocabulary``) as model features (module docstring): ``feature_converter``'s
+  features, with segment ids and positions also when unpacked; one model example per task example when unpacked.
+
+  Where ``vocabulary``'s id 0 is a token, the conversion sees every id shifted up by one and the model's tokens
+  are shifted back; where it has a ``start_id``, that is each example's first decoder input (module docstring).
+  """
+  hf = isinstance(vocabulary, hf_tokenizer.HF_VOCABULARIES)
+  shift = 1 if hf and vocabulary.id0_is_token else 0
+  start_id = vocabulary.start_id if hf else None
+  converter = make_feature_converter(feature_converter, pack, bos_id=0 if start_id is None else start_id + shift)
+  if shift:
+    ds = ds.map(lambda x: _shift_ids(x, ('inputs', 'targets'), shift), num_parallel_calls=tf.data.AUTOTUNE)
+  ds = converter(ds, task_feature_lengths)
+  if not pack:
+    ds = ds.map(_add_unpacked_segments, num_parallel_calls=tf.data.AUTOTUNE)
+  if shift:
+    ds = ds.map(lambda x: _shift_ids(x, ('decoder_target_tokens', 'decoder_input_tokens'), -shift),
+                num_parallel_calls=tf.data.AUTOTUNE)
+  return ds
 
 
 def get_dataset(name: str,
@@ -138,19 +182,16 @@ def get_dataset(name: str,
   if 'inputs' in lengths and 'inputs' not in provider.output_features:
     raise ValueError(f"feature_converter={feature_converter!r} needs a task with 'inputs'; {name!r} has only "
                      f'{sorted(provider.output_features)} (register it with objective="prefix_lm")')
-  converter = make_feature_converter(feature_converter, pack)
-  ds = seqio.get_dataset(
-      name,
-      task_feature_lengths=lengths,
-      feature_converter=converter,
-      dataset_split=split,
+  ds = provider.get_dataset(
+      lengths,
+      split=split,
+      use_cached=False,
       shuffle=shuffle,
-      num_epochs=None if repeat else 1,
-      shard_info=seqio.ShardInfo(index=process_index, num_shards=process_count),
       seed=seed,
-      verbose=False)
-  if not pack:
-    ds = ds.map(_add_unpacked_segments, num_parallel_calls=tf.data.AUTOTUNE)
+      shard_info=seqio.ShardInfo(index=process_index, num_shards=process_count),
+      num_epochs=None if repeat else 1,
+      trim_output_features=True)
+  ds = model_features(ds, lengths, provider.output_features['targets'].vocabulary, feature_converter, pack)
   ds = ds.batch(batch_size, drop_remainder=drop_remainder)
   if not drop_remainder:
     ds = ds.map(lambda b: _pad_rows(b, batch_size))
