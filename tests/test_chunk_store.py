@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import seqio
 
-from bliss_jax.data import chunk_store, seqio_tasks
+from bliss_jax.data import chunk_manifest, chunk_store, seqio_tasks
 from bliss_jax.data.keyed import keyed_batches
 from bliss_jax.data.store_source import store_batch_source
 
@@ -38,7 +38,8 @@ def _task_chunks(task):
   out = {}
   for b in keyed_batches(task, "train", LENGTH, 8):
     for r in np.flatnonzero(b["valid"]):
-      out[f"{b['doc_id'][r].decode()}#{b['chunk_index'][r]}"] = {k: v[r] for k, v in b.items() if k.startswith("decoder_")}
+      key = f"{b['doc_id'][r].decode()}#{b['chunk_index'][r]}"
+      out[key] = {k: v[r] for k, v in b.items() if k.startswith("decoder_")}
   return out
 
 
@@ -51,7 +52,8 @@ def test_round_trip_equals_the_tasks_chunks_keys_included(task, store):
   for key, x in zip(keys, chunks):
     row = expected[key]
     n = len(x["targets"])
-    assert x["targets"].tolist() == row["decoder_target_tokens"][:n].tolist() and not row["decoder_target_tokens"][n:].any()
+    tokens = row["decoder_target_tokens"]
+    assert x["targets"].tolist() == tokens[:n].tolist() and not tokens[n:].any()
     assert x["source"] == task and x["chunk_end"] - x["chunk_start"] == n - 1  # the chunk's tokens + EOS
   # the global order is shard 0's chunks, then shard 1's, ...: the task's examples of source shard s of 3, in order
   by_shard = [f"{x['doc_id'].decode()}#{x['chunk_index']}" for s in range(3) for x in seqio.get_mixture_or_task(
@@ -80,18 +82,18 @@ def test_killed_write_resumes_by_shard_without_rewriting_finished_shards(task, s
   monkeypatch.setattr(chunk_store, "shard_examples", killed_in_shard_2)
   with pytest.raises(KeyboardInterrupt):
     chunk_store.write_chunk_store(directory, task, "train", LENGTH, num_shards=3)
-  assert chunk_store.finished_shards(directory, 3) == [0, 1]
-  assert not chunk_store.read_manifest(directory)["complete"]
+  assert chunk_manifest.finished_shards(directory, 3) == [0, 1]
+  assert not chunk_manifest.read_manifest(directory)["complete"]
   with pytest.raises(ValueError, match="incomplete"):
     chunk_store.ChunkStore(directory)
-  before = {k: os.stat(chunk_store.shard_path(directory, k)).st_mtime_ns for k in (0, 1)}
+  before = {k: os.stat(chunk_manifest.shard_path(directory, k)).st_mtime_ns for k in (0, 1)}
   monkeypatch.setattr(chunk_store, "shard_examples", real)
   written.clear()
   spy = chunk_store.write_shard
   monkeypatch.setattr(chunk_store, "write_shard", lambda d, i, s: written.append(s) or spy(d, i, s))
   assert chunk_store.write_chunk_store(directory, task, "train", LENGTH, num_shards=3)["complete"]
   assert written == [2]
-  assert before == {k: os.stat(chunk_store.shard_path(directory, k)).st_mtime_ns for k in (0, 1)}
+  assert before == {k: os.stat(chunk_manifest.shard_path(directory, k)).st_mtime_ns for k in (0, 1)}
   resumed, clean = chunk_store.ChunkStore(directory), chunk_store.ChunkStore(store)
   assert resumed.manifest == clean.manifest
   for a, b in zip(resumed.read(range(len(resumed))), clean.read(range(len(clean)))):
@@ -105,10 +107,10 @@ def test_processes_split_the_shards_and_the_last_one_completes_the_store(task, s
   directory = str(tmp_path / "store")
   first = chunk_store.write_chunk_store(directory, task, "train", LENGTH, num_shards=3, process_index=0,
                                         process_count=2)
-  assert not first["complete"] and chunk_store.finished_shards(directory, 3) == [0, 2]
+  assert not first["complete"] and chunk_manifest.finished_shards(directory, 3) == [0, 2]
   second = chunk_store.write_chunk_store(directory, task, "train", LENGTH, num_shards=3, process_index=1,
                                          process_count=2)
-  assert second == chunk_store.read_manifest(store)
+  assert second == chunk_manifest.read_manifest(store)
 
 
 def test_a_mismatched_reuse_is_refused(task, store):

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from bliss_jax.data import chunk_store
+from bliss_jax.data import chunk_manifest
 from bliss_jax.selection import rules, score_columns
 
 
@@ -62,7 +62,7 @@ def test_streamed_rules_refuse_what_the_rules_refuse():
 def _fake_store(directory, n):
   os.makedirs(directory)
   with open(os.path.join(directory, "manifest.json"), "w") as f:
-    json.dump({"format": chunk_store.FORMAT, "complete": True, "num_records": n, "task": "t", "split": "train",
+    json.dump({"format": chunk_manifest.FORMAT, "complete": True, "num_records": n, "task": "t", "split": "train",
                "sequence_length": 8}, f)
   return directory
 

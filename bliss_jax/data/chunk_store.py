@@ -24,7 +24,6 @@ is never rewritten and a killed write redoes only the shard it was in. Processes
 process k mod process_count); whoever finds every shard finished writes the complete manifest. Reusing a directory
 for another task, split, sequence length, vocabulary, seed or sharding is refused with the difference named.
 """
-import json
 import os
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
@@ -33,32 +32,12 @@ import seqio
 import tensorflow as tf
 from array_record.python import array_record_data_source, array_record_module
 
+from bliss_jax.data.chunk_manifest import (FORMAT, atomic_json, check_identity, count_path, finished_shards, read_json,
+                                           read_manifest, shard_path)
 from bliss_jax.data.pipeline import task_feature_lengths
 from bliss_jax.data.vocabulary import vocabulary_record
 
-FORMAT = "bliss_jax.chunks/1"
 TOKENS, INT, BYTES = "tokens", "int", "bytes"  # feature kinds: int vector, int scalar, string scalar
-IDENTITY = ("task", "split", "sequence_length", "task_feature_lengths", "vocabulary", "seed", "shards")
-
-
-def shard_path(store_dir: str, shard: int) -> str:
-  return os.path.join(store_dir, f"chunks-{shard:05d}.array_record")
-
-
-def _count_path(store_dir: str, shard: int) -> str:
-  return os.path.join(store_dir, f"chunks-{shard:05d}.json")
-
-
-def _atomic_json(path: str, value: Any) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(value, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
-
-
-def _read_json(path: str) -> Any:
-  with open(path) as f:
-    return json.load(f)
 
 
 def feature_kind(value: np.ndarray) -> str:
@@ -113,28 +92,6 @@ def store_identity(task: str, split: str, sequence_length: int, *, feature_conve
           "shards": [[t.name, s, num_shards] for t in tasks for s in range(num_shards)]}
 
 
-def check_identity(store_dir: str, manifest: Dict[str, Any], wanted: Dict[str, Any]) -> None:
-  differ = [k for k in IDENTITY if manifest.get(k) != wanted.get(k)]
-  if differ:
-    detail = "; ".join(f"{k}: stored {manifest.get(k)!r}, asked {wanted.get(k)!r}" for k in differ)
-    raise ValueError(f"chunk store {store_dir} holds other chunks ({detail}); use another directory")
-
-
-def read_manifest(store_dir: str) -> Dict[str, Any]:
-  path = os.path.join(store_dir, "manifest.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: not a chunk store (or its write never started)")
-  manifest = _read_json(path)
-  if manifest.get("format") != FORMAT:
-    raise ValueError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
-  return manifest
-
-
-def finished_shards(store_dir: str, num_shards: int) -> List[int]:
-  """The shards whose ArrayRecord file exists (renamed into place only when complete)."""
-  return [k for k in range(num_shards) if os.path.exists(shard_path(store_dir, k))]
-
-
 def shard_examples(identity: Dict[str, Any], shard: int) -> Iterator[Dict[str, Any]]:
   """The examples of shard ``shard`` of a store, as the task yields them, each with its ``source``."""
   task, index, of = identity["shards"][shard]
@@ -164,7 +121,7 @@ def write_shard(store_dir: str, identity: Dict[str, Any], shard: int) -> Dict[st
   finally:
     writer.close()
   counts = {"num_records": records, "num_tokens": tokens, "features": kinds or {}}
-  _atomic_json(_count_path(store_dir, shard), counts)
+  atomic_json(count_path(store_dir, shard), counts)
   os.replace(tmp, path)
   return counts
 
@@ -183,7 +140,7 @@ def write_chunk_store(store_dir: str, task: str, split: str, sequence_length: in
   except FileNotFoundError:
     manifest = {"format": FORMAT, **identity, "complete": False}
     if process_index == 0:
-      _atomic_json(os.path.join(store_dir, "manifest.json"), manifest)
+      atomic_json(os.path.join(store_dir, "manifest.json"), manifest)
   if manifest.get("complete"):
     return manifest
   total = len(identity["shards"])
@@ -197,7 +154,7 @@ def write_chunk_store(store_dir: str, task: str, split: str, sequence_length: in
 
 
 def _complete(store_dir: str, identity: Dict[str, Any]) -> Dict[str, Any]:
-  counts = [_read_json(_count_path(store_dir, k)) for k in range(len(identity["shards"]))]
+  counts = [read_json(count_path(store_dir, k)) for k in range(len(identity["shards"]))]
   features: Dict[str, str] = {}
   for c in counts:
     for name, kind in c["features"].items():
@@ -206,7 +163,7 @@ def _complete(store_dir: str, identity: Dict[str, Any]) -> Dict[str, Any]:
   manifest = {"format": FORMAT, **identity, "complete": True, "features": features,
               "records_per_shard": [c["num_records"] for c in counts],
               "num_records": sum(c["num_records"] for c in counts), "num_tokens": sum(c["num_tokens"] for c in counts)}
-  _atomic_json(os.path.join(store_dir, "manifest.json"), manifest)
+  atomic_json(os.path.join(store_dir, "manifest.json"), manifest)
   return manifest
 
 

@@ -1,4 +1,4 @@
-"""A training source over a chunk store: a selection's chunks (an index array) in a seeded global order, read with Grain.
+"""A training source over a chunk store: a selection's chunks (an index array) in a seeded global order, via Grain.
 
 Batch ``b`` of the global stream holds the rows ``b * B ... (b + 1) * B - 1`` of the order (``B`` the global batch
 size); process ``p`` of ``P`` reads its contiguous ``B / P`` of them, so the processes' rows are disjoint and, put

@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterable, Optional, Tuple
 import numpy as np
 
 from bliss_jax.counting import fraction_to_count
-from bliss_jax.data.chunk_store import read_manifest
+from bliss_jax.data.chunk_manifest import read_manifest
 from bliss_jax.selection import rules
 
 STREAMED_RULES = ("top_k", "gumbel_top_k")
