@@ -20,7 +20,7 @@ import numpy as np
 import seqio
 
 from bliss_jax.data.chunk_store import ChunkStore
-from bliss_jax.data.pipeline import Batch, task_feature_lengths
+from bliss_jax.data.pipeline import Batch, BatchIterator, task_feature_lengths
 
 
 def decoder_features(examples: Sequence[Dict[str, Any]], sequence_length: int, rows: int) -> Batch:
@@ -61,24 +61,17 @@ def process_batches(store: ChunkStore, indices: np.ndarray, *, batch_size: int, 
           .map(lambda chunks: decoder_features(store.read(chunks[mine]), length, rows)))
 
 
-class StoreBatchIterator:
-  """Batches ``start_position``, ``start_position + 1``, ... of ``batches``; ``position`` counts those yielded."""
+class StoreBatchIterator(BatchIterator):
+  """`pipeline.BatchIterator`'s contract over Grain: batches ``start_position``, ``start_position + 1``, ... of
+  ``batches`` (a ``MapDataset``, sliced lazily, so starting late reads nothing before), ``position`` counting them."""
 
   def __init__(self, batches: grain.MapDataset, start_position: int = 0, *, read_threads: int = 1,
-               prefetch: int = 2):
+               prefetch: int = 2):  # pylint: disable=super-init-not-called  (no tf.data dataset to skip through)
     if start_position < 0:
       raise ValueError(f"start_position must be >= 0, got {start_position}")
     self.position = start_position
     options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch if read_threads else 0)
     self._iterator = iter(batches[start_position:].to_iter_dataset(options))
-
-  def __iter__(self) -> Iterator[Batch]:
-    return self
-
-  def __next__(self) -> Batch:
-    batch = next(self._iterator)
-    self.position += 1
-    return batch
 
 
 def store_batch_source(store_dir: str, *, batch_size: int, indices: Optional[Sequence[int]] = None, seed: int = 0,
