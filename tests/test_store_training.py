@@ -1,15 +1,21 @@
-"""Training from a chunk store: the same losses as training on the selection's SeqIO task in the same order, and a run
-stopped and resumed at an arbitrary step ends bit-exactly where the uninterrupted one does."""
+"""Training and scoring over a chunk store: the same losses as training on the selection's SeqIO task in the same
+order; a run stopped and resumed at an arbitrary step ends bit-exactly where the uninterrupted one does; scores as
+columns equal `score_split`'s, and an interrupted scoring resumes."""
 import json
 import os
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import seqio
 
+from bliss_jax import partitioning
 from bliss_jax.data import chunk_store, pipeline, seqio_tasks
 from bliss_jax.models.config import preset
+from bliss_jax.models.transformer import Transformer
+from bliss_jax.selection import offline_scoring, score_columns, scorers
 from bliss_jax.selection.selected_task import register_selected_task, selected_store_source
 from bliss_jax.training import checkpoints, trainer
 
@@ -67,3 +73,22 @@ def test_stop_and_resume_at_an_arbitrary_step_is_bit_exact(store, tmp_path):
   _, resumed = checkpoints.load_params(str(tmp_path / "resumed"))
   for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_scoring_the_store_gives_score_splits_scores_as_columns_and_resumes(store, tmp_path):
+  model = Transformer(preset("tiny", vocab_size=512))
+  params = nn.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, L), jnp.int32))["params"])
+  score_fn = scorers.make_lm_scorer(model)
+  mesh = partitioning.make_mesh(1, 1, devices=jax.devices()[:1])
+  table = offline_scoring.score_split(score_fn, params, task=TASK, split="train", store_dir=str(tmp_path / "table"),
+                                      sequence_length=L, batch_size=B, mesh=mesh, progress=False)
+  reader = chunk_store.ChunkStore(store)
+  order = [table.keys().index(k) for k in reader.keys()]
+  assert offline_scoring.score_chunk_store(score_fn, params, store_dir=store, batch_size=B, mesh=mesh,
+                                           checkpoint_every=2, progress=False, stop_after_batches=3) is None
+  columns = offline_scoring.score_chunk_store(score_fn, params, store_dir=store, batch_size=B, mesh=mesh,
+                                              checkpoint_every=2, progress=False)
+  assert sorted(columns) == ["mean_logp", "sum_logp"]
+  for name, values in columns.items():
+    np.testing.assert_allclose(values, table.columns[name][order], rtol=1e-6, err_msg=name)
+    np.testing.assert_array_equal(score_columns.read_column(store, name), values)
