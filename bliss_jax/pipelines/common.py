@@ -30,11 +30,14 @@ from bliss_jax.training.model_dir import ModelDir
 
 def train_on_task(model_dir: str, spec: trainer.TrainSpec, task: str, *, loss_factory: Callable = make_lm_loss,
                   frozen_model_dirs: Optional[Dict[str, str]] = None, progress_bar: bool = True,
-                  stop_at_step: Optional[int] = None, keep_checkpoints: Optional[int] = 3) -> dict:
+                  stop_at_step: Optional[int] = None, keep_checkpoints: Optional[int] = 3,
+                  batch_source: Optional[Callable] = None) -> dict:
   """Train `spec` on SeqIO `task` (train split, packed) into `model_dir`; returns the model dir and its cost.
-  `keep_checkpoints`: periodic checkpoints kept (None: all, for evaluating the run's curve afterwards)."""
-  source = data_pipeline.seqio_batch_source(task, batch_size=spec.batch_size, sequence_length=spec.sequence_length,
-                                            seed=spec.seed)
+  `keep_checkpoints`: periodic checkpoints kept (None: all, for evaluating the run's curve afterwards).
+  `batch_source`, when given, is read instead of the task's packed stream (e.g. `selected_task.selected_store_source`
+  over a chunk store of `task`'s examples); the task still gives the vocabulary."""
+  source = batch_source or data_pipeline.seqio_batch_source(
+      task, batch_size=spec.batch_size, sequence_length=spec.sequence_length, seed=spec.seed)
   result = trainer.train(
       model_dir=model_dir, spec=spec, batch_source=source, vocab_size=data_pipeline.vocabulary_size(task),
       loss_factory=loss_factory, progress_bar=progress_bar, frozen_model_dirs=frozen_model_dirs,

@@ -5,10 +5,16 @@
 every `batches_per_shard` batches as one shard of the store. Rerunning after an interruption skips the finished shards
 (their batches are read past, not scored) and continues; a finished store is not touched again. The MODEL_DIRs of the
 scoring models are checked first against the task's vocabulary (`model_vocabulary.check`).
+
+`score_chunk_store` scores a chunk store (`data/chunk_store.py`) instead: global batch b is chunks bB ... (b+1)B − 1,
+each process reads its rows by index, and the per-example scores become score columns (`score_columns`, row i for
+chunk i), written in place every `checkpoint_every` batches with the batch count, so a rerun continues from there.
 """
+import json
+import math
 import os
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import jax
 import numpy as np
@@ -16,8 +22,10 @@ import tqdm
 
 from bliss_jax import partitioning
 from bliss_jax.data import pipeline, vocabulary
+from bliss_jax.data.chunk_store import ChunkStore
 from bliss_jax.data.keyed import keyed_batches
-from bliss_jax.selection import score_store
+from bliss_jax.data.store_source import decoder_features
+from bliss_jax.selection import score_columns, score_store
 from bliss_jax.training import model_vocabulary
 
 MODEL_FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights", "decoder_segment_ids",
@@ -117,6 +125,76 @@ def score_split(score_fn: Callable, params, *, task: str, split: str, store_dir:
                                num_examples=len(table), columns=sorted(table.columns),
                                token_columns=sorted(table.token_columns), meta=meta or {})
   return table
+
+
+def score_chunk_store(score_fn: Callable, params, *, store_dir: str, batch_size: int, mesh=None,
+                      checkpoint_every: int = 64, model_dirs: Sequence[str] = (), progress: bool = True,
+                      stop_after_batches: Optional[int] = None) -> Optional[Dict[str, np.ndarray]]:
+  """Scores every chunk of a chunk store into its score columns; returns them (memory-mapped), or None when stopped
+  by `stop_after_batches` (to test resumption).
+
+  `score_fn` is `score_split`'s; only its per-example outputs (not the `tok_` ones) are kept, one column each, named
+  as the outputs. `batch_size` is global; process p scores rows p·B/P ... of every global batch (the last batch padded
+  with all-zero rows), and process 0 writes the columns. A column already complete is not scored again.
+  """
+  store = ChunkStore(store_dir)
+  if model_dirs:
+    for model_dir in model_dirs:
+      model_vocabulary.check(model_dir, store.manifest["vocabulary"], what=f"chunk store {store_dir}")
+  mesh = mesh or partitioning.make_mesh()
+  pc, pi = jax.process_count(), jax.process_index()
+  if batch_size % pc or batch_size % mesh.shape["data"]:
+    raise ValueError(f"batch_size={batch_size} must divide over {pc} processes and the data axis "
+                     f"({mesh.shape['data']})")
+  local, n, length = batch_size // pc, len(store), store.manifest["sequence_length"]
+  progress_path = os.path.join(store_dir, "scores", "scoring.json")
+  state = {"batches": 0, "columns": []}
+  if os.path.exists(progress_path):
+    with open(progress_path) as f:
+      state = json.load(f)
+    if state.get("complete"):
+      return {c: score_columns.read_column(store_dir, c) for c in state["columns"]}
+  os.makedirs(os.path.dirname(progress_path), exist_ok=True)
+  partial = lambda c: score_columns.column_path(store_dir, c) + ".partial.npy"
+  columns = {c: np.load(partial(c), mmap_mode="r+") for c in state["columns"]} if pi == 0 else {}
+  fn = jax.jit(score_fn, out_shardings=partitioning.replicated(mesh))
+  num_batches = math.ceil(n / batch_size)
+  first = state["batches"]
+  last = num_batches if stop_after_batches is None else min(num_batches, first + stop_after_batches)
+
+  def save(batches, complete=False):
+    for values in columns.values():
+      values.flush()
+    tmp = progress_path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump({"batches": batches, "columns": sorted(columns), "complete": complete}, f)
+    os.replace(tmp, progress_path)
+
+  for b in tqdm.trange(first, last, desc=f"score {store_dir}", disable=not progress or pi != 0, mininterval=2.0):
+    start = b * batch_size
+    mine = range(min(start + pi * local, n), min(start + (pi + 1) * local, n))
+    batch = decoder_features(store.read(mine), length, local)
+    out = jax.device_get(fn(params, partitioning.global_batch_from_local(batch, mesh)))
+    if pi == 0:
+      rows = min(batch_size, n - start)
+      for name, values in out.items():
+        if name.startswith("tok_"):
+          continue
+        if name not in columns:
+          columns[name] = np.lib.format.open_memmap(partial(name), mode="w+", dtype=np.float32, shape=(n,))
+        columns[name][start:start + rows] = np.asarray(values)[:rows]
+      if (b + 1 - first) % checkpoint_every == 0 and b + 1 < last:
+        save(b + 1)
+  if pi != 0:
+    return None if last < num_batches else {}
+  if last < num_batches:
+    save(last)
+    return None
+  for name in columns:
+    columns[name].flush()
+    os.replace(partial(name), score_columns.column_path(store_dir, name))
+  save(num_batches, complete=True)
+  return {c: score_columns.read_column(store_dir, c) for c in columns}
 
 
 def _empty_like(batch: dict) -> dict:

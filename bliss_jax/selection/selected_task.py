@@ -3,8 +3,9 @@
 The selected examples (already tokenized and chunked as the base task does for `sequence_length`, EOS included) are
 materialised once in memory and served by a `seqio.FunctionDataSource`; `train` holds the selection (repeated
 `epochs` times in order when not shuffled, for the data-limited multi-epoch setting), `validation` is the base task's
-own validation split. Meant for selections up to a few million tokens held in host memory; larger selections belong
-in a file-backed source.
+own validation split. Meant for selections up to a few million tokens held in host memory; a larger selection is read
+from a chunk store of the base split instead (`selected_store_source`: the same examples, one per row, by index from
+disk, with O(1) resume).
 """
 from typing import Dict, List, Optional, Sequence
 
@@ -12,7 +13,9 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from bliss_jax.data.pipeline import task_feature_lengths
+from bliss_jax.data.chunk_store import ChunkStore
+from bliss_jax.data.pipeline import seqio_batch_source, task_feature_lengths
+from bliss_jax.data.store_source import store_batch_source
 
 
 def _split_key(key: str):
@@ -72,3 +75,18 @@ def register_selected_task(name: str, base_task: str, keys: Sequence[str], *, se
   return seqio.TaskRegistry.add(
       name, source=seqio.FunctionDataSource(dataset_fn, splits=("train", "validation"), caching_permitted=False),
       preprocessors=[], output_features={"targets": base.output_features["targets"]})
+
+
+def selected_store_source(store_dir: str, keys: Sequence[str], *, batch_size: int, seed: int = 0,
+                          shuffle: bool = True, read_threads: int = 1):
+  """A trainer `BatchSource` whose `train` split is the chunks `keys` ("doc_id#chunk_index") of a chunk store
+  (`data/chunk_store.py`) of the base task's split, each one unpacked row, in a global order shuffled with `seed`
+  (`keys` order without `shuffle`); `validation` is the base task's own (`seqio_batch_source`, as
+  `register_selected_task` has it). Finding the keys reads the store's keys once; a selection made on the store's
+  score columns is an index array already (`data.store_source.store_batch_source` takes it)."""
+  store = ChunkStore(store_dir)
+  base = store.manifest["task"]
+  validation = seqio_batch_source(base, batch_size=batch_size, sequence_length=store.manifest["sequence_length"],
+                                  seed=seed)
+  return store_batch_source(store_dir, batch_size=batch_size, indices=store.indices_of(keys), seed=seed,
+                            shuffle=shuffle, eval_source=validation, read_threads=read_threads)
