@@ -84,23 +84,8 @@ def run(*, root: str, pool_task: str, student: trainer.TrainSpec, reference: tra
     check_choice("MiniPLM student", name, STUDENTS)
   L = student.sequence_length
   eval_task = eval_task or pool_task
-  keys_inputs = dict({"task": pool_task, "split": pool_split, "L": L}, **common.pool_sample_inputs(pool_max_examples))
-  keys_path = run_stage(shared_root, "pool_keys", lambda d: common.write_json(
-      os.path.join(d, "keys.json"), common.pool_keys(pool_task, pool_split, L, pool_max_examples)), keys_inputs)
-  keys = json.load(open(keys_path))
-  scored_keys = None if pool_max_examples is None else keys  # what offline scoring reads of the pool split
-
-  def do_split(d):
-    ref, rest = split_reference(keys, reference_fraction, seed)
-    return {"reference": common.write_json(os.path.join(d, "reference_keys.json"), ref),
-            "candidates": common.write_json(os.path.join(d, "candidate_keys.json"), rest),
-            "n_reference": len(ref), "n_candidates": len(rest)}
-  if reference_task is None:
-    split = run_stage(shared_root, "split_reference", do_split, {"fraction": reference_fraction, "seed": seed})
-    ref_keys, cand_keys = json.load(open(split["reference"])), json.load(open(split["candidates"]))
-  else:
-    split, ref_keys, cand_keys = None, None, keys
-
+  pool = _candidates(shared_root, pool_task, pool_split, L, pool_max_examples, reference_task, reference_fraction,
+                     seed)
   if teacher_dir is None:
     if teacher is None:
       raise ValueError("MiniPLM needs a teacher: give teacher_dir (a trained MODEL_DIR) or a teacher TrainSpec")
@@ -111,93 +96,137 @@ def run(*, root: str, pool_task: str, student: trainer.TrainSpec, reference: tra
     teacher_dir = teacher_res["model_dir"]
   else:
     teacher_res = {"model_dir": teacher_dir, "train_flops": 0.0}
-
   if reference_task is None:
     ref_task = f"{os.path.basename(root.rstrip('/'))}_miniplm_dref"
-    register_selected_task(ref_task, pool_task, ref_keys, sequence_length=L, split=pool_split)
-    reference_inputs = {"spec": reference.record(), "n_reference": len(ref_keys)}
+    register_selected_task(ref_task, pool_task, pool.reference, sequence_length=L, split=pool_split)
+    reference_inputs = {"spec": reference.record(), "n_reference": len(pool.reference)}
   else:
     ref_task = reference_task
     reference_inputs = {"spec": reference.record(), "task": reference_task}
   reference_res = run_stage(shared_root, "reference",
                             lambda d: common.train_on_task(d, reference, ref_task, progress_bar=progress_bar),
                             reference_inputs)
+  scored, selection = _difference_sampling(shared_root, pool, teacher_dir, reference_res["model_dir"], alpha=alpha,
+                                           whole_pool=reference_task is not None,
+                                           score_batch_size=score_batch_size, progress_bar=progress_bar)
 
+  prefix = os.path.basename(root.rstrip("/"))
+  prx = None
+  if "miniplm_prx" in students:
+    prx = _run_prx(shared_root, pool_task, pool_split, L, pool.candidates, pool.scored_keys, scored,
+                   reference_res["model_dir"], alpha, seed, prx_sample_fraction, prx_steps, prx_learning_rate,
+                   score_batch_size, progress_bar)
+    register_selected_task(f"{prefix}_miniplm_prx_selected", pool_task, json.load(open(prx["selected"])),
+                           sequence_length=L, split=pool_split)
+  register_selected_task(f"{prefix}_miniplm_selected", pool_task, json.load(open(selection["selected"])),
+                         sequence_length=L, split=pool_split)
+  register_selected_task(f"{prefix}_miniplm_pool", pool_task, pool.candidates, sequence_length=L, split=pool_split)
+  tasks = {"miniplm": f"{prefix}_miniplm_selected", "miniplm_prx": f"{prefix}_miniplm_prx_selected",
+           "plain": f"{prefix}_miniplm_pool", "vanilla_kd": f"{prefix}_miniplm_pool"}
+  train_kw = dict(progress_bar=progress_bar, keep_checkpoints=keep_checkpoints)
+  results: Dict[str, dict] = {}
+  for name in students:
+    inputs = {"spec": student.record(), "name": name}
+    if name == "vanilla_kd":
+      if not vanilla_kd_match_flops:
+        inputs["match_flops"] = False
+      fn = lambda d: _train_vanilla_kd(d, student, tasks["vanilla_kd"], pool_task, teacher_dir, kd_omega, kd_rho,
+                                       vanilla_kd_match_flops, **train_kw)
+    else:
+      fn = lambda d, task=tasks[name]: common.train_on_task(d, student, task, **train_kw)
+    results[name] = run_stage(root, f"student_{name}", fn, inputs)
+    results[name]["heldout"] = common.heldout_eval(results[name]["model_dir"], eval_task, eval_split,
+                                                   sequence_length=L, batch_size=student.batch_size,
+                                                   max_batches=eval_max_batches)
+  report = {"students": results, "selection": selection, "scoring": scored, "teacher": teacher_res,
+            "reference": reference_res, "split": pool.split_result, "prx": prx, "pool_keys": pool.keys_path}
+  common.write_json(os.path.join(root, "report.json"), report)
+  return report
+
+
+@dataclasses.dataclass(frozen=True)
+class _Pool:
+  """The candidate pool: its keys, D_ref and the candidates (D − D_ref, or every key with a reference task)."""
+  task: str
+  split: str
+  sequence_length: int
+  keys_path: str
+  scored_keys: Optional[Sequence[str]]  # what offline scoring reads of the pool split (None: all of it)
+  split_result: Optional[dict]  # the `split_reference` stage's result (None with a reference task)
+  reference: Optional[Sequence[str]]
+  candidates: Sequence[str]
+
+
+def _candidates(shared_root: str, pool_task: str, pool_split: str, L: int, pool_max_examples: Optional[int],
+                reference_task: Optional[str], reference_fraction: float, seed: int) -> "_Pool":
+  """Stages `pool_keys` and (without a reference task) `split_reference`."""
+  keys_inputs = dict({"task": pool_task, "split": pool_split, "L": L}, **common.pool_sample_inputs(pool_max_examples))
+  keys_path = run_stage(shared_root, "pool_keys", lambda d: common.write_json(
+      os.path.join(d, "keys.json"), common.pool_keys(pool_task, pool_split, L, pool_max_examples)), keys_inputs)
+  keys = json.load(open(keys_path))
+  scored_keys = None if pool_max_examples is None else keys
+  if reference_task is not None:
+    return _Pool(pool_task, pool_split, L, keys_path, scored_keys, None, None, keys)
+
+  def do_split(d):
+    ref, rest = split_reference(keys, reference_fraction, seed)
+    return {"reference": common.write_json(os.path.join(d, "reference_keys.json"), ref),
+            "candidates": common.write_json(os.path.join(d, "candidate_keys.json"), rest),
+            "n_reference": len(ref), "n_candidates": len(rest)}
+  split = run_stage(shared_root, "split_reference", do_split, {"fraction": reference_fraction, "seed": seed})
+  return _Pool(pool_task, pool_split, L, keys_path, scored_keys, split, json.load(open(split["reference"])),
+               json.load(open(split["candidates"])))
+
+
+def _difference_sampling(shared_root: str, pool: "_Pool", teacher_dir: str, reference_dir: str, *, alpha: float,
+                         whole_pool: bool, score_batch_size: int, progress_bar: bool):
+  """Stages `score` (teacher and reference log-probs of the pool, MiniPLM eq. 4) and `select` (top α of the
+  candidates); returns their results."""
   def do_score(d):
-    checkpoints.check_vocabulary("reference", reference_res["model_dir"],
-                                 ModelDir(teacher_dir).read_model_config().vocab_size)
+    checkpoints.check_vocabulary("reference", reference_dir, ModelDir(teacher_dir).read_model_config().vocab_size)
     t_model, t_params = common.load_frozen(teacher_dir)
-    r_model, r_params = common.load_frozen(reference_res["model_dir"])
+    r_model, r_params = common.load_frozen(reference_dir)
     table = offline_scoring.score_split(scorers.make_difference_scorer(t_model, r_model), (t_params, r_params),
-                                        task=pool_task, split=pool_split, store_dir=os.path.join(d, "store"),
-                                        sequence_length=L, batch_size=score_batch_size, keys=scored_keys,
-                                        model_dirs=(teacher_dir, reference_res["model_dir"]), progress=progress_bar)
+                                        task=pool.task, split=pool.split, store_dir=os.path.join(d, "store"),
+                                        sequence_length=pool.sequence_length, batch_size=score_batch_size,
+                                        keys=pool.scored_keys, model_dirs=(teacher_dir, reference_dir),
+                                        progress=progress_bar)
     tokens = int(table.num_tokens.sum())
     return {"store": os.path.join(d, "store"), "scored_tokens": tokens,
-            "flops": common.forward_flops(teacher_dir, L, tokens) +
-                     common.forward_flops(reference_res["model_dir"], L, tokens)}
-  scored = run_stage(shared_root, "score", do_score,
-                     {"teacher": teacher_dir, "reference": reference_res["model_dir"]})
+            "flops": common.forward_flops(teacher_dir, pool.sequence_length, tokens) +
+                     common.forward_flops(reference_dir, pool.sequence_length, tokens)}
+  scored = run_stage(shared_root, "score", do_score, {"teacher": teacher_dir, "reference": reference_dir})
 
   def do_select(d):
     table = score_store.read_scores(scored["store"])
-    keys_all = table.keys()
-    cand = set(cand_keys)
-    idx = np.array([i for i, k in enumerate(keys_all) if k in cand])  # D − D_ref only
+    cand = set(pool.candidates)
+    idx = np.array([i for i, k in enumerate(table.keys()) if k in cand])  # D − D_ref only
     chosen = idx[rules.top_fraction(table.columns["difference"][idx], alpha)]
     selected = score_store.select_keys(table, chosen, "original")
     s = table.columns["difference"]
     return {"selected": common.write_json(os.path.join(d, "selected_keys.json"), selected),
             "n_selected": len(selected), "n_candidates": int(idx.size),
             "score_mean_selected": float(s[chosen].mean()), "score_mean_candidates": float(s[idx].mean())}
-  select_inputs = {"alpha": alpha} if reference_task is None else {"alpha": alpha, "candidates": "the whole pool"}
-  selection = run_stage(shared_root, "select", do_select, select_inputs)
-  selected = json.load(open(selection["selected"]))
+  select_inputs = {"alpha": alpha, "candidates": "the whole pool"} if whole_pool else {"alpha": alpha}
+  return scored, run_stage(shared_root, "select", do_select, select_inputs)
 
-  prefix = os.path.basename(root.rstrip("/"))
-  if "miniplm_prx" in students:
-    prx = _run_prx(shared_root, pool_task, pool_split, L, cand_keys, scored_keys, scored, reference_res["model_dir"], alpha,
-                   seed, prx_sample_fraction, prx_steps, prx_learning_rate, score_batch_size, progress_bar)
-    register_selected_task(f"{prefix}_miniplm_prx_selected", pool_task, json.load(open(prx["selected"])),
-                           sequence_length=L, split=pool_split)
-  else:
-    prx = None
-  register_selected_task(f"{prefix}_miniplm_selected", pool_task, selected, sequence_length=L, split=pool_split)
-  register_selected_task(f"{prefix}_miniplm_pool", pool_task, cand_keys, sequence_length=L, split=pool_split)
-  results: Dict[str, dict] = {}
+
+def _train_vanilla_kd(model_dir: str, student: trainer.TrainSpec, task: str, pool_task: str, teacher_dir: str,
+                      omega: float, rho: float, match_flops: bool, **train_kw) -> dict:
+  """Vanilla KD (forward KL to the teacher) on `task` (drawn from `pool_task`), FLOP-matched (`vanilla_kd_steps`)
+  when `match_flops`."""
+  L = student.sequence_length
   student_cfg = student.model_config
   if student_cfg.vocab_size is None:
     student_cfg = dataclasses.replace(student_cfg, vocab_size=round_up_vocab(vocabulary_size(pool_task)))
-  train_kw = dict(progress_bar=progress_bar, keep_checkpoints=keep_checkpoints)
-  for name in students:
-    inputs = {"spec": student.record(), "name": name}
-    if name == "miniplm":
-      fn = lambda d: common.train_on_task(d, student, f"{prefix}_miniplm_selected", **train_kw)
-    elif name == "miniplm_prx":
-      fn = lambda d: common.train_on_task(d, student, f"{prefix}_miniplm_prx_selected", **train_kw)
-    elif name == "plain":
-      fn = lambda d: common.train_on_task(d, student, f"{prefix}_miniplm_pool", **train_kw)
-    elif name == "vanilla_kd":
-      if not vanilla_kd_match_flops:
-        inputs["match_flops"] = False
-
-      def fn(d):
-        c_s = flops.train_flops_per_token(student_cfg, L)
-        c_t = flops.forward_flops_per_token(ModelDir(teacher_dir).read_model_config(), L)
-        steps = vanilla_kd_steps(student.num_steps, c_s, c_t) if vanilla_kd_match_flops else student.num_steps
-        res = common.train_on_task(
-            d, student.replace(num_steps=steps), f"{prefix}_miniplm_pool", frozen_model_dirs={"teacher": teacher_dir},
-            loss_factory=lambda m, fm: make_kd_loss(m, fm, omega=kd_omega, rho=kd_rho), **train_kw)
-        res["teacher_forward_flops"] = common.forward_flops(teacher_dir, L, res["tokens"])
-        return res
-    results[name] = run_stage(root, f"student_{name}", fn, inputs)
-    results[name]["heldout"] = common.heldout_eval(results[name]["model_dir"], eval_task, eval_split,
-                                                   sequence_length=L, batch_size=student.batch_size,
-                                                   max_batches=eval_max_batches)
-  report = {"students": results, "selection": selection, "scoring": scored, "teacher": teacher_res,
-            "reference": reference_res, "split": split, "prx": prx, "pool_keys": keys_path}
-  common.write_json(os.path.join(root, "report.json"), report)
-  return report
+  c_s = flops.train_flops_per_token(student_cfg, L)
+  c_t = flops.forward_flops_per_token(ModelDir(teacher_dir).read_model_config(), L)
+  steps = vanilla_kd_steps(student.num_steps, c_s, c_t) if match_flops else student.num_steps
+  res = common.train_on_task(model_dir, student.replace(num_steps=steps), task,
+                             frozen_model_dirs={"teacher": teacher_dir},
+                             loss_factory=lambda m, fm: make_kd_loss(m, fm, omega=omega, rho=rho), **train_kw)
+  res["teacher_forward_flops"] = common.forward_flops(teacher_dir, L, res["tokens"])
+  return res
 
 
 def _run_prx(root, pool_task, pool_split, L, cand_keys, scored_keys, scored, reference_dir, alpha, seed,

@@ -20,6 +20,7 @@ Round 0 before the target (pool_keys, pools, warmup_select, proxy_warmup) does n
 so targets of another seed also redraw what depends on chance alone, as the target's own data order does.
 """
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -121,7 +122,6 @@ def run(*, root: str, pool_task: str, target: trainer.TrainSpec, proxy: trainer.
     shared_root: where round 0's stages that do not depend on the target go (default `root`).
   """
   shared_root = shared_root or root
-  draw_seed = seed + target.seed  # rounds 1..R
   unknown = [m for m in methods if m != RANDOM and m not in scorers]
   if unknown:
     raise ValueError(f"unknown methods {unknown}: expected {RANDOM!r} or one of {sorted(scorers)}")
@@ -135,11 +135,14 @@ def run(*, root: str, pool_task: str, target: trainer.TrainSpec, proxy: trainer.
   if proxy.sequence_length != L:
     raise ValueError(f"proxy.sequence_length={proxy.sequence_length} != target's {L}: they score the same chunks")
   eval_task = eval_task or pool_task
-  prefix = os.path.basename(root.rstrip("/"))
-  vocab = data_pipeline.vocabulary_size(pool_task)
-  eval_source = data_pipeline.seqio_batch_source(eval_task, batch_size=B, sequence_length=L, seed=target.seed)
-  eval_kw = dict(task=eval_task, split=eval_split, sequence_length=L, batch_size=B, max_batches=eval_max_batches)
-
+  run_ = _Rounds(root=root, shared_root=shared_root, pool_task=pool_task, pool_split=pool_split, target=target,
+                 steps_per_round=S, eval_batches=eval_batches, progress_bar=progress_bar,
+                 selection_report=selection_report,
+                 eval_source=data_pipeline.seqio_batch_source(eval_task, batch_size=B, sequence_length=L,
+                                                              seed=target.seed),
+                 eval_kw=dict(task=eval_task, split=eval_split, sequence_length=L, batch_size=B,
+                              max_batches=eval_max_batches),
+                 spec_inputs={"target": target.record(), "rounds": rounds, "eval": f"{eval_task}:{eval_split}"})
   keys_path = run_stage(
       shared_root, "pool_keys",
       lambda d: common.write_json(os.path.join(d, "keys.json"),
@@ -150,109 +153,152 @@ def run(*, root: str, pool_task: str, target: trainer.TrainSpec, proxy: trainer.
   def do_pools(d):
     pools = split_pools(json.load(open(keys_path)), rounds + 1, seed)
     return [common.write_json(os.path.join(d, f"pool_{r}.json"), p) for r, p in enumerate(pools)]
-  pool_paths = run_stage(shared_root, "pools", do_pools, {"rounds": rounds, "seed": seed, "keys": keys_path})
-  pool_sizes = [len(json.load(open(p))) for p in pool_paths]
-
-  registered = set()
-
-  def register(name, keys_path):
-    """Register the selected task `name` (the keys in `keys_path`) on first use only: building it reads the pool
-    split, so a rerun whose stages are done registers nothing."""
-    if name not in registered:
-      register_selected_task(name, pool_task, json.load(open(keys_path)), sequence_length=L, split=pool_split)
-      registered.add(name)
-    return name
-
-  def composition(d, keys, r):
-    return selection_report(d, keys, json.load(open(pool_paths[r]))) if selection_report else {}
+  run_.pool_paths.extend(run_stage(shared_root, "pools", do_pools, {"rounds": rounds, "seed": seed,
+                                                                     "keys": keys_path}))
 
   # --- round 0: random warm-up selection; the target's first S steps; the proxy's warm-up ---
   def do_warmup_select(d):
-    keys = random_selection(json.load(open(pool_paths[0])), select_fraction, seed)
+    keys = random_selection(json.load(open(run_.pool_paths[0])), select_fraction, seed)
     return dict(selected=common.write_json(os.path.join(d, "selected_keys.json"), keys), n_selected=len(keys),
-                **composition(d, keys, 0))
+                **run_.composition(d, keys, 0))
   warm_sel = run_stage(shared_root, "warmup_select", do_warmup_select, {"fraction": select_fraction, "seed": seed})
-  warm_task = lambda: register(f"{prefix}_bliss_sel_0", warm_sel["selected"])
-
-  def train_target_round(model_dir, task, r):
-    train_src = data_pipeline.seqio_batch_source(task, batch_size=B, sequence_length=L, seed=target.seed + r)
-    trainer.train(model_dir=model_dir, spec=target.replace(checkpoint_every=math.gcd(S, target.checkpoint_every)),
-                  batch_source=_offset_source(train_src, eval_source, r * S), vocab_size=vocab,
-                  eval_batches=eval_batches, keep_checkpoints=None, progress_bar=progress_bar,
-                  stop_at_step=(r + 1) * S, allow_config_change=("data",))  # each round reads its own selection
-    return dict(common.heldout_at_step(model_dir, (r + 1) * S, **eval_kw), model_dir=model_dir)
-
-  spec_inputs = {"target": target.record(), "rounds": rounds, "eval": f"{eval_task}:{eval_split}"}
-  r0 = run_stage(root, "target_r0", lambda d: train_target_round(os.path.join(d, "model"), warm_task(), 0),
-                 dict(spec_inputs, selection=warm_sel["selected"]))
+  warm_task = lambda: run_.register(f"{run_.prefix}_bliss_sel_0", warm_sel["selected"])
+  r0 = run_stage(root, "target_r0", lambda d: run_.train_target_round(os.path.join(d, "model"), warm_task(), 0),
+                 dict(run_.spec_inputs, selection=warm_sel["selected"]))
   proxy_res = run_stage(
       shared_root, "proxy_warmup",
       lambda d: common.train_on_task(os.path.join(d, "model"), proxy, warm_task(), progress_bar=progress_bar),
       {"proxy": proxy.record(), "selection": warm_sel["selected"]})
-  target_cfg = ModelDir(r0["model_dir"]).read_model_config()
-  target_step_flops = train_flops_per_token(target_cfg, L) * B * L
+
+  # --- rounds 1..R per method ---
+  draw_seed = seed + target.seed  # rounds 1..R
   ref_source = data_pipeline.seqio_batch_source(reference_task, batch_size=reference_batch_size, sequence_length=L,
                                                 seed=draw_seed, pack=False,
                                                 feature_converter=reference_feature_converter)
-  ref_split_source = lambda split, **kw: ref_source(reference_split, **kw)
-
-  # --- rounds 1..R per method ---
+  context = functools.partial(
+      RoundContext, target_spec=target, proxy_dir=proxy_res["model_dir"],
+      reference=lambda split, **kw: ref_source(reference_split, **kw),
+      reference_name=f"{reference_task}:{reference_split}:{reference_feature_converter}", sequence_length=L,
+      seed=draw_seed, progress_bar=progress_bar)
   results: Dict[str, dict] = {}
   for m in methods:
-    scorer = scorers.get(m)
-    target_dir = os.path.join(root, f"{m}_target")
-    state, per_round, stage_names = None, [], []
     is_ablation = m in ablations
-    train_target = ablation_train_target or not is_ablation
+    results[m] = _method_rounds(run_, m, scorers.get(m), context, r0["model_dir"],
+                                (ablation_rounds or rounds) if is_ablation else rounds,
+                                train_target=ablation_train_target or not is_ablation,
+                                select_fraction=select_fraction, draw_seed=draw_seed)
+  return {"summary": _summary(results, scorers, r0, proxy_res, S), "methods": results, "round0": r0,
+          "proxy": dict(proxy_res, num_params=count_params(ModelDir(proxy_res["model_dir"]).read_model_config())),
+          "warmup_selection": warm_sel, "pool_keys": keys_path,
+          "pool_sizes": [len(json.load(open(p))) for p in run_.pool_paths], "steps_per_round": S}
 
-    def stage(name, fn, inputs):
-      stage_names.append(name)
-      return run_stage(root, name, fn, inputs)
 
-    for r in range(1, (ablation_rounds or rounds) + 1 if is_ablation else rounds + 1):
-      pool_keys = json.load(open(pool_paths[r]))
-      scored = None
-      if scorer is not None:
-        ctx = RoundContext(
-            method=m, round=r, pool_task=lambda r=r: register(f"{prefix}_pool_{r}", pool_paths[r]),
-            pool_path=pool_paths[r], pool_keys=pool_keys, target_dir=r0["model_dir"] if r == 1 else target_dir,
-            target_step=r * S, target_spec=target, proxy_dir=proxy_res["model_dir"], reference=ref_split_source,
-            reference_name=f"{reference_task}:{reference_split}:{reference_feature_converter}", previous=state,
-            sequence_length=L, seed=draw_seed, progress_bar=progress_bar,
-            stage=lambda suffix, fn, inputs, r=r: stage(f"{m}_r{r}_{suffix}", fn, inputs))
-        scored = scorer.score(ctx)
-        state = scored.get("state")
+@dataclasses.dataclass
+class _Rounds:
+  """What every stage of one rounds run shares: the pools, the target's schedule and evaluation, the registered
+  selections."""
+  root: str
+  shared_root: str
+  pool_task: str
+  pool_split: str
+  target: trainer.TrainSpec
+  steps_per_round: int
+  eval_batches: int
+  progress_bar: bool
+  selection_report: Optional[Callable[[str, Sequence[str], Sequence[str]], dict]]
+  eval_source: Callable
+  eval_kw: dict
+  spec_inputs: dict
+  pool_paths: list = dataclasses.field(default_factory=list)
+  registered: set = dataclasses.field(default_factory=set)
 
-      def do_select(d, r=r, pool_keys=pool_keys, scored=scored):
-        if scored is None:
-          keys, stats = random_selection(pool_keys, select_fraction, draw_seed + 1000 * r), {}
-        else:
-          table = score_store.read_scores(scored["store"])
-          s = table.columns[scored["column"]]
-          chosen = scorer.select(s, select_fraction, draw_seed + 1000 * r)
-          keys = score_store.select_keys(table, chosen, "original")
-          stats = {"score_mean_selected": float(s[chosen].mean()), "score_mean_pool": float(s.mean()),
-                   "score_std_pool": float(s.std()), "score_threshold": float(s[chosen].min())}
-        return dict(selected=common.write_json(os.path.join(d, "selected_keys.json"), keys), n_selected=len(keys),
-                    n_pool=len(pool_keys), **stats, **composition(d, keys, r))
-      selection = stage(f"{m}_r{r}_select", do_select,
-                        {"fraction": select_fraction, "scores": scored and scored["store"], "pool": pool_paths[r],
-                         "seed": draw_seed})
-      x = {"round": r, "step": None, "loss": None, "accuracy": None, "selection": selection,
-           "scores": {"store": scored["store"], "column": scored["column"]} if scored else None,
-           "aux_flops": dict(scored["aux_flops"]) if scored else {}, **((scored or {}).get("stages") or {})}
-      if train_target:
-        def do_target(d, r=r, selected=selection["selected"]):
-          ModelDir(r0["model_dir"]).copy_at_step(target_dir, S)
-          return train_target_round(target_dir, register(f"{prefix}_{m}_sel_{r}", selected), r)
-        heldout = stage(f"{m}_r{r}_target", do_target, dict(spec_inputs, selection=selection["selected"]))
-        x.update(step=(r + 1) * S, loss=heldout["loss"], accuracy=heldout["accuracy"])
-      per_round.append(x)
-    results[m] = {"rounds": per_round, "curve": validation_curve(target_dir) if train_target else [],
-                  "model_dir": target_dir, "stages": stage_names,
-                  "target_training": target_step_flops * target.num_steps if train_target else 0.0}
+  @property
+  def prefix(self) -> str:
+    return os.path.basename(self.root.rstrip("/"))
 
-  # --- summary: per-round losses, steps to reach random's final loss, FLOP shares ---
+  def register(self, name: str, keys_path: str) -> str:
+    """Register the selected task `name` (the keys in `keys_path`) on first use only: building it reads the pool
+    split, so a rerun whose stages are done registers nothing."""
+    if name not in self.registered:
+      register_selected_task(name, self.pool_task, json.load(open(keys_path)),
+                             sequence_length=self.target.sequence_length, split=self.pool_split)
+      self.registered.add(name)
+    return name
+
+  def composition(self, d: str, keys: Sequence[str], r: int) -> dict:
+    return self.selection_report(d, keys, json.load(open(self.pool_paths[r]))) if self.selection_report else {}
+
+  def train_target_round(self, model_dir: str, task: str, r: int) -> dict:
+    """The target's steps r·S + 1 .. (r + 1)·S on `task`; its held-out evaluation at (r + 1)·S."""
+    S, t = self.steps_per_round, self.target
+    train_src = data_pipeline.seqio_batch_source(task, batch_size=t.batch_size, sequence_length=t.sequence_length,
+                                                 seed=t.seed + r)
+    trainer.train(model_dir=model_dir, spec=t.replace(checkpoint_every=math.gcd(S, t.checkpoint_every)),
+                  batch_source=_offset_source(train_src, self.eval_source, r * S),
+                  vocab_size=data_pipeline.vocabulary_size(self.pool_task), eval_batches=self.eval_batches,
+                  keep_checkpoints=None, progress_bar=self.progress_bar, stop_at_step=(r + 1) * S,
+                  allow_config_change=("data",))  # each round reads its own selection
+    return dict(common.heldout_at_step(model_dir, (r + 1) * S, **self.eval_kw), model_dir=model_dir)
+
+
+def _method_rounds(run_: _Rounds, m: str, scorer: Optional[RoundScorer], context: Callable[..., RoundContext],
+                   r0_dir: str, num_rounds: int, *, train_target: bool, select_fraction: float,
+                   draw_seed: int) -> dict:
+  """Method m's rounds 1..num_rounds: its scorer's stages, `m_r<r>_select` and (when `train_target`)
+  `m_r<r>_target`."""
+  S, target = run_.steps_per_round, run_.target
+  target_dir = os.path.join(run_.root, f"{m}_target")
+  state, per_round, stage_names = None, [], []
+
+  def stage(name, fn, inputs):
+    stage_names.append(name)
+    return run_stage(run_.root, name, fn, inputs)
+
+  for r in range(1, num_rounds + 1):
+    pool_keys = json.load(open(run_.pool_paths[r]))
+    scored = None
+    if scorer is not None:
+      ctx = context(method=m, round=r, previous=state, pool_path=run_.pool_paths[r], pool_keys=pool_keys,
+                    pool_task=lambda r=r: run_.register(f"{run_.prefix}_pool_{r}", run_.pool_paths[r]),
+                    target_dir=r0_dir if r == 1 else target_dir, target_step=r * S,
+                    stage=lambda suffix, fn, inputs, r=r: stage(f"{m}_r{r}_{suffix}", fn, inputs))
+      scored = scorer.score(ctx)
+      state = scored.get("state")
+
+    def do_select(d, r=r, pool_keys=pool_keys, scored=scored):
+      if scored is None:
+        keys, stats = random_selection(pool_keys, select_fraction, draw_seed + 1000 * r), {}
+      else:
+        table = score_store.read_scores(scored["store"])
+        s = table.columns[scored["column"]]
+        chosen = scorer.select(s, select_fraction, draw_seed + 1000 * r)
+        keys = score_store.select_keys(table, chosen, "original")
+        stats = {"score_mean_selected": float(s[chosen].mean()), "score_mean_pool": float(s.mean()),
+                 "score_std_pool": float(s.std()), "score_threshold": float(s[chosen].min())}
+      return dict(selected=common.write_json(os.path.join(d, "selected_keys.json"), keys), n_selected=len(keys),
+                  n_pool=len(pool_keys), **stats, **run_.composition(d, keys, r))
+    selection = stage(f"{m}_r{r}_select", do_select,
+                      {"fraction": select_fraction, "scores": scored and scored["store"], "pool": run_.pool_paths[r],
+                       "seed": draw_seed})
+    x = {"round": r, "step": None, "loss": None, "accuracy": None, "selection": selection,
+         "scores": {"store": scored["store"], "column": scored["column"]} if scored else None,
+         "aux_flops": dict(scored["aux_flops"]) if scored else {}, **((scored or {}).get("stages") or {})}
+    if train_target:
+      def do_target(d, r=r, selected=selection["selected"]):
+        ModelDir(r0_dir).copy_at_step(target_dir, S)
+        return run_.train_target_round(target_dir, run_.register(f"{run_.prefix}_{m}_sel_{r}", selected), r)
+      heldout = stage(f"{m}_r{r}_target", do_target, dict(run_.spec_inputs, selection=selection["selected"]))
+      x.update(step=(r + 1) * S, loss=heldout["loss"], accuracy=heldout["accuracy"])
+    per_round.append(x)
+  L = target.sequence_length
+  step_flops = train_flops_per_token(ModelDir(r0_dir).read_model_config(), L) * target.batch_size * L
+  return {"rounds": per_round, "curve": validation_curve(target_dir) if train_target else [],
+          "model_dir": target_dir, "stages": stage_names,
+          "target_training": step_flops * target.num_steps if train_target else 0.0}
+
+
+def _summary(results: Dict[str, dict], scorers: Mapping[str, RoundScorer], r0: dict, proxy_res: dict, S: int) -> dict:
+  """Per method: per-round losses, steps to reach random's final loss, FLOP shares (fills `results`' `flops`)."""
   labels = sorted({k for res in results.values() for x in res["rounds"] for k in x["aux_flops"]})
   stage_keys = sorted({k for m in results for k in getattr(scorers.get(m), "stage_keys", ())})
   for res in results.values():
@@ -280,10 +326,7 @@ def run(*, root: str, pool_task: str, target: trainer.TrainSpec, proxy: trainer.
       row["steps_to_random_final"] = reach
       row["speedup_vs_random"] = (random_curve[-1][0] / reach) if reach else None
     summary[m] = row
-  proxy_cfg = ModelDir(proxy_res["model_dir"]).read_model_config()
-  return {"summary": summary, "methods": results, "round0": r0,
-          "proxy": dict(proxy_res, num_params=count_params(proxy_cfg)), "warmup_selection": warm_sel,
-          "pool_keys": keys_path, "pool_sizes": pool_sizes, "steps_per_round": S}
+  return summary
 
 
 def validation_curve(model_dir: str):

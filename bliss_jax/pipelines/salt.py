@@ -35,6 +35,7 @@ Under UL2 (`feature_converter='prefix_lm_shared'`: examples up to the whole row)
 example and applies at exactly the loss-carrying (target) positions; the selection is scored as plain LM chunks and
 served back through the same UL2 denoisers (`selection.selected_ul2`).
 """
+import dataclasses
 import functools
 import json
 import os
@@ -204,165 +205,37 @@ def run(*, root: str, task: str, student: trainer.TrainSpec, n_kd: int, teacher:
     raise ValueError(f"n_kd={n_kd} must lie in [1, {n}] (the student's steps)")
   L, B = student.sequence_length, student.batch_size
   eval_task = eval_task or task
-  source = lambda spec: data_pipeline.seqio_batch_source(task, batch_size=spec.batch_size,
-                                                          sequence_length=spec.sequence_length, seed=spec.seed,
-                                                          feature_converter=feature_converter)
-  train_kw = dict(vocab_size=data_pipeline.vocabulary_size(task), keep_checkpoints=keep_checkpoints,
-                  mesh_data=mesh_data, mesh_model=mesh_model, fsdp=fsdp, devices=devices, progress_bar=progress_bar,
-                  average=average)
-  averaged = {} if average == "token" else {"average": average}  # stage inputs (token-mean runs keep theirs)
   eval_L = eval_sequence_length or L
-  eval_kw = dict(task=eval_task, split=eval_split, sequence_length=eval_L, batch_size=B, max_batches=eval_max_batches)
-
-  # --- the small LM ζ (the KD teacher) and its early checkpoint ζ_{n0} (SALT_DS's scorer) ---
-  if teacher_dir is None:
-    if teacher is None:
-      raise ValueError("SALT needs a small LM: give teacher_dir (a trained MODEL_DIR) or a teacher TrainSpec")
-    n0 = scorer_step if scorer_step is not None else max(1, teacher.num_steps // 8)
-    if not 0 < n0 <= teacher.num_steps:
-      raise ValueError(f"scorer_step={n0} outside [1, {teacher.num_steps}] (the teacher's steps)")
-
-    def do_teacher(d):
-      early = os.path.join(d, f"early_{n0}")
-      train_segments(d, teacher, source(teacher), stops=[n0], on_stop=_keep_early_checkpoint(d, n0, early),
-                     **train_kw)
-      cfg = ModelDir(d).read_model_config()
-      tokens = teacher.num_steps * teacher.batch_size * teacher.sequence_length
-      return {"model_dir": d, "scorer_dir": early, "scorer_step": n0, "steps": teacher.num_steps,
-              "num_params": count_params(cfg), "train_flops": train_flops_per_token(cfg, teacher.sequence_length) *
-              tokens, "scorer_train_flops": train_flops_per_token(cfg, teacher.sequence_length) * tokens * n0 /
-              teacher.num_steps}
-    teacher_res = run_stage(shared_root, "teacher", do_teacher,
-                            {"spec": teacher.record(), "task": task, "feature_converter": feature_converter,
-                             "scorer_step": n0, **averaged})
-    scorer_stream = dict(name=task, split="train", sequence_length=teacher.sequence_length,
-                         batch_size=teacher.batch_size, num_batches=n0, seed=teacher.seed,
-                         feature_converter=feature_converter)  # what ζ_{n0} read
-    teacher_dir, scorer_dir, n0 = teacher_res["model_dir"], teacher_res["scorer_dir"], None
-  else:
-    scorer_stream = None
-    n0 = None if scorer_dir is not None else scorer_step
-    teacher_res = {"model_dir": teacher_dir, "scorer_dir": scorer_dir or teacher_dir, "scorer_step": scorer_step,
-                   "train_flops": 0.0, "num_params": count_params(ModelDir(teacher_dir).read_model_config())}
-    scorer_dir = scorer_dir or teacher_dir
-  teacher_cfg = ModelDir(teacher_dir).read_model_config()
+  run_ = _Run(task=task, feature_converter=feature_converter, averaged={} if average == "token" else
+              {"average": average},  # stage inputs (token-mean runs keep theirs)
+              train_kw=dict(vocab_size=data_pipeline.vocabulary_size(task), keep_checkpoints=keep_checkpoints,
+                            mesh_data=mesh_data, mesh_model=mesh_model, fsdp=fsdp, devices=devices,
+                            progress_bar=progress_bar, average=average),
+              eval_kw=dict(task=eval_task, split=eval_split, sequence_length=eval_L, batch_size=B,
+                           max_batches=eval_max_batches))
+  small = _small_lm(shared_root, run_, teacher, teacher_dir, scorer_step, scorer_dir)
   slm_eval = run_stage(shared_root, "teacher_eval",
-                       lambda d: common.heldout_at_step(teacher_dir, common.latest_step(teacher_dir), **eval_kw),
-                       {"teacher": teacher_dir, "eval": f"{eval_task}:{eval_split}", "L": eval_L})
-
-  # --- SALT_DS: score the pool with ζ_{n0} (eq. 11), select the top m ---
-  selection = scored = None
+                       lambda d: common.heldout_at_step(small.teacher_dir, common.latest_step(small.teacher_dir),
+                                                        **run_.eval_kw),
+                       {"teacher": small.teacher_dir, "eval": f"{eval_task}:{eval_split}", "L": eval_L})
+  scored = selection = None
   if "salt_ds" in students:
-    if pool_task is None:
-      raise ValueError("SALT_DS needs pool_task (its candidates: the stream's documents as LM chunks, e.g. "
-                       "'benchmark_all' for 'benchmark_ul2')")
-    if scorer_dir == teacher_dir and n0 is None:
-      raise ValueError("SALT_DS with a given teacher_dir needs scorer_step (one of its checkpoints) or scorer_dir")
-    seen = None
-    if exclude_scorer_data and scorer_stream is not None:
+    scored, selection = _hard_but_learnable(
+        shared_root, small, pool_task=pool_task, pool_split=pool_split, pool_max_examples=pool_max_examples,
+        exclude_scorer_data=exclude_scorer_data, L=L, top_k=top_k, out_of_top_k=out_of_top_k,
+        m=num_selected if num_selected is not None else n_kd * B, selection_seed=selection_seed,
+        score_batch_size=score_batch_size, selection_report=selection_report, devices=devices,
+        progress_bar=progress_bar)
 
-      def do_scorer_data(d):
-        spans = keyed.consumed_spans(**scorer_stream, process_count=jax.process_count())
-        return {"spans": common.write_json(os.path.join(d, "spans.json"), spans), "documents": len(spans),
-                "tokens": sum(b - a for doc in spans.values() for a, b in doc)}
-      seen = run_stage(shared_root, "scorer_data", do_scorer_data, scorer_stream)
-
-    def do_score(d):
-      mesh = partitioning.make_mesh(devices=devices)
-      model, params = common.load_frozen(scorer_dir, mesh, step=n0)
-      store = os.path.join(d, "store")
-      exclude = {k: [tuple(x) for x in v] for k, v in json.load(open(seen["spans"])).items()} if seen else None
-      keys = None if pool_max_examples is None else common.pool_keys(pool_task, pool_split, L, pool_max_examples)
-      table = offline_scoring.score_split(make_salt_ds_scorer(model, top_k, out_of_top_k=out_of_top_k), params,
-                                          task=pool_task, split=pool_split, store_dir=store, sequence_length=L,
-                                          batch_size=score_batch_size, mesh=mesh, keys=keys, model_dirs=(scorer_dir,),
-                                          meta={"scorer": scorer_dir, "scorer_step": n0, "k": top_k,
-                                                "out_of_top_k": out_of_top_k}, progress=progress_bar,
-                                          exclude_spans=exclude)
-      tokens = int(table.num_tokens.sum())
-      return {"store": store, "scored_examples": len(table), "scored_tokens": tokens,
-              "flops": forward_flops_per_token(teacher_cfg, L) * tokens}
-    score_inputs = {"scorer": scorer_dir, "scorer_step": n0, "k": top_k, "pool": f"{pool_task}:{pool_split}", "L": L,
-                    "max_examples": pool_max_examples, **common.pool_sample_inputs(pool_max_examples)}
-    if out_of_top_k != "zero":
-      score_inputs["out_of_top_k"] = out_of_top_k
-    if seen:
-      score_inputs["exclude"] = seen["spans"]
-    scored = run_stage(shared_root, "score", do_score, score_inputs)
-    m = num_selected if num_selected is not None else n_kd * B
-
-    def do_select(d):
-      table = score_store.read_scores(scored["store"])
-      s, in_top = table.columns["salt_ds"], table.columns["frac_in_top_k"]
-      # Ties are broken uniformly at random (seeded), not by pool order: a weak scorer gives many rows one score (with
-      # "zero", 0 wherever more than half the tokens are outside its top k; with "remove", NO_TOP_K_SCORE where none
-      # is inside).
-      order = np.random.default_rng(selection_seed).permutation(len(table))
-      chosen = order[rules.top_k(s[order], min(m, len(table)))]
-      keys = score_store.select_keys(table, chosen, "original")
-      values, counts = np.unique(s, return_counts=True)
-      scored_rows = s != NO_TOP_K_SCORE if out_of_top_k == "remove" else np.ones(len(s), bool)
-      mean = lambda rows: float(s[rows].mean()) if rows.any() else None  # over rows with an in-top-k position
-      result = {"selected": common.write_json(os.path.join(d, "selected_keys.json"), keys),
-                "n_requested": m, "n_selected": len(keys), "n_pool": len(table),
-                "score_mean_selected": mean(np.isin(np.arange(len(s)), chosen) & scored_rows),
-                "score_mean_pool": mean(scored_rows), "score_threshold": float(s[chosen].min()),
-                "tie_score_pool": float(values[counts.argmax()]), "tie_fraction_pool": float(counts.max() / len(s)),
-                "frac_zero_score_pool": float(np.mean(s == 0)), "frac_no_top_k_pool": float(np.mean(in_top == 0)),
-                "frac_in_top_k_selected": float(in_top[chosen].mean()), "frac_in_top_k_pool": float(in_top.mean())}
-      if selection_report is not None:
-        report, markdown = selection_report.document_report(keys, pool_split)
-        result["report"] = common.write_json(os.path.join(d, "selection_report.json"), report)
-        with open(os.path.join(d, "selection_report.md"), "w") as f:
-          f.write(markdown + "\n")
-        result["target_lift"] = report["target"]["lift"]
-      return result
-    selection = run_stage(shared_root, "select", do_select,
-                          {"m": m, "store": scored["store"], "seed": selection_seed})
-
-  # --- students: same initialisation, stream and schedule; KD for kd_steps(name) steps ---
-  kd_factory = salt_kd_loss_factory(omega, rho, transition=transition, n_kd=n_kd, n_kd_start=n_kd_start,
-                                    average=average)
-  rkd_factory = salt_kd_loss_factory(omega, rho, transition="step", n_kd=n, average=average)
+  kd_factories = {"salt": salt_kd_loss_factory(omega, rho, transition=transition, n_kd=n_kd, n_kd_start=n_kd_start,
+                                               average=average),
+                  "rkd": salt_kd_loss_factory(omega, rho, transition="step", n_kd=n, average=average)}
+  kd_record = {"omega": omega, "rho": rho, "transition": transition, "n_kd_start": n_kd_start}
   steps_at = evaluation_steps(n, n_kd, eval_fractions)
-  prefix = os.path.basename(root.rstrip("/"))
-  results: Dict[str, dict] = {}
-  for name in students:
-    kd_n = kd_steps(name, n, n_kd)
-    inputs = {"spec": student.record(), "task": task, "feature_converter": feature_converter,
-              "eval_steps": steps_at, "eval": f"{eval_task}:{eval_split}", "kd_steps": kd_n, **averaged}
-    if eval_L != L:
-      inputs["eval_L"] = eval_L
-    if kd_n:
-      inputs.update(teacher=teacher_dir, omega=omega, rho=rho)
-    if name in ("salt", "salt_ds"):
-      inputs.update(transition=transition, n_kd_start=n_kd_start)
-    if name == "salt_ds":
-      inputs.update(selection=selection["selected"], n_selected=selection["n_selected"])
-
-    def fn(d, name=name, kd_n=kd_n):
-      kd_source = None
-      if name == "salt_ds":
-        keys = json.load(open(selection["selected"]))
-        selected = f"{prefix}_salt_ds_selected"
-        if feature_converter in data_pipeline.PREFIX_LM_CONVERTERS:
-          register_selected_ul2_mixture(selected, pool_task, keys, sequence_length=L, split=pool_split)
-        else:
-          register_selected_task(selected, pool_task, keys, sequence_length=L, split=pool_split)
-        kd_source = data_pipeline.seqio_batch_source(selected, batch_size=B, sequence_length=L, seed=student.seed,
-                                                     feature_converter=feature_converter)
-      train_segments(d, student, source(student), stops=list(steps_at.values()), n_kd=kd_n,
-                     kd_factory=(rkd_factory if name == "rkd" else kd_factory) if kd_n else None,
-                     teacher_dir=teacher_dir if kd_n else None, kd_batch_source=kd_source,
-                     on_stop=_evaluate_on_stop(d, steps_at, **eval_kw), **train_kw)
-      cfg = ModelDir(d).read_model_config()
-      step_flops = train_flops_per_token(cfg, L) * B * L
-      teacher_flops = forward_flops_per_token(teacher_cfg, L) * B * L * kd_n
-      return {"model_dir": d, "steps": n, "kd_steps": kd_n, "num_params": count_params(cfg),
-              "train_flops": step_flops * n, "teacher_forward_flops": teacher_flops,
-              "step_equivalents": n + teacher_flops / step_flops,
-              "heldout": json.load(open(os.path.join(d, "heldout.json")))}
-    results[name] = run_stage(root, f"student_{name}", fn, inputs)
+  results = {name: _student(root, name, run_, student, small.teacher_dir, n_kd=n_kd, kd_factories=kd_factories,
+                            kd_record=kd_record, steps_at=steps_at, selection=selection, pool_task=pool_task,
+                            pool_split=pool_split, eval_name=f"{eval_task}:{eval_split}", eval_L=eval_L)
+             for name in students}
 
   summary = {"slm": {"final": {k: slm_eval[k] for k in ("loss", "accuracy", "step")}}}
   for name, r in results.items():
@@ -370,10 +243,180 @@ def run(*, root: str, task: str, student: trainer.TrainSpec, n_kd: int, teacher:
   config = {"n_kd": n_kd, "omega": omega, "rho": rho, "transition": transition, "n_kd_start": n_kd_start,
             "average": average, "out_of_top_k": out_of_top_k,
             "top_k": top_k, "task": task, "eval": f"{eval_task}:{eval_split}"}
-  report = {"summary": summary, "students": results, "teacher": dict(teacher_res, heldout=slm_eval),
+  report = {"summary": summary, "students": results, "teacher": dict(small.result, heldout=slm_eval),
             "scoring": scored, "selection": selection, "config": config}
   common.write_json(os.path.join(root, "report.json"), report)
   return report
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+  """What every stage of one SALT run shares: the stream, and how it trains and evaluates."""
+  task: str
+  feature_converter: str
+  averaged: dict  # the `average` stage input, empty for token means
+  train_kw: dict  # `train_segments` keywords
+  eval_kw: dict  # `common.heldout_at_step` keywords
+
+  def source(self, spec: trainer.TrainSpec):
+    return data_pipeline.seqio_batch_source(self.task, batch_size=spec.batch_size,
+                                            sequence_length=spec.sequence_length, seed=spec.seed,
+                                            feature_converter=self.feature_converter)
+
+
+@dataclasses.dataclass(frozen=True)
+class _SmallLM:
+  """The small LM ζ: the KD teacher, and SALT_DS's scorer ζ_{n0} (`scorer_dir`, at `scorer_step` or its latest)."""
+  result: dict  # the `teacher` stage's result (or a given MODEL_DIR's description)
+  teacher_dir: str
+  scorer_dir: str
+  scorer_step: Optional[int]
+  scorer_stream: Optional[dict]  # what ζ_{n0} read (None for a given teacher: unknown)
+
+
+def _small_lm(shared_root: str, run_: _Run, teacher: Optional[trainer.TrainSpec], teacher_dir: Optional[str],
+              scorer_step: Optional[int], scorer_dir: Optional[str]) -> _SmallLM:
+  """Stage `teacher`: ζ trained on the stream, its checkpoint at n0 copied to `early_<n0>`; or the given MODEL_DIR."""
+  if teacher_dir is not None:
+    return _SmallLM({"model_dir": teacher_dir, "scorer_dir": scorer_dir or teacher_dir, "scorer_step": scorer_step,
+                     "train_flops": 0.0, "num_params": count_params(ModelDir(teacher_dir).read_model_config())},
+                    teacher_dir, scorer_dir or teacher_dir, None if scorer_dir is not None else scorer_step, None)
+  if teacher is None:
+    raise ValueError("SALT needs a small LM: give teacher_dir (a trained MODEL_DIR) or a teacher TrainSpec")
+  n0 = scorer_step if scorer_step is not None else max(1, teacher.num_steps // 8)
+  if not 0 < n0 <= teacher.num_steps:
+    raise ValueError(f"scorer_step={n0} outside [1, {teacher.num_steps}] (the teacher's steps)")
+
+  def do_teacher(d):
+    early = os.path.join(d, f"early_{n0}")
+    train_segments(d, teacher, run_.source(teacher), stops=[n0], on_stop=_keep_early_checkpoint(d, n0, early),
+                   **run_.train_kw)
+    cfg = ModelDir(d).read_model_config()
+    tokens = teacher.num_steps * teacher.batch_size * teacher.sequence_length
+    return {"model_dir": d, "scorer_dir": early, "scorer_step": n0, "steps": teacher.num_steps,
+            "num_params": count_params(cfg), "train_flops": train_flops_per_token(cfg, teacher.sequence_length) *
+            tokens, "scorer_train_flops": train_flops_per_token(cfg, teacher.sequence_length) * tokens * n0 /
+            teacher.num_steps}
+  res = run_stage(shared_root, "teacher", do_teacher,
+                  {"spec": teacher.record(), "task": run_.task, "feature_converter": run_.feature_converter,
+                   "scorer_step": n0, **run_.averaged})
+  stream = dict(name=run_.task, split="train", sequence_length=teacher.sequence_length,
+                batch_size=teacher.batch_size, num_batches=n0, seed=teacher.seed,
+                feature_converter=run_.feature_converter)
+  return _SmallLM(res, res["model_dir"], res["scorer_dir"], None, stream)
+
+
+def _hard_but_learnable(shared_root: str, small: _SmallLM, *, pool_task: Optional[str], pool_split: str,
+                        pool_max_examples: Optional[int], exclude_scorer_data: bool, L: int, top_k: int,
+                        out_of_top_k: str, m: int, selection_seed: int, score_batch_size: int,
+                        selection_report: Optional[SelectionReporter], devices, progress_bar: bool):
+  """SALT_DS's stages `scorer_data`, `score` (eq. 11 by ζ_{n0}) and `select` (the top m); returns their results."""
+  if pool_task is None:
+    raise ValueError("SALT_DS needs pool_task (its candidates: the stream's documents as LM chunks, e.g. "
+                     "'benchmark_all' for 'benchmark_ul2')")
+  n0, scorer_dir = small.scorer_step, small.scorer_dir
+  if scorer_dir == small.teacher_dir and n0 is None:
+    raise ValueError("SALT_DS with a given teacher_dir needs scorer_step (one of its checkpoints) or scorer_dir")
+  seen = None
+  if exclude_scorer_data and small.scorer_stream is not None:
+
+    def do_scorer_data(d):
+      spans = keyed.consumed_spans(**small.scorer_stream, process_count=jax.process_count())
+      return {"spans": common.write_json(os.path.join(d, "spans.json"), spans), "documents": len(spans),
+              "tokens": sum(b - a for doc in spans.values() for a, b in doc)}
+    seen = run_stage(shared_root, "scorer_data", do_scorer_data, small.scorer_stream)
+
+  def do_score(d):
+    mesh = partitioning.make_mesh(devices=devices)
+    model, params = common.load_frozen(scorer_dir, mesh, step=n0)
+    store = os.path.join(d, "store")
+    exclude = {k: [tuple(x) for x in v] for k, v in json.load(open(seen["spans"])).items()} if seen else None
+    keys = None if pool_max_examples is None else common.pool_keys(pool_task, pool_split, L, pool_max_examples)
+    table = offline_scoring.score_split(make_salt_ds_scorer(model, top_k, out_of_top_k=out_of_top_k), params,
+                                        task=pool_task, split=pool_split, store_dir=store, sequence_length=L,
+                                        batch_size=score_batch_size, mesh=mesh, keys=keys, model_dirs=(scorer_dir,),
+                                        meta={"scorer": scorer_dir, "scorer_step": n0, "k": top_k,
+                                              "out_of_top_k": out_of_top_k}, progress=progress_bar,
+                                        exclude_spans=exclude)
+    tokens = int(table.num_tokens.sum())
+    return {"store": store, "scored_examples": len(table), "scored_tokens": tokens,
+            "flops": forward_flops_per_token(ModelDir(small.teacher_dir).read_model_config(), L) * tokens}
+  score_inputs = {"scorer": scorer_dir, "scorer_step": n0, "k": top_k, "pool": f"{pool_task}:{pool_split}", "L": L,
+                  "max_examples": pool_max_examples, **common.pool_sample_inputs(pool_max_examples)}
+  if out_of_top_k != "zero":
+    score_inputs["out_of_top_k"] = out_of_top_k
+  if seen:
+    score_inputs["exclude"] = seen["spans"]
+  scored = run_stage(shared_root, "score", do_score, score_inputs)
+
+  def do_select(d):
+    table = score_store.read_scores(scored["store"])
+    s, in_top = table.columns["salt_ds"], table.columns["frac_in_top_k"]
+    # Ties are broken uniformly at random (seeded), not by pool order: a weak scorer gives many rows one score (with
+    # "zero", 0 wherever more than half the tokens are outside its top k; with "remove", NO_TOP_K_SCORE where none
+    # is inside).
+    order = np.random.default_rng(selection_seed).permutation(len(table))
+    chosen = order[rules.top_k(s[order], min(m, len(table)))]
+    keys = score_store.select_keys(table, chosen, "original")
+    values, counts = np.unique(s, return_counts=True)
+    scored_rows = s != NO_TOP_K_SCORE if out_of_top_k == "remove" else np.ones(len(s), bool)
+    mean = lambda rows: float(s[rows].mean()) if rows.any() else None  # over rows with an in-top-k position
+    result = {"selected": common.write_json(os.path.join(d, "selected_keys.json"), keys),
+              "n_requested": m, "n_selected": len(keys), "n_pool": len(table),
+              "score_mean_selected": mean(np.isin(np.arange(len(s)), chosen) & scored_rows),
+              "score_mean_pool": mean(scored_rows), "score_threshold": float(s[chosen].min()),
+              "tie_score_pool": float(values[counts.argmax()]), "tie_fraction_pool": float(counts.max() / len(s)),
+              "frac_zero_score_pool": float(np.mean(s == 0)), "frac_no_top_k_pool": float(np.mean(in_top == 0)),
+              "frac_in_top_k_selected": float(in_top[chosen].mean()), "frac_in_top_k_pool": float(in_top.mean())}
+    if selection_report is not None:
+      report, markdown = selection_report.document_report(keys, pool_split)
+      result["report"] = common.write_json(os.path.join(d, "selection_report.json"), report)
+      with open(os.path.join(d, "selection_report.md"), "w") as f:
+        f.write(markdown + "\n")
+      result["target_lift"] = report["target"]["lift"]
+    return result
+  selection = run_stage(shared_root, "select", do_select, {"m": m, "store": scored["store"], "seed": selection_seed})
+  return scored, selection
+
+
+def _student(root: str, name: str, run_: _Run, student: trainer.TrainSpec, teacher_dir: str, *, n_kd: int,
+             kd_factories: Mapping, kd_record: Mapping, steps_at: Dict[str, int], selection: Optional[dict],
+             pool_task: Optional[str], pool_split: str, eval_name: str, eval_L: int) -> dict:
+  """Stage `student_<name>`: the student trained with KD for `kd_steps(name)` steps, evaluated at `steps_at`."""
+  n, L, B = student.num_steps, student.sequence_length, student.batch_size
+  kd_n = kd_steps(name, n, n_kd)
+  inputs = {"spec": student.record(), "task": run_.task, "feature_converter": run_.feature_converter,
+            "eval_steps": steps_at, "eval": eval_name, "kd_steps": kd_n, **run_.averaged}
+  if eval_L != L:
+    inputs["eval_L"] = eval_L
+  if kd_n:
+    inputs.update(teacher=teacher_dir, omega=kd_record["omega"], rho=kd_record["rho"])
+  if name in ("salt", "salt_ds"):
+    inputs.update(transition=kd_record["transition"], n_kd_start=kd_record["n_kd_start"])
+  if name == "salt_ds":
+    inputs.update(selection=selection["selected"], n_selected=selection["n_selected"])
+
+  def fn(d):
+    kd_source = None
+    if name == "salt_ds":
+      selected = f"{os.path.basename(root.rstrip('/'))}_salt_ds_selected"
+      register = (register_selected_ul2_mixture if run_.feature_converter in data_pipeline.PREFIX_LM_CONVERTERS
+                  else register_selected_task)
+      register(selected, pool_task, json.load(open(selection["selected"])), sequence_length=L, split=pool_split)
+      kd_source = data_pipeline.seqio_batch_source(selected, batch_size=B, sequence_length=L, seed=student.seed,
+                                                   feature_converter=run_.feature_converter)
+    train_segments(d, student, run_.source(student), stops=list(steps_at.values()), n_kd=kd_n,
+                   kd_factory=kd_factories["rkd" if name == "rkd" else "salt"] if kd_n else None,
+                   teacher_dir=teacher_dir if kd_n else None, kd_batch_source=kd_source,
+                   on_stop=_evaluate_on_stop(d, steps_at, **run_.eval_kw), **run_.train_kw)
+    cfg = ModelDir(d).read_model_config()
+    step_flops = train_flops_per_token(cfg, L) * B * L
+    teacher_flops = forward_flops_per_token(ModelDir(teacher_dir).read_model_config(), L) * B * L * kd_n
+    return {"model_dir": d, "steps": n, "kd_steps": kd_n, "num_params": count_params(cfg),
+            "train_flops": step_flops * n, "teacher_forward_flops": teacher_flops,
+            "step_equivalents": n + teacher_flops / step_flops,
+            "heldout": json.load(open(os.path.join(d, "heldout.json")))}
+  return run_stage(root, f"student_{name}", fn, inputs)
 
 
 def _compare(setting: method.Setting, methods: Sequence[str], options: Mapping) -> Dict[str, method.MethodRun]:
