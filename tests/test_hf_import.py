@@ -1,7 +1,8 @@
 """Hugging Face import: our model on imported parameters computes the PyTorch model's logits (one device and FSDP on
 8), export -> import -> export is the identity, the imported tokenizers give AutoTokenizer's ids on real text in
 several languages, an imported MODEL_DIR is evaluated, loaded as a frozen model and trained from (`init_from`, whose
-resume is bit-exact), and unsupported configurations are refused naming the field.
+resume is bit-exact), the pipelines take it (RHO-1's base, MiniPLM's teacher, SALT's small LM, BLISS's proxy start),
+and unsupported configurations are refused naming the field.
 
 The PyTorch side (building tiny random `transformers` models and tokenizers, saving them with `save_pretrained`,
 their logits and AutoTokenizer's ids) runs in one subprocess (`torch_subprocess`). Those tests skip without torch /
@@ -683,3 +684,68 @@ def test_miniplm_takes_an_imported_teacher_and_starts_its_reference_from_it(impo
   _started_from(rep["reference"]["model_dir"], imported_qwen)
   student = rep["students"]["miniplm"]
   assert student["steps"] == 2 and np.isfinite(student["heldout"]["loss"])
+
+
+def _stage_marks(root):
+  """{stage.json path: modification time} of every finished stage under `root`."""
+  import glob  # pylint: disable=g-import-not-at-top
+  return {p: os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(root, "*", "stage.json"))}
+
+
+@pytest.mark.integration
+def test_salt_takes_an_imported_small_lm_as_teacher_and_scorer(imported_qwen, imported_flores_tasks, tmp_path):
+  """SALT's small LM given as the imported MODEL_DIR (`teacher_dir`, and SALT_DS's `scorer_dir`): the students read
+  the imported tokenizer's task at the imported padded vocabulary, the KD students' teacher is the imported model,
+  and a rerun reuses every stage."""
+  from bliss_jax.pipelines import salt  # pylint: disable=g-import-not-at-top
+  stream, _ = imported_flores_tasks
+  cfg = ModelDir(imported_qwen).read_model_config()
+  student = _spec(dataclasses.replace(cfg, num_layers=3), None, batch_size=8)  # KD: the teacher's vocab_size
+  kw = dict(root=str(tmp_path), task=stream, student=student, n_kd=1, teacher_dir=imported_qwen,
+            scorer_dir=imported_qwen, students=("baseline", "salt", "salt_ds"), pool_task=stream, pool_split="train",
+            pool_max_examples=32, score_batch_size=8, eval_fractions=(1.0,), eval_max_batches=1, progress_bar=False)
+  with pytest.raises(ValueError, match="needs scorer_step"):  # which checkpoint scores, before any stage runs
+    salt.run(**dict(kw, scorer_dir=None))
+  assert not os.listdir(tmp_path)
+  rep = salt.run(**kw)
+  assert rep["teacher"]["model_dir"] == imported_qwen and rep["teacher"]["scorer_dir"] == imported_qwen
+  assert rep["scoring"]["scored_examples"] == 32 and rep["selection"]["n_selected"] == 8  # m = n_KD × batch
+  fingerprint = ModelDir(imported_qwen).read_vocabulary()["fingerprint"]
+  for name in ("baseline", "salt", "salt_ds"):
+    res = rep["students"][name]
+    assert {k: v["step"] for k, v in res["heldout"].items()} == {"switch": 1, "100%": 2}
+    assert all(np.isfinite(v["loss"]) for v in res["heldout"].values())
+    assert ModelDir(res["model_dir"]).read_vocabulary()["fingerprint"] == fingerprint
+    with open(os.path.join(str(tmp_path), f"student_{name}", "stage.json")) as f:
+      inputs = json.load(f)["inputs"]
+    assert inputs.get("teacher") == (None if name == "baseline" else imported_qwen) and res["kd_steps"] == (
+        0 if name == "baseline" else 1)
+  marks = _stage_marks(str(tmp_path))
+  assert len(marks) == 6  # teacher_eval, score, select and the three students (no teacher, no scorer_data)
+  again = salt.run(**kw)
+  assert _stage_marks(str(tmp_path)) == marks and again["summary"] == rep["summary"]
+
+
+@pytest.mark.integration
+def test_bliss_proxy_starts_from_the_imported_checkpoint(imported_qwen, imported_flores_tasks, tmp_path):
+  """The selection rounds with the proxy TrainSpec `init_from` the imported MODEL_DIR: the proxy warm-up's step-1
+  parameters (learning rate 0 at the warmup's start) are the imported ones, and a BLISS round runs on that proxy."""
+  from bliss_jax.bilevel.step import BilevelConfig  # pylint: disable=g-import-not-at-top
+  from bliss_jax.pipelines import bliss  # pylint: disable=g-import-not-at-top
+  stream, reference_set = imported_flores_tasks
+  cfg = ModelDir(imported_qwen).read_model_config()
+  target = _spec(cfg, None, batch_size=8)  # the proxy's vocab_size: the KL term compares their logits
+  proxy = _spec(cfg, imported_qwen, batch_size=8)
+  rep = bliss.run(root=str(tmp_path), pool_task=stream, pool_split="train", pool_max_examples=64, target=target,
+                  proxy=proxy, reference_task=reference_set, bilevel=BilevelConfig(gamma=0.1), bilevel_steps=2,
+                  bilevel_batch_size=8, rounds=1, select_fraction=0.5, methods=("bliss",), score_batch_size=8,
+                  eval_task=reference_set, eval_max_batches=1, progress_bar=False)
+  proxy_dir = rep["proxy"]["model_dir"]
+  _started_from(proxy_dir, imported_qwen)
+  _, imported = checkpoints.load_params(imported_qwen)
+  _, step1 = checkpoints.load_params(proxy_dir, step=1)
+  for a, b in zip(jax.tree.leaves(step1), jax.tree.leaves(imported)):
+    np.testing.assert_array_equal(a, b)
+  (round1,) = rep["methods"]["bliss"]["rounds"]
+  assert round1["bilevel"]["model_dir"] and round1["scoring"]["scored_examples"] == 32  # pool 1: half of 64
+  assert round1["selection"]["n_selected"] == 16 and round1["step"] == 2 and np.isfinite(round1["loss"])

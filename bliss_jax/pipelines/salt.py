@@ -203,6 +203,8 @@ def run(*, root: str, task: str, student: trainer.TrainSpec, n_kd: int, teacher:
   n = student.num_steps
   if not 0 < n_kd <= n:
     raise ValueError(f"n_kd={n_kd} must lie in [1, {n}] (the student's steps)")
+  if "salt_ds" in students and teacher_dir is not None and scorer_step is None and scorer_dir is None:
+    raise ValueError("SALT_DS with a given teacher_dir needs scorer_step (one of its checkpoints) or scorer_dir")
   L, B = student.sequence_length, student.batch_size
   eval_task = eval_task or task
   eval_L = eval_sequence_length or L
@@ -315,8 +317,6 @@ def _hard_but_learnable(shared_root: str, small: _SmallLM, *, pool_task: Optiona
     raise ValueError("SALT_DS needs pool_task (its candidates: the stream's documents as LM chunks, e.g. "
                      "'benchmark_all' for 'benchmark_ul2')")
   n0, scorer_dir = small.scorer_step, small.scorer_dir
-  if scorer_dir == small.teacher_dir and n0 is None:
-    raise ValueError("SALT_DS with a given teacher_dir needs scorer_step (one of its checkpoints) or scorer_dir")
   seen = None
   if exclude_scorer_data and small.scorer_stream is not None:
 
