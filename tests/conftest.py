@@ -10,10 +10,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pathlib
+import subprocess
+import sys
+import time
 
 import pytest
 
-SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +42,40 @@ def spread_params():
                                                   for x, k in zip(leaves, keys)])
 
   return spread
+
+
+@pytest.fixture(scope="session")
+def script_env(tmp_path_factory):
+  """The environment of a script run as a subprocess: one CPU device, as on a user's machine, and one JAX compilation
+  cache for the session, so later runs of the same shapes mostly load executables."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(BLISS_JAX_COMPILATION_CACHE=str(tmp_path_factory.mktemp("jax_cache")), TF_CPP_MIN_LOG_LEVEL="3",
+             PYTHONUNBUFFERED="1")
+  return env
+
+
+@pytest.fixture(scope="session")
+def run_script(script_env):
+  """`run_script(args, log_path)`: the Popen of `python ARGS` in the repository root (`script_env`), its stdout and
+  stderr written to `log_path`."""
+  def start(args, log_path):
+    with open(log_path, "w") as log:
+      return subprocess.Popen([sys.executable, *args], cwd=REPO, env=script_env, stdout=log, stderr=subprocess.STDOUT)
+
+  return start
+
+
+@pytest.fixture(scope="session")
+def kill_when_written(run_script):
+  """`kill_when_written(args, trigger, sig, log_path)`: runs `python ARGS` (`run_script`) and sends it `sig` as soon
+  as the file or directory `trigger` exists (a checkpoint step mid-stage, a stage's record at a boundary), then waits
+  for it to end. Fails if the script ended before `trigger` appeared, naming the log's end."""
+  def kill(args, trigger, sig, log_path):
+    proc = run_script(args, log_path)
+    while not trigger.exists() and proc.poll() is None:
+      time.sleep(0.05)
+    assert proc.poll() is None, f"{args} ended before {trigger} appeared:\n" + log_path.read_text()[-3000:]
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+
+  return kill

@@ -11,9 +11,6 @@ import json
 import os
 import pathlib
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
@@ -73,15 +70,8 @@ def test_only_seed_must_be_one_of_the_seeds():
 
 # --- one tiny run of every method, as the README runs it ---
 
-def _env(cache):
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as on a user's machine
-  env.update(BLISS_JAX_COMPILATION_CACHE=str(cache), TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
-  return env
-
-
-def _start(root, cache, log, seeds=SEEDS):
-  return subprocess.Popen([sys.executable, "scripts/compare.py", *TINY, f"--gin.compare.seeds={seeds}",
-                           f"--gin.ROOT='{root}'"], cwd=REPO, env=_env(cache), stdout=log, stderr=subprocess.STDOUT)
+def _args(root, seeds=SEEDS):
+  return ["scripts/compare.py", *TINY, f"--gin.compare.seeds={seeds}", f"--gin.ROOT='{root}'"]
 
 
 def _seed_report(root, seed):
@@ -89,15 +79,9 @@ def _seed_report(root, seed):
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-  return tmp_path_factory.mktemp("jax_cache")
-
-
-@pytest.fixture(scope="module")
-def clean_run(tmp_path_factory, cache):
+def clean_run(tmp_path_factory, run_script):
   root = tmp_path_factory.mktemp("compare") / "clean"
-  with open(root.parent / "clean.log", "w") as log:
-    rc = _start(root, cache, log).wait(timeout=1800)
+  rc = run_script(_args(root), root.parent / "clean.log").wait(timeout=1800)
   out = (root.parent / "clean.log").read_text()
   assert rc == 0, out[-5000:]
   return root, json.loads((root / "report.json").read_text()), out
@@ -295,18 +279,18 @@ def test_report_files_figures_and_tensorboard(clean_run):
 
 
 @pytest.mark.integration
-def test_rerun_reuses_every_stage_and_writes_the_same_report(clean_run, cache, tmp_path):
+def test_rerun_reuses_every_stage_and_writes_the_same_report(clean_run, run_script, tmp_path):
   root, report, _ = clean_run
   log = tmp_path / "rerun.log"
-  with open(log, "w") as f:
-    assert _start(root, cache, f).wait(timeout=600) == 0, log.read_text()[-3000:]
+  assert run_script(_args(root), log).wait(timeout=600) == 0, log.read_text()[-3000:]
   text = log.read_text()
   assert "] running" not in text and "done earlier" in text, text[-3000:]
   assert _without_wall_time(json.loads((root / "report.json").read_text())) == _without_wall_time(report)
 
 
 @pytest.mark.integration
-def test_killed_at_stage_boundaries_and_mid_stage_then_rerun_gives_the_same_report(clean_run, cache, tmp_path):
+def test_killed_at_stage_boundaries_and_mid_stage_then_rerun_gives_the_same_report(clean_run, kill_when_written,
+                                                                                    run_script, tmp_path):
   """One seed here: its seed_0 report must be the clean two-seed run's."""
   clean_report = _seed_report(clean_run[0], 0)
   root = tmp_path / "killed"
@@ -328,17 +312,10 @@ def test_killed_at_stage_boundaries_and_mid_stage_then_rerun_gives_the_same_repo
   for trigger, _ in kills:  # every trigger is a file the clean run wrote (else the test would wait for nothing)
     assert (clean_run[0] / trigger.relative_to(root)).exists(), trigger
   for i, (trigger, sig) in enumerate(kills):
-    with open(tmp_path / f"run{i}.log", "w") as log:
-      proc = _start(root, cache, log, seeds=1)
-      while not trigger.exists() and proc.poll() is None:
-        time.sleep(0.05)
-      assert proc.poll() is None, f"run {i} ended before {trigger} appeared:\n" + (
-          tmp_path / f"run{i}.log").read_text()[-3000:]
-      proc.send_signal(sig)
-      proc.wait(timeout=60)
+    kill_when_written(_args(root, seeds=1), trigger, sig, tmp_path / f"run{i}.log")
     assert not (root / "report.json").exists()
-  with open(tmp_path / "final.log", "w") as log:
-    assert _start(root, cache, log, seeds=1).wait(timeout=1800) == 0, (tmp_path / "final.log").read_text()[-3000:]
+  log = tmp_path / "final.log"
+  assert run_script(_args(root, seeds=1), log).wait(timeout=1800) == 0, log.read_text()[-3000:]
   seeds_apart = lambda r: dict(r, config={k: v for k, v in r["config"].items() if k != "seeds"})  # 1 run here, 2 there
   assert seeds_apart(_without_wall_time(_seed_report(root, 0))) == seeds_apart(_without_wall_time(clean_report))
   aggregate = json.loads((root / "report.json").read_text())
@@ -354,14 +331,14 @@ def test_killed_at_stage_boundaries_and_mid_stage_then_rerun_gives_the_same_repo
 
 
 @pytest.mark.integration
-def test_notebook_runs_headless_and_shows_the_report(clean_run, cache, monkeypatch):
+def test_notebook_runs_headless_and_shows_the_report(clean_run, script_env, monkeypatch):
   """notebooks/quickstart.ipynb executed top to bottom by nbclient on CPU, running the job in its kernel on the
   finished smoke root (its stages are reused, so this checks the notebook's cells, not the training again)."""
   import nbclient  # pylint: disable=import-outside-toplevel
   import nbformat  # pylint: disable=import-outside-toplevel
   root = clean_run[0]
   report = _seed_report(root, 0)  # the notebook runs one seed: the aggregate is seed 0's values
-  for k, v in _env(cache).items():
+  for k, v in script_env.items():
     monkeypatch.setenv(k, v)
   monkeypatch.delenv("XLA_FLAGS", raising=False)
   monkeypatch.setenv("BLISS_JAX_NOTEBOOK_ROOT", str(root))
