@@ -1,28 +1,46 @@
 #!/usr/bin/env python
-r"""Training throughput of a preset on the current backend: tokens/s, achieved FLOP/s and model-FLOPs utilisation.
+r"""Training throughput of a preset on the current backend: tokens/s, achieved FLOP/s and model-FLOPs utilisation,
+and, with `--peer torch`, the same model trained by PyTorch in the same process, alternating, with their ratio.
 
   python scripts/bench_train.py --preset tiny --batch_size 16 --sequence_length 128
-  python scripts/bench_train.py --preset pythia_14m --batch_size 8 --sequence_length 256
+  python scripts/bench_train.py --preset pythia_14m --batch_size 8 --sequence_length 256 --peer torch
 
 Model FLOPs per token: 6·N + 12·L·H·Q·T (bliss_jax/models/flops.py). Peak FLOP/s: on TPU/GPU the vendor's dense
 peak for the device kind and dtype (table below); on CPU there is no datasheet figure for this machine, so the peak is
 MEASURED in the same run as the best of several large float32 matmuls (jnp.dot, 2048^2) — the roofline this backend
 reaches on the op the model is made of. Data are synthetic (bliss_jax/data/synthetic.py); the first steps (compile)
 are excluded.
+
+The peer (`--peer torch`) is the Hugging Face `transformers` model of the same shape (`export.hf.hf_config`:
+GPTNeoXForCausalLM for the Pythia presets, LlamaForCausalLM for RMSNorm ones), built from its config with a random
+initialisation (no download), float32, trained the same way: per-token cross-entropy over the same batches, AdamW
+with the same betas, weight decay and global-norm clipping. The two run `--rounds` times in turn, `--steps` steps
+each, so both see the same machine load; the figures are the medians over rounds and the ratio is bliss_jax's
+tokens/s over the peer's.
 """
 import argparse
 import os
+import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import flax.linen as nn  # noqa: E402
+if "--peer" in sys.argv and "torch" in sys.argv:
+  # torch's own LLVM (torch._dynamo) aborts a process that loaded TensorFlow's first (seqio imports it through
+  # bliss_jax); loaded first, both coexist.
+  import torch  # noqa: F401
+  import torch._dynamo  # noqa: F401
+  import transformers  # noqa: F401
+  from transformers import GPTNeoXForCausalLM, LlamaForCausalLM  # noqa: F401
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
 from bliss_jax import partitioning  # noqa: E402
 from bliss_jax.data.synthetic import SyntheticBatches  # noqa: E402
+from bliss_jax.losses.lm import make_lm_loss  # noqa: E402
 from bliss_jax.models.config import count_params, preset  # noqa: E402
 from bliss_jax.models.flops import train_flops_per_token  # noqa: E402
 from bliss_jax.training import trainer  # noqa: E402
@@ -54,16 +72,51 @@ def peak_flops(dtype):
   return per, f"measured {per / 1e9:.1f} GFLOP/s float32 matmul (2048^2), all {jax.device_count()} device(s)"
 
 
+def torch_peer(cfg, optimizer: trainer.OptimizerConfig, batches):
+  """`step(i) -> None`: one training step of the `transformers` model of `cfg`'s shape on `batches[i]`."""
+  import torch
+  import transformers
+
+  from bliss_jax.export.hf import hf_config
+
+  config = transformers.AutoConfig.for_model(**hf_config(cfg))
+  torch.manual_seed(0)
+  model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+  model.train()
+  opt = torch.optim.AdamW(model.parameters(), lr=optimizer.peak_lr, betas=(optimizer.b1, optimizer.b2),
+                          weight_decay=optimizer.weight_decay)
+  data = [{k: torch.from_numpy(np.asarray(b[k], np.int64)) for k in ("decoder_input_tokens", "decoder_target_tokens")}
+          for b in batches]
+
+  def step(i):
+    b = data[i]
+    logits = model(input_ids=b["decoder_input_tokens"]).logits
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                             b["decoder_target_tokens"].reshape(-1))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if optimizer.clip_norm:
+      torch.nn.utils.clip_grad_norm_(model.parameters(), optimizer.clip_norm)
+    opt.step()
+
+  return step, f"transformers {transformers.__version__} {type(model).__name__}, torch {torch.__version__} " \
+               f"({torch.get_num_threads()} threads)"
+
+
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--preset", default="tiny")
   p.add_argument("--vocab_size", type=int, default=None, help="override the preset's vocabulary")
   p.add_argument("--batch_size", type=int, default=16)
   p.add_argument("--sequence_length", type=int, default=128)
-  p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--steps", type=int, default=10, help="timed steps per round (per side)")
+  p.add_argument("--rounds", type=int, default=1)
   p.add_argument("--warmup_steps", type=int, default=2)
   p.add_argument("--dtype", default="float32")
   p.add_argument("--mesh_model", type=int, default=1)
+  p.add_argument("--peer", choices=("none", "torch"), default="none")
+  p.add_argument("--loss_chunk", type=int, default=None,
+                 help="losses.lm.make_lm_loss's chunk_tokens (default: its default; 0: materialised logits)")
   a = p.parse_args()
 
   overrides = {"dtype": a.dtype}
@@ -72,29 +125,55 @@ def main():
   cfg = preset(a.preset, **overrides)
   mesh = partitioning.make_mesh(-1, a.mesh_model)
   rules = partitioning.logical_rules()
-  tx, schedule = trainer.make_tx(trainer.OptimizerConfig(warmup_steps=1), a.steps + a.warmup_steps)
-  batches = SyntheticBatches(vocab_size=cfg.vocab_size, batch_size=a.batch_size, sequence_length=a.sequence_length)
+  optimizer = trainer.OptimizerConfig(warmup_steps=1)
+  n_batches = a.warmup_steps + a.steps
+  tx, schedule = trainer.make_tx(optimizer, n_batches * a.rounds)
+  source = SyntheticBatches(vocab_size=cfg.vocab_size, batch_size=a.batch_size, sequence_length=a.sequence_length)
+  host_batches = [next(source) for _ in range(n_batches)]
+  loss_factory = make_lm_loss if a.loss_chunk is None else \
+      (lambda model, frozen: make_lm_loss(model, frozen, chunk_tokens=a.loss_chunk))
   with partitioning.mesh_context(mesh, rules):
-    fns = trainer.build_step_functions(cfg, tx, schedule, mesh, rules, sequence_length=a.sequence_length)
+    fns = trainer.build_step_functions(cfg, tx, schedule, mesh, rules, sequence_length=a.sequence_length,
+                                       loss_factory=loss_factory)
     state = fns.init(jax.random.PRNGKey(0))
     rng = jax.device_put(jax.random.PRNGKey(1), partitioning.replicated(mesh))
-    data = [partitioning.global_batch_from_local(next(batches), mesh) for _ in range(a.steps + a.warmup_steps)]
+    data = [partitioning.global_batch_from_local(b, mesh) for b in host_batches]
     for b in data[:a.warmup_steps]:
       state, m = fns.train_step(state, b, rng, None)
     jax.block_until_ready(m)
-    t = time.perf_counter()
-    for b in data[a.warmup_steps:]:
-      state, m = fns.train_step(state, b, rng, None)
-    jax.block_until_ready(m)
-    dt = (time.perf_counter() - t) / a.steps
+    peer_step = None
+    if a.peer == "torch":
+      peer_step, peer_name = torch_peer(cfg, optimizer, host_batches)
+      for i in range(a.warmup_steps):
+        peer_step(i)
+    ours, theirs = [], []
+    for _ in range(a.rounds):
+      t = time.perf_counter()
+      for b in data[a.warmup_steps:]:
+        state, m = fns.train_step(state, b, rng, None)
+      jax.block_until_ready(m)
+      ours.append((time.perf_counter() - t) / a.steps)
+      if peer_step is not None:
+        t = time.perf_counter()
+        for i in range(a.warmup_steps, n_batches):
+          peer_step(i)
+        theirs.append((time.perf_counter() - t) / a.steps)
+  dt = statistics.median(ours)
   tokens = a.batch_size * a.sequence_length
   flops = train_flops_per_token(cfg, a.sequence_length) * tokens / dt
   peak, how = peak_flops(a.dtype)
   print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}) x{jax.device_count()}")
   print(f"preset {a.preset}: {count_params(cfg):,} params, vocab {cfg.vocab_size}, batch {a.batch_size} x "
-        f"{a.sequence_length}, {a.dtype}")
+        f"{a.sequence_length}, {a.dtype}, loss chunk {a.loss_chunk if a.loss_chunk is not None else 'default'}")
   print(f"step {dt * 1e3:.1f} ms | {tokens / dt:,.0f} tokens/s | {flops / 1e9:.2f} GFLOP/s achieved | "
         f"peak {peak / 1e9:.1f} GFLOP/s ({how}) | MFU {100 * flops / peak:.1f}%")
+  if peer_step is not None:
+    peer_dt = statistics.median(theirs)
+    print(f"peer: {peer_name}")
+    print("rounds (bliss_jax / peer tokens/s): " +
+          ", ".join(f"{tokens / x:,.0f}/{tokens / y:,.0f}" for x, y in zip(ours, theirs)))
+    print(f"bliss_jax {tokens / dt:,.0f} tokens/s | peer {tokens / peer_dt:,.0f} tokens/s | "
+          f"ratio {peer_dt / dt:.2f}x (median over {a.rounds} rounds of {a.steps} steps)")
 
 
 if __name__ == "__main__":
