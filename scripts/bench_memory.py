@@ -58,7 +58,7 @@ def main():
   for name, chunk_tokens in (("full logits", 0), (f"chunked ({chunk} tokens)", chunk)):
     loss = functools.partial(make_lm_loss, average="sequence", chunk_tokens=chunk_tokens)
     m = trainer.compiled_train_step(cfg, batch_size=a.batch_size, sequence_length=a.sequence_length,
-                                    optimizer=optimizer, loss_factory=loss, mesh=mesh, fsdp=True,
+                                    optimizer=optimizer, num_steps=208_000, loss_factory=loss, mesh=mesh, fsdp=True,
                                     prefix_lm=True).memory_analysis()
     peak = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
     print(f"  {name:28s} peak {peak / gib:7.2f} GiB = arguments {m.argument_size_in_bytes / gib:.2f} + outputs "

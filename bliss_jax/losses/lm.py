@@ -20,7 +20,7 @@ from bliss_jax.models.transformer import head_logits, head_weight
 
 LossFn = Callable[..., tuple]
 AVERAGES = ("token", "sequence")
-CHUNK_TOKENS = 1024  # make_lm_loss's default chunk of the fused output head + CE (head_cross_entropy)
+CHUNK_TOKENS = 256  # make_lm_loss's default chunk of the fused output head + CE (head_cross_entropy)
 
 
 def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
