@@ -89,7 +89,8 @@ def _fused_bwd(cfg, length, residuals, cotangents):
   del cfg, length
   d_weight, d_hidden, ce = residuals
   g = cotangents[0]  # ℓ and correct leave `head_cross_entropy` through stop_gradient: their cotangents are zero
-  return g * d_weight, g * d_hidden, None, g * ce
+  scaled = lambda x: (g * x).astype(x.dtype)
+  return scaled(d_weight), scaled(d_hidden), None, scaled(ce)
 
 
 _fused_head_cross_entropy.defvjp(_fused_fwd, _fused_bwd)
