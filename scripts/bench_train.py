@@ -1,28 +1,48 @@
 #!/usr/bin/env python
-r"""Training throughput of a preset on the current backend: tokens/s, achieved FLOP/s and model-FLOPs utilisation.
+r"""Training throughput of a preset on the current backend: tokens/s, achieved FLOP/s and model-FLOPs utilisation,
+and, with `--peer torch`, the same model trained by PyTorch in the same process, alternating, with their ratio.
 
   python scripts/bench_train.py --preset tiny --batch_size 16 --sequence_length 128
-  python scripts/bench_train.py --preset pythia_14m --batch_size 8 --sequence_length 256
+  python scripts/bench_train.py --preset pythia_14m --batch_size 8 --sequence_length 256 --peer torch --loss_chunk 0,256
 
 Model FLOPs per token: 6·N + 12·L·H·Q·T (bliss_jax/models/flops.py). Peak FLOP/s: on TPU/GPU the vendor's dense
 peak for the device kind and dtype (table below); on CPU there is no datasheet figure for this machine, so the peak is
 MEASURED in the same run as the best of several large float32 matmuls (jnp.dot, 2048^2) — the roofline this backend
 reaches on the op the model is made of. Data are synthetic (bliss_jax/data/synthetic.py); the first steps (compile)
 are excluded.
+
+The peer (`--peer torch`) is the Hugging Face `transformers` model of the same shape (`export.hf.hf_config`:
+GPTNeoXForCausalLM for the Pythia presets, LlamaForCausalLM for RMSNorm ones), built from its config with a random
+initialisation (no download), float32 parameters (bfloat16 autocast with `--dtype bfloat16`), on the GPU when
+bliss_jax runs on one, trained the same way: per-token cross-entropy over the same batches, AdamW
+with the same betas, weight decay and global-norm clipping. The two run `--rounds` times in turn, `--steps` steps
+each, so both see the same machine load; the figures are the medians over rounds and the ratio is bliss_jax's
+tokens/s over the peer's. `--loss_chunk 0,256` runs the LM loss from the full logits and chunked (alternating too).
 """
 import argparse
+import functools
 import os
+import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import flax.linen as nn  # noqa: E402
+if "--peer" in sys.argv and "torch" in sys.argv:
+  # torch's own LLVM (torch._dynamo) aborts a process that loaded TensorFlow's first (seqio imports it through
+  # bliss_jax); loaded first, both coexist.
+  import torch  # noqa: F401
+  import torch._dynamo  # noqa: F401
+  import transformers  # noqa: F401
+  from transformers import GPTNeoXForCausalLM, LlamaForCausalLM  # noqa: F401
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
 from bliss_jax import partitioning  # noqa: E402
 from bliss_jax.data.synthetic import SyntheticBatches  # noqa: E402
+from bliss_jax.losses.lm import CHUNK_TOKENS, make_lm_loss  # noqa: E402
 from bliss_jax.models.config import count_params, preset  # noqa: E402
 from bliss_jax.models.flops import train_flops_per_token  # noqa: E402
 from bliss_jax.training import trainer  # noqa: E402
@@ -54,16 +74,60 @@ def peak_flops(dtype):
   return per, f"measured {per / 1e9:.1f} GFLOP/s float32 matmul (2048^2), all {jax.device_count()} device(s)"
 
 
+def torch_peer(cfg, optimizer: trainer.OptimizerConfig, batches):
+  """`step(i) -> None`: one training step of the `transformers` model of `cfg`'s shape on `batches[i]`."""
+  import torch
+  import transformers
+
+  from bliss_jax.export.hf import hf_config
+
+  device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+  config = transformers.AutoConfig.for_model(**hf_config(cfg))
+  torch.manual_seed(0)
+  model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).to(device)
+  model.train()
+  opt = torch.optim.AdamW(model.parameters(), lr=optimizer.peak_lr, betas=(optimizer.b1, optimizer.b2),
+                          weight_decay=optimizer.weight_decay)
+  data = [{k: torch.from_numpy(np.asarray(b[k], np.int64)).to(device)
+           for k in ("decoder_input_tokens", "decoder_target_tokens")} for b in batches]
+  # bfloat16 compute as ours: float32 parameters, matmuls in bfloat16 (autocast), the loss in float32
+  autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
+
+  def step(i):
+    b = data[i]
+    with autocast:
+      logits = model(input_ids=b["decoder_input_tokens"]).logits
+    loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
+                                             b["decoder_target_tokens"].reshape(-1))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if optimizer.clip_norm:
+      torch.nn.utils.clip_grad_norm_(model.parameters(), optimizer.clip_norm)
+    opt.step()
+
+  def synchronize():
+    if device == "cuda":
+      torch.cuda.synchronize()
+
+  return step, synchronize, f"transformers {transformers.__version__} {type(model).__name__}, torch " \
+                            f"{torch.__version__} on {device} ({torch.get_num_threads()} threads)"
+
+
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--preset", default="tiny")
   p.add_argument("--vocab_size", type=int, default=None, help="override the preset's vocabulary")
   p.add_argument("--batch_size", type=int, default=16)
   p.add_argument("--sequence_length", type=int, default=128)
-  p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--steps", type=int, default=10, help="timed steps per round (per side)")
+  p.add_argument("--rounds", type=int, default=1)
   p.add_argument("--warmup_steps", type=int, default=2)
   p.add_argument("--dtype", default="float32")
   p.add_argument("--mesh_model", type=int, default=1)
+  p.add_argument("--peer", choices=("none", "torch"), default="none")
+  p.add_argument("--loss_chunk", default=str(CHUNK_TOKENS),
+                 help="losses.lm.make_lm_loss's chunk_tokens (0: the model's full logits); several, comma-separated, "
+                      "alternate in each round")
   a = p.parse_args()
 
   overrides = {"dtype": a.dtype}
@@ -72,29 +136,64 @@ def main():
   cfg = preset(a.preset, **overrides)
   mesh = partitioning.make_mesh(-1, a.mesh_model)
   rules = partitioning.logical_rules()
-  tx, schedule = trainer.make_tx(trainer.OptimizerConfig(warmup_steps=1), a.steps + a.warmup_steps)
-  batches = SyntheticBatches(vocab_size=cfg.vocab_size, batch_size=a.batch_size, sequence_length=a.sequence_length)
+  optimizer = trainer.OptimizerConfig(warmup_steps=1)
+  n_batches = a.warmup_steps + a.steps
+  tx, schedule = trainer.make_tx(optimizer, n_batches * a.rounds)
+  source = SyntheticBatches(vocab_size=cfg.vocab_size, batch_size=a.batch_size, sequence_length=a.sequence_length)
+  host_batches = [next(source) for _ in range(n_batches)]
+  chunks = [int(c) for c in a.loss_chunk.split(",")]
   with partitioning.mesh_context(mesh, rules):
-    fns = trainer.build_step_functions(cfg, tx, schedule, mesh, rules, sequence_length=a.sequence_length)
-    state = fns.init(jax.random.PRNGKey(0))
     rng = jax.device_put(jax.random.PRNGKey(1), partitioning.replicated(mesh))
-    data = [partitioning.global_batch_from_local(next(batches), mesh) for _ in range(a.steps + a.warmup_steps)]
-    for b in data[:a.warmup_steps]:
-      state, m = fns.train_step(state, b, rng, None)
-    jax.block_until_ready(m)
-    t = time.perf_counter()
-    for b in data[a.warmup_steps:]:
-      state, m = fns.train_step(state, b, rng, None)
-    jax.block_until_ready(m)
-    dt = (time.perf_counter() - t) / a.steps
+    data = [partitioning.global_batch_from_local(b, mesh) for b in host_batches]
+    steps, states = {}, {}
+    for chunk in chunks:
+      fns = trainer.build_step_functions(cfg, tx, schedule, mesh, rules, sequence_length=a.sequence_length,
+                                         loss_factory=functools.partial(make_lm_loss, chunk_tokens=chunk))
+      state = fns.init(jax.random.PRNGKey(0))
+      for b in data[:a.warmup_steps]:
+        state, m = fns.train_step(state, b, rng, None)
+      jax.block_until_ready(m)
+      steps[chunk], states[chunk] = fns.train_step, state
+    peer_step = None
+    if a.peer == "torch":
+      peer_step, peer_sync, peer_name = torch_peer(cfg, optimizer, host_batches)
+      for i in range(a.warmup_steps):
+        peer_step(i)
+      peer_sync()
+    ours, theirs = {c: [] for c in chunks}, []
+    for _ in range(a.rounds):
+      for chunk in chunks:
+        state = states[chunk]
+        t = time.perf_counter()
+        for b in data[a.warmup_steps:]:
+          state, m = steps[chunk](state, b, rng, None)
+        jax.block_until_ready(m)
+        ours[chunk].append((time.perf_counter() - t) / a.steps)
+        states[chunk] = state
+      if peer_step is not None:
+        t = time.perf_counter()
+        for i in range(a.warmup_steps, n_batches):
+          peer_step(i)
+        peer_sync()
+        theirs.append((time.perf_counter() - t) / a.steps)
   tokens = a.batch_size * a.sequence_length
-  flops = train_flops_per_token(cfg, a.sequence_length) * tokens / dt
   peak, how = peak_flops(a.dtype)
   print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}) x{jax.device_count()}")
   print(f"preset {a.preset}: {count_params(cfg):,} params, vocab {cfg.vocab_size}, batch {a.batch_size} x "
-        f"{a.sequence_length}, {a.dtype}")
-  print(f"step {dt * 1e3:.1f} ms | {tokens / dt:,.0f} tokens/s | {flops / 1e9:.2f} GFLOP/s achieved | "
-        f"peak {peak / 1e9:.1f} GFLOP/s ({how}) | MFU {100 * flops / peak:.1f}%")
+        f"{a.sequence_length}, {a.dtype}; median over {a.rounds} round(s) of {a.steps} steps")
+  peer_dt = statistics.median(theirs) if peer_step is not None else None
+  for chunk in chunks:
+    dt = statistics.median(ours[chunk])
+    flops = train_flops_per_token(cfg, a.sequence_length) * tokens / dt
+    print(f"loss chunk {chunk or 'none (full logits)'}: step {dt * 1e3:.1f} ms | {tokens / dt:,.0f} tokens/s | "
+          f"{flops / 1e9:.2f} GFLOP/s achieved | peak {peak / 1e9:.1f} GFLOP/s ({how}) | MFU {100 * flops / peak:.1f}%"
+          + (f" | {peer_dt / dt:.2f}x the peer" if peer_dt else "")
+          + (f" | {statistics.median(ours[chunks[0]]) / dt:.2f}x chunk {chunks[0]}" if chunk != chunks[0] else ""))
+  if peer_step is not None:
+    print(f"peer: {peer_name}: {tokens / peer_dt:,.0f} tokens/s")
+    print("rounds (tokens/s, " + ", ".join(f"chunk {c}" for c in chunks) + ", peer): " +
+          "; ".join("/".join(f"{tokens / ours[c][r]:,.0f}" for c in chunks) + f"/{tokens / theirs[r]:,.0f}"
+                    for r in range(a.rounds)))
 
 
 if __name__ == "__main__":

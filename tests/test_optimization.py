@@ -1,4 +1,5 @@
-"""Schedules at chosen steps, gradient accumulation = full batch, clipping, weight-decay mask."""
+"""Schedules at chosen steps, gradient accumulation = full batch, clipping, weight-decay mask, and the chunked
+output head + cross-entropy = the plain formula."""
 import math
 
 import flax.linen as nn
@@ -9,9 +10,9 @@ import optax
 import pytest
 
 from bliss_jax.data.synthetic import SyntheticBatches
-from bliss_jax.losses.lm import make_lm_loss, token_cross_entropy
+from bliss_jax.losses.lm import head_cross_entropy, make_lm_loss, token_cross_entropy
 from bliss_jax.models.config import preset
-from bliss_jax.models.transformer import Transformer
+from bliss_jax.models.transformer import Transformer, head_logits, head_weight
 from bliss_jax.training.optimizers import decay_mask, make_optimizer, make_schedule
 from bliss_jax.training.train_state import create_train_state
 from bliss_jax.training.train_step import make_train_step
@@ -50,6 +51,52 @@ def test_token_cross_entropy_hand_computed():
   logits = jnp.array([[0.0, jnp.log(3.0)]])  # softmax = (1/4, 3/4)
   np.testing.assert_allclose(token_cross_entropy(logits, jnp.array([1])), [-np.log(0.75)], rtol=1e-6)
   np.testing.assert_allclose(token_cross_entropy(logits, jnp.array([0])), [np.log(4.0)], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name,dtype", [("tiny_neox", "float32"), ("tiny_mqa", "float32"), ("tiny_mqa", "bfloat16")])
+@pytest.mark.parametrize("average", ["token", "sequence"])
+def test_chunked_lm_loss_equals_the_plain_formula(name, dtype, average):
+  # untied (tiny_neox) and tied (tiny_mqa, whose head runs in the compute dtype) heads; chunks of 1 position, of 3
+  # (which do not divide T = 17) and of the whole batch; packed rows and unweighted positions
+  cfg = preset(name, vocab_size=96, dtype=dtype)
+  model = Transformer(cfg)
+  tokens = jax.random.randint(jax.random.PRNGKey(0), (3, 17), 0, 96)
+  params = nn.unbox(model.init(jax.random.PRNGKey(1), tokens)["params"])
+  batch = {"decoder_input_tokens": tokens, "decoder_target_tokens": jnp.roll(tokens, -1, 1),
+           "decoder_segment_ids": jnp.ones((3, 17), jnp.int32).at[1, 9:].set(2),
+           "decoder_loss_weights": jnp.ones((3, 17), jnp.int32).at[0, :4].set(0).at[2, 15:].set(0)}
+  grad = lambda chunk: jax.value_and_grad(make_lm_loss(model, average=average, chunk_tokens=chunk), has_aux=True)(
+      params, batch, None)
+  (loss, metrics), grads = grad(0)  # the model's full logits
+  tol = dict(rtol=2e-5, atol=1e-7) if dtype == "float32" else dict(rtol=2e-2, atol=1e-4)
+  for chunk in (3, 9, 3 * 17):
+    (c_loss, c_metrics), c_grads = grad(chunk)
+    np.testing.assert_allclose(c_loss, loss, **tol)
+    for k in metrics:
+      np.testing.assert_allclose(c_metrics[k], metrics[k], **tol)
+    for a, b in zip(jax.tree.leaves(c_grads), jax.tree.leaves(grads)):
+      np.testing.assert_allclose(a, b, rtol=tol["rtol"], atol=tol["rtol"] * float(np.max(np.abs(b))))
+
+
+def test_head_cross_entropy_by_hand_and_its_coefficient_gradient():
+  cfg = preset("tiny_neox", vocab_size=8)
+  rng = np.random.default_rng(0)
+  hidden = jnp.asarray(rng.normal(size=(2, 5, cfg.d_model)), jnp.float32)
+  weight = jnp.asarray(rng.normal(size=(cfg.d_model, 8)), jnp.float32)
+  targets = jnp.asarray(rng.integers(0, 8, (2, 5)), jnp.int32)
+  c = jnp.asarray(rng.uniform(size=(2, 5)), jnp.float32)
+  logits = np.asarray(hidden, np.float64) @ np.asarray(weight, np.float64)
+  ce = np.log(np.exp(logits).sum(-1)) - np.take_along_axis(logits, np.asarray(targets)[..., None], -1)[..., 0]
+  total, got_ce, correct = head_cross_entropy(cfg, weight, hidden, targets, c, chunk_tokens=4)
+  np.testing.assert_allclose(got_ce, ce, rtol=1e-5)
+  np.testing.assert_array_equal(correct, logits.argmax(-1) == np.asarray(targets))
+  np.testing.assert_allclose(total, (ce * np.asarray(c)).sum(), rtol=1e-5)
+  # d/dc Σ c ℓ = ℓ; d/dweight and d/dhidden equal those of the plain formula
+  plain = lambda w, h, c: jnp.sum(token_cross_entropy(head_logits(cfg, w, h), targets) * c)
+  fused = lambda w, h, c: head_cross_entropy(cfg, w, h, targets, c, chunk_tokens=4)[0]
+  for a, b in zip(jax.grad(fused, (0, 1, 2))(weight, hidden, c), jax.grad(plain, (0, 1, 2))(weight, hidden, c)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert head_weight(cfg, {"lm_head": {"kernel": weight}}) is weight
 
 
 def test_decay_mask_only_matrices():

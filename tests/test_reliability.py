@@ -222,6 +222,16 @@ def test_nan_guard_keeps_a_checkpoint_the_next_step_can_run_from(tmp_path):
   assert result.final_step == 6 and np.isfinite(result.last_train_metrics["loss"])
 
 
+def test_nan_guard_between_sync_points_names_the_first_bad_step(tmp_path):
+  # as above, step 3 is the first NaN step; metrics reach the host only at steps 4 (checkpoint) and 5 (log)
+  huge = trainer.OptimizerConfig(peak_lr=1e33, schedule="constant", warmup_steps=1000, clip_norm=None)
+  kw = _kw(tmp_path, num_steps=1000, stop_at_step=8, checkpoint_every=4, log_every=5, optimizer=huge)
+  with pytest.raises(run_loop.NonFiniteLossError, match="at step 3; stopped without saving"):
+    trainer.train(**kw)
+  assert not os.listdir(tmp_path / "checkpoints")  # step 4's state was never saved
+  assert not os.path.exists(tmp_path / "metrics.jsonl") or _train_steps(tmp_path) == []
+
+
 def test_a_state_with_a_non_finite_value_is_never_saved(tmp_path):
   ckpts = checkpoints.RunCheckpoints(str(tmp_path), keep=3)
   state = {"params": {"w": np.ones((2, 2), np.float32)}, "opt_state": {"nu": np.array([1.0, np.inf], np.float32)}}

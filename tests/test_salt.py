@@ -201,14 +201,17 @@ def test_teacher_forward_only_in_the_kd_step():
   batch = next(synthetic_source(vocab_size=128, batch_size=2, sequence_length=8)("train"))
   with partitioning.mesh_context(mesh, rules):
     frozen = {"teacher": trainer.abstract_params(teacher_cfg, mesh, rules)}
+    # the plain loss from full logits (chunk_tokens=0), as the KD loss computes the student's, so that the two
+    # steps' matmuls differ by the teacher's forward alone
     fns = trainer.build_step_functions(student_cfg, tx, schedule, mesh, rules, sequence_length=8,
+                                       loss_factory=lambda m, fm: make_lm_loss(m, fm, chunk_tokens=0),
                                        frozen_models={"teacher": Transformer(teacher_cfg)},
                                        frozen_shardings=jax.tree.map(lambda x: x.sharding, frozen))
     rng = jax.random.PRNGKey(0)
     kd_step = fns.make_train_step(salt_kd_loss_factory(0.667, 0.25, n_kd=3))
     dots_kd = _dot_generals(jax.make_jaxpr(kd_step)(fns.abstract_state, batch, rng, frozen).jaxpr)
     dots_plain = _dot_generals(jax.make_jaxpr(fns.train_step)(fns.abstract_state, batch, rng, frozen).jaxpr)
-    teacher_fwd = _dot_generals(jax.make_jaxpr(lambda p: make_lm_loss(Transformer(teacher_cfg))(p, batch, None)[0])(
+    teacher_fwd = _dot_generals(jax.make_jaxpr(lambda p: make_lm_loss(Transformer(teacher_cfg), chunk_tokens=0)(p, batch, None)[0])(
         frozen["teacher"]).jaxpr)
   uses_teacher = lambda dot: any({48, 96} & set(shape) for shape in dot)  # dot = its operands' shapes
   assert sum(map(uses_teacher, dots_kd)) > 0 and sum(map(uses_teacher, dots_plain)) == 0

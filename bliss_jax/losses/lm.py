@@ -7,22 +7,110 @@ sequences of a per-sequence mean), else `metrics["num_tokens"]` (so gradient acc
 exactly), and every other entry is a scalar to log. A loss factory is `factory(model, frozen_models) -> loss_fn`, with
 `frozen_models` the dict of frozen Flax modules (by name) matching `frozen`.
 """
-from typing import Callable, Tuple
+import functools
+from typing import Callable, Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from bliss_jax.choices import check_choice
+from bliss_jax.models.config import ModelConfig
+from bliss_jax.models.transformer import head_logits, head_weight
 
 LossFn = Callable[..., tuple]
 AVERAGES = ("token", "sequence")
+CHUNK_TOKENS = 256  # make_lm_loss's default chunk of the fused output head + CE (head_cross_entropy)
 
 
 def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
   """Per-token CE −log softmax(logits)[target], float32, shape of `targets`."""
   logits = logits.astype(jnp.float32)
   return jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]
+
+
+def _ce_and_correct(logits: jax.Array, targets: jax.Array) -> Tuple[jax.Array, jax.Array]:
+  """Per-token CE (`token_cross_entropy`) and correctness [argmax logits = target] (float32)."""
+  return token_cross_entropy(logits, targets), (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+
+
+def _chunked(x: jax.Array, length: int) -> jax.Array:
+  """[B, T, ...] -> [T / length, B, length, ...] (T padded with zeros to a multiple of `length`)."""
+  b, t = x.shape[:2]
+  n = -(-t // length)
+  x = jnp.pad(x, [(0, 0), (0, n * length - t)] + [(0, 0)] * (x.ndim - 2))
+  return jnp.moveaxis(x.reshape((b, n, length) + x.shape[2:]), 1, 0)
+
+
+def _unchunked(x: jax.Array, t: int) -> jax.Array:
+  """The inverse of `_chunked`: [n, B, length, ...] -> [B, t, ...]."""
+  x = jnp.moveaxis(x, 0, 1)
+  return x.reshape((x.shape[0], -1) + x.shape[3:])[:, :t]
+
+
+def _head_scan(cfg: ModelConfig, length: int, weight, hidden, targets, coefficients, with_grads: bool):
+  """Σ_t c_t ℓ_t, ℓ [B, T], correct [B, T] and, `with_grads`, the gradients of the sum w.r.t. `weight` and `hidden`,
+  over chunks of `length` positions (`lax.scan`: one chunk's logits [B, length, V] live at a time)."""
+  t = hidden.shape[1]
+  xs = tuple(_chunked(x, length) for x in (hidden, targets, coefficients))
+
+  def body(d_weight, x):
+    h, y, c = x
+    if not with_grads:
+      return d_weight, _ce_and_correct(head_logits(cfg, weight, h), y) + (None,)
+    logits, pull = jax.vjp(lambda w, hh: head_logits(cfg, w, hh), weight, h)
+    ce, correct = _ce_and_correct(logits, y)
+    # ∂(c·ℓ)/∂logits = c·(softmax(logits) − onehot(target))
+    probs = jnp.exp(logits - jax.nn.logsumexp(logits, -1, keepdims=True))
+    g = c[..., None] * (probs - jax.nn.one_hot(y, logits.shape[-1], dtype=probs.dtype))
+    dw, dh = pull(g)
+    return d_weight + dw, (ce, correct, dh)
+
+  d_weight = jnp.zeros(weight.shape, jnp.float32) if with_grads else None
+  d_weight, (ce, correct, dh) = jax.lax.scan(body, d_weight, xs)
+  ce, correct = _unchunked(ce, t), _unchunked(correct, t)
+  total = jnp.sum(ce * coefficients)
+  if not with_grads:
+    return total, ce, correct
+  return total, ce, correct, d_weight.astype(weight.dtype), _unchunked(dh, t)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _fused_head_cross_entropy(cfg, length, weight, hidden, targets, coefficients):
+  return _head_scan(cfg, length, weight, hidden, targets, coefficients, with_grads=False)
+
+
+def _fused_fwd(cfg, length, weight, hidden, targets, coefficients):
+  total, ce, correct, d_weight, d_hidden = _head_scan(cfg, length, weight, hidden, targets, coefficients, True)
+  return (total, ce, correct), (d_weight, d_hidden, ce)
+
+
+def _fused_bwd(cfg, length, residuals, cotangents):
+  del cfg, length
+  d_weight, d_hidden, ce = residuals
+  g = cotangents[0]  # ℓ and correct leave `head_cross_entropy` through stop_gradient: their cotangents are zero
+  scaled = lambda x: (g * x).astype(x.dtype)
+  return scaled(d_weight), scaled(d_hidden), None, scaled(ce)
+
+
+_fused_head_cross_entropy.defvjp(_fused_fwd, _fused_bwd)
+
+
+def head_cross_entropy(cfg: ModelConfig, weight: jax.Array, hidden: jax.Array, targets: jax.Array,
+                       coefficients: jax.Array, chunk_tokens: int) -> Tuple[jax.Array, jax.Array, jax.Array]:
+  """(Σ_t c_t ℓ_t, ℓ [B, T], correct [B, T]) of the output head (`models.transformer.head_logits`) on final hidden
+  states [B, T, d], without materialising the [B, T, V] logits: ℓ_t = `token_cross_entropy` and correct_t =
+  [argmax logits_t = target_t], computed over chunks of ⌈chunk_tokens / B⌉ positions of every row.
+
+  Differentiated, the forward pass also computes the sum's gradient w.r.t. the head weight and the hidden states,
+  chunk by chunk (∂ℓ_t/∂logits_t = softmax − onehot), so each chunk's logits are computed once and the backward pass
+  only scales the stored gradients; the sum is differentiable in `weight`, `hidden` and `coefficients` c. ℓ and
+  correct are metrics and carry no gradient.
+  """
+  length = max(1, min(hidden.shape[1], -(-chunk_tokens // hidden.shape[0])))
+  total, ce, correct = _fused_head_cross_entropy(cfg, length, weight, hidden, targets.astype(jnp.int32),
+                                                 coefficients.astype(jnp.float32))
+  return total, jax.lax.stop_gradient(ce), jax.lax.stop_gradient(correct)
 
 
 def model_logits(model: nn.Module, params, batch: dict, **kwargs) -> jax.Array:
@@ -71,20 +159,35 @@ def averaging_weights(batch: dict, average: str = "token") -> Tuple[jax.Array, j
   return jnp.where(w > 0, w / jnp.maximum(own, 1e-30), 0.0), jnp.sum(per_segment > 0).astype(jnp.float32)
 
 
-def make_lm_loss(model: nn.Module, frozen_models=None, average: str = "token") -> LossFn:
+def make_lm_loss(model: nn.Module, frozen_models=None, average: str = "token", *,
+                 chunk_tokens: Optional[int] = CHUNK_TOKENS) -> LossFn:
   """Plain next-token CE over `decoder_loss_weights` (which packing sets to 0 on padding): the mean over the batch's
   tokens (`average="token"`), or over its sequences of each one's token mean (`"sequence"`, SALT Algorithm 1's
-  l(x;θ) = (1/T) Σ_t −log P_θ(x_t|x_<t) averaged over the batch); see `averaging_weights`."""
+  l(x;θ) = (1/T) Σ_t −log P_θ(x_t|x_<t) averaged over the batch); see `averaging_weights`.
+
+  `chunk_tokens`: compute the output head and the CE together over chunks of about this many tokens
+  (`head_cross_entropy`: the [B, T, V] logits never exist at once, and each chunk's logits are computed once per
+  step); 0 or None: from the model's full logits. Both give the same loss, gradients and metrics up to float
+  summation order, so a run's record leaves it out (`training.run_config.COMPUTE_ONLY_ARGUMENTS`) and a resume may
+  change it.
+  """
   del frozen_models
   check_choice("average", average, AVERAGES)
 
   def loss_fn(params, batch, rng, frozen=None):
     del rng, frozen
-    logits = model_logits(model, params, batch)
     targets = batch["decoder_target_tokens"]
     c, n = averaging_weights(batch, average)
-    loss = masked_mean(token_cross_entropy(logits, targets), c, count=n)
-    return loss, {"loss": loss, "accuracy": masked_mean(jnp.argmax(logits, -1) == targets, c, count=n),
+    if chunk_tokens:
+      hidden = model_logits(model, params, batch, return_hidden="only")
+      total, _, correct = head_cross_entropy(model.cfg, head_weight(model.cfg, params), hidden, targets, c,
+                                             chunk_tokens)
+      loss = total / jnp.maximum(n, 1.0)
+    else:
+      logits = model_logits(model, params, batch)
+      loss = masked_mean(token_cross_entropy(logits, targets), c, count=n)
+      correct = jnp.argmax(logits, -1) == targets
+    return loss, {"loss": loss, "accuracy": masked_mean(correct, c, count=n),
                   "num_tokens": jnp.sum(batch["decoder_loss_weights"].astype(jnp.float32)),
                   **({"num_sequences": n, "denominator": n} if average == "sequence" else {})}
 

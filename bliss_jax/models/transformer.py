@@ -183,6 +183,31 @@ class _ScanBlock(nn.Module):
     return Block(self.cfg, name="block")(x, mask, positions, kv_cache, index)
 
 
+class OutputKernel(nn.Module):
+  """The untied output head's kernel [d, V] (float32), as a parameter named "kernel"."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self):
+    return self.param("kernel", _init(("embed", "vocab")), (self.cfg.d_model, self.cfg.vocab_size), jnp.float32)
+
+
+def head_weight(cfg: ModelConfig, params) -> jax.Array:
+  """The output head's weight in a `Transformer(cfg)`'s parameters: the untied kernel [d, V], or the input embedding
+  [V, d] when tied."""
+  return params["embed"]["embedding"] if cfg.tie_embeddings else params["lm_head"]["kernel"]
+
+
+def head_logits(cfg: ModelConfig, weight: jax.Array, hidden: jax.Array) -> jax.Array:
+  """The output head: logits [..., V] (float32) of final normed hidden states [..., d] with `head_weight`.
+
+  Untied: hidden @ kernel in float32. Tied: hidden @ embeddingᵀ in the compute dtype, then cast to float32.
+  """
+  if cfg.tie_embeddings:
+    return jnp.dot(hidden.astype(cfg.compute_dtype), weight.astype(cfg.compute_dtype).T).astype(jnp.float32)
+  return jnp.dot(hidden.astype(jnp.float32), weight.astype(jnp.float32))
+
+
 class Transformer(nn.Module):
   """Decoder-only LM. `__call__` returns logits [B, T, V] (float32); with `return_hidden=True` also the final normed
   hidden states [B, T, d]; with `return_hidden="only"` just those (the output head is neither run nor created).
@@ -232,12 +257,8 @@ class Transformer(nn.Module):
     hidden = Norm(cfg, name="final_norm")(x)
     if return_hidden == "only":
       return hidden
-    if cfg.tie_embeddings:
-      logits = embed.attend(hidden.astype(jnp.float32))
-    else:
-      logits = nn.Dense(cfg.vocab_size, use_bias=False, dtype=jnp.float32, kernel_init=_init(("embed", "vocab")),
-                        name="lm_head")(hidden)
-    logits = nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+    weight = embed.embedding if cfg.tie_embeddings else OutputKernel(cfg, name="lm_head")()
+    logits = nn.with_logical_constraint(head_logits(cfg, weight, hidden), ("batch", "length", "vocab"))
     if cache is not None:
       return logits, {"key": kv[0], "value": kv[1], "segment_ids": cache_segment_ids,
                       "index": index + tokens.shape[-1]}

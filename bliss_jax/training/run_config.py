@@ -6,7 +6,8 @@ schedule depends on it), the optimizer, the loss of every step (phases included)
 checkpoint step) and a description of the data source (for SeqIO sources: the task or mixture name and the source's
 settings, read from the source function's closure). A function is described by its qualified name, closure and
 defaults, and, for one a configuration system wraps (gin), by the arguments bound to it (`bound_arguments`). Fields that do not change the computation — eval/log/checkpoint cadence, kept checkpoints, progress bar,
-`stop_at_step`, the mesh — are not recorded and may change freely.
+`stop_at_step`, the mesh, and arguments named in `COMPUTE_ONLY_ARGUMENTS` (how a loss computes the same numbers, up to
+float summation order, e.g. `losses.lm.make_lm_loss`'s `chunk_tokens`) — are not recorded and may change freely.
 
 A resume whose configuration differs from the record is refused with every changed field (dotted path, old and new
 value), unless each change is allowed by name (`allow`, e.g. `("optimizer.peak_lr",)` or `("data",)` for a whole
@@ -25,6 +26,9 @@ from typing import Callable, Optional, Sequence, Tuple
 import numpy as np
 
 _MAX_ITEMS = 32  # longer sequences are described by length and hash
+# Loss-factory arguments that change how the same numbers are computed (up to float summation order), not which ones:
+# left out of every description, like the mesh.
+COMPUTE_ONLY_ARGUMENTS = frozenset({"chunk_tokens"})
 _MAX_DEPTH = 6
 
 
@@ -40,6 +44,10 @@ bound_arguments: Callable[[Callable], Optional[dict]] = _nothing_bound
 
 class RunConfigChanged(ValueError):
   """A resume's configuration differs from the run's record in fields the caller did not allow to change."""
+
+
+def _recorded(arguments: dict) -> dict:
+  return {k: v for k, v in arguments.items() if k not in COMPUTE_ONLY_ARGUMENTS}
 
 
 def describe(x, depth: int = 0):
@@ -68,10 +76,10 @@ def describe(x, depth: int = 0):
     return {f.name: describe(getattr(x, f.name), depth + 1) for f in dataclasses.fields(x)}
   if isinstance(x, functools.partial):
     return {"function": describe(x.func, depth + 1), "args": describe(x.args, depth + 1),
-            "keywords": describe(x.keywords, depth + 1)}
+            "keywords": describe(_recorded(x.keywords), depth + 1)}
   if hasattr(x, "__wrapped__"):  # functools.wraps, gin configurables
     inner = describe(x.__wrapped__, depth + 1)
-    bound = bound_arguments(x)
+    bound = _recorded(bound_arguments(x) or {})
     return dict(inner, bound=describe(bound, depth + 1)) if bound and isinstance(inner, dict) else inner
   if inspect.isfunction(x):
     out = {"function": f"{x.__module__}.{x.__qualname__}"}
@@ -86,8 +94,8 @@ def describe(x, depth: int = 0):
       out["closure"] = closure
     if x.__defaults__:
       out["defaults"] = describe(x.__defaults__, depth + 1)
-    if x.__kwdefaults__:
-      out["kwdefaults"] = describe(x.__kwdefaults__, depth + 1)
+    if _recorded(x.__kwdefaults__ or {}):
+      out["kwdefaults"] = describe(_recorded(x.__kwdefaults__), depth + 1)
     return out
   if inspect.ismethod(x):
     return {"method": f"{type(x.__self__).__qualname__}.{x.__func__.__name__}"}

@@ -212,15 +212,11 @@ def build_step_functions(model_config: ModelConfig, tx, schedule, mesh, rules, *
                        jit_train_step)
 
 
-def abstract_train_step(model_config: ModelConfig, *, batch_size: int, sequence_length: int, num_steps: int = 1000,
-                        optimizer: OptimizerConfig = OptimizerConfig(), loss_factory: Callable = make_lm_loss,
-                        frozen_configs: Optional[Dict[str, ModelConfig]] = None, mesh=None, fsdp: bool = True,
-                        prefix_lm: bool = False):
-  """Trace one sharded train step of a (possibly paper-sized) configuration with `jax.eval_shape`: no parameter is
-  allocated and nothing runs, but every shape, sharding rule and the loss's use of frozen models is checked.
-
-  Returns (abstract new state, abstract metrics).
-  """
+def _on_abstract_inputs(how: Callable, model_config: ModelConfig, *, batch_size: int, sequence_length: int,
+                        num_steps: int, optimizer: OptimizerConfig, loss_factory: Callable,
+                        frozen_configs: Optional[Dict[str, ModelConfig]], mesh, fsdp: bool, prefix_lm: bool):
+  """`how(jitted train step, *abstract arguments)` for one sharded train step of `model_config` on `mesh`: the
+  state, a batch, the rng and frozen models' parameters as ShapeDtypeStructs carrying their shardings."""
   mesh = mesh or partitioning.make_mesh()
   rules = partitioning.logical_rules(fsdp)
   tx, schedule = make_tx(optimizer, num_steps)
@@ -235,7 +231,33 @@ def abstract_train_step(model_config: ModelConfig, *, batch_size: int, sequence_
     batch = {k: jax.ShapeDtypeStruct((batch_size, sequence_length), jnp.int32,
                                      sharding=partitioning.batch_sharding(mesh)) for k in keys}
     rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=partitioning.replicated(mesh))
-    return jax.eval_shape(fns.train_step, fns.abstract_state, batch, rng, frozen)
+    return how(fns.train_step, fns.abstract_state, batch, rng, frozen)
+
+
+def abstract_train_step(model_config: ModelConfig, *, batch_size: int, sequence_length: int, num_steps: int = 1000,
+                        optimizer: OptimizerConfig = OptimizerConfig(), loss_factory: Callable = make_lm_loss,
+                        frozen_configs: Optional[Dict[str, ModelConfig]] = None, mesh=None, fsdp: bool = True,
+                        prefix_lm: bool = False):
+  """Trace one sharded train step of a (possibly paper-sized) configuration with `jax.eval_shape`: no parameter is
+  allocated and nothing runs, but every shape, sharding rule and the loss's use of frozen models is checked.
+
+  Returns (abstract new state, abstract metrics).
+  """
+  return _on_abstract_inputs(jax.eval_shape, model_config, batch_size=batch_size, sequence_length=sequence_length,
+                             num_steps=num_steps, optimizer=optimizer, loss_factory=loss_factory,
+                             frozen_configs=frozen_configs, mesh=mesh, fsdp=fsdp, prefix_lm=prefix_lm)
+
+
+def compiled_train_step(model_config: ModelConfig, *, batch_size: int, sequence_length: int, num_steps: int = 1000,
+                        optimizer: OptimizerConfig = OptimizerConfig(), loss_factory: Callable = make_lm_loss,
+                        frozen_configs: Optional[Dict[str, ModelConfig]] = None, mesh=None, fsdp: bool = True,
+                        prefix_lm: bool = False):
+  """`abstract_train_step`'s step lowered and compiled for the current backend, still without allocating anything:
+  its `memory_analysis()` gives the per-device buffer sizes XLA assigned (arguments, outputs, temporaries)."""
+  return _on_abstract_inputs(lambda f, *args: f.lower(*args).compile(), model_config, batch_size=batch_size,
+                             sequence_length=sequence_length, num_steps=num_steps, optimizer=optimizer,
+                             loss_factory=loss_factory, frozen_configs=frozen_configs, mesh=mesh, fsdp=fsdp,
+                             prefix_lm=prefix_lm)
 
 
 def check_init_from(init_from: str, model_config: ModelConfig, vocabulary: Optional[dict]) -> None:
@@ -460,7 +482,7 @@ def train(*, model_dir: str, spec: TrainSpec, batch_source: BatchSource, vocab_s
         postfix=lambda m: {"loss": f"{m['loss']:.3f}", "tok_s": f"{m['tokens_per_sec']:.0f}"},
         # throughput counts every loss-carrying token processed (RHO-1 reports its selected ones as num_tokens)
         tokens=lambda m: m.get("num_valid_tokens", m.get("num_tokens", 0.0)),
-        after_step=lambda step, state: run_eval(step, state) if eval_every and step % eval_every == 0 else None)
+        after_step=run_eval if eval_every else None, after_step_every=max(eval_every, 1))
     recorded = [r for r in run.metrics("validation") if r["step"] == num_steps] if start_step >= num_steps else []
     if recorded:  # a finished run, rerun: its final evaluation is the recorded one, not another row
       last_eval = {k: v for k, v in recorded[-1].items() if k not in ("step", "split")}

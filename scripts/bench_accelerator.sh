@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Every figure of docs/ARCHITECTURE.md's "Performance" section on the accelerator at hand (GPU or TPU), in about
+# 10 minutes: train-step throughput and MFU against the datasheet peak (bfloat16 and float32; the PyTorch peer on the
+# same GPU), the loop over the bare step, and the compiled peak memory of SALT's 2.8B step with and without the
+# chunked loss (per device, on the devices present).
+#   bash scripts/bench_accelerator.sh 2>&1 | tee bench_accelerator.log
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+export TF_CPP_MIN_LOG_LEVEL=3
+PEER=()
+if "$PY" -c "import torch, transformers" 2>/dev/null; then PEER=(--peer torch); fi
+run() { echo; echo "\$ $*"; timeout 240 "$@" || echo "(exit $? — continuing)"; }
+run "$PY" scripts/bench_train.py --preset pythia_14m --batch_size 8 --sequence_length 256 --steps 10 --rounds 3 --loss_chunk 0,256 "${PEER[@]}"
+run "$PY" scripts/bench_train.py --preset pythia_160m --batch_size 32 --sequence_length 1024 --dtype bfloat16 --steps 10 --rounds 3 --loss_chunk 0,256 "${PEER[@]}"
+run "$PY" scripts/bench_loop.py --preset tiny --batch_size 16 --sequence_length 128 --steps 200 --log_every 50
+run "$PY" scripts/bench_loop.py --preset pythia_160m --batch_size 32 --sequence_length 1024 --steps 60 --log_every 10
+run "$PY" scripts/bench_memory.py --devices 1 --batch_size 16
