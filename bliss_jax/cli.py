@@ -154,6 +154,39 @@ def enable_compilation_cache() -> Optional[str]:
   return path
 
 
+CPU_DEVICES_ENV_VAR = "BLISS_JAX_CPU_DEVICES"
+# One XLA:CPU device per core: the host device count, and XLA:CPU's concurrency-optimised scheduler off (with it, two
+# all-reduces of one step were issued in different orders on the two devices and deadlocked, docs/ARCHITECTURE.md).
+CPU_DEVICE_FLAGS = ("--xla_force_host_platform_device_count={n}",
+                    "--xla_cpu_enable_concurrency_optimized_scheduler=false")
+
+
+def cpu_device_count(value: str) -> int:
+  """The device count `$BLISS_JAX_CPU_DEVICES` asks for: a positive integer, or "cores": the cores this process may
+  run on, rounded down to a power of two (so that the usual power-of-two batch sizes split evenly)."""
+  if value == "cores":
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 1 << (max(cores, 1).bit_length() - 1)
+  if not value.isdigit() or int(value) < 1:
+    raise CliError(f"{CPU_DEVICES_ENV_VAR}={value!r} is neither a positive device count nor 'cores'")
+  return int(value)
+
+
+def use_cpu_cores(environ=os.environ) -> Optional[int]:
+  """With `$BLISS_JAX_CPU_DEVICES` set (opt-in), split the CPU into that many XLA devices (`cpu_device_count`) by
+  adding `CPU_DEVICE_FLAGS` to XLA_FLAGS, unless XLA_FLAGS sets the host device count already. XLA:CPU runs most of
+  a step's fusions on one thread; a batch split over per-core devices (data parallelism: the same global batch and
+  gradient up to summation order) uses the cores one device leaves idle. Only CPU devices change (a GPU/TPU run
+  ignores them); it must run before JAX starts its backends, as `setup` does. Returns the count set, or None."""
+  value = environ.get(CPU_DEVICES_ENV_VAR, "")
+  flags = environ.get("XLA_FLAGS", "")
+  if not value or "--xla_force_host_platform_device_count" in flags:
+    return None
+  n = cpu_device_count(value)
+  environ["XLA_FLAGS"] = " ".join([flags] * bool(flags) + [f.format(n=n) for f in CPU_DEVICE_FLAGS])
+  return n
+
+
 def setup(args: Args) -> None:
   """Logging, multi-host start-up, task modules, configurables, gin parsing (`load_gin`); in that order. A script then
   resolves the gin file's task registrations (`resolve_task_registrations`)."""
@@ -161,6 +194,7 @@ def setup(args: Args) -> None:
   for noisy in ("absl", "orbax", "jax"):  # orbax logs every save at INFO
     logging.getLogger(noisy).setLevel(logging.WARNING)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  use_cpu_cores()
   enable_compilation_cache()
   from bliss_jax import partitioning  # pylint: disable=g-import-not-at-top
   partitioning.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)

@@ -14,8 +14,17 @@ step. Kinds:
   proxy_step      AdamW step of the proxy on the LM loss (`trainer.build_step_functions`)
   grad            ∇ of the proxy's LM loss only
   hvp             one forward-over-reverse HVP of the lower objective G (`bilevel.hvp`)
-  bilevel         the whole bilevel step (`bilevel.step`: K_in lower steps, ∇F, solver, hypergradient, AdamW on θs)
-  bilevel_no_kl   the same with γ = 0 (no target forward)
+  bilevel:NAME    the whole bilevel step (`bilevel.step`: K_in lower steps, ∇F, solver, hypergradient, AdamW on θs)
+                  in the setting NAME (`--settings`, comma-separated):
+                    paper        the reference implementation's: 3 normalised-solver iterations from z₀ = 1/numel
+                    no_kl        the same with γ = 0 (no target forward)
+                    warm1        one solver iteration per step, warm-started from the previous step's z
+                    remat        paper, the proxy's blocks rematerialised (`ModelConfig.remat`) inside the step
+                    warm1_remat  both
+Next to each setting's cost: the cosine of its hypergradient to a converged solve (CG, `--converged_iters`, and
+the cosine of that solve to one with twice the iterations, to show it converged) and to the paper setting's, both at
+the setting's own state after the timed steps (its z carried for warm starts), so cheaper never silently means a
+different direction.
 """
 import argparse
 import dataclasses
@@ -28,10 +37,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+import optax.tree_utils as otu  # noqa: E402
 
 from bliss_jax import partitioning  # noqa: E402
 from bliss_jax.bilevel import hvp as hvp_lib  # noqa: E402
-from bliss_jax.bilevel.step import BilevelConfig, build_bilevel_functions, step_flops  # noqa: E402
+from bliss_jax.bilevel.step import BilevelConfig, build_bilevel_functions, make_hypergradient, step_flops  # noqa: E402,E501
 from bliss_jax.data.synthetic import SyntheticBatches  # noqa: E402
 from bliss_jax.losses import bilevel as objectives  # noqa: E402
 from bliss_jax.losses.lm import make_lm_loss, model_logits  # noqa: E402
@@ -49,6 +59,29 @@ def _memory(compiled):
   return (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes) / 2**20
 
 
+def _cosine(x, y):
+  return float(otu.tree_vdot(x, y) / (otu.tree_norm(x) * otu.tree_norm(y)))
+
+
+def hypergradient_cosines(bl, settings, cfg, target, tparams, batch, converged_iters):
+  """{kind: (cos to the converged solve, cos to the paper setting, cos converged vs twice its iterations)}, each at
+  that setting's own state (`bilevel.step.make_hypergradient` on the candidate batch, the reference batch `batch`)."""
+  out = {}
+  for name, (c, _) in settings.items():
+    f, s = bl["bilevel:" + name]
+    t_logits = jax.lax.stop_gradient(model_logits(target, tparams, batch)) if c.gamma else None
+    run = lambda setting, x0: jax.jit(make_hypergradient(f.proxy, f.score_model, setting))(
+        s.proxy, s.score, batch, batch, t_logits, x0)[0]
+    converged = dataclasses.replace(c, solver="cg", solver_iters=converged_iters, warm_start=False)
+    h_conv = run(converged, None)
+    h_conv2 = run(dataclasses.replace(converged, solver_iters=2 * converged_iters), None)
+    paper = dataclasses.replace(cfg, gamma=c.gamma)
+    out["bilevel:" + name] = (_cosine(run(c, s.z if c.warm_start else None), h_conv),
+                              _cosine(run(c, s.z if c.warm_start else None), run(paper, None)),
+                              _cosine(h_conv, h_conv2))
+  return out
+
+
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--proxy", default="cpu")
@@ -60,6 +93,8 @@ def main():
   p.add_argument("--inner_steps", type=int, default=1)
   p.add_argument("--steps", type=int, default=5)
   p.add_argument("--rounds", type=int, default=5)
+  p.add_argument("--settings", default="paper,no_kl,warm1,remat,warm1_remat")
+  p.add_argument("--converged_iters", type=int, default=30)
   a = p.parse_args()
   V, B, L = a.vocab_size, a.batch_size, a.sequence_length
   proxy_cfg = (preset("tiny", vocab_size=V, num_layers=2, d_model=128, num_heads=4, num_kv_heads=4, d_ff=512)
@@ -86,13 +121,18 @@ def main():
     w = np.full((B,), 1.0 / B, np.float32)
     g_obj = lambda q: objectives.lower_objective(model_logits(proxy, q, gbatch), w, gbatch, q)[0]
     hvp = jax.jit(lambda q, v: hvp_lib.hvp(g_obj, q, v))
+    settings = {"paper": (cfg, False), "no_kl": (dataclasses.replace(cfg, gamma=0.0), False),
+                "warm1": (dataclasses.replace(cfg, warm_start=True, solver_iters=1), False), "remat": (cfg, True),
+                "warm1_remat": (dataclasses.replace(cfg, warm_start=True, solver_iters=1), True)}
+    settings = {n: settings[n] for n in a.settings.split(",")}
     bl = {}
-    for name, c in (("bilevel", cfg), ("bilevel_no_kl", dataclasses.replace(cfg, gamma=0.0))):
-      f = build_bilevel_functions(proxy_cfg, target_cfg, c, 1000, mesh, rules,
+    for name, (c, remat) in settings.items():
+      name = "bilevel:" + name
+      f = build_bilevel_functions(dataclasses.replace(proxy_cfg, remat=remat), target_cfg, c, 1000, mesh, rules,
                                   target_shardings=jax.tree.map(lambda _: partitioning.replicated(mesh), tparams))
       head = {"kernel": np.zeros((proxy_cfg.d_model, 1), np.float32), "bias": np.zeros((1,), np.float32)}
       bl[name] = (f, f.init(params, from_lm_params(params, head)))
-    train = jax.device_put(stacked, bl["bilevel"][0].train_batch_sharding)
+    train = jax.device_put(stacked, next(iter(bl.values()))[0].train_batch_sharding)
 
     def run(kind, n):
       nonlocal state
@@ -112,11 +152,11 @@ def main():
       jax.block_until_ready(out)
       return (time.perf_counter() - t) / n
 
-    kinds = ["proxy_step", "grad", "hvp", "bilevel", "bilevel_no_kl"]
+    kinds = ["proxy_step", "grad", "hvp"] + list(bl)
     mem = {"proxy_step": _memory(fns.train_step.lower(state, gbatch, rng, None).compile()),
            "grad": _memory(grad.lower(params, gbatch).compile()),
            "hvp": _memory(hvp.lower(params, params).compile())}
-    for k in ("bilevel", "bilevel_no_kl"):
+    for k in bl:
       f, s = bl[k]
       mem[k] = _memory(f.step.lower(s, train, gbatch, tparams).compile())
     for k in kinds:
@@ -129,17 +169,23 @@ def main():
       for k in kinds:
         ratios[k].append(t[k] / t["proxy_step"])
         times[k].append(t[k])
+    cosines = hypergradient_cosines(bl, settings, cfg, target, tparams, gbatch, a.converged_iters)
   train_step_flops = train_flops_per_token(proxy_cfg, L) * B * L
-  est = {"bilevel": step_flops(proxy_cfg, target_cfg, cfg, B, L) / train_step_flops,
-         "bilevel_no_kl": step_flops(proxy_cfg, None, dataclasses.replace(cfg, gamma=0.0), B, L) / train_step_flops,
-         "grad": 1.0, "hvp": 2.0, "proxy_step": 1.0}
+  est = {"grad": 1.0, "hvp": 2.0, "proxy_step": 1.0}
+  for name, (c, _) in settings.items():
+    est["bilevel:" + name] = step_flops(proxy_cfg, target_cfg if c.gamma else None, c, B, L) / train_step_flops
   print(f"proxy {count_params(proxy_cfg) / 1e6:.2f}M params, target {count_params(target_cfg) / 1e6:.2f}M, "
         f"batch {B} x {L}, K_in={a.inner_steps}, solver iterations {a.solver_iters}, {jax.device_count()} "
         f"{jax.devices()[0].platform} device(s)")
-  print(f"{'kind':<14} {'ms':>9} {'time / proxy step':>18} {'FLOP est.':>10} {'peak MiB':>9} {'mem / proxy step':>17}")
+  print(f"{'kind':<20} {'ms':>9} {'time / proxy step':>18} {'FLOP est.':>10} {'peak MiB':>9} {'mem / proxy step':>17}"
+        f" {'cos converged':>14} {'cos paper':>10}")
   for k in kinds:
-    print(f"{k:<14} {1e3 * statistics.median(times[k]):9.1f} {statistics.median(ratios[k]):18.2f} {est[k]:10.2f} "
-          f"{mem[k]:9.1f} {mem[k] / mem['proxy_step']:17.2f}")
+    cos = cosines.get(k)
+    print(f"{k:<20} {1e3 * statistics.median(times[k]):9.1f} {statistics.median(ratios[k]):18.2f} {est[k]:10.2f} "
+          f"{mem[k]:9.1f} {mem[k] / mem['proxy_step']:17.2f}"
+          + (f" {cos[0]:14.3f} {cos[1]:10.3f}" if cos else ""))
+  print(f"converged solve: CG, {a.converged_iters} iterations; cosine to {2 * a.converged_iters}: "
+        + ", ".join(f"{k} {v[2]:.4f}" for k, v in cosines.items()))
 
 
 if __name__ == "__main__":

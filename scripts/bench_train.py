@@ -125,6 +125,9 @@ def main():
   p.add_argument("--dtype", default="float32")
   p.add_argument("--mesh_model", type=int, default=1)
   p.add_argument("--peer", choices=("none", "torch"), default="none")
+  p.add_argument("--data_devices", default="",
+                 help="devices of the data axis (default: all); several, comma-separated, alternate in each round, "
+                      "e.g. 1,2 with XLA_FLAGS=--xla_force_host_platform_device_count=2 (one CPU device per core)")
   p.add_argument("--loss_chunk", default=str(CHUNK_TOKENS),
                  help="losses.lm.make_lm_loss's chunk_tokens (0: the model's full logits); several, comma-separated, "
                       "alternate in each round")
@@ -134,7 +137,6 @@ def main():
   if a.vocab_size:
     overrides["vocab_size"] = a.vocab_size
   cfg = preset(a.preset, **overrides)
-  mesh = partitioning.make_mesh(-1, a.mesh_model)
   rules = partitioning.logical_rules()
   optimizer = trainer.OptimizerConfig(warmup_steps=1)
   n_batches = a.warmup_steps + a.steps
@@ -142,58 +144,64 @@ def main():
   source = SyntheticBatches(vocab_size=cfg.vocab_size, batch_size=a.batch_size, sequence_length=a.sequence_length)
   host_batches = [next(source) for _ in range(n_batches)]
   chunks = [int(c) for c in a.loss_chunk.split(",")]
-  with partitioning.mesh_context(mesh, rules):
-    rng = jax.device_put(jax.random.PRNGKey(1), partitioning.replicated(mesh))
-    data = [partitioning.global_batch_from_local(b, mesh) for b in host_batches]
-    steps, states = {}, {}
-    for chunk in chunks:
+  device_counts = [int(n) for n in a.data_devices.split(",")] if a.data_devices else [
+      jax.device_count() // a.mesh_model]
+  variants = [(c, n) for n in device_counts for c in chunks]  # (loss chunk, data devices)
+  steps, states, data, rng = {}, {}, {}, {}
+  for v in variants:
+    chunk, n = v
+    mesh = partitioning.make_mesh(n, a.mesh_model, jax.devices()[:n * a.mesh_model])
+    with partitioning.mesh_context(mesh, rules):
+      rng[v] = jax.device_put(jax.random.PRNGKey(1), partitioning.replicated(mesh))
+      data[v] = [partitioning.global_batch_from_local(b, mesh) for b in host_batches]
       fns = trainer.build_step_functions(cfg, tx, schedule, mesh, rules, sequence_length=a.sequence_length,
                                          loss_factory=functools.partial(make_lm_loss, chunk_tokens=chunk))
       state = fns.init(jax.random.PRNGKey(0))
-      for b in data[:a.warmup_steps]:
-        state, m = fns.train_step(state, b, rng, None)
+      for b in data[v][:a.warmup_steps]:
+        state, m = fns.train_step(state, b, rng[v], None)
       jax.block_until_ready(m)
-      steps[chunk], states[chunk] = fns.train_step, state
-    peer_step = None
-    if a.peer == "torch":
-      peer_step, peer_sync, peer_name = torch_peer(cfg, optimizer, host_batches)
-      for i in range(a.warmup_steps):
+      steps[v], states[v] = fns.train_step, state
+  peer_step = None
+  if a.peer == "torch":
+    peer_step, peer_sync, peer_name = torch_peer(cfg, optimizer, host_batches)
+    for i in range(a.warmup_steps):
+      peer_step(i)
+    peer_sync()
+  ours, theirs = {v: [] for v in variants}, []
+  for _ in range(a.rounds):
+    for v in variants:
+      state = states[v]
+      t = time.perf_counter()
+      for b in data[v][a.warmup_steps:]:
+        state, m = steps[v](state, b, rng[v], None)
+      jax.block_until_ready(m)
+      ours[v].append((time.perf_counter() - t) / a.steps)
+      states[v] = state
+    if peer_step is not None:
+      t = time.perf_counter()
+      for i in range(a.warmup_steps, n_batches):
         peer_step(i)
       peer_sync()
-    ours, theirs = {c: [] for c in chunks}, []
-    for _ in range(a.rounds):
-      for chunk in chunks:
-        state = states[chunk]
-        t = time.perf_counter()
-        for b in data[a.warmup_steps:]:
-          state, m = steps[chunk](state, b, rng, None)
-        jax.block_until_ready(m)
-        ours[chunk].append((time.perf_counter() - t) / a.steps)
-        states[chunk] = state
-      if peer_step is not None:
-        t = time.perf_counter()
-        for i in range(a.warmup_steps, n_batches):
-          peer_step(i)
-        peer_sync()
-        theirs.append((time.perf_counter() - t) / a.steps)
+      theirs.append((time.perf_counter() - t) / a.steps)
   tokens = a.batch_size * a.sequence_length
   peak, how = peak_flops(a.dtype)
   print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}) x{jax.device_count()}")
   print(f"preset {a.preset}: {count_params(cfg):,} params, vocab {cfg.vocab_size}, batch {a.batch_size} x "
         f"{a.sequence_length}, {a.dtype}; median over {a.rounds} round(s) of {a.steps} steps")
   peer_dt = statistics.median(theirs) if peer_step is not None else None
-  for chunk in chunks:
-    dt = statistics.median(ours[chunk])
+  name = lambda v: f"loss chunk {v[0] or 'none (full logits)'}, {v[1]} data device(s)"
+  for v in variants:
+    dt = statistics.median(ours[v])
     flops = train_flops_per_token(cfg, a.sequence_length) * tokens / dt
-    print(f"loss chunk {chunk or 'none (full logits)'}: step {dt * 1e3:.1f} ms | {tokens / dt:,.0f} tokens/s | "
+    print(f"{name(v)}: step {dt * 1e3:.1f} ms | {tokens / dt:,.0f} tokens/s | "
           f"{flops / 1e9:.2f} GFLOP/s achieved | peak {peak / 1e9:.1f} GFLOP/s ({how}) | MFU {100 * flops / peak:.1f}%"
           + (f" | {peer_dt / dt:.2f}x the peer" if peer_dt else "")
-          + (f" | {statistics.median(ours[chunks[0]]) / dt:.2f}x chunk {chunks[0]}" if chunk != chunks[0] else ""))
+          + (f" | {statistics.median(ours[variants[0]]) / dt:.2f}x the first" if v != variants[0] else ""))
   if peer_step is not None:
     print(f"peer: {peer_name}: {tokens / peer_dt:,.0f} tokens/s")
-    print("rounds (tokens/s, " + ", ".join(f"chunk {c}" for c in chunks) + ", peer): " +
-          "; ".join("/".join(f"{tokens / ours[c][r]:,.0f}" for c in chunks) + f"/{tokens / theirs[r]:,.0f}"
-                    for r in range(a.rounds)))
+  print("rounds (tokens/s; " + ", ".join(name(v) for v in variants) + (", peer" if peer_step else "") + "): " +
+        "; ".join("/".join(f"{tokens / ours[v][r]:,.0f}" for v in variants)
+                  + (f"/{tokens / theirs[r]:,.0f}" if peer_step else "") for r in range(a.rounds)))
 
 
 if __name__ == "__main__":

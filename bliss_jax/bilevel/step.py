@@ -114,55 +114,81 @@ def make_optimizers(cfg: BilevelConfig, num_steps: int):
   return proxy_tx, score_tx, p_sched, s_sched
 
 
+def _lower_objective(proxy: Transformer, cfg: BilevelConfig) -> Callable:
+  """G(θp; weights, batch, target logits) of `losses.bilevel` with the config's γ, λ and KL direction."""
+  def lower(p, weights, batch, t_logits):
+    return objectives.lower_objective(model_logits(proxy, p, batch), weights, batch, p, target_logits=t_logits,
+                                      gamma=cfg.gamma, l2=cfg.l2, kl_direction=cfg.kl_direction)
+  return lower
+
+
+def make_hypergradient(proxy: Transformer, score_model: ScoreModel, cfg: BilevelConfig) -> Callable:
+  """`hypergradient(θp, θs, batch, val_batch, t_logits, x0) -> (∇Φ(θs), z, aux)`, steps 2-3 of the bilevel step at
+  the proxy parameters θp: ∇F on `val_batch`, z of (H1) on the candidate `batch` (the solver started from `x0`,
+  None: its own start), and ∇Φ by (H3) or (H2) (`cfg.mixed`). `aux`: F, the scores, weights and alignments a."""
+  lower = _lower_objective(proxy, cfg)
+
+  def weights_of(s_params, batch):
+    return objectives.sample_weights(score_batch(score_model, s_params, batch), cfg.weighting)
+
+  def at(p, score, batch, val_batch, t_logits, x0=None):
+    scores = score_batch(score_model, score, batch)
+    weights = objectives.sample_weights(scores, cfg.weighting)
+    f_val, grad_f = jax.value_and_grad(lambda q: objectives.reference_objective(proxy, q, val_batch))(p)
+    inner = lambda q, w: lower(q, w, batch, t_logits)[0]
+    z = hypergradient.solve_adjoint(inner, p, weights, grad_f, solver=cfg.solver, iters=cfg.solver_iters,
+                                    damping=cfg.damping, alpha=cfg.solver_alpha, x0=x0,
+                                    normalize=cfg.solver_normalize)
+    if cfg.mixed == "jvp":
+      per_sample = lambda q: objectives.per_sample_ce(model_logits(proxy, q, batch), batch)
+      hyper, a = hypergradient.weighted_sum_hypergradient(per_sample, lambda s: weights_of(s, batch), p, score, z)
+    else:
+      hyper = otu.tree_scale(-1.0, hypergradient.mixed_term(lambda q, s: inner(q, weights_of(s, batch)), p, score,
+                                                            z))
+      a = jnp.zeros_like(scores)
+    return hyper, z, {"F": f_val, "scores": scores, "weights": weights, "a": a}
+
+  return at
+
+
 def make_bilevel_step(proxy: Transformer, score_model: ScoreModel, target: Optional[Transformer], cfg: BilevelConfig,
                       proxy_tx, score_tx, proxy_schedule=None, score_schedule=None) -> Callable:
   """`step(state, train_batches [K_in, B, T], val_batch [B, T], target_params) -> (state, metrics)`, unjitted."""
   use_kl = bool(cfg.gamma)
   if use_kl and target is None:
     raise ValueError("gamma > 0 needs the target model (its logits enter the KL term)")
+  lower = _lower_objective(proxy, cfg)
+  hypergradient_at = make_hypergradient(proxy, score_model, cfg)
 
   def target_logits(tp, batch):
     return jax.lax.stop_gradient(model_logits(target, tp, batch)) if use_kl else None
 
-  def weights_of(s_params, batch):
-    return objectives.sample_weights(score_batch(score_model, s_params, batch), cfg.weighting)
-
-  def lower(p, weights, batch, t_logits):
-    return objectives.lower_objective(model_logits(proxy, p, batch), weights, batch, p, target_logits=t_logits,
-                                      gamma=cfg.gamma, l2=cfg.l2, kl_direction=cfg.kl_direction)
-
   def step(state: BilevelState, train_batches: dict, val_batch: dict, target_params=None):
     def lower_step(carry, batch):
-      p, opt = carry
-      w = jax.lax.stop_gradient(weights_of(state.score, batch))
-      (g_val, parts), grads = jax.value_and_grad(lower, has_aux=True)(p, w, batch, target_logits(target_params,
-                                                                                                batch))
+      p, opt, _ = carry
+      t_logits = target_logits(target_params, batch)
+      w = jax.lax.stop_gradient(objectives.sample_weights(score_batch(score_model, state.score, batch),
+                                                          cfg.weighting))
+      (g_val, parts), grads = jax.value_and_grad(lower, has_aux=True)(p, w, batch, t_logits)
       updates, opt = proxy_tx.update(grads, opt, p)
-      return (optax.apply_updates(p, updates), opt), dict(parts, G=g_val, proxy_grad_norm=otu.tree_norm(grads))
+      return (optax.apply_updates(p, updates), opt, t_logits), dict(parts, G=g_val,
+                                                                     proxy_grad_norm=otu.tree_norm(grads))
 
-    (p, popt), lower_metrics = jax.lax.scan(lower_step, (state.proxy, state.proxy_opt), train_batches)
+    # The last candidate batch's target logits leave the scan in its carry: the hypergradient reuses them.
+    first = jax.tree.map(lambda x: x[0], train_batches)
+    no_logits = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
+                             jax.eval_shape(lambda: target_logits(target_params, first)))
+    (p, popt, t_logits), lower_metrics = jax.lax.scan(lower_step, (state.proxy, state.proxy_opt, no_logits),
+                                                      train_batches)
     hb = jax.tree.map(lambda x: x[-1], train_batches)
-    t_logits = target_logits(target_params, hb)
-    scores = score_batch(score_model, state.score, hb)
-    weights = objectives.sample_weights(scores, cfg.weighting)
-    f_val, grad_f = jax.value_and_grad(lambda q: objectives.reference_objective(proxy, q, val_batch))(p)
-    inner = lambda q, w: lower(q, w, hb, t_logits)[0]
-    z = hypergradient.solve_adjoint(inner, p, weights, grad_f, solver=cfg.solver, iters=cfg.solver_iters,
-                                    damping=cfg.damping, alpha=cfg.solver_alpha,
-                                    x0=state.z if cfg.warm_start else None, normalize=cfg.solver_normalize)
-    if cfg.mixed == "jvp":
-      per_sample = lambda q: objectives.per_sample_ce(model_logits(proxy, q, hb), hb)
-      hyper, a = hypergradient.weighted_sum_hypergradient(per_sample, lambda s: weights_of(s, hb), p, state.score, z)
-    else:
-      hyper = otu.tree_scale(-1.0, hypergradient.mixed_term(lambda q, s: inner(q, weights_of(s, hb)), p,
-                                                            state.score, z))
-      a = jnp.zeros_like(scores)
+    hyper, z, aux = hypergradient_at(p, state.score, hb, val_batch, t_logits, state.z if cfg.warm_start else None)
     updates, sopt = score_tx.update(hyper, state.score_opt, state.score)
     new = BilevelState(step=state.step + 1, proxy=p, proxy_opt=popt, score=optax.apply_updates(state.score, updates),
                        score_opt=sopt, z=z)
     last = jax.tree.map(lambda x: x[-1], lower_metrics)
     metrics = {"lower_" + k: v for k, v in last.items()}
-    metrics.update(upper_F=f_val, hypergrad_norm=otu.tree_norm(hyper), z_norm=otu.tree_norm(z),
+    scores, weights, a = aux["scores"], aux["weights"], aux["a"]
+    metrics.update(upper_F=aux["F"], hypergrad_norm=otu.tree_norm(hyper), z_norm=otu.tree_norm(z),
                    score_mean=jnp.mean(scores), score_std=jnp.std(scores), weight_max=jnp.max(weights),
                    weight_entropy=entropy(probs=weights),
                    influence_mean=jnp.mean(a), influence_std=jnp.std(a))
