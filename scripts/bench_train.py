@@ -40,7 +40,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bliss_jax import partitioning  # noqa: E402
+from bliss_jax import cli, partitioning  # noqa: E402
 from bliss_jax.data.synthetic import SyntheticBatches  # noqa: E402
 from bliss_jax.losses.lm import CHUNK_TOKENS, make_lm_loss  # noqa: E402
 from bliss_jax.models.config import count_params, preset  # noqa: E402
@@ -127,11 +127,12 @@ def main():
   p.add_argument("--peer", choices=("none", "torch"), default="none")
   p.add_argument("--data_devices", default="",
                  help="devices of the data axis (default: all); several, comma-separated, alternate in each round, "
-                      "e.g. 1,2 with XLA_FLAGS=--xla_force_host_platform_device_count=2 (one CPU device per core)")
+                      "e.g. 1,2 with BLISS_JAX_CPU_DEVICES=2 (one CPU device per core)")
   p.add_argument("--loss_chunk", default=str(CHUNK_TOKENS),
                  help="losses.lm.make_lm_loss's chunk_tokens (0: the model's full logits); several, comma-separated, "
                       "alternate in each round")
   a = p.parse_args()
+  cli.use_cpu_cores()  # BLISS_JAX_CPU_DEVICES=2: two XLA:CPU devices, e.g. for --data_devices 1,2
 
   overrides = {"dtype": a.dtype}
   if a.vocab_size:
