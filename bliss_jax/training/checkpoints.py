@@ -3,9 +3,10 @@
 Each checkpoint directory `MODEL_DIR/checkpoints/<step>/` holds two items: `state` (the sharded TrainState, written by
 every process) and `data` (JSON: the batch iterator's position and anything else the loop needs to resume exactly).
 Orbax writes to a temporary directory and renames it when complete, so a killed save never shadows a good checkpoint.
-`RunCheckpoints` is how the training loops use them: only finite states are saved, a checkpoint whose next step is
-non-finite is set aside, an unreadable newest checkpoint falls back to the previous one, and the temporary directory
-of a killed save is removed.
+`RunCheckpoints` is how the training loops use them: saves are asynchronous (the state is copied off the device, the
+files are written in the background while training continues), only finite states are saved, a checkpoint whose next
+step is non-finite is set aside, an unreadable newest checkpoint falls back to the previous one, and the temporary
+directory of a killed save is removed.
 """
 import errno
 import logging
@@ -23,17 +24,24 @@ from bliss_jax.training.model_dir import ModelDir
 ORBAX_TMP_MARK = ".orbax-checkpoint-tmp"
 
 
-def make_manager(model_dir: str, *, max_to_keep: Optional[int] = 3, save_interval_steps: int = 1) -> ocp.CheckpointManager:
+def make_manager(model_dir: str, *, max_to_keep: Optional[int] = 3, save_interval_steps: int = 1,
+                 async_save: bool = False) -> ocp.CheckpointManager:
+  """The orbax manager of MODEL_DIR/checkpoints; `async_save`: its saves return once the state is off the device and
+  finish in the background (`manager.wait_until_finished()`)."""
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
-                                         create=True, enable_async_checkpointing=False)
+                                         create=True, enable_async_checkpointing=async_save)
   return ocp.CheckpointManager(os.path.abspath(ModelDir(model_dir).checkpoints_dir), options=options,
                                item_names=("state", "data"))
 
 
-def save(manager: ocp.CheckpointManager, step: int, state, data: dict, *, force: bool = False) -> bool:
+def save(manager: ocp.CheckpointManager, step: int, state, data: dict, *, force: bool = False,
+         wait: bool = True) -> bool:
+  """Write `state` and `data` as checkpoint `step`; returns whether the manager saved. `wait=False` on an asynchronous
+  manager returns once the save is dispatched (the files are complete after `manager.wait_until_finished()`)."""
   saved = manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                      data=ocp.args.JsonSave(data)), force=force)
-  manager.wait_until_finished()
+  if wait:
+    manager.wait_until_finished()
   return saved
 
 
@@ -146,25 +154,32 @@ def no_space_cause(e: BaseException) -> Optional[str]:
 class RunCheckpoints:
   """A MODEL_DIR's checkpoints as a training loop writes them (construct it while holding the run's lock).
 
-  * `save` writes a state only if all its parameters and optimizer state are finite.
+  * `save` writes a state only if all its parameters and optimizer state are finite. With `async_save` (the default)
+    it returns once the state is copied off the device, and the files are written in the background; the next `save`,
+    `wait`, `latest_step`, `restore`, `reject_after_failed_step`, `run_finished` and `close` first wait for that save
+    to be complete on disk (a failed one raises there). A checkpoint is listed under MODEL_DIR/checkpoints/<step> only
+    once complete (orbax's rename), so a run killed mid-save resumes from the checkpoint before it.
   * A checkpoint is verified when the step after it computes a finite loss and gradient from it (`step_succeeded`);
     when that step is not finite, the checkpoint it started from is what made it so (or that step's batch) and
     `reject_after_failed_step` moves it to MODEL_DIR/rejected_checkpoints/, so a rerun resumes from the one before.
     (Move it back to resume from it, e.g. when the batch was at fault.)
   * Retention keeps the newest `keep` checkpoints (None: all), and also the newest verified one while the newest of
     all is not verified yet (mid-run, or after a stop before the last step), so setting one aside never leaves the run
-    without a checkpoint; once the run has reached its last step, exactly `keep`.
+    without a checkpoint; once the run has reached its last step, exactly `keep`. Nothing is deleted while a save is
+    in flight: older checkpoints go once the newer one is complete.
   * `restore` falls back to the previous checkpoint when the newest is unreadable, setting the bad one aside.
   * On opening, temporary directories of saves killed mid-write are reported and removed.
   """
 
-  def __init__(self, model_dir: str, keep: Optional[int]):
+  def __init__(self, model_dir: str, keep: Optional[int], *, async_save: bool = True):
     self.model_dir = os.path.abspath(model_dir)
     self.dir = ModelDir(self.model_dir)
     self.keep = keep
+    self.async_save = async_save
     self._clean_killed_saves()
-    self.manager = make_manager(self.model_dir, max_to_keep=None)
+    self.manager = make_manager(self.model_dir, max_to_keep=None, async_save=async_save)
     self._newest_verified = False
+    self._pending: Optional[int] = None  # the step of a save dispatched and not yet waited for
 
   def _clean_killed_saves(self) -> None:
     root = self.dir.checkpoints_dir
@@ -177,10 +192,13 @@ class RunCheckpoints:
         shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
   def latest_step(self) -> Optional[int]:
+    """The newest complete checkpoint's step (after waiting for a save in flight), or None."""
+    self.wait()
     return self.manager.latest_step()
 
   def restore(self, abstract_state):
     """(state, data) of the newest readable checkpoint, or None if there is none."""
+    self.wait()
     steps = sorted(self.manager.all_steps(), reverse=True)
     if not steps:
       return None
@@ -191,23 +209,44 @@ class RunCheckpoints:
     return out.state, out.data
 
   def save(self, step: int, state, data: dict) -> bool:
-    """Save `state` (and the loop's `data`) as `step`, unless it holds a non-finite value; returns whether it did. A
-    save that fails for lack of space raises `DiskFull` naming the step, the directory and the kept checkpoint."""
+    """Save `state` (and the loop's `data`) as `step`, unless it holds a non-finite value; returns whether it did
+    (with `async_save`: whether the save was dispatched). A save that fails for lack of space raises `DiskFull` naming
+    the step, the directory and the kept checkpoint (an asynchronous one at the next wait)."""
     if not all_finite(state):
       return False
+    self.wait()
     try:
-      save(self.manager, step, state, data, force=True)
+      save(self.manager, step, state, data, force=True, wait=False)
     except Exception as e:  # pylint: disable=broad-except
-      cause = no_space_cause(e)
-      if cause is None:
-        raise
-      self.manager.reload()
-      raise DiskFull(f"no space left on the device while saving checkpoint step {step} under "
-                     f"{self.dir.checkpoints_dir} ({cause}). Free space, then rerun to resume. "
-                     f"{self.kept_note()}") from e
+      self._raise_disk_full_or(e, step)
+    self._pending = step
     self._newest_verified = False
-    self._prune()
+    if not self.async_save:
+      self.wait()
     return True
+
+  def wait(self) -> None:
+    """Block until the save in flight (if any) is complete on disk, then apply retention. Raises `DiskFull` (or the
+    storage error) if that save failed; the run's checkpoints are then those before it."""
+    step, self._pending = self._pending, None
+    if step is None:
+      return
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      self._newest_verified = False
+      self._raise_disk_full_or(e, step)
+    self._prune()
+
+  def _raise_disk_full_or(self, e: Exception, step: int):
+    """Raise `DiskFull` for the failed save of `step` if `e` says the device is full, else `e` itself."""
+    cause = no_space_cause(e)
+    if cause is None:
+      raise e
+    self.manager.reload()
+    raise DiskFull(f"no space left on the device while saving checkpoint step {step} under "
+                   f"{self.dir.checkpoints_dir} ({cause}). Free space, then rerun to resume. "
+                   f"{self.kept_note()}") from e
 
   def step_succeeded(self, step: int) -> None:
     """Step `step` computed a finite loss and gradient, which verifies a checkpoint saved at `step - 1`."""
@@ -217,18 +256,20 @@ class RunCheckpoints:
 
   def reject_after_failed_step(self, step: int) -> Optional[int]:
     """Step `step` was not finite: set aside a checkpoint saved at `step - 1`; returns the newest kept step."""
+    self.wait()
     if self.manager.latest_step() == step - 1:
       self._set_aside(step - 1, f"step {step}, the first after it, computed a non-finite loss or gradient from it")
     return self.manager.latest_step()
 
   def run_finished(self) -> None:
     """The run reached its last step: keep exactly the newest `keep` checkpoints."""
+    self.wait()
     self._newest_verified = True
     self._prune()
 
   def _prune(self) -> None:
     steps = sorted(self.manager.all_steps())
-    if self.keep is None or len(steps) <= self.keep:
+    if self._pending is not None or self.keep is None or len(steps) <= self.keep:
       return
     keep = set(steps[-self.keep:])
     if not self._newest_verified:
@@ -253,13 +294,24 @@ class RunCheckpoints:
     self.manager.reload()
 
   def close(self) -> None:
-    self.manager.close()
+    """Wait for the save in flight, then release the manager."""
+    try:
+      self.wait()
+    finally:
+      self.manager.close()
 
   def __enter__(self) -> "RunCheckpoints":
     return self
 
-  def __exit__(self, *exc) -> None:
-    self.close()
+  def __exit__(self, exc_type, exc, tb) -> None:
+    if exc_type is None:
+      self.close()
+      return
+    try:  # leaving on an error: the save in flight still completes, and its own failure does not hide the error
+      self.close()
+    except Exception as e:  # pylint: disable=broad-except
+      logging.error("while stopping on %s, the checkpoint save in flight failed too: %s", exc_type.__name__,
+                    _first_line(e))
 
   def kept_note(self) -> str:
     """A sentence for error messages: which checkpoint a rerun will resume from."""

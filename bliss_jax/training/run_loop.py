@@ -42,8 +42,10 @@ def run_loop(state, step_fn: Callable[[Any, int], Tuple[Any, dict]], *, first_st
   `tokens` is given) and `postfix(metrics)` to the progress bar; then, every `after_step_every` steps,
   `after_step(step, state)` (e.g. an evaluation); then, at checkpoint steps, the state is saved with
   `checkpoint_data(step)` unless it holds a non-finite value (then `NonFiniteLossError` with
-  `unsaved.format(step=step)`). The errors end with `checkpoints.kept_note()` and `advice`. A run that reaches
-  `num_steps` keeps exactly its checkpoints' `keep` (`RunCheckpoints.run_finished`).
+  `unsaved.format(step=step)`). Saves are dispatched and written in the background (`RunCheckpoints.save`): the
+  next save, a stop on a non-finite step and the end of the loop wait for the one in flight (and
+  `RunCheckpoints.close` on any other error), so no step's checkpoint is lost to the overlap. The errors end with `checkpoints.kept_note()` and `advice`. A run that
+  reaches `num_steps` keeps exactly its checkpoints' `keep` (`RunCheckpoints.run_finished`).
   """
   bar = tqdm.tqdm(total=num_steps, initial=first_step, desc=desc,
                   disable=not progress_bar or jax.process_index() != 0, dynamic_ncols=True,
@@ -94,6 +96,7 @@ def run_loop(state, step_fn: Callable[[Any, int], Tuple[Any, dict]], *, first_st
       if not checkpoints.save(step, state, checkpoint_data(step)):
         stop(unsaved.format(step=step))
   bar.close()
+  checkpoints.wait()
   if last_step == num_steps:
     checkpoints.run_finished()
   return state, metrics

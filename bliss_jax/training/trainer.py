@@ -303,7 +303,8 @@ def train(*, model_dir: str, spec: TrainSpec, batch_source: BatchSource, vocab_s
           devices=None, progress_bar: bool = True, stop_at_step: Optional[int] = None,
           frozen_model_dirs: Optional[Dict[str, str]] = None,
           loss_phases: Optional[Sequence[Tuple[int, Callable]]] = None,
-          allow_config_change: Sequence[str] = (), extra_records: Optional[Dict[str, str]] = None) -> TrainResult:
+          allow_config_change: Sequence[str] = (), extra_records: Optional[Dict[str, str]] = None,
+          async_checkpoints: bool = True) -> TrainResult:
   """Train `spec.model_config` on `batch_source` for `spec.num_steps` optimizer steps, resuming from MODEL_DIR if
   possible.
 
@@ -331,6 +332,8 @@ def train(*, model_dir: str, spec: TrainSpec, batch_source: BatchSource, vocab_s
       the whole split at every evaluation; 0 disables. Every validation row of metrics.jsonl (and `last_eval`) says
       which in its field `eval_sample`.
     keep_checkpoints: the periodic and final checkpoints kept (None: all; see `checkpoints.RunCheckpoints`).
+    async_checkpoints: write checkpoints in the background while training continues (False: each save blocks the
+      loop until its files are on disk; the checkpoints are the same either way).
     mesh_data / mesh_model / fsdp: the device mesh and whether parameters are also sharded over "data".
     stop_at_step: leave after this step (checkpointed) although the schedule runs to `spec.num_steps`, as a pre-empted
       job would; rerunning continues from there.
@@ -376,7 +379,8 @@ def train(*, model_dir: str, spec: TrainSpec, batch_source: BatchSource, vocab_s
     frozen_modules, frozen, frozen_steps = load_frozen_models(
         frozen_model_dirs or {}, mesh, rules, vocab_size=model_config.vocab_size, task_vocab_size=vocab_size,
         vocabulary=vocabulary)
-    ckpts = stack.enter_context(checkpoints.RunCheckpoints(model_dir, keep_checkpoints))
+    ckpts = stack.enter_context(checkpoints.RunCheckpoints(model_dir, keep_checkpoints,
+                                                           async_save=async_checkpoints))
     record = {
         "model_config": dataclasses.asdict(model_config), "task_vocab_size": vocab_size, "batch_size": batch_size,
         "sequence_length": sequence_length, "num_microbatches": num_microbatches, "seed": seed,
