@@ -65,7 +65,8 @@ def pool_store(root: str, task: str, split: str, sequence_length: int) -> ChunkS
   directory = os.path.join(root, "chunk_stores", f"{task}.{split}.L{sequence_length}")
   write = functools.partial(write_chunk_store, directory, task, split, sequence_length, num_shards=POOL_STORE_SHARDS,
                             process_index=jax.process_index(), process_count=jax.process_count())
-  if not write()["complete"]:
+  write()
+  if jax.process_count() > 1:  # every process, whether its shards were the last or not
     multihost_utils.sync_global_devices(f"pool_store:{directory}")
     write()  # every shard is written: completes the manifest
   return ChunkStore(directory)
