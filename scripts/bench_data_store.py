@@ -9,8 +9,10 @@ r"""The chunk store at work, measured in one run: write throughput, resume cost,
   processes at once (each writes every other shard); tokens/s = stored tokens / wall seconds from the first process's
   start of writing to the last one's end (interpreter and TensorFlow start-up excluded).
 * resume: the training source over the store (`data/store_source.py`, read in the calling thread, no prefetch)
-  started at batch position p for each of --positions: chunk records read before the first batch, and seconds to it;
-  then the same positions through the SeqIO stream (`pipeline.seqio_batch_source(pack=False)`, which skips p
+  started at batch position p for each of --positions: chunk records read before the first batch, and seconds to it,
+  unpacked in Grain's index-shuffle order, packed in that order and packed in the SeqIO order (what the pipelines
+  read: packing plans the rows before p from the length files, and the SeqIO order streams its positions up to
+  there); then the same positions through the SeqIO stream (`pipeline.seqio_batch_source(pack=False)`, which skips p
   batches). Each source is read once from position 0 first, so one-time set-up is not counted.
 * select: a score column of --column_rows float32 values on disk, 20% of it selected by
   `rules.iter_top_k_in_index_order` and written as a selection file (`selection/score_columns.py`) in a child
@@ -111,14 +113,16 @@ def bench_resume(a, store: str) -> None:
   from bliss_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from bliss_jax.data.store_source import store_batch_source  # pylint: disable=g-import-not-at-top
   task = _register(a.docs, a.words)
-  source = store_batch_source(store, batch_size=a.batch_size, seed=0, read_threads=0)
-  next(source("train"))  # warm-up: the reader's files opened
-  for position in a.positions:
-    source.store.records_read = 0
-    start, cpu = time.perf_counter(), time.process_time()
-    next(source("train", start_position=position))
-    print(f"resume, chunk store at batch {position}: {source.store.records_read} records read, "
-          f"{time.perf_counter() - start:.3f} s ({time.process_time() - cpu:.3f} CPU s) to the first batch")
+  for pack, order in ((False, "index_shuffle"), (True, "index_shuffle"), (True, "seqio")):
+    for position in a.positions:
+      source = store_batch_source(store, batch_size=a.batch_size, seed=0, read_threads=0, pack=pack, order=order)
+      next(source("train"))  # warm-up: the reader's files opened, the first window planned
+      source.store.records_read = 0
+      start, cpu = time.perf_counter(), time.process_time()
+      next(source("train", start_position=position))
+      print(f"resume, chunk store ({'packed' if pack else 'unpacked'}, {order} order) at batch {position}: "
+            f"{source.store.records_read} records read, {time.perf_counter() - start:.3f} s "
+            f"({time.process_time() - cpu:.3f} CPU s) to the first batch")
   seqio_source = pipeline.seqio_batch_source(task, batch_size=a.batch_size, sequence_length=a.sequence_length,
                                              seed=0, pack=False)
   if a.seqio_resume:

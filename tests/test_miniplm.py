@@ -125,11 +125,16 @@ class _Stop(Exception):
 
 @pytest.fixture
 def stubbed_training(monkeypatch):
-  """miniplm.run up to its scoring, with training replaced by a record of which task each model trained on."""
+  """miniplm.run up to its scoring, with training replaced by a record of which task each model trained on (and the
+  keys of the pool chunks it read, when it read a chunk store)."""
   trained = []
 
-  def train_on_task(d, spec, task, **kw):
-    trained.append((d.rstrip("/").rsplit("/", 1)[-1], task))
+  def train_on_task(d, spec, task, batch_source=None, **kw):
+    record = (d.rstrip("/").rsplit("/", 1)[-1], task)
+    if batch_source is not None:
+      keys = batch_source.store.keys()
+      record += (sorted(keys[i] for i in batch_source.indices),)
+    trained.append(record)
     return {"model_dir": d, "train_flops": 1.0}
 
   def stop(*args, **kw):
@@ -160,11 +165,13 @@ def test_the_reference_lm_trains_on_d_ref_or_on_the_reference_task(tmp_path, stu
                 teacher=spec, reference_fraction=0.25, reference_task=reference_task, progress_bar=False)
   n_keys = len(json.load(open(f"{root}/pool_keys/keys.json")))
   if reference_task is None:
-    assert sorted(os.listdir(root)) == ["pool_keys", "reference", "score", "split_reference", "teacher"]
+    assert sorted(os.listdir(root)) == ["chunk_stores", "pool_keys", "reference", "score", "split_reference",
+                                        "teacher"]
     assert _stage_inputs(root, "split_reference") == {"fraction": 0.25, "seed": 0}
     assert _stage_inputs(root, "reference") == json.loads(json.dumps(
         {"spec": spec.record(), "n_reference": int(0.25 * n_keys)}, default=str))
-    assert stubbed_training == [("teacher", "mpl_ref_fixture"), ("reference", "root_miniplm_dref")]
+    d_ref = sorted(json.load(open(f"{root}/split_reference/reference_keys.json")))
+    assert stubbed_training == [("teacher", "mpl_ref_fixture"), ("reference", "mpl_ref_fixture", d_ref)]
   else:
     assert sorted(os.listdir(root)) == ["pool_keys", "reference", "score", "teacher"]
     assert _stage_inputs(root, "reference") == json.loads(json.dumps(

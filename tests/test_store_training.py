@@ -1,5 +1,5 @@
-"""Training and scoring over a chunk store: the same losses as training on the selection's SeqIO task in the same
-order; a run stopped and resumed at an arbitrary step ends bit-exactly where the uninterrupted one does; scores as
+"""Training and scoring over a chunk store: the same losses as training on the selection's packed SeqIO task in the
+same seeded order; a run stopped and resumed at an arbitrary step ends bit-exactly where the uninterrupted one does; scores as
 columns equal `score_split`'s, and an interrupted scoring resumes."""
 import json
 import os
@@ -25,8 +25,8 @@ TASK = "store_train_lm"
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-  words = "a value is assigned to each name in the list when the loop ends".split()
-  docs = [(f"t:{i}", " ".join(words[(i + j) % len(words)] for j in range(1 + (5 * i) % 17))) for i in range(24)]
+  words = "a value is set to each name in the list as it ends".split()  # chunks of 2 to 16 bytes: rows pack
+  docs = [(f"t:{i}", " ".join(words[(i + j) % len(words)] for j in range(1 + (5 * i) % 9))) for i in range(24)]
   seqio_tasks.register_document_task(TASK, lambda: docs, seqio.ByteVocabulary(), validation_fraction=0.0)
   directory = str(tmp_path_factory.mktemp("chunks") / "store")
   chunk_store.write_chunk_store(directory, TASK, "train", L, num_shards=2)
@@ -47,18 +47,18 @@ def _losses(model_dir):
 
 
 def test_store_source_trains_as_the_selected_seqio_task_in_the_same_order(store, tmp_path):
+  """The pipelines' replacement of a registered selection: the same packed batches in the same seeded order."""
   keys = chunk_store.ChunkStore(store).keys()
   selection = [keys[i] for i in np.random.default_rng(1).permutation(len(keys))[:10]]
   register_selected_task("store_train_selected", TASK, selection, sequence_length=L)
-
-  def seqio_in_order(split, *, start_position=0, **kw):
-    ds = pipeline.get_dataset("store_train_selected", split, L, B, shuffle=False, seed=0, pack=False, repeat=True)
-    return pipeline.BatchIterator(ds, start_position)
-
-  _train(tmp_path / "seqio", seqio_in_order)
-  _train(tmp_path / "store", selected_store_source(store, selection, batch_size=B, shuffle=False))
+  _train(tmp_path / "seqio", pipeline.seqio_batch_source("store_train_selected", batch_size=B, sequence_length=L,
+                                                         seed=3))
+  source = selected_store_source(store, selection, batch_size=B, seed=3)
+  _train(tmp_path / "store", source)
   seqio_losses, store_losses = _losses(tmp_path / "seqio"), _losses(tmp_path / "store")
   assert sorted(store_losses) == list(range(1, 7)) and store_losses == seqio_losses
+  packed = [next(source("train", start_position=b)) for b in range(6)]
+  assert max(x["decoder_segment_ids"].max() for x in packed) > 1  # rows hold several chunks
 
 
 def test_stop_and_resume_at_an_arbitrary_step_is_bit_exact(store, tmp_path):
@@ -67,7 +67,10 @@ def test_stop_and_resume_at_an_arbitrary_step_is_bit_exact(store, tmp_path):
   _train(tmp_path / "resumed", source, stop_at_step=3)
   source.store.records_read = 0
   _train(tmp_path / "resumed", source)
-  assert source.store.records_read <= 3 * B + 2 * B  # the 3 batches trained on, plus at most Grain's prefetch
+  read = source.store.records_read
+  # the 3 batches trained on plus at most Grain's prefetch of 2: their rows' chunks, whatever the position
+  chunks = [next(source("train", start_position=b))["decoder_segment_ids"].max(axis=1).sum() for b in range(3, 8)]
+  assert read <= sum(chunks)
   assert _losses(tmp_path / "resumed") == _losses(tmp_path / "straight")
   _, straight = checkpoints.load_params(str(tmp_path / "straight"))
   _, resumed = checkpoints.load_params(str(tmp_path / "resumed"))

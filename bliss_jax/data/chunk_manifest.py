@@ -4,12 +4,16 @@ import json
 import os
 from typing import Any, Dict, List
 
-FORMAT = "bliss_jax.chunks/1"
+FORMAT = "bliss_jax.chunks/2"
 IDENTITY = ("task", "split", "sequence_length", "task_feature_lengths", "vocabulary", "seed", "shards")
 
 
 def shard_path(store_dir: str, shard: int) -> str:
   return os.path.join(store_dir, f"chunks-{shard:05d}.array_record")
+
+
+def lengths_path(store_dir: str, shard: int) -> str:
+  return os.path.join(store_dir, f"chunks-{shard:05d}.lengths.npy")
 
 
 def count_path(store_dir: str, shard: int) -> str:

@@ -6,7 +6,7 @@ chunks ``seqio_tasks.split_tokens`` cut, EOS included, with their ``doc_id``, ``
 preprocessing (a prefix-LM split point) is frozen at the store's ``seed``.
 
 Layout of a store directory:
-  manifest.json                 {"format": "bliss_jax.chunks/1", "task", "split", "sequence_length",
+  manifest.json                 {"format": "bliss_jax.chunks/2", "task", "split", "sequence_length",
                                  "task_feature_lengths", "vocabulary" (``vocabulary.vocabulary_record``), "seed",
                                  "shards": [[task, source shard, of]], "complete": bool, and when complete
                                  "num_records", "num_tokens", "records_per_shard", "features"}
@@ -15,6 +15,8 @@ Layout of a store directory:
                                 serialized ``tf.train.Example`` per record, written with ``group_size:1`` (random
                                 access)
   chunks-{SSSSS}.json           its record and token counts and feature kinds, written before the shard
+  chunks-{SSSSS}.lengths.npy    int32, per record: the tokens of its targets that packing keeps
+                                (``packing.kept_tokens``), so packed rows are planned without reading records
 The global index of a chunk is its position in shard 0, then shard 1, ...; scores (``selection.score_columns``) and
 selections are arrays over these indices. A mixture is stored task by task (each task's shards in the mixture's task
 order, ``source`` naming the task); the mixture's rates apply when selecting, not here.
@@ -32,9 +34,10 @@ import seqio
 import tensorflow as tf
 from array_record.python import array_record_data_source, array_record_module
 
-from bliss_jax.data.chunk_manifest import (FORMAT, atomic_json, check_identity, count_path, finished_shards, read_json,
-                                           read_manifest, shard_path)
-from bliss_jax.data.pipeline import task_feature_lengths
+from bliss_jax.data.chunk_manifest import (FORMAT, atomic_json, check_identity, count_path, finished_shards,
+                                           lengths_path, read_json, read_manifest, shard_path)
+from bliss_jax.data.packing import kept_tokens
+from bliss_jax.data.pipeline import decoder_ids, task_feature_lengths
 from bliss_jax.data.vocabulary import vocabulary_record
 
 TOKENS, INT, BYTES = "tokens", "int", "bytes"  # feature kinds: int vector, int scalar, string scalar
@@ -109,6 +112,10 @@ def write_shard(store_dir: str, identity: Dict[str, Any], shard: int) -> Dict[st
   writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
   kinds: Optional[Dict[str, str]] = None
   records = tokens = 0
+  row_length = identity["task_feature_lengths"]["targets"]
+  shift = decoder_ids(seqio.get_mixture_or_task(identity["shards"][shard][0]).output_features["targets"]
+                      .vocabulary).shift
+  lengths = []
   try:
     for example in shard_examples(identity, shard):
       if kinds is None:
@@ -116,12 +123,16 @@ def write_shard(store_dir: str, identity: Dict[str, Any], shard: int) -> Dict[st
       elif set(example) != set(kinds):
         raise ValueError(f"shard {shard}: an example has features {sorted(example)}, the first had {sorted(kinds)}")
       writer.write(encode_example(example, kinds))
+      lengths.append(len(kept_tokens(example["targets"], row_length, shift)))
       records += 1
       tokens += sum(len(example[k]) for k, kind in kinds.items() if kind == TOKENS)
   finally:
     writer.close()
   counts = {"num_records": records, "num_tokens": tokens, "features": kinds or {}}
   atomic_json(count_path(store_dir, shard), counts)
+  with open(lengths_path(store_dir, shard) + ".tmp", "wb") as f:
+    np.save(f, np.asarray(lengths, np.int32))
+  os.replace(lengths_path(store_dir, shard) + ".tmp", lengths_path(store_dir, shard))
   os.replace(tmp, path)
   return counts
 
@@ -170,7 +181,8 @@ def _complete(store_dir: str, identity: Dict[str, Any]) -> Dict[str, Any]:
 class ChunkStore:
   """A complete chunk store read by global chunk index: ``store[i]`` is chunk i's features (``decode_example``).
 
-  ``records_read`` counts the records read so far (for checking that a resume reads O(1) records).
+  ``records_read`` counts the records read so far (for checking that a resume reads O(1) records); ``lengths``
+  reads the shards' length files, not records.
   """
 
   def __init__(self, store_dir: str):
@@ -181,6 +193,10 @@ class ChunkStore:
     self.features: Dict[str, str] = self.manifest["features"]
     files = [f"{shard_path(store_dir, k)}[0:{n}]" for k, n in enumerate(self.manifest["records_per_shard"]) if n]
     self._source = array_record_data_source.ArrayRecordDataSource(files) if files else None
+    self._offsets = np.cumsum([0] + self.manifest["records_per_shard"])
+    self._lengths = [np.load(lengths_path(store_dir, k), mmap_mode="r")
+                     for k in range(len(self.manifest["records_per_shard"]))]
+    self._key_index: Optional[Dict[str, int]] = None
     self.records_read = 0
 
   def __len__(self) -> int:
@@ -200,6 +216,16 @@ class ChunkStore:
     self.records_read += len(indices)
     return [decode_example(r, self.features) for r in self._source.__getitems__(indices)]
 
+  def lengths(self, indices: np.ndarray) -> np.ndarray:
+    """The kept target lengths (``packing.kept_tokens``) of the chunks at ``indices``, from the length files."""
+    indices = np.asarray(indices, np.int64)
+    shards = np.searchsorted(self._offsets, indices, side="right") - 1
+    out = np.zeros(len(indices), np.int32)
+    for k in np.unique(shards):
+      rows = shards == k
+      out[rows] = self._lengths[k][indices[rows] - self._offsets[k]]
+    return out
+
   def keys(self, batch: int = 4096) -> List[str]:
     """Every chunk's key ``doc_id#chunk_index`` (``chunk_index`` 0 where a task has none), in index order."""
     if "doc_id" not in self.features:
@@ -211,8 +237,11 @@ class ChunkStore:
     return out
 
   def indices_of(self, keys: Sequence[str]) -> np.ndarray:
-    """The global indices of the chunks named by ``keys`` (``doc_id#chunk_index``), in the order of ``keys``."""
-    position = {k: i for i, k in enumerate(self.keys())}
+    """The global indices of the chunks named by ``keys`` (``doc_id#chunk_index``), in the order of ``keys`` (the
+    store's keys are read on the first call only)."""
+    if self._key_index is None:
+      self._key_index = {k: i for i, k in enumerate(self.keys())}
+    position = self._key_index
     missing = [k for k in keys if k not in position]
     if missing:
       raise ValueError(f"{len(missing)} key(s) are not in chunk store {self.store_dir}, e.g. {missing[:3]}")

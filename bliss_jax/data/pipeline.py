@@ -31,6 +31,7 @@ seqio converts it.
 ``seqio_batch_source`` adapts all this to the trainer's ``BatchSource`` contract (global batch size, resumable
 ``BatchIterator`` with a ``position``).
 """
+import dataclasses
 from typing import Callable, Dict, Iterator, Mapping, Optional
 
 import numpy as np
@@ -115,6 +116,23 @@ def _shift_ids(features: Mapping[str, tf.Tensor], keys, shift: int) -> Dict[str,
   return {k: tf.maximum(v + shift, 0) if k in keys else v for k, v in features.items()}
 
 
+@dataclasses.dataclass(frozen=True)
+class DecoderIds:
+  """How a vocabulary's ids enter the decoder features (module docstring): ``shift`` is added to every id before
+  packing and conversion and taken off the model's tokens after (1 where id 0 is a token, else 0); ``bos_id`` is the
+  decoder input before each example's first token, in shifted ids."""
+  shift: int
+  bos_id: int
+
+
+def decoder_ids(vocabulary: seqio.Vocabulary) -> DecoderIds:
+  """``vocabulary``'s ``DecoderIds``: a Hugging Face tokenizer's shift and start id, else seqio's (0 and 0)."""
+  if not isinstance(vocabulary, hf_tokenizer.HF_VOCABULARIES):
+    return DecoderIds(0, 0)
+  shift = 1 if vocabulary.id0_is_token else 0
+  return DecoderIds(shift, 0 if vocabulary.start_id is None else vocabulary.start_id + shift)
+
+
 def model_features(ds: tf.data.Dataset,
                    task_feature_lengths: Mapping[str, int],
                    vocabulary: seqio.Vocabulary,
@@ -126,10 +144,9 @@ def model_features(ds: tf.data.Dataset,
   Where ``vocabulary``'s id 0 is a token, the conversion sees every id shifted up by one and the model's tokens
   are shifted back; where it has a ``start_id``, that is each example's first decoder input (module docstring).
   """
-  hf = isinstance(vocabulary, hf_tokenizer.HF_VOCABULARIES)
-  shift = 1 if hf and vocabulary.id0_is_token else 0
-  start_id = vocabulary.start_id if hf else None
-  converter = make_feature_converter(feature_converter, pack, bos_id=0 if start_id is None else start_id + shift)
+  ids = decoder_ids(vocabulary)
+  shift = ids.shift
+  converter = make_feature_converter(feature_converter, pack, bos_id=ids.bos_id)
   if shift:
     ds = ds.map(lambda x: _shift_ids(x, ('inputs', 'targets'), shift), num_parallel_calls=tf.data.AUTOTUNE)
   ds = converter(ds, task_feature_lengths)

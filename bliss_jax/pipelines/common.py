@@ -5,6 +5,10 @@ candidate pool, count FLOPs.
 loss and frozen models are given per stage. All training goes through `trainer.train`, so every stage resumes from its
 checkpoints when a pipeline is rerun.
 
+A selection (a list of `doc_id#chunk_index` keys of the pool split) is trained from a chunk store of that split
+(`pool_store`, written once under the pipeline's shared root and reused) through `selection_source`: the batches the
+selection's packed SeqIO task gave, read by index (`selection.selected_task.selected_store_source`).
+
 Limits on the held-out set (`max_batches`) and on the pool (`max_examples`) take seeded uniform samples over the whole
 split (`evaluation.sample_batches`, `pool_keys`), never its first batches or examples in file order, which on a split
 made of several sources would hold only the first ones; every held-out result names its estimator (`eval_sample`).
@@ -15,15 +19,18 @@ from typing import Callable, Dict, List, Optional
 
 import jax
 import seqio
+from jax.experimental import multihost_utils
 
 from bliss_jax import partitioning
 from bliss_jax.data import pipeline as data_pipeline
+from bliss_jax.data.chunk_store import ChunkStore, write_chunk_store
 from bliss_jax.data.keyed import iter_example_keys
 from bliss_jax.losses.lm import make_lm_loss
 from bliss_jax.models.config import ModelConfig, count_params
 from bliss_jax.models.flops import forward_flops_per_token, train_flops_per_token
 from bliss_jax.models.transformer import Transformer
 from bliss_jax.sampling import reservoir_sample
+from bliss_jax.selection.selected_task import selected_store_source
 from bliss_jax.training import checkpoints, evaluation, run_config, trainer
 from bliss_jax.training.model_dir import ModelDir
 
@@ -47,6 +54,32 @@ def train_on_task(model_dir: str, spec: trainer.TrainSpec, task: str, *, loss_fa
   return {"model_dir": model_dir, "steps": result.final_step, "tokens": tokens,
           "train_flops": train_flops_per_token(cfg, spec.sequence_length) * tokens,
           "num_params": count_params(cfg)}
+
+
+POOL_STORE_SHARDS = 1  # the pipelines' pools are small; a corpus is written in more shards, by many processes
+
+
+def pool_store(root: str, task: str, split: str, sequence_length: int) -> ChunkStore:
+  """The chunk store of `task:split` at `sequence_length`, ROOT/chunk_stores/<task>.<split>.L<length>: written on
+  first use (every process its shards, then a barrier; resumable by shard), reused when complete."""
+  directory = os.path.join(root, "chunk_stores", f"{task}.{split}.L{sequence_length}")
+  write = functools.partial(write_chunk_store, directory, task, split, sequence_length, num_shards=POOL_STORE_SHARDS,
+                            process_index=jax.process_index(), process_count=jax.process_count())
+  write()
+  if jax.process_count() > 1:  # every process, whether its shards were the last or not
+    multihost_utils.sync_global_devices(f"pool_store:{directory}")
+    write()  # every shard is written: completes the manifest
+  return ChunkStore(directory)
+
+
+def selection_source(store: ChunkStore, keys: List[str], spec: trainer.TrainSpec, seed: Optional[int] = None):
+  """A `BatchSource` training `spec` on the chunks `keys` of `store` (`pool_store`): the batches of the selection's
+  packed SeqIO task for `spec.batch_size` and `seed` (default `spec.seed`); validation is the store task's."""
+  if spec.sequence_length != store.manifest["sequence_length"]:
+    raise ValueError(f"a {spec.sequence_length}-token model trained on chunks of "
+                     f"{store.manifest['sequence_length']} tokens ({store.store_dir})")
+  return selected_store_source(store.store_dir, keys, batch_size=spec.batch_size,
+                               seed=spec.seed if seed is None else seed, store=store)
 
 
 def forward_flops(model_dir: str, sequence_length: int, tokens: int) -> float:

@@ -17,6 +17,8 @@ default `root/`):
                   `plain` (CE on the whole remaining pool), `vanilla_kd` (forward KL to the teacher on the pool, with
                   the step count cut to match FLOPs: steps·C_s / (C_s + C_t), `vanilla_kd_steps`)
   eval            held-out loss / accuracy of every student on the same split
+D_ref, the selections and the pool are trained from a chunk store of `pool_task:pool_split` (`shared_root/
+chunk_stores/`, written on first use: `common.pool_store`), by index.
 """
 import dataclasses
 import json
@@ -33,7 +35,6 @@ from bliss_jax.models import flops
 from bliss_jax.pipelines import common, method
 from bliss_jax.pipelines.stages import run_stage
 from bliss_jax.selection import offline_scoring, rules, score_store, scorers
-from bliss_jax.selection.selected_task import register_selected_task
 from bliss_jax.training import checkpoints, trainer
 from bliss_jax.training.model_dir import ModelDir
 from bliss_jax.training.trainer import round_up_vocab
@@ -96,33 +97,33 @@ def run(*, root: str, pool_task: str, student: trainer.TrainSpec, reference: tra
     teacher_dir = teacher_res["model_dir"]
   else:
     teacher_res = {"model_dir": teacher_dir, "train_flops": 0.0}
+  stores = []
+
+  def source(keys, spec):  # `spec` on the pool chunks `keys`, from the pool split's chunk store
+    if not stores:
+      stores.append(common.pool_store(shared_root, pool_task, pool_split, L))
+    return common.selection_source(stores[0], keys, spec)
+
   if reference_task is None:
-    ref_task = f"{os.path.basename(root.rstrip('/'))}_miniplm_dref"
-    register_selected_task(ref_task, pool_task, pool.reference, sequence_length=L, split=pool_split)
     reference_inputs = {"spec": reference.record(), "n_reference": len(pool.reference)}
+    train_reference = lambda d: common.train_on_task(d, reference, pool_task, progress_bar=progress_bar,
+                                                     batch_source=source(pool.reference, reference))
   else:
-    ref_task = reference_task
     reference_inputs = {"spec": reference.record(), "task": reference_task}
-  reference_res = run_stage(shared_root, "reference",
-                            lambda d: common.train_on_task(d, reference, ref_task, progress_bar=progress_bar),
-                            reference_inputs)
+    train_reference = lambda d: common.train_on_task(d, reference, reference_task, progress_bar=progress_bar)
+  reference_res = run_stage(shared_root, "reference", train_reference, reference_inputs)
   scored, selection = _difference_sampling(shared_root, pool, teacher_dir, reference_res["model_dir"], alpha=alpha,
                                            whole_pool=reference_task is not None,
                                            score_batch_size=score_batch_size, progress_bar=progress_bar)
 
-  prefix = os.path.basename(root.rstrip("/"))
   prx = None
   if "miniplm_prx" in students:
     prx = _run_prx(shared_root, pool_task, pool_split, L, pool.candidates, pool.scored_keys, scored,
                    reference_res["model_dir"], alpha, seed, prx_sample_fraction, prx_steps, prx_learning_rate,
                    score_batch_size, progress_bar)
-    register_selected_task(f"{prefix}_miniplm_prx_selected", pool_task, json.load(open(prx["selected"])),
-                           sequence_length=L, split=pool_split)
-  register_selected_task(f"{prefix}_miniplm_selected", pool_task, json.load(open(selection["selected"])),
-                         sequence_length=L, split=pool_split)
-  register_selected_task(f"{prefix}_miniplm_pool", pool_task, pool.candidates, sequence_length=L, split=pool_split)
-  tasks = {"miniplm": f"{prefix}_miniplm_selected", "miniplm_prx": f"{prefix}_miniplm_prx_selected",
-           "plain": f"{prefix}_miniplm_pool", "vanilla_kd": f"{prefix}_miniplm_pool"}
+  data = {"miniplm": lambda: json.load(open(selection["selected"])),
+          "miniplm_prx": lambda: json.load(open(prx["selected"])),
+          "plain": lambda: pool.candidates, "vanilla_kd": lambda: pool.candidates}
   train_kw = dict(progress_bar=progress_bar, keep_checkpoints=keep_checkpoints)
   results: Dict[str, dict] = {}
   for name in students:
@@ -130,10 +131,11 @@ def run(*, root: str, pool_task: str, student: trainer.TrainSpec, reference: tra
     if name == "vanilla_kd":
       if not vanilla_kd_match_flops:
         inputs["match_flops"] = False
-      fn = lambda d: _train_vanilla_kd(d, student, tasks["vanilla_kd"], pool_task, teacher_dir, kd_omega, kd_rho,
-                                       vanilla_kd_match_flops, **train_kw)
+      fn = lambda d: _train_vanilla_kd(d, student, source(data["vanilla_kd"](), student), pool_task, teacher_dir,
+                                       kd_omega, kd_rho, vanilla_kd_match_flops, **train_kw)
     else:
-      fn = lambda d, task=tasks[name]: common.train_on_task(d, student, task, **train_kw)
+      fn = lambda d, keys=data[name]: common.train_on_task(d, student, pool_task,
+                                                           batch_source=source(keys(), student), **train_kw)
     results[name] = run_stage(root, f"student_{name}", fn, inputs)
     results[name]["heldout"] = common.heldout_eval(results[name]["model_dir"], eval_task, eval_split,
                                                    sequence_length=L, batch_size=student.batch_size,
@@ -211,10 +213,10 @@ def _difference_sampling(shared_root: str, pool: "_Pool", teacher_dir: str, refe
   return scored, run_stage(shared_root, "select", do_select, select_inputs)
 
 
-def _train_vanilla_kd(model_dir: str, student: trainer.TrainSpec, task: str, pool_task: str, teacher_dir: str,
+def _train_vanilla_kd(model_dir: str, student: trainer.TrainSpec, batch_source, pool_task: str, teacher_dir: str,
                       omega: float, rho: float, match_flops: bool, **train_kw) -> dict:
-  """Vanilla KD (forward KL to the teacher) on `task` (drawn from `pool_task`), FLOP-matched (`vanilla_kd_steps`)
-  when `match_flops`."""
+  """Vanilla KD (forward KL to the teacher) on `batch_source` (drawn from `pool_task`), FLOP-matched
+  (`vanilla_kd_steps`) when `match_flops`."""
   L = student.sequence_length
   student_cfg = student.model_config
   if student_cfg.vocab_size is None:
@@ -222,7 +224,7 @@ def _train_vanilla_kd(model_dir: str, student: trainer.TrainSpec, task: str, poo
   c_s = flops.train_flops_per_token(student_cfg, L)
   c_t = flops.forward_flops_per_token(ModelDir(teacher_dir).read_model_config(), L)
   steps = vanilla_kd_steps(student.num_steps, c_s, c_t) if match_flops else student.num_steps
-  res = common.train_on_task(model_dir, student.replace(num_steps=steps), task,
+  res = common.train_on_task(model_dir, student.replace(num_steps=steps), pool_task, batch_source=batch_source,
                              frozen_model_dirs={"teacher": teacher_dir},
                              loss_factory=lambda m, fm: make_kd_loss(m, fm, omega=omega, rho=rho), **train_kw)
   res["teacher_forward_flops"] = common.forward_flops(teacher_dir, L, res["tokens"])

@@ -13,6 +13,9 @@ Stages (each resumable, under `root/`; S = target.num_steps / (R + 1)):
                     checkpointed every gcd(S, `target.checkpoint_every`) steps, all kept
 A method is "random" or a `RoundScorer` (`score(ctx)`: its stages, returning a score store and its FLOPs;
 `select(scores, fraction, seed)`: its rule).
+Every selection (round 0's and each method's) is trained from a chunk store of `pool_task:pool_split`
+(`shared_root/chunk_stores/`, written on first use: `common.pool_store`), by index; the scorers still read their pool
+as a registered SeqIO task (`RoundContext.pool_task`).
 
 Round 0 before the target (pool_keys, pools, warmup_select, proxy_warmup) does not depend on the target and goes under
 `shared_root/` (default `root/`), drawn with `seed`. Every draw from round 1 on (random's samples, a scorer's rule,
@@ -30,6 +33,7 @@ import numpy as np
 
 from bliss_jax.counting import fraction_to_count
 from bliss_jax.data import pipeline as data_pipeline
+from bliss_jax.data.chunk_store import ChunkStore
 from bliss_jax.models.config import count_params
 from bliss_jax.models.flops import train_flops_per_token
 from bliss_jax.pipelines import common, method
@@ -162,12 +166,13 @@ def run(*, root: str, pool_task: str, target: trainer.TrainSpec, proxy: trainer.
     return dict(selected=common.write_json(os.path.join(d, "selected_keys.json"), keys), n_selected=len(keys),
                 **run_.composition(d, keys, 0))
   warm_sel = run_stage(shared_root, "warmup_select", do_warmup_select, {"fraction": select_fraction, "seed": seed})
-  warm_task = lambda: run_.register(f"{run_.prefix}_bliss_sel_0", warm_sel["selected"])
-  r0 = run_stage(root, "target_r0", lambda d: run_.train_target_round(os.path.join(d, "model"), warm_task(), 0),
+  r0 = run_stage(root, "target_r0",
+                 lambda d: run_.train_target_round(os.path.join(d, "model"), warm_sel["selected"], 0),
                  dict(run_.spec_inputs, selection=warm_sel["selected"]))
   proxy_res = run_stage(
       shared_root, "proxy_warmup",
-      lambda d: common.train_on_task(os.path.join(d, "model"), proxy, warm_task(), progress_bar=progress_bar),
+      lambda d: common.train_on_task(os.path.join(d, "model"), proxy, pool_task, progress_bar=progress_bar,
+                                     batch_source=run_.selection_source(warm_sel["selected"], proxy)),
       {"proxy": proxy.record(), "selection": warm_sel["selected"]})
 
   # --- rounds 1..R per method ---
@@ -195,8 +200,8 @@ def run(*, root: str, pool_task: str, target: trainer.TrainSpec, proxy: trainer.
 
 @dataclasses.dataclass
 class _Rounds:
-  """What every stage of one rounds run shares: the pools, the target's schedule and evaluation, the registered
-  selections."""
+  """What every stage of one rounds run shares: the pools, the target's schedule and evaluation, the pool split's
+  chunk store (selections are trained from it) and the pools registered as tasks for the scorers."""
   root: str
   shared_root: str
   pool_task: str
@@ -211,28 +216,35 @@ class _Rounds:
   spec_inputs: dict
   pool_paths: list = dataclasses.field(default_factory=list)
   registered: set = dataclasses.field(default_factory=set)
+  store: Optional[ChunkStore] = None
 
   @property
   def prefix(self) -> str:
     return os.path.basename(self.root.rstrip("/"))
 
   def register(self, name: str, keys_path: str) -> str:
-    """Register the selected task `name` (the keys in `keys_path`) on first use only: building it reads the pool
-    split, so a rerun whose stages are done registers nothing."""
+    """Register the pool task `name` (the keys in `keys_path`, for a scorer) on first use only: building it reads
+    the pool split, so a rerun whose stages are done registers nothing."""
     if name not in self.registered:
       register_selected_task(name, self.pool_task, json.load(open(keys_path)),
                              sequence_length=self.target.sequence_length, split=self.pool_split)
       self.registered.add(name)
     return name
 
+  def selection_source(self, keys_path: str, spec: trainer.TrainSpec, seed: Optional[int] = None):
+    """`spec` trained on the keys in `keys_path`, read from the pool split's chunk store (written on first use)."""
+    if self.store is None:
+      self.store = common.pool_store(self.shared_root, self.pool_task, self.pool_split, spec.sequence_length)
+    return common.selection_source(self.store, json.load(open(keys_path)), spec, seed)
+
   def composition(self, d: str, keys: Sequence[str], r: int) -> dict:
     return self.selection_report(d, keys, json.load(open(self.pool_paths[r]))) if self.selection_report else {}
 
-  def train_target_round(self, model_dir: str, task: str, r: int) -> dict:
-    """The target's steps r·S + 1 .. (r + 1)·S on `task`; its held-out evaluation at (r + 1)·S."""
+  def train_target_round(self, model_dir: str, keys_path: str, r: int) -> dict:
+    """The target's steps r·S + 1 .. (r + 1)·S on the selection in `keys_path` (read with seed target.seed + r); its
+    held-out evaluation at (r + 1)·S."""
     S, t = self.steps_per_round, self.target
-    train_src = data_pipeline.seqio_batch_source(task, batch_size=t.batch_size, sequence_length=t.sequence_length,
-                                                 seed=t.seed + r)
+    train_src = self.selection_source(keys_path, t, t.seed + r)
     trainer.train(model_dir=model_dir, spec=t.replace(checkpoint_every=math.gcd(S, t.checkpoint_every)),
                   batch_source=_offset_source(train_src, self.eval_source, r * S),
                   vocab_size=data_pipeline.vocabulary_size(self.pool_task), eval_batches=self.eval_batches,
@@ -286,7 +298,7 @@ def _method_rounds(run_: _Rounds, m: str, scorer: Optional[RoundScorer], context
     if train_target:
       def do_target(d, r=r, selected=selection["selected"]):
         ModelDir(r0_dir).copy_at_step(target_dir, S)
-        return run_.train_target_round(target_dir, run_.register(f"{run_.prefix}_{m}_sel_{r}", selected), r)
+        return run_.train_target_round(target_dir, selected, r)
       heldout = stage(f"{m}_r{r}_target", do_target, dict(run_.spec_inputs, selection=selection["selected"]))
       x.update(step=(r + 1) * S, loss=heldout["loss"], accuracy=heldout["accuracy"])
     per_round.append(x)

@@ -33,7 +33,9 @@ benchmark UL2 mixture, about a minute on CPU before the first batch).
 
 Under UL2 (`feature_converter='prefix_lm_shared'`: examples up to the whole row), KD uses the identical formatted
 example and applies at exactly the loss-carrying (target) positions; the selection is scored as plain LM chunks and
-served back through the same UL2 denoisers (`selection.selected_ul2`).
+served back through the same UL2 denoisers (`selection.selected_ul2`, in host memory). Under the LM objective the
+selection is read by index from a chunk store of `pool_task:pool_split` (`shared_root/chunk_stores/`, written on first
+use: `common.pool_store`).
 """
 import dataclasses
 import functools
@@ -57,7 +59,6 @@ from bliss_jax.pipelines import common, method
 from bliss_jax.pipelines.stages import run_stage
 from bliss_jax.selection import offline_scoring, rules, score_store
 from bliss_jax.selection.salt_ds import NO_TOP_K_SCORE, OUT_OF_TOP_K, make_salt_ds_scorer
-from bliss_jax.selection.selected_task import register_selected_task
 from bliss_jax.selection.selected_ul2 import register_selected_ul2_mixture
 from bliss_jax.training import trainer
 from bliss_jax.training.model_dir import MODEL_CONFIG, VOCABULARY, ModelDir
@@ -236,7 +237,8 @@ def run(*, root: str, task: str, student: trainer.TrainSpec, n_kd: int, teacher:
   steps_at = evaluation_steps(n, n_kd, eval_fractions)
   results = {name: _student(root, name, run_, student, small.teacher_dir, n_kd=n_kd, kd_factories=kd_factories,
                             kd_record=kd_record, steps_at=steps_at, selection=selection, pool_task=pool_task,
-                            pool_split=pool_split, eval_name=f"{eval_task}:{eval_split}", eval_L=eval_L)
+                            pool_split=pool_split, eval_name=f"{eval_task}:{eval_split}", eval_L=eval_L,
+                            store_root=shared_root)
              for name in students}
 
   summary = {"slm": {"final": {k: slm_eval[k] for k in ("loss", "accuracy", "step")}}}
@@ -381,7 +383,7 @@ def _hard_but_learnable(shared_root: str, small: _SmallLM, *, pool_task: Optiona
 
 def _student(root: str, name: str, run_: _Run, student: trainer.TrainSpec, teacher_dir: str, *, n_kd: int,
              kd_factories: Mapping, kd_record: Mapping, steps_at: Dict[str, int], selection: Optional[dict],
-             pool_task: Optional[str], pool_split: str, eval_name: str, eval_L: int) -> dict:
+             pool_task: Optional[str], pool_split: str, eval_name: str, eval_L: int, store_root: str) -> dict:
   """Stage `student_<name>`: the student trained with KD for `kd_steps(name)` steps, evaluated at `steps_at`."""
   n, L, B = student.num_steps, student.sequence_length, student.batch_size
   kd_n = kd_steps(name, n, n_kd)
@@ -399,12 +401,14 @@ def _student(root: str, name: str, run_: _Run, student: trainer.TrainSpec, teach
   def fn(d):
     kd_source = None
     if name == "salt_ds":
-      selected = f"{os.path.basename(root.rstrip('/'))}_salt_ds_selected"
-      register = (register_selected_ul2_mixture if run_.feature_converter in data_pipeline.PREFIX_LM_CONVERTERS
-                  else register_selected_task)
-      register(selected, pool_task, json.load(open(selection["selected"])), sequence_length=L, split=pool_split)
-      kd_source = data_pipeline.seqio_batch_source(selected, batch_size=B, sequence_length=L, seed=student.seed,
-                                                   feature_converter=run_.feature_converter)
+      keys = json.load(open(selection["selected"]))
+      if run_.feature_converter in data_pipeline.PREFIX_LM_CONVERTERS:  # the UL2 denoisers over the selection
+        selected = f"{os.path.basename(root.rstrip('/'))}_salt_ds_selected"
+        register_selected_ul2_mixture(selected, pool_task, keys, sequence_length=L, split=pool_split)
+        kd_source = data_pipeline.seqio_batch_source(selected, batch_size=B, sequence_length=L, seed=student.seed,
+                                                     feature_converter=run_.feature_converter)
+      else:
+        kd_source = common.selection_source(common.pool_store(store_root, pool_task, pool_split, L), keys, student)
     train_segments(d, student, run_.source(student), stops=list(steps_at.values()), n_kd=kd_n,
                    kd_factory=kd_factories["rkd" if name == "rkd" else "salt"] if kd_n else None,
                    teacher_dir=teacher_dir if kd_n else None, kd_batch_source=kd_source,

@@ -3,9 +3,9 @@
 The selected examples (already tokenized and chunked as the base task does for `sequence_length`, EOS included) are
 materialised once in memory and served by a `seqio.FunctionDataSource`; `train` holds the selection (repeated
 `epochs` times in order when not shuffled, for the data-limited multi-epoch setting), `validation` is the base task's
-own validation split. Meant for selections up to a few million tokens held in host memory; a larger selection is read
-from a chunk store of the base split instead (`selected_store_source`: the same examples, one per row, by index from
-disk, with O(1) resume).
+own validation split. Meant for tests and selections of a few million tokens held in host memory; the pipelines read
+their selections from a chunk store of the base split instead (`selected_store_source`: the same batches as this
+task's packed SeqIO stream, by index from disk, with O(1) records read at a resume).
 """
 from typing import Dict, List, Optional, Sequence
 
@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from bliss_jax.data.chunk_store import ChunkStore
 from bliss_jax.data.pipeline import seqio_batch_source, task_feature_lengths
-from bliss_jax.data.store_source import store_batch_source
+from bliss_jax.data.store_source import SEQIO_SHUFFLE_BUFFER, store_batch_source
 
 
 def _split_key(key: str):
@@ -74,19 +74,25 @@ def register_selected_task(name: str, base_task: str, keys: Sequence[str], *, se
     seqio.TaskRegistry.remove(name)
   return seqio.TaskRegistry.add(
       name, source=seqio.FunctionDataSource(dataset_fn, splits=("train", "validation"), caching_permitted=False),
-      preprocessors=[], output_features={"targets": base.output_features["targets"]})
+      preprocessors=[], output_features={"targets": base.output_features["targets"]},
+      shuffle_buffer_size=SEQIO_SHUFFLE_BUFFER)  # the buffer `store_source`'s 'seqio' order reproduces
 
 
 def selected_store_source(store_dir: str, keys: Sequence[str], *, batch_size: int, seed: int = 0,
-                          shuffle: bool = True, read_threads: int = 1):
+                          shuffle: bool = True, pack: bool = True, order: str = "seqio", read_threads: int = 1,
+                          store: Optional[ChunkStore] = None, eval_task: Optional[str] = None):
   """A trainer `BatchSource` whose `train` split is the chunks `keys` ("doc_id#chunk_index") of a chunk store
-  (`data/chunk_store.py`) of the base task's split, each one unpacked row, in a global order shuffled with `seed`
-  (`keys` order without `shuffle`); `validation` is the base task's own (`seqio_batch_source`, as
-  `register_selected_task` has it). Finding the keys reads the store's keys once; a selection made on the store's
-  score columns is an index array already (`data.store_source.store_batch_source` takes it)."""
-  store = ChunkStore(store_dir)
-  base = store.manifest["task"]
-  validation = seqio_batch_source(base, batch_size=batch_size, sequence_length=store.manifest["sequence_length"],
-                                  seed=seed)
+  (`data/chunk_store.py`) of the base task's split, and whose `validation` is `eval_task`'s (default: the base
+  task's; `seqio_batch_source`, as `register_selected_task` has it).
+
+  By default the batches are exactly those of `seqio_batch_source(register_selected_task(name, base, keys,
+  sequence_length=L, split=...), batch_size=batch_size, sequence_length=L, seed=seed)` on one process: the same
+  order (`order='seqio'`) and packing (`pack=True`), read by index from the store (`data/store_source.py`).
+  Finding the keys reads the store's keys once per `store` object (pass one `ChunkStore` to share them); a
+  selection made on the store's score columns is an index array already (`store_batch_source` takes it)."""
+  store = store or ChunkStore(store_dir)
+  validation = seqio_batch_source(eval_task or store.manifest["task"], batch_size=batch_size,
+                                  sequence_length=store.manifest["sequence_length"], seed=seed)
   return store_batch_source(store_dir, batch_size=batch_size, indices=store.indices_of(keys), seed=seed,
-                            shuffle=shuffle, eval_source=validation, read_threads=read_threads)
+                            shuffle=shuffle, pack=pack, order=order, eval_source=validation,
+                            read_threads=read_threads, store=store)
