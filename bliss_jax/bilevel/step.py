@@ -122,14 +122,17 @@ def _lower_objective(proxy: Transformer, cfg: BilevelConfig) -> Callable:
   return lower
 
 
+def _weights(score_model: ScoreModel, cfg: BilevelConfig) -> Callable:
+  """P(θs; batch) (eq. P): the score model's scores of the batch's rows turned into weights by `cfg.weighting`."""
+  return lambda s_params, batch: objectives.sample_weights(score_batch(score_model, s_params, batch), cfg.weighting)
+
+
 def make_hypergradient(proxy: Transformer, score_model: ScoreModel, cfg: BilevelConfig) -> Callable:
   """`hypergradient(θp, θs, batch, val_batch, t_logits, x0) -> (∇Φ(θs), z, aux)`, steps 2-3 of the bilevel step at
   the proxy parameters θp: ∇F on `val_batch`, z of (H1) on the candidate `batch` (the solver started from `x0`,
   None: its own start), and ∇Φ by (H3) or (H2) (`cfg.mixed`). `aux`: F, the scores, weights and alignments a."""
   lower = _lower_objective(proxy, cfg)
-
-  def weights_of(s_params, batch):
-    return objectives.sample_weights(score_batch(score_model, s_params, batch), cfg.weighting)
+  weights_of = _weights(score_model, cfg)
 
   def at(p, score, batch, val_batch, t_logits, x0=None):
     scores = score_batch(score_model, score, batch)
@@ -167,8 +170,7 @@ def make_bilevel_step(proxy: Transformer, score_model: ScoreModel, target: Optio
     def lower_step(carry, batch):
       p, opt, _ = carry
       t_logits = target_logits(target_params, batch)
-      w = jax.lax.stop_gradient(objectives.sample_weights(score_batch(score_model, state.score, batch),
-                                                          cfg.weighting))
+      w = jax.lax.stop_gradient(_weights(score_model, cfg)(state.score, batch))
       (g_val, parts), grads = jax.value_and_grad(lower, has_aux=True)(p, w, batch, t_logits)
       updates, opt = proxy_tx.update(grads, opt, p)
       return (optax.apply_updates(p, updates), opt, t_logits), dict(parts, G=g_val,
