@@ -291,22 +291,16 @@ def test_rerun_reuses_every_stage_and_writes_the_same_report(clean_run, run_scri
 @pytest.mark.integration
 def test_killed_at_stage_boundaries_and_mid_stage_then_rerun_gives_the_same_report(clean_run, kill_when_written,
                                                                                     run_script, tmp_path):
-  """One seed here: its seed_0 report must be the clean two-seed run's."""
+  """One seed here: its seed_0 report must be the clean two-seed run's. Each pipeline's own stages are killed inside
+  and at their boundaries in tests/test_pipeline_kills.py; here the comparison's layer: a shared stage, a seed's
+  training stage, the comparison's own evaluation stages (curves, zero-shot)."""
   clean_report = _seed_report(clean_run[0], 0)
   root = tmp_path / "killed"
   shared, seed = root / compare.SHARED_DIR, root / compare.seed_dir(0)
-  # (file whose appearance triggers the kill, signal), in the order the run reaches them: boundaries between stages
-  # and points inside training stages, the bilevel loop and the comparison's own evaluation stages, in every pipeline
-  # (RHO-1, SALT and SALT_DS, MiniPLM, BLISS, MATES, the comparison's curves and zero-shot)
+  # (file whose appearance triggers the kill, signal), in the order the run reaches them
   kills = [(shared / "rho1" / "reference" / "stage.json", signal.SIGKILL),
-           (seed / "rho1" / "student_rho1" / "checkpoints" / "10", signal.SIGTERM),
-           (shared / "salt" / "select" / "stage.json", signal.SIGKILL),
            (seed / "salt" / "student_salt" / "checkpoints" / "5", signal.SIGTERM),
-           (seed / "salt" / "student_salt_ds" / "checkpoints" / "15", signal.SIGKILL),
-           (shared / "miniplm" / "teacher" / "checkpoints" / "10", signal.SIGKILL),  # trained, not yet recorded
-           (shared / "miniplm" / "score" / "stage.json", signal.SIGTERM),
            (seed / "bliss" / "bliss_r1_bilevel" / "model", signal.SIGKILL),
-           (seed / "bliss" / "mates_r1_fit" / "stage.json", signal.SIGTERM),
            (seed / "curve_plain" / "stage.json", signal.SIGKILL),
            (seed / "zero_shot_rho1" / "stage.json", signal.SIGTERM)]
   for trigger, _ in kills:  # every trigger is a file the clean run wrote (else the test would wait for nothing)
@@ -321,10 +315,10 @@ def test_killed_at_stage_boundaries_and_mid_stage_then_rerun_gives_the_same_repo
   aggregate = json.loads((root / "report.json").read_text())
   assert aggregate["methods"]["salt"]["final"] == clean_report["methods"]["salt"]["final"]  # one seed: its values
   # the stages killed inside count both attempts
-  for stage in (seed / "rho1" / "student_rho1", seed / "salt" / "student_salt", seed / "salt" / "student_salt_ds",
-                seed / "bliss" / "bliss_r1_bilevel"):
+  for stage in (seed / "salt" / "student_salt", seed / "bliss" / "bliss_r1_bilevel"):
     record = json.loads((stage / "stage.json").read_text())
-    assert [a["end"] for a in record["attempts"]] == ["interrupted", "finished"], stage
+    ends = [a["end"] for a in record["attempts"]]  # (a SIGTERM at an earlier boundary may land in it too)
+    assert len(ends) >= 2 and ends[-1] == "finished" and set(ends[:-1]) == {"interrupted"}, (stage, ends)
     assert record["seconds"] == pytest.approx(sum(a["seconds"] for a in record["attempts"]))
   first = json.loads((seed / "salt" / "student_salt" / "stage.json").read_text())["attempts"][0]
   assert first["seconds"] > 0  # it trained 5 steps and wrote their checkpoint before it was killed

@@ -117,10 +117,11 @@ def test_killed_inside_and_between_stages_then_rerun_gives_the_same_report(clean
   log = tmp_path / "final.log"
   assert run_script(_args(pipeline, root), log).wait(timeout=1800) == 0, log.read_text()[-3000:]
   assert _report(root) == _report(clean_root)
-  for _, _, stage in KILLS[pipeline]:  # a stage killed inside records both attempts
-    if stage:
-      record = json.loads((root / stage / "stage.json").read_text())
-      assert [a["end"] for a in record["attempts"]] == ["interrupted", "finished"], stage
+  for _, _, stage in KILLS[pipeline]:  # a stage killed inside records its interrupted attempt(s), then the finished one
+    if stage:  # (two interrupted when a SIGTERM sent at the boundary before it was handled only once it had started:
+      record = json.loads((root / stage / "stage.json").read_text())  # Python runs handlers between bytecodes)
+      ends = [a["end"] for a in record["attempts"]]
+      assert len(ends) >= 2 and ends[-1] == "finished" and set(ends[:-1]) == {"interrupted"}, (stage, ends)
 
 
 def test_rerun_of_a_finished_run_reuses_every_stage(clean_run, run_script, tmp_path):
