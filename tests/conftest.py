@@ -1,4 +1,5 @@
-"""Test-session set-up: 8 host CPU devices for the sharding tests, quiet TF, shared fixtures.
+"""Test-session set-up: 8 host CPU devices for the sharding tests, quiet TF, one persistent compilation cache for the
+session, shared fixtures.
 
 XLA_FLAGS must be set before jax is imported anywhere, so it is done here at import time. Tests that want one
 device use ``jax.devices()[:1]``.
@@ -19,6 +20,52 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+# Files whose parametrized tests each build their own module fixture (one pipeline per parameter): `scripts/test.sh`'s
+# workers take each parameter's tests as one unit, so the pipelines run side by side instead of one after another.
+SPLIT_BY_PARAMETER = ("tests/test_pipeline_kills.py",)
+
+
+def pytest_xdist_make_scheduler(config, log):
+  """pytest-xdist's `--dist loadfile`, with the files of SPLIT_BY_PARAMETER split by parameter, in collection order
+  (`pytest_collection_modifyitems`) rather than largest file first."""
+  if config.getvalue("dist") != "loadfile":
+    return None
+  from xdist.scheduler import LoadFileScheduling  # pylint: disable=g-import-not-at-top
+
+  class FileOrParameter(LoadFileScheduling):
+    def _split_scope(self, nodeid):
+      path = nodeid.split("::", 1)[0]
+      if path in SPLIT_BY_PARAMETER and nodeid.endswith("]"):
+        return path + "[" + nodeid.rsplit("[", 1)[1]
+      return path
+
+  config.option.loadscopereorder = False
+  return FileOrParameter(config, log)
+
+
+def pytest_collection_modifyitems(items):
+  """Integration tests first (a stable sort, each file's tests kept together): with the suite split over workers by
+  file (`scripts/test.sh`), the long files start first and the short unit files fill in behind them."""
+  items.sort(key=lambda item: item.get_closest_marker("integration") is None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """JAX's persistent compilation cache in a directory of this session, for every program however small: each
+  `train` (and each test) jits new closures, so the same step for the same shapes would otherwise compile again; the
+  cache loads it instead. In-process `cli.setup` and the scripts run as subprocesses (`script_env`) use it too."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.experimental.compilation_cache import compilation_cache as cc  # pylint: disable=g-import-not-at-top
+  from bliss_jax import cli  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path_factory.mktemp("jax_cache"))
+  os.environ[cli.COMPILATION_CACHE_ENV_VAR] = path
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+  cc.reset_cache()
+  return path
 
 
 @pytest.fixture(scope="session")
@@ -45,12 +92,11 @@ def spread_params():
 
 
 @pytest.fixture(scope="session")
-def script_env(tmp_path_factory):
-  """The environment of a script run as a subprocess: one CPU device, as on a user's machine, and one JAX compilation
-  cache for the session, so later runs of the same shapes mostly load executables."""
+def script_env(compilation_cache):
+  """The environment of a script run as a subprocess: one CPU device, as on a user's machine, and the session's JAX
+  compilation cache, so later runs of the same shapes mostly load executables."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env.update(BLISS_JAX_COMPILATION_CACHE=str(tmp_path_factory.mktemp("jax_cache")), TF_CPP_MIN_LOG_LEVEL="3",
-             PYTHONUNBUFFERED="1")
+  env.update(BLISS_JAX_COMPILATION_CACHE=compilation_cache, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
   return env
 
 

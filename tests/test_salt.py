@@ -34,20 +34,6 @@ from bliss_jax.training import checkpoints, trainer
 from bliss_jax.training.model_dir import ModelDir
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-  """A persistent compilation cache for this module: the pipeline's repeated `train` calls compile the same steps."""
-  from jax.experimental.compilation_cache import compilation_cache as cc  # pylint: disable=g-import-not-at-top
-  old = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  cc.reset_cache()
-  yield
-  jax.config.update("jax_compilation_cache_dir", old[0])
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
-  cc.reset_cache()
-
-
 # --- ω(step) (SALT Algorithm 1 and App. H), hand values ---------------------------------------------------------------
 def test_step_transition():
   w = omega_schedule("step", omega=0.667, n_kd=36_000)
