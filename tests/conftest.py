@@ -27,6 +27,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 SPLIT_BY_PARAMETER = ("tests/test_pipeline_kills.py",)
 
 
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: unknown (and unused) where xdist is not installed
 def pytest_xdist_make_scheduler(config, log):
   """pytest-xdist's `--dist loadfile`, with the files of SPLIT_BY_PARAMETER split by parameter, in collection order
   (`pytest_collection_modifyitems`) rather than largest file first."""
