@@ -1,13 +1,17 @@
-"""Stages: run once, reuse after, refuse changed inputs, a crash leaves no completion mark, and the recorded wall
-time counts every attempt."""
+"""Stages: run once, reuse after, refuse changed inputs, a crash leaves no completion mark, the recorded wall time
+counts every attempt, and a stage another process runs is refused (or, under `waiting_under`, waited for)."""
 import json
 import os
+import subprocess
+import sys
+import threading
 import time
 
 import pytest
 
 from bliss_jax.pipelines import stages
 from bliss_jax.pipelines.stages import StageInputsChanged, run_stage, stage_done
+from bliss_jax.training import run_lock as run_lock_lib
 
 
 def test_stage_runs_once_and_is_reused(tmp_path):
@@ -98,3 +102,49 @@ def test_the_heartbeat_refreshes_a_running_attempt(tmp_path, monkeypatch):
 
   run_stage(str(tmp_path), "c", fn, log=lambda m: None)
   assert seen[0] > 1.0
+
+
+_HOLDER = """
+import pathlib, sys, time
+from bliss_jax.pipelines.stages import run_stage
+root, gate = sys.argv[1], pathlib.Path(sys.argv[2])
+def fn(stage_dir):
+  (gate / "started").write_text("")
+  while not (gate / "go").exists():
+    time.sleep(0.05)
+  return {"by": "holder"}
+run_stage(root, "shared/teacher", fn, {"x": 1}, log=lambda m: None)
+"""
+
+
+def _start_holder(tmp_path):
+  """A second process running stage `shared/teacher`, held until `gate/go` exists."""
+  gate = tmp_path / "gate"
+  gate.mkdir()
+  holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path / "root"), str(gate)])
+  while not (gate / "started").exists():
+    assert holder.poll() is None, "the holder process died"
+    time.sleep(0.05)
+  return holder, gate
+
+
+def test_a_stage_another_process_runs_is_refused_or_waited_for_under_waiting_under(tmp_path, monkeypatch):
+  monkeypatch.setattr(run_lock_lib, "WAIT_POLL_SECONDS", 0.05)
+  root = str(tmp_path / "root")
+  holder, gate = _start_holder(tmp_path)
+  try:
+    with pytest.raises(run_lock_lib.RunLocked, match="pipeline stage 'shared/teacher'"):
+      run_stage(root, "shared/teacher", lambda d: {"by": "me"}, {"x": 1}, log=lambda m: None)
+    with stages.waiting_under(os.path.join(root, "seed_0")):  # another directory: still refused
+      with pytest.raises(run_lock_lib.RunLocked):
+        run_stage(root, "shared/teacher", lambda d: {"by": "me"}, {"x": 1}, log=lambda m: None)
+    threading.Timer(0.5, lambda: (gate / "go").write_text("")).start()
+    ran = []
+    with stages.waiting_under(os.path.join(root, "shared")):
+      got = run_stage(root, "shared/teacher", lambda d: ran.append(d) or {"by": "me"}, {"x": 1}, log=lambda m: None)
+    assert got == {"by": "holder"} and ran == []  # waited, then reused the holder's result
+    assert holder.wait(30) == 0
+    assert stages._wait_roots == []
+  finally:
+    (gate / "go").write_text("")
+    holder.wait(30)

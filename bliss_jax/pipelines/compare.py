@@ -70,6 +70,7 @@ FLOPs at a step t of a method's curve: t·(target step) + its per-step forwards 
 one-off auxiliary costs incurred before step t (the small models' training at the start; BLISS's bilevel and scoring of
 round r before round r's steps).
 """
+import contextlib
 import json
 import os
 import re
@@ -82,6 +83,7 @@ from bliss_jax.data import seqio_tasks
 from bliss_jax.models.config import count_params
 from bliss_jax.models.flops import train_flops_per_token
 from bliss_jax.pipelines import builtin, common, method
+from bliss_jax.pipelines import stages
 from bliss_jax.pipelines.stages import run_stage, stage_seconds
 from bliss_jax.report import across_seeds, composition_text, tables
 from bliss_jax.report import scored_documents as scored_documents_lib
@@ -211,8 +213,9 @@ def run(*, root: str, target: trainer.TrainSpec, small: trainer.TrainSpec, train
     seeds: how many targets of every method: seed s trains them with `target.seed + s` (initialisation and data
       order); the stages that do not depend on the target run once, under `root/shared/`.
     only_seed: run seed `only_seed`'s stages and report only (its `seed_<s>/report.json`, returned), not the
-      aggregate: several processes can then run the seeds side by side once the shared stages have finished (the
-      first seed's run finishes them); a later run without it reuses every stage and writes the aggregate.
+      aggregate: several processes can then run the seeds side by side, started together: a shared stage that
+      another seed's process is running is waited for, then reused; a later run without it reuses every stage and
+      writes the aggregate.
     pipelines: the pipelines providing the methods (`method.Pipeline`), in report order.
   """
   options = dict(options or {})
@@ -231,25 +234,28 @@ def run(*, root: str, target: trainer.TrainSpec, small: trainer.TrainSpec, train
     raise ValueError(f"only_seed={only_seed} is not one of the seeds 0..{seeds - 1}")
   sets = eval_sets_of(eval_sets, train_task)
   reports = []
-  for seed in range(seeds) if only_seed is None else (only_seed,):
-    setting = method.Setting(
-        root=os.path.join(root, seed_dir(seed)), shared_root=os.path.join(root, SHARED_DIR),
-        target=target.replace(seed=target.seed + seed), small=small, large=large, train_task=train_task,
-        pool_task=pool_task or train_task, pool_split=pool_split, pool_max_examples=pool_max_examples,
-        reference_task=reference_task or train_task, eval_task=sets[0][1], eval_split=sets[0][2],
-        eval_max_batches=eval_max_batches,
-        selection_report=composition if composition is not None and composition.document_report else None,
-        progress_bar=progress_bar)
-    runs: Dict[str, method.MethodRun] = {}
-    for p in pipelines:
-      wanted = [m for m in methods if provided[m] is p]
-      if wanted:
-        runs.update(p.run(setting, wanted, options.get(p.name) or {}))
-    reports.append(_report(setting, methods, runs, sets, top=root, seed=seed, composition=composition,
-                           zero_shot_tasks=zero_shot_tasks, zero_shot_limit=zero_shot_limit,
-                           zero_shot_data_dir=zero_shot_data_dir, zero_shot_files=zero_shot_files,
-                           zero_shot_max_length=zero_shot_max_length,
-                           scale=scale, scope=scope, scored_documents=scored_documents, seeds=seeds))
+  # Seeds run as separate processes share the stages under root/shared/: one runs each, the others wait for it.
+  waits = only_seed is not None
+  with stages.waiting_under(os.path.join(root, SHARED_DIR)) if waits else contextlib.nullcontext():
+    for seed in range(seeds) if only_seed is None else (only_seed,):
+      setting = method.Setting(
+          root=os.path.join(root, seed_dir(seed)), shared_root=os.path.join(root, SHARED_DIR),
+          target=target.replace(seed=target.seed + seed), small=small, large=large, train_task=train_task,
+          pool_task=pool_task or train_task, pool_split=pool_split, pool_max_examples=pool_max_examples,
+          reference_task=reference_task or train_task, eval_task=sets[0][1], eval_split=sets[0][2],
+          eval_max_batches=eval_max_batches,
+          selection_report=composition if composition is not None and composition.document_report else None,
+          progress_bar=progress_bar)
+      runs: Dict[str, method.MethodRun] = {}
+      for p in pipelines:
+        wanted = [m for m in methods if provided[m] is p]
+        if wanted:
+          runs.update(p.run(setting, wanted, options.get(p.name) or {}))
+      reports.append(_report(setting, methods, runs, sets, top=root, seed=seed, composition=composition,
+                             zero_shot_tasks=zero_shot_tasks, zero_shot_limit=zero_shot_limit,
+                             zero_shot_data_dir=zero_shot_data_dir, zero_shot_files=zero_shot_files,
+                             zero_shot_max_length=zero_shot_max_length,
+                             scale=scale, scope=scope, scored_documents=scored_documents, seeds=seeds))
   if only_seed is not None:
     return reports[0]
   return _aggregate(root, reports, [seed_dir(s) for s in range(seeds)])

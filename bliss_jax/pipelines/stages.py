@@ -5,7 +5,8 @@ otherwise runs `fn(stage_dir)` (which may itself resume, as training does from i
 `{"inputs", "result", "seconds", "attempts"}` in `root/name/stage.json` by write-then-rename. A finished stage whose
 recorded inputs differ from the ones given now is an error naming the stage, never a silent reuse. A running stage
 holds `root/name/stage.lock` (`run_lock`): a second process that reaches the same unfinished stage is refused, naming
-the holder.
+the holder, unless the stage lies under a directory given to `waiting_under` (a comparison's shared stages, when its
+seeds run as separate processes): then it waits for the holder and reuses the stage's result.
 
 Wall time counts every attempt. An attempt is recorded in `root/name/stage_attempts.json` when it starts; while it
 runs, a heartbeat refreshes that file's modification time every `HEARTBEAT_SECONDS`. An attempt that ends (finished,
@@ -128,13 +129,32 @@ def _attempt(stage_dir: str, fn: Callable[[str], Any]):
   return result, attempts
 
 
+_wait_roots: List[str] = []  # stages under these directories wait for another process's run of them
+
+
+@contextlib.contextmanager
+def waiting_under(directory: str) -> Iterator[None]:
+  """In the body, a stage under `directory` that another process is running is waited for instead of refused."""
+  path = os.path.realpath(directory)
+  _wait_roots.append(path)
+  try:
+    yield
+  finally:
+    _wait_roots.remove(path)
+
+
+def _waits(stage_dir: str) -> bool:
+  path = os.path.realpath(stage_dir)
+  return any(os.path.commonpath([path, r]) == r for r in _wait_roots)
+
+
 def run_stage(root: str, name: str, fn: Callable[[str], Any], inputs: Optional[dict] = None, *,
               log: Callable[[str], None] = print) -> Any:
   stage_dir = os.path.join(root, name)
   inputs = _canonical(inputs or {})
   record = _finished(stage_dir, name, inputs)
   if record is None:
-    with run_lock(stage_dir, STAGE_LOCK, what=f"pipeline stage {name!r}"):
+    with run_lock(stage_dir, STAGE_LOCK, what=f"pipeline stage {name!r}", wait=_waits(stage_dir)):
       record = _finished(stage_dir, name, inputs)  # another process may have finished it meanwhile
       if record is None:
         log(f"[stage {name}] running")

@@ -4,6 +4,8 @@
 the file; a second process is refused with `RunLocked` naming them. The OS releases a flock when its holder dies, so a
 killed run never blocks the next one; a lock file that still names a holder when the lock is free was left by a
 process that died without releasing it, and is reported before it is taken over. A clean release empties the file.
+With `wait=True` a second process waits for the holder instead (processes sharing work on purpose: a comparison's
+seeds run side by side).
 Locks are re-entrant within a process. In a multi-process (multi-host) job only process 0 takes them.
 """
 import contextlib
@@ -14,11 +16,13 @@ import logging
 import os
 import socket
 import sys
+import time
 from typing import Iterator, Set
 
 import jax
 
 _held: Set[str] = set()  # paths of the locks this process holds
+WAIT_POLL_SECONDS = 2.0  # how often a waiting process tries the lock again
 
 
 class RunLocked(RuntimeError):
@@ -40,9 +44,31 @@ def _describe(holder: dict) -> str:
           f"command: {holder.get('command', '?')})")
 
 
+def _take(fd: int, path: str, what: str, wait: bool) -> None:
+  """flock `fd` exclusively; BlockingIOError if another process holds it and not `wait` (polled, so that a signal
+  handler runs while waiting)."""
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return
+  except BlockingIOError:
+    if not wait:
+      raise
+  logging.warning("%s is in use by another %s: %s; waiting for it", os.path.dirname(path), what,
+                  _describe(read_holder(path)))
+  while True:
+    time.sleep(WAIT_POLL_SECONDS)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      return
+    except BlockingIOError:
+      pass
+
+
 @contextlib.contextmanager
-def run_lock(directory: str, name: str = "run.lock", what: str = "run") -> Iterator[None]:
-  """Hold the exclusive lock `directory/name` for the body; `what` names the directory's kind in messages."""
+def run_lock(directory: str, name: str = "run.lock", what: str = "run", wait: bool = False) -> Iterator[None]:
+  """Hold the exclusive lock `directory/name` for the body; `what` names the directory's kind in messages.
+
+  `wait`: while another live process holds it, wait (logging the holder once) instead of refusing."""
   if jax.process_index() != 0:
     yield
     return
@@ -53,7 +79,7 @@ def run_lock(directory: str, name: str = "run.lock", what: str = "run") -> Itera
     return
   fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
   try:
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    _take(fd, path, what, wait)
   except BlockingIOError:
     os.close(fd)
     raise RunLocked(f"{os.path.dirname(path)} is in use by another {what}: {_describe(read_holder(path))}. Wait for "
