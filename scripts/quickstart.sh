@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The README's first command: set up .venv (once), then compare every method (plain, random selection, BLISS, MATES,
 # SALT, SALT_DS, RKD, Vanilla KD, MiniPLM, RHO-1) at equal target compute on the embedded mixture (what a Python
-# installation carries, labelled), and print the table (runs/compare_embedded/report.md, with figures). About 12
-# minutes on 2 shared CPU cores (640 CPU-seconds); nothing is downloaded.
+# installation carries, labelled), and print the table (runs/compare_embedded/report.md, with figures). About 7
+# minutes on 2 CPU cores (580 CPU-seconds); nothing is downloaded.
 # Extra arguments go to scripts/compare.py (e.g. --gin.compare.methods="('plain', 'rho1')"). Rerunning continues
 # where an interrupted run stopped.
 set -euo pipefail
