@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-r"""The chunk store at work, measured in one run: write throughput, resume cost, selection under a memory cap.
+r"""The chunk store at work, measured in one run: write throughput, resume cost, scoring throughput, selection under a
+memory cap.
 
   JAX_PLATFORMS=cpu python scripts/bench_data_store.py
   JAX_PLATFORMS=cpu python scripts/bench_data_store.py --docs 20000 --column_rows 268435456 --memory_cap_mb 96
@@ -14,6 +15,11 @@ r"""The chunk store at work, measured in one run: write throughput, resume cost,
   read: packing plans the rows before p from the length files, and the SeqIO order streams its positions up to
   there); then the same positions through the SeqIO stream (`pipeline.seqio_batch_source(pack=False)`, which skips p
   batches). Each source is read once from position 0 first, so one-time set-up is not counted.
+* score: the first --score_chunks chunks scored by a randomly initialised --score_preset LM (mean log-probability,
+  `selection.scorers.make_lm_scorer`) three ways, alternated --score_repeats times after a warm-up: the jitted forward
+  over the batches already in memory (the bound), `offline_scoring.score_split` reading the chunks by index from the
+  store (what the selection rounds' scorers do) and `score_split` streaming the same keys from the SeqIO split; tokens/s
+  and each one's time over the forward's.
 * select: a score column of --column_rows float32 values on disk, 20% of it selected by
   `rules.iter_top_k_in_index_order` and written as a selection file (`selection/score_columns.py`) in a child
   process whose data segment is capped at --memory_cap_mb (RLIMIT_DATA: heap and private mappings, where every numpy
@@ -159,6 +165,58 @@ def bench_select(a, root: str) -> None:
         f"{r['modules'] or 'no'} TF/SeqIO/JAX)")
 
 
+def bench_score(a, store: str) -> None:
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from bliss_jax.data.chunk_store import ChunkStore  # pylint: disable=g-import-not-at-top
+  from bliss_jax.data.store_source import keyed_store_batches  # pylint: disable=g-import-not-at-top
+  from bliss_jax.models.config import preset  # pylint: disable=g-import-not-at-top
+  from bliss_jax.models.transformer import Transformer  # pylint: disable=g-import-not-at-top
+  from bliss_jax.selection import offline_scoring, scorers  # pylint: disable=g-import-not-at-top
+  task = _register(a.docs, a.words)
+  chunks = ChunkStore(store)
+  keys = chunks.keys()[:a.score_chunks]
+  model = Transformer(preset(a.score_preset, vocab_size=512))
+  params = nn.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, a.sequence_length), jnp.int32))["params"])
+  fn = scorers.make_lm_scorer(model)
+  batches = list(keyed_store_batches(chunks, keys, a.score_batch_size))
+  model_batches = [{k: b[k] for k in offline_scoring.MODEL_FEATURES if k in b} for b in batches]
+  tokens = int(sum(b["decoder_loss_weights"].sum() for b in batches))
+  forward = jax.jit(fn)
+
+  def bare():
+    for b in model_batches:
+      jax.block_until_ready(forward(params, b))
+
+  def scored(**kw):
+    def run():
+      out = os.path.join(a.score_root, "scores")
+      shutil.rmtree(out, ignore_errors=True)
+      offline_scoring.score_split(fn, params, task=task, split="train", store_dir=out,
+                                  sequence_length=a.sequence_length, batch_size=a.score_batch_size, keys=keys,
+                                  progress=False, **kw)
+    return run
+
+  runs = {"forward over batches in memory": bare,
+          "score_split, chunks by index from the store": scored(chunks=chunks),
+          "score_split, the keys streamed from the SeqIO split": scored()}
+  for run in runs.values():
+    run()  # warm-up: compilation, TensorFlow's one-time set-up
+  seconds = {name: [] for name in runs}
+  for _ in range(a.score_repeats):  # alternated, so that a change of load hits every variant alike
+    for name, run in runs.items():
+      start = time.perf_counter()
+      run()
+      seconds[name].append(time.perf_counter() - start)
+  base = float(np.median(seconds["forward over batches in memory"]))
+  for name, values in seconds.items():
+    median = float(np.median(values))
+    print(f"score ({a.score_preset}, {len(keys):,} chunks, {tokens:,} tokens, batch {a.score_batch_size}): {name}: "
+          f"{tokens / median:,.0f} tokens/s (median of {len(values)}), {median / base:.2f}x the forward's time")
+
+
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--docs", type=int, default=4000)
@@ -171,6 +229,10 @@ def main():
   p.add_argument("--column_rows", type=int, default=1 << 28)
   p.add_argument("--memory_cap_mb", type=int, default=96)
   p.add_argument("--block_size", type=int, default=1 << 19)
+  p.add_argument("--score_chunks", type=int, default=2048, help="chunks scored in the scoring comparison")
+  p.add_argument("--score_batch_size", type=int, default=32)
+  p.add_argument("--score_preset", default="tiny")
+  p.add_argument("--score_repeats", type=int, default=3)
   p.add_argument("--root", default=None, help="work directory (default: a temporary one, removed after)")
   p.add_argument("--_worker", default=None)
   p.add_argument("--store", default=None)
@@ -185,6 +247,8 @@ def main():
   try:
     store = bench_write(a, root)
     bench_resume(a, store)
+    a.score_root = root
+    bench_score(a, store)
     bench_select(a, root)
   finally:
     if a.root is None:

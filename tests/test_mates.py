@@ -5,7 +5,6 @@ import dataclasses
 import glob
 import json
 import os
-from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -152,31 +151,12 @@ def test_probe_flops_equal_a_hand_count():
   assert mates.probe_flops(preset("tiny"), 32, 8) == 3 * fwd * 32 + fwd * 8 * 32 == 115_568_640
 
 
-@dataclasses.dataclass(frozen=True)
-class _Context:
-  """A stand-in for `pipelines.rounds.RoundContext` with the same fields."""
-  method: str
-  round: int
-  pool_task: Callable[[], str]
-  pool_keys: Sequence[str]
-  target_dir: str
-  target_step: int
-  target_spec: object
-  proxy_dir: str
-  reference: Callable
-  previous: Optional[dict]
-  sequence_length: int
-  seed: int
-  progress_bar: bool
-  stage: Callable
-
-
 @pytest.mark.integration
 def test_one_round_probes_fits_and_scores_the_whole_pool(tmp_path):
   from pydoc_data import topics  # pylint: disable=g-import-not-at-top
   from bliss_jax.data import pipeline as data_pipeline, seqio_tasks, vocabulary  # pylint: disable=g-import-not-at-top
   from bliss_jax.data.keyed import example_keys  # pylint: disable=g-import-not-at-top
-  from bliss_jax.pipelines import common  # pylint: disable=g-import-not-at-top
+  from bliss_jax.pipelines import common, rounds  # pylint: disable=g-import-not-at-top
   from bliss_jax.pipelines.stages import run_stage  # pylint: disable=g-import-not-at-top
   from bliss_jax.selection import score_store  # pylint: disable=g-import-not-at-top
   from bliss_jax.training.model_dir import ModelDir  # pylint: disable=g-import-not-at-top
@@ -198,12 +178,13 @@ def test_one_round_probes_fits_and_scores_the_whole_pool(tmp_path):
                                    progress_bar=False)["model_dir"]
   pool_keys = example_keys("mates_fixture_pool", "train", L)
   root = str(tmp_path / "rounds")
-  ctx = _Context(method="mates", round=1, pool_task=lambda: "mates_fixture_pool", pool_keys=pool_keys,
-                 target_dir=target_dir, target_step=2, target_spec=target, proxy_dir=proxy_dir,
-                 reference=data_pipeline.seqio_batch_source("mates_fixture_ref", batch_size=4, sequence_length=L,
-                                                            pack=False),
-                 previous=None, sequence_length=L, seed=0, progress_bar=False,
-                 stage=lambda suffix, fn, inputs: run_stage(root, f"mates_r1_{suffix}", fn, inputs))
+  ctx = rounds.RoundContext(
+      method="mates", round=1, pool_chunks=lambda: common.pool_store(root, "mates_fixture_pool", "train", L),
+      pool_path="", pool_keys=pool_keys, target_dir=target_dir, target_step=2, target_spec=target,
+      proxy_dir=proxy_dir, reference=data_pipeline.seqio_batch_source("mates_fixture_ref", batch_size=4,
+                                                                      sequence_length=L, pack=False),
+      reference_name="mates_fixture_ref:train:decoder", previous=None, sequence_length=L, seed=0, progress_bar=False,
+      stage=lambda suffix, fn, inputs: run_stage(root, f"mates_r1_{suffix}", fn, inputs))
   scorer = mates.MatesScorer(num_probe=20, probe_chunk=8, reference_batches=2, fit_steps=20, fit_batch_size=8,
                              score_batch_size=8)
   out = scorer.score(ctx)

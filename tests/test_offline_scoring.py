@@ -1,4 +1,5 @@
-"""Offline scoring: keyed batches, exact store round trip, resumption without rescoring, scores = plain forward."""
+"""Offline scoring: keyed batches, exact store round trip, resumption without rescoring, scores = plain forward, and
+keys scored from a chunk store by index = the same keys streamed."""
 import os
 
 import flax.linen as nn
@@ -9,8 +10,8 @@ import pytest
 from pydoc_data import topics
 
 from bliss_jax import partitioning
-from bliss_jax.data import seqio_tasks, vocabulary
-from bliss_jax.data.keyed import keyed_batches
+from bliss_jax.data import chunk_store, seqio_tasks, store_source, vocabulary
+from bliss_jax.data.keyed import example_keys, keyed_batches
 from bliss_jax.losses.lm import token_cross_entropy
 from bliss_jax.models.config import preset
 from bliss_jax.models.transformer import Transformer
@@ -140,3 +141,63 @@ def test_difference_scorer_equals_two_plain_forwards(task, model_and_params):
     np.testing.assert_allclose(out["difference"][row], ce_r.mean() - ce_t.mean(), rtol=1e-5, atol=1e-6)
   sel = rules.top_fraction(np.asarray(out["difference"]), 0.5)
   np.testing.assert_array_equal(sel, np.argsort(-np.asarray(out["difference"]), kind="stable")[:2])
+
+
+@pytest.fixture(scope="module")
+def chunks(task, tmp_path_factory):
+  name, _ = task
+  directory = str(tmp_path_factory.mktemp("chunks") / "store")
+  chunk_store.write_chunk_store(directory, name, "train", LENGTH, num_shards=3)
+  return chunk_store.ChunkStore(directory)
+
+
+def _valid_rows(batches):
+  rows = [{k: b[k][i] for k in b} for b in batches for i in np.flatnonzero(b["valid"])]
+  return [(f"{r['doc_id'].decode() if isinstance(r['doc_id'], bytes) else r['doc_id']}#{r['chunk_index']}", r)
+          for r in rows]
+
+
+def test_keyed_store_batches_are_the_keyed_batches_of_the_keys(task, chunks):
+  """A subset of the split's keys, read from its chunk store by index: the same rows (features, keys) as the split
+  streamed with those keys, in the keys' order; two processes' rows, global batch by global batch, are that too."""
+  name, _ = task
+  keys = example_keys(name, "train", LENGTH)
+  subset = [keys[i] for i in sorted(np.random.default_rng(0).permutation(len(keys))[:21])]
+  streamed = _valid_rows(keyed_batches(name, "train", LENGTH, 8, keys=set(subset)))
+  batches = list(store_source.keyed_store_batches(chunks, subset, 8))
+  stored = _valid_rows(batches)
+  assert [k for k, _ in stored] == [k for k, _ in streamed] == subset
+  for (_, a), (_, b) in zip(stored, streamed):
+    assert sorted(a) == sorted(b)
+    for k in offline_scoring.MODEL_FEATURES:
+      if k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  assert len(batches) == 3 and batches[-1]["valid"].sum() == 5
+  assert (batches[-1]["decoder_loss_weights"][~batches[-1]["valid"]] == 0).all()
+  halves = [list(store_source.keyed_store_batches(chunks, subset, 4, process_index=p, process_count=2))
+            for p in (0, 1)]
+  assert len(halves[0]) == len(halves[1]) == 3
+  assert [k for b in range(3) for p in (0, 1) for k, _ in _valid_rows([halves[p][b]])] == subset
+  later = store_source.keyed_store_batches(chunks, subset, 8, start_batch=2)
+  assert [k for k, _ in _valid_rows(later)] == subset[16:]
+
+
+def test_scoring_keys_from_the_chunk_store_equals_streaming_them(task, model_and_params, chunks, tmp_path):
+  name, _ = task
+  model, params = model_and_params
+  fn = scorers.make_lm_scorer(model, with_token_losses=True)
+  keys = example_keys(name, "train", LENGTH)[::3]
+  kw = dict(task=name, split="train", sequence_length=LENGTH, batch_size=8, batches_per_shard=2, progress=False,
+            keys=keys)
+  streamed = offline_scoring.score_split(fn, params, store_dir=str(tmp_path / "streamed"), **kw)
+  assert offline_scoring.score_split(fn, params, store_dir=str(tmp_path / "stored"), chunks=chunks,
+                                     stop_after_shards=1, **kw) is None  # interrupted, then resumed
+  stored = offline_scoring.score_split(fn, params, store_dir=str(tmp_path / "stored"), chunks=chunks, **kw)
+  assert stored.keys() == streamed.keys() == keys
+  for c in streamed.columns:
+    np.testing.assert_array_equal(stored.columns[c], streamed.columns[c], err_msg=c)
+  np.testing.assert_array_equal(stored.num_tokens, streamed.num_tokens)
+  np.testing.assert_array_equal(stored.token_columns["loss"], streamed.token_columns["loss"])
+  with pytest.raises(ValueError, match="holds score_lm:train at 32 tokens, not score_lm:train at 64"):
+    offline_scoring.score_split(fn, params, store_dir=str(tmp_path / "bad"), chunks=chunks,
+                                **dict(kw, sequence_length=64))

@@ -13,10 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import seqio
+import tensorflow as tf
 
 from bliss_jax import cli, partitioning
 from bliss_jax.data import pipeline as data_pipeline
 from bliss_jax.data import seqio_tasks, ul2
+from bliss_jax.data.chunk_store import ChunkStore, write_chunk_store
 from bliss_jax.data.synthetic import synthetic_source
 from bliss_jax.losses import kd
 from bliss_jax.losses.lm import make_lm_loss
@@ -236,12 +238,13 @@ def fixture_tasks():
   seqio_tasks.register_document_task("salt_fixture_pool", lambda: _docs("p", 40, 2), VOCAB, validation_fraction=0.0)
 
 
-def test_selected_ul2_mixture_serves_exactly_the_selected_chunks(fixture_tasks):
+def test_selected_ul2_mixture_serves_exactly_the_selected_chunks(fixture_tasks, tmp_path):
   keys = ["p:3#0", "p:7#1", "p:11#0"]
   chunks = {f"{e['doc_id']}#{e['chunk_index']}": list(e["targets"][:-1])  # the chunk without its EOS
             for e in selected_examples("salt_fixture_pool", "train", keys, 32)}
-  mixture = register_selected_ul2_mixture("salt_fixture_sel", "salt_fixture_pool", keys, sequence_length=32,
-                                          split="train")
+  write_chunk_store(str(tmp_path / "store"), "salt_fixture_pool", "train", 32, num_shards=2)
+  store = ChunkStore(str(tmp_path / "store"))
+  mixture = register_selected_ul2_mixture("salt_fixture_sel", store, keys)
   assert {t.name: mixture.get_rate(t) for t in mixture.tasks} == pytest.approx(
       {f"salt_fixture_sel_{d.name}": r for d, r in zip(ul2.SALT_DENOISERS, (0.6, 0.2, 0.1, 0.1))})
   n_sentinels = ul2.num_sentinels(VOCAB)
@@ -253,6 +256,16 @@ def test_selected_ul2_mixture_serves_exactly_the_selected_chunks(fixture_tasks):
       pieces.setdefault(x["doc_id"].decode(), {})[int(x["chunk_index"])] = ul2.fill_in_sentinels(
           x["inputs"].tolist(), x["targets"].tolist(), VOCAB.vocab_size, n_sentinels)
     assert {k: sum((p[i] for i in range(len(p))), []) for k, p in pieces.items()} == chunks
+  # Shuffled, the chunks come in the order a SeqIO source of the selection's examples gives for the seed (as when
+  # the selection was held in memory): every epoch a fresh permutation of the same chunks.
+  many = [f"p:{i}#0" for i in range(0, 40, 3)]
+  mixture = register_selected_ul2_mixture("salt_fixture_sel_many", store, many)
+  source = seqio.get_mixture_or_task(mixture.tasks[0].name).source
+  got = [x["doc_id"].decode() for x in source.get_dataset("train", shuffle=True, seed=5).repeat(2).as_numpy_iterator()]
+  expected = list(tf.data.Dataset.from_tensor_slices(many).shuffle(len(many), seed=5, reshuffle_each_iteration=True)
+                  .repeat(2).as_numpy_iterator())
+  assert got == [k.decode() for k in expected] and got[:len(many)] != got[len(many):]
+  assert sorted(got[:len(many)]) == sorted(many)
 
 
 @pytest.fixture(scope="module")

@@ -202,6 +202,13 @@ class ChunkStore:
   def __len__(self) -> int:
     return int(self.manifest["num_records"])
 
+  def check_holds(self, task: str, split: str, sequence_length: int) -> None:
+    """Refuse (ValueError) unless these are the chunks of ``task:split`` at ``sequence_length``."""
+    m = self.manifest
+    if (m["task"], m["split"], m["sequence_length"]) != (task, split, sequence_length):
+      raise ValueError(f"chunk store {self.store_dir} holds {m['task']}:{m['split']} at {m['sequence_length']} "
+                       f"tokens, not {task}:{split} at {sequence_length}")
+
   def __getitem__(self, index: int) -> Dict[str, Any]:
     return self.read([index])[0]
 

@@ -153,6 +153,18 @@ class StoreBatchIterator(BatchIterator):
     self._iterator = iter(batches[start_position:].to_iter_dataset(options))
 
 
+def _registered(task: str) -> bool:
+  return task in {*seqio.TaskRegistry.names(), *seqio.MixtureRegistry.names()}
+
+
+def _task_ids(store: ChunkStore) -> Optional[DecoderIds]:
+  """How the store task's vocabulary ids enter the features (None: seqio's; also where the task is not registered)."""
+  task = store.manifest["task"]
+  if not _registered(task):
+    return None
+  return decoder_ids(seqio.get_mixture_or_task(task).output_features["targets"].vocabulary)
+
+
 def store_batch_source(store_dir: str, *, batch_size: int, indices: Optional[Sequence[int]] = None, seed: int = 0,
                        shuffle: bool = True, pack: bool = False, order: str = "index_shuffle",
                        eval_source: Optional[Callable[..., Iterator[Batch]]] = None, read_threads: int = 1,
@@ -177,9 +189,7 @@ def store_batch_source(store_dir: str, *, batch_size: int, indices: Optional[Seq
     raise ValueError(f"the selection must be a non-empty vector of chunk indices, got shape {selected.shape}")
   if selected.min() < 0 or selected.max() >= len(store):
     raise ValueError(f"selected chunk indices outside [0, {len(store)}) of {store_dir}")
-  task = store.manifest["task"]
-  registered = task in {*seqio.TaskRegistry.names(), *seqio.MixtureRegistry.names()}
-  ids = decoder_ids(seqio.get_mixture_or_task(task).output_features["targets"].vocabulary) if registered else None
+  task, ids = store.manifest["task"], _task_ids(store)
   streams = {}  # one plan per (process, count, repeat): a resumed or re-opened stream reuses what was planned
 
   def source(split: str, *, start_position: int = 0, process_index: int = 0, process_count: int = 1,
@@ -196,6 +206,26 @@ def store_batch_source(store_dir: str, *, batch_size: int, indices: Optional[Seq
                                      pack=pack, order=order, ids=ids)
     return StoreBatchIterator(streams[key], start_position, read_threads=read_threads, prefetch=prefetch)
 
-  source.seqio_tasks = (task,) if registered else ()
+  source.seqio_tasks = (task,) if _registered(task) else ()
   source.store, source.indices = store, selected
   return source
+
+
+def keyed_store_batches(store: ChunkStore, keys: Sequence[str], batch_size: int, *, process_index: int = 0,
+                        process_count: int = 1, start_batch: int = 0) -> Iterator[Batch]:
+  """``data.keyed.keyed_batches``' batches over the chunks ``keys`` of a chunk store, read by index in ``keys``'
+  order: each a dict of the unpacked decoder features plus ``doc_id``, ``chunk_index`` and ``valid``, ``batch_size``
+  rows. Process ``p`` of ``P`` reads rows ``p·batch_size ...`` of each global batch of ``P·batch_size`` (the last
+  padded with invalid all-zero rows); ``start_batch`` skips batches without reading them."""
+  batches = process_batches(store, store.indices_of(list(keys)), batch_size=batch_size * process_count, seed=0,
+                            shuffle=False, repeat=False, process_index=process_index, process_count=process_count,
+                            ids=_task_ids(store))
+  for b in range(start_batch, len(batches)):
+    start = b * batch_size * process_count + process_index * batch_size
+    mine = [k.rpartition("#") for k in keys[start:start + batch_size]]
+    pad = batch_size - len(mine)
+    out = dict(batches[b])
+    out.update(doc_id=np.array([d for d, _, _ in mine] + [""] * pad, dtype=object).astype(str),
+               chunk_index=np.array([int(c) for _, _, c in mine] + [0] * pad, np.int32),
+               valid=np.arange(batch_size) < len(mine))
+    yield out

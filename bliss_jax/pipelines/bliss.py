@@ -20,13 +20,13 @@ import numpy as np
 
 from bliss_jax.bilevel import loop as bilevel_loop
 from bliss_jax.bilevel.step import BilevelConfig, step_flops
-from bliss_jax.data import pipeline as data_pipeline
 from bliss_jax.data.composition import SelectionReporter, composition
 from bliss_jax.models.flops import score_forward_flops_per_token
 from bliss_jax.models.score_model import score_batch
 from bliss_jax.pipelines import common, method, rounds as rounds_lib
 from bliss_jax.report import tables
 from bliss_jax.selection import offline_scoring, rules
+from bliss_jax.selection.selected_task import selected_store_source
 from bliss_jax.training import trainer
 from bliss_jax.training.model_dir import ModelDir
 
@@ -46,8 +46,9 @@ class BlissScorer:
     proxy_cfg = ModelDir(ctx.proxy_dir).read_model_config()
 
     def do_bilevel(d):
-      cand = data_pipeline.seqio_batch_source(ctx.pool_task(), batch_size=self.batch_size, sequence_length=L,
-                                              seed=ctx.seed + ctx.round, pack=False)
+      chunks = ctx.pool_chunks()
+      cand = selected_store_source(chunks.store_dir, ctx.pool_keys, batch_size=self.batch_size,
+                                   seed=ctx.seed + ctx.round, pack=False, store=chunks)
       proxy_init = ctx.proxy_dir if (self.reset_proxy or prev is None) else prev
       last = bilevel_loop.run_bilevel(
           model_dir=os.path.join(d, "model"), proxy_dir=ctx.proxy_dir,
@@ -66,9 +67,9 @@ class BlissScorer:
     def do_score(d):
       model, params = bilevel_loop.load_score_model(bilevel["model_dir"])
       table = offline_scoring.score_split(lambda p, b: {"bliss": score_batch(model, p, b)}, params,
-                                          task=ctx.pool_task(), split="train", store_dir=os.path.join(d, "store"),
-                                          sequence_length=L, batch_size=self.score_batch_size,
-                                          model_dirs=(ctx.proxy_dir,), progress=ctx.progress_bar)
+                                          store_dir=os.path.join(d, "store"), batch_size=self.score_batch_size,
+                                          model_dirs=(ctx.proxy_dir,), progress=ctx.progress_bar,
+                                          **ctx.pool_scoring())
       tokens = int(table.num_tokens.sum())
       return {"store": os.path.join(d, "store"), "scored_examples": len(table), "scored_tokens": tokens,
               "flops": score_forward_flops_per_token(proxy_cfg, L) * tokens}

@@ -171,10 +171,10 @@ class MatesScorer:
     keys = probe_sample(ctx.pool_keys, self.num_probe, (ctx.seed, ctx.round))
     if not keys:
       raise ValueError(f"nothing to probe: num_probe={self.num_probe}, {len(ctx.pool_keys)} pool examples")
-    found, rows = proxy_regression.collect_features(ctx.pool_task(), "train", L, set(keys))
+    pool = ctx.pool_scoring()
+    found, rows = proxy_regression.collect_features(pool["task"], pool["split"], L, keys, chunks=pool["chunks"])
     if found != keys:
-      raise ValueError(f"the pool task yielded {len(found)} of the {len(keys)} probe keys in another order than "
-                       "ctx.pool_keys: pool_keys must list the pool task's train split in order")
+      raise ValueError(f"the pool's chunk store yielded {len(found)} of the {len(keys)} probe keys")
     reference = list(itertools.islice(ctx.reference("train", start_position=0), self.reference_batches))
     if not reference:
       raise ValueError("the reference source yielded no batch")
@@ -246,12 +246,11 @@ class MatesScorer:
   def _score(self, ctx, fit: dict, d: str) -> dict:
     model, params = bilevel_loop.load_score_model(fit["model_dir"])
     table = offline_scoring.score_split(lambda p, b: {COLUMN: -score_batch(model, p, b)}, params,
-                                        task=ctx.pool_task(), split="train", store_dir=os.path.join(d, "store"),
-                                        sequence_length=ctx.sequence_length, batch_size=self.score_batch_size,
-                                        model_dirs=(ctx.proxy_dir,), progress=ctx.progress_bar)
+                                        store_dir=os.path.join(d, "store"), batch_size=self.score_batch_size,
+                                        model_dirs=(ctx.proxy_dir,), progress=ctx.progress_bar, **ctx.pool_scoring())
     if table.keys() != list(ctx.pool_keys):
       raise ValueError(f"scored {len(table)} pool examples whose keys differ from ctx.pool_keys "
-                       f"({len(ctx.pool_keys)}): pool_keys must list the pool task's train split in order")
+                       f"({len(ctx.pool_keys)})")
     tokens = int(table.num_tokens.sum())
     return {"store": os.path.join(d, "store"), "scored_examples": len(table), "scored_tokens": tokens,
             "flops": score_forward_flops_per_token(model.cfg, ctx.sequence_length) * tokens}

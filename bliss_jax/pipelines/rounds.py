@@ -14,8 +14,8 @@ Stages (each resumable, under `root/`; S = target.num_steps / (R + 1)):
 A method is "random" or a `RoundScorer` (`score(ctx)`: its stages, returning a score store and its FLOPs;
 `select(scores, fraction, seed)`: its rule).
 Every selection (round 0's and each method's) is trained from a chunk store of `pool_task:pool_split`
-(`shared_root/chunk_stores/`, written on first use: `common.pool_store`), by index; the scorers still read their pool
-as a registered SeqIO task (`RoundContext.pool_task`).
+(`shared_root/chunk_stores/`, written on first use: `common.pool_store`), by index, and the scorers read their pool
+from it too (`RoundContext.pool_chunks`).
 
 Round 0 before the target (pool_keys, pools, warmup_select, proxy_warmup) does not depend on the target and goes under
 `shared_root/` (default `root/`), drawn with `seed`. Every draw from round 1 on (random's samples, a scorer's rule,
@@ -40,7 +40,6 @@ from bliss_jax.pipelines import common, method
 from bliss_jax.pipelines.stages import run_stage
 from bliss_jax.report import tables
 from bliss_jax.selection import rules, score_store
-from bliss_jax.selection.selected_task import register_selected_task
 from bliss_jax.training import trainer
 from bliss_jax.training.model_dir import ModelDir
 
@@ -52,7 +51,7 @@ class RoundContext:
   """What a scorer is given in round r: round r's pool, the target at the round's start, the proxy, the reference."""
   method: str
   round: int
-  pool_task: Callable[[], str]  # registers (once) and returns the SeqIO task of round r's pool ("train" split)
+  pool_chunks: Callable[[], ChunkStore]  # the pool split's chunk store (written on first use); pool r: pool_keys
   pool_path: str  # JSON list of round r's pool keys
   pool_keys: Sequence[str]
   target_dir: str  # holds the target's checkpoint (parameters and optimizer state) at target_step
@@ -66,6 +65,13 @@ class RoundContext:
   seed: int
   progress_bar: bool
   stage: Callable[[str, Callable[[str], Any], dict], Any]  # stage(suffix, fn, inputs): the stage m_r<r>_<suffix>
+
+  def pool_scoring(self) -> dict:
+    """`offline_scoring.score_split`'s arguments that score pool r, read by index from the pool split's chunk
+    store."""
+    chunks = self.pool_chunks()
+    return dict(task=chunks.manifest["task"], split=chunks.manifest["split"], sequence_length=self.sequence_length,
+                keys=list(self.pool_keys), chunks=chunks)
 
 
 class RoundScorer(Protocol):
@@ -200,8 +206,8 @@ def run(*, root: str, pool_task: str, target: trainer.TrainSpec, proxy: trainer.
 
 @dataclasses.dataclass
 class _Rounds:
-  """What every stage of one rounds run shares: the pools, the target's schedule and evaluation, the pool split's
-  chunk store (selections are trained from it) and the pools registered as tasks for the scorers."""
+  """What every stage of one rounds run shares: the pools, the target's schedule and evaluation and the pool split's
+  chunk store (the scorers read the pools from it, the target its selections)."""
   root: str
   shared_root: str
   pool_task: str
@@ -215,27 +221,17 @@ class _Rounds:
   eval_kw: dict
   spec_inputs: dict
   pool_paths: list = dataclasses.field(default_factory=list)
-  registered: set = dataclasses.field(default_factory=set)
   store: Optional[ChunkStore] = None
 
-  @property
-  def prefix(self) -> str:
-    return os.path.basename(self.root.rstrip("/"))
-
-  def register(self, name: str, keys_path: str) -> str:
-    """Register the pool task `name` (the keys in `keys_path`, for a scorer) on first use only: building it reads
-    the pool split, so a rerun whose stages are done registers nothing."""
-    if name not in self.registered:
-      register_selected_task(name, self.pool_task, json.load(open(keys_path)),
-                             sequence_length=self.target.sequence_length, split=self.pool_split)
-      self.registered.add(name)
-    return name
+  def pool_chunks(self) -> ChunkStore:
+    """The pool split's chunk store, written on first use (a rerun whose stages are done reads nothing)."""
+    if self.store is None:
+      self.store = common.pool_store(self.shared_root, self.pool_task, self.pool_split, self.target.sequence_length)
+    return self.store
 
   def selection_source(self, keys_path: str, spec: trainer.TrainSpec, seed: Optional[int] = None):
-    """`spec` trained on the keys in `keys_path`, read from the pool split's chunk store (written on first use)."""
-    if self.store is None:
-      self.store = common.pool_store(self.shared_root, self.pool_task, self.pool_split, spec.sequence_length)
-    return common.selection_source(self.store, json.load(open(keys_path)), spec, seed)
+    """`spec` trained on the keys in `keys_path`, read from the pool split's chunk store."""
+    return common.selection_source(self.pool_chunks(), json.load(open(keys_path)), spec, seed)
 
   def composition(self, d: str, keys: Sequence[str], r: int) -> dict:
     return self.selection_report(d, keys, json.load(open(self.pool_paths[r]))) if self.selection_report else {}
@@ -271,7 +267,7 @@ def _method_rounds(run_: _Rounds, m: str, scorer: Optional[RoundScorer], context
     scored = None
     if scorer is not None:
       ctx = context(method=m, round=r, previous=state, pool_path=run_.pool_paths[r], pool_keys=pool_keys,
-                    pool_task=lambda r=r: run_.register(f"{run_.prefix}_pool_{r}", run_.pool_paths[r]),
+                    pool_chunks=run_.pool_chunks,
                     target_dir=r0_dir if r == 1 else target_dir, target_step=r * S,
                     stage=lambda suffix, fn, inputs, r=r: stage(f"{m}_r{r}_{suffix}", fn, inputs))
       scored = scorer.score(ctx)

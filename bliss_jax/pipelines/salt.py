@@ -33,9 +33,9 @@ benchmark UL2 mixture, about a minute on CPU before the first batch).
 
 Under UL2 (`feature_converter='prefix_lm_shared'`: examples up to the whole row), KD uses the identical formatted
 example and applies at exactly the loss-carrying (target) positions; the selection is scored as plain LM chunks and
-served back through the same UL2 denoisers (`selection.selected_ul2`, in host memory). Under the LM objective the
-selection is read by index from a chunk store of `pool_task:pool_split` (`shared_root/chunk_stores/`, written on first
-use: `common.pool_store`).
+served back through the same UL2 denoisers (`selection.selected_ul2`). Either way the selection is read by index
+from a chunk store of `pool_task:pool_split` (`shared_root/chunk_stores/`, written on first use: `common.pool_store`):
+under UL2 chunk by chunk as the denoisers ask, under the LM objective as packed rows.
 """
 import dataclasses
 import functools
@@ -402,13 +402,14 @@ def _student(root: str, name: str, run_: _Run, student: trainer.TrainSpec, teach
     kd_source = None
     if name == "salt_ds":
       keys = json.load(open(selection["selected"]))
+      chunks = common.pool_store(store_root, pool_task, pool_split, L)
       if run_.feature_converter in data_pipeline.PREFIX_LM_CONVERTERS:  # the UL2 denoisers over the selection
         selected = f"{os.path.basename(root.rstrip('/'))}_salt_ds_selected"
-        register_selected_ul2_mixture(selected, pool_task, keys, sequence_length=L, split=pool_split)
+        register_selected_ul2_mixture(selected, chunks, keys)
         kd_source = data_pipeline.seqio_batch_source(selected, batch_size=B, sequence_length=L, seed=student.seed,
                                                      feature_converter=run_.feature_converter)
       else:
-        kd_source = common.selection_source(common.pool_store(store_root, pool_task, pool_split, L), keys, student)
+        kd_source = common.selection_source(chunks, keys, student)
     train_segments(d, student, run_.source(student), stops=list(steps_at.values()), n_kd=kd_n,
                    kd_factory=kd_factories["rkd" if name == "rkd" else "salt"] if kd_n else None,
                    teacher_dir=teacher_dir if kd_n else None, kd_batch_source=kd_source,

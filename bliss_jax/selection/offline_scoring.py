@@ -1,10 +1,11 @@
 """Offline scoring of a SeqIO split with frozen models: batched, jit-compiled, sharded, streamed to a score store.
 
-`score_split` reads the split unpacked and in order (`bliss_jax.data.keyed`), runs `score_fn` on each global batch
-(split over the mesh's "data" axis; each process feeds its own shard of the split), and writes this process's rows
-every `batches_per_shard` batches as one shard of the store. Rerunning after an interruption skips the finished shards
-(their batches are read past, not scored) and continues; a finished store is not touched again. The MODEL_DIRs of the
-scoring models are checked first against the task's vocabulary (`model_vocabulary.check`).
+`score_split` reads the split unpacked and in order (`bliss_jax.data.keyed`; or the given keys' chunks by index from
+the split's chunk store: `chunks`), runs `score_fn` on each global batch (split over the mesh's "data" axis; each
+process feeds its own shard of the split), and writes this process's rows every `batches_per_shard` batches as one
+shard of the store. Rerunning after an interruption skips the finished shards (their batches are read past, not
+scored) and continues; a finished store is not touched again. The MODEL_DIRs of the scoring models are checked first
+against the task's vocabulary (`model_vocabulary.check`).
 
 `score_chunk_store` scores a chunk store (`data/chunk_store.py`) instead: global batch b is chunks bB ... (b+1)B − 1,
 each process reads its rows by index, and the per-example scores become score columns (`score_columns`, row i for
@@ -24,7 +25,7 @@ from bliss_jax import partitioning
 from bliss_jax.data import pipeline, vocabulary
 from bliss_jax.data.chunk_store import ChunkStore
 from bliss_jax.data.keyed import keyed_batches
-from bliss_jax.data.store_source import decoder_features
+from bliss_jax.data.store_source import decoder_features, keyed_store_batches
 from bliss_jax.selection import score_columns, score_store
 from bliss_jax.training import model_vocabulary
 
@@ -36,7 +37,7 @@ def score_split(score_fn: Callable, params, *, task: str, split: str, store_dir:
                 batch_size: int, mesh=None, batches_per_shard: int = 16, max_examples: Optional[int] = None,
                 feature_converter: str = "decoder", meta: Optional[dict] = None, progress: bool = True,
                 stop_after_shards: Optional[int] = None, exclude_spans=None, keys: Optional[Sequence[str]] = None,
-                model_dirs: Sequence[str] = ()) -> score_store.ScoreTable:
+                model_dirs: Sequence[str] = (), chunks: Optional[ChunkStore] = None) -> score_store.ScoreTable:
   """Score `task:split` into `store_dir` and return the whole table (read back from the store).
 
   Args:
@@ -49,6 +50,8 @@ def score_split(score_fn: Callable, params, *, task: str, split: str, store_dir:
       (`keyed.keyed_batches`).
     keys: score only these examples (`doc_id#chunk_index` keys, e.g. a sample of the split); None: all.
     model_dirs: the MODEL_DIRs whose models score (a refused vocabulary raises `model_vocabulary.VocabularyMismatch`).
+    chunks: the chunk store of `task:split` (`data/chunk_store.py`): the `keys` (required) are read from it by index,
+      in their order (`store_source.keyed_store_batches`), instead of streaming the split; the same rows and scores.
   """
   os.makedirs(store_dir, exist_ok=True)
   if score_store.is_complete(store_dir):
@@ -68,9 +71,17 @@ def score_split(score_fn: Callable, params, *, task: str, split: str, store_dir:
   if pi == 0:
     score_store.write_manifest(store_dir, complete=False, task=task, split=split, sequence_length=sequence_length,
                                meta=meta or {})
-  batches = keyed_batches(task, split, sequence_length, local, feature_converter=feature_converter, process_index=pi,
-                          process_count=pc, start_batch=len(done) * batches_per_shard, max_examples=max_examples,
-                          exclude_spans=exclude_spans, keys=keys)
+  if chunks is None:
+    batches = keyed_batches(task, split, sequence_length, local, feature_converter=feature_converter,
+                            process_index=pi, process_count=pc, start_batch=len(done) * batches_per_shard,
+                            max_examples=max_examples, exclude_spans=exclude_spans, keys=keys)
+  else:
+    chunks.check_holds(task, split, sequence_length)
+    if keys is None or max_examples is not None or exclude_spans or feature_converter != "decoder":
+      raise ValueError("scoring from a chunk store takes the keys to score, the decoder feature converter, and no "
+                       "max_examples or exclude_spans")
+    batches = keyed_store_batches(chunks, keys, local, process_index=pi, process_count=pc,
+                                  start_batch=len(done) * batches_per_shard)
   bar = tqdm.tqdm(desc=f"score {task}:{split}", unit="ex", disable=not progress or pi != 0, mininterval=2.0)
   pending, shard_index, new_shards, tokens, t0 = [], len(done), 0, 0, time.perf_counter()
   last = None

@@ -5,14 +5,16 @@ The expensive exact score (e.g. teacher + reference forwards) is computed for a 
 reference LM's backbone with a Linear(d, 1) head on mean-pooled states — is fine-tuned with MSE to regress it, and
 its predictions rank the whole pool.
 """
-from typing import Collection, Dict, Sequence
+from typing import Collection, Dict, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from bliss_jax.data.chunk_store import ChunkStore
 from bliss_jax.data.keyed import keyed_batches
+from bliss_jax.data.store_source import keyed_store_batches
 from bliss_jax.models.score_model import ScoreModel, from_lm_params, score_batch
 from bliss_jax.selection import rules
 from bliss_jax.training.train_state import create_train_state
@@ -22,12 +24,20 @@ MODEL_FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss
                   "decoder_positions")
 
 
-def collect_features(task: str, split: str, sequence_length: int, keys: Collection[str]):
-  """(keys found, features): the model features [n, T] of the examples whose key is in `keys`, in the split's order."""
+def collect_features(task: str, split: str, sequence_length: int, keys: Collection[str],
+                     chunks: Optional[ChunkStore] = None):
+  """(keys found, features): the model features [n, T] of the examples whose key is in `keys`, in the split's order;
+  or, given the split's chunk store `chunks`, read from it by index in the order of `keys` (a sequence)."""
   found, rows = [], {k: [] for k in MODEL_FEATURES}
-  for b in keyed_batches(task, split, sequence_length, 64):
+  if chunks is None:
+    batches = keyed_batches(task, split, sequence_length, 64)
+  else:
+    chunks.check_holds(task, split, sequence_length)
+    batches = keyed_store_batches(chunks, list(keys), 64)
+  for b in batches:
     for i in np.flatnonzero(b["valid"]):
-      key = f"{b['doc_id'][i].decode()}#{b['chunk_index'][i]}"
+      doc_id = b["doc_id"][i]
+      key = f"{doc_id.decode() if isinstance(doc_id, bytes) else doc_id}#{b['chunk_index'][i]}"
       if key in keys:
         for k in MODEL_FEATURES:
           rows[k].append(b[k][i])

@@ -5,8 +5,8 @@ sequence length); SALT pretrains every model on the UL2 mixture. To train the KD
 objective as the rest of training, each selected chunk (its tokens, without the chunk's EOS) goes through the UL2
 denoisers of `bliss_jax.data.ul2` exactly as a document does (re-chunked to the denoiser's length budget, corrupted,
 EOS appended) and the four tasks are mixed at SALT's 6:2:1:1. Train on it with the `prefix_lm` feature converter.
-Like `selected_task`, the selection is held in host memory (a few million tokens); paper-scale selections need a
-file-backed source.
+The chunks are read by index from the base split's chunk store (`data/chunk_store.py`) as the denoisers ask for them:
+only the selection's indices are held in memory, shuffled every epoch as a SeqIO source shuffles its examples.
 """
 import functools
 from typing import Optional, Sequence
@@ -16,40 +16,42 @@ import seqio
 import tensorflow as tf
 
 from bliss_jax.data import seqio_tasks, ul2
-from bliss_jax.selection.selected_task import selected_examples
+from bliss_jax.data.chunk_store import ChunkStore
 
 
-def register_selected_ul2_mixture(name: str, base_task: str, keys: Sequence[str], *, sequence_length: int,
-                                  split: str = "pool", rates: Sequence[float] = ul2.SALT_RATES,
+def register_selected_ul2_mixture(name: str, store: ChunkStore, keys: Sequence[str], *,
+                                  rates: Sequence[float] = ul2.SALT_RATES,
                                   denoisers: Sequence[ul2.Denoiser] = ul2.SALT_DENOISERS,
                                   example_length: Optional[int] = None) -> seqio.Mixture:
-  """Register the mixture `name` (split `train` only) of the UL2 denoisers over the selected chunks of
-  `base_task:split` (chunked at `sequence_length` as the base task does; `keys` as `"doc_id#chunk_index"`)."""
+  """Register the mixture `name` (split `train` only) of the UL2 denoisers over the chunks `keys`
+  (`"doc_id#chunk_index"`) of a chunk store of the base task's split."""
   if len(rates) != len(denoisers):
     raise ValueError(f"need one rate per denoiser, got {len(rates)} rates for {len(denoisers)} denoisers")
-  base = seqio.get_mixture_or_task(base_task)
+  base = seqio.get_mixture_or_task(store.manifest["task"])
   vocabulary = base.output_features["targets"].vocabulary
   eos = vocabulary.eos_id
-  examples = selected_examples(base_task, split, keys, sequence_length)
-  tokens = []
-  for e in examples:
-    t = np.asarray(e["targets"], np.int32)
-    tokens.append(t[:-1] if len(t) and t[-1] == eos else t)  # the chunk's EOS; the denoisers append their own
-  doc_ids = [f"{e['doc_id']}#{e['chunk_index']}" for e in examples]
+  indices = store.indices_of(list(keys))
+
+  def read(index):
+    chunk = store.read([int(index)])[0]
+    t = np.asarray(chunk["targets"], np.int32)
+    key = f"{chunk['doc_id']}#{chunk.get('chunk_index', 0)}"
+    return (t[:-1] if len(t) and t[-1] == eos else t), key.encode()  # the chunk's EOS; the denoisers append theirs
+
+  def example(index):
+    targets, doc_id = tf.numpy_function(read, [index], (tf.int32, tf.string), stateful=False)
+    return {"targets": tf.ensure_shape(targets, [None]), "doc_id": tf.ensure_shape(doc_id, [])}
 
   def dataset_fn(split, shuffle_files, seed=None):
     del split
-    ds = tf.data.Dataset.from_tensor_slices({
-        "targets": tf.ragged.constant(tokens, dtype=tf.int32, ragged_rank=1) if tokens else
-                   tf.ragged.constant([], dtype=tf.int32, ragged_rank=1),
-        "doc_id": tf.constant(doc_ids, tf.string, shape=[len(doc_ids)])}).map(dict)
-    if shuffle_files and tokens:
-      ds = ds.shuffle(len(tokens), seed=seed, reshuffle_each_iteration=True)
-    return ds
+    ds = tf.data.Dataset.from_tensor_slices(tf.constant(indices, tf.int64))
+    if shuffle_files and len(indices):
+      ds = ds.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True)
+    return ds.map(example)
 
   source = seqio.FunctionDataSource(dataset_fn, splits=("train",), caching_permitted=False)
   # The source reshuffles the chunks every epoch; the example buffer only separates the pieces of one chunk.
-  buffer = max(1, min(seqio_tasks.DEFAULT_SHUFFLE_BUFFER_SIZE, 4 * len(tokens)))
+  buffer = max(1, min(seqio_tasks.DEFAULT_SHUFFLE_BUFFER_SIZE, 4 * len(indices)))
   total = float(sum(rates))
   entries = []
   for denoiser, rate in zip(denoisers, rates):
