@@ -3,6 +3,8 @@ same seeded order; a run stopped and resumed at an arbitrary step ends bit-exact
 columns equal `score_split`'s, and an interrupted scoring resumes."""
 import json
 import os
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -95,3 +97,28 @@ def test_scoring_the_store_gives_score_splits_scores_as_columns_and_resumes(stor
   for name, values in columns.items():
     np.testing.assert_allclose(values, table.columns[name][order], rtol=1e-6, err_msg=name)
     np.testing.assert_array_equal(score_columns.read_column(store, name), values)
+
+
+_POOL_WRITER = """
+import sys
+import seqio
+from bliss_jax.data import seqio_tasks
+from bliss_jax.pipelines import common
+docs = [(f"w:{i}", " ".join(["value", "name", "list", str(i)] * (20 + i % 7))) for i in range(3000)]
+seqio_tasks.register_document_task("pool_race_lm", lambda: docs, seqio.ByteVocabulary(), validation_fraction=0.0)
+store = common.pool_store(sys.argv[1], "pool_race_lm", "train", 64)
+print(len(store), len(store.read(range(len(store)))))
+"""
+
+
+def test_two_processes_asking_for_one_pool_store_write_it_once(tmp_path):
+  """Seeds of a comparison run as processes reach the shared pool store together: one writes it, the other waits and
+  reads it (they both wrote one shard's temporary file and renamed it over the other's: a corrupt or missing shard)."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  procs = [subprocess.Popen([sys.executable, "-c", _POOL_WRITER, str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+  counts = [tuple(int(x) for x in out.strip().splitlines()[-1].split()) for out, _ in outs]
+  assert counts[0] == counts[1] and counts[0][0] == counts[0][1] > 0  # every chunk read back by both
+  assert not [n for n in os.listdir(tmp_path / "chunk_stores" / "pool_race_lm.train.L64") if n.endswith(".tmp")]

@@ -33,6 +33,7 @@ from bliss_jax.sampling import reservoir_sample
 from bliss_jax.selection.selected_task import selected_store_source
 from bliss_jax.training import checkpoints, evaluation, run_config, trainer
 from bliss_jax.training.model_dir import ModelDir
+from bliss_jax.training.run_lock import run_lock
 
 
 def train_on_task(model_dir: str, spec: trainer.TrainSpec, task: str, *, loss_factory: Callable = make_lm_loss,
@@ -61,11 +62,14 @@ POOL_STORE_SHARDS = 1  # the pipelines' pools are small; a corpus is written in 
 
 def pool_store(root: str, task: str, split: str, sequence_length: int) -> ChunkStore:
   """The chunk store of `task:split` at `sequence_length`, ROOT/chunk_stores/<task>.<split>.L<length>: written on
-  first use (every process its shards, then a barrier; resumable by shard), reused when complete."""
+  first use (every process its shards, then a barrier; resumable by shard), reused when complete. Another job
+  writing it (a comparison's seed run as its own process) is waited for (`<directory>.lock`), not written over."""
   directory = os.path.join(root, "chunk_stores", f"{task}.{split}.L{sequence_length}")
   write = functools.partial(write_chunk_store, directory, task, split, sequence_length, num_shards=POOL_STORE_SHARDS,
                             process_index=jax.process_index(), process_count=jax.process_count())
-  write()
+  with run_lock(os.path.dirname(directory), os.path.basename(directory) + ".lock", what="chunk store write",
+                wait=True):
+    write()
   if jax.process_count() > 1:  # every process, whether its shards were the last or not
     multihost_utils.sync_global_devices(f"pool_store:{directory}")
     write()  # every shard is written: completes the manifest
