@@ -225,7 +225,7 @@ def keyed_store_batches(store: ChunkStore, keys: Sequence[str], batch_size: int,
     mine = [k.rpartition("#") for k in keys[start:start + batch_size]]
     pad = batch_size - len(mine)
     out = dict(batches[b])
-    out.update(doc_id=np.array([d for d, _, _ in mine] + [""] * pad, dtype=object).astype(str),
+    out.update(doc_id=np.array([d for d, _, _ in mine] + [""] * pad, dtype=str),
                chunk_index=np.array([int(c) for _, _, c in mine] + [0] * pad, np.int32),
                valid=np.arange(batch_size) < len(mine))
     yield out

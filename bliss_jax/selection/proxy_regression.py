@@ -28,7 +28,7 @@ def collect_features(task: str, split: str, sequence_length: int, keys: Collecti
                      chunks: Optional[ChunkStore] = None):
   """(keys found, features): the model features [n, T] of the examples whose key is in `keys`, in the split's order;
   or, given the split's chunk store `chunks`, read from it by index in the order of `keys` (a sequence)."""
-  found, rows = [], {k: [] for k in MODEL_FEATURES}
+  found, rows, wanted = [], {k: [] for k in MODEL_FEATURES}, set(keys)
   if chunks is None:
     batches = keyed_batches(task, split, sequence_length, 64)
   else:
@@ -38,7 +38,7 @@ def collect_features(task: str, split: str, sequence_length: int, keys: Collecti
     for i in np.flatnonzero(b["valid"]):
       doc_id = b["doc_id"][i]
       key = f"{doc_id.decode() if isinstance(doc_id, bytes) else doc_id}#{b['chunk_index'][i]}"
-      if key in keys:
+      if key in wanted:
         for k in MODEL_FEATURES:
           rows[k].append(b[k][i])
         found.append(key)
