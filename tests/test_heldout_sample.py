@@ -94,6 +94,44 @@ def test_pool_sample_is_uniform_over_the_split_in_its_order(task):
   assert common.pool_sample_inputs(12) == {"max_examples": 12, "sample_seed": 0} and common.pool_sample_inputs(None) == {}
 
 
+def test_proportional_counts_by_hand():
+  from bliss_jax.sampling import proportional_counts
+  # p = (3/4, 1/4): a allows 40 / 0.75 = 53.3, b 10 / 0.25 = 40 -> T = 40: 30 and 10.
+  assert proportional_counts([40, 10], [3, 1]) == [30, 10]
+  assert proportional_counts([40, 10], [3, 1], total=7) == [5, 2]  # 5.25, 1.75: the remainder to b
+  assert proportional_counts([9, 9, 9], [1, 1, 1], total=8) == [3, 3, 2]  # ties to the lower index
+  assert proportional_counts([5, 100], [0, 2]) == [0, 100]
+  with pytest.raises(ValueError, match="at least one > 0"):
+    proportional_counts([5], [0])
+
+
+def test_a_mixtures_pool_is_drawn_in_its_rates(task):
+  """The stream samples a mixture's tasks in its rates; its pool is drawn in them too (before: every example once,
+  here about half of each source, whatever the rates)."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  docs = _documents()
+  for name, prefix in (("pool_rates_a", "a:"), ("pool_rates_b", "b:")):
+    seqio_tasks.register_document_task(name, lambda p=prefix: [d for d in docs if d[0].startswith(p)], task,
+                                       validation_fraction=0.4)
+  seqio.MixtureRegistry.remove("pool_rates_mix")
+  seqio.MixtureRegistry.add("pool_rates_mix", [("pool_rates_a", 3.0), ("pool_rates_b", 1.0)])
+  a, b = example_keys("pool_rates_a", "train", L), example_keys("pool_rates_b", "train", L)
+  pool = common.pool_keys("pool_rates_mix", "train", L)
+  in_a, in_b = [k for k in pool if k[0] == "a"], [k for k in pool if k[0] == "b"]
+  assert set(in_a) <= set(a) and set(in_b) <= set(b) and len(in_a) + len(in_b) == len(pool) == len(set(pool))
+  want = proportional_counts_of(len(a), len(b))
+  assert (len(in_a), len(in_b)) == want and abs(len(in_a) / len(pool) - 0.75) < 0.02
+  assert in_a == [k for k in a if k in set(in_a)] and pool == common.pool_keys("pool_rates_mix", "train", L)
+  assert len(common.pool_keys("pool_rates_mix", "train", L, max_examples=8)) == 8
+
+
+def proportional_counts_of(n_a, n_b):
+  """The counts of a 3:1 pool from n_a and n_b examples, by hand."""
+  t = min(n_a * 4 // 3, n_b * 4)
+  c_a = (3 * t + 2) // 4  # 3t/4 rounded, a half up (ties to the lower index)
+  return c_a, t - c_a
+
+
 @pytest.mark.parametrize("eval_batches", [3, None])
 def test_trainer_periodic_evaluation_says_which_batches(task, tmp_path, eval_batches):
   source = pipeline.seqio_batch_source(TASK, batch_size=B, sequence_length=L)

@@ -19,7 +19,8 @@ Layout of a store directory:
                                 (``packing.kept_tokens``), so packed rows are planned without reading records
 The global index of a chunk is its position in shard 0, then shard 1, ...; scores (``selection.score_columns``) and
 selections are arrays over these indices. A mixture is stored task by task (each task's shards in the mixture's task
-order, ``source`` naming the task); the mixture's rates apply when selecting, not here.
+order, ``source`` naming the task); the mixture's rates apply when its candidate pool is drawn
+(``pipelines.common.pool_keys``), not here.
 
 Writing is resumable by shard: a shard is written to a temporary name and renamed when finished, so a finished shard
 is never rewritten and a killed write redoes only the shard it was in. Processes split the shards (shard k goes to

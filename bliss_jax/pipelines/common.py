@@ -29,7 +29,7 @@ from bliss_jax.losses.lm import make_lm_loss
 from bliss_jax.models.config import ModelConfig, count_params
 from bliss_jax.models.flops import forward_flops_per_token, train_flops_per_token
 from bliss_jax.models.transformer import Transformer
-from bliss_jax.sampling import reservoir_sample
+from bliss_jax.sampling import proportional_counts, reservoir_sample
 from bliss_jax.selection.selected_task import selected_store_source
 from bliss_jax.training import checkpoints, evaluation, run_config, trainer
 from bliss_jax.training.model_dir import ModelDir
@@ -95,11 +95,24 @@ POOL_SAMPLE_SEED = 0  # one pool sample for every method drawing from the same s
 
 
 def pool_keys(task: str, split: str, sequence_length: int, max_examples: Optional[int] = None) -> List[str]:
-  """The candidate pool of `task:split` as example keys in split order (`keyed.iter_example_keys`): all of them, or
-  `max_examples` drawn uniformly from the whole split, read once (`sampling.reservoir_sample`, seed
-  `POOL_SAMPLE_SEED`; memory for `max_examples` keys, however large the split)."""
-  keys = iter_example_keys(task, split, sequence_length)
-  return list(keys) if max_examples is None else reservoir_sample(keys, max_examples, POOL_SAMPLE_SEED).items
+  """The candidate pool of `task:split` as example keys: all of them in split order, or `max_examples` drawn uniformly
+  from the whole split, read once (`sampling.reservoir_sample`, seed `POOL_SAMPLE_SEED`; memory for `max_examples`
+  keys, however large the split).
+
+  A SeqIO mixture's pool is drawn in its mixing rates, the distribution its stream is sampled from: of each task of
+  rate r_i > 0, c_i of its examples (a seeded uniform sample, in its order; tasks in the mixture's order), the c_i in
+  the proportions of the rates and as many as the tasks (and `max_examples`) allow (`sampling.proportional_counts`).
+  Natural rates keep almost every example; skewed ones keep fewer, so that the pool is not a cleaner or dirtier
+  distribution than what the stream trains on."""
+  provider = seqio.get_mixture_or_task(task)
+  if not isinstance(provider, seqio.Mixture):
+    keys = iter_example_keys(task, split, sequence_length)
+    return list(keys) if max_examples is None else reservoir_sample(keys, max_examples, POOL_SAMPLE_SEED).items
+  tasks = [t for t in provider.tasks if provider.get_rate(t) > 0]
+  per_task = [list(iter_example_keys(t.name, split, sequence_length)) for t in tasks]
+  counts = proportional_counts([len(k) for k in per_task], [provider.get_rate(t) for t in tasks], max_examples)
+  return [key for keys, c in zip(per_task, counts) if c > 0
+          for key in reservoir_sample(keys, c, POOL_SAMPLE_SEED).items]
 
 
 def pool_sample_inputs(max_examples: Optional[int]) -> dict:
