@@ -123,6 +123,9 @@ def test_a_mixtures_pool_is_drawn_in_its_rates(task):
   assert (len(in_a), len(in_b)) == want and abs(len(in_a) / len(pool) - 0.75) < 0.02
   assert in_a == [k for k in a if k in set(in_a)] and pool == common.pool_keys("pool_rates_mix", "train", L)
   assert len(common.pool_keys("pool_rates_mix", "train", L, max_examples=8)) == 8
+  # SALT_DS's scorer reads the whole split unless given keys: a mixture always gives them.
+  assert common.pool_subset_keys("pool_rates_mix", "train", L) == pool
+  assert common.pool_subset_keys("pool_rates_a", "train", L) is None
 
 
 def proportional_counts_of(n_a, n_b):

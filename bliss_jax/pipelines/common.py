@@ -115,6 +115,15 @@ def pool_keys(task: str, split: str, sequence_length: int, max_examples: Optiona
           for key in reservoir_sample(keys, c, POOL_SAMPLE_SEED).items]
 
 
+def pool_subset_keys(task: str, split: str, sequence_length: int, max_examples: Optional[int] = None
+                     ) -> Optional[List[str]]:
+  """`pool_keys`, or None where the pool is the whole split (a task without a limit): what a scorer that reads the
+  whole split by default is given."""
+  if max_examples is None and not isinstance(seqio.get_mixture_or_task(task), seqio.Mixture):
+    return None
+  return pool_keys(task, split, sequence_length, max_examples)
+
+
 def pool_sample_inputs(max_examples: Optional[int]) -> dict:
   """What a stage that reads the pool records of its limit: {"max_examples", "sample_seed"}, nothing without one."""
   return {} if max_examples is None else {"max_examples": max_examples, "sample_seed": POOL_SAMPLE_SEED}

@@ -333,7 +333,7 @@ def _hard_but_learnable(shared_root: str, small: _SmallLM, *, pool_task: Optiona
     model, params = common.load_frozen(scorer_dir, mesh, step=n0)
     store = os.path.join(d, "store")
     exclude = {k: [tuple(x) for x in v] for k, v in json.load(open(seen["spans"])).items()} if seen else None
-    keys = None if pool_max_examples is None else common.pool_keys(pool_task, pool_split, L, pool_max_examples)
+    keys = common.pool_subset_keys(pool_task, pool_split, L, pool_max_examples)
     table = offline_scoring.score_split(make_salt_ds_scorer(model, top_k, out_of_top_k=out_of_top_k), params,
                                         task=pool_task, split=pool_split, store_dir=store, sequence_length=L,
                                         batch_size=score_batch_size, mesh=mesh, keys=keys, model_dirs=(scorer_dir,),
