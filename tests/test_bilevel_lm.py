@@ -194,6 +194,7 @@ def _run_step(setup, cfg, devices, steps=2):
     return jax.device_get(state), out
 
 
+@pytest.mark.integration
 def test_bilevel_step_on_8_devices_equals_1_device(setup, bilevel_cfg):
   """The softmax over the batch is global: with rows split over 8 devices the step is the 1-device step."""
   s1, m1 = _run_step(setup, bilevel_cfg, jax.devices()[:1])

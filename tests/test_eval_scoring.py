@@ -313,6 +313,7 @@ def test_run_eval_layout_limit_and_markdown(shared_data):
 # --- End to end: sharded scorer, script ---------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_sharded_scorer_matches_single_device(tiny):
   mesh = partitioning.make_mesh(data=8)
   pairs = _pairs(4, [(7, 3), (45, 6), (12, 12), (3, 1), (20, 2)])
@@ -426,6 +427,7 @@ def test_evaluate_script_runs_a_task_registered_by_a_tasks_module(tiny, spm_path
                                                                   ("Q: Which number follows 1?\nA:", " none")]
 
 
+@pytest.mark.integration
 def test_evaluate_script_few_shot_and_generative_tasks_by_name(tiny, spm_path, spm_vocab, tmp_path, shared_data):
   """gsm8k (greedy decoding, exact match) and arc_easy, 1-shot, through the script sharded over the 8 test devices,
   agree with the harness run unsharded; the prompts (up to 1,000 tokens) are cut to max_length - max_gen_toks."""

@@ -53,6 +53,7 @@ def test_batched_cached_generation_equals_full_forward(model_params, references)
   assert len({t for r in references for t in r}) > 3  # not one token repeated
 
 
+@pytest.mark.integration
 def test_sharded_generation_equals_single_device(model_params, references):
   model, params = model_params
   mesh = partitioning.make_mesh(data=2, devices=jax.devices()[:2])

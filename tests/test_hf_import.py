@@ -234,6 +234,7 @@ def test_imported_logits_equal_torch(hf_side, name):
   _assert_logits_close(Transformer(cfg).apply({"params": params}, jnp.asarray(case["tokens"])), case["logits"], name)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", ["llama", "neox"])
 def test_imported_logits_equal_torch_on_8_devices_with_fsdp_and_scanned_layers(hf_side, name):
   """Laid out on an 8-device mesh by the FSDP rules as each tensor is read; scanned layers."""

@@ -9,6 +9,8 @@ from bliss_jax.losses.kd import make_kd_loss
 from bliss_jax.models.config import preset
 from bliss_jax.training import trainer
 
+pytestmark = pytest.mark.integration  # 8 devices (paper configs: traced at paper scale)
+
 
 @pytest.fixture
 def parsed():

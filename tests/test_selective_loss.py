@@ -166,6 +166,7 @@ def test_ratio_one_is_exactly_plain_cross_entropy(tiny):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.integration
 def test_selection_is_the_same_sharded_as_on_one_device(tiny):
   """Inside jit the batch is global: the selection on (8 x 1) and (4 x 2) meshes equals the 1-device one, and both
   equal `rules.top_k` over the valid positions (ties to the lower flat index)."""

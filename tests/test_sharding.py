@@ -14,6 +14,8 @@ from bliss_jax.losses.lm import make_lm_loss
 from bliss_jax.models.config import preset
 from bliss_jax.models.transformer import Transformer
 
+pytestmark = pytest.mark.integration  # 8 devices (paper configs: traced at paper scale)
+
 
 @pytest.fixture(scope="module")
 def problem():

@@ -111,6 +111,7 @@ print(len(store), len(store.read(range(len(store)))))
 """
 
 
+@pytest.mark.integration
 def test_two_processes_asking_for_one_pool_store_write_it_once(tmp_path):
   """Seeds of a comparison run as processes reach the shared pool store together: one writes it, the other waits and
   reads it (they both wrote one shard's temporary file and renamed it over the other's: a corrupt or missing shard)."""

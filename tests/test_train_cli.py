@@ -128,6 +128,7 @@ def _script(name, *args):
                         text=True, timeout=300)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("script", ["train.py", "run_pipeline.py", "compare.py"])
 def test_help_prints_the_scripts_usage(script):
   p = _script(script, "--help")
@@ -135,6 +136,7 @@ def test_help_prints_the_scripts_usage(script):
   assert "--gin_file" in p.stdout
 
 
+@pytest.mark.integration
 def test_a_command_line_error_exits_2_naming_the_binding():
   p = _script("train.py", "--gin_file=base.gin", "--gin.train.num_stepz=3", "--tasks_module=bliss_jax")
   assert p.returncode == 2

@@ -43,6 +43,7 @@ def test_vocab_mismatch_is_refused(tmp_path):
                   vocab_size=300, batch_source=None, progress_bar=False)
 
 
+@pytest.mark.integration
 def test_adafactor_on_a_4x2_mesh_matches_one_device(tmp_path):
   """Adafactor's factored moments have other ranks than their parameters; they are replicated, and training
   on a 4 x 2 mesh follows the 1-device run."""
