@@ -1,12 +1,14 @@
-"""Test-session set-up: 8 host CPU devices for the sharding tests, quiet TF, one persistent compilation cache for the
-session, shared fixtures.
+"""Test-session set-up: 8 host CPU devices for the sharding tests, XLA:CPU compiling without LLVM optimisation, quiet
+TF, one persistent compilation cache for the session, shared fixtures.
 
 XLA_FLAGS must be set before jax is imported anywhere, so it is done here at import time. Tests that want one
 device use ``jax.devices()[:1]``.
 """
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# LLVM's backend optimisation off: most test programs run a few times, so compiling them is most of their cost (the
+# bilevel step's tests take half the CPU time); scripts run as subprocesses get the default (`script_env`).
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 

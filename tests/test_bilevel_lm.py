@@ -36,7 +36,7 @@ def _batch(seed, n=B):
 
 
 def _params(model, seed):
-  return model.init(jax.random.PRNGKey(seed), jnp.zeros((1, T), jnp.int32))["params"]
+  return jax.jit(model.init)(jax.random.PRNGKey(seed), jnp.zeros((1, T), jnp.int32))["params"]
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +100,8 @@ def test_lm_hvp_equals_finite_differences_of_gradients(setup):
   v = jax.tree.map(lambda x: x / otu.tree_norm(x) if x.size else x,
                    otu.tree_random_like(jax.random.PRNGKey(3), p))
   v = otu.tree_scale(1.0 / otu.tree_norm(v), v)
-  hv = hvp_lib.hvp(f, p, v)
-  eps, g = 1e-2, jax.grad(f)
+  hv = jax.jit(lambda q, u: hvp_lib.hvp(f, q, u))(p, v)
+  eps, g = 1e-2, jax.jit(jax.grad(f))
   fd = otu.tree_scale(1 / (2 * eps), otu.tree_sub(g(otu.tree_add_scale(p, eps, v)),
                                                   g(otu.tree_add_scale(p, -eps, v))))
   rel = float(otu.tree_norm(otu.tree_sub(hv, fd)) / otu.tree_norm(hv))
