@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from bliss_jax.models.config import ModelConfig
+from bliss_jax.models.dense_dot import dense_dot_general_for_backend
 
 _INIT_STD = 0.02
 
@@ -111,7 +112,8 @@ class Attention(nn.Module):
   def __call__(self, x, mask, positions, kv_cache=None, index=None):
     cfg = self.cfg
     h, kv, hd = cfg.num_heads, cfg.kv_heads, cfg.dim_per_head
-    dense = functools.partial(nn.DenseGeneral, dtype=cfg.compute_dtype, use_bias=cfg.use_bias or cfg.qkv_bias)
+    dense = functools.partial(nn.DenseGeneral, dtype=cfg.compute_dtype, use_bias=cfg.use_bias or cfg.qkv_bias,
+                              dot_general=dense_dot_general_for_backend())
     q = dense((h, hd), kernel_init=_init(("embed", "heads", "kv")), bias_init=_zeros(("heads", "kv")), name="query")(x)
     k = dense((kv, hd), kernel_init=_init(("embed", "kv_heads", "kv")), bias_init=_zeros(("kv_heads", "kv")),
               name="key")(x)
@@ -131,6 +133,7 @@ class Attention(nn.Module):
     out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(b, t, h, hd)
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
     out = nn.DenseGeneral(cfg.d_model, axis=(-2, -1), dtype=cfg.compute_dtype, use_bias=cfg.use_bias,
+                          dot_general=dense_dot_general_for_backend(),
                           kernel_init=_init(("heads", "kv", "embed"), _INIT_STD / jnp.sqrt(2 * cfg.num_layers)),
                           bias_init=_zeros(("embed",)), name="out")(out)
     return out, (None if kv_cache is None else (k, v))
@@ -142,7 +145,8 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x):
     cfg = self.cfg
-    dense = functools.partial(nn.Dense, dtype=cfg.compute_dtype, use_bias=cfg.use_bias)
+    dense = functools.partial(nn.Dense, dtype=cfg.compute_dtype, use_bias=cfg.use_bias,
+                              dot_general=dense_dot_general_for_backend())
     up = dense(cfg.d_ff, kernel_init=_init(("embed", "mlp")), bias_init=_zeros(("mlp",)), name="wi")(x)
     if cfg.mlp == "gelu":
       hidden = nn.gelu(up, approximate=False)
@@ -205,7 +209,8 @@ def head_logits(cfg: ModelConfig, weight: jax.Array, hidden: jax.Array) -> jax.A
   """
   if cfg.tie_embeddings:
     return jnp.dot(hidden.astype(cfg.compute_dtype), weight.astype(cfg.compute_dtype).T).astype(jnp.float32)
-  return jnp.dot(hidden.astype(jnp.float32), weight.astype(jnp.float32))
+  dot = dense_dot_general_for_backend() or jax.lax.dot_general
+  return dot(hidden.astype(jnp.float32), weight.astype(jnp.float32), (((hidden.ndim - 1,), (0,)), ((), ())))
 
 
 class Transformer(nn.Module):

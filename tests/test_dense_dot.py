@@ -1,0 +1,61 @@
+"""`models.dense_dot`: the dense layers' dot_general on CPU has lax.dot_general's values and derivatives (reverse,
+forward, second order), and its backward pass compiles to standard-layout dots only."""
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bliss_jax.models.dense_dot import dense_dot_general, dense_dot_general_for_backend
+
+DENSE = (((2,), (0,)), ((), ()))  # nn.Dense on [B, T, K] x [K, N]
+DENSE_GENERAL_OUT = (((2, 3), (0, 1)), ((), ()))  # the attention's output projection: [B, T, H, D] x [H, D, N]
+
+
+def _operands(x_shape, w_shape):
+  return (jax.random.normal(jax.random.PRNGKey(0), x_shape), jax.random.normal(jax.random.PRNGKey(1), w_shape))
+
+
+@pytest.mark.parametrize("x_shape,w_shape,dims", [((3, 5, 8), (8, 4), DENSE), ((3, 5, 8), (8, 4, 2), DENSE),
+                                                  ((3, 5, 4, 2), (4, 2, 8), DENSE_GENERAL_OUT)])
+def test_values_gradients_jvp_and_hvp_equal_lax_dot_general(x_shape, w_shape, dims):
+  x, w = _operands(x_shape, w_shape)
+  ref = lambda x, w: jnp.sum(jnp.sin(jax.lax.dot_general(x, w, dims)))
+  ours = lambda x, w: jnp.sum(jnp.sin(dense_dot_general(x, w, dims)))
+  tol = dict(rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(dense_dot_general(x, w, dims), jax.lax.dot_general(x, w, dims), **tol)
+  for a, b in zip(jax.grad(ours, (0, 1))(x, w), jax.grad(ref, (0, 1))(x, w)):
+    np.testing.assert_allclose(a, b, **tol)
+  tangents = (0.3 * x, -0.7 * w)
+  np.testing.assert_allclose(jax.jvp(ours, (x, w), tangents)[1], jax.jvp(ref, (x, w), tangents)[1], **tol)
+  hvp = lambda f: jax.jvp(jax.grad(f, 1), (x, w), tangents)[1]  # forward over reverse, as BLISS's HVP
+  np.testing.assert_allclose(hvp(ours), hvp(ref), **tol)
+
+
+def test_other_contractions_and_dtypes_go_to_lax_dot_general():
+  x, w = _operands((3, 4), (5, 4))
+  transposed = (((1,), (1,)), ((), ()))  # contracts the kernel's LAST axis: not a dense layer's
+  np.testing.assert_allclose(dense_dot_general(x, w, transposed), x @ w.T, rtol=1e-6)
+  y = dense_dot_general(x.astype(jnp.bfloat16), w.T, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+  assert y.dtype == jnp.float32
+
+
+def _dots(f, *args):
+  text = jax.jit(f).lower(*args).compile().as_text()
+  return re.findall(r"dot\([^\n]*?lhs_contracting_dims=\{([\d,]*)\}, rhs_contracting_dims=\{([\d,]*)\}", text)
+
+
+def test_the_backward_pass_compiles_to_standard_layout_dots_only():
+  """Every dot of the compiled gradient contracts the LHS's last axis with the RHS's first ([M, K] · [K, N], what
+  XLA:CPU's library backend runs); autodiff through lax.dot_general leaves a transposed one."""
+  x, w = _operands((16, 32, 64), (64, 128))
+  grad = lambda f: jax.grad(lambda x, w: jnp.sum(jax.nn.silu(f(x, w, DENSE)) ** 2), (0, 1))
+  ours, ref = _dots(grad(dense_dot_general), x, w), _dots(grad(jax.lax.dot_general), x, w)
+  assert ours and set(ours) == {("1", "0")}, ours
+  assert set(ref) != {("1", "0")}, ref  # the case the module exists for
+
+
+def test_chosen_on_cpu_only():
+  assert dense_dot_general_for_backend("cpu") is dense_dot_general
+  assert dense_dot_general_for_backend("tpu") is None and dense_dot_general_for_backend("gpu") is None
