@@ -7,8 +7,8 @@ library backend (XNNPACK/YNNPACK) does not take: that dot runs on XLA's own emit
 shapes. `dense_dot_general` has the same forward pass and the same derivatives (up to float summation order), with
 the transposes of x and W materialised behind an `optimization_barrier`, so both backward dots are [M, K] · [K, N]
 dots the library runs. It is a `custom_jvp` (BLISS differentiates the proxy in forward mode too): its tangent map is
-written so that JAX's transposition of it gives those dots. `dense_dot_general_for_backend()` is it on CPU and `None` (flax's `lax.dot_general`) elsewhere,
-where the compilers pick good layouts themselves. Only the dense layers' contraction is replaced: trailing axes of
+written so that JAX's transposition of it gives those dots. `dense_dot_general_for_backend()` is it on CPU and
+`None` (flax's `lax.dot_general`) elsewhere, where the compilers pick good layouts themselves. Only the dense layers' contraction is replaced: trailing axes of
 the input with leading axes of the kernel, no batch axes; anything else takes `lax.dot_general`.
 """
 import functools
@@ -32,27 +32,28 @@ def _matrices(x, w, n: int):
   return x.reshape(-1, k), w.reshape(k, -1)
 
 
+def _out_shape(x, w, n: int):
+  return x.shape[:x.ndim - n] + w.shape[n:]
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _dense(x, w, n: int):
   x2, w2 = _matrices(x, w, n)
-  return jnp.dot(x2, w2).reshape(x.shape[:x.ndim - n] + w.shape[n:])
+  return jnp.dot(x2, w2).reshape(_out_shape(x, w, n))
 
 
 @_dense.defjvp
 def _dense_jvp(n, primals, tangents):
   """dy = dx·W + x·dW, written over the transposes xᵀ and Wᵀ (materialised, behind a barrier) so that the
-  transposition of this linear map, i.e. reverse mode, is the two standard-layout dots dyᵀ·... : dx̄ = ȳ·Wᵀ and
-  dW̄ = xᵀ·ȳ."""
+  transposition of this linear map, i.e. reverse mode, is two standard-layout dots: dx̄ = ȳ·Wᵀ and dW̄ = xᵀ·ȳ."""
   x, w = primals
   dx, dw = tangents
   x2, w2 = _matrices(x, w, n)
   dx2, dw2 = _matrices(dx, dw, n)
   x_t, w_t = jax.lax.optimization_barrier((x2.T, w2.T))
-  shape = x.shape[:x.ndim - n] + w.shape[n:]
-  y = jnp.dot(x2, w2).reshape(shape)
   dy = (jax.lax.dot_general(dx2, w_t, (((1,), (1,)), ((), ()))) +
         jax.lax.dot_general(x_t, dw2, (((0,), (0,)), ((), ()))))
-  return y, dy.reshape(shape)
+  return _dense(x, w, n), dy.reshape(_out_shape(x, w, n))
 
 
 def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
