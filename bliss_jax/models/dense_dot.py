@@ -8,8 +8,9 @@ shapes. `dense_dot_general` has the same forward pass and the same derivatives (
 the transposes of x and W materialised behind an `optimization_barrier`, so both backward dots are [M, K] · [K, N]
 dots the library runs. It is a `custom_jvp` (BLISS differentiates the proxy in forward mode too): its tangent map is
 written so that JAX's transposition of it gives those dots. `dense_dot_general_for_backend()` is it on CPU and
-`None` (flax's `lax.dot_general`) elsewhere, where the compilers pick good layouts themselves. Only the dense layers' contraction is replaced: trailing axes of
-the input with leading axes of the kernel, no batch axes; anything else takes `lax.dot_general`.
+`None` (flax's `lax.dot_general`) elsewhere, where the compilers pick good layouts themselves. Only the dense layers'
+contraction is replaced: trailing axes of the input with leading axes of the kernel, no batch axes; anything else
+takes `lax.dot_general`.
 """
 import functools
 import math
