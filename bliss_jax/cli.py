@@ -22,6 +22,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import gin
 
+from bliss_jax import host_allocator
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_SEARCH_PATHS = (os.path.join(REPO_ROOT, "gin_configs"),)
 
@@ -188,13 +190,15 @@ def use_cpu_cores(environ=os.environ) -> Optional[int]:
 
 
 def setup(args: Args) -> None:
-  """Logging, multi-host start-up, task modules, configurables, gin parsing (`load_gin`); in that order. A script then
-  resolves the gin file's task registrations (`resolve_task_registrations`)."""
+  """Per-core CPU devices (`use_cpu_cores`), the host allocator (`host_allocator.keep_freed_memory`), logging,
+  multi-host start-up, task modules, configurables, gin parsing (`load_gin`); in that order. A script then resolves
+  the gin file's task registrations (`resolve_task_registrations`)."""
+  use_cpu_cores()
+  host_allocator.keep_freed_memory()
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   for noisy in ("absl", "orbax", "jax"):  # orbax logs every save at INFO
     logging.getLogger(noisy).setLevel(logging.WARNING)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  use_cpu_cores()
   enable_compilation_cache()
   from bliss_jax import partitioning  # pylint: disable=g-import-not-at-top
   partitioning.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)

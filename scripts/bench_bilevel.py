@@ -35,6 +35,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bliss_jax import host_allocator  # noqa: E402
+
+host_allocator.keep_freed_memory()  # before any thread that allocates exists
+
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import optax.tree_utils as otu  # noqa: E402

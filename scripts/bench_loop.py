@@ -24,6 +24,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bliss_jax import host_allocator  # noqa: E402
+
+host_allocator.keep_freed_memory()  # before any thread that allocates exists
+
 import jax  # noqa: E402
 
 from bliss_jax import partitioning  # noqa: E402

@@ -18,15 +18,27 @@ bliss_jax runs on one, trained the same way: per-token cross-entropy over the sa
 with the same betas, weight decay and global-norm clipping. The two run `--rounds` times in turn, `--steps` steps
 each, so both see the same machine load; the figures are the medians over rounds and the ratio is bliss_jax's
 tokens/s over the peer's. `--loss_chunk 0,256` runs the LM loss from the full logits and chunked (alternating too).
+
+Host memory: the script keeps freed memory for reuse (`bliss_jax.host_allocator`) as the CLI does, and the peer's
+steps run under the same setting (PyTorch's CPU tensors come from the same malloc); `--host_allocator glibc,kept`
+alternates glibc's thresholds and kept memory within the run (the arena count is fixed when the threads start:
+`BLISS_JAX_HOST_ALLOCATOR=glibc` for glibc's defaults throughout). Each figure comes with the process's minor page
+faults per step.
 """
 import argparse
 import functools
 import os
+import resource
 import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bliss_jax import cli, host_allocator  # noqa: E402
+
+cli.use_cpu_cores()  # BLISS_JAX_CPU_DEVICES=2: two XLA:CPU devices, e.g. for --data_devices 1,2
+host_allocator.keep_freed_memory()  # after XLA_FLAGS is final, before any thread that allocates exists
 
 if "--peer" in sys.argv and "torch" in sys.argv:
   # torch's own LLVM (torch._dynamo) aborts a process that loaded TensorFlow's first (seqio imports it through
@@ -40,7 +52,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bliss_jax import cli, partitioning  # noqa: E402
+from bliss_jax import partitioning  # noqa: E402
 from bliss_jax.data.synthetic import SyntheticBatches  # noqa: E402
 from bliss_jax.losses.lm import CHUNK_TOKENS, make_lm_loss  # noqa: E402
 from bliss_jax.models.config import count_params, preset  # noqa: E402
@@ -72,6 +84,11 @@ def peak_flops(dtype):
       return (bf16 if dtype == "bfloat16" else fp32) * jax.device_count(), f"datasheet {name} x{jax.device_count()}"
   per = measured_matmul_peak()
   return per, f"measured {per / 1e9:.1f} GFLOP/s float32 matmul (2048^2), all {jax.device_count()} device(s)"
+
+
+def minor_faults() -> int:
+  """The process's minor page faults so far (a page first written after the allocator took it from the system)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def torch_peer(cfg, optimizer: trainer.OptimizerConfig, batches):
@@ -131,8 +148,10 @@ def main():
   p.add_argument("--loss_chunk", default=str(CHUNK_TOKENS),
                  help="losses.lm.make_lm_loss's chunk_tokens (0: the model's full logits); several, comma-separated, "
                       "alternate in each round")
+  p.add_argument("--host_allocator", default="kept",
+                 help="bliss_jax.host_allocator modes (kept: freed host memory kept for reuse; glibc: glibc's own "
+                      "thresholds); several, comma-separated, alternate in each round, the peer's steps too")
   a = p.parse_args()
-  cli.use_cpu_cores()  # BLISS_JAX_CPU_DEVICES=2: two XLA:CPU devices, e.g. for --data_devices 1,2
 
   overrides = {"dtype": a.dtype}
   if a.vocab_size:
@@ -168,42 +187,60 @@ def main():
     for i in range(a.warmup_steps):
       peer_step(i)
     peer_sync()
-  ours, theirs = {v: [] for v in variants}, []
+  modes = a.host_allocator.split(",")
+  runs = [(v, mode) for mode in modes for v in variants]
+  ours, theirs = {r: [] for r in runs}, {mode: [] for mode in modes}
+  faults = {r: [] for r in runs + modes}  # minor page faults per step (the process's, during the timed steps)
   for _ in range(a.rounds):
-    for v in variants:
-      state = states[v]
-      t = time.perf_counter()
-      for b in data[v][a.warmup_steps:]:
-        state, m = steps[v](state, b, rng[v], None)
-      jax.block_until_ready(m)
-      ours[v].append((time.perf_counter() - t) / a.steps)
-      states[v] = state
-    if peer_step is not None:
-      t = time.perf_counter()
-      for i in range(a.warmup_steps, n_batches):
-        peer_step(i)
-      peer_sync()
-      theirs.append((time.perf_counter() - t) / a.steps)
+    for mode in modes:
+      host_allocator.set_mode(mode, one_arena=host_allocator.cpu_device_count() == 1)
+      for v in variants:
+        state = states[v]
+        f, t = minor_faults(), time.perf_counter()
+        for b in data[v][a.warmup_steps:]:
+          state, m = steps[v](state, b, rng[v], None)
+        jax.block_until_ready(m)
+        ours[(v, mode)].append((time.perf_counter() - t) / a.steps)
+        faults[(v, mode)].append((minor_faults() - f) / a.steps)
+        states[v] = state
+      if peer_step is not None:
+        f, t = minor_faults(), time.perf_counter()
+        for i in range(a.warmup_steps, n_batches):
+          peer_step(i)
+        peer_sync()
+        theirs[mode].append((time.perf_counter() - t) / a.steps)
+        faults[mode].append((minor_faults() - f) / a.steps)
   tokens = a.batch_size * a.sequence_length
   peak, how = peak_flops(a.dtype)
   print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}) x{jax.device_count()}")
   print(f"preset {a.preset}: {count_params(cfg):,} params, vocab {cfg.vocab_size}, batch {a.batch_size} x "
         f"{a.sequence_length}, {a.dtype}; median over {a.rounds} round(s) of {a.steps} steps")
-  peer_dt = statistics.median(theirs) if peer_step is not None else None
-  name = lambda v: f"loss chunk {v[0] or 'none (full logits)'}, {v[1]} data device(s)"
-  for v in variants:
-    dt = statistics.median(ours[v])
-    flops = train_flops_per_token(cfg, a.sequence_length) * tokens / dt
-    print(f"{name(v)}: step {dt * 1e3:.1f} ms | {tokens / dt:,.0f} tokens/s | "
-          f"{flops / 1e9:.2f} GFLOP/s achieved | peak {peak / 1e9:.1f} GFLOP/s ({how}) | MFU {100 * flops / peak:.1f}%"
-          + (f" | {peer_dt / dt:.2f}x the peer" if peer_dt else "")
-          + (f" | {statistics.median(ours[variants[0]]) / dt:.2f}x the first" if v != variants[0] else ""))
-  if peer_step is not None:
-    print(f"peer: {peer_name}: {tokens / peer_dt:,.0f} tokens/s")
-  print("rounds (tokens/s; " + ", ".join(name(v) for v in variants) + (", peer" if peer_step else "") + "): " +
-        "; ".join("/".join(f"{tokens / ours[v][r]:,.0f}" for v in variants)
-                  + (f"/{tokens / theirs[r]:,.0f}" if peer_step else "") for r in range(a.rounds)))
+  peer_dt = {mode: statistics.median(t) for mode, t in theirs.items()} if peer_step is not None else None
+  best_peer = min(peer_dt.values()) if peer_dt else None
 
+  def name(r):
+    (chunk, n), mode = r
+    return (f"loss chunk {chunk or 'none (full logits)'}, {n} data device(s)"
+            + (f", host allocator {mode}" if len(modes) > 1 else ""))
+
+  for r in runs:
+    dt = statistics.median(ours[r])
+    flops = train_flops_per_token(cfg, a.sequence_length) * tokens / dt
+    print(f"{name(r)}: step {dt * 1e3:.1f} ms | {tokens / dt:,.0f} tokens/s | "
+          f"{flops / 1e9:.2f} GFLOP/s achieved | peak {peak / 1e9:.1f} GFLOP/s ({how}) | MFU {100 * flops / peak:.1f}%"
+          + f" | {statistics.median(faults[r]):,.0f} page faults/step"
+          + (f" | {best_peer / dt:.2f}x the peer" if best_peer else "")
+          + (f" | {statistics.median(ours[runs[0]]) / dt:.2f}x the first" if r != runs[0] else ""))
+  if peer_step is not None:
+    print(f"peer: {peer_name}: " + ", ".join(
+        f"{tokens / dt:,.0f} tokens/s, {statistics.median(faults[mode]):,.0f} page faults/step"
+        + (f" (host allocator {mode})" if len(modes) > 1 else "")
+        for mode, dt in peer_dt.items()) + ("; ratios are to its faster" if len(modes) > 1 else ""))
+  print("rounds (tokens/s; " + ", ".join(name(r) for r in runs)
+        + "".join(f", peer ({mode})" for mode in modes) * (peer_step is not None) + "): " +
+        "; ".join("/".join([f"{tokens / ours[r][i]:,.0f}" for r in runs]
+                           + [f"{tokens / theirs[mode][i]:,.0f}" for mode in modes if peer_step is not None])
+                  for i in range(a.rounds)))
 
 if __name__ == "__main__":
   main()

@@ -12,6 +12,10 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --x
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+from bliss_jax import host_allocator  # noqa: E402
+
+host_allocator.keep_freed_memory()  # freed host memory kept for the next execution, before XLA's threads exist
+
 import pathlib
 import subprocess
 import sys
