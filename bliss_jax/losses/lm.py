@@ -59,10 +59,14 @@ def _head_scan(cfg: ModelConfig, length: int, weight, hidden, targets, coefficie
     if not with_grads:
       return d_weight, _ce_and_correct(head_logits(cfg, weight, h), y) + (None,)
     logits, pull = jax.vjp(lambda w, hh: head_logits(cfg, w, hh), weight, h)
-    ce, correct = _ce_and_correct(logits, y)
+    # one log-sum-exp for the CE and its gradient (`token_cross_entropy`'s, as jax.nn.logsumexp computes it)
+    top = jax.lax.stop_gradient(jnp.max(logits, -1, keepdims=True))
+    exp = jnp.exp(logits - top)
+    total_exp = jnp.sum(exp, -1, keepdims=True)
+    ce = (jnp.log(total_exp) + top)[..., 0] - jnp.take_along_axis(logits, y[..., None], -1)[..., 0]
+    correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
     # ∂(c·ℓ)/∂logits = c·(softmax(logits) − onehot(target))
-    probs = jnp.exp(logits - jax.nn.logsumexp(logits, -1, keepdims=True))
-    g = c[..., None] * (probs - jax.nn.one_hot(y, logits.shape[-1], dtype=probs.dtype))
+    g = c[..., None] * (exp / total_exp - jax.nn.one_hot(y, logits.shape[-1], dtype=logits.dtype))
     dw, dh = pull(g)
     return d_weight + dw, (ce, correct, dh)
 

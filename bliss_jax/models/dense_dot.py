@@ -51,7 +51,8 @@ def _dense_jvp(n, primals, tangents):
   dx, dw = tangents
   x2, w2 = _matrices(x, w, n)
   dx2, dw2 = _matrices(dx, dw, n)
-  x_t, w_t = jax.lax.optimization_barrier((x2.T, w2.T))
+  # separate barriers: inside a loop over x (the chunked head), Wᵀ stays loop-invariant and is hoisted out of it
+  x_t, w_t = jax.lax.optimization_barrier(x2.T), jax.lax.optimization_barrier(w2.T)
   dy = (jax.lax.dot_general(dx2, w_t, (((1,), (1,)), ((), ()))) +
         jax.lax.dot_general(x_t, dw2, (((0,), (0,)), ((), ()))))
   return _dense(x, w, n), dy.reshape(_out_shape(x, w, n))
