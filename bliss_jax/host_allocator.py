@@ -4,11 +4,10 @@ XLA:CPU allocates each execution's temporary buffer (a program's intermediate ar
 step at 16 x 128) with malloc, on its worker threads, and frees it when the execution ends. By default glibc serves a
 block above its mmap threshold (at most 32 MiB) by a fresh `mmap`, gives a worker thread's arena back to the system
 when its heap empties, and trims the main heap's free top: every step then writes to new pages, one page fault per
-4 KiB, which took over a third of the `tiny` train step (docs/ARCHITECTURE.md, "Performance"). `keep_freed_memory`
-(`mallopt`): blocks below `KEPT_BYTES` from the heap, no trimming, and, where XLA:CPU runs one device, one arena for
-all threads (the main heap; with several CPU devices their threads contend for it, which measured slower than the
-faults it saves), so the next step reuses the same pages. The process then holds its peak host memory instead of
-returning it. No computed number changes.
+4 KiB (docs/ARCHITECTURE.md, "Performance", has the measurements). `keep_freed_memory` (`mallopt`): blocks below
+`KEPT_BYTES` from the heap, no trimming, and, where XLA:CPU runs one device, one arena for all threads (the main heap;
+several CPU devices' threads would contend for it), so the next step reuses the same pages. The process then holds
+its peak host memory instead of returning it. No computed number changes.
 
 It is process-wide and belongs at a program's start, before the threads that allocate exist (`cli.setup`, the
 benchmarks, the test session, the notebook), never on import. `$BLISS_JAX_HOST_ALLOCATOR=glibc` leaves glibc's
