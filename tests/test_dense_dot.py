@@ -59,3 +59,29 @@ def test_the_backward_pass_compiles_to_standard_layout_dots_only():
 def test_chosen_on_cpu_only():
   assert dense_dot_general_for_backend("cpu") is dense_dot_general
   assert dense_dot_general_for_backend("tpu") is None and dense_dot_general_for_backend("gpu") is None
+
+
+def _computation(text, name):
+  """The body of the computation `name` in compiled HLO text, with the computations it calls (fusions), recursively."""
+  body = re.search(r"^%" + re.escape(name) + r" .*?\n(.*?)\n\}", text, re.M | re.S).group(1)
+  return body + "".join(_computation(text, c) for c in re.findall(r"calls=%([\w.\-]+)", body))
+
+
+def test_the_weights_transpose_is_computed_once_outside_a_loop_over_inputs():
+  """The chunked output head's pattern: a scan over input chunks, each taking the vjp of x·W with the same W. Wᵀ
+  does not depend on the chunk, so the compiled program transposes W once, outside the loop (xᵀ and Wᵀ sit behind
+  separate barriers; behind one barrier, Wᵀ was recomputed in every iteration)."""
+  x, w = _operands((4, 16, 64), (64, 96))
+
+  def head(x, w):
+    def body(d_w, chunk):
+      y, pull = jax.vjp(lambda w, h: dense_dot_general(h, w, (((1,), (0,)), ((), ()))), w, chunk)
+      dw, dh = pull(jnp.tanh(y))
+      return d_w + dw, dh
+    return jax.lax.scan(body, jnp.zeros_like(w), x)
+
+  text = jax.jit(head).lower(x, w).compile().as_text()
+  loop = _computation(text, re.search(r"while\(.*?body=%([\w.\-]+)", text).group(1))
+  assert re.search(r"f32\[16,64\][^\n]*dot\(", loop)  # dh = ȳ·Wᵀ is in the loop ...
+  assert not re.search(r"f32\[96,64\]\{[\d,]*\} (transpose|copy|fusion)", loop), loop  # ... Wᵀ is not made there
+  assert re.search(r"f32\[96,64\]\{[\d,]*\} (transpose|copy|fusion)", text)  # it is made once, before the loop
