@@ -1,6 +1,7 @@
 """Schedules at chosen steps, gradient accumulation = full batch, clipping, weight-decay mask, and the chunked
 output head + cross-entropy = the plain formula."""
 import math
+import re
 
 import flax.linen as nn
 import jax
@@ -139,3 +140,18 @@ def test_gradient_accumulation_equals_full_batch(tiny_setup, average):
   assert float(m_acc["num_tokens"]) == float(m_full["num_tokens"]) == 8 * 16 - 11 - 14
   if average == "sequence":
     assert float(m_acc["num_sequences"]) == float(m_full["num_sequences"]) == 11
+
+
+def test_the_differentiated_head_exponentiates_each_chunks_logits_once():
+  """The chunk's CE and its gradient (softmax − onehot) share one max, one exponential and one sum: the compiled
+  gradient has a single exponential over a chunk's [B, length, V] logits (with two log-sum-exps it had two)."""
+  cfg = preset("tiny_neox", vocab_size=96)
+  rng = np.random.default_rng(0)
+  hidden = jnp.asarray(rng.normal(size=(2, 8, cfg.d_model)), jnp.float32)
+  weight = jnp.asarray(rng.normal(size=(cfg.d_model, 96)), jnp.float32)
+  targets = jnp.asarray(rng.integers(0, 96, (2, 8)), jnp.int32)
+  c = jnp.ones((2, 8), jnp.float32)
+  fused = lambda w, h: head_cross_entropy(cfg, w, h, targets, c, chunk_tokens=8)[0]
+  text = jax.jit(jax.grad(fused, (0, 1))).lower(weight, hidden).compile().as_text()
+  exps = re.findall(r"f32\[[\d,]*96\]\{[\d,]*\} exponential\(", text)  # over a chunk's logits (V = 96 last)
+  assert len(exps) == 1, exps
