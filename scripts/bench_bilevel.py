@@ -19,8 +19,11 @@ step. Kinds:
                     paper        the reference implementation's: 3 normalised-solver iterations from z₀ = 1/numel
                     no_kl        the same with γ = 0 (no target forward)
                     warm1        one solver iteration per step, warm-started from the previous step's z
+                    single       `schedule="single_pass"`: θp, z and θs from one forward-over-reverse pass
+                                 (one warm-started normalised-solver iteration per step, z lagging one iteration)
+                    single_no_kl the same with γ = 0
                     remat        paper, the proxy's blocks rematerialised (`ModelConfig.remat`) inside the step
-                    warm1_remat  both
+                    warm1_remat  warm1 and remat
 Next to each setting's cost: the cosine of its hypergradient to a converged solve (CG, `--converged_iters`, and
 the cosine of that solve to one with twice the iterations, to show it converged) and to the paper setting's, both at
 the setting's own state after the timed steps (its z carried for warm starts), so cheaper never silently means a
@@ -52,7 +55,7 @@ from bliss_jax.losses.lm import make_lm_loss, model_logits  # noqa: E402
 from bliss_jax.models.config import count_params, preset  # noqa: E402
 from bliss_jax.models.flops import train_flops_per_token  # noqa: E402
 from bliss_jax.models.score_model import from_lm_params  # noqa: E402
-from bliss_jax.models.transformer import Transformer  # noqa: E402
+from bliss_jax.models.transformer import Transformer, head_weight  # noqa: E402
 from bliss_jax.training import trainer  # noqa: E402
 
 
@@ -76,10 +79,11 @@ def hypergradient_cosines(bl, settings, cfg, target, tparams, batch, converged_i
     t_logits = jax.lax.stop_gradient(model_logits(target, tparams, batch)) if c.gamma else None
     run = lambda setting, x0: jax.jit(make_hypergradient(f.proxy, f.score_model, setting))(
         s.proxy, s.score, batch, batch, t_logits, x0)[0]
-    converged = dataclasses.replace(c, solver="cg", solver_iters=converged_iters, warm_start=False)
+    converged = dataclasses.replace(c, solver="cg", solver_iters=converged_iters, warm_start=False,
+                                    schedule="sequential")
     h_conv = run(converged, None)
     h_conv2 = run(dataclasses.replace(converged, solver_iters=2 * converged_iters), None)
-    paper = dataclasses.replace(cfg, gamma=c.gamma)
+    paper = dataclasses.replace(cfg, gamma=c.gamma)  # sequential, 3 iterations from z₀
     out["bilevel:" + name] = (_cosine(run(c, s.z if c.warm_start else None), h_conv),
                               _cosine(run(c, s.z if c.warm_start else None), run(paper, None)),
                               _cosine(h_conv, h_conv2))
@@ -97,7 +101,7 @@ def main():
   p.add_argument("--inner_steps", type=int, default=1)
   p.add_argument("--steps", type=int, default=5)
   p.add_argument("--rounds", type=int, default=5)
-  p.add_argument("--settings", default="paper,no_kl,warm1,remat,warm1_remat")
+  p.add_argument("--settings", default="paper,no_kl,warm1,single,single_no_kl")
   p.add_argument("--converged_iters", type=int, default=30)
   a = p.parse_args()
   V, B, L = a.vocab_size, a.batch_size, a.sequence_length
@@ -123,11 +127,14 @@ def main():
     loss = make_lm_loss(proxy)
     grad = jax.jit(jax.grad(lambda q, b: loss(q, b, None)[0]))
     w = np.full((B,), 1.0 / B, np.float32)
-    g_obj = lambda q: objectives.lower_objective(model_logits(proxy, q, gbatch), w, gbatch, q)[0]
+    g_obj = lambda q: objectives.lower_objective(objectives.chunked_sample_terms(
+        proxy_cfg, head_weight(proxy_cfg, q), model_logits(proxy, q, gbatch, return_hidden="only"), gbatch)[0], w, q)[0]
     hvp = jax.jit(lambda q, v: hvp_lib.hvp(g_obj, q, v))
-    settings = {"paper": (cfg, False), "no_kl": (dataclasses.replace(cfg, gamma=0.0), False),
-                "warm1": (dataclasses.replace(cfg, warm_start=True, solver_iters=1), False), "remat": (cfg, True),
-                "warm1_remat": (dataclasses.replace(cfg, warm_start=True, solver_iters=1), True)}
+    warm1 = dataclasses.replace(cfg, warm_start=True, solver_iters=1)
+    single = dataclasses.replace(warm1, schedule="single_pass")
+    settings = {"paper": (cfg, False), "no_kl": (dataclasses.replace(cfg, gamma=0.0), False), "warm1": (warm1, False),
+                "single": (single, False), "single_no_kl": (dataclasses.replace(single, gamma=0.0), False),
+                "remat": (cfg, True), "warm1_remat": (warm1, True)}
     settings = {n: settings[n] for n in a.settings.split(",")}
     bl = {}
     for name, (c, remat) in settings.items():

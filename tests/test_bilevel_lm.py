@@ -3,6 +3,7 @@ against the unrolled one, the jvp form (H3) = the vjp form (H2), and the global-
 """
 import dataclasses
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,12 +14,13 @@ import pytest
 from bliss_jax import partitioning
 from bliss_jax.bilevel import hvp as hvp_lib
 from bliss_jax.bilevel import hypergradient
-from bliss_jax.bilevel.step import BilevelConfig, build_bilevel_functions, clip_per_tensor, make_optimizers
+from bliss_jax.bilevel.step import (BilevelConfig, build_bilevel_functions, clip_per_tensor, make_hypergradient,
+                                    make_optimizers, make_single_pass)
 from bliss_jax.losses import bilevel as objectives
 from bliss_jax.losses.lm import model_logits
 from bliss_jax.models.config import preset
 from bliss_jax.models.score_model import ScoreModel, from_lm_params, init_head, score_batch
-from bliss_jax.models.transformer import Transformer
+from bliss_jax.models.transformer import Transformer, head_weight
 
 V, T, B = 32, 8, 8
 L2 = 0.3  # strong enough that the converged lower level is well conditioned (κ ≈ 600)
@@ -65,8 +67,9 @@ def test_objective_parts_equal_hand_computed_values():
   s = np.array([0.2, -1.0])
   P = np.exp(s) / np.exp(s).sum()
   params = {"a": jnp.array([1.0, 2.0]), "b": jnp.array([[3.0]])}
-  g, parts = objectives.lower_objective(jnp.asarray(logits), objectives.sample_weights(jnp.asarray(s)), batch, params,
-                                        target_logits=jnp.asarray(tlogits), gamma=0.5, l2=0.1)
+  ce_rows, kl_mean = objectives.sample_terms(jnp.asarray(logits), batch, jnp.asarray(tlogits))
+  g, parts = objectives.lower_objective(ce_rows, objectives.sample_weights(jnp.asarray(s)), params, kl=kl_mean,
+                                        gamma=0.5, l2=0.1)
   kl = (kl_fwd * w).sum() / w.sum()
   np.testing.assert_allclose(g, (P * per).sum() + 0.5 * kl + 0.1 * 14.0, rtol=1e-5)
   np.testing.assert_allclose(parts["kl"], kl, rtol=1e-5)
@@ -114,8 +117,11 @@ def _lm_problem(setup, gamma=0.0):
   batch, val = _batch(1), _batch(2)
   tl = model_logits(target, tp, batch) if gamma else None
   weights = lambda sp: objectives.sample_weights(score_batch(score_model, sp, batch))
-  inner = lambda q, sp: objectives.lower_objective(model_logits(proxy, q, batch), weights(sp), batch, q,
-                                                   target_logits=tl, gamma=gamma, l2=L2)[0]
+
+  def inner(q, sp):
+    ce, kl = objectives.sample_terms(model_logits(proxy, q, batch), batch, tl)
+    return objectives.lower_objective(ce, weights(sp), q, kl=kl, gamma=gamma, l2=L2)[0]
+
   outer = lambda q: objectives.upper_objective(model_logits(proxy, q, val), val)
   per_sample = lambda q: objectives.per_sample_ce(model_logits(proxy, q, batch), batch)
   return proxy, p, s, inner, outer, per_sample, weights
@@ -286,3 +292,139 @@ def test_bilevel_optimizers_follow_the_reference():
   assert float(psched(10)) == pytest.approx(1e-3)
   upd, _ = ptx.update(zero, ptx.init(params), params)
   np.testing.assert_array_equal(upd["bias"], np.zeros(3))
+
+
+def _full_lower(proxy, batch, tl, gamma, l2=L2, direction="target_proxy"):
+  """G from the full logits (`sample_terms`), with fixed weights `w`: what the chunked objective must equal."""
+  def g(q, w):
+    ce, kl = objectives.sample_terms(model_logits(proxy, q, batch), batch, tl, direction)
+    return objectives.lower_objective(ce, w, q, kl=kl, gamma=gamma, l2=l2)[0]
+  return g
+
+
+@pytest.mark.parametrize("direction", ["target_proxy", "proxy_target", None])
+def test_chunked_sample_terms_equal_the_full_logits_to_second_order(setup, direction):
+  """Values, gradient and HVP of G over chunks of 3 positions (T = 8: the last chunk padded) = from the full logits."""
+  proxy, target, p, tp, _ = setup
+  batch = _batch(1)
+  tl = None if direction is None else model_logits(target, tp, batch)
+  gamma = 0.0 if direction is None else 0.3
+  w = objectives.sample_weights(jnp.linspace(-1.0, 1.0, B))
+
+  def chunked(q):
+    hidden = model_logits(proxy, q, batch, return_hidden="only")
+    ce, kl = objectives.chunked_sample_terms(PROXY, head_weight(PROXY, q), hidden, batch, tl,
+                                             direction or "target_proxy", chunk_tokens=3 * B)
+    return ce, kl, objectives.lower_objective(ce, w, q, kl=kl, gamma=gamma, l2=L2)[0]
+
+  full = lambda q: _full_lower(proxy, batch, tl, gamma, direction=direction or "target_proxy")(q, w)
+  ce, kl, g = jax.jit(chunked)(p)
+  ce_full, kl_full = objectives.sample_terms(model_logits(proxy, p, batch), batch, tl, direction or "target_proxy")
+  np.testing.assert_allclose(ce, ce_full, rtol=1e-5)
+  assert (kl is None) == (direction is None)
+  if kl is not None:
+    np.testing.assert_allclose(kl, kl_full, rtol=1e-4, atol=1e-7)
+  np.testing.assert_allclose(g, full(p), rtol=1e-5)
+  rel = lambda a, b: float(otu.tree_norm(otu.tree_sub(a, b)) / otu.tree_norm(b))
+  assert rel(jax.jit(jax.grad(lambda q: chunked(q)[2]))(p), jax.jit(jax.grad(full))(p)) < 1e-5
+  v = otu.tree_random_like(jax.random.PRNGKey(4), p)
+  h_chunked = jax.jit(lambda q, u: hvp_lib.hvp(lambda x: chunked(x)[2], q, u))
+  assert rel(h_chunked(p, v), jax.jit(lambda q, u: hvp_lib.hvp(full, q, u))(p, v)) < 1e-4
+
+
+def test_the_chunked_objectives_hvp_holds_no_full_logits():
+  """Compiled, the HVP of G over chunks of 3 positions has [B, 3, V] logits and no [B, T, V] (nor padded [B, 9, V])
+  ones; from the full logits it has them (d_ff = 40 so that no MLP activation shares the logits' shape)."""
+  cfg = dataclasses.replace(PROXY, d_ff=40)
+  proxy, batch = Transformer(cfg), _batch(1)
+  p = _params(proxy, 0)
+  w = jnp.full((B,), 1.0 / B)
+
+  def g(q, chunk_tokens):
+    if not chunk_tokens:
+      return _full_lower(proxy, batch, None, 0.0)(q, w)
+    hidden = model_logits(proxy, q, batch, return_hidden="only")
+    ce, _ = objectives.chunked_sample_terms(cfg, head_weight(cfg, q), hidden, batch, chunk_tokens=chunk_tokens)
+    return objectives.lower_objective(ce, w, q, l2=L2)[0]
+
+  hlo = lambda n: jax.jit(lambda q: hvp_lib.hvp(lambda x: g(x, n), q, q)).lower(p).compile().as_text()
+  chunked, full = hlo(3 * B), hlo(0)
+  assert f"f32[{B},3,{V}]" in chunked
+  assert f"f32[{B},{T},{V}]" not in chunked and f"f32[{B},9,{V}]" not in chunked
+  assert f"f32[{B},{T},{V}]" in full
+
+
+SINGLE = BilevelConfig(gamma=0.1, l2=1e-3, schedule="single_pass", solver="neumann", solver_iters=1, warm_start=True,
+                       damping=0.5, solver_alpha=0.05, sigmoid=True)
+
+
+def test_single_pass_is_one_iteration_of_each_part(setup):
+  """One forward-over-reverse pass gives ∇G, z' = z − α((∇²G + λ_z I)z − ∇F) and ∇Φ = (H3) along z, each equal to
+  its own computation from the full logits."""
+  proxy, target, p, tp, s = setup
+  score_model = ScoreModel(PROXY, sigmoid=True)
+  batch, val = _batch(1), _batch(2)
+  tl = model_logits(target, tp, batch)
+  z = otu.tree_random_like(jax.random.PRNGKey(9), p)
+  grad, (g, parts), hyper, z_new, aux = jax.jit(make_single_pass(proxy, score_model, SINGLE))(p, s, z, batch, val, tl)
+  weights = lambda sp: objectives.sample_weights(score_batch(score_model, sp, batch))
+  inner = _full_lower(proxy, batch, tl, SINGLE.gamma, SINGLE.l2)
+  w = weights(s)
+  rel = lambda a, b: float(otu.tree_norm(otu.tree_sub(a, b)) / otu.tree_norm(b))
+  np.testing.assert_allclose(g, inner(p, w), rtol=1e-5)
+  assert rel(grad, jax.grad(inner)(p, w)) < 1e-5
+  grad_f = jax.grad(lambda q: objectives.upper_objective(model_logits(proxy, q, val), val))(p)
+  hz = hvp_lib.hvp(lambda q: inner(q, w), p, z)
+  want = otu.tree_add_scale(z, -SINGLE.solver_alpha, otu.tree_sub(otu.tree_add_scale(hz, SINGLE.damping, z), grad_f))
+  assert rel(z_new, want) < 1e-5
+  per_sample = lambda q: objectives.per_sample_ce(model_logits(proxy, q, batch), batch)
+  want_hyper, want_a = hypergradient.weighted_sum_hypergradient(per_sample, weights, p, s, z)
+  np.testing.assert_allclose(aux["a"], want_a, rtol=1e-4, atol=1e-6)
+  assert rel(hyper, want_hyper) < 1e-4
+  np.testing.assert_allclose(parts["kl"], objectives.sample_terms(model_logits(proxy, p, batch), batch, tl)[1],
+                             rtol=1e-5)
+
+
+def test_single_pass_leaves_the_solved_z_in_place_and_gives_its_hypergradient(setup):
+  """At z* solving (H1) (CG to convergence), the single pass's iteration does not move z and its ∇Φ is the
+  sequential schedule's converged one. λ_z = 10: at this random θp, ∇²G has negative eigenvalues that smaller
+  dampings leave, and CG then does not converge."""
+  proxy, target, p, tp, s = setup
+  single = dataclasses.replace(SINGLE, damping=10.0)
+  score_model = ScoreModel(PROXY, sigmoid=True)
+  batch, val = _batch(1), _batch(2)
+  tl = model_logits(target, tp, batch)
+  solved = dataclasses.replace(single, schedule="sequential", solver="cg", solver_iters=60, warm_start=False)
+  hyper_cg, z_star, _ = jax.jit(make_hypergradient(proxy, score_model, solved))(p, s, batch, val, tl)
+  _, _, hyper, z_new, _ = jax.jit(make_single_pass(proxy, score_model, single))(p, s, z_star, batch, val, tl)
+  rel = lambda a, b: float(otu.tree_norm(otu.tree_sub(a, b)) / otu.tree_norm(b))
+  assert rel(z_new, z_star) < 2e-6
+  assert rel(hyper, hyper_cg) < 1e-4
+
+
+def test_single_pass_step_moves_the_proxy_like_the_sequential_step(setup, bilevel_cfg):
+  """The lower steps do not depend on z: K_in = 2 single-pass and sequential steps give the same proxy; from z = 0
+  the first z is α·∇F at the last lower step's θp; the metrics have the same names."""
+  single = dataclasses.replace(bilevel_cfg, schedule="single_pass", solver="neumann", solver_iters=1,
+                               warm_start=True, solver_alpha=0.05)
+  seq_state, seq_m = _run_step(setup, bilevel_cfg, jax.devices()[:1], steps=1)
+  state, m = _run_step(setup, single, jax.devices()[:1], steps=1)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), state.proxy, seq_state.proxy)
+  assert set(m[0]) == set(seq_m[0])
+  np.testing.assert_allclose(m[0]["lower_G"], seq_m[0]["lower_G"], rtol=1e-5)
+  _, _, p, _, _ = setup
+  one = dataclasses.replace(single, inner_steps=1)
+  state, m = _run_step(setup, one, jax.devices()[:1], steps=1)
+  proxy = Transformer(PROXY)
+  grad_f = jax.grad(lambda q: objectives.reference_objective(proxy, q, _batch(100)))(p)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, 0.05 * b, rtol=1e-5, atol=1e-9), nn.unbox(state.z),
+               nn.unbox(grad_f))
+  assert m[0]["hypergrad_norm"] == 0.0  # a = ⟨∇L_i, 0⟩
+
+
+def test_single_pass_refuses_settings_it_cannot_run():
+  for bad in ({"solver": "cg"}, {"solver_iters": 3}, {"warm_start": False}, {"mixed": "vjp"}):
+    with pytest.raises(ValueError, match="single_pass"):
+      BilevelConfig(**dict(dict(schedule="single_pass", solver="normalized", solver_iters=1, warm_start=True), **bad))
+  with pytest.raises(ValueError, match="schedule"):
+    BilevelConfig(schedule="simultaneous")

@@ -8,6 +8,7 @@ All three run a fixed number of iterations inside jit (`iters`), take an optiona
     (`normalize="tensor"`, the reference's; `"global"` rescales the whole pytree by its global norm instead),
     z ← z − α·g; started (without a warm start) from z₀ = 1/numel in every tensor. The reference code passes
     A = H + 1e-2·I, i.e. `damping=1e-2` in `hvp.damped_hvp`.
+`iteration` is one step of the last two from a given residual (what a single-pass bilevel step takes).
 `matvec_count` is how many products with A a solve costs (the FLOP accounting's HVP count).
 """
 from typing import Callable, Optional
@@ -31,7 +32,7 @@ def neumann(matvec: Callable, b, x0=None, *, iters: int = 10, alpha: float = 1e-
   """Truncated Neumann series α Σ_{k≤iters} (I − αA)^k b; with a warm start x0 it is Richardson's iteration
   z ← z + α(b − Az) from x0 (the same fixed point)."""
   if x0 is not None:
-    body = lambda _, z: otu.tree_add_scale(z, alpha, otu.tree_sub(b, matvec(z)))
+    body = lambda _, z: iteration("neumann", z, otu.tree_sub(matvec(z), b), alpha=alpha)
     return jax.lax.fori_loop(0, iters, body, x0)
 
   def body(_, carry):
@@ -63,8 +64,19 @@ def normalized_iteration(matvec: Callable, b, x0=None, *, iters: int = 3, alpha:
   z = uniform_start(b) if x0 is None else x0
 
   def body(_, z):
-    return otu.tree_add_scale(z, -alpha, unit_norm_cap(otu.tree_sub(matvec(z), b), normalize))
+    return iteration("normalized", z, otu.tree_sub(matvec(z), b), alpha=alpha, normalize=normalize)
   return jax.lax.fori_loop(0, iters, body, z)
+
+
+ITERATIVE = ("neumann", "normalized")
+
+
+def iteration(name: str, z, residual, *, alpha: float = 1e-2, normalize: str = "tensor"):
+  """One step of a stationary solver from z given its residual r = Az − b: "neumann" (Richardson) z − α·r,
+  "normalized" z − α·`unit_norm_cap`(r). (CG keeps a search direction across steps and has no such step.)"""
+  check_choice("solver", name, ITERATIVE)
+  step = unit_norm_cap(residual, normalize) if name == "normalized" else residual
+  return otu.tree_add_scale(z, -alpha, step)
 
 
 def matvec_count(name: str, iters: int) -> int:

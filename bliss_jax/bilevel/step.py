@@ -7,6 +7,13 @@
      ∇Φ(θs) = −∇_{θs}Σ_i P_i a_i (eq. H3, `mixed="jvp"`: one jvp through the proxy, one vjp through the score model)
      or the general vjp of θs ↦ ∇_{θp}G (eq. H2, `mixed="vjp"`, second order through the score model; for checks).
   4. Per-tensor clip of ∇Φ, AdamW on θs. Both optimizers follow cosine schedules over the run's steps.
+That is `schedule="sequential"`, the reference code's order. `schedule="single_pass"` updates θp, z and θs together
+from one point (the single-loop scheme of SOBA, Dagréou et al. 2022): on the last candidate batch ONE
+forward-over-reverse pass along the carried z gives ∇G (the lower step), ∇²G·z (one solver `iteration` on z) and,
+as the tangents of the per-sample losses, the alignments a_i = ⟨∇L_i, z⟩ (eq. H3); with ∇F at the same θp. It costs
+one HVP-sized pass instead of a gradient, 1 + `solver_iters` HVP-sized passes and a jvp; z lags one iteration behind.
+The objectives' heads run over chunks of positions (`losses.bilevel.chunked_sample_terms`, ∇F by
+`losses.lm.head_cross_entropy`): no [B, T, V] proxy logits, nor their tangents, exist at once.
 
 `BilevelState` is one pytree (what checkpoints store): step, proxy and score parameters with their optimizer states,
 and z (kept for warm starts). `build_bilevel_functions` lays every leaf out on the mesh from the models' logical axis
@@ -32,8 +39,11 @@ from bliss_jax.losses.lm import model_logits
 from bliss_jax.models.config import ModelConfig
 from bliss_jax.models import flops
 from bliss_jax.models.score_model import HEAD_INITS, POOLINGS, ScoreModel, score_batch
-from bliss_jax.models.transformer import Transformer
+from bliss_jax.models.transformer import Transformer, head_weight
 from bliss_jax.training import optimizers
+
+
+SCHEDULES = ("sequential", "single_pass")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +62,7 @@ class BilevelConfig:
   damping: float = 1e-2  # λ_z
   warm_start: bool = False  # start the solver from the previous step's z
   mixed: str = "jvp"  # "jvp" (eq. H3) or "vjp" (eq. H2)
+  schedule: str = "sequential"  # "sequential" (the reference's) or "single_pass" (module docstring)
   proxy_lr: float = 1e-5
   score_lr: float = 1e-5
   weight_decay: float = 0.1
@@ -79,6 +90,14 @@ class BilevelConfig:
     check_choice("score_pooling", self.score_pooling, POOLINGS)
     if self.inner_steps < 1:
       raise ValueError(f"inner_steps={self.inner_steps} must be >= 1")
+    check_choice("schedule", self.schedule, SCHEDULES)
+    if self.schedule == "single_pass":
+      if self.solver not in solvers.ITERATIVE or self.mixed != "jvp" or self.solver_iters != 1 or not self.warm_start:
+        raise ValueError(
+            f"schedule='single_pass' makes one warm-started iteration of a stationary solver per step and takes the "
+            f"alignments from its pass: it needs solver in {solvers.ITERATIVE}, mixed='jvp', solver_iters=1 and "
+            f"warm_start=True (got solver={self.solver!r}, mixed={self.mixed!r}, solver_iters={self.solver_iters}, "
+            f"warm_start={self.warm_start})")
 
 
 @flax.struct.dataclass
@@ -115,10 +134,14 @@ def make_optimizers(cfg: BilevelConfig, num_steps: int):
 
 
 def _lower_objective(proxy: Transformer, cfg: BilevelConfig) -> Callable:
-  """G(θp; weights, batch, target logits) of `losses.bilevel` with the config's γ, λ and KL direction."""
+  """`lower(θp, weights, batch, target logits) -> (G, (parts, L [B]))`: (G) of `losses.bilevel` with the config's γ,
+  λ and KL direction, the head over chunks of positions (`chunked_sample_terms`)."""
   def lower(p, weights, batch, t_logits):
-    return objectives.lower_objective(model_logits(proxy, p, batch), weights, batch, p, target_logits=t_logits,
-                                      gamma=cfg.gamma, l2=cfg.l2, kl_direction=cfg.kl_direction)
+    hidden = model_logits(proxy, p, batch, return_hidden="only")
+    ce, kl = objectives.chunked_sample_terms(proxy.cfg, head_weight(proxy.cfg, p), hidden, batch, t_logits,
+                                             cfg.kl_direction)
+    g, parts = objectives.lower_objective(ce, weights, p, kl=kl, gamma=cfg.gamma, l2=cfg.l2)
+    return g, (parts, ce)
   return lower
 
 
@@ -130,7 +153,8 @@ def _weights(score_model: ScoreModel, cfg: BilevelConfig) -> Callable:
 def make_hypergradient(proxy: Transformer, score_model: ScoreModel, cfg: BilevelConfig) -> Callable:
   """`hypergradient(θp, θs, batch, val_batch, t_logits, x0) -> (∇Φ(θs), z, aux)`, steps 2-3 of the bilevel step at
   the proxy parameters θp: ∇F on `val_batch`, z of (H1) on the candidate `batch` (the solver started from `x0`,
-  None: its own start), and ∇Φ by (H3) or (H2) (`cfg.mixed`). `aux`: F, the scores, weights and alignments a."""
+  None: its own start), and ∇Φ by (H3) or (H2) (`cfg.mixed`). `aux`: F, the scores, weights and alignments a.
+  `schedule="single_pass"` solves nothing: ∇Φ is (H3) along the carried z = `x0`, the direction its step takes."""
   lower = _lower_objective(proxy, cfg)
   weights_of = _weights(score_model, cfg)
 
@@ -139,11 +163,14 @@ def make_hypergradient(proxy: Transformer, score_model: ScoreModel, cfg: Bilevel
     weights = objectives.sample_weights(scores, cfg.weighting)
     f_val, grad_f = jax.value_and_grad(lambda q: objectives.reference_objective(proxy, q, val_batch))(p)
     inner = lambda q, w: lower(q, w, batch, t_logits)[0]
-    z = hypergradient.solve_adjoint(inner, p, weights, grad_f, solver=cfg.solver, iters=cfg.solver_iters,
-                                    damping=cfg.damping, alpha=cfg.solver_alpha, x0=x0,
-                                    normalize=cfg.solver_normalize)
+    if cfg.schedule == "single_pass":
+      z = x0
+    else:
+      z = hypergradient.solve_adjoint(inner, p, weights, grad_f, solver=cfg.solver, iters=cfg.solver_iters,
+                                      damping=cfg.damping, alpha=cfg.solver_alpha, x0=x0,
+                                      normalize=cfg.solver_normalize)
     if cfg.mixed == "jvp":
-      per_sample = lambda q: objectives.per_sample_ce(model_logits(proxy, q, batch), batch)
+      per_sample = lambda q: lower(q, weights, batch, t_logits)[1][1]
       hyper, a = hypergradient.weighted_sum_hypergradient(per_sample, lambda s: weights_of(s, batch), p, score, z)
     else:
       hyper = otu.tree_scale(-1.0, hypergradient.mixed_term(lambda q, s: inner(q, weights_of(s, batch)), p, score,
@@ -154,6 +181,31 @@ def make_hypergradient(proxy: Transformer, score_model: ScoreModel, cfg: Bilevel
   return at
 
 
+def make_single_pass(proxy: Transformer, score_model: ScoreModel, cfg: BilevelConfig) -> Callable:
+  """`single_pass(θp, θs, z, batch, val_batch, t_logits) -> (∇G, (G, parts), ∇Φ(θs), z', aux)` of
+  `schedule="single_pass"`, all at θp: one `jax.jvp` along z of θp ↦ (∇G, L) gives ∇G, ∇²G·z and a = ⟨∇L_i, z⟩;
+  z' is one solver `iteration` on the residual (∇²G + λ_z I)z − ∇F; ∇Φ = −vjp of P at θs with a (eq. H3)."""
+  lower = _lower_objective(proxy, cfg)
+
+  def run(p, score, z, batch, val_batch, t_logits):
+    scores, pull_scores = jax.vjp(lambda s: score_batch(score_model, s, batch), score)
+    weights, pull_weights = jax.vjp(lambda x: objectives.sample_weights(x, cfg.weighting), scores)
+    w = jax.lax.stop_gradient(weights)
+
+    def grad_and_terms(q):
+      (g, (parts, ce)), grad = jax.value_and_grad(lower, has_aux=True)(q, w, batch, t_logits)
+      return grad, (g, parts, ce)
+
+    (grad, (g, parts, _)), (hz, (_, _, a)) = jax.jvp(grad_and_terms, (p,), (z,))
+    f_val, grad_f = jax.value_and_grad(lambda q: objectives.reference_objective(proxy, q, val_batch))(p)
+    residual = otu.tree_sub(otu.tree_add_scale(hz, cfg.damping, z), grad_f)
+    z_new = solvers.iteration(cfg.solver, z, residual, alpha=cfg.solver_alpha, normalize=cfg.solver_normalize)
+    hyper = pull_scores(pull_weights(-jax.lax.stop_gradient(a))[0])[0]
+    return grad, (g, parts), hyper, z_new, {"F": f_val, "scores": scores, "weights": weights, "a": a}
+
+  return run
+
+
 def make_bilevel_step(proxy: Transformer, score_model: ScoreModel, target: Optional[Transformer], cfg: BilevelConfig,
                       proxy_tx, score_tx, proxy_schedule=None, score_schedule=None) -> Callable:
   """`step(state, train_batches [K_in, B, T], val_batch [B, T], target_params) -> (state, metrics)`, unjitted."""
@@ -162,32 +214,44 @@ def make_bilevel_step(proxy: Transformer, score_model: ScoreModel, target: Optio
     raise ValueError("gamma > 0 needs the target model (its logits enter the KL term)")
   lower = _lower_objective(proxy, cfg)
   hypergradient_at = make_hypergradient(proxy, score_model, cfg)
+  single_pass_at = make_single_pass(proxy, score_model, cfg)
 
   def target_logits(tp, batch):
     return jax.lax.stop_gradient(model_logits(target, tp, batch)) if use_kl else None
+
+  def lower_metrics(g_val, parts, grads):
+    return dict(parts, G=g_val, proxy_grad_norm=otu.tree_norm(grads))
 
   def step(state: BilevelState, train_batches: dict, val_batch: dict, target_params=None):
     def lower_step(carry, batch):
       p, opt, _ = carry
       t_logits = target_logits(target_params, batch)
       w = jax.lax.stop_gradient(_weights(score_model, cfg)(state.score, batch))
-      (g_val, parts), grads = jax.value_and_grad(lower, has_aux=True)(p, w, batch, t_logits)
+      (g_val, (parts, _)), grads = jax.value_and_grad(lower, has_aux=True)(p, w, batch, t_logits)
       updates, opt = proxy_tx.update(grads, opt, p)
-      return (optax.apply_updates(p, updates), opt, t_logits), dict(parts, G=g_val,
-                                                                     proxy_grad_norm=otu.tree_norm(grads))
+      return (optax.apply_updates(p, updates), opt, t_logits), lower_metrics(g_val, parts, grads)
 
-    # The last candidate batch's target logits leave the scan in its carry: the hypergradient reuses them.
-    first = jax.tree.map(lambda x: x[0], train_batches)
-    no_logits = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
-                             jax.eval_shape(lambda: target_logits(target_params, first)))
-    (p, popt, t_logits), lower_metrics = jax.lax.scan(lower_step, (state.proxy, state.proxy_opt, no_logits),
-                                                      train_batches)
     hb = jax.tree.map(lambda x: x[-1], train_batches)
-    hyper, z, aux = hypergradient_at(p, state.score, hb, val_batch, t_logits, state.z if cfg.warm_start else None)
+    no_logits = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
+                             jax.eval_shape(lambda: target_logits(target_params, hb)))
+    if cfg.schedule == "single_pass":
+      # K_in - 1 plain lower steps, then the last batch's lower step inside the single pass
+      (p, popt, _), _ = jax.lax.scan(lower_step, (state.proxy, state.proxy_opt, no_logits),
+                                     jax.tree.map(lambda x: x[:-1], train_batches))
+      t_logits = target_logits(target_params, hb)
+      grads, (g_val, parts), hyper, z, aux = single_pass_at(p, state.score, state.z, hb, val_batch, t_logits)
+      last = lower_metrics(g_val, parts, grads)
+      updates, popt = proxy_tx.update(grads, popt, p)
+      p = optax.apply_updates(p, updates)
+    else:
+      # The last candidate batch's target logits leave the scan in its carry: the hypergradient reuses them.
+      (p, popt, t_logits), per_step = jax.lax.scan(lower_step, (state.proxy, state.proxy_opt, no_logits),
+                                                   train_batches)
+      last = jax.tree.map(lambda x: x[-1], per_step)
+      hyper, z, aux = hypergradient_at(p, state.score, hb, val_batch, t_logits, state.z if cfg.warm_start else None)
     updates, sopt = score_tx.update(hyper, state.score_opt, state.score)
     new = BilevelState(step=state.step + 1, proxy=p, proxy_opt=popt, score=optax.apply_updates(state.score, updates),
                        score_opt=sopt, z=z)
-    last = jax.tree.map(lambda x: x[-1], lower_metrics)
     metrics = {"lower_" + k: v for k, v in last.items()}
     scores, weights, a = aux["scores"], aux["weights"], aux["a"]
     metrics.update(upper_F=aux["F"], hypergrad_norm=otu.tree_norm(hyper), z_norm=otu.tree_norm(z),
@@ -252,16 +316,21 @@ def step_flops(proxy_cfg: ModelConfig, target_cfg: Optional[ModelConfig], cfg: B
                sequence_length: int) -> float:
   """FLOPs of one bilevel step on [B, T] candidate and reference batches, from `models.flops`' passes:
   K_in × (proxy train + score forward + target forward) for the lower level; a proxy train pass for ∇F; the
-  hypergradient batch's target and score forwards; `solvers.matvec_count` HVPs of the proxy; the jvp of the
-  per-sample losses along z (`mixed="vjp"`: a second-order pass through the proxy instead); and the score model's
-  train pass (its vjp). Score-model passes have no LM head."""
+  hypergradient batch's score forward (its target logits are the last lower step's); `solvers.matvec_count` HVPs of
+  the proxy; the jvp of the per-sample losses along z (`mixed="vjp"`: a second-order pass through the proxy instead);
+  and the score model's train pass (its vjp). `schedule="single_pass"`: the last lower step's gradient, the HVP and
+  the jvp are one HVP pass. Score-model passes have no LM head."""
   L = sequence_length
   train_p = flops.train_flops_per_token(proxy_cfg, L)
   score_f = flops.score_forward_flops_per_token(proxy_cfg, L)
   fwd_t = flops.forward_flops_per_token(target_cfg, L) if target_cfg is not None and cfg.gamma else 0.0
-  hvps = solvers.matvec_count(cfg.solver, cfg.solver_iters)
-  mixed = flops.score_train_flops_per_token(proxy_cfg, L) + (
-      flops.jvp_flops_per_token(proxy_cfg, L) if cfg.mixed == "jvp" else flops.hvp_flops_per_token(proxy_cfg, L))
-  per_token = (cfg.inner_steps * (train_p + score_f + fwd_t) + train_p + fwd_t + score_f
-               + hvps * flops.hvp_flops_per_token(proxy_cfg, L) + mixed)
+  hvp = flops.hvp_flops_per_token(proxy_cfg, L)
+  lower = train_p + score_f + fwd_t
+  score_train = flops.score_train_flops_per_token(proxy_cfg, L)
+  if cfg.schedule == "single_pass":
+    per_token = (cfg.inner_steps - 1) * lower + fwd_t + score_train + hvp + train_p
+  else:
+    hvps = solvers.matvec_count(cfg.solver, cfg.solver_iters)
+    mixed = score_train + (flops.jvp_flops_per_token(proxy_cfg, L) if cfg.mixed == "jvp" else hvp)
+    per_token = cfg.inner_steps * lower + train_p + score_f + hvps * hvp + mixed
   return per_token * batch_size * L

@@ -1,4 +1,5 @@
-"""BLISS's objectives (spec `bliss.md` §Bilevel problem), as pure functions of logits, scores and batches.
+"""BLISS's objectives (spec `bliss.md` §Bilevel problem), as pure functions of logits (or of final hidden states and
+the output head, over chunks of positions), scores and batches.
 
   (G)  G(θp, θs) = Σ_i P_i·L_i(θp) + γ·KL + λ‖θp‖²     lower level: the proxy θp on a candidate batch
   (P)  P = softmax(s) over the GLOBAL batch, s_i = score_model(θs; ξ_i)
@@ -17,7 +18,9 @@ import optax.tree_utils as otu
 
 from bliss_jax.choices import check_choice
 from bliss_jax.losses.entropy import kl_divergence
-from bliss_jax.losses.lm import masked_mean, model_logits, token_cross_entropy
+from bliss_jax.losses.lm import (CHUNK_TOKENS, head_cross_entropy, masked_mean, model_logits, position_chunks,
+                                 token_cross_entropy)
+from bliss_jax.models.transformer import head_logits, head_weight
 
 WEIGHTINGS = ("softmax", "normalized")
 KL_DIRECTIONS = ("target_proxy", "proxy_target")
@@ -45,19 +48,52 @@ def token_kl(target_logits: jax.Array, proxy_logits: jax.Array, direction: str =
   return kl_divergence(proxy_logits, target_logits)
 
 
-def lower_objective(proxy_logits: jax.Array, weights: jax.Array, batch: dict, proxy_params, *,
-                    target_logits=None, gamma: float = 0.0, l2: float = 0.0,
-                    kl_direction: str = "target_proxy"):
-  """(G) and its parts: (G, {"weighted_ce", "kl", "l2", "ce_mean"}). `weights` are P (already normalised)."""
+def sample_terms(proxy_logits: jax.Array, batch: dict, target_logits=None, kl_direction: str = "target_proxy"):
+  """(L [B], KL) of (G) from the proxy's logits [B, T, V]: the per-sample CE and, with `target_logits`, the KL's token
+  mean over the batch's loss-carrying tokens (None without)."""
   ce = per_sample_ce(proxy_logits, batch)
+  if target_logits is None:
+    return ce, None
+  kl = masked_mean(token_kl(jax.lax.stop_gradient(target_logits), proxy_logits, kl_direction),
+                   batch["decoder_loss_weights"])
+  return ce, kl
+
+
+def chunked_sample_terms(cfg, head_weight: jax.Array, hidden: jax.Array, batch: dict, target_logits=None,
+                         kl_direction: str = "target_proxy", chunk_tokens: int = CHUNK_TOKENS):
+  """`sample_terms` from the proxy's final hidden states [B, T, d] and its output head (`models.transformer
+  .head_logits`), over chunks of ⌈chunk_tokens / B⌉ positions: each chunk's logits are recomputed when differentiated
+  (`jax.checkpoint`), so one chunk's [B, length, V] logits (and, under `jax.jvp`, their tangents) live at a time, to
+  any order of differentiation. Same values as `sample_terms` up to float summation order."""
+  b, t = hidden.shape[:2]
+  length = max(1, min(t, -(-chunk_tokens // b)))
+  w = batch["decoder_loss_weights"].astype(jnp.float32)
+  with_kl = target_logits is not None
+  xs = (hidden, batch["decoder_target_tokens"], w) + ((jax.lax.stop_gradient(target_logits),) if with_kl else ())
+
+  @jax.checkpoint
+  def body(_, x):
+    h, y, m = x[:3]
+    logits = head_logits(cfg, head_weight, h)
+    ce = jnp.sum(token_cross_entropy(logits, y) * m, -1)
+    kl = jnp.sum(token_kl(x[3], logits, kl_direction) * m) if with_kl else jnp.zeros(())
+    return None, (ce, kl)
+
+  _, (ce, kl) = jax.lax.scan(body, None, tuple(position_chunks(x, length) for x in xs))
+  ce = jnp.sum(ce, 0) / jnp.maximum(jnp.sum(w, -1), 1.0)
+  return ce, (jnp.sum(kl) / jnp.maximum(jnp.sum(w), 1.0) if with_kl else None)
+
+
+def lower_objective(ce: jax.Array, weights: jax.Array, proxy_params, *, kl=None, gamma: float = 0.0,
+                    l2: float = 0.0):
+  """(G) and its parts: (G, {"weighted_ce", "kl", "l2", "ce_mean"}) from the per-sample CE L [B] and the KL of
+  `sample_terms` / `chunked_sample_terms`; `weights` are P (already normalised)."""
   weighted = jnp.sum(weights * ce)
   parts = {"weighted_ce": weighted, "ce_mean": jnp.mean(ce)}
   total = weighted
   if gamma:
-    if target_logits is None:
+    if kl is None:
       raise ValueError("gamma > 0 needs the target's logits")
-    kl = masked_mean(token_kl(jax.lax.stop_gradient(target_logits), proxy_logits, kl_direction),
-                     batch["decoder_loss_weights"])
     total, parts["kl"] = total + gamma * kl, kl
   if l2:
     sq = otu.tree_sum(jax.tree.map(lambda x: jnp.sum(jnp.square(x.astype(jnp.float32))), proxy_params))
@@ -70,9 +106,16 @@ def upper_objective(logits: jax.Array, batch: dict) -> jax.Array:
   return masked_mean(token_cross_entropy(logits, batch["decoder_target_tokens"]), batch["decoder_loss_weights"])
 
 
-def reference_objective(model, params, batch: dict) -> jax.Array:
+def reference_objective(model, params, batch: dict, chunk_tokens: int = CHUNK_TOKENS) -> jax.Array:
   """(F) of `model` on a reference batch: causal attention on every row, prefix-LM rows included (their
   `decoder_causal_attention` is ignored; the context is excluded by the loss weights only, as the reference code
-  scores LAMBADA)."""
+  scores LAMBADA). The head and CE run over chunks of about `chunk_tokens` tokens (`losses.lm.head_cross_entropy`,
+  first-order differentiable; 0: from the full logits by `upper_objective`)."""
   causal = {k: v for k, v in batch.items() if k != "decoder_causal_attention"}
-  return upper_objective(model_logits(model, params, causal), batch)
+  if not chunk_tokens:
+    return upper_objective(model_logits(model, params, causal), batch)
+  w = batch["decoder_loss_weights"].astype(jnp.float32)
+  hidden = model_logits(model, params, causal, return_hidden="only")
+  total, _, _ = head_cross_entropy(model.cfg, head_weight(model.cfg, params), hidden, batch["decoder_target_tokens"],
+                                   w, chunk_tokens)
+  return total / jnp.maximum(jnp.sum(w), 1.0)

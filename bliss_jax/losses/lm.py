@@ -29,12 +29,20 @@ def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
   return jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]
 
 
+def token_correct(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """The training accuracy's per-token term: 1 where the target's logit is the largest, float32, shape of `targets`.
+  A tie with another token counts as correct (no first-index rule as argmax's), so a chunked head reads it off the
+  max its log-sum-exp takes anyway, without a second (index-carrying) reduction over the vocabulary."""
+  logits = logits.astype(jnp.float32)
+  return (jnp.take_along_axis(logits, targets[..., None], -1)[..., 0] >= jnp.max(logits, -1)).astype(jnp.float32)
+
+
 def _ce_and_correct(logits: jax.Array, targets: jax.Array) -> Tuple[jax.Array, jax.Array]:
-  """Per-token CE (`token_cross_entropy`) and correctness [argmax logits = target] (float32)."""
-  return token_cross_entropy(logits, targets), (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+  """Per-token CE (`token_cross_entropy`) and `token_correct`."""
+  return token_cross_entropy(logits, targets), token_correct(logits, targets)
 
 
-def _chunked(x: jax.Array, length: int) -> jax.Array:
+def position_chunks(x: jax.Array, length: int) -> jax.Array:
   """[B, T, ...] -> [T / length, B, length, ...] (T padded with zeros to a multiple of `length`)."""
   b, t = x.shape[:2]
   n = -(-t // length)
@@ -43,7 +51,7 @@ def _chunked(x: jax.Array, length: int) -> jax.Array:
 
 
 def _unchunked(x: jax.Array, t: int) -> jax.Array:
-  """The inverse of `_chunked`: [n, B, length, ...] -> [B, t, ...]."""
+  """The inverse of `position_chunks`: [n, B, length, ...] -> [B, t, ...]."""
   x = jnp.moveaxis(x, 0, 1)
   return x.reshape((x.shape[0], -1) + x.shape[3:])[:, :t]
 
@@ -52,7 +60,7 @@ def _head_scan(cfg: ModelConfig, length: int, weight, hidden, targets, coefficie
   """Σ_t c_t ℓ_t, ℓ [B, T], correct [B, T] and, `with_grads`, the gradients of the sum w.r.t. `weight` and `hidden`,
   over chunks of `length` positions (`lax.scan`: one chunk's logits [B, length, V] live at a time)."""
   t = hidden.shape[1]
-  xs = tuple(_chunked(x, length) for x in (hidden, targets, coefficients))
+  xs = tuple(position_chunks(x, length) for x in (hidden, targets, coefficients))
 
   def body(d_weight, x):
     h, y, c = x
@@ -63,8 +71,9 @@ def _head_scan(cfg: ModelConfig, length: int, weight, hidden, targets, coefficie
     top = jax.lax.stop_gradient(jnp.max(logits, -1, keepdims=True))
     exp = jnp.exp(logits - top)
     total_exp = jnp.sum(exp, -1, keepdims=True)
-    ce = (jnp.log(total_exp) + top)[..., 0] - jnp.take_along_axis(logits, y[..., None], -1)[..., 0]
-    correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
+    target_logit = jnp.take_along_axis(logits, y[..., None], -1)[..., 0]
+    ce = (jnp.log(total_exp) + top)[..., 0] - target_logit
+    correct = (target_logit >= top[..., 0]).astype(jnp.float32)  # `token_correct` from the same max
     # ∂(c·ℓ)/∂logits = c·(softmax(logits) − onehot(target))
     g = c[..., None] * (exp / total_exp - jax.nn.one_hot(y, logits.shape[-1], dtype=logits.dtype))
     dw, dh = pull(g)
@@ -104,7 +113,7 @@ def head_cross_entropy(cfg: ModelConfig, weight: jax.Array, hidden: jax.Array, t
                        coefficients: jax.Array, chunk_tokens: int) -> Tuple[jax.Array, jax.Array, jax.Array]:
   """(Σ_t c_t ℓ_t, ℓ [B, T], correct [B, T]) of the output head (`models.transformer.head_logits`) on final hidden
   states [B, T, d], without materialising the [B, T, V] logits: ℓ_t = `token_cross_entropy` and correct_t =
-  [argmax logits_t = target_t], computed over chunks of ⌈chunk_tokens / B⌉ positions of every row.
+  `token_correct`, computed over chunks of ⌈chunk_tokens / B⌉ positions of every row.
 
   Differentiated, the forward pass also computes the sum's gradient w.r.t. the head weight and the hidden states,
   chunk by chunk (∂ℓ_t/∂logits_t = softmax − onehot), so each chunk's logits are computed once and the backward pass
@@ -128,7 +137,7 @@ def next_token_metrics(logits: jax.Array, batch: dict) -> dict:
   """Sums (not means) over the loss-carrying tokens, so they add across batches and hosts: CE, correct, count."""
   targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"].astype(jnp.float32)
   ce = token_cross_entropy(logits, targets)
-  correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+  correct = token_correct(logits, targets)
   return {"ce_sum": jnp.sum(ce * weights), "correct_sum": jnp.sum(correct * weights), "num_tokens": jnp.sum(weights)}
 
 
@@ -190,7 +199,7 @@ def make_lm_loss(model: nn.Module, frozen_models=None, average: str = "token", *
     else:
       logits = model_logits(model, params, batch)
       loss = masked_mean(token_cross_entropy(logits, targets), c, count=n)
-      correct = jnp.argmax(logits, -1) == targets
+      correct = token_correct(logits, targets)
     return loss, {"loss": loss, "accuracy": masked_mean(correct, c, count=n),
                   "num_tokens": jnp.sum(batch["decoder_loss_weights"].astype(jnp.float32)),
                   **({"num_sequences": n, "denominator": n} if average == "sequence" else {})}

@@ -198,8 +198,8 @@ class OutputKernel(nn.Module):
 
 def head_weight(cfg: ModelConfig, params) -> jax.Array:
   """The output head's weight in a `Transformer(cfg)`'s parameters: the untied kernel [d, V], or the input embedding
-  [V, d] when tied."""
-  return params["embed"]["embedding"] if cfg.tie_embeddings else params["lm_head"]["kernel"]
+  [V, d] when tied (unboxed from flax's logical partitioning metadata where `params` carry it)."""
+  return nn.unbox(params["embed"]["embedding"] if cfg.tie_embeddings else params["lm_head"]["kernel"])
 
 
 def head_logits(cfg: ModelConfig, weight: jax.Array, hidden: jax.Array) -> jax.Array:
