@@ -15,7 +15,8 @@ import jax.numpy as jnp
 
 from bliss_jax.choices import check_choice
 from bliss_jax.losses.entropy import entropy, soft_cross_entropy
-from bliss_jax.losses.lm import AVERAGES, averaging_weights, masked_mean, model_logits, token_cross_entropy
+from bliss_jax.losses.lm import (AVERAGES, averaging_weights, masked_mean, model_logits, token_correct,
+                                 token_cross_entropy)
 
 
 def teacher_distribution(teacher_logits: jax.Array, rho: float) -> jax.Array:
@@ -60,7 +61,7 @@ def make_kd_loss(model, frozen_models, *, omega: float = 0.667, rho: float = 0.2
     soft = soft_cross_entropy(p_t, logits)
     return loss, {"loss": loss, "ce": mean(token_cross_entropy(logits, targets)), "kd": mean(soft),
                   "kl_teacher_student": mean(soft - entropy(probs=p_t)),  # KL = CE − H (module docstring)
-                  "accuracy": mean(jnp.argmax(logits, -1) == targets),
+                  "accuracy": mean(token_correct(logits, targets)),
                   "num_tokens": jnp.sum(batch["decoder_loss_weights"].astype(jnp.float32)),
                   **({"num_sequences": n, "denominator": n} if average == "sequence" else {})}
 

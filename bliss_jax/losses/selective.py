@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from bliss_jax.choices import check_choice
 from bliss_jax.counting import fraction_to_count
 from bliss_jax.losses.entropy import entropy
-from bliss_jax.losses.lm import LossFn, masked_mean, model_logits, token_cross_entropy
+from bliss_jax.losses.lm import LossFn, masked_mean, model_logits, token_correct, token_cross_entropy
 
 # score name -> whether the HIGHEST scores are kept.
 SCORES = {"excess": True, "reference_loss": False, "reference_entropy": False}
@@ -201,7 +201,7 @@ def make_selective_loss(model: nn.Module, frozen_models: Optional[Dict[str, nn.M
     num_valid = jnp.sum(weights)
     mean = lambda x, w: masked_mean(jax.lax.stop_gradient(x), w)
     unselected = weights * (1.0 - selected.astype(jnp.float32))
-    correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+    correct = token_correct(logits, targets)
     metrics = {"loss": loss, "num_tokens": num_selected, "num_valid_tokens": num_valid,
                "selected_fraction": num_selected / jnp.maximum(num_valid, 1.0),
                "ce_selected": jax.lax.stop_gradient(loss), "ce_unselected": mean(ce, unselected),
