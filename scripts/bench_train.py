@@ -17,7 +17,10 @@ initialisation (no download), float32 parameters (bfloat16 autocast with `--dtyp
 bliss_jax runs on one, trained the same way: per-token cross-entropy over the same batches, AdamW
 with the same betas, weight decay and global-norm clipping. The two run `--rounds` times in turn, `--steps` steps
 each, so both see the same machine load; the figures are the medians over rounds and the ratio is bliss_jax's
-tokens/s over the peer's. `--loss_chunk 0,256` runs the LM loss from the full logits and chunked (alternating too).
+tokens/s over the peer's. `--peer_process own` runs the peer in a child process of its own (this script, serving
+the timed steps over a pipe) so that the two stacks' buffers do not share one heap: in one process the one allocating
+second finds the heap fragmented by the other's (at pythia-14m our step faulted 18k pages a step next to the peer's
+412 MB logits, 0 alone). `--loss_chunk 0,256` runs the LM loss from the full logits and chunked (alternating too).
 
 Host memory: the script keeps freed memory for reuse (`bliss_jax.host_allocator`) as the CLI does, and the peer's
 steps run under the same setting (PyTorch's CPU tensors come from the same malloc); `--host_allocator glibc,kept`
@@ -30,6 +33,7 @@ import functools
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
 
@@ -130,6 +134,51 @@ def torch_peer(cfg, optimizer: trainer.OptimizerConfig, batches):
                             f"{torch.__version__} on {device} ({torch.get_num_threads()} threads)"
 
 
+def timed(step, synchronize):
+  """`run(mode, start, end) -> (seconds, minor page faults)` of steps start..end-1 in this process (`mode`: the host
+  allocator's, already set by the caller)."""
+  def run(mode, start, end):
+    del mode
+    f, t = minor_faults(), time.perf_counter()
+    for i in range(start, end):
+      step(i)
+    synchronize()
+    return time.perf_counter() - t, minor_faults() - f
+  return run
+
+
+def serve_peer(cfg, optimizer, batches):
+  """The child's side of `--peer_process own`: each stdin line `mode start end` runs the peer's steps start..end-1
+  under host allocator `mode` and answers `PEER seconds faults` on stdout."""
+  step, synchronize, name = torch_peer(cfg, optimizer, batches)
+  run = timed(step, synchronize)
+  print(f"PEER {name}", flush=True)
+  for line in sys.stdin:
+    mode, start, end = line.split()
+    host_allocator.set_mode(mode, one_arena=host_allocator.cpu_device_count() == 1)
+    seconds, faults = run(mode, int(start), int(end))
+    print(f"PEER {seconds} {faults}", flush=True)
+
+
+def peer_process():
+  """`(run, name)` of a child process serving the peer (`serve_peer`), started with this script's arguments."""
+  child = subprocess.Popen([sys.executable, os.path.abspath(__file__)] + sys.argv[1:] + ["--serve_peer"],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+  def answer():
+    for line in child.stdout:
+      if line.startswith("PEER "):
+        return line[5:].strip()
+    raise RuntimeError(f"the peer's process ended (exit code {child.wait()}) without answering")
+
+  def run(mode, start, end):
+    child.stdin.write(f"{mode} {start} {end}\n")
+    child.stdin.flush()
+    seconds, faults = answer().split()
+    return float(seconds), float(faults)
+  return run, answer()
+
+
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--preset", default="tiny")
@@ -142,6 +191,9 @@ def main():
   p.add_argument("--dtype", default="float32")
   p.add_argument("--mesh_model", type=int, default=1)
   p.add_argument("--peer", choices=("none", "torch"), default="none")
+  p.add_argument("--peer_process", choices=("same", "own"), default="same",
+                 help="run the peer in this process (same) or in a child process of its own (own)")
+  p.add_argument("--serve_peer", action="store_true", help=argparse.SUPPRESS)
   p.add_argument("--data_devices", default="",
                  help="devices of the data axis (default: all); several, comma-separated, alternate in each round, "
                       "e.g. 1,2 with BLISS_JAX_CPU_DEVICES=2 (one CPU device per core)")
@@ -163,6 +215,8 @@ def main():
   tx, schedule = trainer.make_tx(optimizer, n_batches * a.rounds)
   source = SyntheticBatches(vocab_size=cfg.vocab_size, batch_size=a.batch_size, sequence_length=a.sequence_length)
   host_batches = [next(source) for _ in range(n_batches)]
+  if a.serve_peer:
+    return serve_peer(cfg, optimizer, host_batches)
   chunks = [int(c) for c in a.loss_chunk.split(",")]
   device_counts = [int(n) for n in a.data_devices.split(",")] if a.data_devices else [
       jax.device_count() // a.mesh_model]
@@ -181,12 +235,16 @@ def main():
         state, m = fns.train_step(state, b, rng[v], None)
       jax.block_until_ready(m)
       steps[v], states[v] = fns.train_step, state
-  peer_step = None
+  peer_run = None
   if a.peer == "torch":
-    peer_step, peer_sync, peer_name = torch_peer(cfg, optimizer, host_batches)
-    for i in range(a.warmup_steps):
-      peer_step(i)
-    peer_sync()
+    if a.peer_process == "own":
+      peer_run, peer_name = peer_process()
+    else:
+      peer_step, peer_sync, peer_name = torch_peer(cfg, optimizer, host_batches)
+      peer_run = timed(peer_step, peer_sync)
+    peer_run(a.host_allocator.split(",")[0], 0, a.warmup_steps)
+    if a.peer_process == "own":
+      peer_name += ", in its own process"
   modes = a.host_allocator.split(",")
   runs = [(v, mode) for mode in modes for v in variants]
   ours, theirs = {r: [] for r in runs}, {mode: [] for mode in modes}
@@ -203,19 +261,16 @@ def main():
         ours[(v, mode)].append((time.perf_counter() - t) / a.steps)
         faults[(v, mode)].append((minor_faults() - f) / a.steps)
         states[v] = state
-      if peer_step is not None:
-        f, t = minor_faults(), time.perf_counter()
-        for i in range(a.warmup_steps, n_batches):
-          peer_step(i)
-        peer_sync()
-        theirs[mode].append((time.perf_counter() - t) / a.steps)
-        faults[mode].append((minor_faults() - f) / a.steps)
+      if peer_run is not None:
+        seconds, n_faults = peer_run(mode, a.warmup_steps, n_batches)
+        theirs[mode].append(seconds / a.steps)
+        faults[mode].append(n_faults / a.steps)
   tokens = a.batch_size * a.sequence_length
   peak, how = peak_flops(a.dtype)
   print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}) x{jax.device_count()}")
   print(f"preset {a.preset}: {count_params(cfg):,} params, vocab {cfg.vocab_size}, batch {a.batch_size} x "
         f"{a.sequence_length}, {a.dtype}; median over {a.rounds} round(s) of {a.steps} steps")
-  peer_dt = {mode: statistics.median(t) for mode, t in theirs.items()} if peer_step is not None else None
+  peer_dt = {mode: statistics.median(t) for mode, t in theirs.items()} if peer_run is not None else None
   best_peer = min(peer_dt.values()) if peer_dt else None
 
   def name(r):
@@ -231,15 +286,15 @@ def main():
           + f" | {statistics.median(faults[r]):,.0f} page faults/step"
           + (f" | {best_peer / dt:.2f}x the peer" if best_peer else "")
           + (f" | {statistics.median(ours[runs[0]]) / dt:.2f}x the first" if r != runs[0] else ""))
-  if peer_step is not None:
+  if peer_run is not None:
     print(f"peer: {peer_name}: " + ", ".join(
         f"{tokens / dt:,.0f} tokens/s, {statistics.median(faults[mode]):,.0f} page faults/step"
         + (f" (host allocator {mode})" if len(modes) > 1 else "")
         for mode, dt in peer_dt.items()) + ("; ratios are to its faster" if len(modes) > 1 else ""))
   print("rounds (tokens/s; " + ", ".join(name(r) for r in runs)
-        + "".join(f", peer ({mode})" for mode in modes) * (peer_step is not None) + "): " +
+        + "".join(f", peer ({mode})" for mode in modes) * (peer_run is not None) + "): " +
         "; ".join("/".join([f"{tokens / ours[r][i]:,.0f}" for r in runs]
-                           + [f"{tokens / theirs[mode][i]:,.0f}" for mode in modes if peer_step is not None])
+                           + [f"{tokens / theirs[mode][i]:,.0f}" for mode in modes if peer_run is not None])
                   for i in range(a.rounds)))
 
 if __name__ == "__main__":
