@@ -11,7 +11,7 @@ That is `schedule="sequential"`, the reference code's order. `schedule="single_p
 from one point (the single-loop scheme of SOBA, Dagréou et al. 2022): on the last candidate batch ONE
 forward-over-reverse pass along the carried z gives ∇G (the lower step), ∇²G·z (one solver `iteration` on z) and,
 as the tangents of the per-sample losses, the alignments a_i = ⟨∇L_i, z⟩ (eq. H3); with ∇F at the same θp. It costs
-one HVP-sized pass instead of a gradient, 1 + `solver_iters` HVP-sized passes and a jvp; z lags one iteration behind.
+one HVP-sized pass instead of a gradient, `solver_iters` HVPs and a jvp; z lags one iteration behind.
 The objectives' heads run over chunks of positions (`losses.bilevel.chunked_sample_terms`, ∇F by
 `losses.lm.head_cross_entropy`): no [B, T, V] proxy logits, nor their tangents, exist at once.
 
