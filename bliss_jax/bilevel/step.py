@@ -133,13 +133,20 @@ def make_optimizers(cfg: BilevelConfig, num_steps: int):
   return proxy_tx, score_tx, p_sched, s_sched
 
 
+def _sample_terms(proxy: Transformer, cfg: BilevelConfig) -> Callable:
+  """`terms(θp, batch, target logits or None) -> (L [B], KL or None)`, the head over chunks of positions."""
+  def terms(p, batch, t_logits):
+    hidden = model_logits(proxy, p, batch, return_hidden="only")
+    return objectives.chunked_sample_terms(proxy.cfg, head_weight(proxy.cfg, p), hidden, batch, t_logits,
+                                           cfg.kl_direction)
+  return terms
+
+
 def _lower_objective(proxy: Transformer, cfg: BilevelConfig) -> Callable:
   """`lower(θp, weights, batch, target logits) -> (G, (parts, L [B]))`: (G) of `losses.bilevel` with the config's γ,
   λ and KL direction, the head over chunks of positions (`chunked_sample_terms`)."""
   def lower(p, weights, batch, t_logits):
-    hidden = model_logits(proxy, p, batch, return_hidden="only")
-    ce, kl = objectives.chunked_sample_terms(proxy.cfg, head_weight(proxy.cfg, p), hidden, batch, t_logits,
-                                             cfg.kl_direction)
+    ce, kl = _sample_terms(proxy, cfg)(p, batch, t_logits)
     g, parts = objectives.lower_objective(ce, weights, p, kl=kl, gamma=cfg.gamma, l2=cfg.l2)
     return g, (parts, ce)
   return lower
@@ -170,7 +177,7 @@ def make_hypergradient(proxy: Transformer, score_model: ScoreModel, cfg: Bilevel
                                       damping=cfg.damping, alpha=cfg.solver_alpha, x0=x0,
                                       normalize=cfg.solver_normalize)
     if cfg.mixed == "jvp":
-      per_sample = lambda q: lower(q, weights, batch, t_logits)[1][1]
+      per_sample = lambda q: _sample_terms(proxy, cfg)(q, batch, None)[0]  # the CE alone: no KL in the jvp
       hyper, a = hypergradient.weighted_sum_hypergradient(per_sample, lambda s: weights_of(s, batch), p, score, z)
     else:
       hyper = otu.tree_scale(-1.0, hypergradient.mixed_term(lambda q, s: inner(q, weights_of(s, batch)), p, score,

@@ -59,12 +59,12 @@ def sample_terms(proxy_logits: jax.Array, batch: dict, target_logits=None, kl_di
   return ce, kl
 
 
-def chunked_sample_terms(cfg, head_weight: jax.Array, hidden: jax.Array, batch: dict, target_logits=None,
+def chunked_sample_terms(cfg, weight: jax.Array, hidden: jax.Array, batch: dict, target_logits=None,
                          kl_direction: str = "target_proxy", chunk_tokens: int = CHUNK_TOKENS):
-  """`sample_terms` from the proxy's final hidden states [B, T, d] and its output head (`models.transformer
-  .head_logits`), over chunks of ⌈chunk_tokens / B⌉ positions: each chunk's logits are recomputed when differentiated
-  (`jax.checkpoint`), so one chunk's [B, length, V] logits (and, under `jax.jvp`, their tangents) live at a time, to
-  any order of differentiation. Same values as `sample_terms` up to float summation order."""
+  """`sample_terms` from the proxy's final hidden states [B, T, d] and its output head weight (`models.transformer
+  .head_weight`, applied by `head_logits`), over chunks of ⌈chunk_tokens / B⌉ positions: each chunk's logits are
+  recomputed when differentiated (`jax.checkpoint`), so one chunk's [B, length, V] logits (and, under `jax.jvp`, their
+  tangents) live at a time, to any order of differentiation. Same values as `sample_terms` up to float summation order."""
   b, t = hidden.shape[:2]
   length = max(1, min(t, -(-chunk_tokens // b)))
   w = batch["decoder_loss_weights"].astype(jnp.float32)
@@ -74,7 +74,7 @@ def chunked_sample_terms(cfg, head_weight: jax.Array, hidden: jax.Array, batch: 
   @jax.checkpoint
   def body(_, x):
     h, y, m = x[:3]
-    logits = head_logits(cfg, head_weight, h)
+    logits = head_logits(cfg, weight, h)
     ce = jnp.sum(token_cross_entropy(logits, y) * m, -1)
     kl = jnp.sum(token_kl(x[3], logits, kl_direction) * m) if with_kl else jnp.zeros(())
     return None, (ce, kl)
