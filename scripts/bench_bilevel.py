@@ -12,6 +12,7 @@ XLA's compiled-memory analysis of each function (argument + output + temporary b
 resident), not a sampled RSS. Next to the times: the FLOP estimate of `bilevel.step.step_flops` over a proxy train
 step. Kinds:
   proxy_step      AdamW step of the proxy on the LM loss (`trainer.build_step_functions`)
+  proxy_step_remat the same with the proxy scanned over its layers and each block rematerialised
   grad            ∇ of the proxy's LM loss only
   hvp             one forward-over-reverse HVP of the lower objective G (`bilevel.hvp`)
   bilevel:NAME    the whole bilevel step (`bilevel.step`: K_in lower steps, ∇F, solver, hypergradient, AdamW on θs)
@@ -22,8 +23,11 @@ step. Kinds:
                     single       `schedule="single_pass"`: θp, z and θs from one forward-over-reverse pass
                                  (one warm-started normalised-solver iteration per step, z lagging one iteration)
                     single_no_kl the same with γ = 0
-                    remat        paper, the proxy's blocks rematerialised (`ModelConfig.remat`) inside the step
+                    remat        paper with `remat=True`: the proxy and score model scanned over their layers,
+                                 each block rematerialised, in every pass of the step
                     warm1_remat  warm1 and remat
+                    single_remat single and remat
+                    single_remat_no_kl  the same with γ = 0
 Next to each setting's cost: the cosine of its hypergradient to a converged solve (CG, `--converged_iters`, and
 the cosine of that solve to one with twice the iterations, to show it converged) and to the paper setting's, both at
 the setting's own state after the timed steps (its z carried for warm starts), so cheaper never silently means a
@@ -95,7 +99,7 @@ def hypergradient_cosines(bl, settings, cfg, target, tparams, batch, converged_i
   ∇²G, cos to the converged solve of the positive-definite system (∇²G + λ'I), λ' = max(λ_z, 1.1·(−λ_min)))}, each at
   that setting's own state (`bilevel.step.make_hypergradient` on the candidate batch, the reference batch `batch`)."""
   out = {}
-  for name, (c, _) in settings.items():
+  for name, c in settings.items():
     f, s = bl["bilevel:" + name]
     t_logits = jax.lax.stop_gradient(model_logits(target, tparams, batch)) if c.gamma else None
     run = lambda setting, x0: jax.jit(make_hypergradient(f.proxy, f.score_model, setting))(
@@ -160,6 +164,9 @@ def main():
     for _ in range(a.proxy_train_steps):
       state, m = fns.train_step(state, partitioning.global_batch_from_local(next(batches), mesh), rng, None)
     trained = f", trained {a.proxy_train_steps} steps (loss {float(m['loss']):.3f})" if m is not None else ""
+    remat_fns = trainer.build_step_functions(dataclasses.replace(proxy_cfg, scan_layers=True, remat=True), tx, sched,
+                                             mesh, rules, sequence_length=L)
+    remat_state = remat_fns.init(jax.random.PRNGKey(0))
     proxy, target = Transformer(proxy_cfg), Transformer(target_cfg)
     params = jax.device_get(state.params)
     tparams = target.init(jax.random.PRNGKey(2), np.zeros((1, L), np.int32))["params"]
@@ -171,26 +178,31 @@ def main():
     hvp = jax.jit(lambda q, v: hvp_lib.hvp(g_obj, q, v))
     warm1 = dataclasses.replace(cfg, warm_start=True, solver_iters=1)
     single = dataclasses.replace(warm1, schedule="single_pass")
-    settings = {"paper": (cfg, False), "no_kl": (dataclasses.replace(cfg, gamma=0.0), False), "warm1": (warm1, False),
-                "single": (single, False), "single_no_kl": (dataclasses.replace(single, gamma=0.0), False),
-                "remat": (cfg, True), "warm1_remat": (warm1, True)}
+    remat = lambda c, **kw: dataclasses.replace(c, remat=True, **kw)
+    settings = {"paper": cfg, "no_kl": dataclasses.replace(cfg, gamma=0.0), "warm1": warm1, "single": single,
+                "single_no_kl": dataclasses.replace(single, gamma=0.0), "remat": remat(cfg),
+                "warm1_remat": remat(warm1), "single_remat": remat(single),
+                "single_remat_no_kl": remat(single, gamma=0.0)}
     settings = {n: settings[n] for n in a.settings.split(",")}
     bl = {}
-    for name, (c, remat) in settings.items():
+    for name, c in settings.items():
       name = "bilevel:" + name
-      f = build_bilevel_functions(dataclasses.replace(proxy_cfg, remat=remat), target_cfg, c, 1000, mesh, rules,
+      f = build_bilevel_functions(proxy_cfg, target_cfg, c, 1000, mesh, rules,
                                   target_shardings=jax.tree.map(lambda _: partitioning.replicated(mesh), tparams))
       head = {"kernel": np.zeros((proxy_cfg.d_model, 1), np.float32), "bias": np.zeros((1,), np.float32)}
       bl[name] = (f, f.init(params, from_lm_params(params, head)))
     train = jax.device_put(stacked, next(iter(bl.values()))[0].train_batch_sharding)
 
     def run(kind, n):
-      nonlocal state
+      nonlocal state, remat_state
       t = time.perf_counter()
       for _ in range(n):
         if kind == "proxy_step":
           state, _ = fns.train_step(state, gbatch, rng, None)
           out = state
+        elif kind == "proxy_step_remat":
+          remat_state, _ = remat_fns.train_step(remat_state, gbatch, rng, None)
+          out = remat_state
         elif kind == "grad":
           out = grad(params, gbatch)
         elif kind == "hvp":
@@ -202,8 +214,9 @@ def main():
       jax.block_until_ready(out)
       return (time.perf_counter() - t) / n
 
-    kinds = ["proxy_step", "grad", "hvp"] + list(bl)
+    kinds = ["proxy_step", "proxy_step_remat", "grad", "hvp"] + list(bl)
     mem = {"proxy_step": _memory(fns.train_step.lower(state, gbatch, rng, None).compile()),
+           "proxy_step_remat": _memory(remat_fns.train_step.lower(remat_state, gbatch, rng, None).compile()),
            "grad": _memory(grad.lower(params, gbatch).compile()),
            "hvp": _memory(hvp.lower(params, params).compile())}
     for k in bl:
@@ -221,17 +234,17 @@ def main():
         times[k].append(t[k])
     cosines = hypergradient_cosines(bl, settings, cfg, target, tparams, gbatch, a.converged_iters)
   train_step_flops = train_flops_per_token(proxy_cfg, L) * B * L
-  est = {"grad": 1.0, "hvp": 2.0, "proxy_step": 1.0}
-  for name, (c, _) in settings.items():
+  est = {"grad": 1.0, "hvp": 2.0, "proxy_step": 1.0, "proxy_step_remat": 1.0}
+  for name, c in settings.items():
     est["bilevel:" + name] = step_flops(proxy_cfg, target_cfg if c.gamma else None, c, B, L) / train_step_flops
   print(f"proxy {count_params(proxy_cfg) / 1e6:.2f}M params{trained}, target {count_params(target_cfg) / 1e6:.2f}M, "
         f"batch {B} x {L}, K_in={a.inner_steps}, solver iterations {a.solver_iters}, {jax.device_count()} "
         f"{jax.devices()[0].platform} device(s)")
-  print(f"{'kind':<20} {'ms':>9} {'time / proxy step':>18} {'FLOP est.':>10} {'peak MiB':>9} {'mem / proxy step':>17}"
+  print(f"{'kind':<28} {'ms':>9} {'time / proxy step':>18} {'FLOP est.':>10} {'peak MiB':>9} {'mem / proxy step':>17}"
         f" {'cos converged':>14} {'cos paper':>10}")
   for k in kinds:
     cos = cosines.get(k)
-    print(f"{k:<20} {1e3 * statistics.median(times[k]):9.1f} {statistics.median(ratios[k]):18.2f} {est[k]:10.2f} "
+    print(f"{k:<28} {1e3 * statistics.median(times[k]):9.1f} {statistics.median(ratios[k]):18.2f} {est[k]:10.2f} "
           f"{mem[k]:9.1f} {mem[k] / mem['proxy_step']:17.2f}"
           + (f" {cos[0]:14.3f} {cos[1]:10.3f}" if cos else ""))
   print(f"converged solve: CG, {a.converged_iters} iterations; cosine to {2 * a.converged_iters}: "

@@ -9,7 +9,7 @@ import pytest
 
 from bliss_jax.models.config import preset
 from bliss_jax.models.transformer import (Transformer, apply_rotary, attention_mask, cached_attention_mask,
-                                         init_cache)
+                                         init_cache, stacked_layers)
 
 
 def test_attention_mask_hand_computed():
@@ -108,6 +108,19 @@ def test_scan_layers_equals_loop_with_stacked_params():
   assert jax.tree.structure(shapes) == jax.tree.structure(p_scan)
   np.testing.assert_allclose(Transformer(scan_cfg).apply({"params": p_scan}, x),
                              Transformer(cfg).apply({"params": p}, x), atol=2e-5)
+  # `stacked_layers` builds that layout, differentiably: the scanned, rematerialised model on the stacked unscanned
+  # parameters has the unscanned model's gradient
+  jax.tree.map(np.testing.assert_array_equal, stacked_layers(cfg, p), p_scan)
+  assert stacked_layers(scan_cfg, p_scan) is p_scan
+  loss = lambda model, f: lambda q: jnp.sum(jax.nn.log_softmax(model.apply({"params": f(q)}, x))[0, :, 5])
+  g_scan = jax.grad(loss(Transformer(scan_cfg), lambda q: stacked_layers(cfg, q)))(p)
+  g_loop = jax.grad(loss(Transformer(cfg), lambda q: q))(p)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g_scan, g_loop)
+  # boxed (logically partitioned) parameters: the scanned model's own boxes, "layers" first
+  boxed = Transformer(cfg).init(jax.random.PRNGKey(2), x)["params"]
+  boxed_scan = jax.eval_shape(lambda: Transformer(scan_cfg).init(jax.random.PRNGKey(2), x)["params"])
+  names = lambda t: jax.tree.leaves(jax.tree.map(lambda b: b.names, t, is_leaf=lambda b: isinstance(b, nn.Partitioned)))
+  assert names(stacked_layers(cfg, boxed)) == names(boxed_scan)
 
 
 def test_bfloat16_compute_close_to_float32():

@@ -13,7 +13,12 @@ forward-over-reverse pass along the carried z gives ∇G (the lower step), ∇²
 as the tangents of the per-sample losses, the alignments a_i = ⟨∇L_i, z⟩ (eq. H3); with ∇F at the same θp. It costs
 one HVP-sized pass instead of a gradient, `solver_iters` HVPs and a jvp; z lags one iteration behind.
 The objectives' heads run over chunks of positions (`losses.bilevel.chunked_sample_terms`, ∇F by
-`losses.lm.head_cross_entropy`): no [B, T, V] proxy logits, nor their tangents, exist at once.
+`losses.lm.head_cross_entropy`): no [B, T, V] proxy logits, nor their tangents, exist at once. With `remat=True`
+every pass through the proxy and the score model runs them scanned over their layers with each block
+rematerialised (`jax.checkpoint`): a pass keeps one block input per layer instead of every block's activations (in
+forward-over-reverse, and their tangents), for about one more forward per pass. Scanned, because XLA:CPU merges a
+rematerialised forward outside a loop with the original one (no memory saved); the parameters keep their layout
+(`models.transformer.stacked_layers` stacks them inside the step).
 
 `BilevelState` is one pytree (what checkpoints store): step, proxy and score parameters with their optimizer states,
 and z (kept for warm starts). `build_bilevel_functions` lays every leaf out on the mesh from the models' logical axis
@@ -39,7 +44,7 @@ from bliss_jax.losses.lm import model_logits
 from bliss_jax.models.config import ModelConfig
 from bliss_jax.models import flops
 from bliss_jax.models.score_model import HEAD_INITS, POOLINGS, ScoreModel, score_batch
-from bliss_jax.models.transformer import Transformer, head_weight
+from bliss_jax.models.transformer import Transformer, head_weight, stacked_layers
 from bliss_jax.training import optimizers
 
 
@@ -63,6 +68,7 @@ class BilevelConfig:
   warm_start: bool = False  # start the solver from the previous step's z
   mixed: str = "jvp"  # "jvp" (eq. H3) or "vjp" (eq. H2)
   schedule: str = "sequential"  # "sequential" (the reference's) or "single_pass" (module docstring)
+  remat: bool = False  # the proxy and score model scanned over layers, blocks rematerialised (module docstring)
   proxy_lr: float = 1e-5
   score_lr: float = 1e-5
   weight_decay: float = 0.1
@@ -131,6 +137,28 @@ def make_optimizers(cfg: BilevelConfig, num_steps: int):
       p_sched)
   score_tx = optax.chain(clip_per_tensor(cfg.score_clip), adamw(s_sched)) if cfg.score_clip else adamw(s_sched)
   return proxy_tx, score_tx, p_sched, s_sched
+
+
+class _Rematerialised(NamedTuple):
+  """A `Transformer` or `ScoreModel` (`module`, built scanned and rematerialised from the unscanned `cfg`) applied to
+  parameters in the unscanned model's layout."""
+  module: nn.Module
+  cfg: ModelConfig
+
+  def apply(self, variables, *args, **kwargs):
+    p = variables["params"]
+    if isinstance(self.module, ScoreModel):
+      p = dict(p, backbone=stacked_layers(self.cfg, p["backbone"]))
+    else:
+      p = stacked_layers(self.cfg, p)
+    return self.module.apply({"params": p}, *args, **kwargs)
+
+
+def _rematerialised(model, cfg: BilevelConfig):
+  """`model`, or with `cfg.remat` the `_Rematerialised` view of it."""
+  if not cfg.remat:
+    return model
+  return _Rematerialised(model.clone(cfg=dataclasses.replace(model.cfg, scan_layers=True, remat=True)), model.cfg)
 
 
 def _sample_terms(proxy: Transformer, cfg: BilevelConfig) -> Callable:
@@ -219,6 +247,7 @@ def make_bilevel_step(proxy: Transformer, score_model: ScoreModel, target: Optio
   use_kl = bool(cfg.gamma)
   if use_kl and target is None:
     raise ValueError("gamma > 0 needs the target model (its logits enter the KL term)")
+  proxy, score_model = _rematerialised(proxy, cfg), _rematerialised(score_model, cfg)
   lower = _lower_objective(proxy, cfg)
   hypergradient_at = make_hypergradient(proxy, score_model, cfg)
   single_pass_at = make_single_pass(proxy, score_model, cfg)

@@ -202,6 +202,25 @@ def head_weight(cfg: ModelConfig, params) -> jax.Array:
   return nn.unbox(params["embed"]["embedding"] if cfg.tie_embeddings else params["lm_head"]["kernel"])
 
 
+def stacked_layers(cfg: ModelConfig, params: dict) -> dict:
+  """A `Transformer(cfg)`'s parameters in the layout of the same model with `scan_layers=True`: the blocks'
+  parameters ("layer_0" ... "layer_{n-1}") stacked on a leading axis as "layers"/"block"; the same dict when `cfg`
+  already scans. Differentiable (a stack), so a scanned, rematerialised copy of the model can run on unscanned
+  parameters and return their gradients. Logically partitioned leaves keep their box, "layers" prepended to its
+  axis names (as `nn.scan` names the stacked axis)."""
+  if cfg.scan_layers:
+    return params
+
+  def stack(*xs):  # a leaf, or flax's logical-partitioning box of one (its axis names gain the scan's "layers")
+    if isinstance(xs[0], nn.Partitioned):
+      return xs[0].replace(value=jnp.stack([x.value for x in xs]), names=("layers",) + tuple(xs[0].names))
+    return jnp.stack(xs)
+
+  blocks = [params[f"layer_{i}"] for i in range(cfg.num_layers)]
+  rest = {k: v for k, v in params.items() if not k.startswith("layer_")}
+  return dict(rest, layers={"block": jax.tree.map(stack, *blocks, is_leaf=lambda x: isinstance(x, nn.Partitioned))})
+
+
 def head_logits(cfg: ModelConfig, weight: jax.Array, hidden: jax.Array) -> jax.Array:
   """The output head: logits [..., V] (float32) of final normed hidden states [..., d] with `head_weight`.
 
