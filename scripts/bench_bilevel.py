@@ -28,6 +28,9 @@ step. Kinds:
                     warm1_remat  warm1 and remat
                     single_remat single and remat
                     single_remat_no_kl  the same with γ = 0
+                    remat_mb4    remat with `microbatches=4`: the proxy's objectives summed over 4 microbatches of
+                                 rows, so one microbatch's block activations (and tangents) live at a time
+                    single_remat_mb4, single_remat_mb4_no_kl  the same for single_remat, single_remat_no_kl
 Next to each setting's cost: the cosine of its hypergradient to a converged solve (CG, `--converged_iters`, and
 the cosine of that solve to one with twice the iterations, to show it converged) and to the paper setting's, both at
 the setting's own state after the timed steps (its z carried for warm starts), so cheaper never silently means a
@@ -101,7 +104,8 @@ def hypergradient_cosines(bl, settings, cfg, target, tparams, batch, converged_i
   out = {}
   for name, c in settings.items():
     f, s = bl["bilevel:" + name]
-    t_logits = jax.lax.stop_gradient(model_logits(target, tparams, batch)) if c.gamma else None
+    t_logits = objectives.logit_chunks(target.cfg, head_weight(target.cfg, tparams), model_logits(
+        target, tparams, batch, return_hidden="only")) if c.gamma else None
     run = lambda setting, x0: jax.jit(make_hypergradient(f.proxy, f.score_model, setting))(
         s.proxy, s.score, batch, batch, t_logits, x0)[0]
     converged = dataclasses.replace(c, solver="cg", solver_iters=converged_iters, warm_start=False,
@@ -182,7 +186,9 @@ def main():
     settings = {"paper": cfg, "no_kl": dataclasses.replace(cfg, gamma=0.0), "warm1": warm1, "single": single,
                 "single_no_kl": dataclasses.replace(single, gamma=0.0), "remat": remat(cfg),
                 "warm1_remat": remat(warm1), "single_remat": remat(single),
-                "single_remat_no_kl": remat(single, gamma=0.0)}
+                "single_remat_no_kl": remat(single, gamma=0.0), "remat_mb4": remat(cfg, microbatches=4),
+                "single_remat_mb4": remat(single, microbatches=4),
+                "single_remat_mb4_no_kl": remat(single, microbatches=4, gamma=0.0)}
     settings = {n: settings[n] for n in a.settings.split(",")}
     bl = {}
     for name, c in settings.items():

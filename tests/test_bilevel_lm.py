@@ -202,15 +202,18 @@ def _run_step(setup, cfg, devices, steps=2):
 
 @pytest.mark.integration
 def test_bilevel_step_on_8_devices_equals_1_device(setup, bilevel_cfg):
-  """The softmax over the batch is global: with rows split over 8 devices the step is the 1-device step."""
+  """The softmax over the batch is global: with rows split over 8 devices the step is the 1-device step; so is the
+  step rematerialised over 2 microbatches of rows on 8 devices."""
   s1, m1 = _run_step(setup, bilevel_cfg, jax.devices()[:1])
   s8, m8 = _run_step(setup, bilevel_cfg, jax.devices()[:8])
-  for a, b in zip(m1, m8):
-    for k in ("upper_F", "lower_G", "weight_max", "hypergrad_norm", "lower_kl"):
-      np.testing.assert_allclose(a[k], b[k], rtol=2e-5, err_msg=k)
-  # Adam's normalised updates move each weight by up to score_lr = 1e-2 per step; round-off differences between the
-  # 1- and 8-device reductions stay below 1e-5 of that
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5), s1.score, s8.score)
+  lean, m_lean = _run_step(setup, dataclasses.replace(bilevel_cfg, remat=True, microbatches=2), jax.devices()[:8])
+  for other, m_other in ((s8, m8), (lean, m_lean)):
+    for a, b in zip(m1, m_other):
+      for k in ("upper_F", "lower_G", "weight_max", "hypergrad_norm", "lower_kl"):
+        np.testing.assert_allclose(a[k], b[k], rtol=2e-5, err_msg=k)
+    # Adam's normalised updates move each weight by up to score_lr = 1e-2 per step; round-off differences between
+    # the 1- and 8-device reductions stay below 1e-5 of that
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5), s1.score, other.score)
   assert int(s8.step) == 2
   # the step changed the score model and the proxy, and the weights are a distribution over the GLOBAL batch
   assert not np.allclose(s8.score["head"]["kernel"], setup[4]["head"]["kernel"])
@@ -294,6 +297,12 @@ def test_bilevel_optimizers_follow_the_reference():
   np.testing.assert_array_equal(upd["bias"], np.zeros(3))
 
 
+def _target_chunks(target, tp, batch, **kw):
+  """The target's logits of `batch` as the bilevel step passes them (`objectives.logit_chunks`)."""
+  hidden = model_logits(target, tp, batch, return_hidden="only")
+  return objectives.logit_chunks(target.cfg, head_weight(target.cfg, tp), hidden, **kw)
+
+
 def _full_lower(proxy, batch, tl, gamma, l2=L2, direction="target_proxy"):
   """G from the full logits (`sample_terms`), with fixed weights `w`: what the chunked objective must equal."""
   def g(q, w):
@@ -308,12 +317,13 @@ def test_chunked_sample_terms_equal_the_full_logits_to_second_order(setup, direc
   proxy, target, p, tp, _ = setup
   batch = _batch(1)
   tl = None if direction is None else model_logits(target, tp, batch)
+  chunks = None if direction is None else _target_chunks(target, tp, batch, chunk_tokens=3 * B)
   gamma = 0.0 if direction is None else 0.3
   w = objectives.sample_weights(jnp.linspace(-1.0, 1.0, B))
 
   def chunked(q):
     hidden = model_logits(proxy, q, batch, return_hidden="only")
-    ce, kl = objectives.chunked_sample_terms(PROXY, head_weight(PROXY, q), hidden, batch, tl,
+    ce, kl = objectives.chunked_sample_terms(PROXY, head_weight(PROXY, q), hidden, batch, chunks,
                                              direction or "target_proxy", chunk_tokens=3 * B)
     return ce, kl, objectives.lower_objective(ce, w, q, kl=kl, gamma=gamma, l2=L2)[0]
 
@@ -366,7 +376,8 @@ def test_single_pass_is_one_iteration_of_each_part(setup):
   batch, val = _batch(1), _batch(2)
   tl = model_logits(target, tp, batch)
   z = otu.tree_random_like(jax.random.PRNGKey(9), p)
-  grad, (g, parts), hyper, z_new, aux = jax.jit(make_single_pass(proxy, score_model, SINGLE))(p, s, z, batch, val, tl)
+  grad, (g, parts), hyper, z_new, aux = jax.jit(make_single_pass(proxy, score_model, SINGLE))(
+      p, s, z, batch, val, _target_chunks(target, tp, batch))
   weights = lambda sp: objectives.sample_weights(score_batch(score_model, sp, batch))
   inner = _full_lower(proxy, batch, tl, SINGLE.gamma, SINGLE.l2)
   w = weights(s)
@@ -393,10 +404,10 @@ def test_single_pass_leaves_the_solved_z_in_place_and_gives_its_hypergradient(se
   single = dataclasses.replace(SINGLE, damping=10.0)
   score_model = ScoreModel(PROXY, sigmoid=True)
   batch, val = _batch(1), _batch(2)
-  tl = model_logits(target, tp, batch)
   solved = dataclasses.replace(single, schedule="sequential", solver="cg", solver_iters=60, warm_start=False)
-  hyper_cg, z_star, _ = jax.jit(make_hypergradient(proxy, score_model, solved))(p, s, batch, val, tl)
-  _, _, hyper, z_new, _ = jax.jit(make_single_pass(proxy, score_model, single))(p, s, z_star, batch, val, tl)
+  chunks = _target_chunks(target, tp, batch)
+  hyper_cg, z_star, _ = jax.jit(make_hypergradient(proxy, score_model, solved))(p, s, batch, val, chunks)
+  _, _, hyper, z_new, _ = jax.jit(make_single_pass(proxy, score_model, single))(p, s, z_star, batch, val, chunks)
   rel = lambda a, b: float(otu.tree_norm(otu.tree_sub(a, b)) / otu.tree_norm(b))
   assert rel(z_new, z_star) < 2e-6
   assert rel(hyper, hyper_cg) < 1e-4
@@ -462,3 +473,51 @@ def test_remat_step_equals_the_plain_step_and_holds_less():
       jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=part),
                    getattr(states[0], part), getattr(states[1], part))
     assert temps[1] < 0.8 * temps[0], temps  # about 0.3x at these shapes
+
+
+def _long_batch(seed, n=16, t=40):
+  """n rows of t positions (3 chunks of 16 positions at 16 rows, the last padded), with fractional loss weights, a
+  shorter row and a row without loss-carrying tokens."""
+  rng = np.random.default_rng(seed)
+  toks = rng.integers(2, V, size=(n, t + 1)).astype(np.int32)
+  w = np.ones((n, t), np.float32)
+  w[0, 25:] = 0
+  w[1] = 0
+  w[2, ::3] = 0.5
+  return {"decoder_input_tokens": toks[:, :-1], "decoder_target_tokens": toks[:, 1:], "decoder_loss_weights": w,
+          "decoder_segment_ids": np.ones((n, t), np.int32),
+          "decoder_positions": np.tile(np.arange(t, dtype=np.int32), (n, 1))}
+
+
+def test_microbatched_objectives_equal_the_whole_batch(setup):
+  """`microbatches=4`: ∇F, the solve's z (HVPs of G with the KL), the alignments a and ∇Φ, and the single pass's
+  ∇G, ∇²G·z and ∇Φ, computed over 4 microbatches of rows (strided), equal the whole batch's: per-row values
+  rejoined in order, token means (KL, F) recombined with fractional loss weights and a row without tokens."""
+  proxy, target, p, tp, s = setup
+  score_model = ScoreModel(PROXY, sigmoid=True)
+  batch, val = _long_batch(1), _long_batch(2)
+  chunks = _target_chunks(target, tp, batch)
+  assert chunks.shape[0] == 3
+  base = BilevelConfig(gamma=0.3, l2=1e-3, solver="cg", solver_iters=3)
+  single = dataclasses.replace(SINGLE, gamma=0.3)
+  z = otu.tree_random_like(jax.random.PRNGKey(6), p)
+  rel = lambda a, b: float(otu.tree_norm(otu.tree_sub(a, b)) / otu.tree_norm(b))
+  whole = jax.jit(make_hypergradient(proxy, score_model, base))(p, s, batch, val, chunks)
+  whole_single = jax.jit(make_single_pass(proxy, score_model, single))(p, s, z, batch, val, chunks)
+  for extra in ({"microbatches": 4},):  # with remat: test_bilevel_step_on_8_devices_equals_1_device
+    hyper, z_solved, aux = jax.jit(make_hypergradient(proxy, score_model, dataclasses.replace(base, **extra)))(
+        p, s, batch, val, chunks)
+    assert rel(z_solved, whole[1]) < 1e-4 and rel(hyper, whole[0]) < 1e-4, extra
+    np.testing.assert_allclose(aux["F"], whole[2]["F"], rtol=1e-5)
+    np.testing.assert_allclose(aux["a"], whole[2]["a"], rtol=1e-4, atol=1e-7)
+    grad, (g, parts), hyper, z_new, _ = jax.jit(make_single_pass(proxy, score_model, dataclasses.replace(
+        single, **extra)))(p, s, z, batch, val, chunks)
+    np.testing.assert_allclose(parts["kl"], whole_single[1][1]["kl"], rtol=1e-5)
+    np.testing.assert_allclose(g, whole_single[1][0], rtol=1e-5)
+    assert rel(grad, whole_single[0]) < 1e-5 and rel(z_new, whole_single[3]) < 1e-5
+    assert rel(hyper, whole_single[2]) < 1e-4
+  with pytest.raises(ValueError, match="microbatches=3 does not divide the batch's 16 rows"):
+    jax.jit(make_hypergradient(proxy, score_model, dataclasses.replace(base, microbatches=3)))(
+        p, s, batch, val, chunks)
+  with pytest.raises(ValueError, match="microbatches=0"):
+    BilevelConfig(microbatches=0)

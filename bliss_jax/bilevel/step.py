@@ -1,7 +1,8 @@
 """One BLISS bilevel step (spec §One bilevel step), compiled with `jax.jit` over a device mesh.
 
   1. K_in AdamW steps (global-norm clip) on the proxy θp with G (`losses.bilevel`, eq. G) on K_in candidate batches:
-     the score model's weights P (eq. P) are constants here, the target's logits too (for the KL).
+     the score model's weights P (eq. P) are constants here, the target's logits too (for the KL; computed once per
+     batch in the chunks of positions the objectives' heads run over, `losses.bilevel.logit_chunks`).
   2. ∇_{θp}F on a reference batch at the updated θp (eq. F).
   3. On the last candidate batch: z solving (∇²G + λ_z I) z = ∇F (`hypergradient.solve_adjoint`, eq. H1), then
      ∇Φ(θs) = −∇_{θs}Σ_i P_i a_i (eq. H3, `mixed="jvp"`: one jvp through the proxy, one vjp through the score model)
@@ -18,7 +19,10 @@ every pass through the proxy and the score model runs them scanned over their la
 rematerialised (`jax.checkpoint`): a pass keeps one block input per layer instead of every block's activations (in
 forward-over-reverse, and their tangents), for about one more forward per pass. Scanned, because XLA:CPU merges a
 rematerialised forward outside a loop with the original one (no memory saved); the parameters keep their layout
-(`models.transformer.stacked_layers` stacks them inside the step).
+(`models.transformer.stacked_layers` stacks them inside the step). With `microbatches=m` the proxy's objectives (G's
+per-sample CE and KL, F) are summed over m microbatches of rows in turn, so that one microbatch's activations live at
+a time when differentiated (with remat, the forward-over-reverse pass through one block is where the peak was);
+the softmax weights P stay over the whole batch.
 
 `BilevelState` is one pytree (what checkpoints store): step, proxy and score parameters with their optimizer states,
 and z (kept for warm starts). `build_bilevel_functions` lays every leaf out on the mesh from the models' logical axis
@@ -69,6 +73,7 @@ class BilevelConfig:
   mixed: str = "jvp"  # "jvp" (eq. H3) or "vjp" (eq. H2)
   schedule: str = "sequential"  # "sequential" (the reference's) or "single_pass" (module docstring)
   remat: bool = False  # the proxy and score model scanned over layers, blocks rematerialised (module docstring)
+  microbatches: int = 1  # the proxy's objectives summed over this many microbatches of rows (module docstring)
   proxy_lr: float = 1e-5
   score_lr: float = 1e-5
   weight_decay: float = 0.1
@@ -94,6 +99,8 @@ class BilevelConfig:
     check_choice("decay_on", self.decay_on, optimizers.DECAY_ON)
     check_choice("score_head_init", self.score_head_init, HEAD_INITS)
     check_choice("score_pooling", self.score_pooling, POOLINGS)
+    if self.microbatches < 1:
+      raise ValueError(f"microbatches={self.microbatches} must be >= 1")
     if self.inner_steps < 1:
       raise ValueError(f"inner_steps={self.inner_steps} must be >= 1")
     check_choice("schedule", self.schedule, SCHEDULES)
@@ -161,17 +168,71 @@ def _rematerialised(model, cfg: BilevelConfig):
   return _Rematerialised(model.clone(cfg=dataclasses.replace(model.cfg, scan_layers=True, remat=True)), model.cfg)
 
 
+def _microbatches(tree, m: int):
+  """Each [B, ...] leaf's rows as m microbatches [m, B / m, ...], strided (microbatch c holds rows c, c + m, ...), so
+  that rows laid out over the mesh's "data" axis leave every microbatch laid out alike."""
+  def split(x):
+    if x.shape[0] % m:
+      raise ValueError(f"microbatches={m} does not divide the batch's {x.shape[0]} rows")
+    return jnp.swapaxes(x.reshape((x.shape[0] // m, m) + x.shape[1:]), 0, 1)
+  return jax.tree.map(split, tree)
+
+
+def _rows(x):
+  """The inverse of `_microbatches` for one array: [m, B / m, ...] -> [B, ...]."""
+  return jnp.swapaxes(x, 0, 1).reshape((-1,) + x.shape[2:])
+
+
+def _summed_over_microbatches(cfg: BilevelConfig, one: Callable) -> Callable:
+  """`f(θp, batch, *row_args)` computed by `one` (same signature, returning per-row values [B] and token means over
+  the batch's loss-carrying tokens) on `cfg.microbatches` microbatches in turn (`lax.scan`), so that one
+  microbatch's activations live at a time when differentiated; the per-row values rejoined, the token means
+  recombined with each microbatch's token count. `one` is checkpointed unless `cfg.remat` (its blocks are)."""
+  m = cfg.microbatches
+  if m == 1:
+    return one
+  body = one if cfg.remat else jax.checkpoint(one)
+
+  def f(p, batch, *row_args):
+    w = batch["decoder_loss_weights"].astype(jnp.float32)
+    tokens = lambda b: jnp.maximum(jnp.sum(b["decoder_loss_weights"].astype(jnp.float32)), 1.0)
+
+    def step(_, x):
+      b, args = x
+      rows, means = body(p, b, *args)
+      return None, (rows, jax.tree.map(lambda v: v * tokens(b), means))
+    _, (rows, sums) = jax.lax.scan(step, None, (_microbatches(batch, m), _microbatches(row_args, m)))
+    return _rows(rows), jax.tree.map(lambda v: jnp.sum(v) / jnp.maximum(jnp.sum(w), 1.0), sums)
+  return f
+
+
 def _sample_terms(proxy: Transformer, cfg: BilevelConfig) -> Callable:
-  """`terms(θp, batch, target logits or None) -> (L [B], KL or None)`, the head over chunks of positions."""
-  def terms(p, batch, t_logits):
+  """`terms(θp, batch, target logit chunks or None) -> (L [B], KL or None)`, the head over chunks of positions
+  (the target's logits as `losses.bilevel.logit_chunks`), over `cfg.microbatches` microbatches of rows."""
+  def one(p, batch, t_rows, chunk_tokens):
     hidden = model_logits(proxy, p, batch, return_hidden="only")
+    t_logits = None if t_rows is None else jnp.moveaxis(t_rows, 0, 1)
     return objectives.chunked_sample_terms(proxy.cfg, head_weight(proxy.cfg, p), hidden, batch, t_logits,
-                                           cfg.kl_direction)
+                                           cfg.kl_direction, chunk_tokens=chunk_tokens)
+
+  def terms(p, batch, t_logits):
+    b, t = batch["decoder_target_tokens"].shape
+    # the microbatches' chunks keep the whole batch's length (the target's chunks are laid out by it)
+    chunk_tokens = objectives.chunk_length(b, t) * (b // cfg.microbatches)
+    t_rows = None if t_logits is None else jnp.moveaxis(t_logits, 1, 0)  # [B, n, length, V]: rows first
+    return _summed_over_microbatches(cfg, lambda q, bb, tr: one(q, bb, tr, chunk_tokens))(p, batch, t_rows)
   return terms
 
 
+def _reference_objective(proxy: Transformer, cfg: BilevelConfig) -> Callable:
+  """`F(θp, reference batch)` (eq. F, `losses.bilevel.reference_objective`) over `cfg.microbatches` microbatches."""
+  one = lambda p, batch: (jnp.zeros(batch["decoder_target_tokens"].shape[:1]),
+                          objectives.reference_objective(proxy, p, batch))
+  return lambda p, batch: _summed_over_microbatches(cfg, one)(p, batch)[1]
+
+
 def _lower_objective(proxy: Transformer, cfg: BilevelConfig) -> Callable:
-  """`lower(θp, weights, batch, target logits) -> (G, (parts, L [B]))`: (G) of `losses.bilevel` with the config's γ,
+  """`lower(θp, weights, batch, target logit chunks) -> (G, (parts, L [B]))`: (G) of `losses.bilevel` with the config's γ,
   λ and KL direction, the head over chunks of positions (`chunked_sample_terms`)."""
   def lower(p, weights, batch, t_logits):
     ce, kl = _sample_terms(proxy, cfg)(p, batch, t_logits)
@@ -187,7 +248,7 @@ def _weights(score_model: ScoreModel, cfg: BilevelConfig) -> Callable:
 
 def make_hypergradient(proxy: Transformer, score_model: ScoreModel, cfg: BilevelConfig) -> Callable:
   """`hypergradient(θp, θs, batch, val_batch, t_logits, x0) -> (∇Φ(θs), z, aux)`, steps 2-3 of the bilevel step at
-  the proxy parameters θp: ∇F on `val_batch`, z of (H1) on the candidate `batch` (the solver started from `x0`,
+  the proxy parameters θp (`t_logits`: the target's `losses.bilevel.logit_chunks` of `batch`, or None without KL): ∇F on `val_batch`, z of (H1) on the candidate `batch` (the solver started from `x0`,
   None: its own start), and ∇Φ by (H3) or (H2) (`cfg.mixed`). `aux`: F, the scores, weights and alignments a.
   `schedule="single_pass"` solves nothing: ∇Φ is (H3) along the carried z = `x0`, the direction its step takes."""
   lower = _lower_objective(proxy, cfg)
@@ -196,7 +257,7 @@ def make_hypergradient(proxy: Transformer, score_model: ScoreModel, cfg: Bilevel
   def at(p, score, batch, val_batch, t_logits, x0=None):
     scores = score_batch(score_model, score, batch)
     weights = objectives.sample_weights(scores, cfg.weighting)
-    f_val, grad_f = jax.value_and_grad(lambda q: objectives.reference_objective(proxy, q, val_batch))(p)
+    f_val, grad_f = jax.value_and_grad(lambda q: _reference_objective(proxy, cfg)(q, val_batch))(p)
     inner = lambda q, w: lower(q, w, batch, t_logits)[0]
     if cfg.schedule == "single_pass":
       z = x0
@@ -232,7 +293,7 @@ def make_single_pass(proxy: Transformer, score_model: ScoreModel, cfg: BilevelCo
       return grad, (g, parts, ce)
 
     (grad, (g, parts, _)), (hz, (_, _, a)) = jax.jvp(grad_and_terms, (p,), (z,))
-    f_val, grad_f = jax.value_and_grad(lambda q: objectives.reference_objective(proxy, q, val_batch))(p)
+    f_val, grad_f = jax.value_and_grad(lambda q: _reference_objective(proxy, cfg)(q, val_batch))(p)
     residual = otu.tree_sub(otu.tree_add_scale(hz, cfg.damping, z), grad_f)
     z_new = solvers.iteration(cfg.solver, z, residual, alpha=cfg.solver_alpha, normalize=cfg.solver_normalize)
     hyper = pull_scores(pull_weights(-jax.lax.stop_gradient(a))[0])[0]
@@ -253,7 +314,10 @@ def make_bilevel_step(proxy: Transformer, score_model: ScoreModel, target: Optio
   single_pass_at = make_single_pass(proxy, score_model, cfg)
 
   def target_logits(tp, batch):
-    return jax.lax.stop_gradient(model_logits(target, tp, batch)) if use_kl else None
+    if not use_kl:
+      return None
+    hidden = model_logits(target, tp, batch, return_hidden="only")
+    return jax.lax.stop_gradient(objectives.logit_chunks(target.cfg, head_weight(target.cfg, tp), hidden))
 
   def lower_metrics(g_val, parts, grads):
     return dict(parts, G=g_val, proxy_grad_norm=otu.tree_norm(grads))

@@ -59,17 +59,35 @@ def sample_terms(proxy_logits: jax.Array, batch: dict, target_logits=None, kl_di
   return ce, kl
 
 
-def chunked_sample_terms(cfg, weight: jax.Array, hidden: jax.Array, batch: dict, target_logits=None,
+def chunk_length(batch_size: int, sequence_length: int, chunk_tokens: int = CHUNK_TOKENS) -> int:
+  """Positions per chunk of `chunked_sample_terms`: ⌈chunk_tokens / B⌉, at most T."""
+  return max(1, min(sequence_length, -(-chunk_tokens // batch_size)))
+
+
+def logit_chunks(cfg, weight: jax.Array, hidden: jax.Array, chunk_tokens: int = CHUNK_TOKENS) -> jax.Array:
+  """A model's logits [n, B, length, V] in `chunked_sample_terms`' chunks, from its final hidden states [B, T, d] and
+  head weight: the head runs on the chunked hidden states, so the logits exist in this layout only (the target's
+  logits of the KL, computed once per batch and read by every pass over the chunks)."""
+  return head_logits(cfg, weight, position_chunks(hidden, chunk_length(*hidden.shape[:2], chunk_tokens)))
+
+
+def chunked_sample_terms(cfg, weight: jax.Array, hidden: jax.Array, batch: dict, target_chunks=None,
                          kl_direction: str = "target_proxy", chunk_tokens: int = CHUNK_TOKENS):
   """`sample_terms` from the proxy's final hidden states [B, T, d] and its output head weight (`models.transformer
-  .head_weight`, applied by `head_logits`), over chunks of ⌈chunk_tokens / B⌉ positions: each chunk's logits are
+  .head_weight`, applied by `head_logits`), over chunks of `chunk_length` positions: each chunk's logits are
   recomputed when differentiated (`jax.checkpoint`), so one chunk's [B, length, V] logits (and, under `jax.jvp`, their
-  tangents) live at a time, to any order of differentiation. Same values as `sample_terms` up to float summation order."""
+  tangents) live at a time, to any order of differentiation. The target's logits come as `logit_chunks` (same
+  `chunk_tokens`). Same values as `sample_terms` up to float summation order."""
   b, t = hidden.shape[:2]
-  length = max(1, min(t, -(-chunk_tokens // b)))
+  length = chunk_length(b, t, chunk_tokens)
   w = batch["decoder_loss_weights"].astype(jnp.float32)
-  with_kl = target_logits is not None
-  xs = (hidden, batch["decoder_target_tokens"], w) + ((jax.lax.stop_gradient(target_logits),) if with_kl else ())
+  with_kl = target_chunks is not None
+  xs = tuple(position_chunks(x, length) for x in (hidden, batch["decoder_target_tokens"], w))
+  if with_kl:
+    if target_chunks.shape[:3] != xs[0].shape[:3]:
+      raise ValueError(f"target logit chunks {target_chunks.shape} do not match the batch's chunks "
+                       f"{xs[0].shape[:3]} (make them with `logit_chunks` at the same chunk_tokens)")
+    xs += (jax.lax.stop_gradient(target_chunks),)
 
   @jax.checkpoint
   def body(_, x):
@@ -79,7 +97,7 @@ def chunked_sample_terms(cfg, weight: jax.Array, hidden: jax.Array, batch: dict,
     kl = jnp.sum(token_kl(x[3], logits, kl_direction) * m) if with_kl else jnp.zeros(())
     return None, (ce, kl)
 
-  _, (ce, kl) = jax.lax.scan(body, None, tuple(position_chunks(x, length) for x in xs))
+  _, (ce, kl) = jax.lax.scan(body, None, xs)
   ce = jnp.sum(ce, 0) / jnp.maximum(jnp.sum(w, -1), 1.0)
   return ce, (jnp.sum(kl) / jnp.maximum(jnp.sum(w), 1.0) if with_kl else None)
 
