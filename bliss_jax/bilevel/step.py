@@ -324,19 +324,19 @@ def make_bilevel_step(proxy: Transformer, score_model: ScoreModel, target: Optio
 
   def step(state: BilevelState, train_batches: dict, val_batch: dict, target_params=None):
     def lower_step(carry, batch):
-      p, opt, _ = carry
+      p, opt, kept = carry
       t_logits = target_logits(target_params, batch)
       w = jax.lax.stop_gradient(_weights(score_model, cfg)(state.score, batch))
       (g_val, (parts, _)), grads = jax.value_and_grad(lower, has_aux=True)(p, w, batch, t_logits)
       updates, opt = proxy_tx.update(grads, opt, p)
-      return (optax.apply_updates(p, updates), opt, t_logits), lower_metrics(g_val, parts, grads)
+      kept = None if kept is None else t_logits
+      return (optax.apply_updates(p, updates), opt, kept), lower_metrics(g_val, parts, grads)
 
     hb = jax.tree.map(lambda x: x[-1], train_batches)
-    no_logits = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
-                             jax.eval_shape(lambda: target_logits(target_params, hb)))
     if cfg.schedule == "single_pass":
-      # K_in - 1 plain lower steps, then the last batch's lower step inside the single pass
-      (p, popt, _), _ = jax.lax.scan(lower_step, (state.proxy, state.proxy_opt, no_logits),
+      # K_in - 1 plain lower steps (carrying no target logits), then the last batch's lower step inside the single
+      # pass
+      (p, popt, _), _ = jax.lax.scan(lower_step, (state.proxy, state.proxy_opt, None),
                                      jax.tree.map(lambda x: x[:-1], train_batches))
       t_logits = target_logits(target_params, hb)
       grads, (g_val, parts), hyper, z, aux = single_pass_at(p, state.score, state.z, hb, val_batch, t_logits)
@@ -345,6 +345,8 @@ def make_bilevel_step(proxy: Transformer, score_model: ScoreModel, target: Optio
       p = optax.apply_updates(p, updates)
     else:
       # The last candidate batch's target logits leave the scan in its carry: the hypergradient reuses them.
+      no_logits = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
+                               jax.eval_shape(lambda: target_logits(target_params, hb)))
       (p, popt, t_logits), per_step = jax.lax.scan(lower_step, (state.proxy, state.proxy_opt, no_logits),
                                                    train_batches)
       last = jax.tree.map(lambda x: x[-1], per_step)
