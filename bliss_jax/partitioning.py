@@ -14,6 +14,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.interpreters import pxla
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "model")
@@ -65,6 +66,17 @@ def _fit(spec: P, shape, mesh: Mesh) -> P:
     if dim % int(np.prod([mesh.shape[n] for n in names])):
       return P()
   return spec
+
+
+def constrain(x: jax.Array, logical_axes: Sequence[Optional[str]]) -> jax.Array:
+  """`x` laid out over the current mesh by its logical axis names (the rules of `mesh_context`; a dimension its mesh
+  axes do not divide leaves `x` unconstrained) with `jax.lax.with_sharding_constraint`; `x` itself outside a mesh.
+  flax 0.12's `nn.with_logical_constraint` adds no constraint under `mesh_context` on JAX 0.10 (tested)."""
+  mesh = pxla.thread_resources.env.physical_mesh
+  if mesh.empty:
+    return x
+  spec = _fit(nn.logical_to_mesh_axes(tuple(logical_axes)), x.shape, mesh)
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec)) if len(spec) else x
 
 
 def shardings_for(abstract_boxed, abstract_unboxed, mesh: Mesh, rules) -> object:

@@ -51,3 +51,20 @@ def test_sharded_loss_and_grads_equal_single_device(problem, data, model, fsdp):
   np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
   for (path, g), r in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(ref_grads)):
     np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+
+
+def test_constrain_lays_out_by_logical_axes_inside_a_mesh_only():
+  """`partitioning.constrain` adds the rules' sharding under `mesh_context` (flax's `nn.with_logical_constraint`
+  adds none there on this JAX), leaves a dimension its mesh axes do not divide unconstrained, and is the identity
+  outside a mesh."""
+  if jax.device_count() < 8:
+    pytest.skip("needs 8 devices")
+  from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  constraints = lambda jaxpr: [e.params["sharding"].spec for e in jaxpr.eqns
+                               if e.primitive.name == "sharding_constraint"]
+  axes = ("batch", "length", "vocab")
+  x = jnp.ones((8, 4, 16))
+  assert constraints(jax.make_jaxpr(lambda y: partitioning.constrain(y, axes))(x)) == []
+  with partitioning.mesh_context(partitioning.make_mesh(4, 2, jax.devices()[:8]), partitioning.logical_rules()):
+    assert constraints(jax.make_jaxpr(lambda y: partitioning.constrain(y, axes))(x)) == [P("data", None, "model")]
+    assert constraints(jax.make_jaxpr(lambda y: partitioning.constrain(y, axes))(jnp.ones((6, 4, 16)))) == []

@@ -317,7 +317,13 @@ def make_bilevel_step(proxy: Transformer, score_model: ScoreModel, target: Optio
     if not use_kl:
       return None
     hidden = model_logits(target, tp, batch, return_hidden="only")
-    return jax.lax.stop_gradient(objectives.logit_chunks(target.cfg, head_weight(target.cfg, tp), hidden))
+    # Rows over "data" and the head weight gathered: left to XLA:SPMD, the FSDP-sharded weight's model dimension
+    # makes it gather every row's hidden state and all-reduce the whole batch's [B, T, V] logits on every device.
+    hidden = partitioning.constrain(hidden, ("batch", "length", None))
+    weight = partitioning.constrain(head_weight(target.cfg, tp),
+                                    ("vocab", None) if target.cfg.tie_embeddings else (None, "vocab"))
+    chunks = objectives.logit_chunks(target.cfg, weight, hidden)
+    return jax.lax.stop_gradient(partitioning.constrain(chunks, (None, "batch", "length", "vocab")))
 
   def lower_metrics(g_val, parts, grads):
     return dict(parts, G=g_val, proxy_grad_norm=otu.tree_norm(grads))
