@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bliss_jax import partitioning
 from bliss_jax.models.config import ModelConfig
 from bliss_jax.models.dense_dot import dense_dot_general_for_backend
 
@@ -122,16 +123,16 @@ class Attention(nn.Module):
     q = apply_rotary(q, positions, cfg.rotary_dim, cfg.rope_theta)
     k = apply_rotary(k, positions, cfg.rotary_dim, cfg.rope_theta)
     if kv_cache is not None:  # the new keys and values join the cache; queries attend to all of it (mask: written)
-      k, v = (nn.with_logical_constraint(jax.lax.dynamic_update_slice(c, new.astype(c.dtype), (0, index, 0, 0)),
+      k, v = (partitioning.constrain(jax.lax.dynamic_update_slice(c, new.astype(c.dtype), (0, index, 0, 0)),
                                          ("batch", "length", "kv_heads", "kv")) for c, new in zip(kv_cache, (k, v)))
-    q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
+    q = partitioning.constrain(q, ("batch", "length", "heads", "kv"))
     b, t = x.shape[:2]
     q = q.reshape(b, t, kv, h // kv, hd)  # group the query heads that share a key/value head
     logits = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32) / jnp.sqrt(hd)
     logits = jnp.where(mask[:, :, None], logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(cfg.compute_dtype)
     out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(b, t, h, hd)
-    out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
+    out = partitioning.constrain(out, ("batch", "length", "heads", "kv"))
     out = nn.DenseGeneral(cfg.d_model, axis=(-2, -1), dtype=cfg.compute_dtype, use_bias=cfg.use_bias,
                           dot_general=dense_dot_general_for_backend(),
                           kernel_init=_init(("heads", "kv", "embed"), _INIT_STD / jnp.sqrt(2 * cfg.num_layers)),
@@ -154,7 +155,7 @@ class Mlp(nn.Module):
       gate = dense(cfg.d_ff, kernel_init=_init(("embed", "mlp")), bias_init=_zeros(("mlp",)), name="wi_gate")(x)
       act = nn.silu if cfg.mlp == "swiglu" else functools.partial(nn.gelu, approximate=False)
       hidden = act(gate) * up
-    hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
+    hidden = partitioning.constrain(hidden, ("batch", "length", "mlp"))
     return dense(cfg.d_model, kernel_init=_init(("mlp", "embed"), _INIT_STD / jnp.sqrt(2 * cfg.num_layers)),
                  bias_init=_zeros(("embed",)), name="wo")(hidden)
 
@@ -174,7 +175,7 @@ class Block(nn.Module):
     else:
       x = x + attended
       x = x + mlp(Norm(cfg, name="mlp_norm")(x))
-    return nn.with_logical_constraint(x, ("batch", "length", "embed")), kv_cache
+    return partitioning.constrain(x, ("batch", "length", "embed")), kv_cache
 
 
 class _ScanBlock(nn.Module):
@@ -263,7 +264,7 @@ class Transformer(nn.Module):
       mask = cached_attention_mask(cache_segment_ids, segment_ids, index)
     embed = nn.Embed(cfg.vocab_size, cfg.d_model, embedding_init=_init(("vocab", "embed")), dtype=cfg.compute_dtype,
                      name="embed")
-    x = nn.with_logical_constraint(embed(tokens), ("batch", "length", "embed"))
+    x = partitioning.constrain(embed(tokens), ("batch", "length", "embed"))
     if cfg.scan_layers:
       block = nn.remat(_ScanBlock) if cfg.remat else _ScanBlock
       x, kv = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
@@ -282,7 +283,7 @@ class Transformer(nn.Module):
     if return_hidden == "only":
       return hidden
     weight = embed.embedding if cfg.tie_embeddings else OutputKernel(cfg, name="lm_head")()
-    logits = nn.with_logical_constraint(head_logits(cfg, weight, hidden), ("batch", "length", "vocab"))
+    logits = partitioning.constrain(head_logits(cfg, weight, hidden), ("batch", "length", "vocab"))
     if cache is not None:
       return logits, {"key": kv[0], "value": kv[1], "segment_ids": cache_segment_ids,
                       "index": index + tokens.shape[-1]}
