@@ -177,7 +177,7 @@ def initialize_distributed(coordinator_address: Optional[str] = None, num_proces
 def mesh_context(mesh: Mesh, rules):
   """Activate `mesh` and the logical-axis `rules` for tracing (flax's logical constraints look both up).
 
-  Uses the `with mesh:` context, which flax 0.12's `with_logical_constraint` relies on; `jax.set_mesh` trips flax's
+  Uses the `with mesh:` context, which `constrain` reads (flax 0.12's `with_logical_constraint` adds nothing here); `jax.set_mesh` trips flax's
   DenseGeneral kernel constraints on this JAX version, so the deprecation warning is silenced here, in one place.
   """
   with warnings.catch_warnings():
