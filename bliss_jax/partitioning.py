@@ -175,10 +175,11 @@ def initialize_distributed(coordinator_address: Optional[str] = None, num_proces
 
 @contextlib.contextmanager
 def mesh_context(mesh: Mesh, rules):
-  """Activate `mesh` and the logical-axis `rules` for tracing (flax's logical constraints look both up).
+  """Activate `mesh` and the logical-axis `rules` for tracing (`constrain` and flax's parameter layouts read both).
 
-  Uses the `with mesh:` context, which `constrain` reads (flax 0.12's `with_logical_constraint` adds nothing here); `jax.set_mesh` trips flax's
-  DenseGeneral kernel constraints on this JAX version, so the deprecation warning is silenced here, in one place.
+  Uses the `with mesh:` context, which `constrain` reads (flax 0.12's `with_logical_constraint` adds nothing here);
+  `jax.set_mesh` trips flax's DenseGeneral kernel constraints on this JAX version, so the deprecation warning is
+  silenced here, in one place.
   """
   with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*with mesh.*deprecated", category=DeprecationWarning)
