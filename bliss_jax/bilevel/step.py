@@ -232,8 +232,8 @@ def _reference_objective(proxy: Transformer, cfg: BilevelConfig) -> Callable:
 
 
 def _lower_objective(proxy: Transformer, cfg: BilevelConfig) -> Callable:
-  """`lower(θp, weights, batch, target logit chunks) -> (G, (parts, L [B]))`: (G) of `losses.bilevel` with the config's γ,
-  λ and KL direction, the head over chunks of positions (`chunked_sample_terms`)."""
+  """`lower(θp, weights, batch, target logit chunks) -> (G, (parts, L [B]))`: (G) of `losses.bilevel` with the
+  config's γ, λ and KL direction, the head over chunks of positions (`chunked_sample_terms`)."""
   def lower(p, weights, batch, t_logits):
     ce, kl = _sample_terms(proxy, cfg)(p, batch, t_logits)
     g, parts = objectives.lower_objective(ce, weights, p, kl=kl, gamma=cfg.gamma, l2=cfg.l2)
@@ -248,8 +248,9 @@ def _weights(score_model: ScoreModel, cfg: BilevelConfig) -> Callable:
 
 def make_hypergradient(proxy: Transformer, score_model: ScoreModel, cfg: BilevelConfig) -> Callable:
   """`hypergradient(θp, θs, batch, val_batch, t_logits, x0) -> (∇Φ(θs), z, aux)`, steps 2-3 of the bilevel step at
-  the proxy parameters θp (`t_logits`: the target's `losses.bilevel.logit_chunks` of `batch`, or None without KL): ∇F on `val_batch`, z of (H1) on the candidate `batch` (the solver started from `x0`,
-  None: its own start), and ∇Φ by (H3) or (H2) (`cfg.mixed`). `aux`: F, the scores, weights and alignments a.
+  the proxy parameters θp (`t_logits`: the target's `losses.bilevel.logit_chunks` of `batch`, or None without KL):
+  ∇F on `val_batch`, z of (H1) on the candidate `batch` (the solver started from `x0`, None: its own start), and ∇Φ
+  by (H3) or (H2) (`cfg.mixed`). `aux`: F, the scores, weights and alignments a.
   `schedule="single_pass"` solves nothing: ∇Φ is (H3) along the carried z = `x0`, the direction its step takes."""
   lower = _lower_objective(proxy, cfg)
   weights_of = _weights(score_model, cfg)
