@@ -4,6 +4,9 @@ r"""BLISS's cost: one bilevel step, a Hessian-vector product and a gradient, aga
   python scripts/bench_bilevel.py                                # the CPU config's proxy (2 x 128) and target (4 x 192)
   python scripts/bench_bilevel.py --proxy pythia_31m --target pythia_410m --batch_size 32 --sequence_length 1024 \
       --vocab_size 50304                                         # the paper's shapes (accelerator)
+  python scripts/bench_bilevel.py --memory_only --devices 8 --proxy pythia_31m --target pythia_410m \
+      --target_dtype bfloat16 --batch_size 32 --sequence_length 1024 --vocab_size 50304 \
+      --settings paper,remat,remat_mb4                           # the paper's shapes, per-device memory, on a CPU
 
 Every function is compiled once and timed side by side in one run on the same batches: after warm-up, `--rounds`
 rounds each time `--steps` calls of each kind back to back; each printed ratio is the median over rounds of (time of
@@ -40,6 +43,12 @@ optimum ∇²G is indefinite, and CG at λ_z then converges to the exact solutio
 twice-the-iterations cosine), which gradient-descent solvers such as the reference's never approach; the last line
 prints ∇²G's most negative eigenvalue (power iteration) and each setting's cosine to the converged solve of the
 positive-definite system with damping max(λ_z, 1.1·(−λ_min)).
+
+`--memory_only` allocates and runs nothing: the proxy's train step and each setting's bilevel step are traced on
+abstract inputs and compiled (`trainer.compiled_train_step`, `bilevel.loop.compiled_bilevel_step`) over `--devices`
+devices with FSDP rules (faked on a CPU host, `--xla_force_host_platform_device_count`), and XLA's memory analysis
+gives each program's peak per device: XLA:CPU's buffer assignment of the partitioned program, not a TPU's, but the
+same program for every kind, so the ratios compare like for like at shapes no CPU could run.
 """
 import argparse
 import dataclasses
@@ -48,6 +57,11 @@ import statistics
 import sys
 import time
 
+_devices = argparse.ArgumentParser(add_help=False)
+_devices.add_argument("--devices", type=int, default=0)
+if _devices.parse_known_args()[0].devices > 1 and "jax" not in sys.modules:
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count="
+                             f"{_devices.parse_known_args()[0].devices}").strip()
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bliss_jax import host_allocator  # noqa: E402
@@ -60,6 +74,7 @@ import optax.tree_utils as otu  # noqa: E402
 
 from bliss_jax import partitioning  # noqa: E402
 from bliss_jax.bilevel import hvp as hvp_lib  # noqa: E402
+from bliss_jax.bilevel.loop import compiled_bilevel_step  # noqa: E402
 from bliss_jax.bilevel.step import BilevelConfig, build_bilevel_functions, make_hypergradient, step_flops  # noqa: E402,E501
 from bliss_jax.data.synthetic import SyntheticBatches  # noqa: E402
 from bliss_jax.losses import bilevel as objectives  # noqa: E402
@@ -130,6 +145,44 @@ def hypergradient_cosines(bl, settings, cfg, target, tparams, batch, converged_i
   return out
 
 
+def named_settings(cfg, names):
+  """{name: BilevelConfig} of the comma-separated setting names (the module docstring's), from the paper setting."""
+  warm1 = dataclasses.replace(cfg, warm_start=True, solver_iters=1)
+  single = dataclasses.replace(warm1, schedule="single_pass")
+  remat = lambda c, **kw: dataclasses.replace(c, remat=True, **kw)
+  settings = {"paper": cfg, "no_kl": dataclasses.replace(cfg, gamma=0.0), "warm1": warm1, "single": single,
+              "single_no_kl": dataclasses.replace(single, gamma=0.0), "remat": remat(cfg),
+              "warm1_remat": remat(warm1), "single_remat": remat(single),
+              "single_remat_no_kl": remat(single, gamma=0.0), "remat_mb4": remat(cfg, microbatches=4),
+              "single_remat_mb4": remat(single, microbatches=4),
+              "single_remat_mb4_no_kl": remat(single, microbatches=4, gamma=0.0)}
+  unknown = [n for n in names.split(",") if n not in settings]
+  if unknown:
+    raise SystemExit(f"--settings: unknown {', '.join(unknown)} (known: {', '.join(settings)})")
+  return {n: settings[n] for n in names.split(",")}
+
+
+def memory_only(a, proxy_cfg, target_cfg, cfg):
+  """Per-device compiled peaks of the proxy's train step (plain and rematerialised) and each setting's bilevel step on
+  abstract inputs, FSDP over `--devices` devices; nothing is allocated."""
+  B, L = a.batch_size, a.sequence_length
+  mesh = partitioning.make_mesh(devices=jax.devices()[:max(a.devices, 1)])
+  step = lambda c: trainer.compiled_train_step(c, batch_size=B, sequence_length=L, mesh=mesh, fsdp=True)
+  mem = {"proxy_step": _memory(step(proxy_cfg)),
+         "proxy_step_remat": _memory(step(dataclasses.replace(proxy_cfg, scan_layers=True, remat=True)))}
+  settings = named_settings(cfg, a.settings)
+  for name, c in settings.items():
+    mem["bilevel:" + name] = _memory(compiled_bilevel_step(proxy_cfg, target_cfg, c, batch_size=B,
+                                                           sequence_length=L, mesh=mesh, fsdp=True))
+  print(f"proxy {count_params(proxy_cfg) / 1e6:.2f}M params ({proxy_cfg.dtype}), target "
+        f"{count_params(target_cfg) / 1e6:.2f}M ({target_cfg.dtype}), vocab {proxy_cfg.vocab_size}, batch {B} x {L}, "
+        f"K_in={a.inner_steps}, solver iterations {a.solver_iters}, FSDP over {mesh.shape['data']} "
+        f"{jax.devices()[0].platform} device(s); compiled, nothing allocated")
+  print(f"{'kind':<28} {'peak MiB / device':>18} {'mem / proxy step':>17}")
+  for k, v in mem.items():
+    print(f"{k:<28} {v:18.1f} {v / mem['proxy_step']:17.2f}")
+
+
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--proxy", default="cpu")
@@ -143,6 +196,11 @@ def main():
   p.add_argument("--rounds", type=int, default=5)
   p.add_argument("--settings", default="paper,no_kl,warm1,single,single_no_kl")
   p.add_argument("--converged_iters", type=int, default=30)
+  p.add_argument("--target_dtype", default="float32")
+  p.add_argument("--devices", type=int, default=0,
+                 help="with --memory_only: FSDP over this many devices (faked on a CPU host); 0: all")
+  p.add_argument("--memory_only", action="store_true",
+                 help="compile on abstract inputs and print each kind's per-device peak memory; nothing runs")
   p.add_argument("--proxy_train_steps", type=int, default=0,
                  help="train the proxy this many AdamW steps on the synthetic bigram stream first, so the cosines are "
                       "measured away from a random initialisation")
@@ -152,12 +210,15 @@ def main():
                if a.proxy == "cpu" else preset(a.proxy, vocab_size=V))
   target_cfg = (preset("tiny", vocab_size=V, num_layers=4, d_model=192, num_heads=4, num_kv_heads=4, d_ff=768)
                 if a.target == "cpu" else preset(a.target, vocab_size=V))
+  target_cfg = dataclasses.replace(target_cfg, dtype=a.target_dtype)
+  cfg = BilevelConfig(solver_iters=a.solver_iters, inner_steps=a.inner_steps, proxy_lr=1e-4, score_lr=1e-3)
+  if a.memory_only:
+    return memory_only(a, proxy_cfg, target_cfg, cfg)
   mesh = partitioning.make_mesh()
   rules = partitioning.logical_rules()
   batches = SyntheticBatches(vocab_size=V, batch_size=B, sequence_length=L, seed=0)
   batch = {k: np.asarray(v) for k, v in next(batches).items()}
   stacked = {k: np.stack([v] * a.inner_steps) for k, v in batch.items()}
-  cfg = BilevelConfig(solver_iters=a.solver_iters, inner_steps=a.inner_steps, proxy_lr=1e-4, score_lr=1e-3)
   with partitioning.mesh_context(mesh, rules):
     tx, sched = trainer.make_tx(trainer.OptimizerConfig(), 1000)
     fns = trainer.build_step_functions(proxy_cfg, tx, sched, mesh, rules, sequence_length=L)
@@ -180,16 +241,7 @@ def main():
     g_obj = lambda q: objectives.lower_objective(objectives.chunked_sample_terms(
         proxy_cfg, head_weight(proxy_cfg, q), model_logits(proxy, q, gbatch, return_hidden="only"), gbatch)[0], w, q)[0]
     hvp = jax.jit(lambda q, v: hvp_lib.hvp(g_obj, q, v))
-    warm1 = dataclasses.replace(cfg, warm_start=True, solver_iters=1)
-    single = dataclasses.replace(warm1, schedule="single_pass")
-    remat = lambda c, **kw: dataclasses.replace(c, remat=True, **kw)
-    settings = {"paper": cfg, "no_kl": dataclasses.replace(cfg, gamma=0.0), "warm1": warm1, "single": single,
-                "single_no_kl": dataclasses.replace(single, gamma=0.0), "remat": remat(cfg),
-                "warm1_remat": remat(warm1), "single_remat": remat(single),
-                "single_remat_no_kl": remat(single, gamma=0.0), "remat_mb4": remat(cfg, microbatches=4),
-                "single_remat_mb4": remat(single, microbatches=4),
-                "single_remat_mb4_no_kl": remat(single, microbatches=4, gamma=0.0)}
-    settings = {n: settings[n] for n in a.settings.split(",")}
+    settings = named_settings(cfg, a.settings)
     bl = {}
     for name, c in settings.items():
       name = "bilevel:" + name

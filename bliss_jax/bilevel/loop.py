@@ -161,10 +161,10 @@ def run_bilevel(*, model_dir: str, proxy_dir: str, target_dir: Optional[str], tr
   return metrics
 
 
-def abstract_bilevel_step(proxy_cfg, target_cfg, cfg: BilevelConfig, *, batch_size: int, sequence_length: int,
-                          num_steps: int = 1000, mesh=None, fsdp: bool = True, prefix_lm_reference: bool = False):
-  """Trace one sharded bilevel step of (possibly paper-sized) models with `jax.eval_shape`: nothing is allocated or
-  run, but every shape, sharding rule and the target's use in the KL is checked. Returns (state, metrics)."""
+def _on_abstract_inputs(how, proxy_cfg, target_cfg, cfg: BilevelConfig, *, batch_size: int, sequence_length: int,
+                        num_steps: int, mesh, fsdp: bool, prefix_lm_reference: bool):
+  """`how(jitted bilevel step, *abstract arguments)` for one sharded bilevel step on `mesh`: the state, K_in candidate
+  batches, the reference batch and the target's parameters as ShapeDtypeStructs carrying their shardings."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   mesh = mesh or partitioning.make_mesh()
   rules = partitioning.logical_rules(fsdp)
@@ -178,4 +178,22 @@ def abstract_bilevel_step(proxy_cfg, target_cfg, cfg: BilevelConfig, *, batch_si
     train = {n: jax.ShapeDtypeStruct((k, B, L), jnp.int32, sharding=fns.train_batch_sharding) for n in keys}
     val = {n: jax.ShapeDtypeStruct((B, L), jnp.int32, sharding=fns.val_batch_sharding)
            for n in keys + (["decoder_causal_attention"] if prefix_lm_reference else [])}
-    return jax.eval_shape(fns.step, fns.abstract_state, train, val, target_abs)
+    return how(fns.step, fns.abstract_state, train, val, target_abs)
+
+
+def abstract_bilevel_step(proxy_cfg, target_cfg, cfg: BilevelConfig, *, batch_size: int, sequence_length: int,
+                          num_steps: int = 1000, mesh=None, fsdp: bool = True, prefix_lm_reference: bool = False):
+  """Trace one sharded bilevel step of (possibly paper-sized) models with `jax.eval_shape`: nothing is allocated or
+  run, but every shape, sharding rule and the target's use in the KL is checked. Returns (state, metrics)."""
+  return _on_abstract_inputs(jax.eval_shape, proxy_cfg, target_cfg, cfg, batch_size=batch_size,
+                             sequence_length=sequence_length, num_steps=num_steps, mesh=mesh, fsdp=fsdp,
+                             prefix_lm_reference=prefix_lm_reference)
+
+
+def compiled_bilevel_step(proxy_cfg, target_cfg, cfg: BilevelConfig, *, batch_size: int, sequence_length: int,
+                          num_steps: int = 1000, mesh=None, fsdp: bool = True, prefix_lm_reference: bool = False):
+  """`abstract_bilevel_step`'s step lowered and compiled for the current backend, still without allocating anything:
+  its `memory_analysis()` gives the per-device buffer sizes XLA assigned (arguments, outputs, temporaries)."""
+  return _on_abstract_inputs(lambda f, *args: f.lower(*args).compile(), proxy_cfg, target_cfg, cfg,
+                             batch_size=batch_size, sequence_length=sequence_length, num_steps=num_steps, mesh=mesh,
+                             fsdp=fsdp, prefix_lm_reference=prefix_lm_reference)

@@ -168,13 +168,14 @@ def _rematerialised(model, cfg: BilevelConfig):
   return _Rematerialised(model.clone(cfg=dataclasses.replace(model.cfg, scan_layers=True, remat=True)), model.cfg)
 
 
-def _microbatches(tree, m: int):
-  """Each [B, ...] leaf's rows as m microbatches [m, B / m, ...], strided (microbatch c holds rows c, c + m, ...), so
-  that rows laid out over the mesh's "data" axis leave every microbatch laid out alike."""
+def _microbatches(tree, m: int, axis: int = 0):
+  """Each leaf's rows (its `axis`) as m microbatches [m, ..., B / m, ...], strided (microbatch c holds rows c, c + m,
+  ...), so that rows laid out over the mesh's "data" axis leave every microbatch laid out alike."""
   def split(x):
-    if x.shape[0] % m:
-      raise ValueError(f"microbatches={m} does not divide the batch's {x.shape[0]} rows")
-    return jnp.swapaxes(x.reshape((x.shape[0] // m, m) + x.shape[1:]), 0, 1)
+    rows = x.shape[axis]
+    if rows % m:
+      raise ValueError(f"microbatches={m} does not divide the batch's {rows} rows")
+    return jnp.moveaxis(x.reshape(x.shape[:axis] + (rows // m, m) + x.shape[axis + 1:]), axis + 1, 0)
   return jax.tree.map(split, tree)
 
 
@@ -183,11 +184,13 @@ def _rows(x):
   return jnp.swapaxes(x, 0, 1).reshape((-1,) + x.shape[2:])
 
 
-def _summed_over_microbatches(cfg: BilevelConfig, one: Callable) -> Callable:
+def _summed_over_microbatches(cfg: BilevelConfig, one: Callable, arg_row_axis: int = 0) -> Callable:
   """`f(θp, batch, *row_args)` computed by `one` (same signature, returning per-row values [B] and token means over
   the batch's loss-carrying tokens) on `cfg.microbatches` microbatches in turn (`lax.scan`), so that one
   microbatch's activations live at a time when differentiated; the per-row values rejoined, the token means
-  recombined with each microbatch's token count. `one` is checkpointed unless `cfg.remat` (its blocks are)."""
+  recombined with each microbatch's token count. `row_args` hold the rows on `arg_row_axis`; `one` gets each
+  microbatch's slice as the scan reads it (no op between the two, so that a differentiated scan keeps the slices it
+  needs by reference instead of stacking copies). `one` is checkpointed unless `cfg.remat` (its blocks are)."""
   m = cfg.microbatches
   if m == 1:
     return one
@@ -201,26 +204,26 @@ def _summed_over_microbatches(cfg: BilevelConfig, one: Callable) -> Callable:
       b, args = x
       rows, means = body(p, b, *args)
       return None, (rows, jax.tree.map(lambda v: v * tokens(b), means))
-    _, (rows, sums) = jax.lax.scan(step, None, (_microbatches(batch, m), _microbatches(row_args, m)))
+    _, (rows, sums) = jax.lax.scan(step, None, (_microbatches(batch, m), _microbatches(row_args, m, arg_row_axis)))
     return _rows(rows), jax.tree.map(lambda v: jnp.sum(v) / jnp.maximum(jnp.sum(w), 1.0), sums)
   return f
 
 
 def _sample_terms(proxy: Transformer, cfg: BilevelConfig) -> Callable:
   """`terms(θp, batch, target logit chunks or None) -> (L [B], KL or None)`, the head over chunks of positions
-  (the target's logits as `losses.bilevel.logit_chunks`), over `cfg.microbatches` microbatches of rows."""
-  def one(p, batch, t_rows, chunk_tokens):
+  (the target's logits as `losses.bilevel.logit_chunks`, [n, B, length, V]), over `cfg.microbatches` microbatches of
+  rows."""
+  def one(p, batch, t_chunks, chunk_tokens):
     hidden = model_logits(proxy, p, batch, return_hidden="only")
-    t_logits = None if t_rows is None else jnp.moveaxis(t_rows, 0, 1)
-    return objectives.chunked_sample_terms(proxy.cfg, head_weight(proxy.cfg, p), hidden, batch, t_logits,
+    return objectives.chunked_sample_terms(proxy.cfg, head_weight(proxy.cfg, p), hidden, batch, t_chunks,
                                            cfg.kl_direction, chunk_tokens=chunk_tokens)
 
   def terms(p, batch, t_logits):
     b, t = batch["decoder_target_tokens"].shape
     # the microbatches' chunks keep the whole batch's length (the target's chunks are laid out by it)
     chunk_tokens = objectives.chunk_length(b, t) * (b // cfg.microbatches)
-    t_rows = None if t_logits is None else jnp.moveaxis(t_logits, 1, 0)  # [B, n, length, V]: rows first
-    return _summed_over_microbatches(cfg, lambda q, bb, tr: one(q, bb, tr, chunk_tokens))(p, batch, t_rows)
+    return _summed_over_microbatches(cfg, lambda q, bb, tc: one(q, bb, tc, chunk_tokens), arg_row_axis=1)(
+        p, batch, t_logits)
   return terms
 
 

@@ -87,14 +87,15 @@ def chunked_sample_terms(cfg, weight: jax.Array, hidden: jax.Array, batch: dict,
     if target_chunks.shape[:3] != xs[0].shape[:3]:
       raise ValueError(f"target logit chunks {target_chunks.shape} do not match the batch's chunks "
                        f"{xs[0].shape[:3]} (make them with `logit_chunks` at the same chunk_tokens)")
-    xs += (jax.lax.stop_gradient(target_chunks),)
+    xs += (target_chunks,)
 
   @jax.checkpoint
   def body(_, x):
     h, y, m = x[:3]
     logits = head_logits(cfg, weight, h)
     ce = jnp.sum(token_cross_entropy(logits, y) * m, -1)
-    kl = jnp.sum(token_kl(x[3], logits, kl_direction) * m) if with_kl else jnp.zeros(())
+    # the target's chunks enter the scan as they come (a differentiated caller's scan then keeps them by reference)
+    kl = jnp.sum(token_kl(jax.lax.stop_gradient(x[3]), logits, kl_direction) * m) if with_kl else jnp.zeros(())
     return None, (ce, kl)
 
   _, (ce, kl) = jax.lax.scan(body, None, xs)
