@@ -11,6 +11,7 @@ from bliss_jax.models.dense_dot import dense_dot_general, dense_dot_general_for_
 
 DENSE = (((2,), (0,)), ((), ()))  # nn.Dense on [B, T, K] x [K, N]
 DENSE_GENERAL_OUT = (((2, 3), (0, 1)), ((), ()))  # the attention's output projection: [B, T, H, D] x [H, D, N]
+DENSE_3 = (((3,), (0,)), ((), ()))  # a head on chunks of positions: [n, B, length, K] x [K, N]
 
 
 def _operands(x_shape, w_shape):
@@ -85,3 +86,20 @@ def test_the_weights_transpose_is_computed_once_outside_a_loop_over_inputs():
   assert re.search(r"f32\[16,64\][^\n]*dot\(", loop)  # dh = ȳ·Wᵀ is in the loop ...
   assert not re.search(r"f32\[96,64\]\{[\d,]*\} (transpose|copy|fusion)", loop), loop  # ... Wᵀ is not made there
   assert re.search(r"f32\[96,64\]\{[\d,]*\} (transpose|copy|fusion)", text)  # it is made once, before the loop
+
+
+def test_a_batch_axis_sharded_behind_an_unsharded_one_stays_sharded():
+  """Rows sharded over 8 devices behind an unsharded leading axis ([n, B, length, d], the target's logits in the
+  bilevel step's chunks): each device computes its own rows' outputs, as with `lax.dot_general`, instead of gathering
+  every row (a merge of the leading axes hid the sharded one from XLA's SPMD partitioner)."""
+  if jax.device_count() < 8:
+    pytest.skip("needs 8 devices")
+  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]), ("data",))
+  x = jax.ShapeDtypeStruct((4, 64, 16, 32), jnp.float32, sharding=NamedSharding(mesh, P(None, "data")))
+  w = jax.ShapeDtypeStruct((32, 1024), jnp.float32, sharding=NamedSharding(mesh, P()))
+  for dot in (jax.lax.dot_general, dense_dot_general):
+    f = jax.jit(lambda a, b: dot(a, b, DENSE_3), out_shardings=NamedSharding(mesh, P(None, "data")))  # pylint: disable=cell-var-from-loop
+    m = f.lower(x, w).compile().memory_analysis()
+    # this device's outputs are 4 x 8 x 16 x 1024 floats (2 MiB); gathered, every row's would be 16 MiB of temporaries
+    assert m.temp_size_in_bytes < m.output_size_in_bytes, (dot, m.temp_size_in_bytes, m.output_size_in_bytes)

@@ -17,7 +17,6 @@ import math
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
 
 
 def _is_dense(lhs, rhs, dimension_numbers) -> bool:
@@ -39,8 +38,9 @@ def _out_shape(x, w, n: int):
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _dense(x, w, n: int):
-  x2, w2 = _matrices(x, w, n)
-  return jnp.dot(x2, w2).reshape(_out_shape(x, w, n))
+  # x's leading axes are not merged: a merge would hide from XLA's SPMD partitioner a batch axis sharded behind an
+  # unsharded one (the target's logits in chunks [n, B, length, d]) and make it gather every row
+  return jax.lax.dot_general(x, w, ((tuple(range(x.ndim - n, x.ndim)), tuple(range(n))), ((), ())))
 
 
 @_dense.defjvp
