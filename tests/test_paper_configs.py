@@ -79,6 +79,7 @@ def test_bliss_paper_configs_trace(parsed, target, proxy):
   cfg = gin.get_configurable("BilevelConfig")()
   assert (t.batch_size, t.sequence_length, t.num_steps) == (512, 1024, 50_000)
   assert (cfg.gamma, cfg.l2, cfg.proxy_lr, cfg.score_lr, cfg.solver) == (1e-2, 1e-7, 1e-5, 1e-5, "normalized")
+  assert cfg.remat  # traced below as the config runs it: rematerialised
   assert t.model_config == preset(target, vocab_size=50304, dtype="bfloat16")
   assert p.model_config == preset(proxy, vocab_size=50304)
   _, metrics = trainer.abstract_train_step(t.model_config, batch_size=t.batch_size,
