@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every figure of docs/ARCHITECTURE.md's "Performance" section on the accelerator at hand (GPU or TPU), in about
 # 10 minutes: train-step throughput and MFU against the datasheet peak (bfloat16 and float32; the PyTorch peer on the
-# same GPU), the loop over the bare step, and the compiled peak memory of SALT's 2.8B step with and without the
-# chunked loss (per device, on the devices present).
+# same GPU), the loop over the bare step, the compiled peak memory of SALT's 2.8B step with and without the
+# chunked loss (per device, on the devices present), and BLISS's bilevel step against a proxy step (time, memory,
+# cosines) at the CPU config's shapes and at the paper's models with one device's share of the batch (4 x 1024).
 #   bash scripts/bench_accelerator.sh 2>&1 | tee bench_accelerator.log
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,3 +17,5 @@ run "$PY" scripts/bench_train.py --preset pythia_160m --batch_size 32 --sequence
 run "$PY" scripts/bench_loop.py --preset tiny --batch_size 16 --sequence_length 128 --steps 200 --log_every 50
 run "$PY" scripts/bench_loop.py --preset pythia_160m --batch_size 32 --sequence_length 1024 --steps 60 --log_every 10
 run "$PY" scripts/bench_memory.py --devices 1 --batch_size 16
+run "$PY" scripts/bench_bilevel.py --steps 2 --rounds 3 --settings paper,remat,remat_mb4,single_remat_mb4
+run "$PY" scripts/bench_bilevel.py --proxy pythia_31m --target pythia_410m --target_dtype bfloat16 --vocab_size 50304 --batch_size 4 --sequence_length 1024 --steps 2 --rounds 3 --converged_iters 10 --settings paper,remat,single_remat
