@@ -3,6 +3,8 @@ import importlib.util
 import json
 import pathlib
 
+import pytest
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("diff_runs", REPO / "scripts" / "diff_runs.py")
 diff_runs = importlib.util.module_from_spec(_spec)
@@ -37,3 +39,29 @@ def test_roots_compare_equal_but_for_wall_time_and_their_own_paths(tmp_path, cap
   out = capsys.readouterr().out
   assert "s/stage.json /result/flops: 3000000000.0 != 3000000100.0" in out
   assert "report.json: missing in" in out and "1 records compared: 1 changed values, 1 missing files" in out
+
+
+def test_numbers_within_a_tolerance_count_as_close_with_their_relative_difference():
+  a = {"loss": 2.0, "acc": 0.5, "n": 7, "ok": True, "tokens": [1, 2]}
+  b = {"loss": 2.0002, "acc": 0.6, "n": 7, "ok": False, "tokens": [1, 2]}
+  diffs = diff_runs.differences(a, b, rtol=1e-3)
+  assert [(p, k) for p, k, _ in diffs] == [("/acc", "changed"), ("/loss", "close"), ("/ok", "changed")]
+  assert abs(dict((p, d) for p, _, d in diffs)["/loss"] - 0.0002 / 2.0002) < 1e-15
+  assert [(p, k) for p, k, _ in diff_runs.differences(a, b, atol=2.0)] == [
+      ("/acc", "close"), ("/loss", "close"), ("/ok", "changed")]  # booleans are not numbers here
+  assert diff_runs.differences({"x": float("nan")}, {"x": 1.0}, rtol=1.0)[0][1] == "changed"
+  assert diff_runs.differences(a, b)[1] == ("/loss", "changed", "2.0 != 2.0002")
+
+
+def test_tolerances_on_the_command_line(tmp_path, capsys):
+  a, b = tmp_path / "a", tmp_path / "b"
+  _write(a, "report.json", {"loss": 3.0, "other": 1.0})
+  _write(b, "report.json", {"loss": 3.0003, "other": 1.0})
+  assert diff_runs.main([str(a), str(b)]) == 1
+  assert diff_runs.main([str(a), str(b), "--rtol", "1e-4"]) == 0
+  out = capsys.readouterr().out
+  assert "1 numbers within --rtol 0.0001 --atol 0, largest relative difference 0.0001 (report.json /loss)" in out
+  assert diff_runs.main([str(a), str(b), "--rtol", "1e-5"]) == 1
+  with pytest.raises(SystemExit):
+    diff_runs.main([str(a), str(tmp_path / "absent")])
+  assert "is not a directory" in capsys.readouterr().err
