@@ -17,7 +17,9 @@ initialisation (no download), float32 parameters (bfloat16 autocast with `--dtyp
 bliss_jax runs on one, trained the same way: per-token cross-entropy over the same batches, AdamW
 with the same betas, weight decay and global-norm clipping. The two run `--rounds` times in turn, `--steps` steps
 each, so both see the same machine load; the figures are the medians over rounds and the ratio is bliss_jax's
-tokens/s over the peer's. `--peer_process own` runs the peer in a child process of its own (this script, serving
+tokens/s over the peer's; with several rounds, also the geometric mean of the rounds' paired ratios (the peer's
+step time over ours in the same round) with its 95% t interval (`report.intervals.ratio_interval`), the figure to
+read on a machine whose speed drifts between rounds. `--peer_process own` runs the peer in a child process of its own (this script, serving
 the timed steps over a pipe) so that the two stacks' buffers do not share one heap: in one process the one allocating
 second finds the heap fragmented by the other's (at pythia-14m our step faulted 18k pages a step next to the peer's
 412 MB logits, 0 alone). `--loss_chunk 0,256` runs the LM loss from the full logits and chunked (alternating too).
@@ -61,6 +63,7 @@ from bliss_jax.data.synthetic import SyntheticBatches  # noqa: E402
 from bliss_jax.losses.lm import CHUNK_TOKENS, make_lm_loss  # noqa: E402
 from bliss_jax.models.config import count_params, preset  # noqa: E402
 from bliss_jax.models.flops import train_flops_per_token  # noqa: E402
+from bliss_jax.report import intervals  # noqa: E402
 from bliss_jax.training import trainer  # noqa: E402
 
 # Dense peak FLOP/s per chip (vendor datasheets): (bfloat16, float32).
@@ -286,6 +289,10 @@ def main():
           + f" | {statistics.median(faults[r]):,.0f} page faults/step"
           + (f" | {best_peer / dt:.2f}x the peer" if best_peer else "")
           + (f" | {statistics.median(ours[runs[0]]) / dt:.2f}x the first" if r != runs[0] else ""))
+    if peer_run is not None and a.rounds > 1:
+      ratio = intervals.ratio_interval(theirs[r[1]], ours[r])
+      print(f"  over the peer, round by round: {ratio.mean:.3f}x [{ratio.low:.3f}, {ratio.high:.3f}] (geometric mean of "
+            f"the {a.rounds} rounds' paired ratios, {ratio.level:.0%} t interval; the peer under the same allocator)")
   if peer_run is not None:
     print(f"peer: {peer_name}: " + ", ".join(
         f"{tokens / dt:,.0f} tokens/s, {statistics.median(faults[mode]):,.0f} page faults/step"

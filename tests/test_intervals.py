@@ -48,3 +48,17 @@ def test_paired_interval_of_the_per_seed_differences():
   shifted = intervals.paired_interval({s: v + 10 * s for s, v in a.items()}, {s: v + 10 * s for s, v in b.items()})
   assert shifted.half_width == pytest.approx(r.half_width)
   assert intervals.mean_interval(list(a.values())).asdict()["n"] == 3
+
+
+def test_ratio_interval_is_the_log_scale_t_interval_exponentiated():
+  r = intervals.ratio_interval([2.0, 8.0], [1.0, 2.0])  # ratios 2 and 4
+  half = 12.706204736174698 * (math.log(2.0) / math.sqrt(2.0)) / math.sqrt(2.0)
+  assert math.isclose(r.mean, 2.0 ** 1.5)
+  assert math.isclose(r.low, 2.0 ** 1.5 * math.exp(-half)) and math.isclose(r.high, 2.0 ** 1.5 * math.exp(half))
+  assert r.n == 2 and math.isclose(r.half_width, half)
+  one = intervals.ratio_interval([3.0], [2.0])
+  assert one.mean == 1.5 and one.low is None
+  with pytest.raises(ValueError, match="as many"):
+    intervals.ratio_interval([1.0], [1.0, 2.0])
+  with pytest.raises(ValueError, match="positive"):
+    intervals.ratio_interval([0.0], [1.0])

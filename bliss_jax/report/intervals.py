@@ -64,3 +64,18 @@ def paired_interval(a: Mapping[int, float], b: Mapping[int, float], level: float
   """The mean and interval of the per-seed difference a − b ({seed: value} each; seeds only one side has are left
   out)."""
   return mean_interval(paired_differences(a, b), level)
+
+
+def ratio_interval(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> Interval:
+  """The geometric mean of paired ratios a_i / b_i (e.g. two programs' step times measured in the same round) and its
+  interval: exp of the mean and the Student-t interval of log(a_i / b_i), a ratio's interval being symmetric on the
+  log scale. `half_width` and `sd` are those of the logs."""
+  if len(a) != len(b):
+    raise ValueError(f"paired ratios need as many numerators as denominators, got {len(a)} and {len(b)}")
+  if any(x <= 0 for x in list(a) + list(b)):
+    raise ValueError("ratios need positive values")
+  logs = mean_interval([math.log(x / y) for x, y in zip(a, b)], level)
+  if logs.mean is None:
+    return logs
+  bounds = (None, None) if logs.low is None else (math.exp(logs.low), math.exp(logs.high))
+  return Interval(math.exp(logs.mean), *bounds, logs.half_width, logs.sd, logs.n, level)
