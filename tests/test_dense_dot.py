@@ -57,9 +57,15 @@ def test_the_backward_pass_compiles_to_standard_layout_dots_only():
   assert set(ref) != {("1", "0")}, ref  # the case the module exists for
 
 
-def test_chosen_on_cpu_only():
+def test_chosen_on_cpu_only(monkeypatch):
+  monkeypatch.delenv("BLISS_JAX_DENSE_DOT", raising=False)
   assert dense_dot_general_for_backend("cpu") is dense_dot_general
   assert dense_dot_general_for_backend("tpu") is None and dense_dot_general_for_backend("gpu") is None
+  monkeypatch.setenv("BLISS_JAX_DENSE_DOT", "xla")  # XLA's own dots on every backend
+  assert dense_dot_general_for_backend("cpu") is None
+  monkeypatch.setenv("BLISS_JAX_DENSE_DOT", "off")
+  with pytest.raises(ValueError, match="BLISS_JAX_DENSE_DOT='off'"):
+    dense_dot_general_for_backend("cpu")
 
 
 def _computation(text, name):

@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from bliss_jax.data.synthetic import SyntheticBatches
-from bliss_jax.losses.lm import head_cross_entropy, make_lm_loss, token_correct, token_cross_entropy
+from bliss_jax.losses.lm import CHUNK_TOKENS, head_cross_entropy, make_lm_loss, token_correct, token_cross_entropy
 from bliss_jax.models.config import preset
 from bliss_jax.models.transformer import Transformer, head_logits, head_weight
 from bliss_jax.training.optimizers import decay_mask, make_optimizer, make_schedule
@@ -77,6 +77,24 @@ def test_chunked_lm_loss_equals_the_plain_formula(name, dtype, average):
       np.testing.assert_allclose(c_metrics[k], metrics[k], **tol)
     for a, b in zip(jax.tree.leaves(c_grads), jax.tree.leaves(grads)):
       np.testing.assert_allclose(a, b, rtol=tol["rtol"], atol=tol["rtol"] * float(np.max(np.abs(b))))
+
+
+def test_the_default_chunk_comes_from_the_environment(monkeypatch):
+  cfg = preset("tiny_neox", vocab_size=96)
+  model = Transformer(cfg)
+  tokens = jnp.zeros((2, 8), jnp.int32)
+  params = nn.unbox(model.init(jax.random.PRNGKey(1), tokens)["params"])
+  batch = {"decoder_input_tokens": tokens, "decoder_target_tokens": tokens,
+           "decoder_loss_weights": jnp.ones((2, 8), jnp.int32)}
+  program = lambda **kw: str(jax.make_jaxpr(lambda p: make_lm_loss(model, **kw)(p, batch, None)[0])(params))
+  monkeypatch.delenv("BLISS_JAX_LOSS_CHUNK", raising=False)
+  assert program() == program(chunk_tokens=CHUNK_TOKENS) != program(chunk_tokens=0)
+  monkeypatch.setenv("BLISS_JAX_LOSS_CHUNK", "0")
+  assert program() == program(chunk_tokens=0)
+  assert program(chunk_tokens=4) != program(chunk_tokens=0)  # an explicit chunk wins
+  monkeypatch.setenv("BLISS_JAX_LOSS_CHUNK", "-1")
+  with pytest.raises(ValueError, match="BLISS_JAX_LOSS_CHUNK='-1'"):
+    make_lm_loss(model)
 
 
 def test_head_cross_entropy_by_hand_and_its_coefficient_gradient():

@@ -8,6 +8,7 @@ exactly), and every other entry is a scalar to log. A loss factory is `factory(m
 `frozen_models` the dict of frozen Flax modules (by name) matching `frozen`.
 """
 import functools
+import os
 from typing import Callable, Optional, Tuple
 
 import flax.linen as nn
@@ -172,20 +173,36 @@ def averaging_weights(batch: dict, average: str = "token") -> Tuple[jax.Array, j
   return jnp.where(w > 0, w / jnp.maximum(own, 1e-30), 0.0), jnp.sum(per_segment > 0).astype(jnp.float32)
 
 
+LOSS_CHUNK_VARIABLE = "BLISS_JAX_LOSS_CHUNK"
+
+
+def default_chunk_tokens() -> int:
+  """`make_lm_loss`'s chunk when none is given: $BLISS_JAX_LOSS_CHUNK where set (0: the full logits, e.g. to rerun a
+  job on the unchunked path and compare its results), else `CHUNK_TOKENS`."""
+  value = os.environ.get(LOSS_CHUNK_VARIABLE, "").strip()
+  if not value:
+    return CHUNK_TOKENS
+  if not value.isdigit():
+    raise ValueError(f"{LOSS_CHUNK_VARIABLE}={value!r}: expected a number of tokens >= 0 (0: the full logits)")
+  return int(value)
+
+
 def make_lm_loss(model: nn.Module, frozen_models=None, average: str = "token", *,
-                 chunk_tokens: Optional[int] = CHUNK_TOKENS) -> LossFn:
+                 chunk_tokens: Optional[int] = None) -> LossFn:
   """Plain next-token CE over `decoder_loss_weights` (which packing sets to 0 on padding): the mean over the batch's
   tokens (`average="token"`), or over its sequences of each one's token mean (`"sequence"`, SALT Algorithm 1's
   l(x;θ) = (1/T) Σ_t −log P_θ(x_t|x_<t) averaged over the batch); see `averaging_weights`.
 
   `chunk_tokens`: compute the output head and the CE together over chunks of about this many tokens
   (`head_cross_entropy`: the [B, T, V] logits never exist at once, and each chunk's logits are computed once per
-  step); 0 or None: from the model's full logits. Both give the same loss, gradients and metrics up to float
+  step); 0: from the model's full logits; None: `default_chunk_tokens()`. Both give the same loss, gradients and metrics up to float
   summation order, so a run's record leaves it out (`training.run_config.COMPUTE_ONLY_ARGUMENTS`) and a resume may
   change it.
   """
   del frozen_models
   check_choice("average", average, AVERAGES)
+  if chunk_tokens is None:
+    chunk_tokens = default_chunk_tokens()
 
   def loss_fn(params, batch, rng, frozen=None):
     del rng, frozen

@@ -14,6 +14,7 @@ takes `lax.dot_general`.
 """
 import functools
 import math
+import os
 from typing import Optional
 
 import jax
@@ -68,6 +69,13 @@ def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_ele
                              preferred_element_type=preferred_element_type)
 
 
+OFF_VARIABLE = "BLISS_JAX_DENSE_DOT"
+
+
 def dense_dot_general_for_backend(backend: Optional[str] = None):
-  """`dense_dot_general` on the CPU backend, None (flax's default `lax.dot_general`) on any other."""
-  return dense_dot_general if (backend or jax.default_backend()) == "cpu" else None
+  """`dense_dot_general` on the CPU backend, None (flax's default `lax.dot_general`) on any other, and everywhere
+  where $BLISS_JAX_DENSE_DOT is `xla` (e.g. to rerun a job on XLA's own dots and compare its results)."""
+  choice = os.environ.get(OFF_VARIABLE, "").strip()
+  if choice not in ("", "xla"):
+    raise ValueError(f"{OFF_VARIABLE}={choice!r}: expected 'xla' (flax's lax.dot_general) or unset")
+  return dense_dot_general if not choice and (backend or jax.default_backend()) == "cpu" else None
