@@ -191,6 +191,9 @@ def main():
   p.add_argument("--steps", type=int, default=10, help="timed steps per round (per side)")
   p.add_argument("--rounds", type=int, default=1)
   p.add_argument("--warmup_steps", type=int, default=2)
+  p.add_argument("--warmup_rounds", type=int, default=1,
+                 help="whole rounds (every variant and the peer) run untimed first: the first timed round after the "
+                      "setup ran several times slower than the rest")
   p.add_argument("--dtype", default="float32")
   p.add_argument("--mesh_model", type=int, default=1)
   p.add_argument("--peer", choices=("none", "torch"), default="none")
@@ -215,7 +218,7 @@ def main():
   rules = partitioning.logical_rules()
   optimizer = trainer.OptimizerConfig(warmup_steps=1)
   n_batches = a.warmup_steps + a.steps
-  tx, schedule = trainer.make_tx(optimizer, n_batches * a.rounds)
+  tx, schedule = trainer.make_tx(optimizer, n_batches * (a.warmup_rounds + a.rounds))
   source = SyntheticBatches(vocab_size=cfg.vocab_size, batch_size=a.batch_size, sequence_length=a.sequence_length)
   host_batches = [next(source) for _ in range(n_batches)]
   if a.serve_peer:
@@ -252,7 +255,8 @@ def main():
   runs = [(v, mode) for mode in modes for v in variants]
   ours, theirs = {r: [] for r in runs}, {mode: [] for mode in modes}
   faults = {r: [] for r in runs + modes}  # minor page faults per step (the process's, during the timed steps)
-  for _ in range(a.rounds):
+  for round_index in range(a.warmup_rounds + a.rounds):
+    timed_round = round_index >= a.warmup_rounds
     for mode in modes:
       host_allocator.set_mode(mode, one_arena=host_allocator.cpu_device_count() == 1)
       for v in variants:
@@ -261,18 +265,21 @@ def main():
         for b in data[v][a.warmup_steps:]:
           state, m = steps[v](state, b, rng[v], None)
         jax.block_until_ready(m)
-        ours[(v, mode)].append((time.perf_counter() - t) / a.steps)
-        faults[(v, mode)].append((minor_faults() - f) / a.steps)
+        if timed_round:
+          ours[(v, mode)].append((time.perf_counter() - t) / a.steps)
+          faults[(v, mode)].append((minor_faults() - f) / a.steps)
         states[v] = state
       if peer_run is not None:
         seconds, n_faults = peer_run(mode, a.warmup_steps, n_batches)
-        theirs[mode].append(seconds / a.steps)
-        faults[mode].append(n_faults / a.steps)
+        if timed_round:
+          theirs[mode].append(seconds / a.steps)
+          faults[mode].append(n_faults / a.steps)
   tokens = a.batch_size * a.sequence_length
   peak, how = peak_flops(a.dtype)
   print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}) x{jax.device_count()}")
   print(f"preset {a.preset}: {count_params(cfg):,} params, vocab {cfg.vocab_size}, batch {a.batch_size} x "
-        f"{a.sequence_length}, {a.dtype}; median over {a.rounds} round(s) of {a.steps} steps")
+        f"{a.sequence_length}, {a.dtype}; median over {a.rounds} round(s) of {a.steps} steps, after "
+        f"{a.warmup_rounds} untimed round(s)")
   peer_dt = {mode: statistics.median(t) for mode, t in theirs.items()} if peer_run is not None else None
   best_peer = min(peer_dt.values()) if peer_dt else None
 
@@ -289,10 +296,13 @@ def main():
           + f" | {statistics.median(faults[r]):,.0f} page faults/step"
           + (f" | {best_peer / dt:.2f}x the peer" if best_peer else "")
           + (f" | {statistics.median(ours[runs[0]]) / dt:.2f}x the first" if r != runs[0] else ""))
-    if peer_run is not None and a.rounds > 1:
-      ratio = intervals.ratio_interval(theirs[r[1]], ours[r])
-      print(f"  over the peer, round by round: {ratio.mean:.3f}x [{ratio.low:.3f}, {ratio.high:.3f}] (geometric mean of "
-            f"the {a.rounds} rounds' paired ratios, {ratio.level:.0%} t interval; the peer under the same allocator)")
+    if a.rounds > 1:
+      baselines = ([("the peer", theirs[r[1]])] if peer_run is not None else []) + (
+          [("the first", ours[runs[0]])] if r != runs[0] else [])
+      for what, baseline in baselines:
+        ratio = intervals.ratio_interval(baseline, ours[r])
+        print(f"  over {what}, round by round: {ratio.mean:.3f}x [{ratio.low:.3f}, {ratio.high:.3f}] (geometric mean "
+              f"of the {a.rounds} rounds' paired ratios, {ratio.level:.0%} t interval)")
   if peer_run is not None:
     print(f"peer: {peer_name}: " + ", ".join(
         f"{tokens / dt:,.0f} tokens/s, {statistics.median(faults[mode]):,.0f} page faults/step"
