@@ -5,9 +5,9 @@ step at 16 x 128) with malloc, on its worker threads, and frees it when the exec
 block above its mmap threshold (at most 32 MiB) by a fresh `mmap`, gives a worker thread's arena back to the system
 when its heap empties, and trims the main heap's free top: every step then writes to new pages, one page fault per
 4 KiB (docs/ARCHITECTURE.md, "Performance", has the measurements). `keep_freed_memory` (`mallopt`): blocks below
-`KEPT_BYTES` from the heap, no trimming, and one arena for all threads (the main heap: a worker thread's own arena
-grows in heaps of at most 64 MiB, so it maps any larger block afresh whatever the threshold), so the next step reuses
-the same pages. The process then holds
+`KEPT_BYTES` from the heap, no trimming, and, where XLA:CPU runs one device, one arena for all threads (the main heap;
+several CPU devices' threads would contend for it, and keep their own arenas, which still map a block over 64 MiB
+afresh), so the next step reuses the same pages. The process then holds
 its peak host memory instead of returning it. No computed number changes.
 
 It is process-wide and belongs at a program's start, before the threads that allocate exist (`cli.setup`, the
@@ -17,6 +17,7 @@ defaults. Elsewhere than glibc (macOS, musl) it does nothing.
 import ctypes
 import ctypes.util
 import os
+import re
 from typing import Optional
 
 ENV_VAR = "BLISS_JAX_HOST_ALLOCATOR"
@@ -45,25 +46,31 @@ def _libc() -> Optional[ctypes.CDLL]:
     return None
 
 
-def set_mode(mode: str) -> bool:
-  """"kept": blocks below `KEPT_BYTES` from the heap, no trimming, and one arena for the threads created afterwards
-  (the main heap); "glibc": glibc's thresholds at their dynamic maximum (`GLIBC_BYTES`) and its default arena count.
-  Returns whether glibc took every setting (False where the C library is not glibc)."""
+def set_mode(mode: str, one_arena: bool = True) -> bool:
+  """"kept": blocks below `KEPT_BYTES` from the heap, no trimming, and with `one_arena` one arena for the threads
+  created afterwards (the main heap); "glibc": glibc's thresholds at their dynamic maximum (`GLIBC_BYTES`) and its
+  default arena count. Returns whether glibc took every setting (False where the C library is not glibc)."""
   if mode not in MODES:
     raise ValueError(f"unknown host allocator mode {mode!r}; modes: {', '.join(MODES)}")
   libc = _libc()
   if libc is None:
     return False
   # trim -1: never trim (mallopt(3)); arena max 0: glibc's default (8 per core)
-  settings = ((_M_ARENA_MAX, 1), (_M_MMAP_THRESHOLD, KEPT_BYTES), (_M_TRIM_THRESHOLD, -1)) if (
+  settings = ((_M_ARENA_MAX, 1 if one_arena else 0), (_M_MMAP_THRESHOLD, KEPT_BYTES), (_M_TRIM_THRESHOLD, -1)) if (
       mode == "kept") else ((_M_ARENA_MAX, 0), (_M_MMAP_THRESHOLD, GLIBC_BYTES[0]), (_M_TRIM_THRESHOLD, GLIBC_BYTES[1]))
   return all([bool(libc.mallopt(param, ctypes.c_int(value))) for param, value in settings])
 
 
+def cpu_device_count(environ=os.environ) -> int:
+  """The XLA:CPU device count XLA_FLAGS asks for (`--xla_force_host_platform_device_count`), 1 without it."""
+  counts = re.findall(r"--xla_force_host_platform_device_count=(\d+)", environ.get("XLA_FLAGS", ""))
+  return int(counts[-1]) if counts else 1
+
+
 def keep_freed_memory(environ=os.environ) -> bool:
-  """`set_mode("kept")` unless `$BLISS_JAX_HOST_ALLOCATOR` is "glibc" (then nothing changes). Returns whether the
-  settings were made."""
+  """`set_mode("kept")`, with one arena where XLA_FLAGS asks for one CPU device, unless `$BLISS_JAX_HOST_ALLOCATOR`
+  is "glibc" (then nothing changes). Returns whether the settings were made. Run it after XLA_FLAGS is final."""
   mode = environ.get(ENV_VAR, "kept") or "kept"
   if mode not in MODES:
     raise ValueError(f"${ENV_VAR}={mode!r}: expected one of {', '.join(MODES)}")
-  return mode == "kept" and set_mode("kept")
+  return mode == "kept" and set_mode("kept", one_arena=cpu_device_count(environ) == 1)

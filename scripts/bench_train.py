@@ -44,7 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bliss_jax import cli, host_allocator  # noqa: E402
 
 cli.use_cpu_cores()  # BLISS_JAX_CPU_DEVICES=2: two XLA:CPU devices, e.g. for --data_devices 1,2
-host_allocator.keep_freed_memory()  # before any thread that allocates exists
+host_allocator.keep_freed_memory()  # after XLA_FLAGS is final, before any thread that allocates exists
 
 if "--peer" in sys.argv and "torch" in sys.argv:
   # torch's own LLVM (torch._dynamo) aborts a process that loaded TensorFlow's first (seqio imports it through
@@ -158,7 +158,7 @@ def serve_peer(cfg, optimizer, batches):
   print(f"PEER {name}", flush=True)
   for line in sys.stdin:
     mode, start, end = line.split()
-    host_allocator.set_mode(mode)
+    host_allocator.set_mode(mode, one_arena=host_allocator.cpu_device_count() == 1)
     seconds, faults = run(mode, int(start), int(end))
     print(f"PEER {seconds} {faults}", flush=True)
 
@@ -258,7 +258,7 @@ def main():
   for round_index in range(a.warmup_rounds + a.rounds):
     timed_round = round_index >= a.warmup_rounds
     for mode in modes:
-      host_allocator.set_mode(mode)
+      host_allocator.set_mode(mode, one_arena=host_allocator.cpu_device_count() == 1)
       for v in variants:
         state = states[v]
         f, t = minor_faults(), time.perf_counter()
