@@ -195,9 +195,9 @@ def make_lm_loss(model: nn.Module, frozen_models=None, average: str = "token", *
 
   `chunk_tokens`: compute the output head and the CE together over chunks of about this many tokens
   (`head_cross_entropy`: the [B, T, V] logits never exist at once, and each chunk's logits are computed once per
-  step); 0: from the model's full logits; None: `default_chunk_tokens()`. Both give the same loss, gradients and metrics up to float
-  summation order, so a run's record leaves it out (`training.run_config.COMPUTE_ONLY_ARGUMENTS`) and a resume may
-  change it.
+  step); 0: from the model's full logits; None: `default_chunk_tokens()`. Both give the same loss, gradients and
+  metrics up to float summation order, so a run's record leaves it out (`training.run_config.COMPUTE_ONLY_ARGUMENTS`)
+  and a resume may change it.
   """
   del frozen_models
   check_choice("average", average, AVERAGES)
