@@ -21,8 +21,9 @@ tokens/s over the peer's; with several rounds, also the geometric mean of the ro
 step time over ours in the same round) with its 95% t interval (`report.intervals.ratio_interval`), the figure to
 read on a machine whose speed drifts between rounds. `--peer_process own` runs the peer in a child process of its
 own (this script, serving the timed steps over a pipe) so that the two stacks' buffers do not share one heap: in one
-process the one allocating second finds the heap fragmented by the other's (at pythia-14m our step faulted 18k pages a step next to the peer's
-412 MB logits, 0 alone). `--loss_chunk 0,256` runs the LM loss from the full logits and chunked (alternating too).
+process the one allocating second finds the heap fragmented by the other's (at pythia-14m our step faulted 18k pages
+a step next to the peer's 412 MB logits, 0 alone). `--loss_chunk 0,256` runs the LM loss from the full logits and
+chunked (alternating too).
 
 Host memory: the script keeps freed memory for reuse (`bliss_jax.host_allocator`) as the CLI does, and the peer's
 steps run under the same setting (PyTorch's CPU tensors come from the same malloc); `--host_allocator glibc,kept`
