@@ -10,7 +10,9 @@ r"""BLISS's cost: one bilevel step, a Hessian-vector product and a gradient, aga
 
 Every function is compiled once and timed side by side in one run on the same batches: after warm-up, `--rounds`
 rounds each time `--steps` calls of each kind back to back; each printed ratio is the median over rounds of (time of
-the kind / time of the proxy train step within the round), so load changes between rounds cancel. Peak memory is
+the kind / time of the proxy train step within the round), so load changes between rounds cancel, and with several
+rounds a second table gives the geometric mean of those paired ratios with its 95% t interval
+(`report.intervals.ratio_interval`). Peak memory is
 XLA's compiled-memory analysis of each function (argument + output + temporary bytes, what the program needs
 resident), not a sampled RSS. Next to the times: the FLOP estimate of `bilevel.step.step_flops` over a proxy train
 step. Kinds:
@@ -83,6 +85,7 @@ from bliss_jax.models.config import count_params, preset  # noqa: E402
 from bliss_jax.models.flops import train_flops_per_token  # noqa: E402
 from bliss_jax.models.score_model import from_lm_params, score_batch  # noqa: E402
 from bliss_jax.models.transformer import Transformer, head_weight  # noqa: E402
+from bliss_jax.report import intervals  # noqa: E402
 from bliss_jax.training import trainer  # noqa: E402
 
 
@@ -310,6 +313,11 @@ def main():
   print("most negative eigenvalue of the lower Hessian (power iteration) and the cosine to the converged solve with "
         "damping max(λ_z, 1.1·(−λ_min)), positive definite: "
         + ", ".join(f"{k} λ_min {v[3]:.3g}, cos {v[4]:.3f}" for k, v in cosines.items()))
+  if a.rounds > 1:
+    print(f"time / proxy step, round by round (geometric mean of the {a.rounds} rounds' paired ratios, 95% t interval):")
+    for k in kinds[1:]:
+      r = intervals.ratio_interval(times[k], times["proxy_step"])
+      print(f"  {k:<28} {r.mean:7.2f} [{r.low:.2f}, {r.high:.2f}]")
 
 
 if __name__ == "__main__":

@@ -11,8 +11,10 @@ host work: reading and placing each batch, metrics, the NaN guard, the progress 
 with both, each round runs the loop once per mode); its tokens/s are the `tokens_per_sec` of its metric rows after the
 first (which holds the compile), so a save counts in the row after it. Save: how long one `RunCheckpoints.save` of the
 train state holds the loop in each mode. Bare: the same jitted step (`trainer.build_step_functions`) on batches
-already on the device, back to back. They alternate `--rounds` times; the figures are medians and the ratios are
-loop / bare and async / sync.
+already on the device, back to back. They alternate `--rounds` times, after `--warmup_rounds` untimed ones; the
+figures are medians, and the ratios loop / bare and async / sync are printed as the medians' ratio and, with several
+rounds, as the geometric mean of the rounds' paired ratios with its 95% t interval (`report.intervals.ratio_interval`;
+the machine's drift between rounds cancels in a pair).
 """
 import argparse
 import json
@@ -33,6 +35,7 @@ import jax  # noqa: E402
 from bliss_jax import partitioning  # noqa: E402
 from bliss_jax.data.synthetic import SyntheticBatches, synthetic_source  # noqa: E402
 from bliss_jax.models.config import preset  # noqa: E402
+from bliss_jax.report import intervals  # noqa: E402
 from bliss_jax.training import checkpoints, trainer  # noqa: E402
 
 
@@ -46,6 +49,8 @@ def main():
   p.add_argument("--checkpoint_every", type=int, default=None, help="default: --steps (one checkpoint, at the end)")
   p.add_argument("--checkpoints", default="async", help="sync, async or sync,async: how the loop writes them")
   p.add_argument("--rounds", type=int, default=2)
+  p.add_argument("--warmup_rounds", type=int, default=1,
+                 help="whole rounds run untimed first (the first round after the setup runs slower than the rest)")
   a = p.parse_args()
   modes = a.checkpoints.split(",")
   if not modes or set(modes) - {"sync", "async"}:
@@ -98,23 +103,34 @@ def main():
       return statistics.median(out)
 
     loops, bares, blocks = {m: [] for m in modes}, [], {m: [] for m in modes}
-    for _ in range(a.rounds):
-      for m in modes:
-        loops[m].append(loop(m))
-        blocks[m].append(save_block(m))
-      bares.append(bare())
+    for round_index in range(a.warmup_rounds + a.rounds):
+      measured = [(m, loop(m), save_block(m)) for m in modes], bare()
+      if round_index >= a.warmup_rounds:
+        for m, tokens_per_sec, block in measured[0]:
+          loops[m].append(tokens_per_sec)
+          blocks[m].append(block)
+        bares.append(measured[1])
   med = {m: statistics.median(x) for m, x in loops.items()}
   br = statistics.median(bares)
   print(f"preset {a.preset}, batch {a.batch_size} x {a.sequence_length}, {a.steps} steps, log every {a.log_every}, "
-        f"checkpoint every {spec.checkpoint_every}")
+        f"checkpoint every {spec.checkpoint_every}; {a.rounds} timed round(s) after {a.warmup_rounds} untimed")
+
+  def paired(what, x, y):
+    if a.rounds > 1:
+      r = intervals.ratio_interval(x, y)
+      print(f"  {what}, round by round: {r.mean:.3f} [{r.low:.3f}, {r.high:.3f}] (geometric mean of the {a.rounds} "
+            f"rounds' paired ratios, {r.level:.0%} t interval)")
+
   print(f"rounds (loop {' / loop '.join(modes)} / bare tokens/s): " + ", ".join(
       "/".join(f"{x:,.0f}" for x in xs) for xs in zip(*loops.values(), bares)))
   for m in modes:
     print(f"loop, {m} checkpoints {med[m]:,.0f} tokens/s | bare step {br:,.0f} tokens/s | loop/bare "
-          f"{med[m] / br:.3f} (median over {a.rounds} rounds)")
+          f"{med[m] / br:.3f} (medians over {a.rounds} rounds)")
+    paired(f"loop ({m}) / bare", loops[m], bares)
   if len(modes) == 2:
     per_round = ", ".join(f"{x / y:.3f}" for x, y in zip(loops["async"], loops["sync"]))
     print(f"async/sync {med['async'] / med['sync']:.3f} (of the medians; per round: {per_round})")
+    paired("async / sync", loops["async"], loops["sync"])
   print("one save holds the loop: " + " | ".join(f"{m} {1e3 * statistics.median(blocks[m]):.1f} ms" for m in modes) +
         f" (median over {a.rounds} rounds of 5 saves; state {n_bytes / 2**20:.1f} MiB)")
 
