@@ -57,16 +57,6 @@ def _unchunked(x: jax.Array, t: int) -> jax.Array:
   return x.reshape((x.shape[0], -1) + x.shape[3:])[:, :t]
 
 
-def _target_logit(cfg: ModelConfig, weight: jax.Array, hidden: jax.Array, targets: jax.Array) -> jax.Array:
-  """`head_logits(cfg, weight, hidden)` at `targets` only (float32, shape of `targets`), from the target's row of the
-  head weight (a gather, no [..., V] logits)."""
-  if cfg.tie_embeddings:
-    rows = jnp.take(weight, targets, axis=0).astype(cfg.compute_dtype)
-    return jnp.einsum("...d,...d->...", hidden.astype(cfg.compute_dtype), rows).astype(jnp.float32)
-  columns = jnp.take(weight.astype(jnp.float32), targets, axis=1)  # [d, ...]
-  return jnp.sum(hidden.astype(jnp.float32) * jnp.moveaxis(columns, 0, -1), -1)
-
-
 def _head_scan(cfg: ModelConfig, length: int, weight, hidden, targets, coefficients, with_grads: bool):
   """Σ_t c_t ℓ_t, ℓ [B, T], correct [B, T] and, `with_grads`, the gradients of the sum w.r.t. `weight` and `hidden`,
   over chunks of `length` positions (`lax.scan`: one chunk's logits [B, length, V] live at a time)."""
@@ -77,7 +67,7 @@ def _head_scan(cfg: ModelConfig, length: int, weight, hidden, targets, coefficie
     h, y, c = x
     if not with_grads:
       return d_weight, _ce_and_correct(head_logits(cfg, weight, h), y) + (None,)
-    logits = head_logits(cfg, weight, h)
+    logits, pull = jax.vjp(lambda w, hh: head_logits(cfg, w, hh), weight, h)
     # one log-sum-exp for the CE and its gradient (`token_cross_entropy`'s, as jax.nn.logsumexp computes it)
     top = jax.lax.stop_gradient(jnp.max(logits, -1, keepdims=True))
     exp = jnp.exp(logits - top)
@@ -85,13 +75,10 @@ def _head_scan(cfg: ModelConfig, length: int, weight, hidden, targets, coefficie
     target_logit = jnp.take_along_axis(logits, y[..., None], -1)[..., 0]
     ce = (jnp.log(total_exp) + top)[..., 0] - target_logit
     correct = (target_logit >= top[..., 0]).astype(jnp.float32)  # `token_correct` from the same max
-    # ∂(c·ℓ)/∂logits = c·(softmax(logits) − onehot(target)), never materialised: the softmax part is exp's rows scaled
-    # by s = c / Σexp, which the head's transposed (linear) map takes on its small side, as hidden states s·h (the
-    # weight's gradient) and as rows of exp·Wᵀ (the hidden states'); the one-hot part, the gradient of −Σ c·(target
-    # logit), is taken once for all chunks after the scan
-    s = (c / total_exp[..., 0])[..., None]
-    dw, dh = jax.vjp(lambda w, hh: head_logits(cfg, w, hh), weight, h.astype(jnp.float32) * s)[1](exp)
-    return d_weight + dw, (ce, correct, s * dh)
+    # ∂(c·ℓ)/∂logits = c·(softmax(logits) − onehot(target))
+    g = c[..., None] * (exp / total_exp - jax.nn.one_hot(y, logits.shape[-1], dtype=logits.dtype))
+    dw, dh = pull(g)
+    return d_weight + dw, (ce, correct, dh)
 
   d_weight = jnp.zeros(weight.shape, jnp.float32) if with_grads else None
   d_weight, (ce, correct, dh) = jax.lax.scan(body, d_weight, xs)
@@ -99,9 +86,7 @@ def _head_scan(cfg: ModelConfig, length: int, weight, hidden, targets, coefficie
   total = jnp.sum(ce * coefficients)
   if not with_grads:
     return total, ce, correct
-  dw_target, dh_target = jax.vjp(lambda w, hh: _target_logit(cfg, w, hh, targets), weight, hidden)[1](coefficients)
-  return (total, ce, correct, (d_weight - dw_target).astype(weight.dtype),
-          (_unchunked(dh, t) - dh_target).astype(hidden.dtype))
+  return total, ce, correct, d_weight.astype(weight.dtype), _unchunked(dh, t)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
