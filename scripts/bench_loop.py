@@ -11,10 +11,10 @@ host work: reading and placing each batch, metrics, the NaN guard, the progress 
 with both, each round runs the loop once per mode); its tokens/s are the `tokens_per_sec` of its metric rows after the
 first (which holds the compile), so a save counts in the row after it. Save: how long one `RunCheckpoints.save` of the
 train state holds the loop in each mode. Bare: the same jitted step (`trainer.build_step_functions`) on batches
-already on the device, back to back. They alternate `--rounds` times, after `--warmup_rounds` untimed ones; the
-figures are medians, and the ratios loop / bare and async / sync are printed as the medians' ratio and, with several
-rounds, as the geometric mean of the rounds' paired ratios with its 95% t interval (`report.intervals.ratio_interval`;
-the machine's drift between rounds cancels in a pair).
+already on the device, back to back. They alternate `--rounds` times (the bare step first in every other round),
+after `--warmup_rounds` untimed ones; the figures are medians, and the ratios loop / bare and async / sync are
+printed as the medians' ratio and, with several rounds, as the geometric mean of the rounds' paired ratios with its
+95% t interval (`report.intervals.ratio_interval`; the machine's drift between rounds cancels in a pair).
 """
 import argparse
 import json
@@ -104,7 +104,11 @@ def main():
 
     loops, bares, blocks = {m: [] for m in modes}, [], {m: [] for m in modes}
     for round_index in range(a.warmup_rounds + a.rounds):
-      measured = [(m, loop(m), save_block(m)) for m in modes], bare()
+      if round_index % 2:  # every other round the bare step first, so neither side always follows the other
+        bare_tokens_per_sec = bare()
+        measured = [(m, loop(m), save_block(m)) for m in modes], bare_tokens_per_sec
+      else:
+        measured = [(m, loop(m), save_block(m)) for m in modes], bare()
       if round_index >= a.warmup_rounds:
         for m, tokens_per_sec, block in measured[0]:
           loops[m].append(tokens_per_sec)
