@@ -7,8 +7,10 @@ when its heap empties, and trims the main heap's free top: every step then write
 4 KiB (docs/ARCHITECTURE.md, "Performance", has the measurements). `keep_freed_memory` (`mallopt`): blocks below
 `KEPT_BYTES` from the heap, no trimming, and, where XLA:CPU runs one device, one arena for all threads (the main heap;
 several CPU devices' threads would contend for it, and keep their own arenas, which still map a block over 64 MiB
-afresh), so the next step reuses the same pages. The process then holds
-its peak host memory instead of returning it. No computed number changes.
+afresh), so the next step reuses the same pages. The process then holds its peak host memory instead of returning
+it. No computed number changes. Only where XLA:CPU is the backend (`cpu_only`): with a GPU or TPU plugin that JAX
+would start, the device holds the arrays, and one arena for XLA:GPU's many compiler threads stalled its compile
+(docs/ARCHITECTURE.md), so glibc's defaults stay.
 
 It is process-wide and belongs at a program's start, before the threads that allocate exist (`cli.setup`, the
 benchmarks, the test session, the notebook), never on import. `$BLISS_JAX_HOST_ALLOCATOR=glibc` leaves glibc's
@@ -16,7 +18,10 @@ defaults. Elsewhere than glibc (macOS, musl) it does nothing.
 """
 import ctypes
 import ctypes.util
+import importlib.metadata
+import importlib.util
 import os
+import pkgutil
 import re
 from typing import Optional
 
@@ -67,10 +72,33 @@ def cpu_device_count(environ=os.environ) -> int:
   return int(counts[-1]) if counts else 1
 
 
+def accelerator_plugins() -> list:
+  """The installed PJRT plugins JAX would start besides XLA:CPU, found as JAX finds them (modules of the
+  `jax_plugins` namespace package, entry points of group "jax_plugins", the `libtpu` package), without importing
+  any of them."""
+  found = [entry.name for entry in importlib.metadata.entry_points(group="jax_plugins")]
+  spec = importlib.util.find_spec("jax_plugins")
+  if spec is not None and spec.submodule_search_locations:
+    found += [module.name for module in pkgutil.iter_modules(spec.submodule_search_locations)]
+  if importlib.util.find_spec("libtpu") is not None:
+    found.append("libtpu")
+  return sorted(set(found))
+
+
+def cpu_only(environ=os.environ) -> bool:
+  """Whether XLA:CPU is the only backend JAX will start: `$JAX_PLATFORMS` names cpu alone, or, unset, no
+  accelerator plugin is installed (`accelerator_plugins`)."""
+  platforms = environ.get("JAX_PLATFORMS", "")
+  if platforms:
+    return {p.strip() for p in platforms.split(",") if p.strip()} <= {"cpu"}
+  return not accelerator_plugins()
+
+
 def keep_freed_memory(environ=os.environ) -> bool:
-  """`set_mode("kept")`, with one arena where XLA_FLAGS asks for one CPU device, unless `$BLISS_JAX_HOST_ALLOCATOR`
-  is "glibc" (then nothing changes). Returns whether the settings were made. Run it after XLA_FLAGS is final."""
+  """`set_mode("kept")`, with one arena where XLA_FLAGS asks for one CPU device, where XLA:CPU is the only backend
+  (`cpu_only`) and `$BLISS_JAX_HOST_ALLOCATOR` is not "glibc"; else nothing changes. Returns whether the settings
+  were made. Run it after XLA_FLAGS is final."""
   mode = environ.get(ENV_VAR, "kept") or "kept"
   if mode not in MODES:
     raise ValueError(f"${ENV_VAR}={mode!r}: expected one of {', '.join(MODES)}")
-  return mode == "kept" and set_mode("kept", one_arena=cpu_device_count(environ) == 1)
+  return mode == "kept" and cpu_only(environ) and set_mode("kept", one_arena=cpu_device_count(environ) == 1)

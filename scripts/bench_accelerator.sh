@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Every figure of docs/ARCHITECTURE.md's "Performance" section on the accelerator at hand (GPU or TPU), in about
-# 10 minutes: train-step throughput and MFU against the datasheet peak (bfloat16 and float32; the PyTorch peer on the
-# same GPU), the loop over the bare step, the compiled peak memory of SALT's 2.8B step with and without the
+# Every figure of docs/ARCHITECTURE.md's "Performance" section on the accelerator at hand (GPU or TPU), in under
+# 10 minutes (each run has its own time limit): train-step throughput and MFU against the datasheet peak (bfloat16
+# and float32; the PyTorch peer on the same GPU), the loop over the bare step, the compiled peak memory of SALT's 2.8B step with and without the
 # chunked loss (per device, on the devices present), and BLISS's bilevel step against a proxy step (time, memory,
 # cosines) at the CPU config's shapes and at the paper's models with one device's share of the batch (4 x 1024).
 #   bash scripts/bench_accelerator.sh 2>&1 | tee bench_accelerator.log
@@ -9,13 +9,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 export TF_CPP_MIN_LOG_LEVEL=3
+# JAX takes 75% of GPU memory at start by default; the PyTorch peer runs in the same process and needs its own.
+export XLA_PYTHON_CLIENT_PREALLOCATE=${XLA_PYTHON_CLIENT_PREALLOCATE:-false}
 PEER=()
 if "$PY" -c "import torch, transformers" 2>/dev/null; then PEER=(--peer torch); fi
-run() { echo; echo "\$ $*"; timeout 240 "$@" || echo "(exit $? — continuing)"; }
-run "$PY" scripts/bench_train.py --preset pythia_14m --batch_size 8 --sequence_length 256 --steps 10 --rounds 3 --loss_chunk 0,256 "${PEER[@]}"
-run "$PY" scripts/bench_train.py --preset pythia_160m --batch_size 32 --sequence_length 1024 --dtype bfloat16 --steps 10 --rounds 3 --loss_chunk 0,256 "${PEER[@]}"
-run "$PY" scripts/bench_loop.py --preset tiny --batch_size 16 --sequence_length 128 --steps 200 --log_every 50
-run "$PY" scripts/bench_loop.py --preset pythia_160m --batch_size 32 --sequence_length 1024 --steps 60 --log_every 10
-run "$PY" scripts/bench_memory.py --devices 1 --batch_size 16
-run "$PY" scripts/bench_bilevel.py --steps 2 --rounds 3 --settings paper,remat,remat_mb4,single_remat_mb4
-run "$PY" scripts/bench_bilevel.py --proxy pythia_31m --target pythia_410m --target_dtype bfloat16 --vocab_size 50304 --batch_size 4 --sequence_length 1024 --steps 2 --rounds 3 --converged_iters 10 --settings paper,remat,single_remat
+"$PY" -c "import jax; print('jax', jax.__version__, jax.devices())"
+# Each run has its own time limit (seconds; $BENCH_TIME_SCALE scales them all), most telling figures first; a run
+# that fails or runs out of time is reported and the next one starts.
+run() { local limit; limit=$(awk -v a="$1" -v s="${BENCH_TIME_SCALE:-1}" 'BEGIN { printf "%d", a * s }'); shift
+        echo; echo "\$ $*"; local t0=$SECONDS
+        timeout "$limit" "$@" || echo "(exit $? — continuing)"; echo "($((SECONDS - t0)) s)"; }
+run 200 "$PY" scripts/bench_train.py --preset pythia_160m --batch_size 32 --sequence_length 1024 --dtype bfloat16 --steps 10 --rounds 2 "${PEER[@]}"
+run 180 "$PY" scripts/bench_bilevel.py --proxy pythia_31m --target pythia_410m --target_dtype bfloat16 --vocab_size 50304 --batch_size 4 --sequence_length 1024 --steps 2 --rounds 2 --converged_iters 10 --settings paper,single_remat
+run 40 "$PY" scripts/bench_memory.py --devices 1 --batch_size 16
+run 45 "$PY" scripts/bench_loop.py --preset tiny --batch_size 16 --sequence_length 128 --steps 200 --log_every 50
+run 60 "$PY" scripts/bench_bilevel.py --steps 2 --rounds 2 --settings paper,single_remat_mb4
+run 45 "$PY" scripts/bench_train.py --preset pythia_14m --batch_size 8 --sequence_length 256 --steps 10 --rounds 2 "${PEER[@]}"

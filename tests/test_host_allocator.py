@@ -55,6 +55,29 @@ def test_keep_freed_memory_obeys_the_environment():
     host_allocator.set_mode("cached")
 
 
+def test_accelerator_backends_keep_glibc_defaults(monkeypatch):
+  assert host_allocator.cpu_only({"JAX_PLATFORMS": "cpu"})
+  assert not host_allocator.cpu_only({"JAX_PLATFORMS": "cuda,cpu"})
+  assert not host_allocator.cpu_only({"JAX_PLATFORMS": "tpu"})
+  # no JAX_PLATFORMS: what is installed decides
+  assert host_allocator.cpu_only({}) == (host_allocator.accelerator_plugins() == [])
+  monkeypatch.setattr(host_allocator, "accelerator_plugins", lambda: ["xla_cuda13"])
+  assert not host_allocator.cpu_only({})
+  assert host_allocator.cpu_only({"JAX_PLATFORMS": "cpu"})
+  # a GPU plugin installed: nothing changes (no mallopt call)
+  monkeypatch.setattr(host_allocator, "set_mode", lambda *a, **k: pytest.fail("set_mode called"))
+  assert host_allocator.keep_freed_memory({}) is False
+  assert host_allocator.keep_freed_memory({"JAX_PLATFORMS": "cuda"}) is False
+
+
+def test_accelerator_plugins_finds_jax_plugins_modules(tmp_path, monkeypatch):
+  plugin = tmp_path / "jax_plugins" / "xla_fake"
+  plugin.mkdir(parents=True)
+  (plugin / "__init__.py").write_text("raise RuntimeError('imported')\n")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  assert host_allocator.accelerator_plugins() == ["xla_fake"]  # found, not imported
+
+
 def test_cpu_device_count_reads_xla_flags():
   assert host_allocator.cpu_device_count({}) == 1
   assert host_allocator.cpu_device_count({"XLA_FLAGS": "--xla_cpu_x=1 --xla_force_host_platform_device_count=2"}) == 2
