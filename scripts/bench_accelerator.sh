@@ -22,6 +22,6 @@ run() { local limit; limit=$(awk -v a="$1" -v s="${BENCH_TIME_SCALE:-1}" 'BEGIN 
 run 200 "$PY" scripts/bench_train.py --preset pythia_160m --batch_size 32 --sequence_length 1024 --dtype bfloat16 --steps 10 --rounds 2 "${PEER[@]}"
 run 180 "$PY" scripts/bench_bilevel.py --proxy pythia_31m --target pythia_410m --target_dtype bfloat16 --vocab_size 50304 --batch_size 4 --sequence_length 1024 --steps 2 --rounds 2 --converged_iters 10 --settings paper,single_remat
 run 40 "$PY" scripts/bench_memory.py --devices 1 --batch_size 16
-run 45 "$PY" scripts/bench_loop.py --preset tiny --batch_size 16 --sequence_length 128 --steps 200 --log_every 50
-run 60 "$PY" scripts/bench_bilevel.py --steps 2 --rounds 2 --settings paper,single_remat_mb4
-run 45 "$PY" scripts/bench_train.py --preset pythia_14m --batch_size 8 --sequence_length 256 --steps 10 --rounds 2 "${PEER[@]}"
+run 60 "$PY" scripts/bench_loop.py --preset tiny --batch_size 16 --sequence_length 128 --steps 200 --log_every 50 --prefetch 0,2
+run 45 "$PY" scripts/bench_bilevel.py --steps 2 --rounds 2 --settings paper,single_remat_mb4
+run 40 "$PY" scripts/bench_train.py --preset pythia_14m --batch_size 8 --sequence_length 256 --steps 10 --rounds 2 "${PEER[@]}"

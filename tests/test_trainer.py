@@ -26,13 +26,14 @@ def _poisoned_source(poison_position):
   return source
 
 
-def test_nan_loss_stops_with_named_step_and_keeps_last_good_checkpoint(tmp_path):
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_nan_loss_stops_with_named_step_and_keeps_last_good_checkpoint(tmp_path, prefetch):
   with pytest.raises(run_loop.NonFiniteLossError, match=r"at step 6.*last good checkpoint \(step 4\)"):
     spec = trainer.TrainSpec(model_config=preset("tiny", vocab_size=128), num_steps=10, batch_size=4,
                              sequence_length=16, optimizer=trainer.OptimizerConfig(warmup_steps=2), eval_every=0,
                              checkpoint_every=2)
     trainer.train(model_dir=str(tmp_path), spec=spec, batch_source=_poisoned_source(poison_position=5),
-                  progress_bar=False, mesh_data=1, devices=__import__("jax").devices()[:1])
+                  progress_bar=False, mesh_data=1, devices=__import__("jax").devices()[:1], prefetch_batches=prefetch)
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
 
 
@@ -81,7 +82,8 @@ def test_rerunning_a_finished_run_keeps_one_final_evaluation_and_returns_it(tmp_
   assert again.last_eval == first.last_eval and again.final_step == 3
 
 
-def test_a_training_stream_without_a_batch_is_named_not_a_bare_stop_iteration(tmp_path):
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_a_training_stream_without_a_batch_is_named_not_a_bare_stop_iteration(tmp_path, prefetch):
   def empty_source(split, *, start_position=0, **kw):
     return iter(())
   spec = trainer.TrainSpec(model_config=preset("tiny", vocab_size=128), num_steps=3, batch_size=4, sequence_length=16,
@@ -89,4 +91,25 @@ def test_a_training_stream_without_a_batch_is_named_not_a_bare_stop_iteration(tm
   with pytest.raises(ValueError, match=r"training data \(the batch source\) yields no batch: its 'train' split is "
                                        r"empty or shorter than one batch of 4 x 16 tokens"):
     trainer.train(model_dir=str(tmp_path), spec=spec, batch_source=empty_source, progress_bar=False, mesh_data=1,
-                  devices=__import__("jax").devices()[:1])
+                  devices=__import__("jax").devices()[:1], prefetch_batches=prefetch)
+
+
+def test_batches_prefetched_on_a_thread_train_bit_identically(tmp_path):
+  """`prefetch_batches` changes where batches are read and placed, not which: same metrics rows, same parameters."""
+  import jax
+  from bliss_jax.training import checkpoints
+  from bliss_jax.training.model_dir import ModelDir
+  spec = trainer.TrainSpec(model_config=preset("tiny", vocab_size=128), num_steps=5, batch_size=4, sequence_length=16,
+                           optimizer=trainer.OptimizerConfig(warmup_steps=1), eval_every=0, checkpoint_every=5,
+                           log_every=1)
+  rows, params = {}, {}
+  for k in (0, 3):
+    trainer.train(model_dir=str(tmp_path / str(k)), spec=spec, progress_bar=False, mesh_data=1,
+                  devices=jax.devices()[:1], prefetch_batches=k,
+                  batch_source=synthetic_source(vocab_size=128, batch_size=4, sequence_length=16))
+    rows[k] = [{key: v for key, v in r.items() if key != "tokens_per_sec"}
+               for r in ModelDir(str(tmp_path / str(k))).metrics("train")]
+    params[k] = checkpoints.load_params(str(tmp_path / str(k)))[1]
+  assert len(rows[0]) == 5 and rows[3] == rows[0]
+  for a, b in zip(jax.tree.leaves(params[0]), jax.tree.leaves(params[3])):
+    np.testing.assert_array_equal(a, b)

@@ -22,8 +22,8 @@ from bliss_jax import partitioning
 from bliss_jax.losses.lm import make_lm_loss
 from bliss_jax.models.config import COMPUTE_ONLY_FIELDS, ModelConfig
 from bliss_jax.models.transformer import Transformer
-from bliss_jax.training import (checkpoints, config_checks, evaluation, metric_writers, model_vocabulary, optimizers,
-                                run_config, run_lock, run_loop)
+from bliss_jax.training import (batch_prefetch, checkpoints, config_checks, evaluation, metric_writers,
+                                model_vocabulary, optimizers, run_config, run_lock, run_loop)
 from bliss_jax.training.model_dir import ModelDir
 from bliss_jax.training.train_state import create_train_state
 from bliss_jax.training.train_step import make_train_step
@@ -304,7 +304,7 @@ def train(*, model_dir: str, spec: TrainSpec, batch_source: BatchSource, vocab_s
           frozen_model_dirs: Optional[Dict[str, str]] = None,
           loss_phases: Optional[Sequence[Tuple[int, Callable]]] = None,
           allow_config_change: Sequence[str] = (), extra_records: Optional[Dict[str, str]] = None,
-          async_checkpoints: bool = True) -> TrainResult:
+          async_checkpoints: bool = True, prefetch_batches: int = 0) -> TrainResult:
   """Train `spec.model_config` on `batch_source` for `spec.num_steps` optimizer steps, resuming from MODEL_DIR if
   possible.
 
@@ -334,6 +334,10 @@ def train(*, model_dir: str, spec: TrainSpec, batch_source: BatchSource, vocab_s
     keep_checkpoints: the periodic and final checkpoints kept (None: all; see `checkpoints.RunCheckpoints`).
     async_checkpoints: write checkpoints in the background while training continues (False: each save blocks the
       loop until its files are on disk; the checkpoints are the same either way).
+    prefetch_batches: training batches read and placed on the devices this many steps ahead, on a background
+      thread (`batch_prefetch`), for a device whose step is shorter than the loop's host work; 0 (the default: on a
+      2-core CPU the thread competes with the step) reads each in turn on the loop's thread while the device runs
+      the step dispatched before. The batches and results are the same.
     mesh_data / mesh_model / fsdp: the device mesh and whether parameters are also sharded over "data".
     stop_at_step: leave after this step (checkpointed) although the schedule runs to `spec.num_steps`, as a pre-empted
       job would; rerunning continues from there.
@@ -435,8 +439,10 @@ def train(*, model_dir: str, spec: TrainSpec, batch_source: BatchSource, vocab_s
                                   "batch_size": batch_size, "sequence_length": sequence_length})
 
     base_rng = jax.device_put(jax.random.PRNGKey(seed + 1), repl)
-    batches = batch_source("train", start_position=position, process_index=jax.process_index(),
-                           process_count=jax.process_count(), repeat=True)
+    batches = stack.enter_context(batch_prefetch.placed_batches(
+        batch_source("train", start_position=position, process_index=jax.process_index(),
+                     process_count=jax.process_count(), repeat=True),
+        lambda batch: partitioning.global_batch_from_local(batch, mesh), prefetch_batches))
     last_eval = heldout = None
 
     def run_eval(step, state):
@@ -467,7 +473,7 @@ def train(*, model_dir: str, spec: TrainSpec, batch_source: BatchSource, vocab_s
         raise ValueError(f"the training data ({', '.join(source_tasks(batch_source)) or 'the batch source'}) yields "
                          f"no batch: its 'train' split is empty or shorter than one batch of {batch_size} x "
                          f"{sequence_length} tokens") from None
-      return fn(state, partitioning.global_batch_from_local(batch, mesh), base_rng, frozen)
+      return fn(state, batch, base_rng, frozen)
 
     def nonfinite(step, metrics):
       if np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"]):
