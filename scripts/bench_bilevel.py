@@ -276,6 +276,9 @@ def main():
       return (time.perf_counter() - t) / n
 
     kinds = ["proxy_step", "proxy_step_remat", "grad", "hvp"] + list(bl)
+    t_start = time.perf_counter()
+    progress = lambda message: print(f"[{time.perf_counter() - t_start:6.1f} s] {message}", file=sys.stderr,
+                                     flush=True)  # how far a run stopped at a time limit got
     mem = {"proxy_step": _memory(fns.train_step.lower(state, gbatch, rng, None).compile()),
            "proxy_step_remat": _memory(remat_fns.train_step.lower(remat_state, gbatch, rng, None).compile()),
            "grad": _memory(grad.lower(params, gbatch).compile()),
@@ -283,8 +286,10 @@ def main():
     for k in bl:
       f, s = bl[k]
       mem[k] = _memory(f.step.lower(s, train, gbatch, tparams).compile())
+      progress(f"{k}: compiled, peak {mem[k]:.1f} MiB")
     for k in kinds:
       run(k, 2)  # compile + warm up
+    progress("all kinds warmed up")
     ratios = {k: [] for k in kinds}
     times = {k: [] for k in kinds}
     for r in range(a.rounds):
@@ -293,6 +298,7 @@ def main():
       for k in kinds:
         ratios[k].append(t[k] / t["proxy_step"])
         times[k].append(t[k])
+      progress(f"round {r + 1}/{a.rounds}, ms per step: " + ", ".join(f"{k} {1e3 * t[k]:.1f}" for k in kinds))
     cosines = hypergradient_cosines(bl, settings, cfg, target, tparams, gbatch, a.converged_iters)
   train_step_flops = train_flops_per_token(proxy_cfg, L) * B * L
   est = {"grad": 1.0, "hvp": 2.0, "proxy_step": 1.0, "proxy_step_remat": 1.0}

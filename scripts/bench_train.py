@@ -229,6 +229,12 @@ def main():
       jax.device_count() // a.mesh_model]
   variants = [(c, n) for n in device_counts for c in chunks]  # (loss chunk, data devices)
   steps, states, data, rng = {}, {}, {}, {}
+  t_start = time.perf_counter()
+
+  def progress(message):
+    """A line on stderr as each stage ends, so a run stopped at a time limit still shows how far it got."""
+    print(f"[{time.perf_counter() - t_start:6.1f} s] {message}", file=sys.stderr, flush=True)
+
   for v in variants:
     chunk, n = v
     mesh = partitioning.make_mesh(n, a.mesh_model, jax.devices()[:n * a.mesh_model])
@@ -242,6 +248,7 @@ def main():
         state, m = fns.train_step(state, b, rng[v], None)
       jax.block_until_ready(m)
       steps[v], states[v] = fns.train_step, state
+    progress(f"loss chunk {chunk}, {n} data device(s): compiled, {a.warmup_steps} warm-up step(s) run")
   peer_run = None
   if a.peer == "torch":
     if a.peer_process == "own":
@@ -252,6 +259,7 @@ def main():
     peer_run(a.host_allocator.split(",")[0], 0, a.warmup_steps)
     if a.peer_process == "own":
       peer_name += ", in its own process"
+    progress(f"peer: {a.warmup_steps} warm-up step(s) run")
   modes = a.host_allocator.split(",")
   runs = [(v, mode) for mode in modes for v in variants]
   ours, theirs = {r: [] for r in runs}, {mode: [] for mode in modes}
@@ -275,6 +283,10 @@ def main():
         if timed_round:
           theirs[mode].append(seconds / a.steps)
           faults[mode].append(n_faults / a.steps)
+    if timed_round:
+      progress(f"round {round_index - a.warmup_rounds + 1}/{a.rounds}, ms per step: " + ", ".join(
+          [f"{r[0]} {r[1]}: {1e3 * ours[r][-1]:.1f}" for r in runs]
+          + [f"peer {mode}: {1e3 * theirs[mode][-1]:.1f}" for mode in modes if theirs[mode]]))
   tokens = a.batch_size * a.sequence_length
   peak, how = peak_flops(a.dtype)
   print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}) x{jax.device_count()}")
