@@ -75,7 +75,7 @@ def test_accelerator_plugins_finds_jax_plugins_modules(tmp_path, monkeypatch):
   plugin.mkdir(parents=True)
   (plugin / "__init__.py").write_text("raise RuntimeError('imported')\n")
   monkeypatch.syspath_prepend(str(tmp_path))
-  assert host_allocator.accelerator_plugins() == ["xla_fake"]  # found, not imported
+  assert "xla_fake" in host_allocator.accelerator_plugins()  # found, not imported
 
 
 def test_cpu_device_count_reads_xla_flags():
