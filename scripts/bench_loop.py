@@ -12,13 +12,14 @@ host work: reading and placing each batch, metrics, the NaN guard, the progress 
 with both, each round runs the loop once per mode); its tokens/s are the `tokens_per_sec` of its metric rows after the
 first (which holds the compile), so a save counts in the row after it. Save: how long one `RunCheckpoints.save` of the
 train state holds the loop in each mode. `--prefetch 0,2` runs the loop with each batch read and placed in turn and
-with two read ahead on a background thread (`train(prefetch_batches=)`), alternating. Bare: the same jitted step (`trainer.build_step_functions`) on batches
-already on the device, back to back. They alternate `--rounds` times (the bare step first in every other round),
-after `--warmup_rounds` untimed ones; the figures are medians, and the ratios loop / bare and async / sync are
-printed as the medians' ratio and, with several rounds, as the geometric mean of the rounds' paired ratios with its
-95% t interval (`report.intervals.ratio_interval`; the machine's drift between rounds cancels in a pair). Host work:
-the loop's per-step work on the host (next batch, placement, dispatch), each piece timed alone: a device step shorter
-than their sum leaves the device waiting on the host, whatever the dispatch overlaps.
+with two read ahead on a background thread (`train(prefetch_batches=)`), alternating. Bare: the same jitted step
+(`trainer.build_step_functions`) on batches already on the device, back to back. They alternate `--rounds` times (the
+bare step first in every other round), after `--warmup_rounds` untimed ones; the figures are medians, and the ratios
+loop / bare and async / sync are printed as the medians' ratio and, with several rounds, as the geometric mean of the
+rounds' paired ratios with its 95% t interval (`report.intervals.ratio_interval`; the machine's drift between rounds
+cancels in a pair). Host work: the loop's per-step work on the host (next batch, placement, dispatch), each piece
+timed alone: a device step shorter than their sum leaves the device waiting on the host, whatever the dispatch
+overlaps.
 """
 import argparse
 import json
