@@ -19,7 +19,8 @@ loop / bare and async / sync are printed as the medians' ratio and, with several
 rounds' paired ratios with its 95% t interval (`report.intervals.ratio_interval`; the machine's drift between rounds
 cancels in a pair). Host work: the loop's per-step work on the host (next batch, placement, dispatch), each piece
 timed alone: a device step shorter than their sum leaves the device waiting on the host, whatever the dispatch
-overlaps.
+overlaps. Each loop compiles its own step (`trainer.train` builds it), so JAX's persistent compilation cache is on
+(`cli.enable_compilation_cache`): after the first round those compilations load the executable.
 """
 import argparse
 import json
@@ -37,7 +38,7 @@ host_allocator.keep_freed_memory()  # before any thread that allocates exists
 
 import jax  # noqa: E402
 
-from bliss_jax import partitioning  # noqa: E402
+from bliss_jax import cli, partitioning  # noqa: E402
 from bliss_jax.data.synthetic import SyntheticBatches, synthetic_source  # noqa: E402
 from bliss_jax.models.config import preset  # noqa: E402
 from bliss_jax.report import intervals  # noqa: E402
@@ -59,6 +60,9 @@ def main():
   p.add_argument("--warmup_rounds", type=int, default=1,
                  help="whole rounds run untimed first (the first round after the setup runs slower than the rest)")
   a = p.parse_args()
+  cli.enable_compilation_cache()
+  t_start = time.perf_counter()
+  progress = lambda message: print(f"[{time.perf_counter() - t_start:6.1f} s] {message}", file=sys.stderr, flush=True)
   modes = a.checkpoints.split(",")
   if not modes or set(modes) - {"sync", "async"}:
     p.error(f"--checkpoints={a.checkpoints}: expected sync, async or both, comma-separated")
@@ -149,6 +153,9 @@ def main():
         for m, block in saves:
           blocks[m].append(block)
         bares.append(measured[1])
+      kind = "untimed" if round_index < a.warmup_rounds else "timed"
+      progress(f"round {round_index + 1}/{a.warmup_rounds + a.rounds} ({kind}), tokens/s: loop " +
+               ", ".join(f"{name(v)} {x:,.0f}" for v, x in measured[0]) + f" | bare {measured[1]:,.0f}")
     host = host_work()
   med = {m: statistics.median(x) for m, x in loops.items()}
   br = statistics.median(bares)

@@ -94,6 +94,11 @@ def peak_flops(dtype):
   return per, f"measured {per / 1e9:.1f} GFLOP/s float32 matmul (2048^2), all {jax.device_count()} device(s)"
 
 
+def compilations(jitted) -> int:
+  """How many programs a jitted function has compiled (its cache's size)."""
+  return jitted._cache_size()
+
+
 def minor_faults() -> int:
   """The process's minor page faults so far (a page first written after the allocator took it from the system)."""
   return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -228,7 +233,7 @@ def main():
   device_counts = [int(n) for n in a.data_devices.split(",")] if a.data_devices else [
       jax.device_count() // a.mesh_model]
   variants = [(c, n) for n in device_counts for c in chunks]  # (loss chunk, data devices)
-  steps, states, data, rng = {}, {}, {}, {}
+  steps, states, data, rng, meshes, compiled = {}, {}, {}, {}, {}, {}
   t_start = time.perf_counter()
 
   def progress(message):
@@ -237,7 +242,7 @@ def main():
 
   for v in variants:
     chunk, n = v
-    mesh = partitioning.make_mesh(n, a.mesh_model, jax.devices()[:n * a.mesh_model])
+    mesh = meshes[v] = partitioning.make_mesh(n, a.mesh_model, jax.devices()[:n * a.mesh_model])
     with partitioning.mesh_context(mesh, rules):
       rng[v] = jax.device_put(jax.random.PRNGKey(1), partitioning.replicated(mesh))
       data[v] = [partitioning.global_batch_from_local(b, mesh) for b in host_batches]
@@ -247,7 +252,7 @@ def main():
       for b in data[v][:a.warmup_steps]:
         state, m = fns.train_step(state, b, rng[v], None)
       jax.block_until_ready(m)
-      steps[v], states[v] = fns.train_step, state
+      steps[v], states[v], compiled[v] = fns.train_step, state, compilations(fns.train_step)
     progress(f"loss chunk {chunk}, {n} data device(s): compiled, {a.warmup_steps} warm-up step(s) run")
   peer_run = None
   if a.peer == "torch":
@@ -271,9 +276,10 @@ def main():
       for v in variants:
         state = states[v]
         f, t = minor_faults(), time.perf_counter()
-        for b in data[v][a.warmup_steps:]:
-          state, m = steps[v](state, b, rng[v], None)
-        jax.block_until_ready(m)
+        with partitioning.mesh_context(meshes[v], rules):  # outside it the step would be traced and compiled anew
+          for b in data[v][a.warmup_steps:]:
+            state, m = steps[v](state, b, rng[v], None)
+          jax.block_until_ready(m)
         if timed_round:
           ours[(v, mode)].append((time.perf_counter() - t) / a.steps)
           faults[(v, mode)].append((minor_faults() - f) / a.steps)
@@ -287,9 +293,14 @@ def main():
       progress(f"round {round_index - a.warmup_rounds + 1}/{a.rounds}, ms per step: " + ", ".join(
           [f"{r[0]} {r[1]}: {1e3 * ours[r][-1]:.1f}" for r in runs]
           + [f"peer {mode}: {1e3 * theirs[mode][-1]:.1f}" for mode in modes if theirs[mode]]))
+  recompiled = {v: compilations(steps[v]) - compiled[v] for v in variants}
+  if any(recompiled.values()):
+    raise RuntimeError(f"the train step compiled again after its warm-up steps ({recompiled} new programs per "
+                       "variant): the timed steps did not run the program the warm-up compiled")
   tokens = a.batch_size * a.sequence_length
   peak, how = peak_flops(a.dtype)
-  print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}) x{jax.device_count()}")
+  print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}) x{jax.device_count()}; each variant's "
+        f"step compiled {', '.join(str(compiled[v]) for v in variants)} program(s) in its warm-up, none after")
   print(f"preset {a.preset}: {count_params(cfg):,} params, vocab {cfg.vocab_size}, batch {a.batch_size} x "
         f"{a.sequence_length}, {a.dtype}; median over {a.rounds} round(s) of {a.steps} steps, after "
         f"{a.warmup_rounds} untimed round(s)")
