@@ -198,7 +198,8 @@ def main():
   p.add_argument("--steps", type=int, default=5)
   p.add_argument("--rounds", type=int, default=5)
   p.add_argument("--settings", default="paper,no_kl,warm1,single,single_no_kl")
-  p.add_argument("--converged_iters", type=int, default=30)
+  p.add_argument("--converged_iters", type=int, default=30,
+                 help="CG iterations of the converged reference solve; 0: no cosines (each needs its own compilations)")
   p.add_argument("--target_dtype", default="float32")
   p.add_argument("--devices", type=int, default=0,
                  help="with --memory_only: FSDP over this many devices (faked on a CPU host); 0: all")
@@ -255,22 +256,23 @@ def main():
     train = jax.device_put(stacked, next(iter(bl.values()))[0].train_batch_sharding)
 
     def run(kind, n):
+      """Seconds per call of `kind`'s executable (compiled once, below), over `n` calls."""
       nonlocal state, remat_state
       t = time.perf_counter()
       for _ in range(n):
         if kind == "proxy_step":
-          state, _ = fns.train_step(state, gbatch, rng, None)
+          state, _ = exe[kind](state, gbatch, rng, None)
           out = state
         elif kind == "proxy_step_remat":
-          remat_state, _ = remat_fns.train_step(remat_state, gbatch, rng, None)
+          remat_state, _ = exe[kind](remat_state, gbatch, rng, None)
           out = remat_state
         elif kind == "grad":
-          out = grad(params, gbatch)
+          out = exe[kind](params, gbatch)
         elif kind == "hvp":
-          out = hvp(params, params)
+          out = exe[kind](params, params)
         else:
           f, s = bl[kind]
-          s, out = f.step(s, train, gbatch, tparams)
+          s, out = exe[kind](s, train, gbatch, tparams)
           bl[kind] = (f, s)
       jax.block_until_ready(out)
       return (time.perf_counter() - t) / n
@@ -279,16 +281,19 @@ def main():
     t_start = time.perf_counter()
     progress = lambda message: print(f"[{time.perf_counter() - t_start:6.1f} s] {message}", file=sys.stderr,
                                      flush=True)  # how far a run stopped at a time limit got
-    mem = {"proxy_step": _memory(fns.train_step.lower(state, gbatch, rng, None).compile()),
-           "proxy_step_remat": _memory(remat_fns.train_step.lower(remat_state, gbatch, rng, None).compile()),
-           "grad": _memory(grad.lower(params, gbatch).compile()),
-           "hvp": _memory(hvp.lower(params, params).compile())}
+    # each kind compiled once: its memory analysis and its timed calls use the same executable
+    exe = {"proxy_step": fns.train_step.lower(state, gbatch, rng, None).compile(),
+           "proxy_step_remat": remat_fns.train_step.lower(remat_state, gbatch, rng, None).compile(),
+           "grad": grad.lower(params, gbatch).compile(),
+           "hvp": hvp.lower(params, params).compile()}
+    progress("proxy step, its remat, gradient and HVP: compiled")
     for k in bl:
       f, s = bl[k]
-      mem[k] = _memory(f.step.lower(s, train, gbatch, tparams).compile())
-      progress(f"{k}: compiled, peak {mem[k]:.1f} MiB")
+      exe[k] = f.step.lower(s, train, gbatch, tparams).compile()
+      progress(f"{k}: compiled, peak {_memory(exe[k]):.1f} MiB")
+    mem = {k: _memory(e) for k, e in exe.items()}
     for k in kinds:
-      run(k, 2)  # compile + warm up
+      run(k, 2)  # warm up
     progress("all kinds warmed up")
     ratios = {k: [] for k in kinds}
     times = {k: [] for k in kinds}
@@ -299,7 +304,8 @@ def main():
         ratios[k].append(t[k] / t["proxy_step"])
         times[k].append(t[k])
       progress(f"round {r + 1}/{a.rounds}, ms per step: " + ", ".join(f"{k} {1e3 * t[k]:.1f}" for k in kinds))
-    cosines = hypergradient_cosines(bl, settings, cfg, target, tparams, gbatch, a.converged_iters)
+    cosines = (hypergradient_cosines(bl, settings, cfg, target, tparams, gbatch, a.converged_iters)
+               if a.converged_iters else {})
   train_step_flops = train_flops_per_token(proxy_cfg, L) * B * L
   est = {"grad": 1.0, "hvp": 2.0, "proxy_step": 1.0, "proxy_step_remat": 1.0}
   for name, c in settings.items():
@@ -314,11 +320,15 @@ def main():
     print(f"{k:<28} {1e3 * statistics.median(times[k]):9.1f} {statistics.median(ratios[k]):18.2f} {est[k]:10.2f} "
           f"{mem[k]:9.1f} {mem[k] / mem['proxy_step']:17.2f}"
           + (f" {cos[0]:14.3f} {cos[1]:10.3f}" if cos else ""))
-  print(f"converged solve: CG, {a.converged_iters} iterations; cosine to {2 * a.converged_iters}: "
-        + ", ".join(f"{k} {v[2]:.4f}" for k, v in cosines.items()))
-  print("most negative eigenvalue of the lower Hessian (power iteration) and the cosine to the converged solve with "
-        "damping max(λ_z, 1.1·(−λ_min)), positive definite: "
-        + ", ".join(f"{k} λ_min {v[3]:.3g}, cos {v[4]:.3f}" for k, v in cosines.items()))
+  if not cosines:
+    print("cosines not computed (--converged_iters 0)")
+  else:
+    print(f"converged solve: CG, {a.converged_iters} iterations; cosine to {2 * a.converged_iters}: "
+          + ", ".join(f"{k} {v[2]:.4f}" for k, v in cosines.items()))
+  if cosines:
+    print("most negative eigenvalue of the lower Hessian (power iteration) and the cosine to the converged solve with "
+          "damping max(λ_z, 1.1·(−λ_min)), positive definite: "
+          + ", ".join(f"{k} λ_min {v[3]:.3g}, cos {v[4]:.3f}" for k, v in cosines.items()))
   if a.rounds > 1:
     print(f"time / proxy step, round by round (geometric mean of the {a.rounds} rounds' paired ratios, 95% t interval):")
     for k in kinds[1:]:

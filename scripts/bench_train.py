@@ -23,7 +23,7 @@ read on a machine whose speed drifts between rounds. `--peer_process own` runs t
 own (this script, serving the timed steps over a pipe) so that the two stacks' buffers do not share one heap: in one
 process the one allocating second finds the heap fragmented by the other's (at pythia-14m our step faulted 18k pages
 a step next to the peer's 412 MB logits, 0 alone). `--loss_chunk 0,256` runs the LM loss from the full logits and
-chunked (alternating too).
+chunked (alternating too); `--attention einsum,cudnn` the two `ModelConfig.attention` paths (cuDNN: GPU, bfloat16).
 
 Host memory: the script keeps freed memory for reuse (`bliss_jax.host_allocator`) as the CLI does, and the peer's
 steps run under the same setting (PyTorch's CPU tensors come from the same malloc); `--host_allocator glibc,kept`
@@ -32,6 +32,7 @@ alternates glibc's thresholds and kept memory within the run (the arena count is
 faults per step.
 """
 import argparse
+import dataclasses
 import functools
 import os
 import resource
@@ -212,6 +213,8 @@ def main():
   p.add_argument("--loss_chunk", default=str(CHUNK_TOKENS),
                  help="losses.lm.make_lm_loss's chunk_tokens (0: the model's full logits); several, comma-separated, "
                       "alternate in each round")
+  p.add_argument("--attention", default="einsum",
+                 help="ModelConfig.attention (einsum, cudnn); several, comma-separated, alternate in each round")
   p.add_argument("--host_allocator", default="kept",
                  help="bliss_jax.host_allocator modes (kept: freed host memory kept for reuse; glibc: glibc's own "
                       "thresholds); several, comma-separated, alternate in each round, the peer's steps too")
@@ -232,7 +235,9 @@ def main():
   chunks = [int(c) for c in a.loss_chunk.split(",")]
   device_counts = [int(n) for n in a.data_devices.split(",")] if a.data_devices else [
       jax.device_count() // a.mesh_model]
-  variants = [(c, n) for n in device_counts for c in chunks]  # (loss chunk, data devices)
+  attentions = a.attention.split(",")
+  # (attention, loss chunk, data devices)
+  variants = [(att, c, n) for n in device_counts for c in chunks for att in attentions]
   steps, states, data, rng, meshes, compiled = {}, {}, {}, {}, {}, {}
   t_start = time.perf_counter()
 
@@ -241,19 +246,20 @@ def main():
     print(f"[{time.perf_counter() - t_start:6.1f} s] {message}", file=sys.stderr, flush=True)
 
   for v in variants:
-    chunk, n = v
+    attention, chunk, n = v
     mesh = meshes[v] = partitioning.make_mesh(n, a.mesh_model, jax.devices()[:n * a.mesh_model])
     with partitioning.mesh_context(mesh, rules):
       rng[v] = jax.device_put(jax.random.PRNGKey(1), partitioning.replicated(mesh))
       data[v] = [partitioning.global_batch_from_local(b, mesh) for b in host_batches]
-      fns = trainer.build_step_functions(cfg, tx, schedule, mesh, rules, sequence_length=a.sequence_length,
+      fns = trainer.build_step_functions(dataclasses.replace(cfg, attention=attention), tx, schedule, mesh, rules,
+                                         sequence_length=a.sequence_length,
                                          loss_factory=functools.partial(make_lm_loss, chunk_tokens=chunk))
       state = fns.init(jax.random.PRNGKey(0))
       for b in data[v][:a.warmup_steps]:
         state, m = fns.train_step(state, b, rng[v], None)
       jax.block_until_ready(m)
       steps[v], states[v], compiled[v] = fns.train_step, state, compilations(fns.train_step)
-    progress(f"loss chunk {chunk}, {n} data device(s): compiled, {a.warmup_steps} warm-up step(s) run")
+    progress(f"attention {attention}, loss chunk {chunk}, {n} data device(s): compiled, {a.warmup_steps} warm-up step(s) run")
   peer_run = None
   if a.peer == "torch":
     if a.peer_process == "own":
@@ -308,8 +314,9 @@ def main():
   best_peer = min(peer_dt.values()) if peer_dt else None
 
   def name(r):
-    (chunk, n), mode = r
-    return (f"loss chunk {chunk or 'none (full logits)'}, {n} data device(s)"
+    (attention, chunk, n), mode = r
+    return ((f"attention {attention}, " if len(attentions) > 1 else "")
+            + f"loss chunk {chunk or 'none (full logits)'}, {n} data device(s)"
             + (f", host allocator {mode}" if len(modes) > 1 else ""))
 
   for r in runs:

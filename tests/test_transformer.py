@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bliss_jax.models import transformer
 from bliss_jax.models.config import preset
 from bliss_jax.models.transformer import (Transformer, apply_rotary, attention_mask, cached_attention_mask,
                                          init_cache, stacked_layers)
@@ -200,3 +201,40 @@ def test_cached_attention_mask_hand_computed():
   mask = np.asarray(cached_attention_mask(cache_segments, jnp.ones((2, 2), jnp.int32), 3))[:, 0].astype(int)
   np.testing.assert_array_equal(mask[0], [[0, 1, 1, 1, 0], [0, 1, 1, 1, 1]])  # not the padding, not the future
   np.testing.assert_array_equal(mask[1], [[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
+
+
+def test_fused_attention_config_is_checked():
+  with pytest.raises(ValueError, match="ModelConfig.attention"):
+    preset("tiny", attention="flash")
+  with pytest.raises(ValueError, match="bfloat16 or float16 only; dtype='float32'"):
+    preset("tiny", attention="cudnn")
+
+
+@pytest.mark.skipif(jax.default_backend() == "gpu", reason="the refusal is for backends without cuDNN")
+def test_cudnn_attention_off_gpu_is_refused():
+  cfg = preset("tiny", attention="cudnn", dtype="bfloat16")
+  x = jnp.array([[3, 7, 9, 11]])
+  with pytest.raises(ValueError, match="runs on NVIDIA GPUs; this backend is 'cpu'"):
+    Transformer(cfg).init(jax.random.PRNGKey(0), x)
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_fused_attention_equals_the_einsum_path(monkeypatch, spread_params, scan_layers):
+  """ModelConfig.attention="cudnn" hands `jax.nn.dot_product_attention` the layer's queries, keys, values and mask;
+  run with its XLA implementation (the cuDNN kernel needs a GPU) the model's logits equal the einsum path's to
+  bfloat16 rounding: grouped-query heads (4 query heads on 2 key/value heads), a packed row with padding (causal
+  flag on), and a prefix-LM row (causal flag off: the mask alone)."""
+  monkeypatch.setattr(transformer, "FUSED_ATTENTION", "xla")
+  einsum_cfg = preset("tiny", num_heads=4, num_kv_heads=2, dtype="bfloat16", scan_layers=scan_layers)
+  fused_cfg = dataclasses.replace(einsum_cfg, attention="cudnn")
+  tokens = jnp.array([[3, 7, 9, 11, 4, 6, 8, 0], [5, 6, 8, 2, 9, 1, 3, 7]])
+  params = spread_params(nn.unbox(Transformer(einsum_cfg).init(jax.random.PRNGKey(3), tokens)["params"]), 11)
+  packed = dict(segment_ids=jnp.array([[1, 1, 1, 1, 2, 2, 2, 0], [1] * 8]),
+                positions=jnp.array([[0, 1, 2, 3, 0, 1, 2, 0], list(range(8))]))
+  prefix = dict(prefix_mask=jnp.array([[1, 1, 1, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 0, 0, 0]]))
+  for kwargs in (packed, prefix):
+    want = Transformer(einsum_cfg).apply({"params": params}, tokens, **kwargs)
+    got = Transformer(fused_cfg).apply({"params": params}, tokens, **kwargs)
+    scale = float(jnp.max(jnp.abs(want)))
+    assert scale > 1.0  # spread parameters: attention far from uniform, so a wrong mask or head order shows
+    np.testing.assert_allclose(got, want, atol=1e-3 * scale)  # identical here; a wrong mask or head order: ~1x

@@ -19,9 +19,10 @@ from bliss_jax.choices import check_choice
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "swiglu", "geglu")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-# Fields that change how the model computes (precision, activation memory), not its parameters: a checkpoint of one
-# setting loads into another.
-COMPUTE_ONLY_FIELDS = frozenset({"dtype", "remat"})
+ATTENTIONS = ("einsum", "cudnn")
+# Fields that change how the model computes (precision, activation memory, kernels), not its parameters: a checkpoint
+# of one setting loads into another.
+COMPUTE_ONLY_FIELDS = frozenset({"dtype", "remat", "attention"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +45,10 @@ class ModelConfig:
     remat: rematerialise each block in the backward pass (saves activation memory).
     scan_layers: run the blocks with `nn.scan` (parameters stacked on a leading "layers" axis; compile time
       independent of depth).
+    attention: "einsum" (scores [B, heads, T, T] in float32, softmax, weighted values: XLA fuses what it can) or
+      "cudnn" (`jax.nn.dot_product_attention`'s cuDNN flash-attention kernel, which never writes the scores out;
+      NVIDIA GPUs, bfloat16). Same function up to float rounding; decoding with a cache always takes "einsum". The
+      kernel has reverse-mode derivatives only, so BLISS's proxy (differentiated in forward mode too) keeps "einsum".
   """
   vocab_size: int
   num_layers: int
@@ -64,9 +69,14 @@ class ModelConfig:
   dtype: str = "float32"
   remat: bool = False
   scan_layers: bool = False
+  attention: str = "einsum"
 
   def __post_init__(self):
     check_choice("ModelConfig.norm", self.norm, NORMS)
+    check_choice("ModelConfig.attention", self.attention, ATTENTIONS)
+    if self.attention == "cudnn" and self.dtype != "bfloat16":
+      raise ValueError(f"ModelConfig.attention='cudnn' computes in bfloat16 or float16 only; dtype={self.dtype!r} "
+                       "(set ModelConfig.dtype='bfloat16', or attention='einsum')")
     check_choice("ModelConfig.mlp", self.mlp, MLPS)
     check_choice("ModelConfig.dtype", self.dtype, DTYPES)
     if self.num_heads % self.kv_heads:

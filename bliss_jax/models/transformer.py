@@ -103,11 +103,26 @@ class Norm(nn.Module):
     return y.astype(cfg.compute_dtype)
 
 
+FUSED_ATTENTION = "cudnn"  # `jax.nn.dot_product_attention`'s implementation for ModelConfig.attention="cudnn"
+
+
+def fused_attention(q, k, v, mask, causal: bool):
+  """Attention [B, T, heads, d] of queries q [B, T, heads, d] over keys and values [B, S, kv_heads, d] by
+  `jax.nn.dot_product_attention` (`FUSED_ATTENTION`): scale 1/sqrt(d), `mask` [B, 1, T, S] (a query's heads that
+  share a key/value head are contiguous, as in the einsum path); `causal`: the mask is causal as well, so the kernel
+  may skip the blocks above the diagonal."""
+  if FUSED_ATTENTION == "cudnn" and jax.default_backend() != "gpu":
+    raise ValueError(f"ModelConfig.attention='cudnn' runs on NVIDIA GPUs; this backend is "
+                     f"{jax.default_backend()!r} (use attention='einsum')")
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal, implementation=FUSED_ATTENTION)
+
+
 class Attention(nn.Module):
   """Multi-head / grouped-query / multi-query attention. Returns (output, None), or with a layer's cache
   `kv_cache` = (keys, values) [B, S, kv_heads, head_dim] and its write position `index`, (output, the updated
-  (keys, values))."""
+  (keys, values)). `causal`: `mask` holds only causal pairs (no bidirectional prefix), for `fused_attention`."""
   cfg: ModelConfig
+  causal: bool = False
 
   @nn.compact
   def __call__(self, x, mask, positions, kv_cache=None, index=None):
@@ -127,11 +142,14 @@ class Attention(nn.Module):
                                          ("batch", "length", "kv_heads", "kv")) for c, new in zip(kv_cache, (k, v)))
     q = partitioning.constrain(q, ("batch", "length", "heads", "kv"))
     b, t = x.shape[:2]
-    q = q.reshape(b, t, kv, h // kv, hd)  # group the query heads that share a key/value head
-    logits = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32) / jnp.sqrt(hd)
-    logits = jnp.where(mask[:, :, None], logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(cfg.compute_dtype)
-    out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(b, t, h, hd)
+    if cfg.attention == "cudnn" and kv_cache is None:
+      out = fused_attention(q, k, v, mask, self.causal)
+    else:
+      q = q.reshape(b, t, kv, h // kv, hd)  # group the query heads that share a key/value head
+      logits = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32) / jnp.sqrt(hd)
+      logits = jnp.where(mask[:, :, None], logits, jnp.finfo(jnp.float32).min)
+      probs = jax.nn.softmax(logits, axis=-1).astype(cfg.compute_dtype)
+      out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(b, t, h, hd)
     out = partitioning.constrain(out, ("batch", "length", "heads", "kv"))
     out = nn.DenseGeneral(cfg.d_model, axis=(-2, -1), dtype=cfg.compute_dtype, use_bias=cfg.use_bias,
                           dot_general=dense_dot_general_for_backend(),
@@ -163,11 +181,12 @@ class Mlp(nn.Module):
 class Block(nn.Module):
   """One layer; returns (x, None), or with a layer's cache (`Attention`), (x, the updated (keys, values))."""
   cfg: ModelConfig
+  causal: bool = False
 
   @nn.compact
   def __call__(self, x, mask, positions, kv_cache=None, index=None):
     cfg = self.cfg
-    attn = Attention(cfg, name="attention")
+    attn = Attention(cfg, self.causal, name="attention")
     mlp = Mlp(cfg, name="mlp")
     attended, kv_cache = attn(Norm(cfg, name="attn_norm")(x), mask, positions, kv_cache, index)
     if cfg.parallel_residual:
@@ -182,10 +201,11 @@ class _ScanBlock(nn.Module):
   """`Block` with the (carry, xs) -> (carry, ys) signature `nn.scan` wants; xs and ys are the layer's cache (or
   None)."""
   cfg: ModelConfig
+  causal: bool = False
 
   @nn.compact
   def __call__(self, x, kv_cache, mask, positions, index):
-    return Block(self.cfg, name="block")(x, mask, positions, kv_cache, index)
+    return Block(self.cfg, self.causal, name="block")(x, mask, positions, kv_cache, index)
 
 
 class OutputKernel(nn.Module):
@@ -249,6 +269,7 @@ class Transformer(nn.Module):
     if segment_ids is None:
       segment_ids = jnp.ones_like(tokens)
     kv = index = None
+    causal = prefix_mask is None  # no bidirectional prefix: the mask is causal within segments
     if cache is None:
       if positions is None:
         positions = jnp.broadcast_to(jnp.arange(tokens.shape[-1]), tokens.shape)
@@ -267,15 +288,16 @@ class Transformer(nn.Module):
     x = partitioning.constrain(embed(tokens), ("batch", "length", "embed"))
     if cfg.scan_layers:
       block = nn.remat(_ScanBlock) if cfg.remat else _ScanBlock
-      x, kv = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                      in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
-                      metadata_params={nn.PARTITION_NAME: "layers"})(cfg, name="layers")(x, kv, mask, positions, index)
+      layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                       in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
+                       metadata_params={nn.PARTITION_NAME: "layers"})(cfg, causal, name="layers")
+      x, kv = layers(x, kv, mask, positions, index)
     else:
       block = nn.remat(Block) if cfg.remat else Block
       layers_kv = []
       for i in range(cfg.num_layers):
-        x, layer_kv = block(cfg, name=f"layer_{i}")(x, mask, positions, None if kv is None else (kv[0][i], kv[1][i]),
-                                                    index)
+        layer_cache = None if kv is None else (kv[0][i], kv[1][i])
+        x, layer_kv = block(cfg, causal, name=f"layer_{i}")(x, mask, positions, layer_cache, index)
         layers_kv.append(layer_kv)
       if kv is not None:
         kv = tuple(jnp.stack(arrays) for arrays in zip(*layers_kv))
