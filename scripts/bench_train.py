@@ -24,6 +24,7 @@ own (this script, serving the timed steps over a pipe) so that the two stacks' b
 process the one allocating second finds the heap fragmented by the other's (at pythia-14m our step faulted 18k pages
 a step next to the peer's 412 MB logits, 0 alone). `--loss_chunk 0,256` runs the LM loss from the full logits and
 chunked (alternating too); `--attention einsum,cudnn` the two `ModelConfig.attention` paths (cuDNN: GPU, bfloat16).
+`--profile DIR` then traces two steps of each variant (`jax.profiler`; per-op device times: `xprof --logdir DIR`).
 
 Host memory: the script keeps freed memory for reuse (`bliss_jax.host_allocator`) as the CLI does, and the peer's
 steps run under the same setting (PyTorch's CPU tensors come from the same malloc); `--host_allocator glibc,kept`
@@ -215,6 +216,9 @@ def main():
                       "alternate in each round")
   p.add_argument("--attention", default="einsum",
                  help="ModelConfig.attention (einsum, cudnn); several, comma-separated, alternate in each round")
+  p.add_argument("--profile", default="",
+                 help="after the timed rounds, write a jax.profiler trace of 2 steps of each variant to this directory "
+                      "(open it with XProf / TensorBoard's profile plugin)")
   p.add_argument("--host_allocator", default="kept",
                  help="bliss_jax.host_allocator modes (kept: freed host memory kept for reuse; glibc: glibc's own "
                       "thresholds); several, comma-separated, alternate in each round, the peer's steps too")
@@ -299,6 +303,15 @@ def main():
       progress(f"round {round_index - a.warmup_rounds + 1}/{a.rounds}, ms per step: " + ", ".join(
           [f"{r[0]} {r[1]}: {1e3 * ours[r][-1]:.1f}" for r in runs]
           + [f"peer {mode}: {1e3 * theirs[mode][-1]:.1f}" for mode in modes if theirs[mode]]))
+  if a.profile:
+    with jax.profiler.trace(a.profile):
+      for v in variants:
+        with partitioning.mesh_context(meshes[v], rules), jax.profiler.TraceAnnotation(f"variant {v}"):
+          state = states[v]
+          for b in data[v][a.warmup_steps:a.warmup_steps + 2]:
+            state, m = steps[v](state, b, rng[v], None)
+          states[v] = jax.block_until_ready(state)
+    progress(f"profile of 2 steps per variant written to {a.profile}")
   recompiled = {v: compilations(steps[v]) - compiled[v] for v in variants}
   if any(recompiled.values()):
     raise RuntimeError(f"the train step compiled again after its warm-up steps ({recompiled} new programs per "
