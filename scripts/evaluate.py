@@ -44,7 +44,6 @@ Flags:
                              first, so it can also register benchmark tasks of one's own (`registry.register_task`).
 """
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -195,6 +194,7 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   from bliss_jax import partitioning  # pylint: disable=g-import-not-at-top
   from bliss_jax.eval import generation, loglikelihood  # pylint: disable=g-import-not-at-top
+  from bliss_jax.models.config import as_record  # pylint: disable=g-import-not-at-top
   from bliss_jax.models.transformer import Transformer  # pylint: disable=g-import-not-at-top
   from bliss_jax.training import checkpoints, model_vocabulary  # pylint: disable=g-import-not-at-top
   from bliss_jax.training.model_dir import ModelDir  # pylint: disable=g-import-not-at-top
@@ -227,7 +227,7 @@ def main(argv):
       config={"model": "bliss_jax", "model_dir": os.path.abspath(args.model_dir), "step": int(step),
               "vocabulary": vocab_record, "start_id": start_id, "batch_size": args.batch_size,
               "max_length": args.max_length, "num_fewshot": args.num_fewshot,
-              "model_config": dataclasses.asdict(cfg), "num_devices": jax.device_count()})
+              "model_config": as_record(cfg), "num_devices": jax.device_count()})
   results["config"]["eval_seconds"] = round(time.time() - start, 1)
   markdown = harness.to_markdown(results)
   if args.heldout:

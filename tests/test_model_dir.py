@@ -45,3 +45,21 @@ def test_copy_at_step_takes_one_checkpoint_and_the_records_asked_for(tmp_path):
   run.copy_at_step(full, 4)
   assert os.listdir(ModelDir(full).checkpoints_dir) == ["2"]
   assert not [d for d in os.listdir(tmp_path) if d.endswith(".tmp")]
+
+
+def test_the_attention_kernel_is_in_no_record(tmp_path):
+  """`ModelConfig.attention` picks a kernel for the same function: model_config.json, run records and stage inputs
+  (`run_config.describe`) leave it out, so a run trained with cuDNN's kernel on a GPU is evaluated on a CPU, resumed
+  under another kernel, and comparison directories written before the field existed keep their finished stages."""
+  from bliss_jax.training import run_config, trainer  # pylint: disable=g-import-not-at-top
+  fused = preset("tiny", vocab_size=128, dtype="bfloat16", attention="cudnn")
+  run = ModelDir(str(tmp_path))
+  run.write_model_config(fused)
+  with open(run.model_config_path) as f:
+    assert "attention" not in json.load(f)
+  assert run.read_model_config() == preset("tiny", vocab_size=128, dtype="bfloat16")  # attention="einsum"
+  plain = preset("tiny", vocab_size=128, dtype="bfloat16")
+  assert run_config.describe({"model_config": fused}) == run_config.describe({"model_config": plain})
+  assert "attention" not in run_config.describe(plain)
+  assert trainer.TrainSpec(fused, num_steps=4).record() == trainer.TrainSpec(plain, num_steps=4).record()
+  assert "attention" not in trainer.TrainSpec(plain, num_steps=4).record()["model_config"]

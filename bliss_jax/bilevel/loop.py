@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 
 from bliss_jax import partitioning
 from bliss_jax.bilevel.step import BilevelConfig, build_bilevel_functions
+from bliss_jax.models.config import as_record
 from bliss_jax.models.score_model import ScoreModel, from_lm_params, init_head
 from bliss_jax.training import checkpoints, config_checks, metric_writers, run_config, run_lock, run_loop
 from bliss_jax.training.model_dir import ModelDir
@@ -99,8 +100,8 @@ def run_bilevel(*, model_dir: str, proxy_dir: str, target_dir: Optional[str], tr
       t_step, target_params = checkpoints.load_params(target_dir, target_abs, step=target_step)
       logging.info("bilevel: target %s at step %d", target_dir, t_step)
     record = {"bilevel": dataclasses.asdict(cfg), "num_steps": num_steps,
-              "proxy": {"model_config": dataclasses.asdict(proxy_cfg)},
-              "target": None if target_cfg is None else {"model_config": dataclasses.asdict(target_cfg),
+              "proxy": {"model_config": as_record(proxy_cfg)},
+              "target": None if target_cfg is None else {"model_config": as_record(target_cfg),
                                                          "step": int(t_step)},
               "score_init": bool(score_init_dir), "proxy_state": bool(proxy_state_dir),
               "data": {"train": run_config.describe(train_source), "val": run_config.describe(val_source)}}

@@ -43,7 +43,6 @@ process, so is unaffected.
 
 This module needs numpy (and `safetensors` to write the weights); it never imports torch or transformers.
 """
-import dataclasses
 import json
 import math
 import os
@@ -53,7 +52,7 @@ import numpy as np
 
 from bliss_jax.export import hf_layout
 from bliss_jax.export.hf_layout import GPT_NEOX
-from bliss_jax.models.config import ModelConfig
+from bliss_jax.models.config import ModelConfig, as_record
 
 TOKENIZER_CLASS = "SentencePieceBackend"
 SPM_FILE = "tokenizer.model"  # the file name SentencePieceBackend loads
@@ -318,6 +317,6 @@ def export(model_dir: str, out_dir: str, step: Optional[int] = None, vocabulary_
   for name, data in tok_files.items():
     _write(os.path.join(out_dir, name), data)
   provenance = {"model_dir": os.path.abspath(model_dir), "step": int(step), "architecture": hf_layout.architecture(cfg),
-                "model_config": dataclasses.asdict(cfg), "vocabulary": record, "vocabulary_ids": n_ids}
+                "model_config": as_record(cfg), "vocabulary": record, "vocabulary_ids": n_ids}
   _write(os.path.join(out_dir, PROVENANCE_FILE), _json_bytes(provenance))
   return out_dir

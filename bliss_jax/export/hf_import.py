@@ -36,7 +36,6 @@ The safetensors files are read by this module itself (an 8-byte header length, a
 byte offsets, then raw little-endian data), one tensor at a time through `np.memmap`: `safetensors`' numpy reader
 cannot return bfloat16, the dtype most released checkpoints use. Neither torch nor transformers is imported.
 """
-import dataclasses
 import json
 import logging
 import os
@@ -50,7 +49,7 @@ import numpy as np
 
 from bliss_jax.export import hf_layout
 from bliss_jax.export.hf_layout import GPT_NEOX, LLAMA
-from bliss_jax.models.config import ModelConfig
+from bliss_jax.models.config import ModelConfig, as_record
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -445,7 +444,7 @@ def import_to_model_dir(hf_dir: str, model_dir: str, dtype: str = "float32", *, 
     run.write_vocabulary(record)
   run_config.write_json(run.file(PROVENANCE_FILE), {"hf_dir": os.path.abspath(hf_dir),
                                                      "config": read_config(hf_dir),
-                                                     "model_config": dataclasses.asdict(cfg)})
+                                                     "model_config": as_record(cfg)})
   manager = checkpoints.make_manager(run.path)
   checkpoints.save(manager, 0, {"params": params}, {"position": 0}, force=True)
   manager.close()

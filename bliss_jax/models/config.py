@@ -23,6 +23,10 @@ ATTENTIONS = ("einsum", "cudnn")
 # Fields that change how the model computes (precision, activation memory, kernels), not its parameters: a checkpoint
 # of one setting loads into another.
 COMPUTE_ONLY_FIELDS = frozenset({"dtype", "remat", "attention"})
+# A field whose metadata says {"recorded": False} picks a kernel for the same function: no record of a model, run or
+# stage holds it (`as_record`, `training.run_config.describe`), so a run resumes, a stage's result is reused and a
+# checkpoint is evaluated under another choice, as with the loss's chunk.
+UNRECORDED = {"recorded": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +73,7 @@ class ModelConfig:
   dtype: str = "float32"
   remat: bool = False
   scan_layers: bool = False
-  attention: str = "einsum"
+  attention: str = dataclasses.field(default="einsum", metadata=UNRECORDED)
 
   def __post_init__(self):
     check_choice("ModelConfig.norm", self.norm, NORMS)
@@ -101,6 +105,12 @@ class ModelConfig:
   @property
   def compute_dtype(self):
     return DTYPES[self.dtype]
+
+
+def as_record(cfg) -> dict:
+  """`dataclasses.asdict(cfg)` without the fields marked `UNRECORDED`."""
+  return {k: v for k, v in dataclasses.asdict(cfg).items()
+          if next(f for f in dataclasses.fields(cfg) if f.name == k).metadata.get("recorded", True)}
 
 
 def count_params(cfg: ModelConfig) -> int:

@@ -7,7 +7,6 @@
   metrics.jsonl                one JSON object per step and split (`metric_writers`)
   tensorboard/<split>/         TensorBoard event files
 """
-import dataclasses
 import json
 import os
 import shutil
@@ -63,7 +62,8 @@ class ModelDir:
 
   def write_model_config(self, cfg) -> None:
     """model_config.json: the resolved shape, so a checkpoint can be loaded without the training config."""
-    run_config.write_json(self.model_config_path, dataclasses.asdict(cfg))
+    from bliss_jax.models.config import as_record  # pylint: disable=g-import-not-at-top
+    run_config.write_json(self.model_config_path, as_record(cfg))
 
   def read_model_config(self):
     from bliss_jax.models.config import ModelConfig  # pylint: disable=g-import-not-at-top

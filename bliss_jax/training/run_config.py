@@ -6,8 +6,9 @@ schedule depends on it), the optimizer, the loss of every step (phases included)
 checkpoint step) and a description of the data source (for SeqIO sources: the task or mixture name and the source's
 settings, read from the source function's closure). A function is described by its qualified name, closure and
 defaults, and, for one a configuration system wraps (gin), by the arguments bound to it (`bound_arguments`). Fields that do not change the computation — eval/log/checkpoint cadence, kept checkpoints, progress bar,
-`stop_at_step`, the mesh, and arguments named in `COMPUTE_ONLY_ARGUMENTS` (how a loss computes the same numbers, up to
-float summation order, e.g. `losses.lm.make_lm_loss`'s `chunk_tokens`) — are not recorded and may change freely.
+`stop_at_step`, the mesh, arguments named in `COMPUTE_ONLY_ARGUMENTS` (how a loss computes the same numbers, up to
+float summation order, e.g. `losses.lm.make_lm_loss`'s `chunk_tokens`) and dataclass fields whose metadata says
+{"recorded": False} (`ModelConfig.attention`, the attention kernel) — are not recorded and may change freely.
 
 A resume whose configuration differs from the record is refused with every changed field (dotted path, old and new
 value), unless each change is allowed by name (`allow`, e.g. `("optimizer.peak_lr",)` or `("data",)` for a whole
@@ -72,8 +73,9 @@ def describe(x, depth: int = 0):
     return items
   if isinstance(x, dict):
     return {str(k): describe(v, depth + 1) for k, v in x.items()}
-  if dataclasses.is_dataclass(x) and not isinstance(x, type):
-    return {f.name: describe(getattr(x, f.name), depth + 1) for f in dataclasses.fields(x)}
+  if dataclasses.is_dataclass(x) and not isinstance(x, type):  # fields marked {"recorded": False} left out
+    return {f.name: describe(getattr(x, f.name), depth + 1) for f in dataclasses.fields(x)
+            if f.metadata.get("recorded", True)}
   if isinstance(x, functools.partial):
     return {"function": describe(x.func, depth + 1), "args": describe(x.args, depth + 1),
             "keywords": describe(_recorded(x.keywords), depth + 1)}

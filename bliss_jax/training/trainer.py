@@ -20,7 +20,7 @@ import numpy as np
 
 from bliss_jax import partitioning
 from bliss_jax.losses.lm import make_lm_loss
-from bliss_jax.models.config import COMPUTE_ONLY_FIELDS, ModelConfig
+from bliss_jax.models.config import COMPUTE_ONLY_FIELDS, ModelConfig, as_record
 from bliss_jax.models.transformer import Transformer
 from bliss_jax.training import (batch_prefetch, checkpoints, config_checks, evaluation, metric_writers,
                                 model_vocabulary, optimizers, run_config, run_lock, run_loop)
@@ -74,9 +74,9 @@ class TrainSpec:
     return dataclasses.replace(self, **kw)
 
   def record(self) -> dict:
-    """The spec as pipeline stages record it: its fields, without `init_from` when it is None (so records written
-    before the field existed still match)."""
-    out = dataclasses.asdict(self)
+    """The spec as pipeline stages record it: its fields, the model's as `models.config.as_record` gives them, without
+    `init_from` when it is None (so records written before the field existed still match)."""
+    out = dict(dataclasses.asdict(self), model_config=as_record(self.model_config))
     if out["init_from"] is None:
       del out["init_from"]
     return out
@@ -386,11 +386,11 @@ def train(*, model_dir: str, spec: TrainSpec, batch_source: BatchSource, vocab_s
     ckpts = stack.enter_context(checkpoints.RunCheckpoints(model_dir, keep_checkpoints,
                                                            async_save=async_checkpoints))
     record = {
-        "model_config": dataclasses.asdict(model_config), "task_vocab_size": vocab_size, "batch_size": batch_size,
+        "model_config": as_record(model_config), "task_vocab_size": vocab_size, "batch_size": batch_size,
         "sequence_length": sequence_length, "num_microbatches": num_microbatches, "seed": seed,
         "num_steps": num_steps, "optimizer": dataclasses.asdict(optimizer),
         "loss": run_config.loss_schedule(loss_factory, loss_phases),
-        "frozen_models": {k: {"model_config": dataclasses.asdict(frozen_modules[k].cfg), "step": frozen_steps[k]}
+        "frozen_models": {k: {"model_config": as_record(frozen_modules[k].cfg), "step": frozen_steps[k]}
                           for k in frozen_modules},
         "data": run_config.describe(batch_source)}
     if vocabulary is not None:  # (a source whose vocabulary is unknown compares none)
