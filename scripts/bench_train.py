@@ -249,21 +249,31 @@ def main():
     """A line on stderr as each stage ends, so a run stopped at a time limit still shows how far it got."""
     print(f"[{time.perf_counter() - t_start:6.1f} s] {message}", file=sys.stderr, flush=True)
 
+  failed = {}
   for v in variants:
     attention, chunk, n = v
     mesh = meshes[v] = partitioning.make_mesh(n, a.mesh_model, jax.devices()[:n * a.mesh_model])
-    with partitioning.mesh_context(mesh, rules):
-      rng[v] = jax.device_put(jax.random.PRNGKey(1), partitioning.replicated(mesh))
-      data[v] = [partitioning.global_batch_from_local(b, mesh) for b in host_batches]
-      fns = trainer.build_step_functions(dataclasses.replace(cfg, attention=attention), tx, schedule, mesh, rules,
-                                         sequence_length=a.sequence_length,
-                                         loss_factory=functools.partial(make_lm_loss, chunk_tokens=chunk))
-      state = fns.init(jax.random.PRNGKey(0))
-      for b in data[v][:a.warmup_steps]:
-        state, m = fns.train_step(state, b, rng[v], None)
-      jax.block_until_ready(m)
-      steps[v], states[v], compiled[v] = fns.train_step, state, compilations(fns.train_step)
-    progress(f"attention {attention}, loss chunk {chunk}, {n} data device(s): compiled, {a.warmup_steps} warm-up step(s) run")
+    try:  # a variant this backend cannot compile or run (e.g. cuDNN's kernel) is reported, and the others go on
+      with partitioning.mesh_context(mesh, rules):
+        rng[v] = jax.device_put(jax.random.PRNGKey(1), partitioning.replicated(mesh))
+        data[v] = [partitioning.global_batch_from_local(b, mesh) for b in host_batches]
+        fns = trainer.build_step_functions(dataclasses.replace(cfg, attention=attention), tx, schedule, mesh, rules,
+                                           sequence_length=a.sequence_length,
+                                           loss_factory=functools.partial(make_lm_loss, chunk_tokens=chunk))
+        state = fns.init(jax.random.PRNGKey(0))
+        for b in data[v][:a.warmup_steps]:
+          state, m = fns.train_step(state, b, rng[v], None)
+        jax.block_until_ready(m)
+        steps[v], states[v], compiled[v] = fns.train_step, state, compilations(fns.train_step)
+    except Exception as e:  # pylint: disable=broad-except
+      failed[v] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+      progress(f"attention {attention}, loss chunk {chunk}, {n} data device(s): FAILED, left out ({failed[v]})")
+      continue
+    progress(f"attention {attention}, loss chunk {chunk}, {n} data device(s): compiled, {a.warmup_steps} warm-up "
+             "step(s) run")
+  variants = [v for v in variants if v not in failed]
+  if not variants:
+    raise SystemExit("every variant failed: " + "; ".join(f"{v}: {e}" for v, e in failed.items()))
   peer_run = None
   if a.peer == "torch":
     if a.peer_process == "own":
@@ -320,6 +330,8 @@ def main():
   peak, how = peak_flops(a.dtype)
   print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}) x{jax.device_count()}; each variant's "
         f"step compiled {', '.join(str(compiled[v]) for v in variants)} program(s) in its warm-up, none after")
+  for v, error in failed.items():
+    print(f"left out, failed to compile or run: attention {v[0]}, loss chunk {v[1]}, {v[2]} data device(s): {error}")
   print(f"preset {a.preset}: {count_params(cfg):,} params, vocab {cfg.vocab_size}, batch {a.batch_size} x "
         f"{a.sequence_length}, {a.dtype}; median over {a.rounds} round(s) of {a.steps} steps, after "
         f"{a.warmup_rounds} untimed round(s)")
