@@ -1,4 +1,4 @@
-"""The benchmark scripts time the programs the training loop runs (the figures in docs/ARCHITECTURE.md come from them)."""
+"""The benchmark scripts time the programs the training loop runs (docs/ARCHITECTURE.md's figures come from them)."""
 import os
 import subprocess
 import sys
@@ -17,7 +17,8 @@ def test_bench_train_times_the_step_its_warm_up_compiled(script_env, tmp_path):
   cuDNN attention of a float32 model) is reported and left out, and the others are timed."""
   p = subprocess.run([sys.executable, "scripts/bench_train.py", "--preset", "tiny", "--batch_size", "2",
                       "--sequence_length", "32", "--steps", "2", "--rounds", "1", "--warmup_steps", "2",
-                      "--data_devices", "1", "--loss_chunk", "256,0", "--attention", "einsum,cudnn", "--profile", str(tmp_path / "trace")],
+                      "--data_devices", "1", "--loss_chunk", "256,0", "--attention", "einsum,cudnn",
+                      "--profile", str(tmp_path / "trace")],
                      cwd=REPO, env=script_env, capture_output=True, text=True, timeout=300)
   assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
   assert "each variant's step compiled 1, 1 program(s) in its warm-up, none after" in p.stdout, p.stdout
