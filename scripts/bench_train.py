@@ -249,6 +249,7 @@ def main():
     """A line on stderr as each stage ends, so a run stopped at a time limit still shows how far it got."""
     print(f"[{time.perf_counter() - t_start:6.1f} s] {message}", file=sys.stderr, flush=True)
 
+  label = lambda v: f"attention {v[0]}, loss chunk {v[1]}, {v[2]} data device(s)"
   failed = {}
   for v in variants:
     attention, chunk, n = v
@@ -267,10 +268,9 @@ def main():
         steps[v], states[v], compiled[v] = fns.train_step, state, compilations(fns.train_step)
     except Exception as e:  # pylint: disable=broad-except
       failed[v] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
-      progress(f"attention {attention}, loss chunk {chunk}, {n} data device(s): FAILED, left out ({failed[v]})")
+      progress(f"{label(v)}: FAILED, left out ({failed[v]})")
       continue
-    progress(f"attention {attention}, loss chunk {chunk}, {n} data device(s): compiled, {a.warmup_steps} warm-up "
-             "step(s) run")
+    progress(f"{label(v)}: compiled, {a.warmup_steps} warm-up step(s) run")
   variants = [v for v in variants if v not in failed]
   if not variants:
     raise SystemExit("every variant failed: " + "; ".join(f"{v}: {e}" for v, e in failed.items()))
@@ -295,14 +295,15 @@ def main():
       host_allocator.set_mode(mode, one_arena=host_allocator.cpu_device_count() == 1)
       for v in variants:
         state = states[v]
-        f, t = minor_faults(), time.perf_counter()
         with partitioning.mesh_context(meshes[v], rules):  # outside it the step would be traced and compiled anew
+          f, t = minor_faults(), time.perf_counter()
           for b in data[v][a.warmup_steps:]:
             state, m = steps[v](state, b, rng[v], None)
           jax.block_until_ready(m)
+          seconds, n_faults = time.perf_counter() - t, minor_faults() - f
         if timed_round:
-          ours[(v, mode)].append((time.perf_counter() - t) / a.steps)
-          faults[(v, mode)].append((minor_faults() - f) / a.steps)
+          ours[(v, mode)].append(seconds / a.steps)
+          faults[(v, mode)].append(n_faults / a.steps)
         states[v] = state
       if peer_run is not None:
         seconds, n_faults = peer_run(mode, a.warmup_steps, n_batches)
@@ -331,7 +332,7 @@ def main():
   print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}) x{jax.device_count()}; each variant's "
         f"step compiled {', '.join(str(compiled[v]) for v in variants)} program(s) in its warm-up, none after")
   for v, error in failed.items():
-    print(f"left out, failed to compile or run: attention {v[0]}, loss chunk {v[1]}, {v[2]} data device(s): {error}")
+    print(f"left out, failed to compile or run: {label(v)}: {error}")
   print(f"preset {a.preset}: {count_params(cfg):,} params, vocab {cfg.vocab_size}, batch {a.batch_size} x "
         f"{a.sequence_length}, {a.dtype}; median over {a.rounds} round(s) of {a.steps} steps, after "
         f"{a.warmup_rounds} untimed round(s)")

@@ -77,12 +77,12 @@ class ModelConfig:
 
   def __post_init__(self):
     check_choice("ModelConfig.norm", self.norm, NORMS)
+    check_choice("ModelConfig.mlp", self.mlp, MLPS)
+    check_choice("ModelConfig.dtype", self.dtype, DTYPES)
     check_choice("ModelConfig.attention", self.attention, ATTENTIONS)
     if self.attention == "cudnn" and self.dtype != "bfloat16":
       raise ValueError(f"ModelConfig.attention='cudnn' computes in bfloat16 or float16 only; dtype={self.dtype!r} "
                        "(set ModelConfig.dtype='bfloat16', or attention='einsum')")
-    check_choice("ModelConfig.mlp", self.mlp, MLPS)
-    check_choice("ModelConfig.dtype", self.dtype, DTYPES)
     if self.num_heads % self.kv_heads:
       raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.kv_heads}")
     if not 0.0 <= self.rotary_fraction <= 1.0:
@@ -109,8 +109,8 @@ class ModelConfig:
 
 def as_record(cfg) -> dict:
   """`dataclasses.asdict(cfg)` without the fields marked `UNRECORDED`."""
-  return {k: v for k, v in dataclasses.asdict(cfg).items()
-          if next(f for f in dataclasses.fields(cfg) if f.name == k).metadata.get("recorded", True)}
+  recorded = {f.name for f in dataclasses.fields(cfg) if f.metadata.get("recorded", True)}
+  return {k: v for k, v in dataclasses.asdict(cfg).items() if k in recorded}
 
 
 def count_params(cfg: ModelConfig) -> int:
