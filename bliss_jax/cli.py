@@ -23,6 +23,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import gin
 
 from bliss_jax import host_allocator
+from bliss_jax.cache_dir import cache_dir
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_SEARCH_PATHS = (os.path.join(REPO_ROOT, "gin_configs"),)
@@ -146,8 +147,7 @@ def enable_compilation_cache() -> Optional[str]:
   """JAX's persistent compilation cache under `$BLISS_JAX_COMPILATION_CACHE` (default: `$BLISS_JAX_CACHE/jax`, i.e.
   ~/.cache/bliss_jax/jax; "0" or "" turns it off). A pipeline compiles the same train step for many models of one
   shape (every method's target), and a rerun compiles everything again: both load the executable instead."""
-  from bliss_jax.data import vocabulary  # pylint: disable=g-import-not-at-top
-  path = os.environ.get(COMPILATION_CACHE_ENV_VAR, os.path.join(vocabulary.cache_dir(), "jax"))
+  path = os.environ.get(COMPILATION_CACHE_ENV_VAR, os.path.join(cache_dir(), "jax"))
   if path in ("", "0"):
     return None
   import jax  # pylint: disable=g-import-not-at-top

@@ -24,7 +24,10 @@ own (this script, serving the timed steps over a pipe) so that the two stacks' b
 process the one allocating second finds the heap fragmented by the other's (at pythia-14m our step faulted 18k pages
 a step next to the peer's 412 MB logits, 0 alone). `--loss_chunk 0,256` runs the LM loss from the full logits and
 chunked (alternating too); `--attention einsum,cudnn` the two `ModelConfig.attention` paths (cuDNN: GPU, bfloat16).
-`--profile DIR` then traces two steps of each variant (`jax.profiler`; per-op device times: `xprof --logdir DIR`).
+`--head_dtype float32,bfloat16` the output head's matmul in float32 and in bfloat16 (what autocast gives the peer).
+`--profile DIR` then traces two steps of each variant (`jax.profiler`, one directory each; `xprof --logdir DIR`) and
+prints each one's longest ops per step (`bliss_jax.op_times`; run under `XLA_FLAGS=--xla_dump_to=DIR2` to see each
+op's shape and JAX operation).
 
 Host memory: the script keeps freed memory for reuse (`bliss_jax.host_allocator`) as the CLI does, and the peer's
 steps run under the same setting (PyTorch's CPU tensors come from the same malloc); `--host_allocator glibc,kept`
@@ -61,7 +64,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bliss_jax import partitioning  # noqa: E402
+from bliss_jax import op_times, partitioning  # noqa: E402
 from bliss_jax.data.synthetic import SyntheticBatches  # noqa: E402
 from bliss_jax.losses.lm import CHUNK_TOKENS, make_lm_loss  # noqa: E402
 from bliss_jax.models.config import count_params, preset  # noqa: E402
@@ -214,11 +217,16 @@ def main():
   p.add_argument("--loss_chunk", default=str(CHUNK_TOKENS),
                  help="losses.lm.make_lm_loss's chunk_tokens (0: the model's full logits); several, comma-separated, "
                       "alternate in each round")
+  p.add_argument("--head_dtype", default="",
+                 help="comma-separated ModelConfig.head_dtype values to compare, e.g. float32,bfloat16 (default: the "
+                      "model's)")
   p.add_argument("--attention", default="einsum",
                  help="ModelConfig.attention (einsum, cudnn); several, comma-separated, alternate in each round")
   p.add_argument("--profile", default="",
-                 help="after the timed rounds, write a jax.profiler trace of 2 steps of each variant to this directory "
-                      "(open it with XProf / TensorBoard's profile plugin)")
+                 help="after the timed rounds, write a jax.profiler trace of 2 steps of each variant to a directory of "
+                      "its own under this one (open it with XProf / TensorBoard's profile plugin) and print its "
+                      "longest ops (bliss_jax.op_times; with their HLO where XLA_FLAGS=--xla_dump_to=DIR)")
+  p.add_argument("--profile_top", type=int, default=25, help="ops listed per variant with --profile")
   p.add_argument("--host_allocator", default="kept",
                  help="bliss_jax.host_allocator modes (kept: freed host memory kept for reuse; glibc: glibc's own "
                       "thresholds); several, comma-separated, alternate in each round, the peer's steps too")
@@ -240,8 +248,9 @@ def main():
   device_counts = [int(n) for n in a.data_devices.split(",")] if a.data_devices else [
       jax.device_count() // a.mesh_model]
   attentions = a.attention.split(",")
-  # (attention, loss chunk, data devices)
-  variants = [(att, c, n) for n in device_counts for c in chunks for att in attentions]
+  heads = [h or None for h in a.head_dtype.split(",")]
+  # (attention, head dtype, loss chunk, data devices)
+  variants = [(att, h, c, n) for n in device_counts for c in chunks for h in heads for att in attentions]
   steps, states, data, rng, meshes, compiled = {}, {}, {}, {}, {}, {}
   t_start = time.perf_counter()
 
@@ -249,16 +258,16 @@ def main():
     """A line on stderr as each stage ends, so a run stopped at a time limit still shows how far it got."""
     print(f"[{time.perf_counter() - t_start:6.1f} s] {message}", file=sys.stderr, flush=True)
 
-  label = lambda v: f"attention {v[0]}, loss chunk {v[1]}, {v[2]} data device(s)"
+  label = lambda v: f"attention {v[0]}, head {v[1] or 'default'}, loss chunk {v[2]}, {v[3]} data device(s)"
   failed = {}
   for v in variants:
-    attention, chunk, n = v
+    attention, head, chunk, n = v
     mesh = meshes[v] = partitioning.make_mesh(n, a.mesh_model, jax.devices()[:n * a.mesh_model])
     try:  # a variant this backend cannot compile or run (e.g. cuDNN's kernel) is reported, and the others go on
       with partitioning.mesh_context(mesh, rules):
         rng[v] = jax.device_put(jax.random.PRNGKey(1), partitioning.replicated(mesh))
         data[v] = [partitioning.global_batch_from_local(b, mesh) for b in host_batches]
-        fns = trainer.build_step_functions(dataclasses.replace(cfg, attention=attention), tx, schedule, mesh, rules,
+        fns = trainer.build_step_functions(dataclasses.replace(cfg, attention=attention, head_dtype=head), tx, schedule, mesh, rules,
                                            sequence_length=a.sequence_length,
                                            loss_factory=functools.partial(make_lm_loss, chunk_tokens=chunk))
         state = fns.init(jax.random.PRNGKey(0))
@@ -314,14 +323,17 @@ def main():
       progress(f"round {round_index - a.warmup_rounds + 1}/{a.rounds}, ms per step: " + ", ".join(
           [f"{r[0]} {r[1]}: {1e3 * ours[r][-1]:.1f}" for r in runs]
           + [f"peer {mode}: {1e3 * theirs[mode][-1]:.1f}" for mode in modes if theirs[mode]]))
+  tables = {}
   if a.profile:
-    with jax.profiler.trace(a.profile):
-      for v in variants:
-        with partitioning.mesh_context(meshes[v], rules), jax.profiler.TraceAnnotation(f"variant {v}"):
-          state = states[v]
-          for b in data[v][a.warmup_steps:a.warmup_steps + 2]:
-            state, m = steps[v](state, b, rng[v], None)
-          states[v] = jax.block_until_ready(state)
+    for v in variants:
+      trace_dir = os.path.join(a.profile, f"{v[0]}_{v[1] or 'default'}_{v[2]}_{v[3]}")
+      with jax.profiler.trace(trace_dir), partitioning.mesh_context(meshes[v], rules):
+        state = states[v]
+        for b in data[v][a.warmup_steps:a.warmup_steps + 2]:
+          state, m = steps[v](state, b, rng[v], None)
+        states[v] = jax.block_until_ready(state)
+      tables[v] = op_times.format_table(op_times.op_times(trace_dir), per=2, top=a.profile_top,
+                                        dump_dir=op_times.xla_dump_dir(), kinds=10)
     progress(f"profile of 2 steps per variant written to {a.profile}")
   recompiled = {v: compilations(steps[v]) - compiled[v] for v in variants}
   if any(recompiled.values()):
@@ -340,8 +352,9 @@ def main():
   best_peer = min(peer_dt.values()) if peer_dt else None
 
   def name(r):
-    (attention, chunk, n), mode = r
+    (attention, head, chunk, n), mode = r
     return ((f"attention {attention}, " if len(attentions) > 1 else "")
+            + (f"head {head or 'default'}, " if len(heads) > 1 else "")
             + f"loss chunk {chunk or 'none (full logits)'}, {n} data device(s)"
             + (f", host allocator {mode}" if len(modes) > 1 else ""))
 
@@ -360,6 +373,8 @@ def main():
         ratio = intervals.ratio_interval(baseline, ours[r])
         print(f"  over {what}, round by round: {ratio.mean:.3f}x [{ratio.low:.3f}, {ratio.high:.3f}] (geometric mean "
               f"of the {a.rounds} rounds' paired ratios, {ratio.level:.0%} t interval)")
+  for v, table in tables.items():
+    print(f"device time per step by op, {label(v)} (trace in {a.profile}):\n{table}")
   if peer_run is not None:
     print(f"peer: {peer_name}: " + ", ".join(
         f"{tokens / dt:,.0f} tokens/s, {statistics.median(faults[mode]):,.0f} page faults/step"

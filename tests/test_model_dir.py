@@ -1,8 +1,11 @@
 """A MODEL_DIR's layout: the latest finished checkpoint, the records, metric rows by split, a copy at a step."""
+import dataclasses
 import json
 import os
 
-from bliss_jax.models.config import preset
+import pytest
+
+from bliss_jax.models.config import as_record, preset
 from bliss_jax.training.model_dir import MODEL_CONFIG, ModelDir
 
 
@@ -63,3 +66,24 @@ def test_the_attention_kernel_is_in_no_record(tmp_path):
   assert "attention" not in run_config.describe(plain)
   assert trainer.TrainSpec(fused, num_steps=4).record() == trainer.TrainSpec(plain, num_steps=4).record()
   assert "attention" not in trainer.TrainSpec(plain, num_steps=4).record()["model_config"]
+
+
+def test_the_head_dtype_is_recorded_only_when_set(tmp_path):
+  """`ModelConfig.head_dtype` changes the numbers, so a model, run or stage record holds it when it is set; left at its
+  default it is in no record, so records written before the field existed match the same configuration."""
+  from bliss_jax.training import run_config, trainer  # pylint: disable=g-import-not-at-top
+  plain = preset("tiny", vocab_size=128, dtype="bfloat16")
+  half_head = dataclasses.replace(plain, head_dtype="bfloat16")
+  for record in (as_record(plain), run_config.describe(plain), trainer.TrainSpec(plain, num_steps=4).record()[
+      "model_config"]):
+    assert "head_dtype" not in record and "vocab_size" in record
+  assert as_record(half_head) == dict(as_record(plain), head_dtype="bfloat16")
+  assert run_config.describe(half_head) == dict(run_config.describe(plain), head_dtype="bfloat16")
+  assert trainer.TrainSpec(half_head, num_steps=4).record() != trainer.TrainSpec(plain, num_steps=4).record()
+  # float32 is the untied head's default dtype, but set explicitly it is recorded (a tied head's None means bfloat16)
+  assert as_record(dataclasses.replace(plain, head_dtype="float32"))["head_dtype"] == "float32"
+  run = ModelDir(str(tmp_path))
+  run.write_model_config(half_head)
+  assert run.read_model_config() == half_head
+  with pytest.raises(ValueError, match="ModelConfig.head_dtype"):
+    dataclasses.replace(plain, head_dtype="float16")

@@ -1,5 +1,6 @@
 """Schedules at chosen steps, gradient accumulation = full batch, clipping, weight-decay mask, and the chunked
 output head + cross-entropy = the plain formula."""
+import dataclasses
 import math
 import re
 
@@ -116,6 +117,16 @@ def test_head_cross_entropy_by_hand_and_its_coefficient_gradient():
   for a, b in zip(jax.grad(fused, (0, 1, 2))(weight, hidden, c), jax.grad(plain, (0, 1, 2))(weight, hidden, c)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   assert head_weight(cfg, {"lm_head": {"kernel": weight}}) is weight
+  # a bfloat16 head (ModelConfig.head_dtype): the chunked loss's values and gradients are those of the plain formula
+  half = dataclasses.replace(cfg, head_dtype="bfloat16")
+  plain = lambda w, h, c: jnp.sum(token_cross_entropy(head_logits(half, w, h), targets) * c)
+  fused = lambda w, h, c: head_cross_entropy(half, w, h, targets, c, chunk_tokens=4)[0]
+  np.testing.assert_allclose(fused(weight, hidden, c), plain(weight, hidden, c), rtol=1e-6)
+  assert abs(float(fused(weight, hidden, c)) - float((ce * np.asarray(c)).sum())) > 1e-5  # bfloat16, not float32
+  # the weight's gradient: each chunk's share is rounded to bfloat16 and the shares summed in float32, where the plain
+  # formula rounds the one sum
+  for a, b in zip(jax.grad(fused, (0, 1, 2))(weight, hidden, c), jax.grad(plain, (0, 1, 2))(weight, hidden, c)):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-2 * np.abs(b).max())
 
 
 def test_decay_mask_only_matrices():

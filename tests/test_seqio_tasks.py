@@ -7,6 +7,7 @@ import seqio
 import tensorflow as tf
 from pydoc_data import topics
 
+from bliss_jax import cache_dir
 from bliss_jax.data import seqio_tasks
 from bliss_jax.data import vocabulary
 
@@ -150,7 +151,7 @@ def test_c4_task_registers_without_reading_data(small_vocab):
 
 def test_tasks_package_registers_default_tasks(tmp_path_factory, monkeypatch):
   cache = tmp_path_factory.getbasetemp() / 'bliss_jax_cache'  # Shared with test_vocabulary.
-  monkeypatch.setenv(vocabulary.CACHE_ENV_VAR, str(cache))
+  monkeypatch.setenv(cache_dir.CACHE_ENV_VAR, str(cache))
   import tasks  # pylint: disable=g-import-not-at-top
   for name in (tasks.EMBEDDED_DEFAULT, tasks.EMBEDDED_DEFAULT_PREFIX_LM, tasks.C4_EN):
     assert name in seqio.TaskRegistry.names()

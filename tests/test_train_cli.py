@@ -154,3 +154,15 @@ def test_an_include_found_on_the_search_path_logs_no_error_and_a_missing_one_is_
   (tmp_path / "bad.gin").write_text("include 'methods/no_such_method.gin'\n")
   with pytest.raises(cli.CliError, match="no_such_method.gin"):
     cli.setup(cli.parse_args([f"--gin_file={tmp_path / 'bad.gin'}", "--tasks_module=bliss_jax"]))
+
+
+def test_the_compilation_cache_needs_no_seqio(tmp_path):
+  """The benchmarks turn the persistent compilation cache on (`cli.enable_compilation_cache`) on machines with the
+  core stack only: its directory comes from `bliss_jax.cache_dir`, not from the SeqIO vocabulary module."""
+  code = ("import sys; sys.modules['seqio'] = None\n"
+          "from bliss_jax import cli; import jax\n"
+          "print(cli.enable_compilation_cache(), jax.config.jax_compilation_cache_dir)")
+  env = dict(os.environ, BLISS_JAX_CACHE=str(tmp_path))
+  env.pop(cli.COMPILATION_CACHE_ENV_VAR, None)
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+  assert out.split() == [str(tmp_path / "jax")] * 2

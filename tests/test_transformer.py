@@ -218,6 +218,27 @@ def test_cudnn_attention_off_gpu_is_refused():
     Transformer(cfg).init(jax.random.PRNGKey(0), x)
 
 
+def test_head_dtype_sets_the_output_matmul_dtype(spread_params):
+  """`ModelConfig.head_dtype`: the output head's matmul in that dtype, its logits cast to float32. Untied in bfloat16:
+  exactly the bfloat16 matmul of the final hidden states (what PyTorch's autocast computes), off the float32 head by
+  bfloat16 rounding; tied in float32: the float32 matmul (None: the compute dtype)."""
+  tokens = jnp.array([[3, 7, 9, 11, 4, 6, 8, 0]])
+  for tied in (False, True):
+    cfg = preset("tiny", dtype="bfloat16", tie_embeddings=tied)
+    params = spread_params(nn.unbox(Transformer(cfg).init(jax.random.PRNGKey(3), tokens)["params"]), 5)
+    weight = np.asarray(params["embed"]["embedding"]).T if tied else np.asarray(params["lm_head"]["kernel"])
+    logits, hidden = Transformer(cfg).apply({"params": params}, tokens, return_hidden=True)
+    by_dtype = {d: Transformer(dataclasses.replace(cfg, head_dtype=d)).apply({"params": params}, tokens)
+                for d in ("float32", "bfloat16")}
+    half = jnp.dot(hidden.astype(jnp.bfloat16), jnp.asarray(weight, jnp.bfloat16)).astype(jnp.float32)
+    np.testing.assert_array_equal(by_dtype["bfloat16"], half)
+    full = np.asarray(hidden, np.float64) @ weight.astype(np.float64)
+    np.testing.assert_allclose(by_dtype["float32"], full, rtol=1e-5, atol=1e-5 * np.abs(full).max())
+    np.testing.assert_array_equal(logits, by_dtype["bfloat16" if tied else "float32"])  # None's choice
+    error = np.abs(np.asarray(half) - full).max() / np.abs(full).max()
+    assert 1e-4 < error < 2e-2  # bfloat16 rounding, not a different function
+
+
 @pytest.mark.parametrize("scan_layers", [False, True])
 def test_fused_attention_equals_the_einsum_path(monkeypatch, spread_params, scan_layers):
   """ModelConfig.attention="cudnn" hands `jax.nn.dot_product_attention` the layer's queries, keys, values and mask;

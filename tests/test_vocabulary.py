@@ -4,6 +4,7 @@ import os
 import pytest
 from pydoc_data import topics
 
+from bliss_jax import cache_dir
 from bliss_jax.data import vocabulary
 
 
@@ -66,7 +67,7 @@ def test_load_errors(tmp_path):
 
 def test_a_corrupt_cached_default_vocabulary_is_trained_again(tmp_path_factory, monkeypatch, caplog):
   cache = tmp_path_factory.getbasetemp() / 'bliss_jax_cache'  # Shared with test_seqio_tasks.
-  monkeypatch.setenv(vocabulary.CACHE_ENV_VAR, str(cache))
+  monkeypatch.setenv(cache_dir.CACHE_ENV_VAR, str(cache))
   path = vocabulary.default_vocabulary_path()
   good = open(path, 'rb').read()
   with open(path, 'wb') as f:
@@ -78,7 +79,7 @@ def test_a_corrupt_cached_default_vocabulary_is_trained_again(tmp_path_factory, 
 
 def test_default_vocabulary_is_trained_once_and_cached(tmp_path_factory, monkeypatch):
   cache = tmp_path_factory.getbasetemp() / 'bliss_jax_cache'  # Shared with test_seqio_tasks.
-  monkeypatch.setenv(vocabulary.CACHE_ENV_VAR, str(cache))
+  monkeypatch.setenv(cache_dir.CACHE_ENV_VAR, str(cache))
   path = vocabulary.default_vocabulary_path()
   assert os.path.dirname(path) == str(cache)
   assert os.path.basename(path).startswith(f'embedded_spm{vocabulary.DEFAULT_VOCAB_SIZE}_')

@@ -27,6 +27,7 @@ import seqio
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
+from bliss_jax.cache_dir import cache_dir
 from bliss_jax.data import embedded, hf_tokenizer
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
@@ -35,13 +36,11 @@ DEFAULT_EXTRA_IDS = 100
 # cover its frequent words and subwords, train in a few seconds, and keep the embedding table (and, for the
 # tiny CPU models this corpus is meant for, the softmax) a small share of the parameters.
 DEFAULT_VOCAB_SIZE = 2048
-DEFAULT_CACHE_DIR = os.path.join('~', '.cache', 'bliss_jax')
 # SentencePiece options that keep a text's whitespace (for code): no normalisation (T5's nmt_nfkc maps newlines and
 # tabs to spaces and collapses runs of spaces), "\n" and "\t" as pieces of their own (training sentences are lines,
 # so neither would otherwise be learnt), and runs of spaces ("▁▁▁▁", an indentation) as pieces.
 KEEP_WHITESPACE_OPTIONS = dict(normalization_rule_name='identity', remove_extra_whitespaces=False,
                                user_defined_symbols=['\n', '\t'], allow_whitespace_only_pieces=True)
-CACHE_ENV_VAR = 'BLISS_JAX_CACHE'
 
 
 def _sentences(texts: Iterable[str], max_sentence_bytes: int) -> Iterator[str]:
@@ -158,11 +157,6 @@ def load_vocabulary(model_path: str, extra_ids: int = DEFAULT_EXTRA_IDS) -> seqi
     raise ValueError(f'{model_path}: expected pad_id=0, eos_id=1, unk_id=2 (T5 conventions), got '
                      f'pad_id={spec.pad_id}, eos_id={spec.eos_id}, unk_id={spec.unk_id}')
   return seqio.SentencePieceVocabulary(model_path, extra_ids=extra_ids)
-
-
-def cache_dir() -> str:
-  """Returns ``$BLISS_JAX_CACHE``, by default ``~/.cache/bliss_jax``."""
-  return os.path.expanduser(os.environ.get(CACHE_ENV_VAR) or DEFAULT_CACHE_DIR)
 
 
 def _default_settings() -> Dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Optional
 import jax.numpy as jnp
 
 from bliss_jax.choices import check_choice
+from bliss_jax.recorded_fields import RECORDED_UNLESS_DEFAULT, UNRECORDED, recorded_items
 
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "swiglu", "geglu")
@@ -22,11 +23,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 ATTENTIONS = ("einsum", "cudnn")
 # Fields that change how the model computes (precision, activation memory, kernels), not its parameters: a checkpoint
 # of one setting loads into another.
-COMPUTE_ONLY_FIELDS = frozenset({"dtype", "remat", "attention"})
-# A field whose metadata says {"recorded": False} picks a kernel for the same function: no record of a model, run or
-# stage holds it (`as_record`, `training.run_config.describe`), so a run resumes, a stage's result is reused and a
-# checkpoint is evaluated under another choice, as with the loss's chunk.
-UNRECORDED = {"recorded": False}
+COMPUTE_ONLY_FIELDS = frozenset({"dtype", "remat", "attention", "head_dtype"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +50,10 @@ class ModelConfig:
       "cudnn" (`jax.nn.dot_product_attention`'s cuDNN flash-attention kernel, which never writes the scores out;
       NVIDIA GPUs, bfloat16). Same function up to float rounding; decoding with a cache always takes "einsum". The
       kernel has reverse-mode derivatives only, so BLISS's proxy (differentiated in forward mode too) keeps "einsum".
+      Not recorded (`recorded_fields.UNRECORDED`).
+    head_dtype: the dtype the output head's matmul runs in, its logits then cast to float32 for the loss: "float32"
+      or "bfloat16" (what PyTorch's autocast does); `None` = float32 for an untied head, the compute dtype for a tied
+      one. Recorded only when set (`recorded_fields.RECORDED_UNLESS_DEFAULT`).
   """
   vocab_size: int
   num_layers: int
@@ -74,12 +75,15 @@ class ModelConfig:
   remat: bool = False
   scan_layers: bool = False
   attention: str = dataclasses.field(default="einsum", metadata=UNRECORDED)
+  head_dtype: Optional[str] = dataclasses.field(default=None, metadata=RECORDED_UNLESS_DEFAULT)
 
   def __post_init__(self):
     check_choice("ModelConfig.norm", self.norm, NORMS)
     check_choice("ModelConfig.mlp", self.mlp, MLPS)
     check_choice("ModelConfig.dtype", self.dtype, DTYPES)
     check_choice("ModelConfig.attention", self.attention, ATTENTIONS)
+    if self.head_dtype is not None:
+      check_choice("ModelConfig.head_dtype", self.head_dtype, DTYPES)
     if self.attention == "cudnn" and self.dtype != "bfloat16":
       raise ValueError(f"ModelConfig.attention='cudnn' computes in bfloat16 or float16 only; dtype={self.dtype!r} "
                        "(set ModelConfig.dtype='bfloat16', or attention='einsum')")
@@ -106,10 +110,17 @@ class ModelConfig:
   def compute_dtype(self):
     return DTYPES[self.dtype]
 
+  @property
+  def head_compute_dtype(self):
+    """The dtype of the output head's matmul (`head_dtype` resolved)."""
+    if self.head_dtype is not None:
+      return DTYPES[self.head_dtype]
+    return self.compute_dtype if self.tie_embeddings else jnp.float32
+
 
 def as_record(cfg) -> dict:
-  """`dataclasses.asdict(cfg)` without the fields marked `UNRECORDED`."""
-  recorded = {f.name for f in dataclasses.fields(cfg) if f.metadata.get("recorded", True)}
+  """`dataclasses.asdict(cfg)` with the fields its records hold only (`recorded_fields.recorded_items`)."""
+  recorded = recorded_items(cfg)
   return {k: v for k, v in dataclasses.asdict(cfg).items() if k in recorded}
 
 

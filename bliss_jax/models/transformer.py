@@ -245,12 +245,13 @@ def stacked_layers(cfg: ModelConfig, params: dict) -> dict:
 def head_logits(cfg: ModelConfig, weight: jax.Array, hidden: jax.Array) -> jax.Array:
   """The output head: logits [..., V] (float32) of final normed hidden states [..., d] with `head_weight`.
 
-  Untied: hidden @ kernel in float32. Tied: hidden @ embeddingᵀ in the compute dtype, then cast to float32.
+  hidden @ kernel (untied) or hidden @ embeddingᵀ (tied) in `cfg.head_compute_dtype`, then cast to float32.
   """
+  dtype = cfg.head_compute_dtype
   if cfg.tie_embeddings:
-    return jnp.dot(hidden.astype(cfg.compute_dtype), weight.astype(cfg.compute_dtype).T).astype(jnp.float32)
+    return jnp.dot(hidden.astype(dtype), weight.astype(dtype).T).astype(jnp.float32)
   dot = dense_dot_general_for_backend() or jax.lax.dot_general
-  return dot(hidden.astype(jnp.float32), weight.astype(jnp.float32), (((hidden.ndim - 1,), (0,)), ((), ())))
+  return dot(hidden.astype(dtype), weight.astype(dtype), (((hidden.ndim - 1,), (0,)), ((), ()))).astype(jnp.float32)
 
 
 class Transformer(nn.Module):

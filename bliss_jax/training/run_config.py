@@ -8,7 +8,9 @@ settings, read from the source function's closure). A function is described by i
 defaults, and, for one a configuration system wraps (gin), by the arguments bound to it (`bound_arguments`). Fields that do not change the computation — eval/log/checkpoint cadence, kept checkpoints, progress bar,
 `stop_at_step`, the mesh, arguments named in `COMPUTE_ONLY_ARGUMENTS` (how a loss computes the same numbers, up to
 float summation order, e.g. `losses.lm.make_lm_loss`'s `chunk_tokens`) and dataclass fields whose metadata says
-{"recorded": False} (`ModelConfig.attention`, the attention kernel) — are not recorded and may change freely.
+{"recorded": False} (`ModelConfig.attention`, the attention kernel) — are not recorded and may change freely; a field
+whose metadata says {"recorded": "unless_default"} (`ModelConfig.head_dtype`) is recorded only when set
+(`bliss_jax.recorded_fields`).
 
 A resume whose configuration differs from the record is refused with every changed field (dotted path, old and new
 value), unless each change is allowed by name (`allow`, e.g. `("optimizer.peak_lr",)` or `("data",)` for a whole
@@ -25,6 +27,8 @@ import os
 from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
+
+from bliss_jax.recorded_fields import recorded_items
 
 _MAX_ITEMS = 32  # longer sequences are described by length and hash
 # Loss-factory arguments that change how the same numbers are computed (up to float summation order), not which ones:
@@ -73,9 +77,8 @@ def describe(x, depth: int = 0):
     return items
   if isinstance(x, dict):
     return {str(k): describe(v, depth + 1) for k, v in x.items()}
-  if dataclasses.is_dataclass(x) and not isinstance(x, type):  # fields marked {"recorded": False} left out
-    return {f.name: describe(getattr(x, f.name), depth + 1) for f in dataclasses.fields(x)
-            if f.metadata.get("recorded", True)}
+  if dataclasses.is_dataclass(x) and not isinstance(x, type):  # only the fields records hold (`recorded_fields`)
+    return {k: describe(v, depth + 1) for k, v in recorded_items(x).items()}
   if isinstance(x, functools.partial):
     return {"function": describe(x.func, depth + 1), "args": describe(x.args, depth + 1),
             "keywords": describe(_recorded(x.keywords), depth + 1)}
