@@ -140,6 +140,9 @@ def format_table(times: List[OpTime], per: int = 1, top: int = 20, dump_dir: Opt
   rest = sum(t.seconds for t in times[top:])
   if rest:
     lines.append(f"{1e3 * rest / per:9.2f} ms {100 * rest / total:5.1f}% in the other {len(times) - top} ops")
+  if any(t.op.startswith("command_buffer") for t in times[:top]):
+    lines.append("(command_buffer ops are CUDA graphs of many kernels: XLA_FLAGS=--xla_gpu_enable_command_buffer= "
+                 "runs the kernels one by one, to see them)")
   if kinds:
     lines.append("by kind of op:")
     lines += [f"{1e3 * k.seconds / per:9.2f} ms {100 * k.seconds / total:5.1f}% {k.count:4d} ops  {k.op}"

@@ -63,6 +63,8 @@ def test_format_table_by_hand():
       "     0.50 ms  10.0% in the other 1 ops"]
   assert op_times.format_table(times, per=2, top=0, kinds=1).splitlines()[-2:] == [
       "by kind of op:", "     3.00 ms  60.0%    1 ops  fusion"]
+  graphs = op_times.format_table([op_times.OpTime("m", "command_buffer_1", 0.09, 594)], top=1).splitlines()
+  assert graphs[-1].startswith("(command_buffer ops are CUDA graphs") and "command_buffer_1" in graphs[1]
   assert op_times.format_table([]) == "no op events in the trace"
 
 
