@@ -6,7 +6,8 @@ on a GPU or TPU they lie on the device planes ("/device:..."; a fusion's kernels
 the host threads that run the program. With an HLO dump of the same run (`XLA_FLAGS=--xla_dump_to=DIR`), each op is
 shown with its line of the optimised module: result shape, kind and the JAX operation it came from. On a GPU, XLA
 launches runs of kernels as CUDA graphs ("command_buffer" ops), which a trace shows as one op each: profile with
-`XLA_FLAGS=--xla_gpu_enable_command_buffer=` to see the kernels.
+`XLA_FLAGS=--xla_gpu_enable_command_buffer=` to see the kernels. On the CPU, XLA runs independent ops side by side
+on its threads, so an op's time is its wall time next to whatever else ran, not its cost alone.
 """
 import collections
 import dataclasses
