@@ -1,4 +1,4 @@
-"""Per-op device time in a `jax.profiler` trace, summed by HLO instruction: which ops a compiled step spends its time in.
+"""Per-op device time in a `jax.profiler` trace, by HLO instruction: which ops a compiled step spends its time in.
 
 A trace directory holds one `*.xplane.pb` per host (`jax.profiler.trace`). Its events are read with jaxlib's
 `ProfileData` (no TensorBoard or XProf needed). An event of an XLA op carries the stats "hlo_module" and "hlo_op";
@@ -34,9 +34,9 @@ def _xplane_files(trace_dir: str) -> List[str]:
 
 def op_times(trace_dir: str) -> List[OpTime]:
   """The ops of every XLA program in the trace, by total self time (less that of the ops nested in them), longest
-  first. Device planes are read where the trace
-  has any (accelerators), else the host's (CPU). Events without "hlo_op" (copies, host callbacks) are summed
-  under their own name in module "(other)" on device planes and left out on the host."""
+  first. Device planes are read where the trace has any (accelerators), else the host's (CPU). Events without
+  "hlo_op" (copies, host callbacks) are summed under their own name in module "(other)" on device planes and left
+  out on the host."""
   from jax.profiler import ProfileData  # pylint: disable=g-import-not-at-top
   device, host = collections.Counter(), collections.Counter()
   counts = collections.Counter()

@@ -267,8 +267,8 @@ def main():
       with partitioning.mesh_context(mesh, rules):
         rng[v] = jax.device_put(jax.random.PRNGKey(1), partitioning.replicated(mesh))
         data[v] = [partitioning.global_batch_from_local(b, mesh) for b in host_batches]
-        fns = trainer.build_step_functions(dataclasses.replace(cfg, attention=attention, head_dtype=head), tx, schedule, mesh, rules,
-                                           sequence_length=a.sequence_length,
+        model_cfg = dataclasses.replace(cfg, attention=attention, head_dtype=head)
+        fns = trainer.build_step_functions(model_cfg, tx, schedule, mesh, rules, sequence_length=a.sequence_length,
                                            loss_factory=functools.partial(make_lm_loss, chunk_tokens=chunk))
         state = fns.init(jax.random.PRNGKey(0))
         for b in data[v][:a.warmup_steps]:
@@ -332,8 +332,8 @@ def main():
         for b in data[v][a.warmup_steps:a.warmup_steps + 2]:
           state, m = steps[v](state, b, rng[v], None)
         states[v] = jax.block_until_ready(state)
-      tables[v] = op_times.format_table(op_times.op_times(trace_dir), per=2, top=a.profile_top,
-                                        dump_dir=op_times.xla_dump_dir(), kinds=10)
+      tables[v] = trace_dir, op_times.format_table(op_times.op_times(trace_dir), per=2, top=a.profile_top,
+                                                   dump_dir=op_times.xla_dump_dir(), kinds=10)
     progress(f"profile of 2 steps per variant written to {a.profile}")
   recompiled = {v: compilations(steps[v]) - compiled[v] for v in variants}
   if any(recompiled.values()):
@@ -373,8 +373,8 @@ def main():
         ratio = intervals.ratio_interval(baseline, ours[r])
         print(f"  over {what}, round by round: {ratio.mean:.3f}x [{ratio.low:.3f}, {ratio.high:.3f}] (geometric mean "
               f"of the {a.rounds} rounds' paired ratios, {ratio.level:.0%} t interval)")
-  for v, table in tables.items():
-    print(f"device time per step by op, {label(v)} (trace in {a.profile}):\n{table}")
+  for v, (trace_dir, table) in tables.items():
+    print(f"device time per step by op, {label(v)} (trace in {trace_dir}):\n{table}")
   if peer_run is not None:
     print(f"peer: {peer_name}: " + ", ".join(
         f"{tokens / dt:,.0f} tokens/s, {statistics.median(faults[mode]):,.0f} page faults/step"
