@@ -74,7 +74,8 @@ OFF_VARIABLE = "BLISS_JAX_DENSE_DOT"
 
 def dense_dot_general_for_backend(backend: Optional[str] = None):
   """`dense_dot_general` on the CPU backend, None (flax's default `lax.dot_general`) on any other, and everywhere
-  where $BLISS_JAX_DENSE_DOT is `xla` (e.g. to rerun a job on XLA's own dots and compare its results)."""
+  where $BLISS_JAX_DENSE_DOT is `xla` (e.g. to rerun a job on XLA's own dots and compare its results). The model
+  takes `models.blocked_attention` where this is not None."""
   choice = os.environ.get(OFF_VARIABLE, "").strip()
   if choice not in ("", "xla"):
     raise ValueError(f"{OFF_VARIABLE}={choice!r}: expected 'xla' (flax's lax.dot_general) or unset")

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from bliss_jax import partitioning
 from bliss_jax.models.config import ModelConfig
+from bliss_jax.models.blocked_attention import blocked_attention
 from bliss_jax.models.dense_dot import dense_dot_general_for_backend
 
 _INIT_STD = 0.02
@@ -144,6 +145,8 @@ class Attention(nn.Module):
     b, t = x.shape[:2]
     if cfg.attention == "cudnn" and kv_cache is None:
       out = fused_attention(q, k, v, mask, self.causal)
+    elif kv_cache is None and dense_dot_general_for_backend() is not None:  # XLA:CPU, the einsum below rewritten
+      out = blocked_attention(q, k, v, mask, kv, self.causal)
     else:
       q = q.reshape(b, t, kv, h // kv, hd)  # group the query heads that share a key/value head
       logits = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32) / jnp.sqrt(hd)
