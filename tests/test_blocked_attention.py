@@ -115,16 +115,18 @@ def test_the_backward_pass_is_standard_layout_matmuls_with_no_transposed_probabi
   assert _largest_transpose(ours) <= b * t * h * d < _largest_transpose(ref) == b * h * t * t
 
 
+def _calls(f, *args):
+  """The `attention` calls in f's jaxpr."""
+  return [e for e in jax.make_jaxpr(f)(*args).eqns if e.primitive.name == "custom_jvp_call"]
+
+
 def test_causal_blocks_skip_the_keys_above_the_diagonal():
   q, k, v = _qkv(1, 64, 2, 2, 8)
   mask = attention_mask(jnp.ones((1, 64), jnp.int32))
-  scores = lambda causal: [tuple(e.outvars[0].aval.shape) for e in jax.make_jaxpr(
-      lambda q: ba.blocked_attention(q, k, v, mask, 2, causal, block=16))(q).eqns if e.primitive.name == "custom_jvp_call"]
-  assert scores(True) == [(1, 16, 2, 8)] * 4  # 4 blocks of 16 queries
-  key_lengths = [e.invars[1].aval.shape[1] for e in jax.make_jaxpr(
-      lambda q: ba.blocked_attention(q, k, v, mask, 2, True, block=16))(q).eqns if e.primitive.name == "custom_jvp_call"]
-  assert key_lengths == [16, 32, 48, 64]
-  assert scores(False) == [(1, 64, 2, 8)]  # a prefix may attend ahead: one block
+  calls = lambda causal: _calls(lambda q: ba.blocked_attention(q, k, v, mask, 2, causal, block=16), q)
+  assert [tuple(e.outvars[0].aval.shape) for e in calls(True)] == [(1, 16, 2, 8)] * 4  # 4 blocks of 16 queries
+  assert [e.invars[1].aval.shape[1] for e in calls(True)] == [16, 32, 48, 64]  # each over the keys up to its end
+  assert [tuple(e.outvars[0].aval.shape) for e in calls(False)] == [(1, 64, 2, 8)]  # a prefix may look ahead
   with pytest.raises(ValueError, match="as many keys as queries"):
     ba.blocked_attention(q, k[:, :32], v[:, :32], mask[..., :32], 2, True, block=16)
 
@@ -132,8 +134,8 @@ def test_causal_blocks_skip_the_keys_above_the_diagonal():
 def test_default_blocks():
   q, k, v = _qkv(1, 1024, 1, 1, 4)
   mask = attention_mask(jnp.ones((1, 1024), jnp.int32))
-  calls = lambda t: sum(e.primitive.name == "custom_jvp_call" for e in jax.make_jaxpr(
-      lambda q: ba.blocked_attention(q[:, :t], k[:, :t], v[:, :t], mask[..., :t, :t], 1, True))(q).eqns)
+  calls = lambda t: len(_calls(
+      lambda q: ba.blocked_attention(q[:, :t], k[:, :t], v[:, :t], mask[..., :t, :t], 1, True), q))
   assert (calls(64), calls(128), calls(256), calls(1024)) == (1, 2, 4, ba.MAX_BLOCKS)  # blocks of 64, at most 8
 
 
@@ -145,10 +147,11 @@ def test_the_model_takes_it_on_the_cpu_only(monkeypatch):
   tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 32), 0, cfg.vocab_size)
   segments = jnp.array([[1] * 20 + [2] * 12, [1] * 32])
   params = model.init(jax.random.PRNGKey(1), tokens, segment_ids=segments)
-  loss = lambda p: jnp.mean(model.apply(p, tokens, segment_ids=segments) ** 2)
-  run = lambda: (jax.jit(lambda p: model.apply(p, tokens, segment_ids=segments))(params), jax.jit(jax.grad(loss))(params))
+  logits = lambda p: model.apply(p, tokens, segment_ids=segments)
+  loss = lambda p: jnp.mean(logits(p) ** 2)
+  run = lambda: (jax.jit(logits)(params), jax.jit(jax.grad(loss))(params))
   monkeypatch.delenv("BLISS_JAX_DENSE_DOT", raising=False)
-  assert "custom_jvp_call" in str(jax.make_jaxpr(lambda p: model.apply(p, tokens, segment_ids=segments))(params))
+  assert "custom_jvp_call" in str(jax.make_jaxpr(logits)(params))
   ours = run()
   monkeypatch.setenv("BLISS_JAX_DENSE_DOT", "xla")
   ref = run()

@@ -92,9 +92,9 @@ def _scaled_rows(q, kv: int):
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(4,))
 def attention(q, k, v, mask, kv_heads: int):
-  """softmax(q·kᵀ/√d, masked)·v: q [B, T, h, d], k and v [B, S, kv_heads, d] (h a multiple of kv_heads; query heads
-  that share a key/value head contiguous), `mask` boolean [B, 1, T, S]. Returns [B, T, h, d] in v's dtype; scores and
-  softmax in float32, as the model's einsum attention."""
+  """softmax(q·kᵀ/√d, masked)·v: q [B, T, h, d], k and v [B, S, kv_heads, d] (h a multiple of kv_heads; query
+  heads that share a key/value head contiguous), `mask` boolean [B, 1, T, S]. Returns [B, T, h, d] in v's dtype;
+  scores and softmax in float32, as the model's einsum attention."""
   p = _probabilities(_scaled_rows(q, kv_heads), _swap(_kv(k)), mask, q.shape[1])
   return _unrows(_mm(p.astype(v.dtype), _kv(v)), q.shape[1])
 
