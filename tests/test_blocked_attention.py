@@ -10,19 +10,14 @@ import pytest
 
 from bliss_jax.models import blocked_attention as ba
 from bliss_jax.models.config import preset
-from bliss_jax.models.transformer import Transformer, attention_mask
+from bliss_jax.models.transformer import Transformer, attention_mask, einsum_attention
 
 TOL = dict(rtol=2e-5, atol=2e-5)
 
 
 def reference(q, k, v, mask, kv_heads):
-  """The model's einsum attention (models.transformer.Attention without the CPU rewrite)."""
-  b, t, h, d = q.shape
-  q = q.reshape(b, t, kv_heads, h // kv_heads, d)
-  logits = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32) / jnp.sqrt(d)
-  logits = jnp.where(mask[:, :, None], logits, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  return jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(b, t, h, d)
+  """The model's attention off the CPU (`einsum_attention`), probabilities in the values' dtype."""
+  return einsum_attention(q, k, v, mask, kv_heads, v.dtype)
 
 
 def _qkv(b, t, h, kv, d, dtype=jnp.float32):

@@ -118,6 +118,18 @@ def fused_attention(q, k, v, mask, causal: bool):
   return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal, implementation=FUSED_ATTENTION)
 
 
+def einsum_attention(q, k, v, mask, kv_heads: int, dtype):
+  """softmax(q·kᵀ/√d, masked)·v written out: q [B, T, h, d], k and v [B, S, kv_heads, d] (the query heads that share
+  a key/value head contiguous), `mask` boolean [B, 1, T, S]; scores and softmax in float32, the probabilities cast to
+  `dtype` for the product with v. Returns [B, T, h, d]."""
+  b, t, h, hd = q.shape
+  q = q.reshape(b, t, kv_heads, h // kv_heads, hd)  # group the query heads that share a key/value head
+  logits = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32) / jnp.sqrt(hd)
+  logits = jnp.where(mask[:, :, None], logits, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
+  return jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(b, t, h, hd)
+
+
 class Attention(nn.Module):
   """Multi-head / grouped-query / multi-query attention. Returns (output, None), or with a layer's cache
   `kv_cache` = (keys, values) [B, S, kv_heads, head_dim] and its write position `index`, (output, the updated
@@ -142,17 +154,12 @@ class Attention(nn.Module):
       k, v = (partitioning.constrain(jax.lax.dynamic_update_slice(c, new.astype(c.dtype), (0, index, 0, 0)),
                                          ("batch", "length", "kv_heads", "kv")) for c, new in zip(kv_cache, (k, v)))
     q = partitioning.constrain(q, ("batch", "length", "heads", "kv"))
-    b, t = x.shape[:2]
     if cfg.attention == "cudnn" and kv_cache is None:
       out = fused_attention(q, k, v, mask, self.causal)
-    elif kv_cache is None and dense_dot_general_for_backend() is not None:  # XLA:CPU, the einsum below rewritten
+    elif kv_cache is None and dense_dot_general_for_backend() is not None:  # XLA:CPU: einsum_attention rewritten
       out = blocked_attention(q, k, v, mask, kv, self.causal)
     else:
-      q = q.reshape(b, t, kv, h // kv, hd)  # group the query heads that share a key/value head
-      logits = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32) / jnp.sqrt(hd)
-      logits = jnp.where(mask[:, :, None], logits, jnp.finfo(jnp.float32).min)
-      probs = jax.nn.softmax(logits, axis=-1).astype(cfg.compute_dtype)
-      out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(b, t, h, hd)
+      out = einsum_attention(q, k, v, mask, kv, cfg.compute_dtype)
     out = partitioning.constrain(out, ("batch", "length", "heads", "kv"))
     out = nn.DenseGeneral(cfg.d_model, axis=(-2, -1), dtype=cfg.compute_dtype, use_bias=cfg.use_bias,
                           dot_general=dense_dot_general_for_backend(),
