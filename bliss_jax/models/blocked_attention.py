@@ -1,12 +1,12 @@
 """Written-out attention for XLA:CPU: matmuls in the layout its library runs and, under a causal mask, blocks of
 queries that skip the keys above the diagonal.
 
-The same function as `models.transformer.einsum_attention`, softmax(q·kᵀ/√d + mask)·v, computed per key/value head with
-the query heads that share it stacked as rows ([B, kv, g·T, d] queries against [B, kv, S, d] keys). `attention` is a
-`custom_jvp` whose tangent map is written so that JAX's transposition of it, the backward pass, is six batched
-[M, K] · [K, N] matmuls: transposes are taken of the [T, d] operands (behind `optimization_barrier`s, so XLA does not fold them
-back into the matmuls), never of the [T, S] probabilities, which XLA:CPU's library backend would otherwise not take (see
-`models.dense_dot`). The softmax's derivative enters as
+The same function as `models.transformer.einsum_attention`, softmax(q·kᵀ/√d + mask)·v, computed per key/value head
+with the query heads that share it stacked as rows ([B, kv, g·T, d] queries against [B, kv, S, d] keys). `attention`
+is a `custom_jvp` whose tangent map is written so that JAX's transposition of it, the backward pass, is six batched
+[M, K] · [K, N] matmuls: transposes are taken of the [T, d] operands (behind `optimization_barrier`s, so XLA does not
+fold them back into the matmuls), never of the [T, S] probabilities, which XLA:CPU's library backend would otherwise
+not take (see `models.dense_dot`). The softmax's derivative enters as
 
   d(o) = (p∘ds)·v − rowsum(p∘ds)·o + p·dv,     ds = (dq·kᵀ + q·dkᵀ)/√d,
 
