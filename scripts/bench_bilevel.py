@@ -15,7 +15,7 @@ rounds a second table gives the geometric mean of those paired ratios with its 9
 (`report.intervals.ratio_interval`). Peak memory is
 XLA's compiled-memory analysis of each function (argument + output + temporary bytes, what the program needs
 resident), not a sampled RSS. Next to the times: the FLOP estimate of `bilevel.step.step_flops` over a proxy train
-step. Kinds:
+step, and the last columns divide each time and estimate by the K_in proxy updates a bilevel step makes. Kinds:
   proxy_step      AdamW step of the proxy on the LM loss (`trainer.build_step_functions`)
   proxy_step_remat the same with the proxy scanned over its layers and each block rematerialised
   grad            ∇ of the proxy's LM loss only
@@ -50,7 +50,11 @@ positive-definite system with damping max(λ_z, 1.1·(−λ_min)).
 abstract inputs and compiled (`trainer.compiled_train_step`, `bilevel.loop.compiled_bilevel_step`) over `--devices`
 devices with FSDP rules (faked on a CPU host, `--xla_force_host_platform_device_count`), and XLA's memory analysis
 gives each program's peak per device: XLA:CPU's buffer assignment of the partitioned program, not a TPU's, but the
-same program for every kind, so the ratios compare like for like at shapes no CPU could run.
+same program for every kind, so the ratios compare like for like at shapes no CPU could run. It is the program an
+accelerator compiles: the CPU's own rewrites (`models.dense_dot`, `models.blocked_attention`) are off unless
+$BLISS_JAX_DENSE_DOT is set (to an empty value: on). Next to the peaks, each
+kind's FLOP estimate over a proxy train step (at the paper's shapes the target's forward for the KL alone is 6.5
+proxy train steps).
 """
 import argparse
 import dataclasses
@@ -61,9 +65,13 @@ import time
 
 _devices = argparse.ArgumentParser(add_help=False)
 _devices.add_argument("--devices", type=int, default=0)
+_devices.add_argument("--memory_only", action="store_true")
 if _devices.parse_known_args()[0].devices > 1 and "jax" not in sys.modules:
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count="
                              f"{_devices.parse_known_args()[0].devices}").strip()
+if _devices.parse_known_args()[0].memory_only:
+  # the program an accelerator compiles: without the CPU's rewrites (`models.dense_dot`, `models.blocked_attention`)
+  os.environ.setdefault("BLISS_JAX_DENSE_DOT", "xla")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bliss_jax import host_allocator  # noqa: E402
@@ -180,10 +188,17 @@ def memory_only(a, proxy_cfg, target_cfg, cfg):
   print(f"proxy {count_params(proxy_cfg) / 1e6:.2f}M params ({proxy_cfg.dtype}), target "
         f"{count_params(target_cfg) / 1e6:.2f}M ({target_cfg.dtype}), vocab {proxy_cfg.vocab_size}, batch {B} x {L}, "
         f"K_in={a.inner_steps}, solver iterations {a.solver_iters}, FSDP over {mesh.shape['data']} "
-        f"{jax.devices()[0].platform} device(s); compiled, nothing allocated")
-  print(f"{'kind':<28} {'peak MiB / device':>18} {'mem / proxy step':>17}")
+        f"{jax.devices()[0].platform} device(s), "
+        f"{'XLA dots and einsum attention' if os.environ['BLISS_JAX_DENSE_DOT'] else 'the CPU rewrites'}; compiled, "
+        "nothing allocated")
+  train_step_flops = train_flops_per_token(proxy_cfg, L) * B * L
+  est = {"proxy_step": 1.0, "proxy_step_remat": 1.0}
+  for name, c in settings.items():
+    est["bilevel:" + name] = step_flops(proxy_cfg, target_cfg if c.gamma else None, c, B, L) / train_step_flops
+  print(f"{'kind':<28} {'peak MiB / device':>18} {'mem / proxy step':>17} {'FLOP est.':>10} {'per proxy update':>17}")
   for k, v in mem.items():
-    print(f"{k:<28} {v:18.1f} {v / mem['proxy_step']:17.2f}")
+    updates = a.inner_steps if k.startswith("bilevel:") else 1
+    print(f"{k:<28} {v:18.1f} {v / mem['proxy_step']:17.2f} {est[k]:10.2f} {est[k] / updates:17.2f}")
 
 
 def main():
@@ -314,12 +329,15 @@ def main():
         f"batch {B} x {L}, K_in={a.inner_steps}, solver iterations {a.solver_iters}, {jax.device_count()} "
         f"{jax.devices()[0].platform} device(s)")
   print(f"{'kind':<28} {'ms':>9} {'time / proxy step':>18} {'FLOP est.':>10} {'peak MiB':>9} {'mem / proxy step':>17}"
-        f" {'cos converged':>14} {'cos paper':>10}")
+        f" {'cos converged':>14} {'cos paper':>10} {'time / update':>14} {'FLOP / update':>14}")
   for k in kinds:
     cos = cosines.get(k)
-    print(f"{k:<28} {1e3 * statistics.median(times[k]):9.1f} {statistics.median(ratios[k]):18.2f} {est[k]:10.2f} "
+    updates = a.inner_steps if k.startswith("bilevel:") else 1
+    ratio = statistics.median(ratios[k])
+    print(f"{k:<28} {1e3 * statistics.median(times[k]):9.1f} {ratio:18.2f} {est[k]:10.2f} "
           f"{mem[k]:9.1f} {mem[k] / mem['proxy_step']:17.2f}"
-          + (f" {cos[0]:14.3f} {cos[1]:10.3f}" if cos else ""))
+          + (f" {cos[0]:14.3f} {cos[1]:10.3f}" if cos else f" {'':14} {'':10}")
+          + f" {ratio / updates:14.2f} {est[k] / updates:14.2f}")
   if not cosines:
     print("cosines not computed (--converged_iters 0)")
   else:

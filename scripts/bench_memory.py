@@ -9,7 +9,9 @@ The step is traced on abstract inputs (`trainer.compiled_train_step`) over a ("d
 devices with FSDP rules, and XLA's `memory_analysis()` of the compiled program gives, per device: arguments (the
 sharded state and batch), outputs, temporaries (activations, logits, gradients) and their sum less what donation
 aliases. On a CPU host the devices are faked (`--xla_force_host_platform_device_count`), so the figures are XLA:CPU's
-buffer assignment for the same partitioned program, not a TPU's; they compare the two losses like for like. The model
+buffer assignment for the same partitioned program, not a TPU's; they compare the two losses like for like. It is the
+program an accelerator compiles: the CPU's own rewrites (`models.dense_dot`, `models.blocked_attention`) are off
+unless $BLISS_JAX_DENSE_DOT is set (to an empty value: on). The model
 is SALT's (paper/salt_2p8b.gin): bfloat16 compute, scanned and rematerialised layers, Adafactor, and the plain LM
 phase's per-sequence mean.
 """
@@ -31,6 +33,8 @@ a = p.parse_args()
 if "jax" not in sys.modules:
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              f" --xla_force_host_platform_device_count={a.devices}").strip()
+# the program an accelerator compiles: without the CPU's rewrites (`models.dense_dot`, `models.blocked_attention`)
+os.environ.setdefault("BLISS_JAX_DENSE_DOT", "xla")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import functools  # noqa: E402
@@ -53,7 +57,8 @@ def main():
   chunk = a.chunk_tokens or 128 * a.batch_size
   mesh = partitioning.make_mesh(-1, a.mesh_model, jax.devices()[:a.devices])
   print(f"{a.preset} (vocab {cfg.vocab_size}, {cfg.num_layers} layers), batch {a.batch_size} x {a.sequence_length}, "
-        f"mesh data {mesh.shape['data']} x model {mesh.shape['model']} ({jax.default_backend()}), FSDP; per device:")
+        f"mesh data {mesh.shape['data']} x model {mesh.shape['model']} ({jax.default_backend()}), FSDP, "
+        f"{'XLA dots and einsum attention' if os.environ['BLISS_JAX_DENSE_DOT'] else 'the CPU rewrites'}; per device:")
   gib = 2 ** 30
   for name, chunk_tokens in (("full logits", 0), (f"chunked ({chunk} tokens)", chunk)):
     loss = functools.partial(make_lm_loss, average="sequence", chunk_tokens=chunk_tokens)
