@@ -500,9 +500,10 @@ def _long_batch(seed, n=16, t=40):
 
 
 def test_microbatched_objectives_equal_the_whole_batch(setup):
-  """`microbatches=4`: ∇F, the solve's z (HVPs of G with the KL), the alignments a and ∇Φ, and the single pass's
-  ∇G, ∇²G·z and ∇Φ, computed over 4 microbatches of rows (strided), equal the whole batch's: per-row values
-  rejoined in order, token means (KL, F) recombined with fractional loss weights and a row without tokens."""
+  """`microbatches=4`: the solve's z (HVPs of G with the KL), the alignments a and ∇Φ, and the single pass's ∇G,
+  ∇²G·z and ∇Φ, computed over 4 microbatches of rows (strided), equal the whole batch's: per-row values rejoined in
+  order, the KL's token mean recombined with fractional loss weights and a row without tokens (∇F and F: the whole
+  batch either way)."""
   proxy, target, p, tp, s = setup
   score_model = ScoreModel(PROXY, sigmoid=True)
   batch, val = _long_batch(1), _long_batch(2)
@@ -531,6 +532,54 @@ def test_microbatched_objectives_equal_the_whole_batch(setup):
         p, s, batch, val, chunks)
   with pytest.raises(ValueError, match="microbatches=0"):
     BilevelConfig(microbatches=0)
+
+
+def _scan_lengths(jaxpr):
+  """The `length` of every scan in a jaxpr, its sub-jaxprs (jit, checkpoint, custom rules, loops) included."""
+  out = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "scan":
+      out.append(eqn.params["length"])
+    for v in eqn.params.values():
+      for sub in (v if isinstance(v, (tuple, list)) else (v,)):
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          out += _scan_lengths(inner)
+  return out
+
+
+def _lower_step_scan(jaxpr, k_in):
+  """The body of the scan over the K_in lower steps (the only scan of length `k_in`)."""
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "scan" and eqn.params["length"] == k_in:
+      return eqn.params["jaxpr"].jaxpr
+    for v in eqn.params.values():
+      inner = getattr(v, "jaxpr", v)
+      if hasattr(inner, "eqns") and (found := _lower_step_scan(inner, k_in)) is not None:
+        return found
+  return None
+
+
+@pytest.mark.parametrize("schedule", ["sequential", "single_pass"])
+def test_microbatches_split_the_second_order_passes_only(setup, schedule):
+  """`microbatches=4` splits G's terms in the passes differentiated twice (the solver's HVPs and the alignments' jvp,
+  or the single pass) and leaves the K_in first-order lower steps and ∇F on the whole batch: their rematerialised
+  activations are a train step's, and splitting them cost time for no lower peak (the scan over 4 microbatches,
+  length 4, appears in no lower step; K_in = 3, one layer, one chunk of positions: no other scan has these
+  lengths)."""
+  _, _, p, tp, s = setup
+  cfg = BilevelConfig(gamma=0.3, inner_steps=3, remat=True, microbatches=4, schedule=schedule,
+                      **({"solver_iters": 1, "warm_start": True} if schedule == "single_pass" else {}))
+  mesh = partitioning.make_mesh(devices=jax.devices()[:1])
+  rules = partitioning.logical_rules()
+  with partitioning.mesh_context(mesh, rules):
+    fns = build_bilevel_functions(PROXY, TARGET, cfg, 10, mesh, rules,
+                                  target_shardings=jax.tree.map(lambda _: partitioning.replicated(mesh), tp))
+    train = jax.tree.map(lambda *x: np.stack(x), *[_batch(k) for k in range(3)])
+    jaxpr = jax.make_jaxpr(fns.step)(fns.init(p, s), train, _batch(9), tp).jaxpr
+  lower = _lower_step_scan(jaxpr, 3 if schedule == "sequential" else 2)  # the single pass makes the last one
+  assert lower is not None and 4 not in _scan_lengths(lower), _scan_lengths(lower)
+  assert 4 in _scan_lengths(jaxpr)  # the second-order passes' microbatches
 
 
 def test_rematerialised_microbatches_keep_the_target_chunks_by_reference():

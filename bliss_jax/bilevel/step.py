@@ -19,10 +19,11 @@ every pass through the proxy and the score model runs them scanned over their la
 rematerialised (`jax.checkpoint`): a pass keeps one block input per layer instead of every block's activations (in
 forward-over-reverse, and their tangents), for about one more forward per pass. Scanned, because XLA:CPU merges a
 rematerialised forward outside a loop with the original one (no memory saved); the parameters keep their layout
-(`models.transformer.stacked_layers` stacks them inside the step). With `microbatches=m` the proxy's objectives (G's
-per-sample CE and KL, F) are summed over m microbatches of rows in turn, so that one microbatch's activations live at
-a time when differentiated (with remat, the forward-over-reverse pass through one block is where the peak was);
-the softmax weights P stay over the whole batch.
+(`models.transformer.stacked_layers` stacks them inside the step). With `microbatches=m` the second-order passes
+(the solver's HVPs, the alignments' jvp, the single pass) sum G's per-sample CE and KL over m microbatches of rows in
+turn, so that one microbatch's activations and tangents live at a time (with remat, the forward-over-reverse pass
+through one block is where the peak was); the first-order passes (the K_in lower steps, ∇F) run on the whole batch,
+whose rematerialised activations are a train step's; the softmax weights P stay over the whole batch.
 
 `BilevelState` is one pytree (what checkpoints store): step, proxy and score parameters with their optimizer states,
 and z (kept for warm starts). `build_bilevel_functions` lays every leaf out on the mesh from the models' logical axis
@@ -73,7 +74,7 @@ class BilevelConfig:
   mixed: str = "jvp"  # "jvp" (eq. H3) or "vjp" (eq. H2)
   schedule: str = "sequential"  # "sequential" (the reference's) or "single_pass" (module docstring)
   remat: bool = False  # the proxy and score model scanned over layers, blocks rematerialised (module docstring)
-  microbatches: int = 1  # the proxy's objectives summed over this many microbatches of rows (module docstring)
+  microbatches: int = 1  # G's terms over this many microbatches of rows in the second-order passes (module docstring)
   proxy_lr: float = 1e-5
   score_lr: float = 1e-5
   weight_decay: float = 0.1
@@ -227,11 +228,10 @@ def _sample_terms(proxy: Transformer, cfg: BilevelConfig) -> Callable:
   return terms
 
 
-def _reference_objective(proxy: Transformer, cfg: BilevelConfig) -> Callable:
-  """`F(θp, reference batch)` (eq. F, `losses.bilevel.reference_objective`) over `cfg.microbatches` microbatches."""
-  one = lambda p, batch: (jnp.zeros(batch["decoder_target_tokens"].shape[:1]),
-                          objectives.reference_objective(proxy, p, batch))
-  return lambda p, batch: _summed_over_microbatches(cfg, one)(p, batch)[1]
+def _reference_objective(proxy: Transformer) -> Callable:
+  """`F(θp, reference batch)` (eq. F, `losses.bilevel.reference_objective`), differentiated once only: over the whole
+  batch (no microbatches)."""
+  return lambda p, batch: objectives.reference_objective(proxy, p, batch)
 
 
 def _lower_objective(proxy: Transformer, cfg: BilevelConfig) -> Callable:
@@ -261,7 +261,7 @@ def make_hypergradient(proxy: Transformer, score_model: ScoreModel, cfg: Bilevel
   def at(p, score, batch, val_batch, t_logits, x0=None):
     scores = score_batch(score_model, score, batch)
     weights = objectives.sample_weights(scores, cfg.weighting)
-    f_val, grad_f = jax.value_and_grad(lambda q: _reference_objective(proxy, cfg)(q, val_batch))(p)
+    f_val, grad_f = jax.value_and_grad(lambda q: _reference_objective(proxy)(q, val_batch))(p)
     inner = lambda q, w: lower(q, w, batch, t_logits)[0]
     if cfg.schedule == "single_pass":
       z = x0
@@ -297,7 +297,7 @@ def make_single_pass(proxy: Transformer, score_model: ScoreModel, cfg: BilevelCo
       return grad, (g, parts, ce)
 
     (grad, (g, parts, _)), (hz, (_, _, a)) = jax.jvp(grad_and_terms, (p,), (z,))
-    f_val, grad_f = jax.value_and_grad(lambda q: _reference_objective(proxy, cfg)(q, val_batch))(p)
+    f_val, grad_f = jax.value_and_grad(lambda q: _reference_objective(proxy)(q, val_batch))(p)
     residual = otu.tree_sub(otu.tree_add_scale(hz, cfg.damping, z), grad_f)
     z_new = solvers.iteration(cfg.solver, z, residual, alpha=cfg.solver_alpha, normalize=cfg.solver_normalize)
     hyper = pull_scores(pull_weights(-jax.lax.stop_gradient(a))[0])[0]
@@ -313,7 +313,7 @@ def make_bilevel_step(proxy: Transformer, score_model: ScoreModel, target: Optio
   if use_kl and target is None:
     raise ValueError("gamma > 0 needs the target model (its logits enter the KL term)")
   proxy, score_model = _rematerialised(proxy, cfg), _rematerialised(score_model, cfg)
-  lower = _lower_objective(proxy, cfg)
+  lower = _lower_objective(proxy, dataclasses.replace(cfg, microbatches=1))  # first order: the whole batch
   hypergradient_at = make_hypergradient(proxy, score_model, cfg)
   single_pass_at = make_single_pass(proxy, score_model, cfg)
 
