@@ -563,8 +563,8 @@ def _lower_step_scan(jaxpr, k_in):
 @pytest.mark.parametrize("schedule", ["sequential", "single_pass"])
 def test_microbatches_split_the_second_order_passes_only(setup, schedule):
   """`microbatches=4` splits G's terms in the passes differentiated twice (the solver's HVPs and the alignments' jvp,
-  or the single pass) and leaves the K_in first-order lower steps and ∇F on the whole batch: their rematerialised
-  activations are a train step's, and splitting them cost time for no lower peak (the scan over 4 microbatches,
+  or the single pass) and leaves the K_in first-order lower steps and ∇F on the whole batch: splitting them cost
+  time for no lower peak (the scan over 4 microbatches,
   length 4, appears in no lower step; K_in = 3, one layer, one chunk of positions: no other scan has these
   lengths)."""
   _, _, p, tp, s = setup

@@ -22,8 +22,8 @@ rematerialised forward outside a loop with the original one (no memory saved); t
 (`models.transformer.stacked_layers` stacks them inside the step). With `microbatches=m` the second-order passes
 (the solver's HVPs, the alignments' jvp, the single pass) sum G's per-sample CE and KL over m microbatches of rows in
 turn, so that one microbatch's activations and tangents live at a time (with remat, the forward-over-reverse pass
-through one block is where the peak was); the first-order passes (the K_in lower steps, ∇F) run on the whole batch,
-whose rematerialised activations are a train step's; the softmax weights P stay over the whole batch.
+through one block is where the peak was); the first-order passes (the K_in lower steps, ∇F) take the whole batch
+(split, they were slower and their peak no lower); the softmax weights P stay over the whole batch.
 
 `BilevelState` is one pytree (what checkpoints store): step, proxy and score parameters with their optimizer states,
 and z (kept for warm starts). `build_bilevel_functions` lays every leaf out on the mesh from the models' logical axis
