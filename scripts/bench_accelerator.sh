@@ -2,9 +2,10 @@
 # The accelerator figures of docs/ARCHITECTURE.md's "Performance" section on the GPU or TPU at hand, in under 10
 # minutes (each run has its own time limit): pythia-160m train-step throughput and MFU against the datasheet peak
 # (bfloat16; both attention paths and both output-head dtypes on a GPU) and the PyTorch peer on the same device;
-# BLISS's bilevel step at the paper's models (one device's share of the batch, 4 x 1024) against a proxy step (time,
-# memory); the loop over the bare step; the pythia-14m step against the peer; the compiled peak memory of SALT's 2.8B
-# step with and without the chunked loss. (The bilevel settings' hypergradient cosines are a CPU figure:
+# BLISS's bilevel step at the paper's models (one device's share of the batch, 4 x 1024; the reference schedule with
+# remat and 4 microbatches, K_in = 5 lower steps) against a proxy step (time and memory, per proxy update); the loop
+# over the bare step; the pythia-14m step against the peer; the compiled peak memory of SALT's 2.8B step with and
+# without the chunked loss. (The bilevel settings' hypergradient cosines are a CPU figure:
 # `python scripts/bench_bilevel.py --settings paper,single_remat_mb4`.)
 #   bash scripts/bench_accelerator.sh 2>&1 | tee bench_accelerator.log
 set -euo pipefail
@@ -34,7 +35,7 @@ run() { local limit; limit=$(awk -v a="$1" -v s="${BENCH_TIME_SCALE:-1}" 'BEGIN 
         echo; echo "\$ $*"; local t0=$SECONDS
         timeout -s ABRT -k 10 "$limit" "$@" || echo "(exit $? — continuing)"; echo "($((SECONDS - t0)) s)"; }
 run 270 env XLA_FLAGS="$PROFILE_FLAGS" "$PY" scripts/bench_train.py --preset pythia_160m --batch_size 32 --sequence_length 1024 --dtype bfloat16 --steps 10 --rounds 2 "${VARIANTS[@]}" --loss_chunk 8192 --host_allocator glibc "${PEER[@]}" "${PROFILE[@]}"
-run 170 "$PY" scripts/bench_bilevel.py --proxy pythia_31m --target pythia_410m --target_dtype bfloat16 --vocab_size 50304 --batch_size 4 --sequence_length 1024 --steps 2 --rounds 2 --converged_iters 0 --settings paper
+run 170 "$PY" scripts/bench_bilevel.py --proxy pythia_31m --target pythia_410m --target_dtype bfloat16 --vocab_size 50304 --batch_size 4 --sequence_length 1024 --inner_steps 5 --steps 2 --rounds 2 --converged_iters 0 --settings remat_mb4
 run 60 "$PY" scripts/bench_train.py --preset pythia_14m --batch_size 8 --sequence_length 256 --steps 10 --rounds 2 --host_allocator glibc "${PEER[@]}"
 run 60 "$PY" scripts/bench_loop.py --preset tiny --batch_size 16 --sequence_length 128 --steps 200 --log_every 50 --prefetch 0,2
 run 40 "$PY" scripts/bench_memory.py --devices 1 --batch_size 16
