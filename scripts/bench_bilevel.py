@@ -173,6 +173,13 @@ def named_settings(cfg, names):
   return {n: settings[n] for n in names.split(",")}
 
 
+def flop_estimates(proxy_cfg, target_cfg, settings, batch_size, sequence_length):
+  """{"bilevel:NAME": `step_flops` of the setting over a proxy train step} (the target's forward only with γ > 0)."""
+  train = train_flops_per_token(proxy_cfg, sequence_length) * batch_size * sequence_length
+  return {"bilevel:" + name: step_flops(proxy_cfg, target_cfg if c.gamma else None, c, batch_size,
+                                        sequence_length) / train for name, c in settings.items()}
+
+
 def memory_only(a, proxy_cfg, target_cfg, cfg):
   """Per-device compiled peaks of the proxy's train step (plain and rematerialised) and each setting's bilevel step on
   abstract inputs, FSDP over `--devices` devices; nothing is allocated."""
@@ -191,10 +198,7 @@ def memory_only(a, proxy_cfg, target_cfg, cfg):
         f"{jax.devices()[0].platform} device(s), "
         f"{'XLA dots and einsum attention' if os.environ['BLISS_JAX_DENSE_DOT'] else 'the CPU rewrites'}; compiled, "
         "nothing allocated")
-  train_step_flops = train_flops_per_token(proxy_cfg, L) * B * L
-  est = {"proxy_step": 1.0, "proxy_step_remat": 1.0}
-  for name, c in settings.items():
-    est["bilevel:" + name] = step_flops(proxy_cfg, target_cfg if c.gamma else None, c, B, L) / train_step_flops
+  est = dict(proxy_step=1.0, proxy_step_remat=1.0, **flop_estimates(proxy_cfg, target_cfg, settings, B, L))
   print(f"{'kind':<28} {'peak MiB / device':>18} {'mem / proxy step':>17} {'FLOP est.':>10} {'per proxy update':>17}")
   for k, v in mem.items():
     updates = a.inner_steps if k.startswith("bilevel:") else 1
@@ -321,10 +325,8 @@ def main():
       progress(f"round {r + 1}/{a.rounds}, ms per step: " + ", ".join(f"{k} {1e3 * t[k]:.1f}" for k in kinds))
     cosines = (hypergradient_cosines(bl, settings, cfg, target, tparams, gbatch, a.converged_iters)
                if a.converged_iters else {})
-  train_step_flops = train_flops_per_token(proxy_cfg, L) * B * L
-  est = {"grad": 1.0, "hvp": 2.0, "proxy_step": 1.0, "proxy_step_remat": 1.0}
-  for name, c in settings.items():
-    est["bilevel:" + name] = step_flops(proxy_cfg, target_cfg if c.gamma else None, c, B, L) / train_step_flops
+  est = dict(grad=1.0, hvp=2.0, proxy_step=1.0, proxy_step_remat=1.0,
+             **flop_estimates(proxy_cfg, target_cfg, settings, B, L))
   print(f"proxy {count_params(proxy_cfg) / 1e6:.2f}M params{trained}, target {count_params(target_cfg) / 1e6:.2f}M, "
         f"batch {B} x {L}, K_in={a.inner_steps}, solver iterations {a.solver_iters}, {jax.device_count()} "
         f"{jax.devices()[0].platform} device(s)")

@@ -33,10 +33,9 @@ def test_bench_train_times_the_step_its_warm_up_compiled(script_env, tmp_path):
 
 @pytest.mark.integration
 def test_bench_bilevel_memory_only_prints_each_settings_flop_estimate_per_proxy_update(script_env):
-  """`--memory_only` compiles and runs nothing, and compiles the program an accelerator would (no CPU rewrites); next
-  to each program's peak it prints the FLOP estimate of
-  `bilevel.step.step_flops` over a proxy train step and that estimate over the K_in proxy updates of a bilevel step
-  (the target's forward counted only with γ > 0)."""
+  """`--memory_only` runs nothing and compiles the program an accelerator would (no CPU rewrites); next to each
+  program's peak it prints the FLOP estimate of `bilevel.step.step_flops` over a proxy train step and that estimate
+  over the K_in proxy updates of a bilevel step (the target's forward counted only with γ > 0)."""
   import dataclasses  # pylint: disable=g-import-not-at-top
   from bliss_jax.bilevel.step import BilevelConfig, step_flops  # pylint: disable=g-import-not-at-top
   from bliss_jax.models.config import preset  # pylint: disable=g-import-not-at-top

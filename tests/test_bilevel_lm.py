@@ -534,39 +534,31 @@ def test_microbatched_objectives_equal_the_whole_batch(setup):
     BilevelConfig(microbatches=0)
 
 
-def _scan_lengths(jaxpr):
-  """The `length` of every scan in a jaxpr, its sub-jaxprs (jit, checkpoint, custom rules, loops) included."""
-  out = []
+def _sub_jaxprs(eqn):
+  """The jaxprs an equation holds (jit, checkpoint, custom rules, loops, cond branches)."""
+  for v in eqn.params.values():
+    for sub in (v if isinstance(v, (tuple, list)) else (v,)):
+      inner = getattr(sub, "jaxpr", sub)
+      if hasattr(inner, "eqns"):
+        yield inner
+
+
+def _scans(jaxpr):
+  """(length, body) of every scan in a jaxpr and its sub-jaxprs."""
   for eqn in jaxpr.eqns:
     if eqn.primitive.name == "scan":
-      out.append(eqn.params["length"])
-    for v in eqn.params.values():
-      for sub in (v if isinstance(v, (tuple, list)) else (v,)):
-        inner = getattr(sub, "jaxpr", sub)
-        if hasattr(inner, "eqns"):
-          out += _scan_lengths(inner)
-  return out
-
-
-def _lower_step_scan(jaxpr, k_in):
-  """The body of the scan over the K_in lower steps (the only scan of length `k_in`)."""
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "scan" and eqn.params["length"] == k_in:
-      return eqn.params["jaxpr"].jaxpr
-    for v in eqn.params.values():
-      inner = getattr(v, "jaxpr", v)
-      if hasattr(inner, "eqns") and (found := _lower_step_scan(inner, k_in)) is not None:
-        return found
-  return None
+      yield eqn.params["length"], eqn.params["jaxpr"].jaxpr
+    for inner in _sub_jaxprs(eqn):
+      yield from _scans(inner)
 
 
 @pytest.mark.parametrize("schedule", ["sequential", "single_pass"])
 def test_microbatches_split_the_second_order_passes_only(setup, schedule):
   """`microbatches=4` splits G's terms in the passes differentiated twice (the solver's HVPs and the alignments' jvp,
   or the single pass) and leaves the K_in first-order lower steps and ∇F on the whole batch: splitting them cost
-  time for no lower peak (the scan over 4 microbatches,
-  length 4, appears in no lower step; K_in = 3, one layer, one chunk of positions: no other scan has these
-  lengths)."""
+  time for no lower peak. The scan over 4 microbatches (length 4) appears in no lower step; with K_in = 3, one layer
+  and one chunk of positions, no scan before the lower steps' has these lengths (the solver's 3 iterations come
+  after)."""
   _, _, p, tp, s = setup
   cfg = BilevelConfig(gamma=0.3, inner_steps=3, remat=True, microbatches=4, schedule=schedule,
                       **({"solver_iters": 1, "warm_start": True} if schedule == "single_pass" else {}))
@@ -577,9 +569,10 @@ def test_microbatches_split_the_second_order_passes_only(setup, schedule):
                                   target_shardings=jax.tree.map(lambda _: partitioning.replicated(mesh), tp))
     train = jax.tree.map(lambda *x: np.stack(x), *[_batch(k) for k in range(3)])
     jaxpr = jax.make_jaxpr(fns.step)(fns.init(p, s), train, _batch(9), tp).jaxpr
-  lower = _lower_step_scan(jaxpr, 3 if schedule == "sequential" else 2)  # the single pass makes the last one
-  assert lower is not None and 4 not in _scan_lengths(lower), _scan_lengths(lower)
-  assert 4 in _scan_lengths(jaxpr)  # the second-order passes' microbatches
+  k_plain = 3 if schedule == "sequential" else 2  # the single pass makes the last one
+  lower = next(body for length, body in _scans(jaxpr) if length == k_plain)  # the first: the step runs it first
+  assert 4 not in [n for n, _ in _scans(lower)], [n for n, _ in _scans(lower)]
+  assert 4 in [n for n, _ in _scans(jaxpr)]  # the second-order passes' microbatches
 
 
 def test_rematerialised_microbatches_keep_the_target_chunks_by_reference():

@@ -228,12 +228,6 @@ def _sample_terms(proxy: Transformer, cfg: BilevelConfig) -> Callable:
   return terms
 
 
-def _reference_objective(proxy: Transformer) -> Callable:
-  """`F(θp, reference batch)` (eq. F, `losses.bilevel.reference_objective`), differentiated once only: over the whole
-  batch (no microbatches)."""
-  return lambda p, batch: objectives.reference_objective(proxy, p, batch)
-
-
 def _lower_objective(proxy: Transformer, cfg: BilevelConfig) -> Callable:
   """`lower(θp, weights, batch, target logit chunks) -> (G, (parts, L [B]))`: (G) of `losses.bilevel` with the
   config's γ, λ and KL direction, the head over chunks of positions (`chunked_sample_terms`)."""
@@ -261,7 +255,7 @@ def make_hypergradient(proxy: Transformer, score_model: ScoreModel, cfg: Bilevel
   def at(p, score, batch, val_batch, t_logits, x0=None):
     scores = score_batch(score_model, score, batch)
     weights = objectives.sample_weights(scores, cfg.weighting)
-    f_val, grad_f = jax.value_and_grad(lambda q: _reference_objective(proxy)(q, val_batch))(p)
+    f_val, grad_f = jax.value_and_grad(lambda q: objectives.reference_objective(proxy, q, val_batch))(p)
     inner = lambda q, w: lower(q, w, batch, t_logits)[0]
     if cfg.schedule == "single_pass":
       z = x0
@@ -297,7 +291,7 @@ def make_single_pass(proxy: Transformer, score_model: ScoreModel, cfg: BilevelCo
       return grad, (g, parts, ce)
 
     (grad, (g, parts, _)), (hz, (_, _, a)) = jax.jvp(grad_and_terms, (p,), (z,))
-    f_val, grad_f = jax.value_and_grad(lambda q: _reference_objective(proxy)(q, val_batch))(p)
+    f_val, grad_f = jax.value_and_grad(lambda q: objectives.reference_objective(proxy, q, val_batch))(p)
     residual = otu.tree_sub(otu.tree_add_scale(hz, cfg.damping, z), grad_f)
     z_new = solvers.iteration(cfg.solver, z, residual, alpha=cfg.solver_alpha, normalize=cfg.solver_normalize)
     hyper = pull_scores(pull_weights(-jax.lax.stop_gradient(a))[0])[0]
