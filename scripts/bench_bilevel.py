@@ -90,7 +90,7 @@ from bliss_jax.data.synthetic import SyntheticBatches  # noqa: E402
 from bliss_jax.losses import bilevel as objectives  # noqa: E402
 from bliss_jax.losses.lm import make_lm_loss, model_logits  # noqa: E402
 from bliss_jax.models.config import count_params, preset  # noqa: E402
-from bliss_jax.models.flops import train_flops_per_token  # noqa: E402
+from bliss_jax.models.flops import hvp_flops_per_token, train_flops_per_token  # noqa: E402
 from bliss_jax.models.score_model import from_lm_params, score_batch  # noqa: E402
 from bliss_jax.models.transformer import Transformer, head_weight  # noqa: E402
 from bliss_jax.report import intervals  # noqa: E402
@@ -325,7 +325,8 @@ def main():
       progress(f"round {r + 1}/{a.rounds}, ms per step: " + ", ".join(f"{k} {1e3 * t[k]:.1f}" for k in kinds))
     cosines = (hypergradient_cosines(bl, settings, cfg, target, tparams, gbatch, a.converged_iters)
                if a.converged_iters else {})
-  est = dict(grad=1.0, hvp=2.0, proxy_step=1.0, proxy_step_remat=1.0,
+  est = dict(grad=1.0, hvp=hvp_flops_per_token(proxy_cfg, L) / train_flops_per_token(proxy_cfg, L), proxy_step=1.0,
+             proxy_step_remat=1.0,
              **flop_estimates(proxy_cfg, target_cfg, settings, B, L))
   print(f"proxy {count_params(proxy_cfg) / 1e6:.2f}M params{trained}, target {count_params(target_cfg) / 1e6:.2f}M, "
         f"batch {B} x {L}, K_in={a.inner_steps}, solver iterations {a.solver_iters}, {jax.device_count()} "

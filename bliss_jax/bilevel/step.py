@@ -425,7 +425,7 @@ def step_flops(proxy_cfg: ModelConfig, target_cfg: Optional[ModelConfig], cfg: B
   hypergradient batch's score forward (its target logits are the last lower step's); `solvers.matvec_count` HVPs of
   the proxy; the jvp of the per-sample losses along z (`mixed="vjp"`: a second-order pass through the proxy instead);
   and the score model's train pass (its vjp). `schedule="single_pass"`: the last lower step's gradient, the HVP and
-  the jvp are one HVP pass. Score-model passes have no LM head."""
+  the jvp are one HVP pass that keeps the gradient. Score-model passes have no LM head."""
   L = sequence_length
   train_p = flops.train_flops_per_token(proxy_cfg, L)
   score_f = flops.score_forward_flops_per_token(proxy_cfg, L)
@@ -434,7 +434,8 @@ def step_flops(proxy_cfg: ModelConfig, target_cfg: Optional[ModelConfig], cfg: B
   lower = train_p + score_f + fwd_t
   score_train = flops.score_train_flops_per_token(proxy_cfg, L)
   if cfg.schedule == "single_pass":
-    per_token = (cfg.inner_steps - 1) * lower + fwd_t + score_train + hvp + train_p
+    per_token = ((cfg.inner_steps - 1) * lower + fwd_t + score_train + train_p
+                 + flops.hvp_flops_per_token(proxy_cfg, L, with_gradient=True))
   else:
     hvps = solvers.matvec_count(cfg.solver, cfg.solver_iters)
     mixed = score_train + (flops.jvp_flops_per_token(proxy_cfg, L) if cfg.mixed == "jvp" else hvp)

@@ -7,9 +7,11 @@ included when the pass computes logits), L layers, H query heads of width Q, and
 attention-score and -value products). The other passes are multiples of it:
   - train step (forward + backward, the backward twice the forward): 3 × forward with head = 6·N + 12·L·H·Q·T;
   - forward without the head (a score model's backbone, hidden states only): 2·N' + 4·L·H·Q·T, N' = N − V·d;
-  - Hessian-vector product by forward-over-reverse (`bilevel.hvp`): 2 × train step (the reverse pass, and its
-    tangent);
-  - forward-mode jvp of the per-token losses along a direction: 2 × forward with head.
+  - forward-mode jvp (`jax.jvp`) of the per-token losses along a direction: 3 × forward with head (the primal
+    forward, and the tangent's two products per matmul, ẋ·W + x·Ẇ);
+  - Hessian-vector product by forward-over-reverse (`bilevel.hvp`): the jvp of a train step's reverse pass. With
+    the gradient kept (the single pass's lower step): 3 × train step. Tangent only (a solver's product): the
+    primal weight gradients xᵀ·δ are dead code, leaving 8 of those 9 forward-sized products: 8/3 × train step.
 A score model (backbone + mean pool + Linear(d, 1)) adds 2·d per sequence to its backbone's forward.
 """
 from bliss_jax.models.config import ModelConfig, count_params
@@ -33,14 +35,15 @@ def train_flops_per_token(cfg: ModelConfig, sequence_length: int) -> float:
   return 3.0 * forward_flops_per_token(cfg, sequence_length)
 
 
-def hvp_flops_per_token(cfg: ModelConfig, sequence_length: int) -> float:
-  """A Hessian-vector product of an LM loss by forward-over-reverse: 2 × a train step."""
-  return 2.0 * train_flops_per_token(cfg, sequence_length)
+def hvp_flops_per_token(cfg: ModelConfig, sequence_length: int, with_gradient: bool = False) -> float:
+  """A Hessian-vector product of an LM loss by forward-over-reverse: 8/3 × a train step, or 3 × with the gradient
+  kept (`with_gradient`)."""
+  return (3.0 if with_gradient else 8.0 / 3.0) * train_flops_per_token(cfg, sequence_length)
 
 
 def jvp_flops_per_token(cfg: ModelConfig, sequence_length: int) -> float:
-  """A forward-mode jvp of the per-token losses (primal and tangent forward): 2 × a forward with head."""
-  return 2.0 * forward_flops_per_token(cfg, sequence_length)
+  """A forward-mode jvp of the per-token losses (primal and tangent forward): 3 × a forward with head."""
+  return 3.0 * forward_flops_per_token(cfg, sequence_length)
 
 
 def score_forward_flops_per_token(cfg: ModelConfig, sequence_length: int) -> float:
